@@ -1,0 +1,2940 @@
+/* The account cache on LMDB.  See cache.h for the contract and the layout.
+ *
+ * Values never leave this file as pointers into the map: LMDB's pointers are
+ * only valid until the next write in the transaction (a dirty page can be
+ * spilled and freed), so every record is decoded into heap memory and every
+ * value copied from one key to another goes through a heap copy. */
+#include "cache.h"
+
+#include "proto/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+	DB_META,
+	DB_MBOX,
+	DB_MBOX_NAME,
+	DB_MSG,
+	DB_BODY,
+	DB_POP,
+	DB_POP_UIDL,
+	DB_PENDING,
+	DB_COUNT,
+};
+
+static const char *const db_names[DB_COUNT] = {
+        [DB_META] = "meta",           [DB_MBOX] = "mbox",
+        [DB_MBOX_NAME] = "mbox_name", [DB_MSG] = "msg",
+        [DB_BODY] = "body",           [DB_POP] = "pop",
+        [DB_POP_UIDL] = "pop_uidl",   [DB_PENDING] = "pending",
+};
+
+/* Record format versions (the leading byte of every record). */
+#define MBOX_REC_V1    1
+#define MSG_REC_V1     1
+#define POP_REC_V1     1
+#define PENDING_REC_V1 1
+
+#define META_SCHEMA       "schema"
+#define META_NEXT_MAILBOX "cache.next_mailbox"
+#define META_NEXT_POP     "cache.next_pop"
+#define META_NEXT_PENDING "cache.next_pending"
+#define META_NAME_MAX     64
+
+#define KEY_LEN     12 /* (mailbox id, UIDVALIDITY, UID) */
+#define UIDL_MAX    255
+#define GENS_MAX    65536
+#define GROW_WAIT_S 10
+
+struct cache {
+	MDB_env *env; /* owned */
+	MDB_dbi dbi[DB_COUNT];
+	char *dir; /* owned; for log lines */
+	pid_t pid; /* the process that opened it */
+	dev_t dev; /* identity of dir, for the open-once check */
+	ino_t ino;
+	size_t map_max;
+	/* Live transactions of this process.  LMDB lets the map size change
+	 * only when there are none; a read transaction may end on another
+	 * thread than it began (MDB_NOTLS), so this is a counter, not a
+	 * lock held by the transaction. */
+	pthread_mutex_t active_lock;
+	pthread_cond_t active_zero;
+	unsigned active;
+	struct cache *next_open; /* registry of open caches */
+};
+
+struct cache_txn {
+	struct cache *cache; /* borrowed */
+	MDB_txn *txn;        /* owned */
+	bool write;
+	bool map_full; /* some step hit MDB_MAP_FULL */
+	int err;       /* sticky: the first failure */
+	size_t bytes;  /* bytes put, a hint for growing the map */
+};
+
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cache *open_list; /* protected by open_lock */
+
+/* ------------------------------------------------------------------ */
+/* Errors */
+
+/* The one place LMDB codes become errnos. */
+static int mdb_errno(int rc)
+{
+	switch (rc) {
+	case MDB_SUCCESS: return 0;
+	case MDB_NOTFOUND: return -ENOENT;
+	case MDB_KEYEXIST: return -EEXIST;
+	case MDB_MAP_FULL: return -ENOSPC;
+	case MDB_READERS_FULL: return -EAGAIN;
+	case MDB_TLS_FULL: return -EAGAIN;
+	case MDB_MAP_RESIZED: return -EAGAIN;
+	case MDB_TXN_FULL: return -E2BIG;
+	case MDB_CURSOR_FULL: return -E2BIG;
+	case MDB_PAGE_FULL: return -E2BIG;
+	case MDB_BAD_VALSIZE: return -EINVAL;
+	case MDB_BAD_RSLOT: return -EINVAL;
+	case MDB_BAD_TXN: return -EINVAL;
+	case MDB_BAD_DBI: return -EINVAL;
+	case MDB_INCOMPATIBLE: return -EIO;
+	case MDB_DBS_FULL: return -EIO;
+	case MDB_PAGE_NOTFOUND: return -EIO;
+	case MDB_CORRUPTED: return -EIO;
+	case MDB_PANIC: return -EIO;
+	case MDB_VERSION_MISMATCH: return -EIO;
+	case MDB_INVALID: return -EIO;
+	default:
+		/* LMDB passes system errors through as positive errnos. */
+		if (rc > 0)
+			return -rc;
+		return -EIO;
+	}
+}
+
+static int txn_fail(struct cache_txn *t, int err)
+{
+	if (t->err == 0)
+		t->err = err;
+	return err;
+}
+
+static int txn_mdb_fail(struct cache_txn *t, int rc)
+{
+	if (rc == MDB_MAP_FULL)
+		t->map_full = true;
+	if (rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND || rc == MDB_PANIC)
+		log_err("cache %s: %s", t->cache->dir, mdb_strerror(rc));
+	return txn_fail(t, mdb_errno(rc));
+}
+
+static int txn_check(struct cache_txn *t, bool write)
+{
+	if (t == NULL)
+		return -EINVAL;
+	if (t->err)
+		return t->err;
+	if (write && !t->write)
+		return txn_fail(t, -EROFS);
+	return 0;
+}
+
+static int corrupt(struct cache_txn *t, const char *what, uint64_t a,
+                   uint64_t b, uint64_t c)
+{
+	log_err("cache %s: undecodable %s record (%llu %llu %llu)",
+	        t->cache->dir, what, (unsigned long long)a,
+	        (unsigned long long)b, (unsigned long long)c);
+	return txn_fail(t, -EIO);
+}
+
+/* ------------------------------------------------------------------ */
+/* Big-endian integers, record writer and reader */
+
+static void be32_put(uint8_t *p, uint32_t v)
+{
+	p[0] = v >> 24;
+	p[1] = v >> 16;
+	p[2] = v >> 8;
+	p[3] = v;
+}
+
+static uint32_t be32_get(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+	       (uint32_t)p[2] << 8 | p[3];
+}
+
+static void be64_put(uint8_t *p, uint64_t v)
+{
+	be32_put(p, v >> 32);
+	be32_put(p + 4, (uint32_t)v);
+}
+
+static uint64_t be64_get(const uint8_t *p)
+{
+	return (uint64_t)be32_get(p) << 32 | be32_get(p + 4);
+}
+
+static void msgkey_make(uint8_t out[KEY_LEN], struct cache_key k)
+{
+	be32_put(out, k.mailbox_id);
+	be32_put(out + 4, k.uidvalidity);
+	be32_put(out + 8, k.uid);
+}
+
+static struct cache_key msgkey_parse(const uint8_t *p)
+{
+	struct cache_key k = {be32_get(p), be32_get(p + 4), be32_get(p + 8)};
+
+	return k;
+}
+
+/* With p == NULL the writer only counts, so one function both sizes and
+ * fills a record. */
+struct wr {
+	uint8_t *p;
+	size_t n;
+};
+
+static void wr_bytes(struct wr *w, const void *d, size_t n)
+{
+	if (w->p && n)
+		memcpy(w->p + w->n, d, n);
+	w->n += n;
+}
+
+static void wr_u8(struct wr *w, uint8_t v)
+{
+	wr_bytes(w, &v, 1);
+}
+
+static void wr_u16(struct wr *w, uint16_t v)
+{
+	uint8_t b[2] = {v >> 8, (uint8_t)v};
+
+	wr_bytes(w, b, 2);
+}
+
+static void wr_u32(struct wr *w, uint32_t v)
+{
+	uint8_t b[4];
+
+	be32_put(b, v);
+	wr_bytes(w, b, 4);
+}
+
+static void wr_u64(struct wr *w, uint64_t v)
+{
+	uint8_t b[8];
+
+	be64_put(b, v);
+	wr_bytes(w, b, 8);
+}
+
+/* Callers check lengths with len_ok() first. */
+static void wr_blob(struct wr *w, const void *d, size_t n)
+{
+	wr_u32(w, (uint32_t)n);
+	wr_bytes(w, d, n);
+}
+
+static void wr_str(struct wr *w, const char *s)
+{
+	wr_blob(w, s, s ? strlen(s) : 0);
+}
+
+static bool len_ok(size_t n)
+{
+	return n <= UINT32_MAX;
+}
+
+static bool str_ok(const char *s)
+{
+	return s == NULL || len_ok(strlen(s));
+}
+
+struct span {
+	const uint8_t *p;
+	size_t n;
+};
+
+struct rd {
+	const uint8_t *p;
+	size_t len;
+	size_t off;
+	bool bad;
+};
+
+static void rd_init(struct rd *r, const MDB_val *v)
+{
+	r->p = v->mv_data;
+	r->len = v->mv_size;
+	r->off = 0;
+	r->bad = false;
+}
+
+static const uint8_t *rd_take(struct rd *r, size_t n)
+{
+	const uint8_t *p;
+
+	if (r->bad || r->len - r->off < n) {
+		r->bad = true;
+		return NULL;
+	}
+	p = r->p + r->off;
+	r->off += n;
+	return p;
+}
+
+static uint8_t rd_u8(struct rd *r)
+{
+	const uint8_t *p = rd_take(r, 1);
+
+	return p ? p[0] : 0;
+}
+
+static uint16_t rd_u16(struct rd *r)
+{
+	const uint8_t *p = rd_take(r, 2);
+
+	return p ? (uint16_t)(p[0] << 8 | p[1]) : 0;
+}
+
+static uint32_t rd_u32(struct rd *r)
+{
+	const uint8_t *p = rd_take(r, 4);
+
+	return p ? be32_get(p) : 0;
+}
+
+static uint64_t rd_u64(struct rd *r)
+{
+	const uint8_t *p = rd_take(r, 8);
+
+	return p ? be64_get(p) : 0;
+}
+
+static struct span rd_blob(struct rd *r)
+{
+	struct span s = {NULL, 0};
+	uint32_t n = rd_u32(r);
+
+	s.p = rd_take(r, n);
+	if (s.p)
+		s.n = n;
+	return s;
+}
+
+/* The whole value was consumed, nothing more, nothing less. */
+static bool rd_ok(const struct rd *r)
+{
+	return !r->bad && r->off == r->len;
+}
+
+/* Copy s into *cur as a C string and advance. */
+static char *out_str(uint8_t **cur, struct span s)
+{
+	char *p = (char *)*cur;
+
+	if (s.n)
+		memcpy(p, s.p, s.n);
+	p[s.n] = '\0';
+	*cur += s.n + 1;
+	return p;
+}
+
+/* A reusable decode buffer for the foreach loops. */
+struct scratch {
+	void *p;
+	size_t cap;
+};
+
+static void *scratch_get(struct scratch *s, size_t n)
+{
+	void *p;
+
+	if (n <= s->cap)
+		return s->p;
+	p = realloc(s->p, n);
+	if (p == NULL)
+		return NULL;
+	s->p = p;
+	s->cap = n;
+	return p;
+}
+
+/* ------------------------------------------------------------------ */
+/* Database primitives.  -ENOENT from db_get is not recorded: the callers
+ * decide whether a miss is a failure. */
+
+static int db_get(struct cache_txn *t, int db, const void *k, size_t klen,
+                  MDB_val *v)
+{
+	MDB_val key = {klen, (void *)k};
+	int rc = mdb_get(t->txn, t->cache->dbi[db], &key, v);
+
+	if (rc == MDB_NOTFOUND)
+		return -ENOENT;
+	if (rc)
+		return txn_mdb_fail(t, rc);
+	return 0;
+}
+
+/* Reserve vlen bytes for key and return where to write them. */
+static int db_reserve(struct cache_txn *t, int db, const void *k, size_t klen,
+                      size_t vlen, unsigned flags, uint8_t **p_r)
+{
+	MDB_val key = {klen, (void *)k};
+	MDB_val val = {vlen, NULL};
+	int rc;
+
+	*p_r = NULL;
+	/* Counted before the put: after MDB_MAP_FULL it says how much room
+	 * the retry needs. */
+	t->bytes += klen + vlen;
+	rc = mdb_put(t->txn, t->cache->dbi[db], &key, &val,
+	             flags | MDB_RESERVE);
+	if (rc == MDB_KEYEXIST)
+		return txn_fail(t, -EEXIST);
+	if (rc)
+		return txn_mdb_fail(t, rc);
+	*p_r = val.mv_data;
+	return 0;
+}
+
+static int db_put(struct cache_txn *t, int db, const void *k, size_t klen,
+                  const void *v, size_t vlen, unsigned flags)
+{
+	uint8_t *p = NULL;
+	int rc = db_reserve(t, db, k, klen, vlen, flags, &p);
+
+	if (rc == 0 && vlen)
+		memcpy(p, v, vlen);
+	return rc;
+}
+
+/* Deleting what is not there succeeds. */
+static int db_del(struct cache_txn *t, int db, const void *k, size_t klen)
+{
+	MDB_val key = {klen, (void *)k};
+	int rc = mdb_del(t->txn, t->cache->dbi[db], &key, NULL);
+
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc)
+		return txn_mdb_fail(t, rc);
+	return 0;
+}
+
+/* Call fn for every entry whose key starts with prefix[0..plen), from the
+ * first key >= start[0..slen) on (start begins with the prefix).  fn
+ * returns 0 to go on, > 0 to stop, < 0 to fail; its failures are returned,
+ * not recorded.  fn must not write to db. */
+typedef int (*scan_fn)(struct cache_txn *t, const MDB_val *k, const MDB_val *v,
+                       void *ctx);
+
+static int db_scan(struct cache_txn *t, int db, const void *start, size_t slen,
+                   size_t plen, scan_fn fn, void *ctx)
+{
+	MDB_cursor *cur;
+	MDB_val k = {slen, (void *)start}, v;
+	int rc, ret = 0;
+	MDB_cursor_op op = slen ? MDB_SET_RANGE : MDB_FIRST;
+
+	rc = mdb_cursor_open(t->txn, t->cache->dbi[db], &cur);
+	if (rc)
+		return txn_mdb_fail(t, rc);
+	for (;;) {
+		rc = mdb_cursor_get(cur, &k, &v, op);
+		op = MDB_NEXT;
+		if (rc == MDB_NOTFOUND)
+			break;
+		if (rc) {
+			ret = txn_mdb_fail(t, rc);
+			break;
+		}
+		if (plen &&
+		    (k.mv_size < plen || memcmp(k.mv_data, start, plen) != 0))
+			break;
+		ret = fn(t, &k, &v, ctx);
+		if (ret) {
+			if (ret > 0)
+				ret = 0;
+			break;
+		}
+	}
+	mdb_cursor_close(cur);
+	return ret;
+}
+
+/* Delete every entry whose key starts with prefix; count them. */
+static int db_del_prefix(struct cache_txn *t, int db, const void *prefix,
+                         size_t plen, size_t *count_r)
+{
+	MDB_cursor *cur;
+	MDB_val k, v;
+	size_t n = 0;
+	int rc;
+
+	rc = mdb_cursor_open(t->txn, t->cache->dbi[db], &cur);
+	if (rc)
+		return txn_mdb_fail(t, rc);
+	for (;;) {
+		/* Seek afresh after each delete instead of trusting the
+		 * cursor's position after mdb_cursor_del. */
+		k.mv_size = plen;
+		k.mv_data = (void *)prefix;
+		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+		if (rc == MDB_NOTFOUND)
+			break;
+		if (rc)
+			goto fail;
+		if (k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0)
+			break;
+		rc = mdb_cursor_del(cur, 0);
+		if (rc)
+			goto fail;
+		n++;
+	}
+	mdb_cursor_close(cur);
+	if (count_r)
+		*count_r = n;
+	return 0;
+fail:
+	mdb_cursor_close(cur);
+	return txn_mdb_fail(t, rc);
+}
+
+/* ------------------------------------------------------------------ */
+/* Meta and counters */
+
+static int meta_read(struct cache_txn *t, const char *name, uint64_t *v_r)
+{
+	MDB_val v;
+	int rc = db_get(t, DB_META, name, strlen(name), &v);
+
+	if (rc)
+		return rc;
+	if (v.mv_size != 8)
+		return corrupt(t, "meta", 0, 0, 0);
+	*v_r = be64_get(v.mv_data);
+	return 0;
+}
+
+static int meta_write(struct cache_txn *t, const char *name, uint64_t val)
+{
+	uint8_t b[8];
+
+	be64_put(b, val);
+	return db_put(t, DB_META, name, strlen(name), b, 8, 0);
+}
+
+/* The next value of a persistent counter that starts at 1 and never goes
+ * past max. */
+static int counter_next(struct cache_txn *t, const char *name, uint64_t max,
+                        uint64_t *v_r)
+{
+	uint64_t v;
+	int rc = meta_read(t, name, &v);
+
+	if (rc == -ENOENT)
+		v = 1;
+	else if (rc)
+		return rc;
+	if (v == 0 || v > max)
+		return txn_fail(t, -EOVERFLOW);
+	rc = meta_write(t, name, v + 1);
+	if (rc)
+		return rc;
+	*v_r = v;
+	return 0;
+}
+
+static bool meta_name_ok(const char *name)
+{
+	size_t i, n;
+
+	if (name == NULL)
+		return false;
+	n = strlen(name);
+	if (n == 0 || n > META_NAME_MAX)
+		return false;
+	for (i = 0; i < n; i++)
+		if (name[i] < 0x21 || name[i] > 0x7e)
+			return false;
+	return strncmp(name, "cache.", 6) != 0 && strcmp(name, META_SCHEMA);
+}
+
+int cache_meta_get(struct cache_txn *txn, const char *name, uint64_t *val_r)
+{
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (!meta_name_ok(name) || val_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	return meta_read(txn, name, val_r);
+}
+
+int cache_meta_set(struct cache_txn *txn, const char *name, uint64_t val)
+{
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!meta_name_ok(name))
+		return txn_fail(txn, -EINVAL);
+	return meta_write(txn, name, val);
+}
+
+/* ------------------------------------------------------------------ */
+/* Environment */
+
+#if SIZE_MAX > UINT32_MAX
+#define MAP_DEFAULT ((size_t)64 << 30)
+#define MAP_MAX     ((size_t)16 << 40)
+#else
+#define MAP_DEFAULT ((size_t)1 << 30)
+#define MAP_MAX     ((size_t)3 << 29)
+#endif
+
+static int active_init(struct cache *c)
+{
+	pthread_condattr_t ca;
+	int rc;
+
+	rc = pthread_mutex_init(&c->active_lock, NULL);
+	if (rc)
+		return -rc;
+	rc = pthread_condattr_init(&ca);
+	if (rc == 0) {
+		rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		if (rc == 0)
+			rc = pthread_cond_init(&c->active_zero, &ca);
+		pthread_condattr_destroy(&ca);
+	}
+	if (rc) {
+		pthread_mutex_destroy(&c->active_lock);
+		return -rc;
+	}
+	return 0;
+}
+
+/* Create dir and missing parents, 0700 each (exactly, whatever the
+ * umask).  Existing directories are left as they are. */
+static int mkdir_p(const char *dir)
+{
+	char *p, *s = strdup(dir);
+	struct stat st;
+	int rc = 0;
+
+	if (s == NULL)
+		return -ENOMEM;
+	for (p = s + 1;; p++) {
+		char c = *p;
+
+		if (c != '/' && c != '\0')
+			continue;
+		*p = '\0';
+		if (mkdir(s, 0700) == 0) {
+			if (chmod(s, 0700) != 0) {
+				rc = -errno;
+				break;
+			}
+		} else if (errno != EEXIST) {
+			rc = -errno;
+			break;
+		}
+		*p = c;
+		if (c == '\0')
+			break;
+	}
+	if (rc == 0 && stat(s, &st) != 0)
+		rc = -errno;
+	else if (rc == 0 && !S_ISDIR(st.st_mode))
+		rc = -ENOTDIR;
+	free(s);
+	return rc;
+}
+
+static int chmod_file(const char *dir, const char *file)
+{
+	char path[PATH_MAX];
+
+	if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, file) >=
+	    sizeof(path))
+		return -ENAMETOOLONG;
+	if (chmod(path, 0600) != 0)
+		return -errno;
+	return 0;
+}
+
+/* Open the databases and check the schema, in one write transaction. */
+static int cache_init_dbs(struct cache *c)
+{
+	struct cache_txn t = {.cache = c, .write = true};
+	uint64_t schema;
+	int i, rc;
+
+	rc = mdb_txn_begin(c->env, NULL, 0, &t.txn);
+	if (rc) {
+		log_err("cache %s: %s", c->dir, mdb_strerror(rc));
+		return mdb_errno(rc);
+	}
+	for (i = 0; i < DB_COUNT; i++) {
+		rc = mdb_dbi_open(t.txn, db_names[i], MDB_CREATE, &c->dbi[i]);
+		if (rc) {
+			log_err("cache %s: database %s: %s", c->dir,
+			        db_names[i], mdb_strerror(rc));
+			mdb_txn_abort(t.txn);
+			return mdb_errno(rc);
+		}
+	}
+	rc = meta_read(&t, META_SCHEMA, &schema);
+	if (rc == -ENOENT) {
+		schema = CACHE_SCHEMA_VERSION;
+		rc = meta_write(&t, META_SCHEMA, schema);
+	}
+	if (rc == 0 && schema > CACHE_SCHEMA_VERSION) {
+		log_err("cache %s: written by a newer mailfs (cache schema %llu, this mailfs knows up to %d); refusing to use it",
+		        c->dir, (unsigned long long)schema,
+		        CACHE_SCHEMA_VERSION);
+		rc = -EPROTONOSUPPORT;
+	} else if (rc == 0 && schema == 0) {
+		log_err("cache %s: invalid schema version 0", c->dir);
+		rc = -EIO;
+	}
+	/* Upgrades from older schemas go here, in this transaction. */
+	if (rc) {
+		mdb_txn_abort(t.txn);
+		return rc;
+	}
+	rc = mdb_txn_commit(t.txn);
+	if (rc) {
+		log_err("cache %s: %s", c->dir, mdb_strerror(rc));
+		return mdb_errno(rc);
+	}
+	return 0;
+}
+
+int cache_open_ex(const char *dir, const struct cache_options *opt,
+                  struct cache **cache_r)
+{
+	struct cache *c, *o;
+	struct stat st;
+	size_t map;
+	int fd, rc, dead;
+	bool listed = false;
+
+	if (dir == NULL || *dir == '\0' || cache_r == NULL)
+		return -EINVAL;
+	*cache_r = NULL;
+	rc = mkdir_p(dir);
+	if (rc) {
+		log_err("cache %s: cannot create the directory: %s", dir,
+		        strerror(-rc));
+		return rc;
+	}
+	if (stat(dir, &st) != 0)
+		return -errno;
+	c = calloc(1, sizeof(*c));
+	if (c == NULL)
+		return -ENOMEM;
+	c->dir = strdup(dir);
+	if (c->dir == NULL) {
+		free(c);
+		return -ENOMEM;
+	}
+	c->dev = st.st_dev;
+	c->ino = st.st_ino;
+	c->pid = getpid();
+	c->map_max = MAP_MAX;
+	rc = active_init(c);
+	if (rc) {
+		free(c->dir);
+		free(c);
+		return rc;
+	}
+
+	/* LMDB must not open the same environment twice in one process:
+	 * closing the second would drop the first one's fcntl locks. */
+	pthread_mutex_lock(&open_lock);
+	for (o = open_list; o; o = o->next_open)
+		if (o->dev == c->dev && o->ino == c->ino)
+			break;
+	if (o == NULL) {
+		c->next_open = open_list;
+		open_list = c;
+		listed = true;
+	}
+	pthread_mutex_unlock(&open_lock);
+	if (!listed) {
+		log_err("cache %s: already open in this process", dir);
+		rc = -EBUSY;
+		goto fail;
+	}
+
+	rc = mdb_env_create(&c->env);
+	if (rc) {
+		c->env = NULL;
+		rc = mdb_errno(rc);
+		goto fail;
+	}
+	map = opt && opt->map_size ? opt->map_size : MAP_DEFAULT;
+	rc = mdb_env_set_mapsize(c->env, map);
+	if (rc == 0)
+		rc = mdb_env_set_maxdbs(c->env, DB_COUNT + 4);
+	if (rc == 0)
+		rc = mdb_env_open(c->env, dir, MDB_NOTLS, 0600);
+	if (rc) {
+		log_err("cache %s: %s", dir, mdb_strerror(rc));
+		rc = mdb_errno(rc);
+		goto fail;
+	}
+	/* Exact modes whatever the umask, and whatever an older run left. */
+	rc = chmod_file(dir, "data.mdb");
+	if (rc == 0)
+		rc = chmod_file(dir, "lock.mdb");
+	if (rc) {
+		log_err("cache %s: cannot set file modes: %s", dir,
+		        strerror(-rc));
+		goto fail;
+	}
+	/* LMDB's other descriptors are close-on-exec, the data file's is
+	 * not; passcmd children must not inherit it. */
+	if (mdb_env_get_fd(c->env, &fd) == 0 && fd >= 0) {
+		int fl = fcntl(fd, F_GETFD);
+
+		if (fl < 0 || fcntl(fd, F_SETFD, fl | FD_CLOEXEC) < 0) {
+			rc = -errno;
+			goto fail;
+		}
+	}
+	/* Reader slots left behind by a crashed process. */
+	mdb_reader_check(c->env, &dead);
+	if (dead > 0)
+		log_info("cache %s: cleared %d stale reader slot(s)", dir,
+		         dead);
+	rc = cache_init_dbs(c);
+	if (rc)
+		goto fail;
+	*cache_r = c;
+	return 0;
+
+fail:
+	cache_close(&c);
+	return rc;
+}
+
+int cache_open(const char *dir, struct cache **cache_r)
+{
+	return cache_open_ex(dir, NULL, cache_r);
+}
+
+void cache_close(struct cache **cache)
+{
+	struct cache *c, **pp;
+
+	if (cache == NULL || *cache == NULL)
+		return;
+	c = *cache;
+	*cache = NULL;
+	if (c->env)
+		mdb_env_close(c->env);
+	pthread_mutex_lock(&open_lock);
+	for (pp = &open_list; *pp; pp = &(*pp)->next_open) {
+		if (*pp == c) {
+			*pp = c->next_open;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&open_lock);
+	pthread_cond_destroy(&c->active_zero);
+	pthread_mutex_destroy(&c->active_lock);
+	free(c->dir);
+	free(c);
+}
+
+size_t cache_map_size(struct cache *cache)
+{
+	MDB_envinfo info;
+
+	if (cache == NULL || mdb_env_info(cache->env, &info) != 0)
+		return 0;
+	return info.me_mapsize;
+}
+
+static void active_enter(struct cache *c)
+{
+	pthread_mutex_lock(&c->active_lock);
+	c->active++;
+	pthread_mutex_unlock(&c->active_lock);
+}
+
+static void active_leave(struct cache *c)
+{
+	pthread_mutex_lock(&c->active_lock);
+	if (--c->active == 0)
+		pthread_cond_broadcast(&c->active_zero);
+	pthread_mutex_unlock(&c->active_lock);
+}
+
+/* Set the map size (0: adopt the size another process set) once no
+ * transaction of this process is live.  New transactions are not held
+ * back meanwhile, so a thread that holds one while calling this cannot
+ * deadlock: the wait is bounded and then fails with -EBUSY. */
+static int map_resize(struct cache *c, size_t size)
+{
+	struct timespec ts;
+	int rc = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += GROW_WAIT_S;
+	pthread_mutex_lock(&c->active_lock);
+	while (c->active > 0 && rc == 0)
+		rc = pthread_cond_timedwait(&c->active_zero, &c->active_lock,
+		                            &ts);
+	if (c->active > 0)
+		rc = -EBUSY;
+	else if (size && size <= cache_map_size(c))
+		rc = 0; /* a concurrent grower got there first */
+	else
+		rc = mdb_errno(mdb_env_set_mapsize(c->env, size));
+	pthread_mutex_unlock(&c->active_lock);
+	return rc;
+}
+
+/* Grow the map so that at least need more bytes fit: double it, or more
+ * if need asks for it, up to map_max. */
+static int cache_grow(struct cache *c, size_t need)
+{
+	size_t cur = cache_map_size(c);
+	size_t room = cur < c->map_max ? c->map_max - cur : 0;
+	size_t add = cur;
+	int rc;
+
+	if (need <= room / 2 && add < 2 * need)
+		add = 2 * need;
+	if (add > room)
+		add = room;
+	if (add == 0) {
+		log_err("cache %s: map full at its maximum size (%zu MiB)",
+		        c->dir, cur >> 20);
+		return -ENOSPC;
+	}
+	rc = map_resize(c, cur + add);
+	if (rc) {
+		log_warn("cache %s: map full, cannot grow it now: %s", c->dir,
+		         strerror(-rc));
+		return -ENOSPC;
+	}
+	log_info("cache %s: map grown from %zu to %zu MiB", c->dir, cur >> 20,
+	         (cur + add) >> 20);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Transactions */
+
+int cache_txn_begin(struct cache *cache, bool write, struct cache_txn **txn_r)
+{
+	struct cache_txn *t;
+	int rc;
+
+	if (cache == NULL || txn_r == NULL)
+		return -EINVAL;
+	*txn_r = NULL;
+	if (getpid() != cache->pid) {
+		log_err("cache %s: used across fork(); open it in the process that uses it",
+		        cache->dir);
+		return -ECHILD;
+	}
+	t = calloc(1, sizeof(*t));
+	if (t == NULL)
+		return -ENOMEM;
+	t->cache = cache;
+	t->write = write;
+	active_enter(cache);
+	rc = mdb_txn_begin(cache->env, NULL, write ? 0 : MDB_RDONLY, &t->txn);
+	if (rc == MDB_MAP_RESIZED) {
+		/* Another process grew the map: adopt its size. */
+		active_leave(cache);
+		map_resize(cache, 0);
+		active_enter(cache);
+		rc = mdb_txn_begin(cache->env, NULL, write ? 0 : MDB_RDONLY,
+		                   &t->txn);
+	}
+	if (rc) {
+		active_leave(cache);
+		free(t);
+		return mdb_errno(rc);
+	}
+	*txn_r = t;
+	return 0;
+}
+
+/* LMDB reports a short write as EIO, and a full disk mostly shows up as a
+ * short write.  Call it ENOSPC when the file system has less room left
+ * than the transaction wrote. */
+static bool fs_full(struct cache *c, size_t bytes)
+{
+	struct statvfs sv;
+	int fd;
+
+	if (mdb_env_get_fd(c->env, &fd) != 0 || fstatvfs(fd, &sv) != 0)
+		return false;
+	if (bytes < (1u << 20))
+		bytes = 1u << 20;
+	return sv.f_bavail < bytes / (sv.f_frsize ? sv.f_frsize : 1) + 1;
+}
+
+/* End t, committing if asked and no step failed.  *map_full_r tells
+ * whether the failure was a full map (worth growing and retrying). */
+static int txn_end(struct cache_txn *t, bool commit, bool *map_full_r)
+{
+	bool map_full = t->map_full;
+	int rc = t->err;
+
+	if (commit && t->write && rc == 0) {
+		int mrc = mdb_txn_commit(t->txn);
+
+		if (mrc == MDB_MAP_FULL)
+			map_full = true;
+		rc = mdb_errno(mrc);
+		if (rc == -EIO && fs_full(t->cache, t->bytes))
+			rc = -ENOSPC;
+		if (rc)
+			log_warn("cache %s: commit failed: %s", t->cache->dir,
+			         strerror(-rc));
+	} else {
+		mdb_txn_abort(t->txn);
+	}
+	active_leave(t->cache);
+	free(t);
+	if (map_full_r)
+		*map_full_r = map_full;
+	return rc;
+}
+
+int cache_txn_commit(struct cache_txn **txn)
+{
+	struct cache_txn *t;
+
+	if (txn == NULL || *txn == NULL)
+		return -EINVAL;
+	t = *txn;
+	*txn = NULL;
+	return txn_end(t, true, NULL);
+}
+
+void cache_txn_abort(struct cache_txn **txn)
+{
+	if (txn == NULL || *txn == NULL)
+		return;
+	txn_end(*txn, false, NULL);
+	*txn = NULL;
+}
+
+int cache_txn_error(const struct cache_txn *txn)
+{
+	return txn ? txn->err : -EINVAL;
+}
+
+int cache_run_write(struct cache *cache,
+                    int (*fn)(struct cache_txn *txn, void *ctx), void *ctx)
+{
+	struct cache_txn *t;
+	bool map_full;
+	size_t bytes;
+	int attempt, rc;
+
+	if (fn == NULL)
+		return -EINVAL;
+	for (attempt = 0;; attempt++) {
+		rc = cache_txn_begin(cache, true, &t);
+		if (rc)
+			return rc;
+		rc = fn(t, ctx);
+		bytes = t->bytes;
+		if (rc) {
+			map_full = t->map_full;
+			txn_end(t, false, NULL);
+		} else {
+			rc = txn_end(t, true, &map_full);
+		}
+		if (rc != -ENOSPC || !map_full || attempt > 0)
+			return rc;
+		if (cache_grow(cache, bytes) != 0)
+			return -ENOSPC;
+	}
+}
+
+int cache_run_read(struct cache *cache,
+                   int (*fn)(struct cache_txn *txn, void *ctx), void *ctx)
+{
+	struct cache_txn *t;
+	int rc, end;
+
+	if (fn == NULL)
+		return -EINVAL;
+	rc = cache_txn_begin(cache, false, &t);
+	if (rc)
+		return rc;
+	rc = fn(t, ctx);
+	end = txn_end(t, false, NULL);
+	return rc ? rc : end;
+}
+
+/* ------------------------------------------------------------------ */
+/* Mailboxes */
+
+static const struct {
+	const char *name;
+	uint32_t bit;
+} mbox_attr_names[] = {
+        {"\\Noselect", CACHE_MBOX_NOSELECT},
+        {"\\NoInferiors", CACHE_MBOX_NOINFERIORS},
+        {"\\NonExistent", CACHE_MBOX_NONEXISTENT},
+        {"\\HasChildren", CACHE_MBOX_HASCHILDREN},
+        {"\\HasNoChildren", CACHE_MBOX_HASNOCHILDREN},
+        {"\\Marked", CACHE_MBOX_MARKED},
+        {"\\Unmarked", CACHE_MBOX_UNMARKED},
+        {"\\Subscribed", CACHE_MBOX_SUBSCRIBED},
+        {"\\Remote", CACHE_MBOX_REMOTE},
+        {"\\All", CACHE_MBOX_ALL},
+        {"\\Archive", CACHE_MBOX_ARCHIVE},
+        {"\\Drafts", CACHE_MBOX_DRAFTS},
+        {"\\Flagged", CACHE_MBOX_FLAGGED},
+        {"\\Junk", CACHE_MBOX_JUNK},
+        {"\\Sent", CACHE_MBOX_SENT},
+        {"\\Trash", CACHE_MBOX_TRASH},
+        {"\\Important", CACHE_MBOX_IMPORTANT},
+};
+
+uint32_t cache_mailbox_attrs_parse(const char *text)
+{
+	uint32_t bits = 0;
+	const char *p = text;
+	size_t i, n;
+
+	if (text == NULL)
+		return 0;
+	for (;;) {
+		while (*p == ' ' || *p == '(' || *p == ')' || *p == '\t')
+			p++;
+		if (*p == '\0')
+			break;
+		n = strcspn(p, " ()\t");
+		for (i = 0;
+		     i < sizeof(mbox_attr_names) / sizeof(*mbox_attr_names);
+		     i++) {
+			const char *name = mbox_attr_names[i].name;
+
+			if (strlen(name) == n && strncasecmp(p, name, n) == 0)
+				bits |= mbox_attr_names[i].bit;
+		}
+		p += n;
+	}
+	return bits;
+}
+
+struct mbox_view {
+	uint8_t delim;
+	bool deleted;
+	uint32_t attrs, uidvalidity, uidnext;
+	uint64_t highestmodseq;
+	int64_t last_sync;
+	struct span name, attrs_raw;
+	uint32_t ngens;
+	const uint8_t *gens; /* ngens big-endian u32 */
+};
+
+static void mbox_encode(struct wr *w, const struct cache_mailbox *mb)
+{
+	uint32_t i;
+
+	wr_u8(w, MBOX_REC_V1);
+	wr_u8(w, (uint8_t)mb->delim);
+	wr_u8(w, mb->deleted ? 1 : 0);
+	wr_u32(w, mb->attrs);
+	wr_u32(w, mb->uidvalidity);
+	wr_u32(w, mb->uidnext);
+	wr_u64(w, mb->highestmodseq);
+	wr_u64(w, (uint64_t)mb->last_sync);
+	wr_str(w, mb->name);
+	wr_str(w, mb->attrs_raw);
+	wr_u32(w, mb->ngenerations);
+	for (i = 0; i < mb->ngenerations; i++)
+		wr_u32(w, mb->uidvalidities[i]);
+}
+
+static bool mbox_parse(const MDB_val *v, struct mbox_view *mv)
+{
+	struct rd r;
+	uint8_t bits;
+
+	rd_init(&r, v);
+	if (rd_u8(&r) != MBOX_REC_V1)
+		return false;
+	mv->delim = rd_u8(&r);
+	bits = rd_u8(&r);
+	mv->deleted = bits & 1;
+	mv->attrs = rd_u32(&r);
+	mv->uidvalidity = rd_u32(&r);
+	mv->uidnext = rd_u32(&r);
+	mv->highestmodseq = rd_u64(&r);
+	mv->last_sync = (int64_t)rd_u64(&r);
+	mv->name = rd_blob(&r);
+	mv->attrs_raw = rd_blob(&r);
+	mv->ngens = rd_u32(&r);
+	if (mv->ngens > GENS_MAX)
+		return false;
+	mv->gens = rd_take(&r, (size_t)mv->ngens * 4);
+	return rd_ok(&r) && mv->name.n > 0;
+}
+
+static size_t mbox_build_size(const struct mbox_view *mv)
+{
+	return sizeof(struct cache_mailbox) + (size_t)mv->ngens * 4 +
+	       mv->name.n + 1 + mv->attrs_raw.n + 1;
+}
+
+static struct cache_mailbox *mbox_build(const struct mbox_view *mv, uint32_t id,
+                                        void *buf)
+{
+	struct cache_mailbox *mb = buf;
+	uint8_t *cur = (uint8_t *)(mb + 1);
+	uint32_t i;
+
+	memset(mb, 0, sizeof(*mb));
+	mb->id = id;
+	mb->delim = (char)mv->delim;
+	mb->deleted = mv->deleted;
+	mb->attrs = mv->attrs;
+	mb->uidvalidity = mv->uidvalidity;
+	mb->uidnext = mv->uidnext;
+	mb->highestmodseq = mv->highestmodseq;
+	mb->last_sync = mv->last_sync;
+	mb->ngenerations = mv->ngens;
+	/* The u32 array right after the struct is suitably aligned. */
+	mb->uidvalidities = (uint32_t *)cur;
+	for (i = 0; i < mv->ngens; i++)
+		mb->uidvalidities[i] = be32_get(mv->gens + 4 * i);
+	cur += (size_t)mv->ngens * 4;
+	mb->name = out_str(&cur, mv->name);
+	mb->attrs_raw = out_str(&cur, mv->attrs_raw);
+	return mb;
+}
+
+void cache_mailbox_free(struct cache_mailbox **mb)
+{
+	if (mb == NULL)
+		return;
+	free(*mb);
+	*mb = NULL;
+}
+
+static bool mbox_id_ok(uint32_t id)
+{
+	return id != CACHE_ROOT_MAILBOX_ID && id != CACHE_POP_MAILBOX_ID;
+}
+
+/* Length check of a name used as a key. */
+static int key_name_check(struct cache_txn *t, const char *name, size_t max)
+{
+	size_t n;
+
+	if (name == NULL)
+		return -EINVAL;
+	n = strlen(name);
+	if (n == 0)
+		return -EINVAL;
+	if (n > max || n > (size_t)mdb_env_get_maxkeysize(t->cache->env))
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+/* Load the record of id into a fresh allocation. */
+static int mbox_load(struct cache_txn *t, uint32_t id,
+                     struct cache_mailbox **mb_r)
+{
+	uint8_t k[4];
+	struct mbox_view mv;
+	MDB_val v;
+	void *buf;
+	int rc;
+
+	be32_put(k, id);
+	rc = db_get(t, DB_MBOX, k, 4, &v);
+	if (rc)
+		return rc;
+	if (!mbox_parse(&v, &mv))
+		return corrupt(t, "mailbox", id, 0, 0);
+	buf = malloc(mbox_build_size(&mv));
+	if (buf == NULL)
+		return txn_fail(t, -ENOMEM);
+	*mb_r = mbox_build(&mv, id, buf);
+	return 0;
+}
+
+static int name_lookup(struct cache_txn *t, const char *name, uint32_t *id_r)
+{
+	MDB_val v;
+	int rc = db_get(t, DB_MBOX_NAME, name, strlen(name), &v);
+
+	if (rc)
+		return rc;
+	if (v.mv_size != 4)
+		return corrupt(t, "mailbox name", 0, 0, 0);
+	*id_r = be32_get(v.mv_data);
+	return 0;
+}
+
+/* Store rec under rec->id.  Its generation list is old's (NULL for a new
+ * mailbox) plus rec->uidvalidity if that is new; the name index follows a
+ * changed name.  *gen_r (may be NULL) gets the generation of
+ * rec->uidvalidity, UINT32_MAX if that is 0. */
+static int mbox_store(struct cache_txn *t, const struct cache_mailbox *rec,
+                      const struct cache_mailbox *old, uint32_t *gen_r)
+{
+	struct cache_mailbox tmp = *rec;
+	uint32_t *gens = NULL;
+	uint32_t i, n = old ? old->ngenerations : 0, gen = UINT32_MAX;
+	uint8_t k[4], idb[4], *p = NULL;
+	struct wr w = {NULL, 0};
+	int rc;
+
+	if (!str_ok(rec->attrs_raw))
+		return txn_fail(t, -EINVAL);
+	rc = key_name_check(t, rec->name, SIZE_MAX);
+	if (rc)
+		return txn_fail(t, rc);
+	tmp.uidvalidities = old ? old->uidvalidities : NULL;
+	for (i = 0; i < n; i++)
+		if (tmp.uidvalidities[i] == rec->uidvalidity)
+			gen = i;
+	if (rec->uidvalidity != 0 && gen == UINT32_MAX) {
+		if (n >= GENS_MAX)
+			return txn_fail(t, -EOVERFLOW);
+		gens = malloc(((size_t)n + 1) * sizeof(*gens));
+		if (gens == NULL)
+			return txn_fail(t, -ENOMEM);
+		if (n)
+			memcpy(gens, old->uidvalidities, n * sizeof(*gens));
+		gens[n] = rec->uidvalidity;
+		gen = n++;
+		tmp.uidvalidities = gens;
+	}
+	tmp.ngenerations = n;
+
+	be32_put(k, rec->id);
+	be32_put(idb, rec->id);
+	if (old == NULL || strcmp(old->name, rec->name) != 0) {
+		uint32_t other;
+
+		rc = name_lookup(t, rec->name, &other);
+		if (rc == 0 && other != rec->id) {
+			rc = txn_fail(t, -EEXIST);
+			goto out;
+		}
+		if (rc != 0 && rc != -ENOENT)
+			goto out;
+		if (old) {
+			rc = name_lookup(t, old->name, &other);
+			if (rc == 0 && other == rec->id)
+				rc = db_del(t, DB_MBOX_NAME, old->name,
+				            strlen(old->name));
+			if (rc != 0 && rc != -ENOENT)
+				goto out;
+		}
+		rc = db_put(t, DB_MBOX_NAME, rec->name, strlen(rec->name), idb,
+		            4, 0);
+		if (rc)
+			goto out;
+	}
+	mbox_encode(&w, &tmp);
+	rc = db_reserve(t, DB_MBOX, k, 4, w.n, 0, &p);
+	if (rc)
+		goto out;
+	w.p = p;
+	w.n = 0;
+	mbox_encode(&w, &tmp);
+	if (gen_r)
+		*gen_r = gen;
+out:
+	free(gens);
+	return rc;
+}
+
+int cache_mailbox_add(struct cache_txn *txn, const struct cache_mailbox *mb,
+                      uint32_t *id_r)
+{
+	struct cache_mailbox rec;
+	uint64_t id;
+	uint32_t other;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (mb == NULL)
+		return txn_fail(txn, -EINVAL);
+	rc = key_name_check(txn, mb->name, SIZE_MAX);
+	if (rc)
+		return txn_fail(txn, rc);
+	rc = name_lookup(txn, mb->name, &other);
+	if (rc == 0)
+		return txn_fail(txn, -EEXIST);
+	if (rc != -ENOENT)
+		return rc;
+	rc = counter_next(txn, META_NEXT_MAILBOX, CACHE_POP_MAILBOX_ID - 1,
+	                  &id);
+	if (rc)
+		return rc;
+	rec = *mb;
+	rec.id = (uint32_t)id;
+	rc = mbox_store(txn, &rec, NULL, NULL);
+	if (rc == 0 && id_r)
+		*id_r = rec.id;
+	return rc;
+}
+
+int cache_mailbox_put(struct cache_txn *txn, const struct cache_mailbox *mb)
+{
+	struct cache_mailbox *old = NULL;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (mb == NULL || !mbox_id_ok(mb->id))
+		return txn_fail(txn, -EINVAL);
+	rc = mbox_load(txn, mb->id, &old);
+	if (rc == -ENOENT)
+		return txn_fail(txn, rc);
+	if (rc)
+		return rc;
+	rc = mbox_store(txn, mb, old, NULL);
+	free(old);
+	return rc;
+}
+
+int cache_mailbox_set_state(struct cache_txn *txn, uint32_t id,
+                            uint32_t uidvalidity, uint32_t uidnext,
+                            uint64_t highestmodseq, int64_t last_sync,
+                            uint32_t *gen_r)
+{
+	struct cache_mailbox *old = NULL, rec;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!mbox_id_ok(id) || uidvalidity == 0)
+		return txn_fail(txn, -EINVAL);
+	rc = mbox_load(txn, id, &old);
+	if (rc == -ENOENT)
+		return txn_fail(txn, rc);
+	if (rc)
+		return rc;
+	rec = *old;
+	rec.uidvalidity = uidvalidity;
+	rec.uidnext = uidnext;
+	rec.highestmodseq = highestmodseq;
+	rec.last_sync = last_sync;
+	rc = mbox_store(txn, &rec, old, gen_r);
+	free(old);
+	return rc;
+}
+
+int cache_mailbox_get(struct cache_txn *txn, uint32_t id,
+                      struct cache_mailbox **mb_r)
+{
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (mb_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	*mb_r = NULL;
+	if (!mbox_id_ok(id))
+		return -ENOENT;
+	return mbox_load(txn, id, mb_r);
+}
+
+int cache_mailbox_lookup(struct cache_txn *txn, const char *name,
+                         uint32_t *id_r)
+{
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (name == NULL || id_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	/* A name too long to be a key cannot be in the index. */
+	if (key_name_check(txn, name, SIZE_MAX) != 0)
+		return -ENOENT;
+	return name_lookup(txn, name, id_r);
+}
+
+int cache_mailbox_get_by_name(struct cache_txn *txn, const char *name,
+                              struct cache_mailbox **mb_r)
+{
+	uint32_t id;
+	int rc;
+
+	if (mb_r)
+		*mb_r = NULL;
+	rc = cache_mailbox_lookup(txn, name, &id);
+	if (rc)
+		return rc;
+	rc = cache_mailbox_get(txn, id, mb_r);
+	if (rc == -ENOENT) /* an index entry without a record */
+		return corrupt(txn, "mailbox name", id, 0, 0);
+	return rc;
+}
+
+int cache_mailbox_generation(struct cache_txn *txn, uint32_t id,
+                             uint32_t uidvalidity, uint32_t *gen_r)
+{
+	struct mbox_view mv;
+	uint8_t k[4];
+	MDB_val v;
+	uint32_t i;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (gen_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	if (!mbox_id_ok(id) || uidvalidity == 0)
+		return -ENOENT;
+	be32_put(k, id);
+	rc = db_get(txn, DB_MBOX, k, 4, &v);
+	if (rc)
+		return rc;
+	if (!mbox_parse(&v, &mv))
+		return corrupt(txn, "mailbox", id, 0, 0);
+	for (i = 0; i < mv.ngens; i++) {
+		if (be32_get(mv.gens + 4 * i) == uidvalidity) {
+			*gen_r = i;
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
+int cache_mailbox_rename(struct cache_txn *txn, uint32_t id,
+                         const char *new_name)
+{
+	struct cache_mailbox *old = NULL, rec;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!mbox_id_ok(id) || new_name == NULL)
+		return txn_fail(txn, -EINVAL);
+	rc = mbox_load(txn, id, &old);
+	if (rc == -ENOENT)
+		return txn_fail(txn, rc);
+	if (rc)
+		return rc;
+	rec = *old;
+	rec.name = (char *)new_name;
+	rc = mbox_store(txn, &rec, old, NULL);
+	free(old);
+	return rc;
+}
+
+int cache_mailbox_set_deleted(struct cache_txn *txn, uint32_t id, bool deleted)
+{
+	struct cache_mailbox *old = NULL, rec;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!mbox_id_ok(id))
+		return txn_fail(txn, -EINVAL);
+	rc = mbox_load(txn, id, &old);
+	if (rc == -ENOENT)
+		return txn_fail(txn, rc);
+	if (rc)
+		return rc;
+	rec = *old;
+	rec.deleted = deleted;
+	rc = mbox_store(txn, &rec, old, NULL);
+	free(old);
+	return rc;
+}
+
+int cache_mailbox_remove(struct cache_txn *txn, uint32_t id)
+{
+	struct cache_mailbox *old = NULL;
+	uint8_t k[4];
+	uint32_t other;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!mbox_id_ok(id))
+		return txn_fail(txn, -EINVAL);
+	rc = mbox_load(txn, id, &old);
+	if (rc == -ENOENT)
+		return 0;
+	if (rc)
+		return rc;
+	be32_put(k, id);
+	rc = name_lookup(txn, old->name, &other);
+	if (rc == 0 && other == id)
+		rc = db_del(txn, DB_MBOX_NAME, old->name, strlen(old->name));
+	if (rc == 0 || rc == -ENOENT)
+		rc = db_del(txn, DB_MBOX, k, 4);
+	if (rc == 0)
+		rc = db_del_prefix(txn, DB_MSG, k, 4, NULL);
+	if (rc == 0)
+		rc = db_del_prefix(txn, DB_BODY, k, 4, NULL);
+	free(old);
+	return rc;
+}
+
+struct mbox_iter {
+	int (*cb)(const struct cache_mailbox *mb, void *ctx);
+	void *ctx;
+	struct scratch sc;
+};
+
+static int mbox_iter_one(struct cache_txn *t, const MDB_val *k,
+                         const MDB_val *v, void *ctx)
+{
+	struct mbox_iter *it = ctx;
+	struct mbox_view mv;
+	uint32_t id;
+	void *buf;
+
+	if (k->mv_size != 4)
+		return corrupt(t, "mailbox key", k->mv_size, 0, 0);
+	id = be32_get(k->mv_data);
+	if (!mbox_parse(v, &mv))
+		return corrupt(t, "mailbox", id, 0, 0);
+	buf = scratch_get(&it->sc, mbox_build_size(&mv));
+	if (buf == NULL)
+		return txn_fail(t, -ENOMEM);
+	return it->cb(mbox_build(&mv, id, buf), it->ctx);
+}
+
+int cache_mailbox_foreach(struct cache_txn *txn,
+                          int (*cb)(const struct cache_mailbox *mb, void *ctx),
+                          void *ctx)
+{
+	struct mbox_iter it = {cb, ctx, {NULL, 0}};
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (cb == NULL)
+		return txn_fail(txn, -EINVAL);
+	rc = db_scan(txn, DB_MBOX, NULL, 0, 0, mbox_iter_one, &it);
+	free(it.sc.p);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Messages */
+
+struct msg_view {
+	bool size_verified;
+	uint64_t size, modseq;
+	int64_t internaldate;
+	int16_t tz_minutes;
+	struct span flags, subject, from, date, message_id, header;
+};
+
+static void msg_encode(struct wr *w, const struct cache_msg *m)
+{
+	wr_u8(w, MSG_REC_V1);
+	wr_u8(w, m->size_verified ? 1 : 0);
+	wr_u64(w, m->size);
+	wr_u64(w, (uint64_t)m->internaldate);
+	wr_u16(w, (uint16_t)m->tz_minutes);
+	wr_u64(w, m->modseq);
+	wr_str(w, m->flags);
+	wr_str(w, m->subject);
+	wr_str(w, m->from);
+	wr_str(w, m->date);
+	wr_str(w, m->message_id);
+	wr_blob(w, m->header, m->header ? m->header_len : 0);
+}
+
+static bool msg_parse(const MDB_val *v, struct msg_view *mv)
+{
+	struct rd r;
+
+	rd_init(&r, v);
+	if (rd_u8(&r) != MSG_REC_V1)
+		return false;
+	mv->size_verified = rd_u8(&r) & 1;
+	mv->size = rd_u64(&r);
+	mv->internaldate = (int64_t)rd_u64(&r);
+	mv->tz_minutes = (int16_t)rd_u16(&r);
+	mv->modseq = rd_u64(&r);
+	mv->flags = rd_blob(&r);
+	mv->subject = rd_blob(&r);
+	mv->from = rd_blob(&r);
+	mv->date = rd_blob(&r);
+	mv->message_id = rd_blob(&r);
+	mv->header = rd_blob(&r);
+	return rd_ok(&r);
+}
+
+static size_t msg_build_size(const struct msg_view *mv)
+{
+	return sizeof(struct cache_msg) + mv->flags.n + mv->subject.n +
+	       mv->from.n + mv->date.n + mv->message_id.n + mv->header.n + 6;
+}
+
+static struct cache_msg *msg_build(const struct msg_view *mv,
+                                   struct cache_key key, void *buf)
+{
+	struct cache_msg *m = buf;
+	uint8_t *cur = (uint8_t *)(m + 1);
+
+	memset(m, 0, sizeof(*m));
+	m->key = key;
+	m->size = mv->size;
+	m->size_verified = mv->size_verified;
+	m->internaldate = mv->internaldate;
+	m->tz_minutes = mv->tz_minutes;
+	m->modseq = mv->modseq;
+	m->flags = out_str(&cur, mv->flags);
+	m->subject = out_str(&cur, mv->subject);
+	m->from = out_str(&cur, mv->from);
+	m->date = out_str(&cur, mv->date);
+	m->message_id = out_str(&cur, mv->message_id);
+	if (mv->header.n) {
+		m->header = cur;
+		m->header_len = mv->header.n;
+		memcpy(cur, mv->header.p, mv->header.n);
+	}
+	return m;
+}
+
+void cache_msg_free(struct cache_msg **msg)
+{
+	if (msg == NULL)
+		return;
+	free(*msg);
+	*msg = NULL;
+}
+
+static bool msg_key_ok(struct cache_key k)
+{
+	return mbox_id_ok(k.mailbox_id) && k.uidvalidity != 0 && k.uid != 0;
+}
+
+static int msg_load(struct cache_txn *t, struct cache_key key,
+                    struct cache_msg **msg_r)
+{
+	uint8_t k[KEY_LEN];
+	struct msg_view mv;
+	MDB_val v;
+	void *buf;
+	int rc;
+
+	msgkey_make(k, key);
+	rc = db_get(t, DB_MSG, k, KEY_LEN, &v);
+	if (rc)
+		return rc;
+	if (!msg_parse(&v, &mv))
+		return corrupt(t, "message", key.mailbox_id, key.uidvalidity,
+		               key.uid);
+	buf = malloc(msg_build_size(&mv));
+	if (buf == NULL)
+		return txn_fail(t, -ENOMEM);
+	*msg_r = msg_build(&mv, key, buf);
+	return 0;
+}
+
+static int msg_store(struct cache_txn *t, const struct cache_msg *m)
+{
+	uint8_t k[KEY_LEN], *p = NULL;
+	struct wr w = {NULL, 0};
+	int rc;
+
+	msgkey_make(k, m->key);
+	msg_encode(&w, m);
+	rc = db_reserve(t, DB_MSG, k, KEY_LEN, w.n, 0, &p);
+	if (rc)
+		return rc;
+	w.p = p;
+	w.n = 0;
+	msg_encode(&w, m);
+	return 0;
+}
+
+int cache_msg_put(struct cache_txn *txn, const struct cache_msg *msg)
+{
+	struct cache_msg rec;
+	struct msg_view old;
+	uint8_t k[KEY_LEN], mk[4];
+	MDB_val v;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (msg == NULL || !msg_key_ok(msg->key) || !str_ok(msg->flags) ||
+	    !str_ok(msg->subject) || !str_ok(msg->from) || !str_ok(msg->date) ||
+	    !str_ok(msg->message_id) ||
+	    (msg->header && !len_ok(msg->header_len)) ||
+	    (msg->header == NULL && msg->header_len))
+		return txn_fail(txn, -EINVAL);
+	/* Every message belongs to a mailbox record, so that removing the
+	 * mailbox removes it. */
+	be32_put(mk, msg->key.mailbox_id);
+	rc = db_get(txn, DB_MBOX, mk, 4, &v);
+	if (rc == -ENOENT)
+		return txn_fail(txn, rc);
+	if (rc)
+		return rc;
+	rec = *msg;
+	msgkey_make(k, msg->key);
+	rc = db_get(txn, DB_MSG, k, KEY_LEN, &v);
+	if (rc == 0 && msg_parse(&v, &old) && old.size_verified &&
+	    !msg->size_verified) {
+		rec.size = old.size;
+		rec.size_verified = true;
+	} else if (rc != 0 && rc != -ENOENT) {
+		return rc;
+	}
+	return msg_store(txn, &rec);
+}
+
+int cache_msg_get(struct cache_txn *txn, struct cache_key key,
+                  struct cache_msg **msg_r)
+{
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (msg_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	*msg_r = NULL;
+	if (!msg_key_ok(key))
+		return -ENOENT;
+	return msg_load(txn, key, msg_r);
+}
+
+int cache_msg_set_flags(struct cache_txn *txn, struct cache_key key,
+                        const char *flags, uint64_t modseq)
+{
+	struct cache_msg *m = NULL;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!msg_key_ok(key) || !str_ok(flags))
+		return txn_fail(txn, -EINVAL);
+	rc = msg_load(txn, key, &m);
+	if (rc == -ENOENT)
+		return txn_fail(txn, rc);
+	if (rc)
+		return rc;
+	m->flags = (char *)(flags ? flags : "");
+	m->modseq = modseq;
+	rc = msg_store(txn, m);
+	free(m);
+	return rc;
+}
+
+int cache_msg_delete(struct cache_txn *txn, struct cache_key key)
+{
+	uint8_t k[KEY_LEN];
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!msg_key_ok(key))
+		return txn_fail(txn, -EINVAL);
+	msgkey_make(k, key);
+	rc = db_del(txn, DB_MSG, k, KEY_LEN);
+	if (rc == 0)
+		rc = db_del(txn, DB_BODY, k, KEY_LEN);
+	return rc;
+}
+
+struct msg_iter {
+	int (*cb)(const struct cache_msg *msg, void *ctx);
+	void *ctx;
+	struct scratch sc;
+	size_t count;
+};
+
+static int msg_iter_one(struct cache_txn *t, const MDB_val *k, const MDB_val *v,
+                        void *ctx)
+{
+	struct msg_iter *it = ctx;
+	struct cache_key key;
+	struct msg_view mv;
+	void *buf;
+
+	if (k->mv_size != KEY_LEN)
+		return corrupt(t, "message key", k->mv_size, 0, 0);
+	key = msgkey_parse(k->mv_data);
+	if (!msg_parse(v, &mv))
+		return corrupt(t, "message", key.mailbox_id, key.uidvalidity,
+		               key.uid);
+	buf = scratch_get(&it->sc, msg_build_size(&mv));
+	if (buf == NULL)
+		return txn_fail(t, -ENOMEM);
+	return it->cb(msg_build(&mv, key, buf), it->ctx);
+}
+
+int cache_msg_foreach(struct cache_txn *txn, uint32_t mailbox_id,
+                      uint32_t uidvalidity, uint32_t uid_from,
+                      int (*cb)(const struct cache_msg *msg, void *ctx),
+                      void *ctx)
+{
+	struct msg_iter it = {cb, ctx, {NULL, 0}, 0};
+	struct cache_key key = {mailbox_id, uidvalidity, uid_from};
+	uint8_t k[KEY_LEN];
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (cb == NULL)
+		return txn_fail(txn, -EINVAL);
+	msgkey_make(k, key);
+	rc = db_scan(txn, DB_MSG, k, KEY_LEN, 8, msg_iter_one, &it);
+	free(it.sc.p);
+	return rc;
+}
+
+static int count_one(struct cache_txn *t, const MDB_val *k, const MDB_val *v,
+                     void *ctx)
+{
+	(void)t;
+	(void)k;
+	(void)v;
+	++*(size_t *)ctx;
+	return 0;
+}
+
+int cache_msg_count(struct cache_txn *txn, uint32_t mailbox_id,
+                    uint32_t uidvalidity, size_t *count_r)
+{
+	struct cache_key key = {mailbox_id, uidvalidity, 0};
+	uint8_t k[KEY_LEN];
+	size_t n = 0;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (count_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	msgkey_make(k, key);
+	rc = db_scan(txn, DB_MSG, k, KEY_LEN, 8, count_one, &n);
+	if (rc == 0)
+		*count_r = n;
+	return rc;
+}
+
+int cache_msg_delete_generation(struct cache_txn *txn, uint32_t mailbox_id,
+                                uint32_t uidvalidity, size_t *count_r)
+{
+	uint8_t k[8];
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!mbox_id_ok(mailbox_id) || uidvalidity == 0)
+		return txn_fail(txn, -EINVAL);
+	be32_put(k, mailbox_id);
+	be32_put(k + 4, uidvalidity);
+	rc = db_del_prefix(txn, DB_MSG, k, 8, count_r);
+	if (rc == 0)
+		rc = db_del_prefix(txn, DB_BODY, k, 8, NULL);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Bodies */
+
+/* Store a body and make its record's size exact; the record must exist. */
+static int body_store(struct cache_txn *t, struct cache_key key,
+                      const void *data, size_t len)
+{
+	struct cache_msg *m = NULL;
+	uint8_t k[KEY_LEN];
+	int rc;
+
+	rc = msg_load(t, key, &m);
+	if (rc == -ENOENT)
+		return txn_fail(t, rc);
+	if (rc)
+		return rc;
+	msgkey_make(k, key);
+	rc = db_put(t, DB_BODY, k, KEY_LEN, data, len, 0);
+	if (rc == 0 && (m->size != len || !m->size_verified)) {
+		m->size = len;
+		m->size_verified = true;
+		rc = msg_store(t, m);
+	}
+	free(m);
+	return rc;
+}
+
+int cache_body_put(struct cache_txn *txn, struct cache_key key,
+                   const void *data, size_t len)
+{
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!msg_key_ok(key) || (data == NULL && len))
+		return txn_fail(txn, -EINVAL);
+	return body_store(txn, key, data, len);
+}
+
+/* Body keys that may be read: IMAP messages and POP3 downloads. */
+static bool body_key_readable(struct cache_key k)
+{
+	if (k.mailbox_id == CACHE_POP_MAILBOX_ID)
+		return k.uidvalidity == CACHE_POP_UIDVALIDITY && k.uid != 0;
+	return msg_key_ok(k);
+}
+
+static int body_lookup(struct cache_txn *t, struct cache_key key, MDB_val *v)
+{
+	uint8_t k[KEY_LEN];
+
+	if (!body_key_readable(key))
+		return -ENOENT;
+	msgkey_make(k, key);
+	return db_get(t, DB_BODY, k, KEY_LEN, v);
+}
+
+int cache_body_has(struct cache_txn *txn, struct cache_key key)
+{
+	MDB_val v;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	rc = body_lookup(txn, key, &v);
+	if (rc == -ENOENT)
+		return 0;
+	return rc ? rc : 1;
+}
+
+int cache_body_size(struct cache_txn *txn, struct cache_key key,
+                    uint64_t *size_r)
+{
+	MDB_val v;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (size_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	rc = body_lookup(txn, key, &v);
+	if (rc == 0)
+		*size_r = v.mv_size;
+	return rc;
+}
+
+int cache_body_read(struct cache_txn *txn, struct cache_key key,
+                    uint64_t offset, void *buf, size_t len, size_t *n_r)
+{
+	MDB_val v;
+	size_t n = 0;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (n_r == NULL || (buf == NULL && len))
+		return txn_fail(txn, -EINVAL);
+	*n_r = 0;
+	rc = body_lookup(txn, key, &v);
+	if (rc)
+		return rc;
+	if (offset < v.mv_size) {
+		n = v.mv_size - (size_t)offset;
+		if (n > len)
+			n = len;
+		memcpy(buf, (const uint8_t *)v.mv_data + offset, n);
+	}
+	*n_r = n;
+	return 0;
+}
+
+int cache_body_get(struct cache_txn *txn, struct cache_key key, void **data_r,
+                   size_t *len_r)
+{
+	MDB_val v;
+	void *p;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (data_r == NULL || len_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	*data_r = NULL;
+	*len_r = 0;
+	rc = body_lookup(txn, key, &v);
+	if (rc)
+		return rc;
+	p = malloc(v.mv_size ? v.mv_size : 1);
+	if (p == NULL)
+		return txn_fail(txn, -ENOMEM);
+	memcpy(p, v.mv_data, v.mv_size);
+	*data_r = p;
+	*len_r = v.mv_size;
+	return 0;
+}
+
+int cache_body_delete(struct cache_txn *txn, struct cache_key key)
+{
+	uint8_t k[KEY_LEN];
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!msg_key_ok(key))
+		return txn_fail(txn, -EINVAL);
+	msgkey_make(k, key);
+	return db_del(txn, DB_BODY, k, KEY_LEN);
+}
+
+/* ------------------------------------------------------------------ */
+/* UIDVALIDITY change */
+
+struct rm_entry {
+	struct cache_key key;
+	char *msgid; /* owned */
+	uint64_t size;
+	bool taken;
+};
+
+struct rm_list {
+	struct rm_entry *v;
+	size_t n, cap;
+};
+
+struct rm_ctx {
+	uint32_t uidvalidity;
+	struct rm_list fresh; /* the new generation's messages */
+	struct rm_list old;   /* older generations' cached bodies */
+	size_t unmatched;
+};
+
+static int rm_append(struct rm_list *l, struct cache_key key, struct span id,
+                     uint64_t size)
+{
+	struct rm_entry *e;
+
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 64;
+
+		e = realloc(l->v, cap * sizeof(*e));
+		if (e == NULL)
+			return -ENOMEM;
+		l->v = e;
+		l->cap = cap;
+	}
+	e = &l->v[l->n];
+	e->msgid = malloc(id.n + 1);
+	if (e->msgid == NULL)
+		return -ENOMEM;
+	memcpy(e->msgid, id.p, id.n);
+	e->msgid[id.n] = '\0';
+	e->key = key;
+	e->size = size;
+	e->taken = false;
+	l->n++;
+	return 0;
+}
+
+static void rm_list_free(struct rm_list *l)
+{
+	size_t i;
+
+	for (i = 0; i < l->n; i++)
+		free(l->v[i].msgid);
+	free(l->v);
+}
+
+static int rm_collect(struct cache_txn *t, const MDB_val *k, const MDB_val *v,
+                      void *ctx)
+{
+	struct rm_ctx *rc = ctx;
+	struct cache_key key;
+	struct msg_view mv;
+	MDB_val body;
+	int err;
+
+	if (k->mv_size != KEY_LEN)
+		return corrupt(t, "message key", k->mv_size, 0, 0);
+	key = msgkey_parse(k->mv_data);
+	if (!msg_parse(v, &mv))
+		return corrupt(t, "message", key.mailbox_id, key.uidvalidity,
+		               key.uid);
+	if (key.uidvalidity == rc->uidvalidity) {
+		if (mv.message_id.n == 0)
+			return 0;
+		err = rm_append(&rc->fresh, key, mv.message_id, mv.size);
+		return err ? txn_fail(t, err) : 0;
+	}
+	err = db_get(t, DB_BODY, k->mv_data, KEY_LEN, &body);
+	if (err == -ENOENT)
+		return 0;
+	if (err)
+		return err;
+	if (mv.message_id.n == 0) {
+		rc->unmatched++;
+		return 0;
+	}
+	/* The body's length is the truth; the record may hold RFC822.SIZE. */
+	err = rm_append(&rc->old, key, mv.message_id, body.mv_size);
+	return err ? txn_fail(t, err) : 0;
+}
+
+static int rm_cmp(const struct rm_entry *a, const char *msgid, uint64_t size)
+{
+	int c = strcmp(a->msgid, msgid);
+
+	if (c)
+		return c;
+	return a->size < size ? -1 : a->size > size;
+}
+
+static int rm_sort_cmp(const void *pa, const void *pb)
+{
+	const struct rm_entry *a = pa, *b = pb;
+	int c = rm_cmp(a, b->msgid, b->size);
+
+	if (c)
+		return c;
+	return a->key.uid < b->key.uid ? -1 : a->key.uid > b->key.uid;
+}
+
+/* The first new entry with (msgid, size), or NULL. */
+static struct rm_entry *rm_find(struct rm_list *l, const char *msgid,
+                                uint64_t size)
+{
+	size_t lo = 0, hi = l->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (rm_cmp(&l->v[mid], msgid, size) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < l->n && rm_cmp(&l->v[lo], msgid, size) == 0)
+		return &l->v[lo];
+	return NULL;
+}
+
+/* Give the body of old to a free message of the new generation, if any.
+ * Returns 1 if matched, 0 if not, or a negative errno. */
+static int rm_match_one(struct cache_txn *t, struct rm_ctx *rc,
+                        const struct rm_entry *old, bool copy)
+{
+	struct rm_entry *e, *end = rc->fresh.v + rc->fresh.n;
+	uint8_t k[KEY_LEN];
+	MDB_val v;
+	void *buf;
+	int err;
+
+	for (e = rm_find(&rc->fresh, old->msgid, old->size);
+	     e && e < end && rm_cmp(e, old->msgid, old->size) == 0; e++) {
+		if (e->taken)
+			continue;
+		e->taken = true;
+		msgkey_make(k, e->key);
+		err = db_get(t, DB_BODY, k, KEY_LEN, &v);
+		if (err == 0)
+			continue; /* already has its own body */
+		if (err != -ENOENT)
+			return err;
+		/* Through the heap: a map pointer does not survive a put. */
+		msgkey_make(k, old->key);
+		err = db_get(t, DB_BODY, k, KEY_LEN, &v);
+		if (err == -ENOENT)
+			return txn_fail(t, -EIO);
+		if (err)
+			return err;
+		buf = malloc(v.mv_size ? v.mv_size : 1);
+		if (buf == NULL)
+			return txn_fail(t, -ENOMEM);
+		memcpy(buf, v.mv_data, v.mv_size);
+		err = body_store(t, e->key, buf, v.mv_size);
+		free(buf);
+		if (err == 0 && !copy)
+			err = db_del(t, DB_BODY, k, KEY_LEN);
+		return err ? err : 1;
+	}
+	return 0;
+}
+
+int cache_rematch(struct cache_txn *txn, uint32_t mailbox_id,
+                  uint32_t uidvalidity, unsigned flags,
+                  struct cache_rematch_stats *stats_r)
+{
+	struct rm_ctx ctx = {.uidvalidity = uidvalidity};
+	struct cache_rematch_stats st = {0, 0};
+	uint8_t k[4];
+	size_t i;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!mbox_id_ok(mailbox_id) || uidvalidity == 0 ||
+	    (flags & ~(unsigned)CACHE_REMATCH_COPY))
+		return txn_fail(txn, -EINVAL);
+	/* Collect first, write after: no cursor is open while writing. */
+	be32_put(k, mailbox_id);
+	rc = db_scan(txn, DB_MSG, k, 4, 4, rm_collect, &ctx);
+	if (rc)
+		goto out;
+	if (ctx.fresh.n)
+		qsort(ctx.fresh.v, ctx.fresh.n, sizeof(*ctx.fresh.v),
+		      rm_sort_cmp);
+	st.unmatched = ctx.unmatched;
+	for (i = 0; i < ctx.old.n; i++) {
+		rc = rm_match_one(txn, &ctx, &ctx.old.v[i],
+		                  flags & CACHE_REMATCH_COPY);
+		if (rc < 0)
+			goto out;
+		if (rc)
+			st.matched++;
+		else
+			st.unmatched++;
+	}
+	rc = 0;
+	log_debug(
+	        "cache %s: mailbox %u uidvalidity %u: %zu bodies rematched, %zu kept",
+	        txn->cache->dir, mailbox_id, uidvalidity, st.matched,
+	        st.unmatched);
+	if (stats_r)
+		*stats_r = st;
+out:
+	rm_list_free(&ctx.fresh);
+	rm_list_free(&ctx.old);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* POP3 */
+
+struct pop_view {
+	bool deleted;
+	uint64_t size;
+	int64_t downloaded;
+	struct span uidl;
+};
+
+static void pop_encode(struct wr *w, const struct cache_pop *p)
+{
+	wr_u8(w, POP_REC_V1);
+	wr_u8(w, p->deleted_on_server ? 1 : 0);
+	wr_u64(w, p->size);
+	wr_u64(w, (uint64_t)p->downloaded);
+	wr_str(w, p->uidl);
+}
+
+static bool pop_parse(const MDB_val *v, struct pop_view *pv)
+{
+	struct rd r;
+
+	rd_init(&r, v);
+	if (rd_u8(&r) != POP_REC_V1)
+		return false;
+	pv->deleted = rd_u8(&r) & 1;
+	pv->size = rd_u64(&r);
+	pv->downloaded = (int64_t)rd_u64(&r);
+	pv->uidl = rd_blob(&r);
+	return rd_ok(&r);
+}
+
+static size_t pop_build_size(const struct pop_view *pv)
+{
+	return sizeof(struct cache_pop) + pv->uidl.n + 1;
+}
+
+static struct cache_pop *pop_build(const struct pop_view *pv, uint32_t num,
+                                   void *buf)
+{
+	struct cache_pop *p = buf;
+	uint8_t *cur = (uint8_t *)(p + 1);
+
+	memset(p, 0, sizeof(*p));
+	p->num = num;
+	p->size = pv->size;
+	p->downloaded = pv->downloaded;
+	p->deleted_on_server = pv->deleted;
+	p->uidl = out_str(&cur, pv->uidl);
+	return p;
+}
+
+void cache_pop_free(struct cache_pop **pop)
+{
+	if (pop == NULL)
+		return;
+	free(*pop);
+	*pop = NULL;
+}
+
+static int pop_store(struct cache_txn *t, const struct cache_pop *p,
+                     unsigned flags)
+{
+	uint8_t k[4], *buf = NULL;
+	struct wr w = {NULL, 0};
+	int rc;
+
+	be32_put(k, p->num);
+	pop_encode(&w, p);
+	rc = db_reserve(t, DB_POP, k, 4, w.n, flags, &buf);
+	if (rc)
+		return rc;
+	w.p = buf;
+	w.n = 0;
+	pop_encode(&w, p);
+	return 0;
+}
+
+static int pop_load(struct cache_txn *t, uint32_t num, struct cache_pop **pop_r)
+{
+	struct pop_view pv;
+	uint8_t k[4];
+	MDB_val v;
+	void *buf;
+	int rc;
+
+	be32_put(k, num);
+	rc = db_get(t, DB_POP, k, 4, &v);
+	if (rc)
+		return rc;
+	if (!pop_parse(&v, &pv))
+		return corrupt(t, "pop", num, 0, 0);
+	buf = malloc(pop_build_size(&pv));
+	if (buf == NULL)
+		return txn_fail(t, -ENOMEM);
+	*pop_r = pop_build(&pv, num, buf);
+	return 0;
+}
+
+int cache_pop_add(struct cache_txn *txn, const char *uidl, const void *body,
+                  size_t len, int64_t downloaded, uint32_t *num_r)
+{
+	struct cache_pop rec;
+	struct cache_key key = {CACHE_POP_MAILBOX_ID, CACHE_POP_UIDVALIDITY, 0};
+	uint8_t k[KEY_LEN], nb[4];
+	uint64_t num;
+	MDB_val v;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if ((body == NULL && len) || key_name_check(txn, uidl, UIDL_MAX) != 0)
+		return txn_fail(txn, -EINVAL);
+	rc = db_get(txn, DB_POP_UIDL, uidl, strlen(uidl), &v);
+	if (rc == 0)
+		return txn_fail(txn, -EEXIST);
+	if (rc != -ENOENT)
+		return rc;
+	rc = counter_next(txn, META_NEXT_POP, UINT32_MAX, &num);
+	if (rc)
+		return rc;
+	rec.num = (uint32_t)num;
+	rec.uidl = (char *)uidl;
+	rec.size = len;
+	rec.downloaded = downloaded;
+	rec.deleted_on_server = false;
+	rc = pop_store(txn, &rec, MDB_NOOVERWRITE);
+	if (rc)
+		return rc;
+	be32_put(nb, rec.num);
+	rc = db_put(txn, DB_POP_UIDL, uidl, strlen(uidl), nb, 4,
+	            MDB_NOOVERWRITE);
+	if (rc)
+		return rc;
+	key.uid = rec.num;
+	msgkey_make(k, key);
+	rc = db_put(txn, DB_BODY, k, KEY_LEN, body, len, 0);
+	if (rc == 0 && num_r)
+		*num_r = rec.num;
+	return rc;
+}
+
+int cache_pop_get(struct cache_txn *txn, uint32_t num, struct cache_pop **pop_r)
+{
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (pop_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	*pop_r = NULL;
+	return pop_load(txn, num, pop_r);
+}
+
+int cache_pop_lookup(struct cache_txn *txn, const char *uidl, uint32_t *num_r)
+{
+	MDB_val v;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (uidl == NULL || num_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	if (key_name_check(txn, uidl, UIDL_MAX) != 0)
+		return -ENOENT;
+	rc = db_get(txn, DB_POP_UIDL, uidl, strlen(uidl), &v);
+	if (rc)
+		return rc;
+	if (v.mv_size != 4)
+		return corrupt(txn, "pop uidl", 0, 0, 0);
+	*num_r = be32_get(v.mv_data);
+	return 0;
+}
+
+int cache_pop_set_deleted(struct cache_txn *txn, uint32_t num, bool deleted)
+{
+	struct cache_pop *p = NULL;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	rc = pop_load(txn, num, &p);
+	if (rc == -ENOENT)
+		return txn_fail(txn, rc);
+	if (rc)
+		return rc;
+	p->deleted_on_server = deleted;
+	rc = pop_store(txn, p, 0);
+	free(p);
+	return rc;
+}
+
+struct pop_iter {
+	int (*cb)(const struct cache_pop *pop, void *ctx);
+	void *ctx;
+	struct scratch sc;
+};
+
+static int pop_iter_one(struct cache_txn *t, const MDB_val *k, const MDB_val *v,
+                        void *ctx)
+{
+	struct pop_iter *it = ctx;
+	struct pop_view pv;
+	uint32_t num;
+	void *buf;
+
+	if (k->mv_size != 4)
+		return corrupt(t, "pop key", k->mv_size, 0, 0);
+	num = be32_get(k->mv_data);
+	if (!pop_parse(v, &pv))
+		return corrupt(t, "pop", num, 0, 0);
+	buf = scratch_get(&it->sc, pop_build_size(&pv));
+	if (buf == NULL)
+		return txn_fail(t, -ENOMEM);
+	return it->cb(pop_build(&pv, num, buf), it->ctx);
+}
+
+int cache_pop_foreach(struct cache_txn *txn, uint32_t num_from,
+                      int (*cb)(const struct cache_pop *pop, void *ctx),
+                      void *ctx)
+{
+	struct pop_iter it = {cb, ctx, {NULL, 0}};
+	uint8_t k[4];
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (cb == NULL)
+		return txn_fail(txn, -EINVAL);
+	be32_put(k, num_from);
+	rc = db_scan(txn, DB_POP, k, 4, 0, pop_iter_one, &it);
+	free(it.sc.p);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Pending writes */
+
+struct pending_view {
+	uint8_t state;
+	uint32_t mailbox_id;
+	int64_t internaldate, created;
+	int16_t tz_minutes;
+	struct span flags;
+	uint64_t size;
+	const uint8_t *data;
+};
+
+/* The message bytes come last so that a listing never reads past the
+ * fixed part. */
+static void pending_encode(struct wr *w, const struct cache_pending *p)
+{
+	wr_u8(w, PENDING_REC_V1);
+	wr_u8(w, (uint8_t)p->state);
+	wr_u32(w, p->mailbox_id);
+	wr_u64(w, (uint64_t)p->internaldate);
+	wr_u16(w, (uint16_t)p->tz_minutes);
+	wr_u64(w, (uint64_t)p->created);
+	wr_str(w, p->flags);
+	wr_u64(w, p->size);
+	wr_bytes(w, p->data, (size_t)p->size);
+}
+
+static bool pending_parse(const MDB_val *v, struct pending_view *pv)
+{
+	struct rd r;
+
+	rd_init(&r, v);
+	if (rd_u8(&r) != PENDING_REC_V1)
+		return false;
+	pv->state = rd_u8(&r);
+	pv->mailbox_id = rd_u32(&r);
+	pv->internaldate = (int64_t)rd_u64(&r);
+	pv->tz_minutes = (int16_t)rd_u16(&r);
+	pv->created = (int64_t)rd_u64(&r);
+	pv->flags = rd_blob(&r);
+	pv->size = rd_u64(&r);
+	if (r.bad || pv->size != r.len - r.off)
+		return false;
+	pv->data = rd_take(&r, (size_t)pv->size);
+	return rd_ok(&r);
+}
+
+static size_t pending_build_size(const struct pending_view *pv, bool with_data)
+{
+	return sizeof(struct cache_pending) + pv->flags.n + 1 +
+	       (with_data ? (size_t)pv->size + 1 : 0);
+}
+
+static struct cache_pending *pending_build(const struct pending_view *pv,
+                                           uint64_t seq, bool with_data,
+                                           void *buf)
+{
+	struct cache_pending *p = buf;
+	uint8_t *cur = (uint8_t *)(p + 1);
+
+	memset(p, 0, sizeof(*p));
+	p->seq = seq;
+	p->mailbox_id = pv->mailbox_id;
+	p->state = pv->state;
+	p->internaldate = pv->internaldate;
+	p->tz_minutes = pv->tz_minutes;
+	p->created = pv->created;
+	p->size = pv->size;
+	p->flags = out_str(&cur, pv->flags);
+	if (with_data) {
+		p->data = cur;
+		if (pv->size)
+			memcpy(cur, pv->data, (size_t)pv->size);
+	}
+	return p;
+}
+
+void cache_pending_free(struct cache_pending **p)
+{
+	if (p == NULL)
+		return;
+	free(*p);
+	*p = NULL;
+}
+
+int cache_pending_add(struct cache_txn *txn, const struct cache_pending *p,
+                      uint64_t *seq_r)
+{
+	uint8_t k[8], *buf = NULL;
+	struct wr w = {NULL, 0};
+	uint64_t seq;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (p == NULL || !mbox_id_ok(p->mailbox_id) ||
+	    p->state > CACHE_PENDING_FAILED || !str_ok(p->flags) ||
+	    (p->data == NULL && p->size) || p->size > SIZE_MAX / 2)
+		return txn_fail(txn, -EINVAL);
+	rc = counter_next(txn, META_NEXT_PENDING, UINT64_MAX - 1, &seq);
+	if (rc)
+		return rc;
+	be64_put(k, seq);
+	pending_encode(&w, p);
+	rc = db_reserve(txn, DB_PENDING, k, 8, w.n, MDB_NOOVERWRITE, &buf);
+	if (rc)
+		return rc;
+	w.p = buf;
+	w.n = 0;
+	pending_encode(&w, p);
+	if (seq_r)
+		*seq_r = seq;
+	return 0;
+}
+
+int cache_pending_get(struct cache_txn *txn, uint64_t seq, bool with_data,
+                      struct cache_pending **p_r)
+{
+	struct pending_view pv;
+	uint8_t k[8];
+	MDB_val v;
+	void *buf;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (p_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	*p_r = NULL;
+	be64_put(k, seq);
+	rc = db_get(txn, DB_PENDING, k, 8, &v);
+	if (rc)
+		return rc;
+	if (!pending_parse(&v, &pv))
+		return corrupt(txn, "pending", seq, 0, 0);
+	buf = malloc(pending_build_size(&pv, with_data));
+	if (buf == NULL)
+		return txn_fail(txn, -ENOMEM);
+	*p_r = pending_build(&pv, seq, with_data, buf);
+	return 0;
+}
+
+int cache_pending_set_state(struct cache_txn *txn, uint64_t seq, uint32_t state)
+{
+	struct pending_view pv;
+	uint8_t k[8], *copy;
+	MDB_val v;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (state > CACHE_PENDING_FAILED)
+		return txn_fail(txn, -EINVAL);
+	be64_put(k, seq);
+	rc = db_get(txn, DB_PENDING, k, 8, &v);
+	if (rc == -ENOENT)
+		return txn_fail(txn, rc);
+	if (rc)
+		return rc;
+	if (!pending_parse(&v, &pv))
+		return corrupt(txn, "pending", seq, 0, 0);
+	/* The state is byte 1 of the record.  Rewrite it through a heap
+	 * copy: the old value's pages may be reused by the put. */
+	copy = malloc(v.mv_size);
+	if (copy == NULL)
+		return txn_fail(txn, -ENOMEM);
+	memcpy(copy, v.mv_data, v.mv_size);
+	copy[1] = (uint8_t)state;
+	rc = db_put(txn, DB_PENDING, k, 8, copy, v.mv_size, 0);
+	free(copy);
+	return rc;
+}
+
+int cache_pending_delete(struct cache_txn *txn, uint64_t seq)
+{
+	uint8_t k[8];
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	be64_put(k, seq);
+	return db_del(txn, DB_PENDING, k, 8);
+}
+
+struct pending_iter {
+	int (*cb)(const struct cache_pending *p, void *ctx);
+	void *ctx;
+	struct scratch sc;
+};
+
+static int pending_iter_one(struct cache_txn *t, const MDB_val *k,
+                            const MDB_val *v, void *ctx)
+{
+	struct pending_iter *it = ctx;
+	struct pending_view pv;
+	uint64_t seq;
+	void *buf;
+
+	if (k->mv_size != 8)
+		return corrupt(t, "pending key", k->mv_size, 0, 0);
+	seq = be64_get(k->mv_data);
+	if (!pending_parse(v, &pv))
+		return corrupt(t, "pending", seq, 0, 0);
+	buf = scratch_get(&it->sc, pending_build_size(&pv, false));
+	if (buf == NULL)
+		return txn_fail(t, -ENOMEM);
+	return it->cb(pending_build(&pv, seq, false, buf), it->ctx);
+}
+
+int cache_pending_foreach(struct cache_txn *txn,
+                          int (*cb)(const struct cache_pending *p, void *ctx),
+                          void *ctx)
+{
+	struct pending_iter it = {cb, ctx, {NULL, 0}};
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (cb == NULL)
+		return txn_fail(txn, -EINVAL);
+	rc = db_scan(txn, DB_PENDING, NULL, 0, 0, pending_iter_one, &it);
+	free(it.sc.p);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* One-shot helpers */
+
+struct once {
+	struct cache_key key;
+	uint64_t u64;
+	const void *data;
+	size_t len;
+	const char *str;
+	int64_t when;
+	void *buf;
+	size_t *n_r;
+	uint64_t *u64_r;
+	uint32_t *u32_r;
+	struct cache_msg **msg_r;
+	const struct cache_pending *pending;
+};
+
+static int once_body_read(struct cache_txn *t, void *ctx)
+{
+	struct once *o = ctx;
+
+	return cache_body_read(t, o->key, o->u64, o->buf, o->len, o->n_r);
+}
+
+int cache_body_read_once(struct cache *cache, struct cache_key key,
+                         uint64_t offset, void *buf, size_t len, size_t *n_r)
+{
+	struct once o = {
+	        .key = key, .u64 = offset, .buf = buf, .len = len, .n_r = n_r};
+
+	return cache_run_read(cache, once_body_read, &o);
+}
+
+static int once_body_size(struct cache_txn *t, void *ctx)
+{
+	struct once *o = ctx;
+
+	return cache_body_size(t, o->key, o->u64_r);
+}
+
+int cache_body_size_once(struct cache *cache, struct cache_key key,
+                         uint64_t *size_r)
+{
+	struct once o = {.key = key, .u64_r = size_r};
+
+	return cache_run_read(cache, once_body_size, &o);
+}
+
+static int once_body_put(struct cache_txn *t, void *ctx)
+{
+	struct once *o = ctx;
+
+	return cache_body_put(t, o->key, o->data, o->len);
+}
+
+int cache_body_put_once(struct cache *cache, struct cache_key key,
+                        const void *data, size_t len)
+{
+	struct once o = {.key = key, .data = data, .len = len};
+
+	return cache_run_write(cache, once_body_put, &o);
+}
+
+static int once_msg_get(struct cache_txn *t, void *ctx)
+{
+	struct once *o = ctx;
+
+	return cache_msg_get(t, o->key, o->msg_r);
+}
+
+int cache_msg_get_once(struct cache *cache, struct cache_key key,
+                       struct cache_msg **msg_r)
+{
+	struct once o = {.key = key, .msg_r = msg_r};
+
+	return cache_run_read(cache, once_msg_get, &o);
+}
+
+static int once_msg_set_flags(struct cache_txn *t, void *ctx)
+{
+	struct once *o = ctx;
+
+	return cache_msg_set_flags(t, o->key, o->str, o->u64);
+}
+
+int cache_msg_set_flags_once(struct cache *cache, struct cache_key key,
+                             const char *flags, uint64_t modseq)
+{
+	struct once o = {.key = key, .str = flags, .u64 = modseq};
+
+	return cache_run_write(cache, once_msg_set_flags, &o);
+}
+
+static int once_pop_add(struct cache_txn *t, void *ctx)
+{
+	struct once *o = ctx;
+
+	return cache_pop_add(t, o->str, o->data, o->len, o->when, o->u32_r);
+}
+
+int cache_pop_add_once(struct cache *cache, const char *uidl, const void *body,
+                       size_t len, int64_t downloaded, uint32_t *num_r)
+{
+	struct once o = {.str = uidl,
+	                 .data = body,
+	                 .len = len,
+	                 .when = downloaded,
+	                 .u32_r = num_r};
+
+	return cache_run_write(cache, once_pop_add, &o);
+}
+
+static int once_pending_add(struct cache_txn *t, void *ctx)
+{
+	struct once *o = ctx;
+
+	return cache_pending_add(t, o->pending, o->u64_r);
+}
+
+int cache_pending_add_once(struct cache *cache, const struct cache_pending *p,
+                           uint64_t *seq_r)
+{
+	struct once o = {.pending = p, .u64_r = seq_r};
+
+	return cache_run_write(cache, once_pending_add, &o);
+}
+
+static int once_pending_delete(struct cache_txn *t, void *ctx)
+{
+	struct once *o = ctx;
+
+	return cache_pending_delete(t, o->u64);
+}
+
+int cache_pending_delete_once(struct cache *cache, uint64_t seq)
+{
+	struct once o = {.u64 = seq};
+
+	return cache_run_write(cache, once_pending_delete, &o);
+}

@@ -1,0 +1,1570 @@
+#include "proto/imap_client.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "proto/log.h"
+#include "proto/net.h"
+#include "proto/sasl.h"
+
+#define IMAP_DEFAULT_TIMEOUT_MS 30000
+/* Largest message we accept from a server.  Bigger than any mail system
+ * delivers; it bounds what a hostile server can make us allocate. */
+#define IMAP_MAX_LITERAL        (1024ULL * 1024 * 1024)
+/* Literals at least this big skip the parser's tree and are collected in
+ * exactly-sized buffers (one copy of a big body, not two). */
+#define IMAP_STREAM_THRESHOLD   (256 * 1024)
+#define IMAP_MAX_STREAMED       8 /* streamed literals in one response */
+
+enum imap_state {
+	IMAP_ST_CONNECTING,
+	IMAP_ST_GREETING,
+	IMAP_ST_STARTTLS,
+	IMAP_ST_NOT_AUTHENTICATED,
+	IMAP_ST_AUTHENTICATING,
+	IMAP_ST_AUTHENTICATED,
+	IMAP_ST_SELECTED,
+	IMAP_ST_LOGOUT,
+	IMAP_ST_DEAD,
+};
+
+static const char *const state_names[] = {
+        [IMAP_ST_CONNECTING] = "connecting",
+        [IMAP_ST_GREETING] = "greeting",
+        [IMAP_ST_STARTTLS] = "starttls",
+        [IMAP_ST_NOT_AUTHENTICATED] = "not-authenticated",
+        [IMAP_ST_AUTHENTICATING] = "authenticating",
+        [IMAP_ST_AUTHENTICATED] = "authenticated",
+        [IMAP_ST_SELECTED] = "selected",
+        [IMAP_ST_LOGOUT] = "logout",
+        [IMAP_ST_DEAD] = "dead",
+};
+
+struct imap_client;
+
+/* A command in flight. */
+struct pending {
+	unsigned tag;
+	bool done;
+	int rc;
+	struct imap_handler h;
+	/* Internal: called for a continuation request ("+ ...") while this
+	 * command waits for one (AUTHENTICATE).  Returns 0 or an error. */
+	int (*cont)(struct imap_client *c, struct pending *p,
+	            const struct imap_response *resp);
+	void *cont_ctx;
+	bool wants_cont;
+	/* The server's text of a NO or BAD, for the caller's error. */
+	char text[400];
+};
+
+struct streamed {
+	char *buf; /* owned */
+	size_t len, size;
+};
+
+struct imap_client {
+	struct net_conn *net;       /* owned */
+	struct imap_parser *parser; /* owned */
+	enum imap_state state;
+	char *host;  /* owned */
+	char *label; /* owned: "user@host" for log lines */
+	unsigned next_tag;
+
+	struct pending *inflight; /* owned array, oldest first */
+	size_t n_inflight, cap_inflight;
+
+	char **caps; /* owned, upper-cased */
+	size_t n_caps;
+
+	char *selected; /* owned, raw name, or NULL */
+
+	void (*untagged_cb)(void *ctx, const struct imap_response *resp);
+	void *untagged_ctx;
+
+	/* Streamed literals of the response being parsed, in order. */
+	struct streamed streamed[IMAP_MAX_STREAMED];
+	size_t n_streamed;
+	bool stream_active;
+
+	bool dead;
+	struct proto_err err; /* why the connection died */
+};
+
+static void set_state(struct imap_client *c, enum imap_state st)
+{
+	if (c->state == st)
+		return;
+	log_debug("imap %s: %s -> %s", c->label, state_names[c->state],
+	          state_names[st]);
+	c->state = st;
+}
+
+/* Mark the connection dead with the first error; later errors are kept
+ * out so that the root cause is what the user sees. */
+static int fail(struct imap_client *c, const struct proto_err *e)
+{
+	if (!c->dead) {
+		c->dead = true;
+		c->err = *e;
+		if (c->err.code == 0)
+			c->err.code = -EIO;
+		log_debug("imap %s: connection failed: %s", c->label,
+		          c->err.text);
+		set_state(c, IMAP_ST_DEAD);
+	}
+	return c->err.code;
+}
+
+static int failf(struct imap_client *c, enum proto_err_class cls, int code,
+                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int failf(struct imap_client *c, enum proto_err_class cls, int code,
+                 const char *fmt, ...)
+{
+	struct proto_err e = {.cls = cls, .code = code};
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(e.text, sizeof(e.text), fmt, ap);
+	va_end(ap);
+	return fail(c, &e);
+}
+
+static int dead_rc(struct imap_client *c, struct proto_err *err)
+{
+	if (err != NULL && err->cls == PERR_NONE)
+		*err = c->err;
+	return c->err.code;
+}
+
+const struct proto_err *imap_error(const struct imap_client *c)
+{
+	return c->dead ? &c->err : NULL;
+}
+
+/* --- capabilities ---------------------------------------------------- */
+
+static void caps_clear(struct imap_client *c)
+{
+	for (size_t i = 0; i < c->n_caps; i++)
+		free(c->caps[i]);
+	free(c->caps);
+	c->caps = NULL;
+	c->n_caps = 0;
+}
+
+/* Replace the capability list with the atoms of list (from "* CAPABILITY"
+ * or a [CAPABILITY ...] response code). */
+static int caps_set(struct imap_client *c, const struct imap_value *list)
+{
+	char **caps;
+	size_t n = 0;
+
+	caps = calloc(list->count ? list->count : 1, sizeof(*caps));
+	if (caps == NULL)
+		return -ENOMEM;
+	for (size_t i = 0; i < list->count; i++) {
+		const char *s = imap_value_str(&list->list[i], NULL);
+
+		if (s == NULL || list->list[i].type == IMAP_VALUE_LITERAL)
+			continue;
+		caps[n] = strdup(s);
+		if (caps[n] == NULL) {
+			while (n > 0)
+				free(caps[--n]);
+			free(caps);
+			return -ENOMEM;
+		}
+		for (char *p = caps[n]; *p; p++)
+			*p = (char)toupper((unsigned char)*p);
+		n++;
+	}
+	caps_clear(c);
+	c->caps = caps;
+	c->n_caps = n;
+	return 0;
+}
+
+bool imap_has_cap(const struct imap_client *c, const char *cap)
+{
+	for (size_t i = 0; i < c->n_caps; i++)
+		if (strcasecmp(c->caps[i], cap) == 0)
+			return true;
+	return false;
+}
+
+/* --- streamed literals ----------------------------------------------- */
+
+static int sink_begin(void *ctx, const struct imap_response *partial,
+                      const char *item, uint64_t size)
+{
+	struct imap_client *c = ctx;
+	struct streamed *s;
+
+	(void)partial;
+	(void)item;
+	if (c->n_streamed >= IMAP_MAX_STREAMED)
+		return -EMSGSIZE;
+	if (size > SIZE_MAX - 1)
+		return -EMSGSIZE;
+	s = &c->streamed[c->n_streamed];
+	s->buf = malloc((size_t)size + 1);
+	if (s->buf == NULL)
+		return -ENOMEM;
+	s->size = (size_t)size;
+	s->len = 0;
+	c->n_streamed++;
+	c->stream_active = true;
+	return 0;
+}
+
+static int sink_data(void *ctx, const void *buf, size_t len)
+{
+	struct imap_client *c = ctx;
+	struct streamed *s = &c->streamed[c->n_streamed - 1];
+
+	if (len > s->size - s->len)
+		return -EPROTO;
+	memcpy(s->buf + s->len, buf, len);
+	s->len += len;
+	return 0;
+}
+
+static int sink_end(void *ctx)
+{
+	struct imap_client *c = ctx;
+	struct streamed *s = &c->streamed[c->n_streamed - 1];
+
+	s->buf[s->len] = '\0';
+	c->stream_active = false;
+	return 0;
+}
+
+static void sink_abort(void *ctx)
+{
+	struct imap_client *c = ctx;
+
+	c->stream_active = false;
+}
+
+static const struct imap_literal_sink client_sink = {
+        .begin = sink_begin,
+        .data = sink_data,
+        .end = sink_end,
+        .abort = sink_abort,
+};
+
+static void streamed_clear(struct imap_client *c)
+{
+	for (size_t i = 0; i < c->n_streamed; i++) {
+		free(c->streamed[i].buf);
+		c->streamed[i].buf = NULL;
+	}
+	c->n_streamed = 0;
+}
+
+/* The bytes of v, whether kept in the tree or streamed.  The streamed
+ * literals of a response are matched to its STREAMED values in order. */
+static const char *value_bytes(struct imap_client *c,
+                               const struct imap_response *resp,
+                               const struct imap_value *v, size_t *len_r);
+
+static bool find_streamed(const struct imap_value *root,
+                          const struct imap_value *target, size_t *index)
+{
+	if (root == target)
+		return true;
+	if (root->type == IMAP_VALUE_STREAMED)
+		(*index)++;
+	if (root->type == IMAP_VALUE_LIST)
+		for (size_t i = 0; i < root->count; i++)
+			if (find_streamed(&root->list[i], target, index))
+				return true;
+	return false;
+}
+
+static const char *value_bytes(struct imap_client *c,
+                               const struct imap_response *resp,
+                               const struct imap_value *v, size_t *len_r)
+{
+	size_t index = 0;
+
+	*len_r = 0;
+	if (v == NULL)
+		return NULL;
+	if (v->type != IMAP_VALUE_STREAMED)
+		return imap_value_str(v, len_r);
+	if (!find_streamed(&resp->args, v, &index) || index >= c->n_streamed)
+		return NULL;
+	*len_r = c->streamed[index].len;
+	return c->streamed[index].buf;
+}
+
+/* --- reading and dispatching ----------------------------------------- */
+
+static struct pending *find_pending(struct imap_client *c, unsigned tag)
+{
+	for (size_t i = 0; i < c->n_inflight; i++)
+		if (c->inflight[i].tag == tag)
+			return &c->inflight[i];
+	return NULL;
+}
+
+static void remove_pending(struct imap_client *c, struct pending *p)
+{
+	size_t i = (size_t)(p - c->inflight);
+
+	memmove(&c->inflight[i], &c->inflight[i + 1],
+	        (c->n_inflight - i - 1) * sizeof(*p));
+	c->n_inflight--;
+}
+
+static void complete(struct imap_client *c, struct pending *p, int rc,
+                     const struct imap_response *tagged)
+{
+	p->done = true;
+	p->rc = rc;
+	p->wants_cont = false;
+	if (p->h.done != NULL)
+		p->h.done(p->h.ctx, rc, tagged);
+	(void)c;
+}
+
+/* The connection died: every command in flight completes with the error. */
+static void fail_all(struct imap_client *c)
+{
+	for (size_t i = 0; i < c->n_inflight; i++)
+		if (!c->inflight[i].done)
+			complete(c, &c->inflight[i], c->err.code, NULL);
+}
+
+static bool parse_tag(const char *s, unsigned *tag_r)
+{
+	unsigned long v;
+	char *end;
+
+	if (s[0] != 'A' || !isdigit((unsigned char)s[1]))
+		return false;
+	errno = 0;
+	v = strtoul(s + 1, &end, 10);
+	if (errno != 0 || *end != '\0' || v > UINT32_MAX)
+		return false;
+	*tag_r = (unsigned)v;
+	return true;
+}
+
+static void handle_code(struct imap_client *c, const struct imap_response *resp)
+{
+	if (resp->code != NULL && strcasecmp(resp->code, "CAPABILITY") == 0)
+		caps_set(c, &resp->code_args);
+}
+
+static int handle_tagged(struct imap_client *c,
+                         const struct imap_response *resp)
+{
+	struct pending *p;
+	unsigned tag;
+	int rc = 0;
+
+	if (!parse_tag(resp->tag, &tag) || (p = find_pending(c, tag)) == NULL ||
+	    p->done)
+		return failf(c, PERR_PROTOCOL, -EPROTO,
+		             "%s answered a command that was not sent (tag "
+		             "%.40s)",
+		             c->host, resp->tag);
+	handle_code(c, resp);
+	if (resp->status == IMAP_STATUS_NO)
+		rc = -EPERM;
+	else if (resp->status == IMAP_STATUS_BAD)
+		rc = -EINVAL;
+	if (rc < 0)
+		snprintf(p->text, sizeof(p->text), "%s", resp->text);
+	complete(c, p, rc, resp);
+	return 0;
+}
+
+static int handle_untagged(struct imap_client *c,
+                           const struct imap_response *resp)
+{
+	handle_code(c, resp);
+	if (resp->kind == IMAP_RESP_DATA &&
+	    imap_response_is(resp, "CAPABILITY"))
+		caps_set(c, &resp->args);
+	if (resp->kind == IMAP_RESP_STATUS && resp->status == IMAP_STATUS_BYE &&
+	    c->state != IMAP_ST_LOGOUT)
+		/* Deliver it first (the greeting reader wants the text),
+		 * then the connection is gone. */
+		log_info("imap %s: server says BYE: %.200s", c->label,
+		         resp->text);
+
+	for (size_t i = 0; i < c->n_inflight; i++) {
+		struct pending *p = &c->inflight[i];
+
+		if (!p->done && p->h.untagged != NULL) {
+			p->h.untagged(p->h.ctx, resp);
+			goto out;
+		}
+	}
+	if (c->untagged_cb != NULL)
+		c->untagged_cb(c->untagged_ctx, resp);
+out:
+	if (resp->kind == IMAP_RESP_STATUS && resp->status == IMAP_STATUS_BYE &&
+	    c->state != IMAP_ST_LOGOUT && c->state != IMAP_ST_GREETING)
+		return failf(c, PERR_BYE, -ECONNRESET,
+		             "%s closed the connection: %.200s", c->host,
+		             resp->text);
+	return 0;
+}
+
+static int handle_continuation(struct imap_client *c,
+                               const struct imap_response *resp)
+{
+	for (size_t i = 0; i < c->n_inflight; i++) {
+		struct pending *p = &c->inflight[i];
+
+		if (!p->done && p->wants_cont) {
+			if (p->cont == NULL) {
+				/* A literal waits for this go-ahead. */
+				p->wants_cont = false;
+				return 0;
+			}
+			return p->cont(c, p, resp);
+		}
+	}
+	return failf(c, PERR_PROTOCOL, -EPROTO,
+	             "%s sent a continuation request nobody asked for",
+	             c->host);
+}
+
+/* Read one complete response (more input is fetched as needed) and
+ * dispatch it.  *resp_r, if not NULL, receives the response (owned). */
+static int read_one(struct imap_client *c, struct imap_response **resp_r)
+{
+	struct imap_response *resp = NULL;
+	struct proto_err e = {0};
+	int rc;
+
+	if (resp_r != NULL)
+		*resp_r = NULL;
+	if (c->dead)
+		return c->err.code;
+	for (;;) {
+		size_t len, used = 0;
+		const char *buf = net_rbuf(c->net, &len);
+
+		if (len > 0) {
+			rc = imap_parser_feed(c->parser, buf, len, &used,
+			                      &resp);
+			net_consume(c->net, used);
+			if (rc == IMAP_PARSE_DONE)
+				break;
+			if (rc == IMAP_PARSE_ERROR) {
+				rc = failf(c, PERR_PROTOCOL, -EPROTO,
+				           "malformed response from %s: %s",
+				           c->host,
+				           imap_parser_error(c->parser));
+				fail_all(c);
+				return rc;
+			}
+		}
+		rc = net_fill(c->net, &e);
+		if (rc < 0) {
+			rc = fail(c, &e);
+			fail_all(c);
+			return rc;
+		}
+	}
+
+	switch (resp->kind) {
+	case IMAP_RESP_TAGGED: rc = handle_tagged(c, resp); break;
+	case IMAP_RESP_CONTINUATION: rc = handle_continuation(c, resp); break;
+	default: rc = handle_untagged(c, resp); break;
+	}
+	streamed_clear(c);
+	if (rc < 0)
+		fail_all(c);
+	if (resp_r != NULL && rc == 0)
+		*resp_r = resp;
+	else
+		imap_response_free(&resp);
+	return rc < 0 ? rc : 0;
+}
+
+int imap_wait(struct imap_client *c, unsigned tag, struct proto_err *err)
+{
+	struct pending *p;
+	int rc;
+
+	for (;;) {
+		p = find_pending(c, tag);
+		if (p == NULL)
+			return proto_err_set(err, PERR_LOCAL, -EINVAL,
+			                     "no command with tag A%u", tag);
+		if (p->done)
+			break;
+		rc = read_one(c, NULL);
+		if (rc < 0 && c->dead)
+			continue; /* fail_all() completed p */
+	}
+	rc = p->rc;
+	if (rc == -EPERM)
+		proto_err_set(err, PERR_NO, rc, "%s", p->text);
+	else if (rc == -EINVAL)
+		proto_err_set(err, PERR_BAD, rc, "%s", p->text);
+	remove_pending(c, p);
+	if (rc < 0 && c->dead)
+		return dead_rc(c, err);
+	return rc;
+}
+
+int imap_wait_all(struct imap_client *c, struct proto_err *err)
+{
+	int first = 0;
+
+	while (c->n_inflight > 0) {
+		int rc = imap_wait(c, c->inflight[0].tag, err);
+
+		if (rc < 0 && first == 0)
+			first = rc;
+	}
+	return first;
+}
+
+size_t imap_inflight(const struct imap_client *c)
+{
+	return c->n_inflight;
+}
+
+void imap_set_untagged_handler(struct imap_client *c,
+                               void (*cb)(void *ctx,
+                                          const struct imap_response *resp),
+                               void *ctx)
+{
+	c->untagged_cb = cb;
+	c->untagged_ctx = ctx;
+}
+
+/* --- sending ----------------------------------------------------------- */
+
+struct strbuf {
+	char *s;
+	size_t len, cap;
+	bool oom;
+};
+
+static void sb_add(struct strbuf *b, const char *s, size_t len)
+{
+	if (b->oom)
+		return;
+	if (b->cap - b->len < len + 1) {
+		size_t ncap = b->cap ? b->cap : 256;
+		char *n;
+
+		while (ncap - b->len < len + 1)
+			ncap *= 2;
+		n = realloc(b->s, ncap);
+		if (n == NULL) {
+			b->oom = true;
+			return;
+		}
+		b->s = n;
+		b->cap = ncap;
+	}
+	memcpy(b->s + b->len, s, len);
+	b->len += len;
+	b->s[b->len] = '\0';
+}
+
+static void sb_str(struct strbuf *b, const char *s)
+{
+	sb_add(b, s, strlen(s));
+}
+
+static void sb_printf(struct strbuf *b, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
+static void sb_printf(struct strbuf *b, const char *fmt, ...)
+{
+	char tmp[128];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	va_end(ap);
+	if (n >= 0 && (size_t)n < sizeof(tmp))
+		sb_add(b, tmp, (size_t)n);
+	else
+		b->oom = true;
+}
+
+static void sb_wipe(struct strbuf *b)
+{
+	if (b->s != NULL)
+		explicit_bzero(b->s, b->cap);
+	free(b->s);
+	memset(b, 0, sizeof(*b));
+}
+
+/* Can s be sent as a quoted string?  (Not if it has CR, LF, NUL or 8-bit
+ * bytes; those go as a literal.) */
+static bool quotable(const char *s)
+{
+	for (; *s; s++)
+		if (*s == '\r' || *s == '\n' || (unsigned char)*s >= 0x80)
+			return false;
+	return true;
+}
+
+static struct pending *add_pending(struct imap_client *c,
+                                   const struct imap_handler *h)
+{
+	struct pending *p;
+
+	if (c->n_inflight == c->cap_inflight) {
+		size_t ncap = c->cap_inflight ? c->cap_inflight * 2 : 8;
+		struct pending *n =
+		        realloc(c->inflight, ncap * sizeof(*c->inflight));
+
+		if (n == NULL)
+			return NULL;
+		c->inflight = n;
+		c->cap_inflight = ncap;
+	}
+	p = &c->inflight[c->n_inflight++];
+	memset(p, 0, sizeof(*p));
+	p->tag = ++c->next_tag;
+	if (h != NULL)
+		p->h = *h;
+	return p;
+}
+
+static int send_buf(struct imap_client *c, const char *buf, size_t len)
+{
+	struct proto_err e = {0};
+	int rc = net_write(c->net, buf, len, &e);
+
+	if (rc < 0) {
+		rc = fail(c, &e);
+		fail_all(c);
+	}
+	return rc;
+}
+
+/* Log a command line at debug level, hiding credentials. */
+static void log_command(struct imap_client *c, const char *line, size_t len)
+{
+	if (log_get_level() < LOG_DEBUG)
+		return;
+	if (strcasestr(line, " LOGIN ") != NULL ||
+	    strcasestr(line, " AUTHENTICATE ") != NULL) {
+		const char *sp = strchr(line, ' ');
+		const char *sp2 = sp ? strchr(sp + 1, ' ') : NULL;
+		const char *sp3 = sp2 ? strchr(sp2 + 1, ' ') : NULL;
+		int keep = sp3 ? (int)(sp3 - line) : (int)len;
+
+		log_debug("imap %s: C: %.*s <hidden>", c->label, keep, line);
+		return;
+	}
+	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+		len--;
+	log_debug("imap %s: C: %.*s", c->label, (int)(len > 500 ? 500 : len),
+	          line);
+}
+
+/* Wait for the go-ahead for a synchronising literal.  Returns 0 when it
+ * came, or the command's result if the server refused the command. */
+static int wait_continuation(struct imap_client *c, struct pending *p)
+{
+	unsigned tag = p->tag;
+
+	p->wants_cont = true;
+	for (;;) {
+		int rc;
+
+		p = find_pending(c, tag);
+		if (p->done)
+			return p->rc < 0 ? p->rc : -EPROTO;
+		if (!p->wants_cont)
+			return 0;
+		rc = read_one(c, NULL);
+		if (rc < 0 && !c->dead)
+			return rc;
+	}
+}
+
+static int submit_internal(struct imap_client *c, const struct imap_handler *h,
+                           const struct imap_arg *args, size_t nargs,
+                           unsigned *tag_r, struct pending **p_r)
+{
+	bool literal_plus = imap_has_cap(c, "LITERAL+");
+	bool literal_minus = imap_has_cap(c, "LITERAL-");
+	struct strbuf b = {0};
+	struct pending *p;
+	unsigned tag;
+	int rc = 0;
+
+	if (c->dead)
+		return c->err.code;
+	p = add_pending(c, h);
+	if (p == NULL)
+		return -ENOMEM;
+	tag = p->tag;
+	if (tag_r != NULL)
+		*tag_r = tag;
+	if (p_r != NULL)
+		*p_r = p;
+	sb_printf(&b, "A%u ", tag);
+
+	for (size_t i = 0; i < nargs; i++) {
+		const struct imap_arg *a = &args[i];
+		const char *data = a->data;
+		size_t len =
+		        a->kind == IMAP_ARG_LITERAL ? a->len : strlen(a->data);
+		bool sync;
+
+		if (a->kind == IMAP_ARG_RAW) {
+			sb_add(&b, data, len);
+			continue;
+		}
+		if (a->kind == IMAP_ARG_ASTRING && quotable(data)) {
+			sb_str(&b, "\"");
+			for (size_t j = 0; j < len; j++) {
+				if (data[j] == '"' || data[j] == '\\')
+					sb_str(&b, "\\");
+				sb_add(&b, &data[j], 1);
+			}
+			sb_str(&b, "\"");
+			continue;
+		}
+		/* A literal: non-synchronising when the server allows it. */
+		sync = !(literal_plus || (literal_minus && len <= 4096));
+		sb_printf(&b, "{%zu%s}\r\n", len, sync ? "" : "+");
+		if (b.oom) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		log_command(c, b.s, b.len);
+		rc = send_buf(c, b.s, b.len);
+		b.len = 0;
+		if (rc < 0)
+			goto out;
+		if (sync) {
+			rc = wait_continuation(c, find_pending(c, tag));
+			if (rc < 0)
+				goto out;
+		}
+		rc = send_buf(c, data, len);
+		if (rc < 0)
+			goto out;
+	}
+	sb_str(&b, "\r\n");
+	if (b.oom) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	log_command(c, b.s, b.len);
+	rc = send_buf(c, b.s, b.len);
+out:
+	sb_wipe(&b);
+	if (rc == -ENOMEM)
+		rc = failf(c, PERR_LOCAL, -ENOMEM, "out of memory");
+	if (rc < 0) {
+		p = find_pending(c, tag);
+		if (p != NULL && !p->done)
+			complete(c, p, rc, NULL);
+	}
+	return rc;
+}
+
+int imap_submitv(struct imap_client *c, const struct imap_handler *h,
+                 const struct imap_arg *args, size_t nargs, unsigned *tag_r)
+{
+	return submit_internal(c, h, args, nargs, tag_r, NULL);
+}
+
+int imap_submit(struct imap_client *c, const struct imap_handler *h,
+                unsigned *tag_r, const char *fmt, ...)
+{
+	struct imap_arg arg = {.kind = IMAP_ARG_RAW};
+	char *line = NULL;
+	va_list ap;
+	int rc;
+
+	va_start(ap, fmt);
+	rc = vasprintf(&line, fmt, ap);
+	va_end(ap);
+	if (rc < 0)
+		return -ENOMEM;
+	arg.data = line;
+	rc = imap_submitv(c, h, &arg, 1, tag_r);
+	free(line);
+	return rc;
+}
+
+/* Submit a simple command and wait for it; untagged responses on the way
+ * go to untagged(ctx, resp) if given. */
+static int run_cmd(struct imap_client *c,
+                   void (*untagged)(void *ctx, const struct imap_response *),
+                   void *ctx, struct proto_err *err, const char *fmt, ...)
+        __attribute__((format(printf, 5, 6)));
+static int run_cmd(struct imap_client *c,
+                   void (*untagged)(void *ctx, const struct imap_response *),
+                   void *ctx, struct proto_err *err, const char *fmt, ...)
+{
+	struct imap_handler h = {.untagged = untagged, .ctx = ctx};
+	struct imap_arg arg = {.kind = IMAP_ARG_RAW};
+	char *line = NULL;
+	unsigned tag;
+	va_list ap;
+	int rc;
+
+	va_start(ap, fmt);
+	rc = vasprintf(&line, fmt, ap);
+	va_end(ap);
+	if (rc < 0)
+		return proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
+	arg.data = line;
+	rc = imap_submitv(c, &h, &arg, 1, &tag);
+	free(line);
+	if (rc < 0)
+		return c->dead ? dead_rc(c, err)
+		               : proto_err_set(err, PERR_LOCAL, rc,
+		                               "cannot send command: %s",
+		                               strerror(-rc));
+	return imap_wait(c, tag, err);
+}
+
+/* --- connecting and authenticating ----------------------------------- */
+
+static int read_greeting(struct imap_client *c, bool *preauth_r,
+                         struct proto_err *err)
+{
+	struct imap_response *resp = NULL;
+	int rc;
+
+	set_state(c, IMAP_ST_GREETING);
+	rc = read_one(c, &resp);
+	if (rc < 0)
+		return dead_rc(c, err);
+	if (resp->kind != IMAP_RESP_STATUS ||
+	    (resp->status != IMAP_STATUS_OK &&
+	     resp->status != IMAP_STATUS_PREAUTH &&
+	     resp->status != IMAP_STATUS_BYE)) {
+		imap_response_free(&resp);
+		rc = failf(c, PERR_PROTOCOL, -EPROTO,
+		           "%s did not greet like an IMAP server", c->host);
+		return dead_rc(c, err);
+	}
+	if (resp->status == IMAP_STATUS_BYE) {
+		rc = failf(c, PERR_BYE, -ECONNREFUSED,
+		           "%s refused the connection: %.300s", c->host,
+		           resp->text);
+		imap_response_free(&resp);
+		return dead_rc(c, err);
+	}
+	*preauth_r = resp->status == IMAP_STATUS_PREAUTH;
+	imap_response_free(&resp);
+	return 0;
+}
+
+static int refresh_caps(struct imap_client *c, struct proto_err *err)
+{
+	return run_cmd(c, NULL, NULL, err, "CAPABILITY");
+}
+
+static int do_starttls(struct imap_client *c, const struct imap_config *cfg,
+                       struct proto_err *err)
+{
+	struct net_tls_opts tls = {.cafile = cfg->cafile};
+	struct proto_err e = {0};
+	int rc;
+
+	if (c->n_caps == 0) {
+		rc = refresh_caps(c, err);
+		if (rc < 0)
+			return rc;
+	}
+	if (!imap_has_cap(c, "STARTTLS"))
+		return proto_err_set(err, PERR_NOTLS, -EPROTONOSUPPORT,
+		                     "%s does not offer STARTTLS; refusing to "
+		                     "send the password in plaintext (use "
+		                     "imaps://, or -o notls for testing)",
+		                     c->host);
+	set_state(c, IMAP_ST_STARTTLS);
+	rc = run_cmd(c, NULL, NULL, err, "STARTTLS");
+	if (rc < 0)
+		return rc;
+	/* The capabilities from before TLS could have been forged. */
+	caps_clear(c);
+	rc = net_start_tls(c->net, &tls, &e);
+	if (rc < 0) {
+		fail(c, &e);
+		return dead_rc(c, err);
+	}
+	set_state(c, IMAP_ST_NOT_AUTHENTICATED);
+	return refresh_caps(c, err);
+}
+
+struct auth_ctx {
+	const char *mech;
+	char *initial; /* owned secret: base64 initial response */
+	bool sent;     /* initial response sent */
+	bool oauth;
+};
+
+/* A continuation during AUTHENTICATE: send the initial response if it has
+ * not gone with the command (no SASL-IR); after that a continuation is
+ * the server's error challenge (XOAUTH2, OAUTHBEARER), to which the
+ * client answers with an empty response (RFC 7628: a lone ^A) so that the
+ * server sends its tagged NO. */
+static int auth_cont(struct imap_client *c, struct pending *p,
+                     const struct imap_response *resp)
+{
+	struct auth_ctx *a = p->cont_ctx;
+	int rc;
+
+	(void)resp;
+	if (!a->sent) {
+		a->sent = true;
+		rc = send_buf(c, a->initial, strlen(a->initial));
+		if (rc == 0)
+			rc = send_buf(c, "\r\n", 2);
+		return rc;
+	}
+	if (a->oauth && strcmp(a->mech, "OAUTHBEARER") == 0)
+		return send_buf(c, "AQ==\r\n", 6);
+	return send_buf(c, "\r\n", 2);
+}
+
+static int authenticate_sasl(struct imap_client *c, struct auth_ctx *a,
+                             struct proto_err *err)
+{
+	struct imap_arg args[3];
+	struct pending *p;
+	size_t nargs = 0;
+	unsigned tag;
+	int rc;
+
+	args[nargs++] = (struct imap_arg){IMAP_ARG_RAW, "AUTHENTICATE ", 0};
+	args[nargs++] = (struct imap_arg){IMAP_ARG_RAW, a->mech, 0};
+	if (imap_has_cap(c, "SASL-IR")) {
+		args[nargs++] = (struct imap_arg){IMAP_ARG_RAW, NULL, 0};
+		a->sent = true;
+	}
+	if (a->sent) {
+		char *line = NULL;
+
+		if (asprintf(&line, " %s", a->initial) < 0)
+			return proto_err_set(err, PERR_LOCAL, -ENOMEM,
+			                     "out of memory");
+		args[2].data = line;
+		rc = submit_internal(c, NULL, args, nargs, &tag, &p);
+		explicit_bzero(line, strlen(line));
+		free(line);
+	} else {
+		rc = submit_internal(c, NULL, args, nargs, &tag, &p);
+	}
+	if (rc < 0)
+		return c->dead ? dead_rc(c, err) : rc;
+	p = find_pending(c, tag);
+	p->cont = auth_cont;
+	p->cont_ctx = a;
+	p->wants_cont = true;
+	return imap_wait(c, tag, err);
+}
+
+static int authenticate(struct imap_client *c, const struct imap_config *cfg,
+                        struct proto_err *err)
+{
+	struct proto_err e = {0};
+	struct auth_ctx a = {0};
+	int rc;
+
+	set_state(c, IMAP_ST_AUTHENTICATING);
+	if (cfg->oauth2_token != NULL) {
+		a.oauth = true;
+		if (imap_has_cap(c, "AUTH=OAUTHBEARER")) {
+			a.mech = "OAUTHBEARER";
+			rc = sasl_oauthbearer(cfg->user, cfg->host,
+			                      (unsigned)atoi(cfg->port),
+			                      cfg->oauth2_token, &a.initial);
+		} else if (imap_has_cap(c, "AUTH=XOAUTH2")) {
+			a.mech = "XOAUTH2";
+			rc = sasl_xoauth2(cfg->user, cfg->oauth2_token,
+			                  &a.initial);
+		} else {
+			return proto_err_set(
+			        err, PERR_AUTH, -EPROTONOSUPPORT,
+			        "%s offers neither OAUTHBEARER nor "
+			        "XOAUTH2 for oauth2_cmd",
+			        c->host);
+		}
+		if (rc < 0)
+			return proto_err_set(err, PERR_LOCAL, rc,
+			                     "out of memory");
+		rc = authenticate_sasl(c, &a, &e);
+	} else if (imap_has_cap(c, "AUTH=PLAIN")) {
+		a.mech = "PLAIN";
+		rc = sasl_plain(NULL, cfg->user, cfg->password, &a.initial);
+		if (rc < 0)
+			return proto_err_set(err, PERR_LOCAL, rc,
+			                     "out of memory");
+		rc = authenticate_sasl(c, &a, &e);
+	} else if (!imap_has_cap(c, "LOGINDISABLED")) {
+		struct imap_arg args[] = {
+		        {IMAP_ARG_RAW, "LOGIN ", 0},
+		        {IMAP_ARG_ASTRING, cfg->user, 0},
+		        {IMAP_ARG_RAW, " ", 0},
+		        {IMAP_ARG_ASTRING, cfg->password, 0},
+		};
+		unsigned tag;
+
+		rc = imap_submitv(c, NULL, args, 4, &tag);
+		if (rc == 0)
+			rc = imap_wait(c, tag, &e);
+		else if (c->dead)
+			dead_rc(c, &e);
+	} else {
+		return proto_err_set(err, PERR_AUTH, -EPROTONOSUPPORT,
+		                     "%s allows neither AUTHENTICATE PLAIN nor "
+		                     "LOGIN (LOGINDISABLED)",
+		                     c->host);
+	}
+	sasl_free_secret(&a.initial);
+	if (rc == -EPERM || rc == -EINVAL)
+		return proto_err_set(err, PERR_AUTH, -EACCES,
+		                     "%s refused the login for %s: %s", c->host,
+		                     cfg->user, e.text);
+	if (rc < 0) {
+		if (err != NULL && err->cls == PERR_NONE)
+			*err = e;
+		return rc;
+	}
+	set_state(c, IMAP_ST_AUTHENTICATED);
+	return 0;
+}
+
+int imap_connect(struct imap_client **client_r, const struct imap_config *cfg,
+                 struct proto_err *err)
+{
+	struct net_tls_opts tls = {.cafile = cfg->cafile};
+	struct imap_parser_limits lim;
+	struct imap_client *c;
+	bool preauth = false;
+	int timeout =
+	        cfg->timeout_ms > 0 ? cfg->timeout_ms : IMAP_DEFAULT_TIMEOUT_MS;
+	int rc;
+
+	*client_r = NULL;
+	c = calloc(1, sizeof(*c));
+	if (c == NULL)
+		return proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
+	c->host = strdup(cfg->host);
+	if (c->host == NULL ||
+	    asprintf(&c->label, "%s@%s", cfg->user ? cfg->user : "",
+	             cfg->host) < 0) {
+		c->label = NULL;
+		rc = proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	imap_parser_limits_default(&lim);
+	lim.max_literal = IMAP_MAX_LITERAL;
+	lim.stream_threshold = IMAP_STREAM_THRESHOLD;
+	rc = imap_parser_new(&lim, &c->parser);
+	if (rc < 0) {
+		rc = proto_err_set(err, PERR_LOCAL, rc, "out of memory");
+		goto fail;
+	}
+	imap_parser_set_sink(c->parser, &client_sink, c);
+
+	set_state(c, IMAP_ST_CONNECTING);
+	rc = net_connect(&c->net, cfg->host, cfg->port, timeout, err);
+	if (rc < 0)
+		goto fail;
+	if (cfg->tls == IMAP_TLS_IMPLICIT) {
+		rc = net_start_tls(c->net, &tls, err);
+		if (rc < 0)
+			goto fail;
+	}
+	rc = read_greeting(c, &preauth, err);
+	if (rc < 0)
+		goto fail;
+	if (cfg->tls == IMAP_TLS_STARTTLS) {
+		if (preauth) {
+			/* RFC 9051 11.1: a PREAUTH greeting on a cleartext
+			 * connection leaves no chance for STARTTLS. */
+			rc = proto_err_set(
+			        err, PERR_NOTLS, -EPROTONOSUPPORT,
+			        "%s greeted with PREAUTH before TLS; "
+			        "refusing the unencrypted session",
+			        c->host);
+			goto fail;
+		}
+		rc = do_starttls(c, cfg, err);
+		if (rc < 0)
+			goto fail;
+	} else if (cfg->tls == IMAP_TLS_NONE) {
+		log_warn("imap %s: plaintext connection (notls): the password "
+		         "and all mail cross the network unencrypted",
+		         c->label);
+	}
+	if (c->n_caps == 0) {
+		rc = refresh_caps(c, err);
+		if (rc < 0)
+			goto fail;
+	}
+	if (!imap_has_cap(c, "IMAP4REV1") && !imap_has_cap(c, "IMAP4REV2")) {
+		rc = proto_err_set(err, PERR_PROTOCOL, -EPROTONOSUPPORT,
+		                   "%s does not speak IMAP4rev1", c->host);
+		goto fail;
+	}
+	if (!preauth) {
+		set_state(c, IMAP_ST_NOT_AUTHENTICATED);
+		rc = authenticate(c, cfg, err);
+		if (rc < 0)
+			goto fail;
+		/* Servers may announce more after login; most send them in
+		 * the tagged OK, which handle_code() has stored. */
+		if (c->n_caps == 0) {
+			rc = refresh_caps(c, err);
+			if (rc < 0)
+				goto fail;
+		}
+	}
+	set_state(c, IMAP_ST_AUTHENTICATED);
+	*client_r = c;
+	return 0;
+fail:
+	if (c->dead && err != NULL && err->cls == PERR_NONE)
+		*err = c->err;
+	imap_free(&c);
+	return rc;
+}
+
+void imap_free(struct imap_client **cp)
+{
+	struct imap_client *c = *cp;
+
+	if (c == NULL)
+		return;
+	imap_parser_free(&c->parser);
+	streamed_clear(c);
+	net_close(&c->net);
+	caps_clear(c);
+	free(c->inflight);
+	free(c->selected);
+	free(c->label);
+	free(c->host);
+	free(c);
+	*cp = NULL;
+}
+
+void imap_logout(struct imap_client **cp)
+{
+	struct imap_client *c = *cp;
+
+	if (c == NULL)
+		return;
+	if (!c->dead && c->net != NULL) {
+		unsigned tag;
+
+		/* Best effort with a short wait: the server may be gone. */
+		net_set_timeout(c->net, 2000);
+		set_state(c, IMAP_ST_LOGOUT);
+		if (imap_submit(c, NULL, &tag, "LOGOUT") == 0)
+			imap_wait(c, tag, NULL);
+	}
+	imap_free(cp);
+}
+
+void imap_shutdown(struct imap_client *c)
+{
+	if (c != NULL && c->net != NULL)
+		net_shutdown(c->net);
+}
+
+/* --- LIST ---------------------------------------------------------------- */
+
+struct list_ctx {
+	void (*cb)(void *ctx, const struct imap_mailbox *mb);
+	void *ctx;
+};
+
+static const struct {
+	const char *name;
+	unsigned bit;
+} mbox_attrs[] = {
+        {"\\Noselect", IMAP_MBOX_NOSELECT},
+        {"\\NonExistent", IMAP_MBOX_NONEXISTENT | IMAP_MBOX_NOSELECT},
+        {"\\HasChildren", IMAP_MBOX_HASCHILDREN},
+        {"\\HasNoChildren", IMAP_MBOX_HASNOCHILDREN},
+        {"\\Noinferiors", IMAP_MBOX_NOINFERIORS},
+        {"\\Marked", IMAP_MBOX_MARKED},
+        {"\\Unmarked", IMAP_MBOX_UNMARKED},
+        {"\\Subscribed", IMAP_MBOX_SUBSCRIBED},
+        {"\\Remote", IMAP_MBOX_REMOTE},
+        {"\\All", IMAP_MBOX_ALL},
+        {"\\Archive", IMAP_MBOX_ARCHIVE},
+        {"\\Drafts", IMAP_MBOX_DRAFTS},
+        {"\\Flagged", IMAP_MBOX_FLAGGED},
+        {"\\Junk", IMAP_MBOX_JUNK},
+        {"\\Sent", IMAP_MBOX_SENT},
+        {"\\Trash", IMAP_MBOX_TRASH},
+};
+
+static void list_untagged(void *ctx, const struct imap_response *resp)
+{
+	const struct imap_value *attrs, *delim, *name;
+	struct list_ctx *l = ctx;
+	struct imap_mailbox mb = {0};
+	const char *d, *n;
+	size_t dlen, nlen;
+
+	if (!imap_response_is(resp, "LIST"))
+		return;
+	attrs = imap_list_get(&resp->args, 0);
+	delim = imap_list_get(&resp->args, 1);
+	name = imap_list_get(&resp->args, 2);
+	if (attrs == NULL || attrs->type != IMAP_VALUE_LIST || delim == NULL ||
+	    name == NULL) {
+		log_warn("ignoring a malformed LIST response");
+		return;
+	}
+	for (size_t i = 0; i < attrs->count; i++)
+		for (size_t j = 0; j < sizeof(mbox_attrs) / sizeof(*mbox_attrs);
+		     j++)
+			if (imap_atom_eq(&attrs->list[i], mbox_attrs[j].name))
+				mb.attrs |= mbox_attrs[j].bit;
+	d = imap_value_str(delim, &dlen);
+	if (d != NULL && dlen != 1) {
+		log_warn("ignoring a LIST response with delimiter of length "
+		         "%zu",
+		         dlen);
+		return;
+	}
+	mb.delim = d != NULL ? d[0] : 0;
+	n = imap_value_str(name, &nlen);
+	if (n == NULL || nlen == 0 || strlen(n) != nlen) {
+		log_warn("ignoring a LIST response with an unusable name");
+		return;
+	}
+	mb.name = strcasecmp(n, "INBOX") == 0 ? "INBOX" : n;
+	l->cb(l->ctx, &mb);
+}
+
+int imap_list(struct imap_client *c,
+              void (*cb)(void *ctx, const struct imap_mailbox *mb), void *ctx,
+              struct proto_err *err)
+{
+	struct list_ctx l = {.cb = cb, .ctx = ctx};
+
+	if (imap_has_cap(c, "LIST-EXTENDED") && imap_has_cap(c, "SPECIAL-USE"))
+		return run_cmd(c, list_untagged, &l, err,
+		               "LIST \"\" \"*\" RETURN (SPECIAL-USE)");
+	return run_cmd(c, list_untagged, &l, err, "LIST \"\" \"*\"");
+}
+
+/* --- SELECT / EXAMINE ---------------------------------------------------- */
+
+static void select_untagged(void *ctx, const struct imap_response *resp)
+{
+	struct imap_select_info *info = ctx;
+	const struct imap_value *arg = imap_list_get(&resp->code_args, 0);
+
+	if (resp->kind == IMAP_RESP_DATA && imap_response_is(resp, "EXISTS") &&
+	    resp->has_number) {
+		info->exists = resp->number;
+		return;
+	}
+	if (resp->kind != IMAP_RESP_STATUS || resp->code == NULL)
+		return;
+	if (strcasecmp(resp->code, "UIDVALIDITY") == 0)
+		imap_value_u32(arg, &info->uidvalidity);
+	else if (strcasecmp(resp->code, "UIDNEXT") == 0)
+		imap_value_u32(arg, &info->uidnext);
+	else if (strcasecmp(resp->code, "HIGHESTMODSEQ") == 0)
+		imap_value_u64(arg, &info->highestmodseq);
+}
+
+static int quote_name(const char *name, char **out_r)
+{
+	struct strbuf b = {0};
+
+	sb_str(&b, "\"");
+	for (const char *p = name; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			sb_str(&b, "\\");
+		sb_add(&b, p, 1);
+	}
+	sb_str(&b, "\"");
+	if (b.oom || !quotable(name)) {
+		free(b.s);
+		return -EINVAL;
+	}
+	*out_r = b.s;
+	return 0;
+}
+
+int imap_select(struct imap_client *c, const char *name, bool readonly,
+                struct imap_select_info *info_r, struct proto_err *err)
+{
+	char *q = NULL;
+	int rc;
+
+	memset(info_r, 0, sizeof(*info_r));
+	if (quote_name(name, &q) < 0)
+		return proto_err_set(err, PERR_LOCAL, -EINVAL,
+		                     "mailbox name cannot be sent");
+	free(c->selected);
+	c->selected = NULL;
+	rc = run_cmd(c, select_untagged, info_r, err, "%s %s%s",
+	             readonly ? "EXAMINE" : "SELECT", q,
+	             imap_has_cap(c, "CONDSTORE") ? " (CONDSTORE)" : "");
+	free(q);
+	if (rc < 0) {
+		if (!c->dead)
+			set_state(c, IMAP_ST_AUTHENTICATED);
+		return rc;
+	}
+	info_r->readonly = readonly;
+	c->selected = strdup(name);
+	set_state(c, IMAP_ST_SELECTED);
+	return 0;
+}
+
+const char *imap_selected(const struct imap_client *c)
+{
+	return c->selected;
+}
+
+/* --- FETCH --------------------------------------------------------------- */
+
+struct meta_ctx {
+	struct imap_client *c;
+	void (*cb)(void *ctx, const struct imap_msg_meta *m);
+	void *ctx;
+	int rc;
+};
+
+/* Join a FLAGS list into "\Seen $Work". */
+static char *join_flags(const struct imap_value *flags)
+{
+	struct strbuf b = {0};
+
+	sb_str(&b, "");
+	for (size_t i = 0; flags != NULL && i < flags->count; i++) {
+		const char *s = imap_value_str(&flags->list[i], NULL);
+
+		if (s == NULL)
+			continue;
+		if (b.len > 0)
+			sb_str(&b, " ");
+		sb_str(&b, s);
+	}
+	if (b.oom) {
+		free(b.s);
+		return NULL;
+	}
+	return b.s;
+}
+
+static const struct imap_value *find_item_prefix(const struct imap_value *list,
+                                                 const char *prefix)
+{
+	size_t plen = strlen(prefix);
+
+	for (size_t i = 0; i + 1 < list->count; i += 2) {
+		const struct imap_value *k = &list->list[i];
+
+		if (k->type == IMAP_VALUE_ATOM && k->len >= plen &&
+		    strncasecmp(k->str, prefix, plen) == 0)
+			return &list->list[i + 1];
+	}
+	return NULL;
+}
+
+static void meta_untagged(void *ctx, const struct imap_response *resp)
+{
+	struct meta_ctx *m = ctx;
+	const struct imap_value *items, *v;
+	struct imap_msg_meta meta = {0};
+	char *flags;
+
+	if (!imap_response_is(resp, "FETCH"))
+		goto other;
+	items = imap_list_get(&resp->args, 0);
+	if (items == NULL || items->type != IMAP_VALUE_LIST ||
+	    imap_value_u32(imap_fetch_item(items, "UID"), &meta.uid) < 0 ||
+	    imap_value_u64(imap_fetch_item(items, "RFC822.SIZE"), &meta.size) <
+	            0)
+		goto other; /* an unsolicited update, not our answer */
+	v = imap_fetch_item(items, "INTERNALDATE");
+	if (v == NULL || imap_value_str(v, NULL) == NULL ||
+	    imap_date_parse(imap_value_str(v, NULL), &meta.internaldate,
+	                    &meta.tz_minutes) < 0) {
+		log_warn("message UID %u has no valid INTERNALDATE", meta.uid);
+		meta.internaldate = 0;
+	}
+	imap_value_u64(
+	        imap_fetch_item(items, "MODSEQ") != NULL
+	                ? imap_list_get(imap_fetch_item(items, "MODSEQ"), 0)
+	                : NULL,
+	        &meta.modseq);
+	v = find_item_prefix(items, "BODY[HEADER");
+	meta.headers = value_bytes(m->c, resp, v, &meta.headers_len);
+	flags = join_flags(imap_fetch_item(items, "FLAGS"));
+	if (flags == NULL) {
+		m->rc = -ENOMEM;
+		return;
+	}
+	meta.flags = flags;
+	m->cb(m->ctx, &meta);
+	free(flags);
+	return;
+other:
+	if (m->c->untagged_cb != NULL)
+		m->c->untagged_cb(m->c->untagged_ctx, resp);
+}
+
+int imap_fetch_meta(struct imap_client *c, const char *uidset,
+                    uint64_t changedsince,
+                    void (*cb)(void *ctx, const struct imap_msg_meta *m),
+                    void *ctx, struct proto_err *err)
+{
+	struct meta_ctx m = {.c = c, .cb = cb, .ctx = ctx};
+	bool condstore = imap_has_cap(c, "CONDSTORE");
+	char since[48] = "";
+	int rc;
+
+	if (changedsince > 0 && condstore)
+		snprintf(since, sizeof(since), " (CHANGEDSINCE %llu)",
+		         (unsigned long long)changedsince);
+	rc = run_cmd(c, meta_untagged, &m, err,
+	             "UID FETCH %s (UID RFC822.SIZE FLAGS INTERNALDATE%s "
+	             "BODY.PEEK[HEADER.FIELDS (SUBJECT FROM DATE "
+	             "MESSAGE-ID)])%s",
+	             uidset, condstore ? " MODSEQ" : "", since);
+	if (rc == 0 && m.rc < 0)
+		return proto_err_set(err, PERR_LOCAL, m.rc, "out of memory");
+	return rc;
+}
+
+struct body_ctx {
+	struct imap_client *c;
+	void (*cb)(void *ctx, uint32_t uid, const char *data, size_t len);
+	void *ctx;
+};
+
+static void body_untagged(void *ctx, const struct imap_response *resp)
+{
+	struct body_ctx *b = ctx;
+	const struct imap_value *items, *body;
+	const char *data;
+	uint32_t uid;
+	size_t len;
+
+	if (!imap_response_is(resp, "FETCH"))
+		goto other;
+	items = imap_list_get(&resp->args, 0);
+	if (items == NULL || items->type != IMAP_VALUE_LIST ||
+	    imap_value_u32(imap_fetch_item(items, "UID"), &uid) < 0 ||
+	    (body = imap_fetch_item(items, "BODY[]")) == NULL)
+		goto other;
+	data = value_bytes(b->c, resp, body, &len);
+	if (data == NULL) {
+		/* NIL: the server cannot give the message (it happens
+		 * with broken stores); report nothing for this UID. */
+		log_warn("%s returned no body for UID %u", b->c->host, uid);
+		return;
+	}
+	b->cb(b->ctx, uid, data, len);
+	return;
+other:
+	if (b->c->untagged_cb != NULL)
+		b->c->untagged_cb(b->c->untagged_ctx, resp);
+}
+
+int imap_fetch_bodies(struct imap_client *c, const char *uidset,
+                      void (*cb)(void *ctx, uint32_t uid, const char *data,
+                                 size_t len),
+                      void *ctx, struct proto_err *err)
+{
+	struct body_ctx b = {.c = c, .cb = cb, .ctx = ctx};
+
+	return run_cmd(c, body_untagged, &b, err,
+	               "UID FETCH %s (UID BODY.PEEK[])", uidset);
+}
+
+int imap_noop(struct imap_client *c, struct proto_err *err)
+{
+	return run_cmd(c, NULL, NULL, err, "NOOP");
+}
+
+/* --- helpers ------------------------------------------------------------- */
+
+char *imap_uidset_format(const uint32_t *uids, size_t n)
+{
+	struct strbuf b = {0};
+
+	sb_str(&b, "");
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+
+		while (j + 1 < n && uids[j + 1] == uids[j] + 1)
+			j++;
+		if (b.len > 0)
+			sb_str(&b, ",");
+		if (j == i)
+			sb_printf(&b, "%u", uids[i]);
+		else
+			sb_printf(&b, "%u:%u", uids[i], uids[j]);
+		i = j + 1;
+	}
+	if (b.oom) {
+		free(b.s);
+		return NULL;
+	}
+	return b.s;
+}
+
+int imap_date_parse(const char *s, time_t *t_r, int *tz_minutes_r)
+{
+	static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+	int day, year, hh, mm, ss, tz, mon;
+	char mname[4], sign;
+	struct tm tm = {0};
+	const char *m;
+	time_t t;
+
+	/* date-time = DQUOTE date-day-fixed "-" date-month "-" date-year
+	 *             SP time SP zone DQUOTE; day may be space-padded. */
+	if (sscanf(s, " %2d-%3c-%4d %2d:%2d:%2d %c%4d", &day, mname, &year, &hh,
+	           &mm, &ss, &sign, &tz) != 8)
+		return -EINVAL;
+	mname[3] = '\0';
+	m = strcasestr(months, mname);
+	if (m == NULL || (m - months) % 3 != 0 || (sign != '+' && sign != '-'))
+		return -EINVAL;
+	mon = (int)(m - months) / 3;
+	if (day < 1 || day > 31 || hh > 23 || mm > 59 || ss > 60 ||
+	    year < 1900 || tz > 9959 || tz % 100 > 59)
+		return -EINVAL;
+	tm.tm_year = year - 1900;
+	tm.tm_mon = mon;
+	tm.tm_mday = day;
+	tm.tm_hour = hh;
+	tm.tm_min = mm;
+	tm.tm_sec = ss;
+	t = timegm(&tm);
+	tz = (tz / 100) * 60 + tz % 100;
+	if (sign == '-')
+		tz = -tz;
+	*t_r = t - (time_t)tz * 60;
+	*tz_minutes_r = tz;
+	return 0;
+}

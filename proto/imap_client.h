@@ -1,0 +1,217 @@
+/* IMAP client: one connection to one server (RFC 3501, RFC 9051).
+ *
+ * A struct imap_client is driven by one thread at a time.  Commands are
+ * pipelined: imap_submit() sends a command and returns its tag at once, so
+ * several commands can be in flight; imap_wait() reads responses until a
+ * given command has completed, dispatching every response on the way.
+ * The synchronous helpers further down (imap_select(), imap_fetch_meta(),
+ * ...) are built on the same two calls.
+ *
+ * Untagged responses go to the handler of the oldest command in flight
+ * that has an untagged callback, or else to the connection's default
+ * handler (imap_set_untagged_handler), which sees EXISTS, EXPUNGE, FETCH
+ * FLAGS and the like that the server sends on its own.
+ *
+ * When the connection fails (timeout, EOF, malformed data, BYE) every
+ * command in flight completes with the error, and every later call fails
+ * at once with the same error: the caller drops the client and connects
+ * again.  Nothing here ever waits without a bound: every wait uses the
+ * timeout given at connect time. */
+#ifndef MAILFS_IMAP_CLIENT_H
+#define MAILFS_IMAP_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "proto/error.h"
+#include "proto/imap_parse.h"
+
+struct imap_client;
+
+enum imap_tls_mode {
+	IMAP_TLS_IMPLICIT, /* imaps://: TLS from the first byte */
+	IMAP_TLS_STARTTLS, /* imap://: STARTTLS, mandatory */
+	IMAP_TLS_NONE,     /* -o notls: plaintext, testing only */
+};
+
+struct imap_config {
+	const char *host; /* borrowed */
+	const char *port; /* borrowed */
+	enum imap_tls_mode tls;
+	const char *cafile; /* borrowed; extra CAs or NULL */
+	const char *user;   /* borrowed */
+	/* Exactly one of these two: a password (PLAIN or LOGIN), or an
+	 * OAuth2 access token (XOAUTH2 or OAUTHBEARER).  Borrowed. */
+	const char *password;
+	const char *oauth2_token;
+	int timeout_ms; /* every network wait; 0 means 30 s */
+};
+
+/* Connect, run TLS (implicit or STARTTLS), read the greeting and the
+ * capabilities, authenticate, and read the capabilities again.
+ * On failure *err says why, with one of the classes of proto/error.h:
+ * PERR_NOTLS when STARTTLS is not offered (or the server greets with
+ * PREAUTH before TLS), PERR_AUTH with the server's text when the
+ * credentials are refused, PERR_TLS_VERIFY with the reason, ... */
+int imap_connect(struct imap_client **client_r, const struct imap_config *cfg,
+                 struct proto_err *err);
+
+/* Send LOGOUT (best effort, short wait) and free everything. */
+void imap_logout(struct imap_client **client);
+
+/* Free without saying goodbye (the connection is dead or unwanted). */
+void imap_free(struct imap_client **client);
+
+/* Wake a thread blocked on this client; safe from another thread. */
+void imap_shutdown(struct imap_client *c);
+
+/* Is the capability advertised (case-insensitive, e.g. "IDLE",
+ * "AUTH=PLAIN")?  The list is the latest one the server sent. */
+bool imap_has_cap(const struct imap_client *c, const char *cap);
+
+/* The error that killed the connection, or NULL if it is alive. */
+const struct proto_err *imap_error(const struct imap_client *c);
+
+/* --- pipelined commands --------------------------------------------- */
+
+struct imap_handler {
+	/* An untagged response arrived while this command was the oldest
+	 * in flight with an untagged callback.  Borrowed response. */
+	void (*untagged)(void *ctx, const struct imap_response *resp);
+	/* The command completed: rc is 0 for OK, -EPERM for NO (class
+	 * PERR_NO), -EINVAL for BAD (PERR_BAD), or the connection's error.
+	 * tagged is the tagged response (NULL on connection failure). */
+	void (*done)(void *ctx, int rc, const struct imap_response *tagged);
+	void *ctx;
+};
+
+/* One argument of a command: text sent as is, an astring (quoted or sent
+ * as a literal as needed), or a literal of raw bytes (APPEND). */
+enum imap_arg_kind { IMAP_ARG_RAW, IMAP_ARG_ASTRING, IMAP_ARG_LITERAL };
+struct imap_arg {
+	enum imap_arg_kind kind;
+	const char *data; /* borrowed */
+	size_t len;       /* for IMAP_ARG_LITERAL; others are C strings */
+};
+
+/* Send a command made of args (separated by nothing: put spaces in RAW
+ * parts), with a fresh tag.  Returns at once unless a synchronising
+ * literal must wait for the server's continuation.  *tag_r (may be NULL)
+ * receives the tag number to pass to imap_wait().  h may be NULL. */
+int imap_submitv(struct imap_client *c, const struct imap_handler *h,
+                 const struct imap_arg *args, size_t nargs, unsigned *tag_r);
+
+/* printf-style form for commands whose arguments need no quoting: the
+ * caller formats atoms and numbers only (use imap_submitv for names). */
+int imap_submit(struct imap_client *c, const struct imap_handler *h,
+                unsigned *tag_r, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+
+/* Read and dispatch responses until command `tag` has completed.
+ * Returns its result (see imap_handler.done). */
+int imap_wait(struct imap_client *c, unsigned tag, struct proto_err *err);
+
+/* Read and dispatch until no command is in flight. */
+int imap_wait_all(struct imap_client *c, struct proto_err *err);
+
+/* Handler for untagged responses that no command claims. */
+void imap_set_untagged_handler(struct imap_client *c,
+                               void (*cb)(void *ctx,
+                                          const struct imap_response *resp),
+                               void *ctx);
+
+/* Number of commands in flight. */
+size_t imap_inflight(const struct imap_client *c);
+
+/* --- commands the mount needs ---------------------------------------- */
+
+enum imap_mbox_attr {
+	IMAP_MBOX_NOSELECT = 1 << 0,
+	IMAP_MBOX_NONEXISTENT = 1 << 1,
+	IMAP_MBOX_HASCHILDREN = 1 << 2,
+	IMAP_MBOX_HASNOCHILDREN = 1 << 3,
+	IMAP_MBOX_NOINFERIORS = 1 << 4,
+	IMAP_MBOX_MARKED = 1 << 5,
+	IMAP_MBOX_UNMARKED = 1 << 6,
+	IMAP_MBOX_SUBSCRIBED = 1 << 7,
+	IMAP_MBOX_REMOTE = 1 << 8,
+	/* RFC 6154 special use */
+	IMAP_MBOX_ALL = 1 << 16,
+	IMAP_MBOX_ARCHIVE = 1 << 17,
+	IMAP_MBOX_DRAFTS = 1 << 18,
+	IMAP_MBOX_FLAGGED = 1 << 19,
+	IMAP_MBOX_JUNK = 1 << 20,
+	IMAP_MBOX_SENT = 1 << 21,
+	IMAP_MBOX_TRASH = 1 << 22,
+};
+
+struct imap_mailbox {
+	const char *name; /* borrowed; raw, modified UTF-7 as the server
+	                     spells it (INBOX normalised to "INBOX") */
+	char delim;       /* hierarchy delimiter, or 0 for none (NIL) */
+	unsigned attrs;   /* enum imap_mbox_attr bits */
+};
+
+/* LIST "" "*", with RETURN (SPECIAL-USE) when the server offers
+ * SPECIAL-USE and LIST-EXTENDED.  cb is called once per mailbox. */
+int imap_list(struct imap_client *c,
+              void (*cb)(void *ctx, const struct imap_mailbox *mb), void *ctx,
+              struct proto_err *err);
+
+struct imap_select_info {
+	uint32_t uidvalidity;
+	uint32_t uidnext;
+	uint32_t exists;
+	uint64_t highestmodseq; /* 0 when the server has no CONDSTORE */
+	bool readonly;
+};
+
+/* EXAMINE (readonly) or SELECT a mailbox (name: raw modified UTF-7). */
+int imap_select(struct imap_client *c, const char *name, bool readonly,
+                struct imap_select_info *info_r, struct proto_err *err);
+
+/* The mailbox selected now, or NULL. */
+const char *imap_selected(const struct imap_client *c);
+
+struct imap_msg_meta {
+	uint32_t uid;
+	uint64_t size;       /* RFC822.SIZE */
+	time_t internaldate; /* seconds since the epoch, UTC */
+	int tz_minutes;      /* the zone the server gave, e.g. -420 */
+	const char *flags;   /* borrowed: "\Seen $Work", space separated */
+	uint64_t modseq;     /* 0 unless CONDSTORE */
+	const char *headers; /* borrowed: raw Subject/From/Date/Message-ID
+	                        header lines, or NULL */
+	size_t headers_len;
+};
+
+/* UID FETCH uidset (UID RFC822.SIZE FLAGS INTERNALDATE
+ * BODY.PEEK[HEADER.FIELDS (SUBJECT FROM DATE MESSAGE-ID)] [MODSEQ])
+ * [(CHANGEDSINCE n)]: one command for the whole set; cb per message. */
+int imap_fetch_meta(struct imap_client *c, const char *uidset,
+                    uint64_t changedsince,
+                    void (*cb)(void *ctx, const struct imap_msg_meta *m),
+                    void *ctx, struct proto_err *err);
+
+/* UID FETCH uidset (UID BODY.PEEK[]): one command for the whole set;
+ * cb is called once per message with its exact bytes (borrowed, valid
+ * during the call).  Never sets \Seen. */
+int imap_fetch_bodies(struct imap_client *c, const char *uidset,
+                      void (*cb)(void *ctx, uint32_t uid, const char *data,
+                                 size_t len),
+                      void *ctx, struct proto_err *err);
+
+int imap_noop(struct imap_client *c, struct proto_err *err);
+
+/* --- helpers --------------------------------------------------------- */
+
+/* Format a sorted array of UIDs as a compact set ("1:5,7,9:12").
+ * Returns a malloc'd string (owned by the caller) or NULL on OOM. */
+char *imap_uidset_format(const uint32_t *uids, size_t n);
+
+/* Parse an INTERNALDATE ("17-Jul-1996 02:44:25 -0700"). */
+int imap_date_parse(const char *s, time_t *t_r, int *tz_minutes_r);
+
+#endif

@@ -1,0 +1,589 @@
+#include "proto/net.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "proto/log.h"
+
+#define NET_READ_CHUNK     (64 * 1024)
+#define NET_DEFAULT_MAXBUF (1024 * 1024)
+
+struct net_conn {
+	int fd;
+	SSL_CTX *ctx; /* owned */
+	SSL *ssl;     /* owned */
+	char *host;   /* owned */
+	int timeout_ms;
+	char *rbuf; /* owned; unconsumed input is rbuf[rstart, rend) */
+	size_t rstart, rend, rcap, max_buffer;
+	atomic_bool shut;
+};
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int remaining(int64_t deadline)
+{
+	int64_t left = deadline - now_ms();
+
+	if (left <= 0)
+		return 0;
+	return left > INT32_MAX ? INT32_MAX : (int)left;
+}
+
+/* Wait until fd is ready for events or the deadline passes.
+ * Returns 0 when ready, -ETIMEDOUT, or another negative errno. */
+static int wait_fd(int fd, short events, int64_t deadline)
+{
+	for (;;) {
+		struct pollfd pfd = {.fd = fd, .events = events};
+		int left = remaining(deadline);
+		int rc;
+
+		if (left == 0)
+			return -ETIMEDOUT;
+		rc = poll(&pfd, 1, left);
+		if (rc > 0)
+			return 0;
+		if (rc == 0)
+			return -ETIMEDOUT;
+		if (errno != EINTR)
+			return -errno;
+	}
+}
+
+static int resolve(const char *host, const char *port, int64_t deadline,
+                   struct addrinfo **res_r, struct proto_err *err)
+{
+	struct addrinfo hints = {
+	        .ai_family = AF_UNSPEC,
+	        .ai_socktype = SOCK_STREAM,
+	        .ai_flags = AI_ADDRCONFIG,
+	};
+	struct gaicb req = {
+	        .ar_name = host,
+	        .ar_service = port,
+	        .ar_request = &hints,
+	};
+	struct gaicb *list[1] = {&req};
+	int rc;
+
+	/* getaddrinfo() can block for a long time on a broken resolver;
+	 * the asynchronous variant lets us bound the wait. */
+	rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
+	if (rc != 0)
+		return proto_err_set(err, PERR_RESOLVE, -EHOSTUNREACH,
+		                     "cannot resolve %s: %s", host,
+		                     gai_strerror(rc));
+	for (;;) {
+		int left = remaining(deadline);
+		struct timespec ts = {left / 1000, (left % 1000) * 1000000L};
+		const struct gaicb *wait[1] = {&req};
+
+		rc = gai_error(&req);
+		if (rc != EAI_INPROGRESS)
+			break;
+		if (left == 0) {
+			gai_cancel(&req);
+			/* The lookup may still finish in the background and
+			 * write into req; wait for it to be safe. */
+			while (gai_error(&req) == EAI_INPROGRESS)
+				gai_suspend(wait, 1, NULL);
+			if (req.ar_result != NULL)
+				freeaddrinfo(req.ar_result);
+			return proto_err_set(err, PERR_TIMEOUT, -ETIMEDOUT,
+			                     "cannot resolve %s: timed out",
+			                     host);
+		}
+		gai_suspend(wait, 1, &ts);
+	}
+	if (rc != 0)
+		return proto_err_set(err, PERR_RESOLVE, -EHOSTUNREACH,
+		                     "cannot resolve %s: %s", host,
+		                     gai_strerror(rc));
+	*res_r = req.ar_result;
+	return 0;
+}
+
+static int connect_one(const struct addrinfo *ai, int64_t deadline, int *fd_r)
+{
+	int fd, rc, soerr = 0;
+	socklen_t len = sizeof(soerr);
+
+	fd = socket(ai->ai_family,
+	            ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	            ai->ai_protocol);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+		goto ok;
+	if (errno != EINPROGRESS) {
+		rc = -errno;
+		goto fail;
+	}
+	rc = wait_fd(fd, POLLOUT, deadline);
+	if (rc < 0)
+		goto fail;
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	if (soerr != 0) {
+		rc = -soerr;
+		goto fail;
+	}
+ok:
+	/* Commands are small and pipelined: do not let Nagle hold them. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){1}, sizeof(int));
+	*fd_r = fd;
+	return 0;
+fail:
+	close(fd);
+	return rc;
+}
+
+int net_connect(struct net_conn **conn_r, const char *host, const char *port,
+                int timeout_ms, struct proto_err *err)
+{
+	int64_t deadline = now_ms() + timeout_ms;
+	struct addrinfo *res = NULL;
+	struct net_conn *c;
+	int rc, fd = -1;
+
+	*conn_r = NULL;
+	rc = resolve(host, port, deadline, &res, err);
+	if (rc < 0)
+		return rc;
+	rc = -EHOSTUNREACH;
+	for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+		rc = connect_one(ai, deadline, &fd);
+		if (rc == 0 || rc == -ETIMEDOUT)
+			break;
+	}
+	freeaddrinfo(res);
+	if (rc == -ETIMEDOUT)
+		return proto_err_set(err, PERR_TIMEOUT, rc,
+		                     "cannot connect to %s port %s: timed out",
+		                     host, port);
+	if (rc < 0)
+		return proto_err_set(err, PERR_CONNECT, rc,
+		                     "cannot connect to %s port %s: %s", host,
+		                     port, strerror(-rc));
+
+	c = calloc(1, sizeof(*c));
+	if (c == NULL || (c->host = strdup(host)) == NULL) {
+		free(c);
+		close(fd);
+		return proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
+	}
+	c->fd = fd;
+	c->timeout_ms = timeout_ms;
+	c->max_buffer = NET_DEFAULT_MAXBUF;
+	*conn_r = c;
+	return 0;
+}
+
+static const char *verify_reason(long result)
+{
+	switch (result) {
+	case X509_V_ERR_CERT_HAS_EXPIRED: return "certificate has expired";
+	case X509_V_ERR_CERT_NOT_YET_VALID:
+		return "certificate is not yet valid";
+	case X509_V_ERR_HOSTNAME_MISMATCH:
+	case X509_V_ERR_IP_ADDRESS_MISMATCH:
+		return "certificate is for another host name (wrong host)";
+	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+	case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+	case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+	case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+		return "certificate issuer is unknown (self-signed or "
+		       "private CA; trust it with -o cafile=)";
+	case X509_V_ERR_CERT_REVOKED: return "certificate has been revoked";
+	}
+	return X509_verify_cert_error_string(result);
+}
+
+/* The first queued OpenSSL error as text, and clear the queue. */
+static const char *ssl_reason(char *buf, size_t len)
+{
+	unsigned long e = ERR_get_error();
+
+	if (e == 0)
+		snprintf(buf, len, "connection closed during handshake");
+	else
+		ERR_error_string_n(e, buf, len);
+	ERR_clear_error();
+	return buf;
+}
+
+int net_start_tls(struct net_conn *c, const struct net_tls_opts *opts,
+                  struct proto_err *err)
+{
+	int64_t deadline = now_ms() + c->timeout_ms;
+	struct in6_addr a6;
+	struct in_addr a4;
+	char why[256];
+	bool is_ip;
+
+	if (c->ssl != NULL)
+		return proto_err_set(err, PERR_PROTOCOL, -EPROTO,
+		                     "TLS is already active");
+	if (c->rend > c->rstart)
+		return proto_err_set(err, PERR_PROTOCOL, -EPROTO,
+		                     "%s sent data before the TLS handshake "
+		                     "(possible injection); refusing",
+		                     c->host);
+
+	c->ctx = SSL_CTX_new(TLS_client_method());
+	if (c->ctx == NULL)
+		goto nomem;
+	SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
+	SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
+	if (SSL_CTX_set_default_verify_paths(c->ctx) != 1)
+		log_warn("cannot load the system CA store");
+	if (opts != NULL && opts->cafile != NULL &&
+	    SSL_CTX_load_verify_locations(c->ctx, opts->cafile, NULL) != 1) {
+		ERR_clear_error();
+		return proto_err_set(err, PERR_LOCAL, -ENOENT,
+		                     "cannot load CA certificates from %s",
+		                     opts->cafile);
+	}
+	c->ssl = SSL_new(c->ctx);
+	if (c->ssl == NULL || SSL_set_fd(c->ssl, c->fd) != 1)
+		goto nomem;
+
+	is_ip = inet_pton(AF_INET, c->host, &a4) == 1 ||
+	        inet_pton(AF_INET6, c->host, &a6) == 1;
+	if (is_ip) {
+		X509_VERIFY_PARAM *vp = SSL_get0_param(c->ssl);
+
+		if (X509_VERIFY_PARAM_set1_ip_asc(vp, c->host) != 1)
+			goto nomem;
+	} else {
+		if (SSL_set1_host(c->ssl, c->host) != 1 ||
+		    SSL_set_tlsext_host_name(c->ssl, c->host) != 1)
+			goto nomem;
+	}
+
+	for (;;) {
+		int rc = SSL_connect(c->ssl);
+		int wrc;
+
+		if (rc == 1)
+			break;
+		switch (SSL_get_error(c->ssl, rc)) {
+		case SSL_ERROR_WANT_READ:
+			wrc = wait_fd(c->fd, POLLIN, deadline);
+			break;
+		case SSL_ERROR_WANT_WRITE:
+			wrc = wait_fd(c->fd, POLLOUT, deadline);
+			break;
+		default: {
+			long vr = SSL_get_verify_result(c->ssl);
+
+			if (vr != X509_V_OK) {
+				ERR_clear_error();
+				return proto_err_set(
+				        err, PERR_TLS_VERIFY, -EPERM,
+				        "TLS certificate of %s not trusted: %s",
+				        c->host, verify_reason(vr));
+			}
+			return proto_err_set(err, PERR_TLS, -EIO,
+			                     "TLS handshake with %s failed: %s",
+			                     c->host,
+			                     ssl_reason(why, sizeof(why)));
+		}
+		}
+		if (wrc == -ETIMEDOUT)
+			return proto_err_set(err, PERR_TIMEOUT, wrc,
+			                     "TLS handshake with %s timed out",
+			                     c->host);
+		if (wrc < 0)
+			return proto_err_set(err, PERR_TLS, wrc,
+			                     "TLS handshake with %s failed: %s",
+			                     c->host, strerror(-wrc));
+	}
+	log_debug("TLS with %s: %s, %s", c->host, SSL_get_version(c->ssl),
+	          SSL_get_cipher(c->ssl));
+	return 0;
+nomem:
+	ERR_clear_error();
+	return proto_err_set(err, PERR_LOCAL, -ENOMEM,
+	                     "cannot set up TLS: out of memory");
+}
+
+void net_set_timeout(struct net_conn *c, int timeout_ms)
+{
+	c->timeout_ms = timeout_ms;
+}
+
+int net_get_timeout(const struct net_conn *c)
+{
+	return c->timeout_ms;
+}
+
+void net_set_max_buffer(struct net_conn *c, size_t max)
+{
+	c->max_buffer = max;
+}
+
+static int closed_err(struct net_conn *c, struct proto_err *err)
+{
+	if (atomic_load(&c->shut))
+		return proto_err_set(err, PERR_CONNECT, -ECONNABORTED,
+		                     "connection to %s was shut down", c->host);
+	return proto_err_set(err, PERR_CONNECT, -ECONNRESET,
+	                     "%s closed the connection", c->host);
+}
+
+/* Make room for at least NET_READ_CHUNK bytes after rend. */
+static int make_room(struct net_conn *c, struct proto_err *err)
+{
+	size_t used = c->rend - c->rstart;
+
+	if (c->rstart > 0 && c->rcap - c->rend < NET_READ_CHUNK) {
+		memmove(c->rbuf, c->rbuf + c->rstart, used);
+		c->rstart = 0;
+		c->rend = used;
+	}
+	if (c->rcap - c->rend < NET_READ_CHUNK) {
+		size_t ncap = c->rcap ? c->rcap * 2 : 2 * NET_READ_CHUNK;
+		char *n;
+
+		if (used >= c->max_buffer)
+			return proto_err_set(err, PERR_PROTOCOL, -ENOBUFS,
+			                     "%s sent more than %zu bytes "
+			                     "without a complete response",
+			                     c->host, c->max_buffer);
+		n = realloc(c->rbuf, ncap);
+		if (n == NULL)
+			return proto_err_set(err, PERR_LOCAL, -ENOMEM,
+			                     "out of memory");
+		c->rbuf = n;
+		c->rcap = ncap;
+	}
+	return 0;
+}
+
+/* One read attempt loop until data, EOF, error or the deadline. */
+static int fill_until(struct net_conn *c, int64_t deadline, bool soft,
+                      struct proto_err *err)
+{
+	int rc = make_room(c, err);
+
+	if (rc < 0)
+		return rc;
+	for (;;) {
+		char *dst = c->rbuf + c->rend;
+		size_t room = c->rcap - c->rend;
+		short ev = POLLIN;
+
+		if (atomic_load(&c->shut))
+			return closed_err(c, err);
+		if (c->ssl != NULL) {
+			int n = SSL_read(c->ssl, dst,
+			                 room > INT32_MAX ? INT32_MAX
+			                                  : (int)room);
+			char why[256];
+
+			if (n > 0) {
+				c->rend += (size_t)n;
+				return n;
+			}
+			switch (SSL_get_error(c->ssl, n)) {
+			case SSL_ERROR_WANT_READ: break;
+			case SSL_ERROR_WANT_WRITE: ev = POLLOUT; break;
+			case SSL_ERROR_ZERO_RETURN: return closed_err(c, err);
+			case SSL_ERROR_SYSCALL:
+				if (ERR_peek_error() == 0)
+					return closed_err(c, err);
+				/* fall through */
+			default:
+				return proto_err_set(
+				        err, PERR_TLS, -EIO,
+				        "TLS read from %s failed: %s", c->host,
+				        ssl_reason(why, sizeof(why)));
+			}
+		} else {
+			ssize_t n = read(c->fd, dst, room);
+
+			if (n > 0) {
+				c->rend += (size_t)n;
+				return (int)n;
+			}
+			if (n == 0)
+				return closed_err(c, err);
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				return proto_err_set(err, PERR_CONNECT, -errno,
+				                     "read from %s failed: %s",
+				                     c->host, strerror(errno));
+		}
+		rc = wait_fd(c->fd, ev, deadline);
+		if (rc == -ETIMEDOUT) {
+			if (soft)
+				return 0;
+			return proto_err_set(err, PERR_TIMEOUT, rc,
+			                     "%s did not answer within %d s",
+			                     c->host, c->timeout_ms / 1000);
+		}
+		if (rc < 0)
+			return proto_err_set(err, PERR_CONNECT, rc,
+			                     "waiting for %s failed: %s",
+			                     c->host, strerror(-rc));
+	}
+}
+
+int net_fill(struct net_conn *c, struct proto_err *err)
+{
+	return fill_until(c, now_ms() + c->timeout_ms, false, err);
+}
+
+int net_fill_wait(struct net_conn *c, int timeout_ms, struct proto_err *err)
+{
+	return fill_until(c, now_ms() + timeout_ms, true, err);
+}
+
+const char *net_rbuf(const struct net_conn *c, size_t *len_r)
+{
+	*len_r = c->rend - c->rstart;
+	return c->rbuf ? c->rbuf + c->rstart : "";
+}
+
+void net_consume(struct net_conn *c, size_t n)
+{
+	if (n > c->rend - c->rstart)
+		n = c->rend - c->rstart;
+	c->rstart += n;
+	if (c->rstart == c->rend)
+		c->rstart = c->rend = 0;
+}
+
+int net_write(struct net_conn *c, const void *buf, size_t len,
+              struct proto_err *err)
+{
+	int64_t deadline = now_ms() + c->timeout_ms;
+	const char *p = buf;
+
+	while (len > 0) {
+		short ev = POLLOUT;
+		int rc;
+
+		if (atomic_load(&c->shut))
+			return closed_err(c, err);
+		if (c->ssl != NULL) {
+			int n = SSL_write(c->ssl, p,
+			                  len > INT32_MAX ? INT32_MAX
+			                                  : (int)len);
+			char why[256];
+
+			if (n > 0) {
+				p += n;
+				len -= (size_t)n;
+				continue;
+			}
+			switch (SSL_get_error(c->ssl, n)) {
+			case SSL_ERROR_WANT_WRITE: break;
+			case SSL_ERROR_WANT_READ: ev = POLLIN; break;
+			case SSL_ERROR_ZERO_RETURN: return closed_err(c, err);
+			case SSL_ERROR_SYSCALL:
+				if (ERR_peek_error() == 0)
+					return closed_err(c, err);
+				/* fall through */
+			default:
+				return proto_err_set(
+				        err, PERR_TLS, -EIO,
+				        "TLS write to %s failed: %s", c->host,
+				        ssl_reason(why, sizeof(why)));
+			}
+		} else {
+			ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL);
+
+			if (n >= 0) {
+				p += n;
+				len -= (size_t)n;
+				continue;
+			}
+			if (errno == EINTR)
+				continue;
+			if (errno == EPIPE || errno == ECONNRESET)
+				return closed_err(c, err);
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				return proto_err_set(err, PERR_CONNECT, -errno,
+				                     "write to %s failed: %s",
+				                     c->host, strerror(errno));
+		}
+		rc = wait_fd(c->fd, ev, deadline);
+		if (rc == -ETIMEDOUT)
+			return proto_err_set(err, PERR_TIMEOUT, rc,
+			                     "%s did not accept data within "
+			                     "%d s",
+			                     c->host, c->timeout_ms / 1000);
+		if (rc < 0)
+			return proto_err_set(err, PERR_CONNECT, rc,
+			                     "waiting for %s failed: %s",
+			                     c->host, strerror(-rc));
+	}
+	return 0;
+}
+
+bool net_is_tls(const struct net_conn *c)
+{
+	return c->ssl != NULL;
+}
+
+const char *net_host(const struct net_conn *c)
+{
+	return c->host;
+}
+
+void net_shutdown(struct net_conn *c)
+{
+	atomic_store(&c->shut, true);
+	shutdown(c->fd, SHUT_RDWR);
+}
+
+void net_close(struct net_conn **cp)
+{
+	struct net_conn *c = *cp;
+
+	if (c == NULL)
+		return;
+	if (c->ssl != NULL) {
+		/* A quiet close: the peer may be gone, and a close_notify
+		 * that cannot be sent must not block or raise SIGPIPE. */
+		SSL_set_quiet_shutdown(c->ssl, 1);
+		SSL_free(c->ssl);
+	}
+	SSL_CTX_free(c->ctx);
+	if (c->fd >= 0)
+		close(c->fd);
+	free(c->rbuf);
+	free(c->host);
+	free(c);
+	*cp = NULL;
+}

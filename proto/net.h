@@ -1,0 +1,80 @@
+/* Network transport: TCP with timeouts, TLS with OpenSSL.
+ *
+ * One struct net_conn is one connection to a server.  It is used by one
+ * thread at a time; the only call that is safe from another thread is
+ * net_shutdown(), which wakes a thread blocked in net_fill()/net_write().
+ *
+ * Every wait is bounded by the connection's timeout: name resolution, the
+ * TCP connect, the TLS handshake, each read and each write.  A wait that
+ * runs out fails with -ETIMEDOUT and class PERR_TIMEOUT.
+ *
+ * Input is buffered: net_fill() appends what the server sent to an internal
+ * buffer, net_rbuf() shows it and net_consume() drops what the caller has
+ * parsed.  Protocol parsers consume exactly what they understood, so bytes
+ * that arrive early (after a STARTTLS OK, say) stay visible to the caller. */
+#ifndef MAILFS_NET_H
+#define MAILFS_NET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "proto/error.h"
+
+struct net_conn;
+
+struct net_tls_opts {
+	const char *cafile; /* borrowed; extra PEM CAs, or NULL */
+};
+
+/* Resolve host and connect to the first address that answers, within
+ * timeout_ms in all.  Errors: PERR_RESOLVE, PERR_CONNECT, PERR_TIMEOUT. */
+int net_connect(struct net_conn **conn_r, const char *host, const char *port,
+                int timeout_ms, struct proto_err *err);
+
+/* Run the TLS handshake on a connected socket and verify the server's
+ * certificate against the system store plus opts->cafile, and its name
+ * against the host given to net_connect().  Fails with PERR_PROTOCOL if
+ * the server already sent bytes that nobody consumed (they would have been
+ * sent in plaintext and could be an injection), PERR_TLS_VERIFY with the
+ * reason (expired, wrong host, unknown issuer) or PERR_TLS. */
+int net_start_tls(struct net_conn *c, const struct net_tls_opts *opts,
+                  struct proto_err *err);
+
+/* Change the timeout used by every following wait. */
+void net_set_timeout(struct net_conn *c, int timeout_ms);
+int net_get_timeout(const struct net_conn *c);
+
+/* Wait (up to the timeout) for more bytes and append them to the input
+ * buffer.  Returns the number of bytes added (> 0) or a negative errno:
+ * -ECONNRESET (class PERR_CONNECT) when the server closed the connection,
+ * -ETIMEDOUT, -EIO for TLS failures, -ENOBUFS when the buffer would grow
+ * past max_buffer (see net_set_max_buffer). */
+int net_fill(struct net_conn *c, struct proto_err *err);
+
+/* Like net_fill() but waits at most timeout_ms (0: do not wait) and returns
+ * 0 instead of -ETIMEDOUT when nothing arrived.  For IDLE and polling. */
+int net_fill_wait(struct net_conn *c, int timeout_ms, struct proto_err *err);
+
+/* The unconsumed input: *len_r bytes at the returned pointer (borrowed,
+ * valid until the next net_fill/net_consume). */
+const char *net_rbuf(const struct net_conn *c, size_t *len_r);
+void net_consume(struct net_conn *c, size_t n);
+
+/* Largest amount of unconsumed input the buffer may hold (default 1 MiB:
+ * parsers consume as they go, so only one line needs to fit). */
+void net_set_max_buffer(struct net_conn *c, size_t max);
+
+/* Send all of buf, waiting up to the timeout for room. */
+int net_write(struct net_conn *c, const void *buf, size_t len,
+              struct proto_err *err);
+
+bool net_is_tls(const struct net_conn *c);
+const char *net_host(const struct net_conn *c);
+
+/* Wake any thread blocked on this connection; its call fails.  Safe to
+ * call from any thread, any number of times, before net_close(). */
+void net_shutdown(struct net_conn *c);
+
+void net_close(struct net_conn **c);
+
+#endif

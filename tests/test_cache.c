@@ -1,0 +1,1531 @@
+/* Unit tests for cache/: the LMDB schema and access layer.  Every test gets
+ * a fresh temporary directory, removed afterwards. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* cmocka needs the headers above first. */
+#include <cmocka.h>
+
+#include "cache/cache.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct fixture {
+	char tmp[PATH_MAX];      /* the temporary directory */
+	char dir[PATH_MAX + 32]; /* the cache directory inside it */
+	struct cache *cache;     /* owned */
+};
+
+static int rm_one(const char *path, const struct stat *st, int flag,
+                  struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	const char *base = getenv("TMPDIR");
+
+	if (f == NULL)
+		return -1;
+	snprintf(f->tmp, sizeof(f->tmp), "%s/mailfs-cache-XXXXXX",
+	         base && *base ? base : "/tmp");
+	if (mkdtemp(f->tmp) == NULL) {
+		free(f);
+		return -1;
+	}
+	/* Two levels that do not exist yet: cache_open creates them. */
+	snprintf(f->dir, sizeof(f->dir), "%s/acct/user@host", f->tmp);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	cache_close(&f->cache);
+	nftw(f->tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+static struct cache *open_cache(struct fixture *f)
+{
+	assert_int_equal(cache_open(f->dir, &f->cache), 0);
+	assert_non_null(f->cache);
+	return f->cache;
+}
+
+static struct cache *reopen(struct fixture *f)
+{
+	cache_close(&f->cache);
+	assert_null(f->cache);
+	return open_cache(f);
+}
+
+static struct cache_txn *wtxn(struct cache *c)
+{
+	struct cache_txn *t = NULL;
+
+	assert_int_equal(cache_txn_begin(c, true, &t), 0);
+	return t;
+}
+
+static struct cache_txn *rtxn(struct cache *c)
+{
+	struct cache_txn *t = NULL;
+
+	assert_int_equal(cache_txn_begin(c, false, &t), 0);
+	return t;
+}
+
+static uint32_t add_mailbox(struct cache_txn *t, const char *name)
+{
+	struct cache_mailbox mb = {.name = (char *)name, .delim = '/'};
+	uint32_t id = 0;
+
+	assert_int_equal(cache_mailbox_add(t, &mb, &id), 0);
+	return id;
+}
+
+static void put_msg(struct cache_txn *t, uint32_t mbox, uint32_t uidv,
+                    uint32_t uid, const char *msgid, uint64_t size)
+{
+	struct cache_msg m = {
+	        .key = {mbox, uidv, uid},
+	        .size = size,
+	        .internaldate = 1700000000 + uid,
+	        .flags = "\\Seen",
+	        .subject = "s",
+	        .message_id = (char *)msgid,
+	};
+
+	assert_int_equal(cache_msg_put(t, &m), 0);
+}
+
+static void *pattern(size_t len, unsigned seed)
+{
+	uint8_t *p = malloc(len ? len : 1);
+	size_t i;
+
+	assert_non_null(p);
+	for (i = 0; i < len; i++)
+		p[i] = (uint8_t)((i * 131 + seed) ^ (i >> 11));
+	return p;
+}
+
+/* ------------------------------------------------------------------ */
+
+struct uid_list {
+	uint32_t uid[16];
+	uint32_t uidv[16];
+	size_t n;
+};
+
+static int collect_uid(const struct cache_msg *m, void *ctx)
+{
+	struct uid_list *l = ctx;
+
+	if (l->n == 16)
+		return -E2BIG;
+	l->uidv[l->n] = m->key.uidvalidity;
+	l->uid[l->n++] = m->key.uid;
+	return 0;
+}
+
+static int stop_after_two(const struct cache_msg *m, void *ctx)
+{
+	struct uid_list *l = ctx;
+
+	l->uid[l->n++] = m->key.uid;
+	return l->n == 2 ? 1 : 0;
+}
+
+static void test_key_order(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	static const uint32_t uids[] = {256, 2, 65536, 1, 16777216, 255, 257};
+	static const uint32_t sorted[] = {1, 2, 255, 256, 257, 65536, 16777216};
+	struct uid_list l = {.n = 0};
+	struct cache_txn *t = wtxn(c);
+	uint32_t a, b;
+	size_t i, n;
+
+	a = add_mailbox(t, "INBOX");
+	b = add_mailbox(t, "Other");
+	assert_int_equal(a, 1);
+	assert_int_equal(b, 2);
+	for (i = 0; i < sizeof(uids) / sizeof(*uids); i++)
+		put_msg(t, a, 5, uids[i], "<x@y>", 10);
+	/* Neighbours that must not leak into the scan of (a, 5). */
+	put_msg(t, a, 4, 7, "<x@y>", 1);
+	put_msg(t, a, 6, 1, "<x@y>", 1);
+	put_msg(t, a, 256, 1, "<x@y>", 1);
+	put_msg(t, b, 5, 3, "<x@y>", 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_null(t);
+
+	t = rtxn(c);
+	assert_int_equal(cache_msg_foreach(t, a, 5, 0, collect_uid, &l), 0);
+	assert_int_equal(l.n, 7);
+	for (i = 0; i < 7; i++) {
+		assert_int_equal(l.uid[i], sorted[i]);
+		assert_int_equal(l.uidv[i], 5);
+	}
+	assert_int_equal(cache_msg_count(t, a, 5, &n), 0);
+	assert_int_equal(n, 7);
+	assert_int_equal(cache_msg_count(t, a, 6, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(cache_msg_count(t, b, 5, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(cache_msg_count(t, a, 99, &n), 0);
+	assert_int_equal(n, 0);
+
+	/* Resume from a UID, as readdir with an offset does. */
+	l.n = 0;
+	assert_int_equal(cache_msg_foreach(t, a, 5, 256, collect_uid, &l), 0);
+	assert_int_equal(l.n, 4);
+	assert_int_equal(l.uid[0], 256);
+	assert_int_equal(l.uid[3], 16777216);
+
+	/* A callback can stop early. */
+	l.n = 0;
+	assert_int_equal(cache_msg_foreach(t, a, 5, 0, stop_after_two, &l), 0);
+	assert_int_equal(l.n, 2);
+	assert_int_equal(l.uid[1], 2);
+	assert_int_equal(cache_txn_commit(&t), 0);
+}
+
+static void test_modes(void **state)
+{
+	struct fixture *f = *state;
+	char path[2 * PATH_MAX];
+	struct stat st;
+	/* A umask that would strip the owner's bits: modes must be exact
+	 * anyway. */
+	mode_t old = umask(0277);
+
+	open_cache(f);
+	umask(old);
+	assert_int_equal(stat(f->dir, &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
+	assert_int_equal(st.st_mode & 07777, 0700);
+	snprintf(path, sizeof(path), "%s/acct", f->tmp);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0700);
+	snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+	snprintf(path, sizeof(path), "%s/lock.mdb", f->dir);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+
+	/* Files loosened by someone else are tightened on the next open. */
+	snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+	cache_close(&f->cache);
+	assert_int_equal(chmod(path, 0644), 0);
+	open_cache(f);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+}
+
+static void test_open_twice_busy(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *other = NULL;
+
+	open_cache(f);
+	assert_int_equal(cache_open(f->dir, &other), -EBUSY);
+	assert_null(other);
+	/* After closing, opening works again. */
+	reopen(f);
+	assert_int_equal(cache_open("", &other), -EINVAL);
+}
+
+static void test_msg_roundtrip(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	static const uint8_t hdr[] = "Subject: a\r\nX-Bin: \0\x01\xff\r\n\r\n";
+	size_t long_len = 100000;
+	char *longstr = malloc(long_len + 1);
+	struct cache_msg m = {0}, *got = NULL;
+	struct cache_txn *t;
+	uint32_t id;
+
+	assert_non_null(longstr);
+	memset(longstr, 'x', long_len);
+	longstr[long_len] = '\0';
+	longstr[0] = '\xc3'; /* UTF-8 "é" */
+	longstr[1] = '\xa9';
+
+	t = wtxn(c);
+	id = add_mailbox(t, "INBOX");
+	m.key = (struct cache_key){id, 4000000000u, 4294967295u};
+	m.size = 123456789012ull;
+	m.internaldate = -86400; /* before the epoch */
+	m.tz_minutes = -330;
+	m.modseq = 18446744073709551615ull;
+	m.flags = "\\Seen \\Flagged $Work";
+	m.subject = longstr;
+	m.from = "";
+	m.date = NULL; /* stored as "" */
+	m.message_id = "<1@example.com>";
+	m.header = (uint8_t *)hdr;
+	m.header_len = sizeof(hdr) - 1;
+	assert_int_equal(cache_msg_put(t, &m), 0);
+
+	/* A record with no strings and no header at all. */
+	put_msg(t, id, 7, 1, NULL, 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	reopen(f);
+	c = f->cache;
+	assert_int_equal(cache_msg_get_once(c, m.key, &got), 0);
+	assert_non_null(got);
+	assert_int_equal(got->key.mailbox_id, id);
+	assert_int_equal(got->key.uidvalidity, 4000000000u);
+	assert_int_equal(got->key.uid, 4294967295u);
+	assert_true(got->size == 123456789012ull);
+	assert_false(got->size_verified);
+	assert_true(got->internaldate == -86400);
+	assert_int_equal(got->tz_minutes, -330);
+	assert_true(got->modseq == 18446744073709551615ull);
+	assert_string_equal(got->flags, "\\Seen \\Flagged $Work");
+	assert_string_equal(got->subject, longstr);
+	assert_int_equal(strlen(got->subject), long_len);
+	assert_string_equal(got->from, "");
+	assert_string_equal(got->date, "");
+	assert_string_equal(got->message_id, "<1@example.com>");
+	assert_int_equal(got->header_len, sizeof(hdr) - 1);
+	assert_memory_equal(got->header, hdr, sizeof(hdr) - 1);
+	cache_msg_free(&got);
+	assert_null(got);
+
+	assert_int_equal(
+	        cache_msg_get_once(c, (struct cache_key){id, 7, 1}, &got), 0);
+	assert_string_equal(got->message_id, "");
+	assert_string_equal(got->from, "");
+	assert_null(got->header);
+	assert_int_equal(got->header_len, 0);
+	assert_int_equal(got->size, 0);
+	cache_msg_free(&got);
+
+	/* Misses are answers, not failures. */
+	t = rtxn(c);
+	assert_int_equal(cache_msg_get(t, (struct cache_key){id, 7, 2}, &got),
+	                 -ENOENT);
+	assert_null(got);
+	assert_int_equal(cache_txn_error(t), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Flags and MODSEQ update, the rest stays. */
+	assert_int_equal(cache_msg_set_flags_once(c, m.key, "", 42), 0);
+	assert_int_equal(cache_msg_get_once(c, m.key, &got), 0);
+	assert_string_equal(got->flags, "");
+	assert_int_equal(got->modseq, 42);
+	assert_string_equal(got->message_id, "<1@example.com>");
+	assert_true(got->size == 123456789012ull);
+	cache_msg_free(&got);
+	assert_int_equal(cache_msg_set_flags_once(
+	                         c, (struct cache_key){id, 7, 99}, "", 1),
+	                 -ENOENT);
+
+	/* A message needs its mailbox. */
+	t = wtxn(c);
+	put_msg(t, id, 1, 1, NULL, 0);
+	m.key.mailbox_id = id + 100;
+	assert_int_equal(cache_msg_put(t, &m), -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), -ENOENT);
+	free(longstr);
+}
+
+static void test_body_roundtrip(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	static const uint8_t body[] =
+	        "From: a\r\n\r\n\0line\r\n.\r\n\0\0\r\r\n\n";
+	const size_t blen = sizeof(body) - 1;
+	struct cache_key k;
+	struct cache_msg *got = NULL;
+	struct cache_txn *t;
+	uint8_t buf[64];
+	uint64_t sz = 0;
+	void *all = NULL;
+	size_t n = 99;
+	uint32_t id;
+
+	t = wtxn(c);
+	id = add_mailbox(t, "INBOX");
+	k = (struct cache_key){id, 9, 3};
+	put_msg(t, id, 9, 3, "<b@x>", 5000); /* the server's RFC822.SIZE */
+	assert_int_equal(cache_body_has(t, k), 0);
+	assert_int_equal(cache_body_put(t, k, body, blen), 0);
+	assert_int_equal(cache_body_has(t, k), 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	reopen(f);
+	c = f->cache;
+	assert_int_equal(cache_body_size_once(c, k, &sz), 0);
+	assert_int_equal(sz, blen);
+	assert_int_equal(cache_body_read_once(c, k, 0, buf, sizeof(buf), &n),
+	                 0);
+	assert_int_equal(n, blen);
+	assert_memory_equal(buf, body, blen);
+	/* The record's size is now exact and verified. */
+	assert_int_equal(cache_msg_get_once(c, k, &got), 0);
+	assert_int_equal(got->size, blen);
+	assert_true(got->size_verified);
+	cache_msg_free(&got);
+
+	/* A later listing with RFC822.SIZE does not undo it. */
+	t = wtxn(c);
+	put_msg(t, id, 9, 3, "<b@x>", 5000);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(cache_msg_get_once(c, k, &got), 0);
+	assert_int_equal(got->size, blen);
+	assert_true(got->size_verified);
+	cache_msg_free(&got);
+
+	t = rtxn(c);
+	assert_int_equal(cache_body_get(t, k, &all, &n), 0);
+	assert_int_equal(n, blen);
+	assert_memory_equal(all, body, blen);
+	free(all);
+	assert_int_equal(cache_body_size(t, (struct cache_key){id, 9, 4}, &sz),
+	                 -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* A zero-length body is a body. */
+	t = wtxn(c);
+	put_msg(t, id, 9, 4, "<e@x>", 77);
+	assert_int_equal(
+	        cache_body_put(t, (struct cache_key){id, 9, 4}, NULL, 0), 0);
+	assert_int_equal(cache_body_has(t, (struct cache_key){id, 9, 4}), 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(
+	        cache_msg_get_once(c, (struct cache_key){id, 9, 4}, &got), 0);
+	assert_int_equal(got->size, 0);
+	assert_true(got->size_verified);
+	cache_msg_free(&got);
+
+	/* Deleting the body keeps the record; deleting the message takes
+	 * both. */
+	t = wtxn(c);
+	assert_int_equal(cache_body_delete(t, (struct cache_key){id, 9, 4}), 0);
+	assert_int_equal(cache_body_delete(t, (struct cache_key){id, 9, 4}), 0);
+	assert_int_equal(cache_body_has(t, (struct cache_key){id, 9, 4}), 0);
+	assert_int_equal(cache_msg_delete(t, k), 0);
+	assert_int_equal(cache_msg_delete(t, k), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	t = rtxn(c);
+	assert_int_equal(cache_body_has(t, k), 0);
+	assert_int_equal(cache_msg_get(t, k, &got), -ENOENT);
+	assert_int_equal(cache_msg_get(t, (struct cache_key){id, 9, 4}, &got),
+	                 0);
+	cache_msg_free(&got);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* No body without a record. */
+	assert_int_equal(
+	        cache_body_put_once(c, (struct cache_key){id, 9, 50}, body, 3),
+	        -ENOENT);
+}
+
+static void test_big_body(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	const size_t len = 20u << 20;
+	uint8_t *body = pattern(len, 7), *buf = malloc(128 << 10);
+	struct cache_key k;
+	struct cache_txn *t;
+	uint64_t sz = 0;
+	size_t n = 0;
+	void *all = NULL;
+	uint32_t id;
+
+	assert_non_null(buf);
+	t = wtxn(c);
+	id = add_mailbox(t, "INBOX");
+	k = (struct cache_key){id, 1, 1};
+	put_msg(t, id, 1, 1, "<big@x>", len + 17);
+	assert_int_equal(cache_body_put(t, k, body, len), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	reopen(f);
+	c = f->cache;
+
+	assert_int_equal(cache_body_size_once(c, k, &sz), 0);
+	assert_int_equal(sz, len);
+	/* A FUSE-sized read in the middle. */
+	assert_int_equal(
+	        cache_body_read_once(c, k, 5000000, buf, 128 << 10, &n), 0);
+	assert_int_equal(n, 128 << 10);
+	assert_memory_equal(buf, body + 5000000, 128 << 10);
+	/* First bytes. */
+	assert_int_equal(cache_body_read_once(c, k, 0, buf, 1, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(buf[0], body[0]);
+	/* Across the end: short read. */
+	assert_int_equal(
+	        cache_body_read_once(c, k, len - 100, buf, 128 << 10, &n), 0);
+	assert_int_equal(n, 100);
+	assert_memory_equal(buf, body + len - 100, 100);
+	/* The last byte exactly. */
+	assert_int_equal(cache_body_read_once(c, k, len - 1, buf, 1, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(buf[0], body[len - 1]);
+	/* At and past the end: nothing, not an error. */
+	assert_int_equal(cache_body_read_once(c, k, len, buf, 10, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(cache_body_read_once(c, k, len + 12345, buf, 10, &n),
+	                 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(cache_body_read_once(c, k, UINT64_MAX, buf, 10, &n),
+	                 0);
+	assert_int_equal(n, 0);
+	/* Zero-length read. */
+	assert_int_equal(cache_body_read_once(c, k, 10, buf, 0, &n), 0);
+	assert_int_equal(n, 0);
+
+	t = rtxn(c);
+	assert_int_equal(cache_body_get(t, k, &all, &n), 0);
+	assert_int_equal(n, len);
+	assert_memory_equal(all, body, len);
+	free(all);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	free(buf);
+	free(body);
+}
+
+static void test_reopen_commit_abort(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_mailbox *mb = NULL;
+	struct cache_txn *t;
+	uint32_t id = 0;
+
+	t = wtxn(c);
+	assert_int_equal(add_mailbox(t, "Kept"), 1);
+	put_msg(t, 1, 3, 10, "<k@x>", 10);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	t = wtxn(c);
+	assert_int_equal(add_mailbox(t, "Aborted"), 2);
+	put_msg(t, 1, 3, 11, "<a@x>", 10);
+	assert_int_equal(
+	        cache_body_put(t, (struct cache_key){1, 3, 10}, "xy", 2), 0);
+	cache_txn_abort(&t);
+	assert_null(t);
+
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_lookup(t, "Kept", &id), 0);
+	assert_int_equal(id, 1);
+	assert_int_equal(cache_mailbox_lookup(t, "Aborted", &id), -ENOENT);
+	assert_int_equal(cache_mailbox_get(t, 2, &mb), -ENOENT);
+	assert_null(mb);
+	assert_int_equal(cache_body_has(t, (struct cache_key){1, 3, 10}), 0);
+	{
+		size_t n = 0;
+
+		assert_int_equal(cache_msg_count(t, 1, 3, &n), 0);
+		assert_int_equal(n, 1);
+	}
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* The aborted id is reused (it was never committed); committed ids
+	 * never are. */
+	t = wtxn(c);
+	assert_int_equal(add_mailbox(t, "Next"), 2);
+	assert_int_equal(cache_txn_commit(&t), 0);
+}
+
+static void test_sticky_error(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_mailbox mb = {.name = "Dup"};
+	struct cache_txn *t;
+	uint32_t id = 0;
+	size_t n = 0;
+
+	t = wtxn(c);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	put_msg(t, 1, 5, 1, "<1@x>", 3);
+	/* A failing step: a body for a message that has no record. */
+	assert_int_equal(
+	        cache_body_put(t, (struct cache_key){1, 5, 2}, "abc", 3),
+	        -ENOENT);
+	assert_int_equal(cache_txn_error(t), -ENOENT);
+	/* Everything after it fails with the same error, untouched. */
+	assert_int_equal(cache_mailbox_add(t, &mb, &id), -ENOENT);
+	assert_int_equal(cache_msg_count(t, 1, 5, &n), -ENOENT);
+	assert_int_equal(cache_body_has(t, (struct cache_key){1, 5, 1}),
+	                 -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), -ENOENT);
+	assert_null(t);
+
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_lookup(t, "INBOX", &id), -ENOENT);
+	assert_int_equal(cache_msg_count(t, 1, 5, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Writing through a read transaction fails it. */
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_add(t, &mb, &id), -EROFS);
+	assert_int_equal(cache_mailbox_lookup(t, "Dup", &id), -EROFS);
+	assert_int_equal(cache_txn_commit(&t), -EROFS);
+
+	/* -EEXIST on add is a failure too. */
+	t = wtxn(c);
+	assert_int_equal(cache_mailbox_add(t, &mb, &id), 0);
+	assert_int_equal(cache_mailbox_add(t, &mb, &id), -EEXIST);
+	assert_int_equal(cache_txn_commit(&t), -EEXIST);
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_lookup(t, "Dup", &id), -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(cache_txn_begin(c, true, NULL), -EINVAL);
+}
+
+static int fail_after_add(struct cache_txn *t, void *ctx)
+{
+	(void)ctx;
+	add_mailbox(t, "Never");
+	return -EIO;
+}
+
+static void test_run_write_failure(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_txn *t;
+	uint32_t id;
+
+	assert_int_equal(cache_run_write(c, fail_after_add, NULL), -EIO);
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_lookup(t, "Never", &id), -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), 0);
+}
+
+struct batch {
+	uint32_t mbox;
+	uint32_t n;
+};
+
+static int write_batch(struct cache_txn *t, void *ctx)
+{
+	struct batch *b = ctx;
+	struct cache_msg m = {.flags = "", .message_id = "<m@x>"};
+	uint32_t i;
+	int rc = 0;
+
+	m.key.mailbox_id = b->mbox;
+	m.key.uidvalidity = 77;
+	for (i = 1; i <= b->n && rc == 0; i++) {
+		m.key.uid = i * 3;
+		m.size = i;
+		rc = cache_msg_put(t, &m);
+	}
+	return rc;
+}
+
+static void test_batch_listing(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct batch b = {0, 3000};
+	struct cache_msg *m = NULL;
+	struct cache_txn *t;
+	size_t n = 0;
+
+	t = wtxn(c);
+	b.mbox = add_mailbox(t, "INBOX");
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(cache_run_write(c, write_batch, &b), 0);
+	t = rtxn(c);
+	assert_int_equal(cache_msg_count(t, b.mbox, 77, &n), 0);
+	assert_int_equal(n, 3000);
+	assert_int_equal(
+	        cache_msg_get(t, (struct cache_key){b.mbox, 77, 9000}, &m), 0);
+	assert_int_equal(m->size, 3000);
+	cache_msg_free(&m);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Deleting the generation takes records and bodies. */
+	t = wtxn(c);
+	assert_int_equal(
+	        cache_body_put(t, (struct cache_key){b.mbox, 77, 3}, "x", 1),
+	        0);
+	assert_int_equal(cache_msg_delete_generation(t, b.mbox, 77, &n), 0);
+	assert_int_equal(n, 3000);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	t = rtxn(c);
+	assert_int_equal(cache_msg_count(t, b.mbox, 77, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(cache_body_has(t, (struct cache_key){b.mbox, 77, 3}),
+	                 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+}
+
+/* ------------------------------------------------------------------ */
+
+static void test_mailbox_record(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_mailbox in = {0}, *mb = NULL;
+	struct cache_txn *t;
+	char longname[600];
+	uint32_t id = 0, gen = 99;
+
+	in.name = "&AMQ-rger/Stra&AN8-e"; /* modified UTF-7, kept raw */
+	in.delim = '\0';
+	in.attrs = cache_mailbox_attrs_parse(
+	        "(\\HasNoChildren \\trash \\X-Unknown \\Noselect)");
+	assert_int_equal(in.attrs, CACHE_MBOX_HASNOCHILDREN | CACHE_MBOX_TRASH |
+	                                   CACHE_MBOX_NOSELECT);
+	in.attrs_raw = "\\HasNoChildren \\Trash \\X-Unknown \\Noselect";
+	in.uidvalidity = 1234567;
+	in.uidnext = 4242;
+	in.highestmodseq = 1ull << 40;
+	in.last_sync = 1700000123;
+
+	t = wtxn(c);
+	assert_int_equal(cache_mailbox_add(t, &in, &id), 0);
+	assert_int_equal(id, 1);
+	memset(longname, 'n', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	in.name = longname;
+	assert_int_equal(cache_mailbox_add(t, &in, &id), -ENAMETOOLONG);
+	cache_txn_abort(&t);
+	t = wtxn(c);
+	in.name = "&AMQ-rger/Stra&AN8-e";
+	assert_int_equal(cache_mailbox_add(t, &in, &id), 0);
+	assert_int_equal(id, 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(
+	        cache_mailbox_get_by_name(t, "&AMQ-rger/Stra&AN8-e", &mb), 0);
+	assert_int_equal(mb->id, 1);
+	assert_string_equal(mb->name, "&AMQ-rger/Stra&AN8-e");
+	assert_int_equal(mb->delim, '\0');
+	assert_false(mb->deleted);
+	assert_int_equal(mb->attrs, in.attrs);
+	assert_string_equal(mb->attrs_raw, in.attrs_raw);
+	assert_int_equal(mb->uidvalidity, 1234567);
+	assert_int_equal(mb->uidnext, 4242);
+	assert_true(mb->highestmodseq == 1ull << 40);
+	assert_true(mb->last_sync == 1700000123);
+	assert_int_equal(mb->ngenerations, 1);
+	assert_int_equal(mb->uidvalidities[0], 1234567);
+	cache_mailbox_free(&mb);
+	assert_null(mb);
+	assert_int_equal(cache_mailbox_generation(t, 1, 1234567, &gen), 0);
+	assert_int_equal(gen, 0);
+	assert_int_equal(cache_mailbox_get(t, 0, &mb), -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Empty optional strings and a plain delimiter. */
+	t = wtxn(c);
+	in = (struct cache_mailbox){.name = "INBOX", .delim = '.'};
+	assert_int_equal(cache_mailbox_add(t, &in, &id), 0);
+	assert_int_equal(id, 2);
+	assert_int_equal(cache_mailbox_get(t, 2, &mb), 0);
+	assert_string_equal(mb->attrs_raw, "");
+	assert_int_equal(mb->delim, '.');
+	assert_int_equal(mb->ngenerations, 0);
+	assert_int_equal(mb->uidvalidity, 0);
+	/* put replaces the fields. */
+	mb->attrs = CACHE_MBOX_HASCHILDREN;
+	mb->uidnext = 9;
+	assert_int_equal(cache_mailbox_put(t, mb), 0);
+	cache_mailbox_free(&mb);
+	assert_int_equal(cache_mailbox_get(t, 2, &mb), 0);
+	assert_int_equal(mb->attrs, CACHE_MBOX_HASCHILDREN);
+	assert_int_equal(mb->uidnext, 9);
+	cache_mailbox_free(&mb);
+	assert_int_equal(cache_txn_commit(&t), 0);
+}
+
+static int collect_names(const struct cache_mailbox *mb, void *ctx)
+{
+	char *out = ctx;
+
+	strcat(out, mb->name);
+	strcat(out, mb->deleted ? "-," : ",");
+	return 0;
+}
+
+static void test_mailbox_rename(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_mailbox *mb = NULL;
+	struct cache_txn *t;
+	char names[256] = "";
+	uint32_t id = 0, work, gen = 0;
+
+	t = wtxn(c);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	work = add_mailbox(t, "Work");
+	assert_int_equal(work, 2);
+	assert_int_equal(cache_mailbox_set_state(t, work, 50, 10, 0, 0, &gen),
+	                 0);
+	assert_int_equal(gen, 0);
+	put_msg(t, work, 50, 3, "<w@x>", 4);
+	assert_int_equal(
+	        cache_body_put(t, (struct cache_key){work, 50, 3}, "body", 4),
+	        0);
+	assert_int_equal(cache_mailbox_rename(t, work, "Jobs"), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_lookup(t, "Work", &id), -ENOENT);
+	assert_int_equal(cache_mailbox_lookup(t, "Jobs", &id), 0);
+	assert_int_equal(id, work);
+	assert_int_equal(cache_mailbox_get(t, work, &mb), 0);
+	assert_string_equal(mb->name, "Jobs");
+	assert_int_equal(mb->uidvalidity, 50);
+	assert_int_equal(mb->ngenerations, 1);
+	cache_mailbox_free(&mb);
+	assert_int_equal(cache_body_has(t, (struct cache_key){work, 50, 3}), 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Onto a name that is taken: refused, nothing changes. */
+	t = wtxn(c);
+	assert_int_equal(cache_mailbox_rename(t, work, "INBOX"), -EEXIST);
+	assert_int_equal(cache_txn_commit(&t), -EEXIST);
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_lookup(t, "INBOX", &id), 0);
+	assert_int_equal(id, 1);
+	assert_int_equal(cache_mailbox_lookup(t, "Jobs", &id), 0);
+	assert_int_equal(id, work);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Rename through put; renaming to the same name is a no-op. */
+	t = wtxn(c);
+	assert_int_equal(cache_mailbox_get(t, work, &mb), 0);
+	mb->name = "Jobs/Old";
+	assert_int_equal(cache_mailbox_put(t, mb), 0);
+	cache_mailbox_free(&mb);
+	assert_int_equal(cache_mailbox_rename(t, work, "Jobs/Old"), 0);
+	assert_int_equal(cache_mailbox_lookup(t, "Jobs", &id), -ENOENT);
+	assert_int_equal(cache_mailbox_lookup(t, "Jobs/Old", &id), 0);
+	assert_int_equal(id, work);
+
+	/* Deleted marks keep everything; remove purges; ids not reused. */
+	assert_int_equal(cache_mailbox_set_deleted(t, 1, true), 0);
+	assert_int_equal(cache_mailbox_foreach(t, collect_names, names), 0);
+	assert_string_equal(names, "INBOX-,Jobs/Old,");
+	assert_int_equal(cache_mailbox_remove(t, work), 0);
+	assert_int_equal(cache_mailbox_remove(t, work), 0);
+	assert_int_equal(cache_mailbox_lookup(t, "Jobs/Old", &id), -ENOENT);
+	assert_int_equal(cache_body_has(t, (struct cache_key){work, 50, 3}), 0);
+	assert_int_equal(
+	        cache_mailbox_add(
+	                t, &(struct cache_mailbox){.name = "Jobs/Old"}, &id),
+	        0);
+	assert_int_equal(id, 3);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_get_by_name(t, "INBOX", &mb), 0);
+	assert_true(mb->deleted);
+	cache_mailbox_free(&mb);
+	assert_int_equal(cache_mailbox_get(t, work, &mb), -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), 0);
+}
+
+static void test_generations_stable(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_mailbox *mb = NULL;
+	struct cache_txn *t;
+	uint32_t id, gen = 99;
+
+	t = wtxn(c);
+	id = add_mailbox(t, "INBOX");
+	assert_int_equal(cache_mailbox_set_state(t, id, 7, 1, 0, 100, &gen), 0);
+	assert_int_equal(gen, 0);
+	assert_int_equal(cache_mailbox_set_state(t, id, 9, 1, 0, 200, &gen), 0);
+	assert_int_equal(gen, 1);
+	/* Back to an old UIDVALIDITY: its old generation, not a new one. */
+	assert_int_equal(cache_mailbox_set_state(t, id, 7, 5, 0, 300, &gen), 0);
+	assert_int_equal(gen, 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_generation(t, id, 7, &gen), 0);
+	assert_int_equal(gen, 0);
+	assert_int_equal(cache_mailbox_generation(t, id, 9, &gen), 0);
+	assert_int_equal(gen, 1);
+	assert_int_equal(cache_mailbox_generation(t, id, 8, &gen), -ENOENT);
+	assert_int_equal(cache_txn_error(t), 0);
+	assert_int_equal(cache_mailbox_get(t, id, &mb), 0);
+	assert_int_equal(mb->uidvalidity, 7);
+	assert_int_equal(mb->uidnext, 5);
+	assert_true(mb->last_sync == 300);
+	assert_int_equal(mb->ngenerations, 2);
+	assert_int_equal(mb->uidvalidities[0], 7);
+	assert_int_equal(mb->uidvalidities[1], 9);
+	cache_mailbox_free(&mb);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	t = wtxn(c);
+	assert_int_equal(cache_mailbox_set_state(t, id, 11, 1, 0, 400, &gen),
+	                 0);
+	assert_int_equal(gen, 2);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_generation(t, id, 11, &gen), 0);
+	assert_int_equal(gen, 2);
+	assert_int_equal(cache_mailbox_generation(t, id, 9, &gen), 0);
+	assert_int_equal(gen, 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+}
+
+static void read_body(struct cache *c, struct cache_key k, const char *want)
+{
+	char buf[128];
+	size_t n = 0;
+
+	assert_int_equal(cache_body_read_once(c, k, 0, buf, sizeof(buf), &n),
+	                 0);
+	assert_int_equal(n, strlen(want));
+	assert_memory_equal(buf, want, n);
+}
+
+static void test_rematch(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_rematch_stats st = {99, 99};
+	struct cache_msg *m = NULL;
+	struct cache_txn *t;
+	uint32_t id, gen;
+
+	/* Generation 0: UIDVALIDITY 100, four messages, three cached. */
+	t = wtxn(c);
+	id = add_mailbox(t, "INBOX");
+	assert_int_equal(cache_mailbox_set_state(t, id, 100, 5, 0, 1, &gen), 0);
+	put_msg(t, id, 100, 1, "<a@x>", 999); /* wrong RFC822.SIZE */
+	put_msg(t, id, 100, 2, "<b@x>", 5);
+	put_msg(t, id, 100, 3, "<c@x>", 5);
+	put_msg(t, id, 100, 4, "<d@x>", 5);
+	put_msg(t, id, 100, 5, "", 5); /* no Message-ID */
+	assert_int_equal(
+	        cache_body_put(t, (struct cache_key){id, 100, 1}, "AAAAA", 5),
+	        0);
+	assert_int_equal(
+	        cache_body_put(t, (struct cache_key){id, 100, 2}, "BBBBB", 5),
+	        0);
+	assert_int_equal(
+	        cache_body_put(t, (struct cache_key){id, 100, 3}, "CCCCC", 5),
+	        0);
+	assert_int_equal(
+	        cache_body_put(t, (struct cache_key){id, 100, 5}, "EEEEE", 5),
+	        0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* The server changed UIDVALIDITY; the new listing. */
+	t = wtxn(c);
+	assert_int_equal(cache_mailbox_set_state(t, id, 200, 20, 0, 2, &gen),
+	                 0);
+	assert_int_equal(gen, 1);
+	put_msg(t, id, 200, 10, "<a@x>", 5); /* same id, same size: match */
+	put_msg(t, id, 200, 11, "<b@x>", 6); /* same id, other size: no */
+	put_msg(t, id, 200, 12, "<d@x>", 5); /* no old body to give */
+	put_msg(t, id, 200, 13, "", 5);      /* no Message-ID: never */
+	assert_int_equal(cache_rematch(t, id, 200, 0, &st), 0);
+	assert_int_equal(st.matched, 1);
+	assert_int_equal(st.unmatched, 3); /* b, c and the one without id */
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	reopen(f);
+	c = f->cache;
+	read_body(c, (struct cache_key){id, 200, 10}, "AAAAA");
+	assert_int_equal(
+	        cache_msg_get_once(c, (struct cache_key){id, 200, 10}, &m), 0);
+	assert_int_equal(m->size, 5);
+	assert_true(m->size_verified);
+	cache_msg_free(&m);
+	t = rtxn(c);
+	/* Moved, not copied. */
+	assert_int_equal(cache_body_has(t, (struct cache_key){id, 100, 1}), 0);
+	assert_int_equal(cache_body_has(t, (struct cache_key){id, 200, 11}), 0);
+	assert_int_equal(cache_body_has(t, (struct cache_key){id, 200, 12}), 0);
+	assert_int_equal(cache_body_has(t, (struct cache_key){id, 200, 13}), 0);
+	/* Old records remain. */
+	assert_int_equal(cache_msg_get(t, (struct cache_key){id, 100, 2}, &m),
+	                 0);
+	assert_string_equal(m->message_id, "<b@x>");
+	cache_msg_free(&m);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	/* Unmatched bodies are kept, readable under the old generation. */
+	read_body(c, (struct cache_key){id, 100, 2}, "BBBBB");
+	read_body(c, (struct cache_key){id, 100, 3}, "CCCCC");
+	read_body(c, (struct cache_key){id, 100, 5}, "EEEEE");
+
+	/* Running it again changes nothing. */
+	t = wtxn(c);
+	assert_int_equal(cache_rematch(t, id, 200, 0, &st), 0);
+	assert_int_equal(st.matched, 0);
+	assert_int_equal(st.unmatched, 3);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* A third generation, copying: c's body now matches, twice-listed
+	 * duplicates of it get one body. */
+	t = wtxn(c);
+	assert_int_equal(cache_mailbox_set_state(t, id, 300, 40, 0, 3, &gen),
+	                 0);
+	assert_int_equal(gen, 2);
+	put_msg(t, id, 300, 30, "<c@x>", 5);
+	put_msg(t, id, 300, 31, "<c@x>", 5);
+	put_msg(t, id, 300, 32, "<a@x>", 5);
+	assert_int_equal(cache_rematch(t, id, 300, CACHE_REMATCH_COPY, &st), 0);
+	/* a (now in gen 200) and c matched; b and the id-less one kept. */
+	assert_int_equal(st.matched, 2);
+	assert_int_equal(st.unmatched, 2);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	read_body(c, (struct cache_key){id, 300, 30}, "CCCCC");
+	read_body(c, (struct cache_key){id, 300, 32}, "AAAAA");
+	read_body(c, (struct cache_key){id, 100, 3}, "CCCCC");
+	read_body(c, (struct cache_key){id, 200, 10}, "AAAAA");
+	t = rtxn(c);
+	assert_int_equal(cache_body_has(t, (struct cache_key){id, 300, 31}), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+}
+
+/* ------------------------------------------------------------------ */
+
+static int collect_pop(const struct cache_pop *p, void *ctx)
+{
+	char *out = ctx;
+	char line[300];
+
+	snprintf(line, sizeof(line), "%u:%s:%llu:%lld:%d,", p->num, p->uidl,
+	         (unsigned long long)p->size, (long long)p->downloaded,
+	         p->deleted_on_server);
+	strcat(out, line);
+	return 0;
+}
+
+static void test_pop(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	static const uint8_t body2[] = "X: y\r\n\r\n\0\r\n.\r\n";
+	struct cache_pop *p = NULL;
+	struct cache_txn *t;
+	char list[1024] = "";
+	char uidl255[256], uidl256[257];
+	uint32_t num = 0;
+
+	assert_int_equal(cache_pop_add_once(c, "uidl-a", "AAA", 3, 1000, &num),
+	                 0);
+	assert_int_equal(num, 1);
+	assert_int_equal(cache_pop_add_once(c, "uidl-b", body2,
+	                                    sizeof(body2) - 1, 2000, &num),
+	                 0);
+	assert_int_equal(num, 2);
+	assert_int_equal(cache_pop_add_once(c, "uidl-a", "ZZZ", 3, 3000, &num),
+	                 -EEXIST);
+	memset(uidl255, 'u', 255);
+	uidl255[255] = '\0';
+	memset(uidl256, 'u', 256);
+	uidl256[256] = '\0';
+	assert_int_equal(cache_pop_add_once(c, uidl256, "", 0, 1, &num),
+	                 -EINVAL);
+	assert_int_equal(cache_pop_add_once(c, "", "", 0, 1, &num), -EINVAL);
+	assert_int_equal(cache_pop_add_once(c, uidl255, "", 0, 4000, &num), 0);
+	assert_int_equal(num, 3);
+
+	t = wtxn(c);
+	assert_int_equal(cache_pop_set_deleted(t, 1, true), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_pop_lookup(t, "uidl-b", &num), 0);
+	assert_int_equal(num, 2);
+	assert_int_equal(cache_pop_lookup(t, "uidl-zz", &num), -ENOENT);
+	assert_int_equal(cache_pop_lookup(t, uidl256, &num), -ENOENT);
+	assert_int_equal(cache_pop_get(t, 2, &p), 0);
+	assert_int_equal(p->num, 2);
+	assert_string_equal(p->uidl, "uidl-b");
+	assert_int_equal(p->size, sizeof(body2) - 1);
+	assert_true(p->downloaded == 2000);
+	assert_false(p->deleted_on_server);
+	cache_pop_free(&p);
+	assert_null(p);
+	assert_int_equal(cache_pop_get(t, 9, &p), -ENOENT);
+	assert_int_equal(cache_pop_foreach(t, 0, collect_pop, list), 0);
+	assert_int_equal(
+	        strncmp(list, "1:uidl-a:3:1000:1,2:uidl-b:14:2000:0,3:uuu", 41),
+	        0);
+	/* From the middle, and the long UIDL survives. */
+	list[0] = '\0';
+	assert_int_equal(cache_pop_foreach(t, 3, collect_pop, list), 0);
+	assert_int_equal(strncmp(list, "3:uuuu", 6), 0);
+	assert_int_equal(strlen(list), strlen("3::0:4000:0,") + 255);
+	assert_int_equal(cache_txn_error(t), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Bodies under the documented pseudo-mailbox key. */
+	{
+		struct cache_key k = {CACHE_POP_MAILBOX_ID,
+		                      CACHE_POP_UIDVALIDITY, 2};
+		uint8_t buf[64];
+		size_t n = 0;
+
+		assert_int_equal(
+		        cache_body_read_once(c, k, 0, buf, sizeof(buf), &n), 0);
+		assert_int_equal(n, sizeof(body2) - 1);
+		assert_memory_equal(buf, body2, n);
+		k.uid = 3;
+		assert_int_equal(
+		        cache_body_read_once(c, k, 0, buf, sizeof(buf), &n), 0);
+		assert_int_equal(n, 0);
+		/* IMAP calls refuse the pseudo-mailbox. */
+		assert_int_equal(cache_body_put_once(c, k, "x", 1), -EINVAL);
+	}
+
+	/* Numbers are never reused. */
+	assert_int_equal(cache_pop_add_once(c, "uidl-c", "C", 1, 5000, &num),
+	                 0);
+	assert_int_equal(num, 4);
+}
+
+static int collect_pending(const struct cache_pending *p, void *ctx)
+{
+	char *out = ctx;
+	char line[128];
+
+	assert_null(p->data);
+	snprintf(line, sizeof(line), "%llu:%u:%u:%s:%llu,",
+	         (unsigned long long)p->seq, p->mailbox_id, p->state, p->flags,
+	         (unsigned long long)p->size);
+	strcat(out, line);
+	return 0;
+}
+
+static void test_pending(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	static const uint8_t msg[] = "Subject: up\r\n\r\n\0bin\r\n";
+	struct cache_pending in = {0}, *p = NULL;
+	struct cache_txn *t;
+	char list[512] = "";
+	uint64_t seq = 0;
+
+	in.mailbox_id = 3;
+	in.state = CACHE_PENDING_NEW;
+	in.flags = "\\Draft";
+	in.internaldate = 1600000000;
+	in.tz_minutes = 120;
+	in.created = 1700000000;
+	in.size = sizeof(msg) - 1;
+	in.data = (uint8_t *)msg;
+	assert_int_equal(cache_pending_add_once(c, &in, &seq), 0);
+	assert_int_equal(seq, 1);
+	in.mailbox_id = 4;
+	in.flags = NULL;
+	in.size = 0;
+	in.data = NULL;
+	assert_int_equal(cache_pending_add_once(c, &in, &seq), 0);
+	assert_int_equal(seq, 2);
+
+	/* Survives a "crash" (no clean shutdown of anything but LMDB). */
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_pending_foreach(t, collect_pending, list), 0);
+	assert_string_equal(list, "1:3:0:\\Draft:21,2:4:0::0,");
+	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
+	assert_int_equal(p->seq, 1);
+	assert_int_equal(p->mailbox_id, 3);
+	assert_string_equal(p->flags, "\\Draft");
+	assert_true(p->internaldate == 1600000000);
+	assert_int_equal(p->tz_minutes, 120);
+	assert_true(p->created == 1700000000);
+	assert_int_equal(p->size, sizeof(msg) - 1);
+	assert_memory_equal(p->data, msg, sizeof(msg) - 1);
+	cache_pending_free(&p);
+	assert_null(p);
+	assert_int_equal(cache_pending_get(t, 1, false, &p), 0);
+	assert_null(p->data);
+	assert_int_equal(p->size, sizeof(msg) - 1);
+	cache_pending_free(&p);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	t = wtxn(c);
+	assert_int_equal(cache_pending_set_state(t, 1, CACHE_PENDING_SENT), 0);
+	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
+	assert_int_equal(p->state, CACHE_PENDING_SENT);
+	assert_memory_equal(p->data, msg, sizeof(msg) - 1);
+	cache_pending_free(&p);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Confirmed by the server: forget it.  The sequence goes on. */
+	assert_int_equal(cache_pending_delete_once(c, 1), 0);
+	assert_int_equal(cache_pending_delete_once(c, 1), 0);
+	reopen(f);
+	c = f->cache;
+	list[0] = '\0';
+	t = rtxn(c);
+	assert_int_equal(cache_pending_foreach(t, collect_pending, list), 0);
+	assert_string_equal(list, "2:4:0::0,");
+	assert_int_equal(cache_pending_get(t, 1, false, &p), -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(cache_pending_add_once(c, &in, &seq), 0);
+	assert_int_equal(seq, 3);
+	t = wtxn(c);
+	assert_int_equal(cache_pending_set_state(t, 1, CACHE_PENDING_SENT),
+	                 -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), -ENOENT);
+}
+
+static void test_meta(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_txn *t;
+	uint64_t v = 0;
+
+	t = wtxn(c);
+	assert_int_equal(cache_meta_set(t, "pop.last_check", 1ull << 50), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_meta_get(t, "pop.last_check", &v), 0);
+	assert_true(v == 1ull << 50);
+	assert_int_equal(cache_meta_get(t, "nothing", &v), -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	t = wtxn(c);
+	assert_int_equal(cache_meta_set(t, "schema", 99), -EINVAL);
+	cache_txn_abort(&t);
+	t = wtxn(c);
+	assert_int_equal(cache_meta_set(t, "cache.next_mailbox", 1), -EINVAL);
+	cache_txn_abort(&t);
+}
+
+/* A cache written by a newer mailfs: edit the stored schema version the
+ * way a newer build would have written it. */
+static void test_schema_refusal(void **state)
+{
+	struct fixture *f = *state;
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = {6, "schema"}, v;
+	uint8_t b[8] = {0};
+	struct cache *other = NULL;
+
+	open_cache(f);
+	cache_close(&f->cache);
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
+	assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+	assert_int_equal(v.mv_size, 8);
+	assert_memory_equal(v.mv_data, "\0\0\0\0\0\0\0\x01", 8);
+	b[7] = CACHE_SCHEMA_VERSION + 1;
+	v.mv_size = 8;
+	v.mv_data = b;
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+
+	assert_int_equal(cache_open(f->dir, &other), -EPROTONOSUPPORT);
+	assert_null(other);
+	/* A refused open leaves nothing behind: a second try says the same. */
+	assert_int_equal(cache_open(f->dir, &other), -EPROTONOSUPPORT);
+}
+
+static void test_map_grow(void **state)
+{
+	struct fixture *f = *state;
+	struct cache_options opt = {.map_size = 1u << 20};
+	const size_t len = 4u << 20;
+	uint8_t *body = pattern(len, 3), *buf = malloc(len);
+	struct cache_key k = {1, 1, 1};
+	struct cache_txn *t;
+	size_t before, n = 0;
+
+	assert_non_null(buf);
+	assert_int_equal(cache_open_ex(f->dir, &opt, &f->cache), 0);
+	before = cache_map_size(f->cache);
+	assert_true(before >= 1u << 20 && before < len);
+	t = wtxn(f->cache);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	put_msg(t, 1, 1, 1, "<m@x>", len);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* An explicit transaction: the full map fails it, nothing written. */
+	t = wtxn(f->cache);
+	assert_int_equal(cache_body_put(t, k, body, len), -ENOSPC);
+	assert_int_equal(cache_txn_commit(&t), -ENOSPC);
+	t = rtxn(f->cache);
+	assert_int_equal(cache_body_has(t, k), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* The one-shot path grows the map and retries. */
+	assert_int_equal(cache_body_put_once(f->cache, k, body, len), 0);
+	assert_true(cache_map_size(f->cache) > before + len);
+	assert_int_equal(cache_body_read_once(f->cache, k, 0, buf, len, &n), 0);
+	assert_int_equal(n, len);
+	assert_memory_equal(buf, body, len);
+	free(buf);
+	free(body);
+}
+
+/* A real write failure from the file system (here: the file size limit,
+ * which fails write() like a full disk does) leaves the database as it
+ * was. */
+static void test_write_failure_unchanged(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	const size_t len = 8u << 20;
+	uint8_t *body = pattern(len, 5);
+	struct cache_key k = {1, 1, 1};
+	struct rlimit old, lim;
+	struct cache_msg *m = NULL;
+	struct cache_txn *t;
+	char path[2 * PATH_MAX];
+	struct stat st;
+	void (*oldsig)(int);
+	int rc;
+
+	t = wtxn(c);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	put_msg(t, 1, 1, 1, "<m@x>", 77);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = old;
+	lim.rlim_cur = (rlim_t)st.st_size + (1u << 20);
+	if (old.rlim_cur != RLIM_INFINITY && old.rlim_cur < lim.rlim_cur)
+		skip();
+	oldsig = signal(SIGXFSZ, SIG_IGN);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	rc = cache_body_put_once(c, k, body, len);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, oldsig);
+	/* LMDB reports the short write as EIO; on a full file system the
+	 * cache turns that into -ENOSPC. */
+	assert_true(rc == -EIO || rc == -EFBIG || rc == -ENOSPC);
+
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_body_has(t, k), 0);
+	assert_int_equal(cache_msg_get(t, k, &m), 0);
+	assert_int_equal(m->size, 77);
+	assert_false(m->size_verified);
+	cache_msg_free(&m);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	/* And it works again once there is room. */
+	assert_int_equal(cache_body_put_once(c, k, body, len), 0);
+	free(body);
+}
+
+/* A forked child must not use its parent's cache. */
+static void test_fork_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_txn *t = NULL;
+	int status = 0;
+	pid_t pid;
+
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int rc = cache_txn_begin(c, false, &t);
+
+		_exit(rc == -ECHILD && t == NULL ? 0 : 1);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	/* The parent goes on as before. */
+	t = rtxn(c);
+	assert_int_equal(cache_txn_commit(&t), 0);
+}
+
+struct thread_arg {
+	struct cache *cache;
+	struct cache_txn *txn;
+	uint32_t mbox;
+	int rc;
+	size_t last;
+};
+
+static void *end_txn_thread(void *p)
+{
+	struct thread_arg *a = p;
+	size_t n = 0;
+
+	a->rc = cache_msg_count(a->txn, a->mbox, 1, &n);
+	if (a->rc == 0)
+		a->rc = cache_txn_commit(&a->txn);
+	a->last = n;
+	return NULL;
+}
+
+static void *reader_thread(void *p)
+{
+	struct thread_arg *a = p;
+	int i;
+
+	for (i = 0; i < 300 && a->rc == 0; i++) {
+		struct cache_txn *t = NULL;
+		size_t n = 0;
+
+		a->rc = cache_txn_begin(a->cache, false, &t);
+		if (a->rc)
+			break;
+		a->rc = cache_msg_count(t, a->mbox, 1, &n);
+		if (cache_txn_commit(&t) != 0 && a->rc == 0)
+			a->rc = -EIO;
+		/* Snapshots never go backwards. */
+		if (n < a->last)
+			a->rc = -ERANGE;
+		a->last = n;
+	}
+	return NULL;
+}
+
+static void test_threads(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct thread_arg r[3], x = {0};
+	pthread_t th[3], tx;
+	struct cache_txn *t;
+	uint32_t uid, mbox;
+	int i;
+
+	t = wtxn(c);
+	mbox = add_mailbox(t, "INBOX");
+	put_msg(t, mbox, 1, 1, "<1@x>", 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* A read transaction begun here and ended on another thread. */
+	x.cache = c;
+	x.mbox = mbox;
+	x.txn = rtxn(c);
+	assert_int_equal(pthread_create(&tx, NULL, end_txn_thread, &x), 0);
+	assert_int_equal(pthread_join(tx, NULL), 0);
+	assert_int_equal(x.rc, 0);
+	assert_int_equal(x.last, 1);
+	assert_null(x.txn);
+
+	/* Readers in parallel with a writer committing one by one. */
+	for (i = 0; i < 3; i++) {
+		r[i] = (struct thread_arg){.cache = c, .mbox = mbox};
+		assert_int_equal(
+		        pthread_create(&th[i], NULL, reader_thread, &r[i]), 0);
+	}
+	for (uid = 2; uid <= 200; uid++) {
+		t = wtxn(c);
+		put_msg(t, mbox, 1, uid, "<n@x>", uid);
+		assert_int_equal(cache_txn_commit(&t), 0);
+	}
+	for (i = 0; i < 3; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(r[i].rc, 0);
+		assert_true(r[i].last >= 1 && r[i].last <= 200);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test_setup_teardown(test_key_order, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_modes, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_open_twice_busy, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_msg_roundtrip, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_body_roundtrip, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_big_body, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_reopen_commit_abort, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_sticky_error, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_run_write_failure, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_batch_listing, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_mailbox_record, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_mailbox_rename, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_generations_stable, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_rematch, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_pop, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_pending, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_schema_refusal, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_map_grow, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_write_failure_unchanged,
+	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_fork_refused, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
