@@ -236,7 +236,10 @@ static int cred_reap(pid_t pid, bool own_group, const struct timespec *d,
 			nap.tv_nsec = left * 1000000L;
 		nanosleep(&nap, NULL);
 	}
-	kill(own_group ? -pid : pid, SIGKILL);
+	/* If the group does not exist after all, the shell alone; a
+	 * blocking waitpid() on a live child would never return. */
+	if (!own_group || kill(-pid, SIGKILL) != 0)
+		kill(pid, SIGKILL);
 	while (waitpid(pid, status_r, 0) < 0 && errno == EINTR)
 		;
 	return -ETIMEDOUT;
@@ -375,23 +378,35 @@ out:
 }
 
 /* Read one line from fd, a byte at a time.  Returns 0 at the end of the
- * line or of the input, -EINTR if stop() says so after an interrupted
- * read, or another negative errno. */
-static int cred_read_line(int fd, struct cred_line *l, bool (*stop)(void))
+ * line or of the input, or a negative errno.  With wake_fd >= 0, waits in
+ * poll() for either descriptor and returns -EINTR as soon as wake_fd is
+ * readable: a signal handler writes to it, and unlike a flag checked
+ * before read(), that cannot be missed if the signal comes just before
+ * the wait. */
+static int cred_read_line(int fd, struct cred_line *l, int wake_fd)
 {
 	while (!l->done) {
+		struct pollfd p[2] = {
+		        {.fd = fd, .events = POLLIN},
+		        {.fd = wake_fd, .events = POLLIN},
+		};
+		ssize_t n;
 		char c;
-		ssize_t n = read(fd, &c, 1);
 
-		if (n < 0 && errno == EINTR) {
-			if (stop != NULL && stop())
+		if (wake_fd >= 0) {
+			n = poll(p, 2, -1);
+			if (n < 0 && errno != EINTR)
+				return -errno;
+			if (p[1].revents != 0)
 				return -EINTR;
-			continue;
+			if (n <= 0)
+				continue;
 		}
+		n = read(fd, &c, 1);
+		if (n < 0 && errno == EINTR)
+			continue;
 		if (n < 0 && errno == EAGAIN) {
-			struct pollfd p = {.fd = fd, .events = POLLIN};
-
-			poll(&p, 1, -1);
+			poll(p, 1, -1);
 			continue;
 		}
 		if (n < 0)
@@ -413,7 +428,7 @@ int cred_from_stdin(char **secret_r, struct proto_err *err)
 	if (rc < 0)
 		return proto_err_set(err, PERR_LOCAL, rc,
 		                     "standard input: out of memory");
-	rc = cred_read_line(STDIN_FILENO, &line, NULL);
+	rc = cred_read_line(STDIN_FILENO, &line, -1);
 	if (rc < 0)
 		rc = proto_err_set(err, PERR_LOCAL, rc,
 		                   "standard input: cannot read: %s",
@@ -434,14 +449,20 @@ static const int cred_sigs[] = {
 #define CRED_NSIGS (sizeof(cred_sigs) / sizeof(cred_sigs[0]))
 
 static volatile sig_atomic_t cred_caught[CRED_NSIGS];
+static volatile sig_atomic_t cred_wake_w = -1; /* self-pipe, write end */
 
 static void cred_on_signal(int sig)
 {
+	int saved = errno;
 	size_t i;
 
 	for (i = 0; i < CRED_NSIGS; i++)
 		if (cred_sigs[i] == sig)
 			cred_caught[i] = 1;
+	if (cred_wake_w >= 0 && write(cred_wake_w, "", 1) < 0) {
+		/* full pipe: it is readable anyway */
+	}
+	errno = saved;
 }
 
 static bool cred_any_caught(void)
@@ -460,15 +481,18 @@ static int cred_tty_once(int fd, const char *prompt, struct cred_line *l,
 	struct sigaction sa, old_sa[CRED_NSIGS];
 	struct termios old, noecho;
 	bool fatal = false, stopped = false;
+	int rc, wake[2];
 	size_t i;
-	int rc;
 
 	*restart_r = false;
 	if (tcgetattr(fd, &old) != 0)
 		return -errno;
+	if (pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0)
+		return -errno;
 	for (i = 0; i < CRED_NSIGS; i++)
 		cred_caught[i] = 0;
-	/* No SA_RESTART: a signal must interrupt the read. */
+	cred_wake_w = wake[1];
+	/* No SA_RESTART: a signal must interrupt a blocked tcsetattr(). */
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = cred_on_signal;
 	sigemptyset(&sa.sa_mask);
@@ -488,7 +512,7 @@ static int cred_tty_once(int fd, const char *prompt, struct cred_line *l,
 		    write(fd, prompt, strlen(prompt)) < 0)
 			rc = -errno;
 		if (rc == 0)
-			rc = cred_read_line(fd, l, cred_any_caught);
+			rc = cred_read_line(fd, l, wake[0]);
 		while (tcsetattr(fd, TCSAFLUSH, &old) != 0 && errno == EINTR &&
 		       !cred_any_caught())
 			;
@@ -502,6 +526,9 @@ static int cred_tty_once(int fd, const char *prompt, struct cred_line *l,
 
 	for (i = 0; i < CRED_NSIGS; i++)
 		sigaction(cred_sigs[i], &old_sa[i], NULL);
+	cred_wake_w = -1;
+	close(wake[0]);
+	close(wake[1]);
 
 	/* Deliver what arrived, now that the terminal is sane again. */
 	for (i = 0; i < CRED_NSIGS; i++) {

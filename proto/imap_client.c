@@ -81,6 +81,7 @@ struct imap_client {
 
 	char **caps; /* owned, upper-cased */
 	size_t n_caps;
+	unsigned caps_gen; /* bumped whenever the list is replaced */
 
 	char *selected; /* owned, raw name, or NULL */
 
@@ -187,6 +188,7 @@ static int caps_set(struct imap_client *c, const struct imap_value *list)
 	caps_clear(c);
 	c->caps = caps;
 	c->n_caps = n;
+	c->caps_gen++;
 	return 0;
 }
 
@@ -688,7 +690,7 @@ static int wait_continuation(struct imap_client *c, struct pending *p)
 
 		p = find_pending(c, tag);
 		if (p->done)
-			return p->rc < 0 ? p->rc : -EPROTO;
+			return 1; /* answered (refused) before the literal */
 		if (!p->wants_cont)
 			return 0;
 		rc = read_one(c, NULL);
@@ -757,6 +759,12 @@ static int submit_internal(struct imap_client *c, const struct imap_handler *h,
 			rc = wait_continuation(c, find_pending(c, tag));
 			if (rc < 0)
 				goto out;
+			if (rc > 0) {
+				/* The server already answered; imap_wait()
+				 * collects the result. */
+				rc = 0;
+				goto out;
+			}
 		}
 		rc = send_buf(c, data, len);
 		if (rc < 0)
@@ -896,9 +904,17 @@ static int do_starttls(struct imap_client *c, const struct imap_config *cfg,
 		                     "imaps://, or -o notls for testing)",
 		                     c->host);
 	set_state(c, IMAP_ST_STARTTLS);
-	rc = run_cmd(c, NULL, NULL, err, "STARTTLS");
-	if (rc < 0)
+	rc = run_cmd(c, NULL, NULL, &e, "STARTTLS");
+	if (rc == -EPERM || rc == -EINVAL)
+		return proto_err_set(err, PERR_NOTLS, -EPROTONOSUPPORT,
+		                     "%s refused STARTTLS: %s", c->host,
+		                     e.text);
+	if (rc < 0) {
+		if (err != NULL && err->cls == PERR_NONE)
+			*err = e;
 		return rc;
+	}
+	proto_err_clear(&e);
 	/* The capabilities from before TLS could have been forged. */
 	caps_clear(c);
 	rc = net_start_tls(c->net, &tls, &e);
@@ -1124,13 +1140,16 @@ int imap_connect(struct imap_client **client_r, const struct imap_config *cfg,
 		goto fail;
 	}
 	if (!preauth) {
+		unsigned gen = c->caps_gen;
+
 		set_state(c, IMAP_ST_NOT_AUTHENTICATED);
 		rc = authenticate(c, cfg, err);
 		if (rc < 0)
 			goto fail;
-		/* Servers may announce more after login; most send them in
-		 * the tagged OK, which handle_code() has stored. */
-		if (c->n_caps == 0) {
+		/* Servers announce more after login (CONDSTORE, QRESYNC,
+		 * SPECIAL-USE ...); most send them in the tagged OK, which
+		 * handle_code() has stored.  Otherwise ask. */
+		if (c->caps_gen == gen) {
 			rc = refresh_caps(c, err);
 			if (rc < 0)
 				goto fail;

@@ -14,30 +14,30 @@
 #include <strings.h>
 
 enum pstate {
-	S_START,       /* first byte of a response */
-	S_CONT,        /* after "+" */
-	S_STAR,        /* after "*" */
-	S_TAG,         /* in the tag */
-	S_TSTATUS,     /* in the status word of a tagged response */
-	S_UWORD,       /* after "* ": a number or a keyword */
-	S_KEYWORD,     /* after "* N ": the keyword */
-	S_STATUS_SP,   /* after "OK ": "[" or text */
-	S_CODE,        /* in the response code atom */
-	S_AFTER_CODE,  /* after "]" */
-	S_TEXT,        /* free text to the end of the line */
-	S_CR,          /* CR seen at the end of the response */
-	S_VALUES,      /* between values */
-	S_ATOM,        /* in an atom */
-	S_SECTION,     /* in an atom's [...] */
-	S_SECTION_Q,   /* in a quoted string inside [...] */
-	S_SECTION_QE,  /* after a backslash there */
-	S_QUOTED,      /* in a quoted string */
-	S_QUOTED_ESC,  /* after a backslash there */
-	S_LIT_SIZE,    /* after "{" */
-	S_LIT_PLUS,    /* after "{n+" */
-	S_LIT_CLOSE,   /* after "}" */
-	S_LIT_CR,      /* after "}" CR */
-	S_LIT_DATA,    /* literal bytes */
+	S_START,      /* first byte of a response */
+	S_CONT,       /* after "+" */
+	S_STAR,       /* after "*" */
+	S_TAG,        /* in the tag */
+	S_TSTATUS,    /* in the status word of a tagged response */
+	S_UWORD,      /* after "* ": a number or a keyword */
+	S_KEYWORD,    /* after "* N ": the keyword */
+	S_STATUS_SP,  /* after "OK ": "[" or text */
+	S_CODE,       /* in the response code atom */
+	S_AFTER_CODE, /* after "]" */
+	S_TEXT,       /* free text to the end of the line */
+	S_CR,         /* CR seen at the end of the response */
+	S_VALUES,     /* between values */
+	S_ATOM,       /* in an atom */
+	S_SECTION,    /* in an atom's [...] */
+	S_SECTION_Q,  /* in a quoted string inside [...] */
+	S_SECTION_QE, /* after a backslash there */
+	S_QUOTED,     /* in a quoted string */
+	S_QUOTED_ESC, /* after a backslash there */
+	S_LIT_SIZE,   /* after "{" */
+	S_LIT_PLUS,   /* after "{n+" */
+	S_LIT_CLOSE,  /* after "}" */
+	S_LIT_CR,     /* after "}" CR */
+	S_LIT_DATA,   /* literal bytes */
 };
 
 /* What step() tells the feed loop. */
@@ -75,14 +75,14 @@ struct imap_parser {
 	uint64_t lit_left;
 	bool lit8;
 	bool lit_digits;
-	bool lit_stream;  /* the current literal goes to the sink */
-	bool lit_begun;   /* sink->begin succeeded, end/abort pending */
-	char *lit_buf;    /* owned; in-memory literal */
+	bool lit_stream; /* the current literal goes to the sink */
+	bool lit_begun;  /* sink->begin succeeded, end/abort pending */
+	char *lit_buf;   /* owned; in-memory literal */
 	size_t lit_pos;
 };
 
 static int fail(struct imap_parser *p, int err, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 
 /* The message never quotes server bytes: it goes to logs. */
 static int fail(struct imap_parser *p, int err, const char *fmt, ...)
@@ -95,8 +95,8 @@ static int fail(struct imap_parser *p, int err, const char *fmt, ...)
 	va_end(ap);
 	if (n >= 0 && (size_t)n < sizeof(p->errmsg))
 		snprintf(p->errmsg + n, sizeof(p->errmsg) - (size_t)n,
-			 " (byte %llu of the response)",
-			 (unsigned long long)p->off);
+		         " (byte %llu of the response)",
+		         (unsigned long long)p->off);
 	p->err = err;
 	p->dead = true;
 	return err;
@@ -109,8 +109,9 @@ static int fail_nomem(struct imap_parser *p)
 
 static int fail_mem(struct imap_parser *p)
 {
-	return fail(p, -EMSGSIZE, "response needs more than %zu bytes of memory",
-		    p->lim.max_mem);
+	return fail(p, -EMSGSIZE,
+	            "response needs more than %zu bytes of memory",
+	            p->lim.max_mem);
 }
 
 /* Account n bytes to the response tree before allocating them. */
@@ -290,7 +291,7 @@ static int open_list(struct imap_parser *p)
 
 	if (p->depth >= p->lim.max_depth)
 		return fail(p, -EMSGSIZE, "lists nested deeper than %u",
-			    p->lim.max_depth);
+		            p->lim.max_depth);
 	rc = value_append(p, &v);
 	if (rc < 0)
 		return rc;
@@ -300,7 +301,7 @@ static int open_list(struct imap_parser *p)
 }
 
 static void set_root(struct imap_parser *p, struct imap_value *root,
-		     bool code_ctx)
+                     bool code_ctx)
 {
 	assert(p->depth == 0);
 	p->stack[0] = root;
@@ -319,8 +320,8 @@ static const char *literal_item(const struct imap_parser *p)
 {
 	const struct imap_value *list = p->stack[p->depth];
 
-	if (list->count == 0 || list->list[list->count - 1].type !=
-					IMAP_VALUE_ATOM)
+	if (list->count == 0 ||
+	    list->list[list->count - 1].type != IMAP_VALUE_ATOM)
 		return NULL;
 	return list->list[list->count - 1].str;
 }
@@ -342,7 +343,7 @@ static int literal_finish(struct imap_parser *p)
 		rc = p->sink->end(p->sink_ctx);
 		if (rc < 0)
 			return fail(p, rc, "literal sink failed at the end: %s",
-				    strerror(-rc));
+			            strerror(-rc));
 	}
 	rc = value_append(p, &v);
 	if (rc < 0)
@@ -368,13 +369,14 @@ static int literal_start(struct imap_parser *p)
 
 	p->lit_left = p->lit_size;
 	p->lit_pos = 0;
-	p->lit_stream = p->sink != NULL && p->lit_size >= p->lim.stream_threshold;
+	p->lit_stream =
+	        p->sink != NULL && p->lit_size >= p->lim.stream_threshold;
 	if (p->lit_stream) {
 		rc = p->sink->begin(p->sink_ctx, p->resp, literal_item(p),
-				    p->lit_size);
+		                    p->lit_size);
 		if (rc < 0)
 			return fail(p, rc, "literal sink refused a literal: %s",
-				    strerror(-rc));
+			            strerror(-rc));
 		p->lit_begun = true;
 	} else {
 		/* Checked before the cast: max_literal may exceed SIZE_MAX. */
@@ -395,7 +397,7 @@ static int literal_start(struct imap_parser *p)
 }
 
 static int literal_data(struct imap_parser *p, const unsigned char *buf,
-			size_t n)
+                        size_t n)
 {
 	int rc;
 
@@ -405,7 +407,7 @@ static int literal_data(struct imap_parser *p, const unsigned char *buf,
 		if (rc < 0) {
 			sink_abort(p);
 			return fail(p, rc, "literal sink failed: %s",
-				    strerror(-rc));
+			            strerror(-rc));
 		}
 	} else {
 		memcpy(p->lit_buf + p->lit_pos, buf, n);
@@ -425,8 +427,9 @@ static int literal_digit(struct imap_parser *p, unsigned char c)
 		return fail(p, -EMSGSIZE, "literal size overflows");
 	p->lit_size = p->lit_size * 10 + d;
 	if (p->lit_size > p->lim.max_literal)
-		return fail(p, -EMSGSIZE, "literal larger than the limit of %llu bytes",
-			    (unsigned long long)p->lim.max_literal);
+		return fail(p, -EMSGSIZE,
+		            "literal larger than the limit of %llu bytes",
+		            (unsigned long long)p->lim.max_literal);
 	p->lit_digits = true;
 	return 0;
 }
@@ -463,15 +466,15 @@ static int end_text_empty(struct imap_parser *p, unsigned char c)
 }
 
 static int parse_status(const struct imap_parser *p, bool tagged,
-			enum imap_status *status_r)
+                        enum imap_status *status_r)
 {
 	static const struct {
 		const char *word;
 		enum imap_status status;
 	} words[] = {
-		{"OK", IMAP_STATUS_OK},   {"NO", IMAP_STATUS_NO},
-		{"BAD", IMAP_STATUS_BAD}, {"BYE", IMAP_STATUS_BYE},
-		{"PREAUTH", IMAP_STATUS_PREAUTH},
+	        {"OK", IMAP_STATUS_OK},           {"NO", IMAP_STATUS_NO},
+	        {"BAD", IMAP_STATUS_BAD},         {"BYE", IMAP_STATUS_BYE},
+	        {"PREAUTH", IMAP_STATUS_PREAUTH},
 	};
 	size_t n = tagged ? 3 : sizeof(words) / sizeof(words[0]);
 
@@ -511,7 +514,8 @@ static int step_start(struct imap_parser *p, unsigned char c)
 	} else if (is_eol(c)) {
 		return fail(p, -EPROTO, "empty line");
 	} else {
-		return fail(p, -EPROTO, "invalid tag (byte 0x%02x)", c);
+		return fail(p, -EPROTO,
+		            "invalid tag: response starts with byte 0x%02x", c);
 	}
 	return STEP_NEXT;
 }
@@ -524,7 +528,7 @@ static int step_tstatus(struct imap_parser *p, unsigned char c)
 		return fail(p, -EPROTO, "invalid byte 0x%02x in status", c);
 	if (parse_status(p, true, &p->resp->status) < 0)
 		return fail(p, -EPROTO,
-			    "tagged response without OK, NO or BAD");
+		            "tagged response without OK, NO or BAD");
 	return after_status(p, c);
 }
 
@@ -545,11 +549,11 @@ static int step_uword(struct imap_parser *p, unsigned char c)
 			n = n * 10 + (unsigned)(p->tok[i] - '0');
 			if (n > UINT32_MAX)
 				return fail(p, -EPROTO,
-					    "message number too large");
+				            "message number too large");
 		}
 		if (c != ' ')
 			return fail(p, -EPROTO,
-				    "missing keyword after message number");
+			            "missing keyword after message number");
 		p->resp->has_number = true;
 		p->resp->number = (uint32_t)n;
 		tok_reset(p);
@@ -581,7 +585,7 @@ static int step_code(struct imap_parser *p, unsigned char c)
 		return tok_add(p, c);
 	if (c != ']' && c != ' ')
 		return fail(p, -EPROTO, "invalid byte 0x%02x in response code",
-			    c);
+		            c);
 	if (p->tok_len == 0)
 		return fail(p, -EPROTO, "empty response code");
 	rc = tok_take(p, &p->resp->code);
@@ -612,9 +616,7 @@ static int step_values(struct imap_parser *p, unsigned char c)
 		tok_reset(p);
 		p->state = S_QUOTED;
 		return STEP_NEXT;
-	case '{':
-		literal_prefix(p, false);
-		return STEP_NEXT;
+	case '{': literal_prefix(p, false); return STEP_NEXT;
 	case '\r':
 	case '\n':
 		if (p->code_ctx)
@@ -627,7 +629,7 @@ static int step_values(struct imap_parser *p, unsigned char c)
 	if (c == ']' && p->code_ctx) {
 		if (p->depth > 0)
 			return fail(p, -EPROTO,
-				    "unbalanced list in response code");
+			            "unbalanced list in response code");
 		p->code_ctx = false;
 		p->state = S_AFTER_CODE;
 		return STEP_NEXT;
@@ -734,7 +736,7 @@ static int step_literal(struct imap_parser *p, unsigned char c)
 			return STEP_NEXT;
 		}
 		return fail(p, -EPROTO, "invalid byte 0x%02x in literal size",
-			    c);
+		            c);
 	case S_LIT_PLUS:
 		if (c != '}')
 			return fail(p, -EPROTO, "invalid literal size");
@@ -747,7 +749,8 @@ static int step_literal(struct imap_parser *p, unsigned char c)
 		}
 		if (c == '\n')
 			return literal_start(p);
-		return fail(p, -EPROTO, "literal size not followed by a line end");
+		return fail(p, -EPROTO,
+		            "literal size not followed by a line end");
 	default:
 		assert(p->state == S_LIT_CR);
 		if (c != '\n')
@@ -785,7 +788,8 @@ static int step(struct imap_parser *p, unsigned char c)
 		if (is_tag_char(c))
 			return tok_add(p, c);
 		if (c != ' ')
-			return fail(p, -EPROTO, "invalid byte 0x%02x in tag", c);
+			return fail(p, -EPROTO, "invalid byte 0x%02x in tag",
+			            c);
 		rc = tok_take(p, &p->resp->tag);
 		if (rc < 0)
 			return rc;
@@ -849,7 +853,7 @@ void imap_parser_limits_default(struct imap_parser_limits *limits)
 }
 
 int imap_parser_new(const struct imap_parser_limits *limits,
-		    struct imap_parser **parser_r)
+                    struct imap_parser **parser_r)
 {
 	struct imap_parser *p;
 
@@ -906,7 +910,7 @@ void imap_parser_free(struct imap_parser **parser)
 }
 
 void imap_parser_set_sink(struct imap_parser *parser,
-			  const struct imap_literal_sink *sink, void *ctx)
+                          const struct imap_literal_sink *sink, void *ctx)
 {
 	/* A literal already being streamed keeps its sink: end/abort go to
 	 * whoever got begin. */
@@ -933,7 +937,7 @@ static int new_response(struct imap_parser *p)
 }
 
 int imap_parser_feed(struct imap_parser *p, const void *buf, size_t len,
-		     size_t *consumed_r, struct imap_response **resp_r)
+                     size_t *consumed_r, struct imap_response **resp_r)
 {
 	const unsigned char *in = buf;
 	size_t i = 0;
@@ -965,9 +969,10 @@ int imap_parser_feed(struct imap_parser *p, const void *buf, size_t len,
 		p->off++;
 		i++;
 		if (++p->line > p->lim.max_line) {
-			rc = fail(p, -EMSGSIZE,
-				  "response longer than %zu bytes (literals not counted)",
-				  p->lim.max_line);
+			rc = fail(
+			        p, -EMSGSIZE,
+			        "response longer than %zu bytes (literals not counted)",
+			        p->lim.max_line);
 			goto error;
 		}
 		do {
@@ -1044,7 +1049,7 @@ bool imap_value_equal(const struct imap_value *a, const struct imap_value *b)
 }
 
 bool imap_response_equal(const struct imap_response *a,
-			 const struct imap_response *b)
+                         const struct imap_response *b)
 {
 	if (a->kind != b->kind || a->status != b->status ||
 	    a->has_number != b->has_number || a->number != b->number ||
@@ -1079,7 +1084,7 @@ const struct imap_value *imap_list_get(const struct imap_value *v, size_t i)
 }
 
 const struct imap_value *imap_fetch_item(const struct imap_value *list,
-					 const char *name)
+                                         const char *name)
 {
 	if (list == NULL || list->type != IMAP_VALUE_LIST)
 		return NULL;

@@ -71,7 +71,7 @@
 #define IMAP_PARSER_DEFAULT_MAX_MEM          (64 * 1024 * 1024)
 #define IMAP_PARSER_DEFAULT_STREAM_THRESHOLD (1024 * 1024)
 /* max_depth may not exceed this (tree walks recurse once per level). */
-#define IMAP_PARSER_DEPTH_CAP 1024
+#define IMAP_PARSER_DEPTH_CAP                1024
 
 /* Return values of imap_parser_feed(). */
 #define IMAP_PARSE_ERROR (-1)
@@ -79,13 +79,13 @@
 #define IMAP_PARSE_DONE  1
 
 enum imap_value_type {
-	IMAP_VALUE_NIL = 0, /* NIL (any case); str NULL */
-	IMAP_VALUE_ATOM,    /* atom, incl. FETCH item names like BODY[]<0> */
-	IMAP_VALUE_NUMBER,  /* atom made of digits only; str keeps them */
-	IMAP_VALUE_QUOTED,  /* quoted string, escapes removed */
-	IMAP_VALUE_LITERAL, /* literal kept in memory */
+	IMAP_VALUE_NIL = 0,  /* NIL (any case); str NULL */
+	IMAP_VALUE_ATOM,     /* atom, incl. FETCH item names like BODY[]<0> */
+	IMAP_VALUE_NUMBER,   /* atom made of digits only; str keeps them */
+	IMAP_VALUE_QUOTED,   /* quoted string, escapes removed */
+	IMAP_VALUE_LITERAL,  /* literal kept in memory */
 	IMAP_VALUE_STREAMED, /* literal delivered to the sink; size only */
-	IMAP_VALUE_LIST,    /* parenthesised list */
+	IMAP_VALUE_LIST,     /* parenthesised list */
 };
 
 struct imap_value {
@@ -185,7 +185,7 @@ struct imap_parser_limits {
  * is valid: a later syntax error can still fail the response. */
 struct imap_literal_sink {
 	int (*begin)(void *ctx, const struct imap_response *partial,
-		     const char *item, uint64_t size);
+	             const char *item, uint64_t size);
 	int (*data)(void *ctx, const void *buf, size_t len);
 	int (*end)(void *ctx);
 	void (*abort)(void *ctx);
@@ -200,7 +200,7 @@ void imap_parser_limits_default(struct imap_parser_limits *limits);
  * Returns 0, -EINVAL (max_line or max_mem 0, max_depth over the cap) or
  * -ENOMEM. */
 int imap_parser_new(const struct imap_parser_limits *limits,
-		    struct imap_parser **parser_r);
+                    struct imap_parser **parser_r);
 
 /* Free the parser and any half-parsed response; calls the sink's abort()
  * if a streamed literal is in progress.  Sets *parser to NULL; NULL and
@@ -213,7 +213,7 @@ void imap_parser_free(struct imap_parser **parser);
  * feeds, but is ignored while a streamed literal is in progress (its end
  * or abort goes to the sink that got begin). */
 void imap_parser_set_sink(struct imap_parser *parser,
-			  const struct imap_literal_sink *sink, void *ctx);
+                          const struct imap_literal_sink *sink, void *ctx);
 
 /* Feed len bytes.  Returns:
  *   IMAP_PARSE_DONE   one response is complete: *resp_r (owned by the
@@ -226,7 +226,7 @@ void imap_parser_set_sink(struct imap_parser *parser,
  *                     *consumed_r says how far it got.
  * *resp_r is NULL unless DONE. */
 int imap_parser_feed(struct imap_parser *parser, const void *buf, size_t len,
-		     size_t *consumed_r, struct imap_response **resp_r);
+                     size_t *consumed_r, struct imap_response **resp_r);
 
 /* After IMAP_PARSE_ERROR: a one-line message ("" when no error), and the
  * negative errno (0 when no error). */
@@ -239,7 +239,7 @@ void imap_response_free(struct imap_response **resp);
 /* Deep equality of two responses / values produced by the parser (types,
  * strings byte for byte, numbers, literal8 marks, sizes, lists). */
 bool imap_response_equal(const struct imap_response *a,
-			 const struct imap_response *b);
+                         const struct imap_response *b);
 bool imap_value_equal(const struct imap_value *a, const struct imap_value *b);
 
 /* True when resp is DATA and its keyword equals keyword, ignoring ASCII
@@ -257,7 +257,7 @@ const struct imap_value *imap_list_get(const struct imap_value *v, size_t i);
  * ignoring case ("UID", "BODY[]", "BODY[HEADER.FIELDS (SUBJECT)]").  NULL
  * when absent or list is not a list. */
 const struct imap_value *imap_fetch_item(const struct imap_value *list,
-					 const char *name);
+                                         const char *name);
 
 /* A NUMBER as an integer.  Returns 0, -EINVAL when v is not a NUMBER made
  * of digits, -ERANGE when it does not fit. */

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -74,56 +75,118 @@ static int wait_fd(int fd, short events, int64_t deadline)
 	}
 }
 
-static int resolve(const char *host, const char *port, int64_t deadline,
-                   struct addrinfo **res_r, struct proto_err *err)
+/* A name lookup runs in a thread of its own so that the caller can give
+ * up after its deadline; getaddrinfo() itself has no timeout.  (glibc's
+ * getaddrinfo_a() would do, but its helper threads do not survive the
+ * fork() of daemonizing.)  The shared state is freed by whichever side
+ * finishes last. */
+struct lookup {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int refs;
+	bool done;
+	int rc;
+	struct addrinfo *res;
+	char *host, *port;
+};
+
+static void lookup_unref(struct lookup *l)
 {
+	bool last;
+
+	pthread_mutex_lock(&l->lock);
+	last = --l->refs == 0;
+	pthread_mutex_unlock(&l->lock);
+	if (!last)
+		return;
+	if (l->res != NULL)
+		freeaddrinfo(l->res);
+	pthread_mutex_destroy(&l->lock);
+	pthread_cond_destroy(&l->cond);
+	free(l->host);
+	free(l->port);
+	free(l);
+}
+
+static void *lookup_thread(void *arg)
+{
+	struct lookup *l = arg;
 	struct addrinfo hints = {
 	        .ai_family = AF_UNSPEC,
 	        .ai_socktype = SOCK_STREAM,
 	        .ai_flags = AI_ADDRCONFIG,
 	};
-	struct gaicb req = {
-	        .ar_name = host,
-	        .ar_service = port,
-	        .ar_request = &hints,
-	};
-	struct gaicb *list[1] = {&req};
+	struct addrinfo *res = NULL;
+	int rc = getaddrinfo(l->host, l->port, &hints, &res);
+
+	pthread_mutex_lock(&l->lock);
+	l->rc = rc;
+	l->res = res;
+	l->done = true;
+	pthread_cond_signal(&l->cond);
+	pthread_mutex_unlock(&l->lock);
+	lookup_unref(l);
+	return NULL;
+}
+
+static int resolve(const char *host, const char *port, int64_t deadline,
+                   struct addrinfo **res_r, struct proto_err *err)
+{
+	struct lookup *l = calloc(1, sizeof(*l));
+	struct timespec ts;
+	pthread_attr_t attr;
+	pthread_t th;
 	int rc;
 
-	/* getaddrinfo() can block for a long time on a broken resolver;
-	 * the asynchronous variant lets us bound the wait. */
-	rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
-	if (rc != 0)
-		return proto_err_set(err, PERR_RESOLVE, -EHOSTUNREACH,
-		                     "cannot resolve %s: %s", host,
-		                     gai_strerror(rc));
-	for (;;) {
-		int left = remaining(deadline);
-		struct timespec ts = {left / 1000, (left % 1000) * 1000000L};
-		const struct gaicb *wait[1] = {&req};
-
-		rc = gai_error(&req);
-		if (rc != EAI_INPROGRESS)
-			break;
-		if (left == 0) {
-			gai_cancel(&req);
-			/* The lookup may still finish in the background and
-			 * write into req; wait for it to be safe. */
-			while (gai_error(&req) == EAI_INPROGRESS)
-				gai_suspend(wait, 1, NULL);
-			if (req.ar_result != NULL)
-				freeaddrinfo(req.ar_result);
-			return proto_err_set(err, PERR_TIMEOUT, -ETIMEDOUT,
-			                     "cannot resolve %s: timed out",
-			                     host);
-		}
-		gai_suspend(wait, 1, &ts);
+	if (l == NULL || (l->host = strdup(host)) == NULL ||
+	    (l->port = strdup(port)) == NULL) {
+		if (l != NULL)
+			free(l->host);
+		free(l);
+		return proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
 	}
+	pthread_mutex_init(&l->lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&l->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	l->refs = 2;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	rc = pthread_create(&th, &attr, lookup_thread, l);
+	pthread_attr_destroy(&attr);
+	if (rc != 0) {
+		l->refs = 1;
+		lookup_unref(l);
+		return proto_err_set(err, PERR_LOCAL, -rc,
+		                     "cannot start a lookup: %s", strerror(rc));
+	}
+	ts.tv_sec = deadline / 1000;
+	ts.tv_nsec = (deadline % 1000) * 1000000L;
+	pthread_mutex_lock(&l->lock);
+	while (!l->done) {
+		if (pthread_cond_timedwait(&l->cond, &l->lock, &ts) ==
+		    ETIMEDOUT)
+			break;
+	}
+	if (!l->done) {
+		pthread_mutex_unlock(&l->lock);
+		lookup_unref(l);
+		return proto_err_set(err, PERR_TIMEOUT, -ETIMEDOUT,
+		                     "cannot resolve %s: timed out", host);
+	}
+	rc = l->rc;
+	if (rc == 0) {
+		*res_r = l->res;
+		l->res = NULL;
+	}
+	pthread_mutex_unlock(&l->lock);
+	lookup_unref(l);
 	if (rc != 0)
 		return proto_err_set(err, PERR_RESOLVE, -EHOSTUNREACH,
 		                     "cannot resolve %s: %s", host,
 		                     gai_strerror(rc));
-	*res_r = req.ar_result;
 	return 0;
 }
 

@@ -25,7 +25,7 @@
 	do {                                                                   \
 		if (!(cond)) {                                                 \
 			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, \
-				__LINE__, #cond);                              \
+			        __LINE__, #cond);                              \
 			abort();                                               \
 		}                                                              \
 	} while (0)
@@ -90,7 +90,7 @@ static void buf_puts(struct buf *b, const char *s)
 /* --- the sink ------------------------------------------------------------ */
 
 static int fs_begin(void *ctx, const struct imap_response *partial,
-		    const char *item, uint64_t size)
+                    const char *item, uint64_t size)
 {
 	struct fsink *s = ctx;
 
@@ -138,10 +138,10 @@ static void fs_abort(void *ctx)
 }
 
 static const struct imap_literal_sink fuzz_sink = {
-	.begin = fs_begin,
-	.data = fs_data,
-	.end = fs_end,
-	.abort = fs_abort,
+        .begin = fs_begin,
+        .data = fs_data,
+        .end = fs_end,
+        .abort = fs_abort,
 };
 
 /* --- running ------------------------------------------------------------- */
@@ -162,8 +162,7 @@ static uint64_t rng_next(struct rng *r)
 enum split { SPLIT_WHOLE, SPLIT_BYTES, SPLIT_RANDOM };
 
 static void push_event(struct events *e, int rc, size_t end,
-		       struct imap_response *resp,
-		       const struct imap_parser *p)
+                       struct imap_response *resp, const struct imap_parser *p)
 {
 	struct event *ev;
 
@@ -185,8 +184,8 @@ static void push_event(struct events *e, int rc, size_t end,
 }
 
 static void run(const uint8_t *data, size_t size,
-		const struct imap_parser_limits *lim, struct fsink *sink,
-		enum split split, uint64_t seed, struct events *e)
+                const struct imap_parser_limits *lim, struct fsink *sink,
+                enum split split, uint64_t seed, struct events *e)
 {
 	struct imap_parser *p;
 	struct rng rng = {seed | 1};
@@ -207,7 +206,7 @@ static void run(const uint8_t *data, size_t size,
 		} else if (split == SPLIT_RANDOM) {
 			uint64_t r = rng_next(&rng);
 			size_t want = (r & 3) == 0 ? 1 + (r >> 8) % 4096
-						   : 1 + (r >> 8) % 16;
+			                           : 1 + (r >> 8) % 16;
 
 			if (want < n)
 				n = want;
@@ -222,8 +221,8 @@ static void run(const uint8_t *data, size_t size,
 		if (rc == IMAP_PARSE_ERROR) {
 			CHECK(resp == NULL);
 			push_event(e, rc, pos + used, NULL, p);
-			CHECK(imap_parser_feed(p, "* OK\r\n", 6, &used, &resp) ==
-			      IMAP_PARSE_ERROR);
+			CHECK(imap_parser_feed(p, "* OK\r\n", 6, &used,
+			                       &resp) == IMAP_PARSE_ERROR);
 			break;
 		}
 		CHECK(rc == IMAP_PARSE_DONE);
@@ -278,7 +277,7 @@ static bool str_eq(const char *a, const char *b)
 
 /* s may hold STREAMED values where m holds LITERAL ones. */
 static bool value_equiv(const struct imap_value *s, const struct imap_value *m,
-			struct stream_cursor *cur)
+                        struct stream_cursor *cur)
 {
 	if (s->type == IMAP_VALUE_STREAMED) {
 		if (m->type != IMAP_VALUE_LITERAL || s->size != m->size ||
@@ -303,7 +302,7 @@ static bool value_equiv(const struct imap_value *s, const struct imap_value *m,
 }
 
 static void compare_streamed(const struct events *s, const struct events *m,
-			     const struct fsink *sink)
+                             const struct fsink *sink)
 {
 	struct stream_cursor cur = {&sink->bytes, 0};
 
@@ -396,8 +395,8 @@ static void write_value(struct buf *b, const struct imap_value *v)
 		buf_puts(b, "\"");
 		break;
 	case IMAP_VALUE_LITERAL:
-		snprintf(num, sizeof(num), "%s{%zu}\r\n", v->literal8 ? "~" : "",
-			 v->len);
+		snprintf(num, sizeof(num), "%s{%zu}\r\n",
+		         v->literal8 ? "~" : "", v->len);
 		buf_puts(b, num);
 		buf_put(b, v->str, v->len);
 		break;
@@ -461,7 +460,7 @@ static void write_response(struct buf *b, const struct imap_response *r)
 }
 
 static void round_trip(const struct imap_response *r,
-		       const struct imap_parser_limits *lim)
+                       const struct imap_parser_limits *lim)
 {
 	struct imap_parser_limits lim2 = *lim;
 	struct imap_parser *p;

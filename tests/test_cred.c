@@ -235,7 +235,8 @@ static int proc_gone(long pid)
 
 static void test_cmd_timeout_kills_group(void **state)
 {
-	char tmpl[] = "/tmp/mailfs-cred-XXXXXX", cmd[256];
+	const char *dir = getenv("TMPDIR");
+	char tmpl[256], cmd[512];
 	long pid = 0;
 	FILE *f;
 	int fd, i;
@@ -243,6 +244,8 @@ static void test_cmd_timeout_kills_group(void **state)
 	(void)state;
 	if (tty_foreground())
 		skip();
+	snprintf(tmpl, sizeof(tmpl), "%s/mailfs-cred-XXXXXX",
+	         dir != NULL && *dir != '\0' ? dir : "/tmp");
 	fd = mkstemp(tmpl);
 	assert_true(fd >= 0);
 	close(fd);

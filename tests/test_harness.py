@@ -9,7 +9,6 @@ import os
 import poplib
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -202,8 +201,9 @@ class HarnessTest(unittest.TestCase):
             self.assertEqual(data, [b'(\\HasNoChildren) "/" Entw&APw-rfe'])
         finally:
             m.logout()
-        uid = self.dc.append('bob', '台北/日本語', b'Subject: t\r\n\r\nx\r\n')
-        self.assertEqual(self.dc.fetch_bodies('bob', '台北/日本語'), {uid: b'Subject: t\r\n\r\nx\r\n'})
+        msg = b'Subject: t\r\n\r\nx\r\n'
+        uid = self.dc.append('bob', '台北/日本語', msg)
+        self.assertEqual(self.dc.fetch_bodies('bob', '台北/日本語'), {uid: msg})
 
     def test_dot_separator(self):
         with mh.Dovecot(separator='.', users={'carol': 'carolpw'}, ipv6=False) as dc:
@@ -332,15 +332,41 @@ class HarnessTest(unittest.TestCase):
         self.assertIsNone(self.dc.pid)
         with self.assertRaises(OSError):
             socket.create_connection((self.dc.address, self.dc.ports['imaps']), timeout=2).close()
-        with self.assertRaises((imaplib.IMAP4.abort, OSError)):
-            m.noop()
-            m.noop()
+        try:
+            with self.assertRaises((imaplib.IMAP4.abort, OSError)):
+                m.noop()
+                m.noop()
+        finally:
+            m.shutdown()
         t = time.monotonic()
         self.dc.start()
         print('  stop %.1f s, start %.1f s' % (stop_time, time.monotonic() - t), file=sys.stderr)
         self.assertEqual(self.dc.fetch_bodies('alice', 'Persist'), before)
         self.assertIn(uid, before)
         self.assertEqual(self.dc.status('alice', 'Persist')['UIDVALIDITY'], validity)
+
+    def test_port_taken_and_start_failure(self):
+        dc = mh.Dovecot(users={'gina': 'ginapw'}, ipv6=False, start=False)
+        try:
+            blocker = socket.socket()
+            blocker.bind(('127.0.0.1', dc.ports['imaps']))
+            blocker.listen(1)
+            taken = dc.ports['imaps']
+            try:
+                dc.start()               # first start: new ports are picked
+            finally:
+                blocker.close()
+            self.assertNotEqual(dc.ports['imaps'], taken)
+            dc.imap('gina').logout()
+            dc.stop()
+            with open(dc.config, 'a') as f:
+                f.write('no_such_setting = 1\n')
+            with self.assertRaisesRegex(mh.HarnessError, 'no_such_setting'):
+                dc.start()
+            self.assertIsNone(dc.pid)
+        finally:
+            dc.close()
+        self.assertFalse(os.path.exists(dc.dir))
 
     def test_freeze_thaw(self):
         self.dc.freeze()
@@ -375,12 +401,23 @@ class CliTest(unittest.TestCase):
         d = tempfile.mkdtemp(prefix='mailfs-cli-')
         os.chmod(d, 0o755)
         script = os.path.join(HERE, 'harness', 'mailharness.py')
+        watchdog = mh.Watchdog(d, d)
         try:
-            r = subprocess.run([sys.executable, script, 'serve', '--dir', d, '--generate', '20',
-                                '--users', 'erin:erinpw,frank:frankpw', '--detach'],
-                               capture_output=True, text=True, timeout=120)
-            self.assertEqual(r.returncode, 0, r.stderr)
-            info = json.loads(r.stdout)
+            p = subprocess.Popen([sys.executable, script, 'serve', '--dir', d,
+                                  '--generate', '20', '--users', 'erin:erinpw,frank:frankpw',
+                                  '--detach'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+            pidfile = os.path.join(d, 'serve.pid')
+            deadline = time.monotonic() + 30
+            while not os.path.exists(pidfile) and p.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if os.path.exists(pidfile):      # stop serve even if this test is killed
+                with open(pidfile) as f:
+                    watchdog.watch(int(f.read()))
+            out, err = p.communicate(timeout=120)
+            self.assertEqual(p.returncode, 0, err)
+            info = json.loads(out)
             with open(os.path.join(d, 'harness.json')) as f:
                 self.assertEqual(json.load(f), info)
             self.assertEqual(info['users'], {'erin': 'erinpw', 'frank': 'frankpw'})
@@ -404,18 +441,19 @@ class CliTest(unittest.TestCase):
         finally:
             try:                         # a failed test must not leave it running
                 with open(os.path.join(d, 'harness.json')) as f:
-                    os.kill(json.load(f)['pid'], signal.SIGTERM)
-                time.sleep(2)
-            except (OSError, ValueError, KeyError):
+                    subprocess.run([sys.executable, script, 'stop', '--dir', d], timeout=60)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass
+            watchdog.close()
             shutil.rmtree(d, ignore_errors=True)
 
 
 def main():
     mh.require_dovecot()
     t = time.monotonic()
-    result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(
-        unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__]))
+    load = unittest.defaultTestLoader.loadTestsFromTestCase
+    suite = unittest.TestSuite([load(HarnessTest), load(CliTest)])
+    result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
     failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
     passed = result.testsRun - failed - len(result.skipped)
     print('%d passed, %d failed (%d skipped) in %.1f s'

@@ -59,7 +59,7 @@ struct run {
 };
 
 static int rec_begin(void *ctx, const struct imap_response *partial,
-		     const char *item, uint64_t size)
+                     const char *item, uint64_t size)
 {
 	struct rec *r = ctx;
 	int i = r->begins;
@@ -71,11 +71,11 @@ static int rec_begin(void *ctx, const struct imap_response *partial,
 	r->lit[i].size = size;
 	r->lit[i].item_null = item == NULL;
 	snprintf(r->lit[i].item, sizeof(r->lit[i].item), "%s",
-		 item ? item : "");
+	         item ? item : "");
 	r->lit[i].has_number = partial->has_number;
 	r->lit[i].number = partial->number;
 	snprintf(r->lit[i].keyword, sizeof(r->lit[i].keyword), "%s",
-		 partial->keyword ? partial->keyword : "");
+	         partial->keyword ? partial->keyword : "");
 	r->lit[i].nargs = partial->args.count;
 	r->lit[i].start = r->data_len;
 	if (r->fail_begin)
@@ -105,7 +105,7 @@ static int rec_end(void *ctx)
 	r->in_literal = false;
 	r->ends++;
 	assert_int_equal(r->data_len - r->lit[r->begins - 1].start,
-			 r->lit[r->begins - 1].size);
+	                 r->lit[r->begins - 1].size);
 	return r->fail_end;
 }
 
@@ -119,16 +119,16 @@ static void rec_abort(void *ctx)
 }
 
 static const struct imap_literal_sink rec_sink = {
-	.begin = rec_begin,
-	.data = rec_data,
-	.end = rec_end,
-	.abort = rec_abort,
+        .begin = rec_begin,
+        .data = rec_data,
+        .end = rec_end,
+        .abort = rec_abort,
 };
 
 /* Feed buf to a new parser in chunks of chunk bytes (0: all at once). */
 static void run_feed(const struct imap_parser_limits *lim, bool sink,
-		     const struct rec *rec_init, const void *buf, size_t len,
-		     size_t chunk, struct run *r)
+                     const struct rec *rec_init, const void *buf, size_t len,
+                     size_t chunk, struct run *r)
 {
 	const unsigned char *in = buf;
 	struct imap_parser *p;
@@ -168,12 +168,12 @@ static void run_feed(const struct imap_parser_limits *lim, bool sink,
 			e->errnum = imap_parser_errno(p);
 			assert_true(e->errnum < 0);
 			snprintf(e->err, sizeof(e->err), "%s",
-				 imap_parser_error(p));
+			         imap_parser_error(p));
 			assert_true(strlen(e->err) > 0);
 			/* Dead for good. */
 			assert_int_equal(imap_parser_feed(p, "* OK\r\n", 6,
-							  &used, &resp),
-					 IMAP_PARSE_ERROR);
+			                                  &used, &resp),
+			                 IMAP_PARSE_ERROR);
 			assert_null(resp);
 			break;
 		}
@@ -200,7 +200,7 @@ static void run_free(struct run *r)
 }
 
 static void assert_runs_equal(const struct run *a, const struct run *b,
-			      bool sink_errors_at_chunk)
+                              bool sink_errors_at_chunk)
 {
 	assert_int_equal(a->n, b->n);
 	for (size_t i = 0; i < a->n; i++) {
@@ -226,7 +226,7 @@ static void assert_runs_equal(const struct run *a, const struct run *b,
 		assert_int_equal(a->rec.lit[i].size, b->rec.lit[i].size);
 		assert_string_equal(a->rec.lit[i].item, b->rec.lit[i].item);
 		assert_int_equal(a->rec.lit[i].item_null,
-				 b->rec.lit[i].item_null);
+		                 b->rec.lit[i].item_null);
 		assert_int_equal(a->rec.lit[i].nargs, b->rec.lit[i].nargs);
 	}
 }
@@ -234,8 +234,8 @@ static void assert_runs_equal(const struct run *a, const struct run *b,
 /* Run whole, byte by byte and in chunks of 5; check they agree; leave the
  * whole-buffer run in *r. */
 static void run_all(const struct imap_parser_limits *lim, bool sink,
-		    const struct rec *rec_init, const void *buf, size_t len,
-		    struct run *r)
+                    const struct rec *rec_init, const void *buf, size_t len,
+                    struct run *r)
 {
 	static const size_t chunks[] = {1, 5};
 	bool chunk_errs = rec_init != NULL && rec_init->fail_data != 0;
@@ -265,7 +265,7 @@ static struct imap_response *parse_n(const char *s, size_t len)
 	run_all(NULL, false, NULL, s, len, r);
 	if (r->n != 1 || r->ev[0].rc != IMAP_PARSE_DONE)
 		print_error("vector: %.*s\nerror: %s\n", (int)len, s,
-			    r->ev[0].err);
+		            r->ev[0].err);
 	assert_int_equal(r->n, 1);
 	assert_int_equal(r->ev[0].rc, IMAP_PARSE_DONE);
 	assert_int_equal(r->ev[0].end, len);
@@ -280,7 +280,7 @@ static struct imap_response *parse_n(const char *s, size_t len)
 
 /* Expect the vector to fail with errnum and a message containing msg. */
 static void error_n(const struct imap_parser_limits *lim, const char *s,
-		    size_t len, int errnum, const char *msg)
+                    size_t len, int errnum, const char *msg)
 {
 	struct run *r = malloc(sizeof(*r));
 	struct event *e;
@@ -290,8 +290,8 @@ static void error_n(const struct imap_parser_limits *lim, const char *s,
 	assert_true(r->n >= 1);
 	e = &r->ev[r->n - 1];
 	if (e->rc != IMAP_PARSE_ERROR || strstr(e->err, msg) == NULL)
-		print_error("vector: %.*s\ngot rc %d: %s\n", (int)len, s,
-			    e->rc, e->err);
+		print_error("vector: %.*s\ngot rc %d: %s\n", (int)len, s, e->rc,
+		            e->err);
 	assert_int_equal(e->rc, IMAP_PARSE_ERROR);
 	assert_int_equal(e->errnum, errnum);
 	assert_non_null(strstr(e->err, msg));
@@ -299,8 +299,8 @@ static void error_n(const struct imap_parser_limits *lim, const char *s,
 	free(r);
 }
 
-#define ERR(s, errnum, msg)     error_n(NULL, s, sizeof(s) - 1, errnum, msg)
-#define ERR_LIM(l, s, e, m)     error_n(l, s, sizeof(s) - 1, e, m)
+#define ERR(s, errnum, msg) error_n(NULL, s, sizeof(s) - 1, errnum, msg)
+#define ERR_LIM(l, s, e, m) error_n(l, s, sizeof(s) - 1, e, m)
 
 /* Expect the vector to be incomplete: MORE, no response. */
 static void more_n(const char *s, size_t len)
@@ -332,7 +332,7 @@ static const struct imap_value *el(const struct imap_value *v, size_t i)
 }
 
 static void assert_type_str(const struct imap_value *v,
-			    enum imap_value_type type, const char *s)
+                            enum imap_value_type type, const char *s)
 {
 	size_t len;
 
@@ -374,7 +374,7 @@ static void assert_nil(const struct imap_value *v)
 }
 
 static void assert_lit(const struct imap_value *v, const void *bytes,
-		       size_t len)
+                       size_t len)
 {
 	size_t got_len;
 	const char *got;
@@ -398,9 +398,8 @@ static void assert_list(const struct imap_value *v, size_t count)
 }
 
 static void assert_status(const struct imap_response *r,
-			  enum imap_response_kind kind,
-			  enum imap_status status, const char *code,
-			  const char *text)
+                          enum imap_response_kind kind, enum imap_status status,
+                          const char *code, const char *text)
 {
 	assert_int_equal(r->kind, kind);
 	assert_int_equal(r->status, status);
@@ -416,7 +415,7 @@ static void assert_status(const struct imap_response *r,
 }
 
 static void assert_data(const struct imap_response *r, const char *keyword,
-			size_t nargs)
+                        size_t nargs)
 {
 	assert_int_equal(r->kind, IMAP_RESP_DATA);
 	assert_int_equal(r->status, IMAP_STATUS_NONE);
@@ -433,17 +432,16 @@ static void assert_data(const struct imap_response *r, const char *keyword,
 static void test_greeting_dovecot(void **state)
 {
 	struct imap_response *r;
-	static const char *caps[] = {"IMAP4rev1", "SASL-IR",
-				     "LOGIN-REFERRALS", "ID",
-				     "ENABLE",    "IDLE",
-				     "LITERAL+",  "STARTTLS",
-				     "AUTH=PLAIN"};
+	static const char *caps[] = {"IMAP4rev1", "SASL-IR",  "LOGIN-REFERRALS",
+	                             "ID",        "ENABLE",   "IDLE",
+	                             "LITERAL+",  "STARTTLS", "AUTH=PLAIN"};
 
 	(void)state;
-	r = PARSE("* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID "
-		  "ENABLE IDLE LITERAL+ STARTTLS AUTH=PLAIN] Dovecot ready.\r\n");
+	r = PARSE(
+	        "* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID "
+	        "ENABLE IDLE LITERAL+ STARTTLS AUTH=PLAIN] Dovecot ready.\r\n");
 	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_OK, "CAPABILITY",
-		      "Dovecot ready.");
+	              "Dovecot ready.");
 	assert_null(r->tag);
 	assert_false(r->has_number);
 	assert_list(&r->code_args, 9);
@@ -460,48 +458,48 @@ static void test_greeting_gmail_exchange(void **state)
 
 	(void)state;
 	r = PARSE("* OK Gimap ready for requests from 192.0.2.7 "
-		  "n12mb34567890abc\r\n");
+	          "n12mb34567890abc\r\n");
 	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_OK, NULL,
-		      "Gimap ready for requests from 192.0.2.7 "
-		      "n12mb34567890abc");
+	              "Gimap ready for requests from 192.0.2.7 "
+	              "n12mb34567890abc");
 	assert_int_equal(r->code_args.count, 0);
 	imap_response_free(&r);
 
 	/* Brackets at the end of the text are text, not a code. */
 	r = PARSE("* OK The Microsoft Exchange IMAP4 service is ready. "
-		  "[QQBNADMAUABSADAANgBDAEEAMAAwADEAMgAuAA==]\r\n");
+	          "[QQBNADMAUABSADAANgBDAEEAMAAwADEAMgAuAA==]\r\n");
 	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_OK, NULL,
-		      "The Microsoft Exchange IMAP4 service is ready. "
-		      "[QQBNADMAUABSADAANgBDAEEAMAAwADEAMgAuAA==]");
+	              "The Microsoft Exchange IMAP4 service is ready. "
+	              "[QQBNADMAUABSADAANgBDAEEAMAAwADEAMgAuAA==]");
 	imap_response_free(&r);
 
 	r = PARSE("* BYE Microsoft Exchange Server IMAP4 server signing "
-		  "off.\r\n");
+	          "off.\r\n");
 	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_BYE, NULL,
-		      "Microsoft Exchange Server IMAP4 server signing off.");
+	              "Microsoft Exchange Server IMAP4 server signing off.");
 	imap_response_free(&r);
 
 	r = PARSE("* bye Autologout; idle for too long\r\n");
 	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_BYE, NULL,
-		      "Autologout; idle for too long");
+	              "Autologout; idle for too long");
 	imap_response_free(&r);
 
 	r = PARSE("* PREAUTH [CAPABILITY IMAP4rev2] Logged in as alice\r\n");
 	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_PREAUTH, "CAPABILITY",
-		      "Logged in as alice");
+	              "Logged in as alice");
 	assert_list(&r->code_args, 1);
 	assert_atom(el(&r->code_args, 0), "IMAP4rev2");
 	imap_response_free(&r);
 
 	r = PARSE("* No [ALERT] Mailbox is at 95% of quota\r\n");
 	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_NO, "ALERT",
-		      "Mailbox is at 95% of quota");
+	              "Mailbox is at 95% of quota");
 	assert_int_equal(r->code_args.count, 0);
 	imap_response_free(&r);
 
 	r = PARSE("* BAD Unknown command\r\n");
 	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_BAD, NULL,
-		      "Unknown command");
+	              "Unknown command");
 	imap_response_free(&r);
 }
 
@@ -512,28 +510,28 @@ static void test_tagged(void **state)
 	(void)state;
 	r = PARSE("a001 OK [READ-WRITE] SELECT completed\r\n");
 	assert_status(r, IMAP_RESP_TAGGED, IMAP_STATUS_OK, "READ-WRITE",
-		      "SELECT completed");
+	              "SELECT completed");
 	assert_string_equal(r->tag, "a001");
 	imap_response_free(&r);
 
 	r = PARSE("A0002 OK [READ-ONLY] Examine completed (0.001 + 0.000 "
-		  "secs).\r\n");
+	          "secs).\r\n");
 	assert_status(r, IMAP_RESP_TAGGED, IMAP_STATUS_OK, "READ-ONLY",
-		      "Examine completed (0.001 + 0.000 secs).");
+	              "Examine completed (0.001 + 0.000 secs).");
 	assert_string_equal(r->tag, "A0002");
 	imap_response_free(&r);
 
 	r = PARSE("a2 no [AUTHENTICATIONFAILED] Authentication failed.\r\n");
 	assert_status(r, IMAP_RESP_TAGGED, IMAP_STATUS_NO,
-		      "AUTHENTICATIONFAILED", "Authentication failed.");
+	              "AUTHENTICATIONFAILED", "Authentication failed.");
 	assert_string_equal(r->tag, "a2");
 	imap_response_free(&r);
 
 	r = PARSE("A3 BAD Error in IMAP command UID FETCH: Invalid uidset "
-		  "(0.001 + 0.000 secs).\r\n");
+	          "(0.001 + 0.000 secs).\r\n");
 	assert_status(r, IMAP_RESP_TAGGED, IMAP_STATUS_BAD, NULL,
-		      "Error in IMAP command UID FETCH: Invalid uidset "
-		      "(0.001 + 0.000 secs).");
+	              "Error in IMAP command UID FETCH: Invalid uidset "
+	              "(0.001 + 0.000 secs).");
 	imap_response_free(&r);
 
 	/* No text at all, a code and no text, text glued to the code. */
@@ -573,7 +571,7 @@ static void test_codes(void **state)
 	(void)state;
 	r = PARSE("* OK [UIDVALIDITY 3857529045] UIDs valid\r\n");
 	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_OK, "UIDVALIDITY",
-		      "UIDs valid");
+	              "UIDs valid");
 	assert_list(&r->code_args, 1);
 	assert_int_equal(imap_value_u32(el(&r->code_args, 0), &u32), 0);
 	assert_int_equal(u32, 3857529045u);
@@ -581,7 +579,7 @@ static void test_codes(void **state)
 
 	r = PARSE("* OK [PERMANENTFLAGS (\\Deleted \\Seen \\*)] Limited\r\n");
 	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_OK, "PERMANENTFLAGS",
-		      "Limited");
+	              "Limited");
 	assert_list(&r->code_args, 1);
 	assert_list(el(&r->code_args, 0), 3);
 	assert_atom(el(el(&r->code_args, 0), 0), "\\Deleted");
@@ -591,7 +589,7 @@ static void test_codes(void **state)
 
 	r = PARSE("A003 OK [APPENDUID 38505 3955] APPEND completed\r\n");
 	assert_status(r, IMAP_RESP_TAGGED, IMAP_STATUS_OK, "APPENDUID",
-		      "APPEND completed");
+	              "APPEND completed");
 	assert_list(&r->code_args, 2);
 	assert_num(el(&r->code_args, 0), 38505);
 	assert_num(el(&r->code_args, 1), 3955);
@@ -621,15 +619,23 @@ static void test_codes(void **state)
 
 	/* A quoted "]" does not end the code. */
 	r = PARSE("A1 NO [BADCHARSET (\"x]y\")] bad\r\n");
-	assert_status(r, IMAP_RESP_TAGGED, IMAP_STATUS_NO, "BADCHARSET",
-		      "bad");
+	assert_status(r, IMAP_RESP_TAGGED, IMAP_STATUS_NO, "BADCHARSET", "bad");
 	assert_quoted(el(el(&r->code_args, 0), 0), "x]y");
 	imap_response_free(&r);
 
 	r = PARSE("A1 NO [REFERRAL imap://alice;AUTH=*@SERVER2/] Remote\r\n");
 	assert_status(r, IMAP_RESP_TAGGED, IMAP_STATUS_NO, "REFERRAL",
-		      "Remote");
+	              "Remote");
 	assert_atom(el(&r->code_args, 0), "imap://alice;AUTH=*@SERVER2/");
+	imap_response_free(&r);
+
+	r = PARSE("* NO [WEBALERT https://accounts.example.com/Continue?sarp=1"
+	          "&scc=1&plt=AKgnsb%2Bx] Web login required.\r\n");
+	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_NO, "WEBALERT",
+	              "Web login required.");
+	assert_atom(el(&r->code_args, 0),
+	            "https://accounts.example.com/"
+	            "Continue?sarp=1&scc=1&plt=AKgnsb%2Bx");
 	imap_response_free(&r);
 
 	r = PARSE("* OK [MODIFIED 7,9] Conditional STORE failed\r\n");
@@ -663,7 +669,7 @@ static void test_text_odd(void **state)
 	(void)state;
 	r = PARSE("* OK [ALERT] Shutdown in \"10 minutes (really) [ok {5}\r\n");
 	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_OK, "ALERT",
-		      "Shutdown in \"10 minutes (really) [ok {5}");
+	              "Shutdown in \"10 minutes (really) [ok {5}");
 	imap_response_free(&r);
 
 	/* "{5}" at the end of text is no literal: the response ends. */
@@ -671,9 +677,11 @@ static void test_text_odd(void **state)
 	assert_status(r, IMAP_RESP_TAGGED, IMAP_STATUS_NO, NULL, "{5}");
 	imap_response_free(&r);
 
-	r = PARSE("* OK Gr\xc3\xbc\xc3\x9f" "e\tand ) ( ] \\ \" %*\r\n");
+	r = PARSE("* OK Gr\xc3\xbc\xc3\x9f"
+	          "e\tand ) ( ] \\ \" %*\r\n");
 	assert_status(r, IMAP_RESP_STATUS, IMAP_STATUS_OK, NULL,
-		      "Gr\xc3\xbc\xc3\x9f" "e\tand ) ( ] \\ \" %*");
+	              "Gr\xc3\xbc\xc3\x9f"
+	              "e\tand ) ( ] \\ \" %*");
 	imap_response_free(&r);
 }
 
@@ -720,8 +728,8 @@ static void test_capability(void **state)
 
 	(void)state;
 	r = PARSE("* CAPABILITY IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID "
-		  "XLIST CHILDREN X-GM-EXT-1 XYZZY SASL-IR AUTH=XOAUTH2 "
-		  "AUTH=PLAIN AUTH=PLAIN-CLIENTTOKEN AUTH=OAUTHBEARER\r\n");
+	          "XLIST CHILDREN X-GM-EXT-1 XYZZY SASL-IR AUTH=XOAUTH2 "
+	          "AUTH=PLAIN AUTH=PLAIN-CLIENTTOKEN AUTH=OAUTHBEARER\r\n");
 	assert_data(r, "CAPABILITY", 15);
 	assert_atom(el(&r->args, 0), "IMAP4rev1");
 	assert_atom(el(&r->args, 8), "X-GM-EXT-1");
@@ -750,7 +758,7 @@ static void test_list(void **state)
 	imap_response_free(&r);
 
 	r = PARSE("* LIST (\\Noselect \\HasChildren) \".\" \"INBOX.Sent "
-		  "Items\"\r\n");
+	          "Items\"\r\n");
 	assert_list(el(&r->args, 0), 2);
 	assert_quoted(el(&r->args, 2), "INBOX.Sent Items");
 	imap_response_free(&r);
@@ -761,7 +769,8 @@ static void test_list(void **state)
 	assert_atom(el(&r->args, 2), "Foo");
 	imap_response_free(&r);
 
-	r = PARSE("* LIST (\\HasNoChildren \\Trash) \"/\" \"[Gmail]/Trash\"\r\n");
+	r = PARSE(
+	        "* LIST (\\HasNoChildren \\Trash) \"/\" \"[Gmail]/Trash\"\r\n");
 	assert_quoted(el(&r->args, 2), "[Gmail]/Trash");
 	imap_response_free(&r);
 
@@ -780,13 +789,13 @@ static void test_list(void **state)
 	imap_response_free(&r);
 
 	r = PARSE("* LIST (\\HasNoChildren) \"/\" \"Entw\xc3\xbc"
-		  "rfe\"\r\n");
+	          "rfe\"\r\n");
 	assert_quoted(el(&r->args, 2), "Entw\xc3\xbcrfe");
 	imap_response_free(&r);
 
 	/* LIST-EXTENDED child info. */
 	r = PARSE("* LIST (\\Subscribed) \"/\" \"Foo\" (\"CHILDINFO\" "
-		  "(\"SUBSCRIBED\"))\r\n");
+	          "(\"SUBSCRIBED\"))\r\n");
 	assert_data(r, "LIST", 4);
 	assert_quoted(el(el(el(&r->args, 3), 1), 0), "SUBSCRIBED");
 	imap_response_free(&r);
@@ -873,7 +882,7 @@ static void test_misc_data(void **state)
 
 	(void)state;
 	r = PARSE("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft "
-		  "$Forwarded)\r\n");
+	          "$Forwarded)\r\n");
 	assert_data(r, "FLAGS", 1);
 	assert_list(el(&r->args, 0), 6);
 	assert_atom(el(el(&r->args, 0), 5), "$Forwarded");
@@ -923,7 +932,7 @@ static void test_misc_data(void **state)
 	imap_response_free(&r);
 
 	r = PARSE("* NAMESPACE ((\"\" \"/\")) ((\"Other Users/\" \"/\")) "
-		  "NIL\r\n");
+	          "NIL\r\n");
 	assert_data(r, "NAMESPACE", 3);
 	assert_quoted(el(el(el(&r->args, 0), 0), 0), "");
 	assert_quoted(el(el(el(&r->args, 0), 0), 1), "/");
@@ -932,13 +941,13 @@ static void test_misc_data(void **state)
 	imap_response_free(&r);
 
 	r = PARSE("* NAMESPACE ((\"\" \"/\" \"X-PARAM\" (\"FLAG1\" "
-		  "\"FLAG2\"))) NIL NIL\r\n");
+	          "\"FLAG2\"))) NIL NIL\r\n");
 	assert_list(el(el(el(&r->args, 0), 0), 3), 2);
 	imap_response_free(&r);
 
 	/* Unknown keywords are parsed generically. */
 	r = PARSE("* XAPPLEPUSHSERVICE aps-version 2 aps-topic "
-		  "com.apple.mail.XServer.x\r\n");
+	          "com.apple.mail.XServer.x\r\n");
 	assert_data(r, "XAPPLEPUSHSERVICE", 4);
 	assert_num(el(&r->args, 1), 2);
 	imap_response_free(&r);
@@ -978,8 +987,8 @@ static void test_fetch_basic(void **state)
 
 	(void)state;
 	r = PARSE("* 12 FETCH (FLAGS (\\Seen $Work) INTERNALDATE "
-		  "\"17-Jul-1996 02:44:25 -0700\" RFC822.SIZE 4286 UID 42 "
-		  "MODSEQ (12345))\r\n");
+	          "\"17-Jul-1996 02:44:25 -0700\" RFC822.SIZE 4286 UID 42 "
+	          "MODSEQ (12345))\r\n");
 	assert_data(r, "FETCH", 1);
 	assert_int_equal(r->number, 12);
 	fl = el(&r->args, 0);
@@ -989,10 +998,9 @@ static void test_fetch_basic(void **state)
 	assert_atom(el(v, 0), "\\Seen");
 	assert_atom(el(v, 1), "$Work");
 	assert_quoted(imap_fetch_item(fl, "internaldate"),
-		      "17-Jul-1996 02:44:25 -0700");
-	assert_int_equal(imap_value_u32(imap_fetch_item(fl, "RFC822.SIZE"),
-					&u32),
-			 0);
+	              "17-Jul-1996 02:44:25 -0700");
+	assert_int_equal(
+	        imap_value_u32(imap_fetch_item(fl, "RFC822.SIZE"), &u32), 0);
 	assert_int_equal(u32, 4286);
 	assert_int_equal(imap_value_u32(imap_fetch_item(fl, "uid"), &u32), 0);
 	assert_int_equal(u32, 42);
@@ -1006,8 +1014,8 @@ static void test_fetch_basic(void **state)
 	imap_response_free(&r);
 
 	r = PARSE("* 1 FETCH (X-GM-THRID 1278455344230334865 X-GM-MSGID "
-		  "1278455344230334865 X-GM-LABELS (\\Inbox \\Sent Important "
-		  "\"Muy Importante\") UID 4 FLAGS (\\Seen))\r\n");
+	          "1278455344230334865 X-GM-LABELS (\\Inbox \\Sent Important "
+	          "\"Muy Importante\") UID 4 FLAGS (\\Seen))\r\n");
 	fl = el(&r->args, 0);
 	assert_num(imap_fetch_item(fl, "X-GM-THRID"), 1278455344230334865ULL);
 	v = imap_fetch_item(fl, "X-GM-LABELS");
@@ -1023,20 +1031,19 @@ static void test_fetch_envelope(void **state)
 
 	(void)state;
 	/* RFC 3501 section 8; note ")(" without a space. */
-	r = PARSE(
-		"* 12 FETCH (FLAGS (\\Seen) INTERNALDATE \"17-Jul-1996 "
-		"02:44:25 -0700\" RFC822.SIZE 4286 ENVELOPE (\"Wed, 17 Jul "
-		"1996 02:23:25 -0700 (PDT)\" \"IMAP4rev1 WG mtg summary and "
-		"minutes\" ((\"Terry Gray\" NIL \"gray\" "
-		"\"cac.washington.edu\")) ((\"Terry Gray\" NIL \"gray\" "
-		"\"cac.washington.edu\")) ((\"Terry Gray\" NIL \"gray\" "
-		"\"cac.washington.edu\")) ((NIL NIL \"imap\" "
-		"\"cac.washington.edu\")) ((NIL NIL \"minutes\" "
-		"\"CNRI.Reston.VA.US\")(\"John Klensin\" NIL \"KLENSIN\" "
-		"\"MIT.EDU\")) NIL NIL "
-		"\"<B27397-0100000@cac.washington.edu>\") BODY (\"TEXT\" "
-		"\"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 3028 "
-		"92))\r\n");
+	r = PARSE("* 12 FETCH (FLAGS (\\Seen) INTERNALDATE \"17-Jul-1996 "
+	          "02:44:25 -0700\" RFC822.SIZE 4286 ENVELOPE (\"Wed, 17 Jul "
+	          "1996 02:23:25 -0700 (PDT)\" \"IMAP4rev1 WG mtg summary and "
+	          "minutes\" ((\"Terry Gray\" NIL \"gray\" "
+	          "\"cac.washington.edu\")) ((\"Terry Gray\" NIL \"gray\" "
+	          "\"cac.washington.edu\")) ((\"Terry Gray\" NIL \"gray\" "
+	          "\"cac.washington.edu\")) ((NIL NIL \"imap\" "
+	          "\"cac.washington.edu\")) ((NIL NIL \"minutes\" "
+	          "\"CNRI.Reston.VA.US\")(\"John Klensin\" NIL \"KLENSIN\" "
+	          "\"MIT.EDU\")) NIL NIL "
+	          "\"<B27397-0100000@cac.washington.edu>\") BODY (\"TEXT\" "
+	          "\"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 3028 "
+	          "92))\r\n");
 	env = imap_fetch_item(el(&r->args, 0), "ENVELOPE");
 	assert_list(env, 10);
 	assert_quoted(el(env, 0), "Wed, 17 Jul 1996 02:23:25 -0700 (PDT)");
@@ -1057,8 +1064,8 @@ static void test_fetch_envelope(void **state)
 	/* Literals inside the envelope (Dovecot sends 8-bit or long
 	 * subjects and names as literals). */
 	r = PARSE("* 2 FETCH (UID 9 ENVELOPE (NIL {12}\r\nSubject \"x\"( "
-		  "((\"A\" NIL {5}\r\nal\r\nc \"b.example\")) NIL NIL NIL NIL "
-		  "NIL NIL {0}\r\n))\r\n");
+	          "((\"A\" NIL {5}\r\nal\r\nc \"b.example\")) NIL NIL NIL NIL "
+	          "NIL NIL {0}\r\n))\r\n");
 	env = imap_fetch_item(el(&r->args, 0), "ENVELOPE");
 	assert_list(env, 10);
 	assert_nil(el(env, 0));
@@ -1076,11 +1083,11 @@ static void test_fetch_bodystructure(void **state)
 
 	(void)state;
 	r = PARSE("* 1 FETCH (UID 10 BODYSTRUCTURE ((\"text\" \"plain\" "
-		  "(\"charset\" \"utf-8\") NIL NIL \"7bit\" 12 1 NIL NIL NIL "
-		  "NIL)(\"application\" \"pdf\" (\"name\" \"a.pdf\") NIL NIL "
-		  "\"base64\" 1234 NIL (\"attachment\" (\"filename\" "
-		  "\"a.pdf\")) NIL NIL) \"mixed\" (\"boundary\" \"xyz\") NIL "
-		  "NIL NIL))\r\n");
+	          "(\"charset\" \"utf-8\") NIL NIL \"7bit\" 12 1 NIL NIL NIL "
+	          "NIL)(\"application\" \"pdf\" (\"name\" \"a.pdf\") NIL NIL "
+	          "\"base64\" 1234 NIL (\"attachment\" (\"filename\" "
+	          "\"a.pdf\")) NIL NIL) \"mixed\" (\"boundary\" \"xyz\") NIL "
+	          "NIL NIL))\r\n");
 	bs = imap_fetch_item(el(&r->args, 0), "BODYSTRUCTURE");
 	assert_list(bs, 7);
 	assert_list(el(bs, 0), 12);
@@ -1098,17 +1105,17 @@ static void test_fetch_sections(void **state)
 
 	(void)state;
 	r = PARSE("* 1 FETCH (UID 10 BODY[HEADER.FIELDS (SUBJECT FROM DATE "
-		  "MESSAGE-ID)] {21}\r\nSubject: hi\r\nX: y\r\n\r\n "
-		  "BODY[1.2.MIME]<0> {0}\r\n BINARY[1] ~{5}\r\nab\0\r\n "
-		  "BODY[]<0> NIL BINARY.SIZE[1] 1234 RFC822.HEADER {2}\r\n\r\n "
-		  "BODY[HEADER.FIELDS (\"X-W]\")] NIL)\r\n");
+	          "MESSAGE-ID)] {21}\r\nSubject: hi\r\nX: y\r\n\r\n "
+	          "BODY[1.2.MIME]<0> {0}\r\n BINARY[1] ~{5}\r\nab\0\r\n "
+	          "BODY[]<0> NIL BINARY.SIZE[1] 1234 RFC822.HEADER {2}\r\n\r\n "
+	          "BODY[HEADER.FIELDS (\"X-W]\")] NIL)\r\n");
 	fl = el(&r->args, 0);
 	assert_list(fl, 16);
 	assert_atom(el(fl, 2), "BODY[HEADER.FIELDS (SUBJECT FROM DATE "
-			       "MESSAGE-ID)]");
+	                       "MESSAGE-ID)]");
 	assert_lit(imap_fetch_item(fl, "BODY[HEADER.FIELDS (SUBJECT FROM "
-				       "DATE MESSAGE-ID)]"),
-		   "Subject: hi\r\nX: y\r\n\r\n", 21);
+	                               "DATE MESSAGE-ID)]"),
+	           "Subject: hi\r\nX: y\r\n\r\n", 21);
 	assert_lit(imap_fetch_item(fl, "body[1.2.mime]<0>"), "", 0);
 	assert_lit(imap_fetch_item(fl, "BINARY[1]"), "ab\0\r\n", 5);
 	assert_true(imap_fetch_item(fl, "BINARY[1]")->literal8);
@@ -1117,6 +1124,14 @@ static void test_fetch_sections(void **state)
 	assert_num(imap_fetch_item(fl, "BINARY.SIZE[1]"), 1234);
 	assert_lit(imap_fetch_item(fl, "RFC822.HEADER"), "\r\n", 2);
 	assert_atom(el(fl, 14), "BODY[HEADER.FIELDS (\"X-W]\")]");
+	imap_response_free(&r);
+
+	/* Escapes inside a quoted string inside a section are kept. */
+	r = PARSE(
+	        "* 1 FETCH (BODY[HEADER.FIELDS (\"a\\\"]\" B)]<5> {1}\r\nx)\r\n");
+	assert_atom(el(el(&r->args, 0), 0),
+	            "BODY[HEADER.FIELDS (\"a\\\"]\" B)]<5>");
+	assert_lit(el(el(&r->args, 0), 1), "x", 1);
 	imap_response_free(&r);
 
 	/* An atom that starts with a section; an empty section. */
@@ -1137,7 +1152,7 @@ static void test_literal_raw(void **state)
 
 	(void)state;
 	r = PARSE("* 7 FETCH (BODY[] {22}\r\na\0b\rc\nd\r\n)\"{5}\r\n\r\n.\r\n"
-		  "\xff UID 7 FLAGS (\\Seen))\r\n");
+	          "\xff UID 7 FLAGS (\\Seen))\r\n");
 	fl = el(&r->args, 0);
 	assert_list(fl, 6);
 	assert_lit(imap_fetch_item(fl, "BODY[]"), body, sizeof(body) - 1);
@@ -1239,7 +1254,7 @@ static void test_bare_lf(void **state)
 static void test_two_responses(void **state)
 {
 	static const char in[] = "* 1 EXISTS\r\n* 2 EXISTS\r\nA1 OK done\r\n"
-				 "* 3 EXPUNGE";
+	                         "* 3 EXPUNGE";
 	struct imap_parser *p;
 	struct imap_response *r;
 	struct run run;
@@ -1259,34 +1274,34 @@ static void test_two_responses(void **state)
 	/* The raw API: consumed_r stops at the end of each response. */
 	assert_int_equal(imap_parser_new(NULL, &p), 0);
 	assert_int_equal(imap_parser_feed(p, in, sizeof(in) - 1, &used, &r),
-			 IMAP_PARSE_DONE);
+	                 IMAP_PARSE_DONE);
 	assert_int_equal(used, 12);
 	assert_int_equal(r->number, 1);
 	imap_response_free(&r);
-	assert_int_equal(imap_parser_feed(p, in + 12, sizeof(in) - 13, &used,
-					  &r),
-			 IMAP_PARSE_DONE);
+	assert_int_equal(
+	        imap_parser_feed(p, in + 12, sizeof(in) - 13, &used, &r),
+	        IMAP_PARSE_DONE);
 	assert_int_equal(used, 12);
 	imap_response_free(&r);
-	assert_int_equal(imap_parser_feed(p, in + 24, sizeof(in) - 25, &used,
-					  &r),
-			 IMAP_PARSE_DONE);
+	assert_int_equal(
+	        imap_parser_feed(p, in + 24, sizeof(in) - 25, &used, &r),
+	        IMAP_PARSE_DONE);
 	assert_int_equal(used, 12);
 	imap_response_free(&r);
-	assert_int_equal(imap_parser_feed(p, in + 36, sizeof(in) - 37, &used,
-					  &r),
-			 IMAP_PARSE_MORE);
+	assert_int_equal(
+	        imap_parser_feed(p, in + 36, sizeof(in) - 37, &used, &r),
+	        IMAP_PARSE_MORE);
 	assert_int_equal(used, sizeof(in) - 37);
 	assert_null(r);
 	assert_int_equal(imap_parser_feed(p, "\r\n", 2, &used, &r),
-			 IMAP_PARSE_DONE);
+	                 IMAP_PARSE_DONE);
 	assert_int_equal(used, 2);
 	assert_int_equal(r->number, 3);
 	assert_true(imap_response_is(r, "EXPUNGE"));
 	imap_response_free(&r);
 	/* Nothing fed: need more. */
 	assert_int_equal(imap_parser_feed(p, "", 0, &used, &r),
-			 IMAP_PARSE_MORE);
+	                 IMAP_PARSE_MORE);
 	assert_int_equal(used, 0);
 	assert_string_equal(imap_parser_error(p), "");
 	assert_int_equal(imap_parser_errno(p), 0);
@@ -1320,7 +1335,8 @@ static void test_errors_syntax(void **state)
 	(void)state;
 	ERR("\r\n", -EPROTO, "empty line");
 	ERR("\n", -EPROTO, "empty line");
-	ERR("(foo OK done\r\n", -EPROTO, "invalid tag");
+	ERR("(foo OK done\r\n", -EPROTO,
+	    "invalid tag: response starts with byte 0x28");
 	ERR("\x01 OK\r\n", -EPROTO, "invalid tag");
 	ERR(" OK\r\n", -EPROTO, "invalid tag");
 	ERR("a%b OK\r\n", -EPROTO, "in tag");
@@ -1404,19 +1420,20 @@ static void test_errors_limits(void **state)
 	lim.max_line = 40;
 	{
 		static const char in[] = "* 1 FETCH (BODY[] {50}\r\n"
-					 "0123456789012345678901234567890123"
-					 "456789012345678"
-					 "9)\r\n";
+		                         "0123456789012345678901234567890123"
+		                         "456789012345678"
+		                         "9)\r\n";
 		run_all(&lim, false, NULL, in, sizeof(in) - 1, &run);
 		assert_int_equal(run.ev[0].rc, IMAP_PARSE_DONE);
 		assert_lit(el(el(&run.ev[0].resp->args, 0), 1),
-			   "01234567890123456789012345678901234567890123456789",
-			   50);
+		           "01234567890123456789012345678901234567890123456789",
+		           50);
 		run_free(&run);
 	}
 	/* ... but the segments after literals do. */
-	ERR_LIM(&lim, "* 1 FETCH (BODY[] {1}\r\nx BODY[1] {1}\r\nx UID 1234567)\r\n",
-		-EMSGSIZE, "longer than 40");
+	ERR_LIM(&lim,
+	        "* 1 FETCH (BODY[] {1}\r\nx BODY[1] {1}\r\nx UID 1234567)\r\n",
+	        -EMSGSIZE, "longer than 40");
 
 	/* Nesting. */
 	imap_parser_limits_default(&lim);
@@ -1434,7 +1451,7 @@ static void test_errors_limits(void **state)
 		for (int i = 0; i < 33; i++)
 			deep[n++] = '(';
 		error_n(NULL, deep, (size_t)n, -EMSGSIZE,
-			"nested deeper than 32");
+		        "nested deeper than 32");
 		n = 4;
 		for (int i = 0; i < 32; i++)
 			deep[n++] = '(';
@@ -1452,16 +1469,16 @@ static void test_errors_limits(void **state)
 	assert_int_equal(run.ev[0].rc, IMAP_PARSE_DONE);
 	run_free(&run);
 	ERR_LIM(&lim, "* X {11}\r\n0123456789x\r\n", -EMSGSIZE,
-		"literal larger than the limit of 10 bytes");
+	        "literal larger than the limit of 10 bytes");
 	ERR_LIM(&lim, "* X {11", -EMSGSIZE, "literal larger than the limit");
 	ERR_LIM(NULL, "* X {123456789012345678901234567890}\r\n", -EMSGSIZE,
-		"literal larger than the limit");
+	        "literal larger than the limit");
 	lim.max_literal = UINT64_MAX;
 	lim.max_mem = SIZE_MAX;
 	ERR_LIM(&lim, "* X {123456789012345678901234567890}\r\n", -EMSGSIZE,
-		"literal size overflows");
+	        "literal size overflows");
 	ERR_LIM(&lim, "* X {18446744073709551616}\r\n", -EMSGSIZE,
-		"literal size overflows");
+	        "literal size overflows");
 	/* The largest size parses; it cannot be kept in memory. */
 	ERR_LIM(&lim, "* X {18446744073709551615}\r\n", -EMSGSIZE, "memory");
 
@@ -1469,7 +1486,7 @@ static void test_errors_limits(void **state)
 	imap_parser_limits_default(&lim);
 	lim.max_mem = 1024;
 	ERR_LIM(&lim, "* X {2000}\r\n", -EMSGSIZE,
-		"more than 1024 bytes of memory");
+	        "more than 1024 bytes of memory");
 	ERR_LIM(&lim, "* X {1024}\r\n", -EMSGSIZE, "memory");
 	memset(buf, 'a', sizeof(buf));
 	memcpy(buf, "* X ", 4);
@@ -1502,11 +1519,11 @@ static void test_errors_limits(void **state)
 static void test_stream_fetch(void **state)
 {
 	static const char in[] =
-		"* 7 FETCH (UID 42 ENVELOPE (NIL {3}\r\nabc NIL NIL NIL NIL "
-		"NIL NIL NIL NIL) BODY[] {36}\r\n"
-		"From: a@b\r\n\r\nline\0with NUL\rand CR\n. "
-		"FLAGS (\\Seen))\r\n"
-		"* 8 FETCH (UID 43 BODY[] {16}\r\n0123456789abcdef)\r\n";
+	        "* 7 FETCH (UID 42 ENVELOPE (NIL {3}\r\nabc NIL NIL NIL NIL "
+	        "NIL NIL NIL NIL) BODY[] {36}\r\n"
+	        "From: a@b\r\n\r\nline\0with NUL\rand CR\n. "
+	        "FLAGS (\\Seen))\r\n"
+	        "* 8 FETCH (UID 43 BODY[] {16}\r\n0123456789abcdef)\r\n";
 	struct imap_parser_limits lim;
 	const struct imap_value *fl, *v;
 	struct run run;
@@ -1523,9 +1540,9 @@ static void test_stream_fetch(void **state)
 	assert_int_equal(run.rec.aborts, 0);
 	assert_int_equal(run.rec.data_len, 52);
 	assert_memory_equal(run.rec.data,
-			    "From: a@b\r\n\r\nline\0with NUL\rand CR\n. "
-			    "0123456789abcdef",
-			    52);
+	                    "From: a@b\r\n\r\nline\0with NUL\rand CR\n. "
+	                    "0123456789abcdef",
+	                    52);
 	/* What begin saw: the response so far and the item name. */
 	assert_int_equal(run.rec.lit[0].size, 36);
 	assert_string_equal(run.rec.lit[0].item, "BODY[]");
@@ -1565,7 +1582,7 @@ static void test_stream_fetch(void **state)
 	assert_int_equal(run.n, 2);
 	assert_int_equal(run.rec.begins, 0);
 	assert_lit(imap_fetch_item(el(&run.ev[1].resp->args, 0), "BODY[]"),
-		   "0123456789abcdef", 16);
+	           "0123456789abcdef", 16);
 	run_free(&run);
 }
 
@@ -1609,8 +1626,8 @@ static void test_stream_edge(void **state)
 	/* Threshold 0 streams every literal, even an empty one; the item
 	 * is NULL when the literal does not follow an atom. */
 	RUN_ALL(&lim, true, NULL,
-		"* LIST () \"/\" {0}\r\n\r\n* 1 FETCH (BINARY[2] ~{2}\r\n\0\1)\r\n",
-		&run);
+	        "* LIST () \"/\" {0}\r\n\r\n* 1 FETCH (BINARY[2] ~{2}\r\n\0\1)\r\n",
+	        &run);
 	assert_int_equal(run.n, 2);
 	assert_int_equal(run.rec.begins, 2);
 	assert_int_equal(run.rec.ends, 2);
@@ -1621,7 +1638,7 @@ static void test_stream_edge(void **state)
 	assert_int_equal(run.rec.data_len, 2);
 	assert_memory_equal(run.rec.data, "\0\1", 2);
 	assert_int_equal(el(&run.ev[0].resp->args, 2)->type,
-			 IMAP_VALUE_STREAMED);
+	                 IMAP_VALUE_STREAMED);
 	assert_true(el(el(&run.ev[1].resp->args, 0), 1)->literal8);
 	run_free(&run);
 
@@ -1653,7 +1670,7 @@ static void test_stream_edge(void **state)
 static void test_stream_errors(void **state)
 {
 	static const char in[] = "* 1 FETCH (BODY[] {20}\r\n"
-				 "01234567890123456789)\r\n";
+	                         "01234567890123456789)\r\n";
 	struct imap_parser_limits lim;
 	struct rec init;
 	struct run run;
@@ -1701,13 +1718,13 @@ static void test_stream_errors(void **state)
 	assert_int_equal(imap_parser_new(&lim, &p), 0);
 	imap_parser_set_sink(p, &rec_sink, &init);
 	assert_int_equal(imap_parser_feed(p, in, 30, &used, &resp),
-			 IMAP_PARSE_MORE);
+	                 IMAP_PARSE_MORE);
 	assert_int_equal(init.begins, 1);
 	assert_int_equal(init.data_len, 6);
 	/* Changing the sink mid-literal is ignored. */
 	imap_parser_set_sink(p, NULL, NULL);
 	assert_int_equal(imap_parser_feed(p, in + 30, 4, &used, &resp),
-			 IMAP_PARSE_MORE);
+	                 IMAP_PARSE_MORE);
 	assert_int_equal(init.data_len, 10);
 	imap_parser_free(&p);
 	assert_int_equal(init.aborts, 1);
@@ -1718,16 +1735,126 @@ static void test_stream_errors(void **state)
 	assert_int_equal(imap_parser_new(&lim, &p), 0);
 	imap_parser_set_sink(p, &rec_sink, &init);
 	assert_int_equal(imap_parser_feed(p, in, sizeof(in) - 1, &used, &resp),
-			 IMAP_PARSE_DONE);
+	                 IMAP_PARSE_DONE);
 	assert_int_equal(el(el(&resp->args, 0), 1)->type, IMAP_VALUE_STREAMED);
 	imap_response_free(&resp);
 	imap_parser_set_sink(p, NULL, NULL);
 	assert_int_equal(imap_parser_feed(p, in, sizeof(in) - 1, &used, &resp),
-			 IMAP_PARSE_DONE);
+	                 IMAP_PARSE_DONE);
 	assert_lit(el(el(&resp->args, 0), 1), "01234567890123456789", 20);
 	imap_response_free(&resp);
 	imap_parser_free(&p);
 	assert_int_equal(init.begins, 1);
+}
+
+/* Every value of each limit, from 0 or 1 up: the parse is the reference
+ * parse up to a point, and then fails cleanly on that limit (the sanitizer
+ * checks nothing leaks on any of these paths). */
+static void sweep(const char *in, size_t len, const char *what,
+                  void (*set)(struct imap_parser_limits *, size_t), size_t from,
+                  size_t to, size_t stride, const char *msg)
+{
+	struct imap_parser_limits lim;
+	struct run *ref = malloc(sizeof(*ref)), *r = malloc(sizeof(*r));
+	size_t errors = 0;
+
+	assert_non_null(ref);
+	assert_non_null(r);
+	run_all(NULL, false, NULL, in, len, ref);
+	assert_int_equal(ref->ev[ref->n - 1].rc, IMAP_PARSE_DONE);
+	for (size_t v = from; v <= to; v += stride) {
+		imap_parser_limits_default(&lim);
+		set(&lim, v);
+		run_all(&lim, false, NULL, in, len, r);
+		assert_true(r->n >= 1 && r->n <= ref->n);
+		for (size_t i = 0; i + 1 < r->n; i++)
+			assert_true(imap_response_equal(r->ev[i].resp,
+			                                ref->ev[i].resp));
+		if (r->ev[r->n - 1].rc == IMAP_PARSE_ERROR) {
+			if (strstr(r->ev[r->n - 1].err, msg) == NULL)
+				print_error("%s %zu: %s\n", what, v,
+				            r->ev[r->n - 1].err);
+			assert_non_null(strstr(r->ev[r->n - 1].err, msg));
+			assert_int_equal(r->ev[r->n - 1].errnum, -EMSGSIZE);
+			errors++;
+		} else {
+			assert_int_equal(r->n, ref->n);
+			assert_true(imap_response_equal(
+			        r->ev[r->n - 1].resp, ref->ev[r->n - 1].resp));
+		}
+		run_free(r);
+	}
+	/* The sweep must reach both outcomes. */
+	assert_true(errors > 0);
+	assert_true(errors < (to - from) / stride + 1);
+	run_free(ref);
+	free(ref);
+	free(r);
+}
+
+static void set_mem(struct imap_parser_limits *l, size_t v)
+{
+	l->max_mem = v;
+}
+
+static void set_line(struct imap_parser_limits *l, size_t v)
+{
+	l->max_line = v;
+}
+
+static void set_depth(struct imap_parser_limits *l, size_t v)
+{
+	l->max_depth = (unsigned)v;
+}
+
+static void set_literal(struct imap_parser_limits *l, size_t v)
+{
+	l->max_literal = v;
+}
+
+static void test_limit_sweep(void **state)
+{
+	static const char in[] =
+	        "* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] ready\r\n"
+	        "+ dXNlcm5hbWU6\r\n"
+	        "a1 OK [PERMANENTFLAGS (\\Seen \\*)] done\r\n"
+	        "* NO [BADCHARSET ({5}\r\nUTF-8)] x\r\n"
+	        "* 12 FETCH (UID 42 FLAGS (\\Seen) ENVELOPE (NIL {3}\r\nabc "
+	        "((\"A\" NIL \"a\" \"b\")) NIL NIL NIL NIL NIL NIL NIL) "
+	        "BODY[HEADER.FIELDS (FROM)] {12}\r\nFrom: a@b\r\n\r BODY[] "
+	        "{30}\r\n0123456789abcdefghijklmnopqrst)\r\n"
+	        "* LIST (\\HasNoChildren) \"/\" \"Sent Items\"\r\n"
+	        "* 3 EXISTS\r\n"
+	        "a2 OK [COPYUID 1 2:3 4:5] Done\r\n";
+
+#define VEC(s)                                                                 \
+	{                                                                      \
+		s, sizeof(s) - 1                                               \
+	}
+	/* One response each, so that every allocation gets its turn. */
+	static const struct {
+		const char *s;
+		size_t len;
+	} single[] = {
+	        VEC("A4 OK\r\n"),       VEC("+\r\n"),
+	        VEC("* BYE\r\n"),       VEC("* 1 EXISTS\r\n"),
+	        VEC("* SEARCH 1\r\n"),  VEC("* X \"q\"\r\n"),
+	        VEC("* X {0}\r\n\r\n"), VEC("* X ~{1}\r\n\0\r\n"),
+	        VEC("* OK [A] t\r\n"),  VEC("* OK [A b] t\r\n"),
+	};
+#undef VEC
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(single) / sizeof(single[0]); i++)
+		sweep(single[i].s, single[i].len, "max_mem", set_mem, 1, 1000,
+		      1, "memory");
+	sweep(in, sizeof(in) - 1, "max_mem", set_mem, 1, 3000, 1, "memory");
+	sweep(in, sizeof(in) - 1, "max_line", set_line, 1, 200, 1,
+	      "longer than");
+	sweep(in, sizeof(in) - 1, "max_depth", set_depth, 0, 4, 1,
+	      "nested deeper");
+	sweep(in, sizeof(in) - 1, "max_literal", set_literal, 0, 31, 1,
+	      "literal larger");
 }
 
 /* --- helpers ------------------------------------------------------------- */
@@ -1742,7 +1869,7 @@ static void test_helpers(void **state)
 
 	(void)state;
 	r = PARSE("* X 4294967295 4294967296 18446744073709551615 "
-		  "18446744073709551616 00012 abc \"12\" (1 2 3) NIL\r\n");
+	          "18446744073709551616 00012 abc \"12\" (1 2 3) NIL\r\n");
 	a = &r->args;
 	assert_int_equal(imap_value_u32(el(a, 0), &u32), 0);
 	assert_int_equal(u32, 4294967295u);
@@ -1811,33 +1938,34 @@ static void test_helpers(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_greeting_dovecot),
-		cmocka_unit_test(test_greeting_gmail_exchange),
-		cmocka_unit_test(test_tagged),
-		cmocka_unit_test(test_codes),
-		cmocka_unit_test(test_text_odd),
-		cmocka_unit_test(test_continuation),
-		cmocka_unit_test(test_capability),
-		cmocka_unit_test(test_list),
-		cmocka_unit_test(test_numbered),
-		cmocka_unit_test(test_search),
-		cmocka_unit_test(test_misc_data),
-		cmocka_unit_test(test_fetch_basic),
-		cmocka_unit_test(test_fetch_envelope),
-		cmocka_unit_test(test_fetch_bodystructure),
-		cmocka_unit_test(test_fetch_sections),
-		cmocka_unit_test(test_literal_raw),
-		cmocka_unit_test(test_quoted),
-		cmocka_unit_test(test_bare_lf),
-		cmocka_unit_test(test_two_responses),
-		cmocka_unit_test(test_more),
-		cmocka_unit_test(test_errors_syntax),
-		cmocka_unit_test(test_errors_limits),
-		cmocka_unit_test(test_stream_fetch),
-		cmocka_unit_test(test_stream_memory),
-		cmocka_unit_test(test_stream_edge),
-		cmocka_unit_test(test_stream_errors),
-		cmocka_unit_test(test_helpers),
+	        cmocka_unit_test(test_greeting_dovecot),
+	        cmocka_unit_test(test_greeting_gmail_exchange),
+	        cmocka_unit_test(test_tagged),
+	        cmocka_unit_test(test_codes),
+	        cmocka_unit_test(test_text_odd),
+	        cmocka_unit_test(test_continuation),
+	        cmocka_unit_test(test_capability),
+	        cmocka_unit_test(test_list),
+	        cmocka_unit_test(test_numbered),
+	        cmocka_unit_test(test_search),
+	        cmocka_unit_test(test_misc_data),
+	        cmocka_unit_test(test_fetch_basic),
+	        cmocka_unit_test(test_fetch_envelope),
+	        cmocka_unit_test(test_fetch_bodystructure),
+	        cmocka_unit_test(test_fetch_sections),
+	        cmocka_unit_test(test_literal_raw),
+	        cmocka_unit_test(test_quoted),
+	        cmocka_unit_test(test_bare_lf),
+	        cmocka_unit_test(test_two_responses),
+	        cmocka_unit_test(test_more),
+	        cmocka_unit_test(test_errors_syntax),
+	        cmocka_unit_test(test_errors_limits),
+	        cmocka_unit_test(test_stream_fetch),
+	        cmocka_unit_test(test_stream_memory),
+	        cmocka_unit_test(test_stream_edge),
+	        cmocka_unit_test(test_stream_errors),
+	        cmocka_unit_test(test_limit_sweep),
+	        cmocka_unit_test(test_helpers),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -22,8 +22,8 @@ or run it as a program:
 user, writes DIR/harness.json (ports, ca, users, urls, pid of the serve
 process, dovecot_pid, mailboxes loaded) and prints the same JSON, then stays in
 the foreground until SIGTERM/SIGINT, stops Dovecot and removes harness.json.
-With --detach it returns once harness.json exists (output in DIR/serve.log);
-`stop` (or `kill <pid>`) ends it.
+With --detach it returns once harness.json exists (output in DIR/serve.log,
+its pid at once in DIR/serve.pid); `stop` (or `kill <pid>`) ends it.
 
 API (users and mailbox names are str, UTF-8; message data is bytes)
 -------------------------------------------------------------------
@@ -153,11 +153,12 @@ class HarnessError(Exception):
 # ----------------------------------------------------------------- helpers
 
 def find_program(name):
-    """Path of NAME from $PATH, falling back to the sbin directories (dovecot
-    lives in sbin, which a non-root PATH lacks); None if absent."""
+    """Path of NAME: $MAILFS_DOVECOT / $MAILFS_DOVEADM / $MAILFS_OPENSSL if
+    set, else from $PATH plus the sbin directories (dovecot lives in sbin,
+    which a non-root PATH lacks); None if absent."""
     env = os.environ.get('MAILFS_' + name.upper())
     if env:
-        return env
+        return env if os.access(env, os.X_OK) else None
     path = os.environ.get('PATH', os.defpath)
     return shutil.which(name, path=path + ':/usr/local/sbin:/usr/sbin:/sbin')
 
@@ -647,42 +648,79 @@ def _cleanup_all():
 atexit.register(_cleanup_all)
 
 
-# A watchdog per running Dovecot, in its own session: it reads its stdin, a
-# pipe from us.  stop() writes one byte (normal stop: the watchdog just
-# exits); EOF without it means we died (SIGKILL, meson's timeout, a crash), so
-# it stops that Dovecot by pid and removes its temporary directory.
 _WATCHDOG = r"""
 import os, shutil, signal, sys, time
-pid, conf, tmpdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-if sys.stdin.buffer.read(1):
-    sys.exit(0)
-try:
-    with open('/proc/%d/cmdline' % pid, 'rb') as f:
-        ours = conf.encode() in f.read()
-except FileNotFoundError:
-    ours = False
-except OSError:
-    ours = True
-if ours:
-    os.kill(pid, signal.SIGCONT)
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-            with open('/proc/%d/stat' % pid) as f:
-                if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
-                    break
-        except OSError:
-            break
-        time.sleep(0.1)
+match, tmpdir, pid = sys.argv[1], sys.argv[2], 0
+for line in sys.stdin:
+    if line.startswith('closed'):
+        sys.exit(0)
+    pid = int(line.split()[1])
+
+def alive(pid):
     try:
-        os.killpg(pid, signal.SIGKILL)
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
     except OSError:
-        pass
+        return True
+
+if pid and alive(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            ours = match.encode() in f.read()
+    except OSError:
+        ours = True
+    if ours:
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
 if tmpdir:
     shutil.rmtree(tmpdir, ignore_errors=True)
 """
+
+
+class Watchdog:
+    """A small process, in its own session, that cleans up after us if we
+    die (SIGKILL, meson's timeout, a crash) before close(): it SIGTERMs the
+    process last given to watch() -- only if that pid's command line contains
+    MATCH, so a reused pid is safe -- waits for it (<= 15 s), SIGKILLs what is
+    left of its process group, and removes TMPDIR if given.  It learns about
+    our death from EOF on a pipe only we hold."""
+
+    def __init__(self, match, tmpdir=''):
+        # stdout/stderr to /dev/null: holding a caller's pipe open would make
+        # whoever reads it to EOF wait for us.
+        self.proc = subprocess.Popen([sys.executable, '-c', _WATCHDOG, match, tmpdir],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def _say(self, line):
+        self.proc.stdin.write(line.encode() + b'\n')
+        self.proc.stdin.flush()
+
+    def watch(self, pid):
+        """The process to stop if we die (a process group leader); 0: none."""
+        self._say('pid %d' % pid)
+
+    def close(self):
+        """We cleaned up ourselves: the watchdog exits doing nothing."""
+        if self.proc is None:
+            return
+        try:
+            self._say('closed')
+            self.proc.stdin.close()
+            self.proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
 
 
 _CONF = """\
@@ -808,11 +846,14 @@ class Dovecot:
         self.config = os.path.join(self.dir, 'dovecot.conf')
         self.log_path = os.path.join(self.dir, 'log', 'dovecot.log')
         self.proc = None
+        self._started = False
         self._watchdog = None
         self._stderr = None
         self._tag = 0
         _instances.append(self)
         try:
+            # From now on the directory and server are cleaned up even if we die.
+            self._watchdog = Watchdog(self.config, self.dir if self._tmp else '')
             self._prepare()
             if start:
                 self.start()
@@ -850,7 +891,7 @@ class Dovecot:
                     self.pki[n[:-4] + '.key'] = os.path.join(pki, n[:-4] + '.key')
         else:
             self.pki = make_pki(pki)
-        os.chmod(pki, 0o755)         # login processes read the key as root; fine
+        os.chmod(pki, 0o755)         # keys stay 0600; Dovecot's config process reads them
         self.ca = self.pki['ca']
         with open(os.path.join(self.dir, 'notls'), 'w') as f:
             f.write('notls:::::\nnotlssecured:::::\n')
@@ -921,24 +962,38 @@ class Dovecot:
         return self.proc.pid if self.proc and self.proc.poll() is None else None
 
     def start(self):
-        """Start Dovecot and wait (at most 15 s) until every listener greets."""
+        """Start Dovecot and wait (at most 15 s) until every listener greets.
+        On failure, raise HarnessError with the tail of Dovecot's log.  The
+        first start picks new ports (up to 3 times) if one was taken meanwhile."""
         if self.pid:
             return
+        for attempt in range(3):
+            try:
+                self._start_once()
+                self._started = True
+                return
+            except HarnessError as e:
+                if self._started or 'Address already in use' not in str(e) or attempt == 2:
+                    raise
+                self.ports = dict(zip(('imap', 'imaps', 'pop3', 'pop3s'),
+                                      free_ports(4, self.ipv6)))
+                self._write_config()
+
+    def _start_once(self):
         self._stderr = open(os.path.join(self.dir, 'log', 'stderr.log'), 'ab')
-        log_start = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        log_start = self.log_size()
         self.proc = subprocess.Popen([find_program('dovecot'), '-F', '-c', self.config],
                                      stdin=subprocess.DEVNULL, stdout=self._stderr,
                                      stderr=self._stderr, start_new_session=True)
-        self._watchdog = subprocess.Popen(
-            [sys.executable, '-c', _WATCHDOG, str(self.proc.pid), self.config,
-             self.dir if self._tmp else ''],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+        self._watchdog.watch(self.proc.pid)
         deadline = time.monotonic() + START_TIMEOUT
         pending = dict(self.ports)
         while pending:
             if self.proc.poll() is not None:
+                status = self.proc.returncode
+                self.stop()
                 raise HarnessError('dovecot exited with status %s at start:\n%s'
-                                   % (self.proc.returncode, self.log_tail(since=log_start)))
+                                   % (status, self.log_tail(since=log_start)))
             if time.monotonic() > deadline:
                 self.stop(kill=True)
                 raise HarnessError('dovecot did not accept connections within %.0f s:\n%s'
@@ -968,14 +1023,6 @@ class Dovecot:
         if self.proc is None:
             return
         pgid = self.proc.pid
-        if self._watchdog:
-            try:
-                self._watchdog.stdin.write(b'.')
-                self._watchdog.stdin.close()
-                self._watchdog.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                self._watchdog.kill()
-            self._watchdog = None
         try:
             if self.proc.poll() is None:
                 try:
@@ -994,6 +1041,7 @@ class Dovecot:
                 pass
         finally:
             self.proc = None
+            self._watchdog.watch(0)
             if self._stderr:
                 self._stderr.close()
                 self._stderr = None
@@ -1022,6 +1070,8 @@ class Dovecot:
                 _instances.remove(self)
             if self._tmp and os.path.isdir(self.dir):
                 shutil.rmtree(self.dir, ignore_errors=True)
+            if self._watchdog:
+                self._watchdog.close()
 
     def __enter__(self):
         return self
@@ -1390,7 +1440,7 @@ def _serve(args):
                 sys.exit('--users wants NAME:PASSWORD, got %r' % item)
             users[name] = pw
     directory = os.path.abspath(args.dir)
-    if os.path.isdir(directory) and set(os.listdir(directory)) - {'serve.log'}:
+    if os.path.isdir(directory) and set(os.listdir(directory)) - {'serve.log', 'serve.pid'}:
         sys.exit('%s is not empty' % directory)
     stop = []
     for s in (signal.SIGTERM, signal.SIGINT):
@@ -1437,6 +1487,9 @@ def _detach(args, argv):
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)] + argv,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
+    with open(os.path.join(args.dir, 'serve.pid.new'), 'w') as f:
+        f.write('%d\n' % proc.pid)
+    os.replace(os.path.join(args.dir, 'serve.pid.new'), os.path.join(args.dir, 'serve.pid'))
     deadline = time.monotonic() + 60 + (args.generate or 0) / 50 + (100 if args.corpus else 0)
     while not os.path.exists(path):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -1,0 +1,37 @@
+/* The state of one mount, shared by the FUSE handlers (fs/ops.c), the
+ * network side (fs/sync.c) and main (fs/main.c). */
+#ifndef MAILFS_FS_MAILFS_H
+#define MAILFS_FS_MAILFS_H
+
+#include <fuse_lowlevel.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "cache/cache.h"
+#include "fs/options.h"
+#include "fs/tree.h"
+#include "proto/imap_client.h"
+#include "proto/url.h"
+
+struct fs_sync;
+
+struct mailfs {
+	struct fs_options opts;
+	struct account_url url;
+	struct imap_config imap; /* borrows from url, opts and secret */
+	char *secret;            /* owned: password or token; wiped */
+	char *cache_path;        /* owned */
+	struct cache *cache;     /* owned */
+	struct fs_tree *tree;    /* owned */
+	struct fs_sync *sync;    /* owned; NULL when offline */
+	struct fuse_session *se; /* owned by main */
+	bool offline;            /* no server: serve the cache */
+	bool readonly;           /* -o ro, or offline */
+	uid_t uid;
+	gid_t gid;
+};
+
+/* The low-level operations table (fs/ops.c). */
+extern const struct fuse_lowlevel_ops fs_ops;
+
+#endif

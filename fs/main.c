@@ -1,0 +1,285 @@
+/* mailfs: mount an email account.
+ *
+ * Order matters here (STYLE.md): everything that can fail in a way the
+ * user must see (options, the account URL, the mount point, the password,
+ * the server: TLS, login) is checked in the foreground, before mounting;
+ * then the filesystem is mounted, the process daemonizes, and only then
+ * are the cache opened and threads started (LMDB and threads do not
+ * survive fork()). */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fs/mailfs.h"
+#include "fs/sync.h"
+#include "proto/cred.h"
+#include "proto/log.h"
+
+static int check_mountpoint(const char *path)
+{
+	struct dirent *de;
+	struct stat st;
+	DIR *d;
+
+	if (stat(path, &st) != 0) {
+		fprintf(stderr, "mailfs: mount point %s: %s\n", path,
+		        strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "mailfs: mount point %s is not a directory\n",
+		        path);
+		return -1;
+	}
+	d = opendir(path);
+	if (d == NULL) {
+		fprintf(stderr, "mailfs: mount point %s: %s\n", path,
+		        strerror(errno));
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") != 0 &&
+		    strcmp(de->d_name, "..") != 0) {
+			closedir(d);
+			fprintf(stderr, "mailfs: mount point %s is not empty\n",
+			        path);
+			return -1;
+		}
+	}
+	closedir(d);
+	return 0;
+}
+
+static char *default_cache_dir(const struct account_url *url)
+{
+	const char *xdg = getenv("XDG_CACHE_HOME");
+	const char *home = getenv("HOME");
+	char *name = NULL, *path = NULL;
+	int rc;
+
+	if (url_cache_name(url, &name) < 0)
+		return NULL;
+	if (xdg != NULL && xdg[0] == '/')
+		rc = asprintf(&path, "%s/mailfs/%s", xdg, name);
+	else if (home != NULL && home[0] == '/')
+		rc = asprintf(&path, "%s/.cache/mailfs/%s", home, name);
+	else
+		rc = -1;
+	free(name);
+	return rc < 0 ? NULL : path;
+}
+
+static bool cache_exists(const char *dir)
+{
+	char path[PATH_MAX];
+
+	snprintf(path, sizeof(path), "%s/data.mdb", dir);
+	return access(path, F_OK) == 0;
+}
+
+static int get_secret(struct mailfs *fs, struct proto_err *err)
+{
+	char prompt[512];
+
+	if (fs->opts.oauth2_cmd != NULL)
+		return cred_from_cmd(fs->opts.oauth2_cmd, &fs->secret, err);
+	if (fs->opts.passcmd != NULL)
+		return cred_from_cmd(fs->opts.passcmd, &fs->secret, err);
+	if (fs->opts.password_stdin)
+		return cred_from_stdin(&fs->secret, err);
+	snprintf(prompt, sizeof(prompt), "Password for %s@%s: ", fs->url.user,
+	         fs->url.host);
+	return cred_from_tty(prompt, &fs->secret, err);
+}
+
+static bool unreachable(const struct proto_err *err)
+{
+	return err->cls == PERR_RESOLVE || err->cls == PERR_CONNECT ||
+	       err->cls == PERR_TIMEOUT;
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts cmd = {0};
+	struct fuse_loop_config *loop = NULL;
+	struct imap_client *first = NULL;
+	struct proto_err err = {0};
+	struct mailfs fs = {0};
+	int ret = 1, rc;
+
+	/* A dead TLS socket must give EPIPE, not kill the daemon. */
+	signal(SIGPIPE, SIG_IGN);
+	if (fs_options_parse(&args, &fs.opts) != 0)
+		goto out_args;
+	if (fuse_parse_cmdline(&args, &cmd) != 0)
+		goto out_args;
+	if (cmd.show_help) {
+		fs_options_help();
+		printf("FUSE options:\n");
+		fuse_cmdline_help();
+		fuse_lowlevel_help();
+		ret = 0;
+		goto out_args;
+	}
+	if (cmd.show_version) {
+		printf("mailfs %s\n", MAILFS_VERSION);
+		fuse_lowlevel_version();
+		ret = 0;
+		goto out_args;
+	}
+	if (fs.opts.account == NULL || cmd.mountpoint == NULL) {
+		fprintf(stderr, "usage: mailfs [options] ACCOUNT MOUNTPOINT "
+		                "(mailfs -h for help)\n");
+		goto out_args;
+	}
+	if (cmd.debug)
+		log_set_level(LOG_DEBUG);
+	if (url_parse(fs.opts.account, &fs.url, &err) < 0) {
+		fprintf(stderr, "mailfs: %s\n", err.text);
+		goto out_args;
+	}
+	if (fs.url.proto != URL_IMAP) {
+		fprintf(stderr,
+		        "mailfs: POP3 accounts are not supported yet\n");
+		goto out_args;
+	}
+	if (check_mountpoint(cmd.mountpoint) != 0)
+		goto out_args;
+	fs.cache_path = fs.opts.cache_dir ? strdup(fs.opts.cache_dir)
+	                                  : default_cache_dir(&fs.url);
+	if (fs.cache_path == NULL) {
+		fprintf(stderr, "mailfs: no cache directory: set HOME, "
+		                "XDG_CACHE_HOME or -o cache_dir=\n");
+		goto out_args;
+	}
+	fs.uid = getuid();
+	fs.gid = getgid();
+
+	fs.imap.host = fs.url.host;
+	fs.imap.port = fs.url.port_str;
+	fs.imap.user = fs.url.user;
+	fs.imap.cafile = fs.opts.cafile;
+	fs.imap.timeout_ms = (int)fs.opts.timeout * 1000;
+	fs.imap.tls = fs.url.implicit_tls ? IMAP_TLS_IMPLICIT
+	              : fs.opts.notls     ? IMAP_TLS_NONE
+	                                  : IMAP_TLS_STARTTLS;
+
+	if (fs.opts.offline) {
+		if (!cache_exists(fs.cache_path)) {
+			fprintf(stderr,
+			        "mailfs: offline: no cache for %s@%s in %s "
+			        "(mount it online once)\n",
+			        fs.url.user, fs.url.host, fs.cache_path);
+			goto out_args;
+		}
+		fs.offline = true;
+	} else {
+		if (get_secret(&fs, &err) < 0) {
+			fprintf(stderr, "mailfs: %s\n", err.text);
+			goto out_args;
+		}
+		if (fs.opts.oauth2_cmd != NULL)
+			fs.imap.oauth2_token = fs.secret;
+		else
+			fs.imap.password = fs.secret;
+		rc = imap_connect(&first, &fs.imap, &err);
+		if (rc < 0 && unreachable(&err) &&
+		    cache_exists(fs.cache_path)) {
+			fprintf(stderr,
+			        "mailfs: warning: %s; serving the cache "
+			        "read-only\n",
+			        err.text);
+			fs.offline = true;
+		} else if (rc < 0) {
+			fprintf(stderr, "mailfs: cannot mount %s: %s\n",
+			        fs.opts.account, err.text);
+			goto out_args;
+		}
+	}
+	fs.readonly = fs.opts.ro || fs.offline;
+
+	/* The kernel checks permissions from the modes we report. */
+	fuse_opt_add_arg(&args, "-odefault_permissions,fsname=mailfs,"
+	                        "subtype=mailfs");
+	fs.se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), &fs);
+	if (fs.se == NULL)
+		goto out_conn;
+	if (fuse_set_signal_handlers(fs.se) != 0)
+		goto out_session;
+	if (fuse_session_mount(fs.se, cmd.mountpoint) != 0)
+		goto out_signals;
+	if (fuse_daemonize(cmd.foreground) != 0)
+		goto out_unmount;
+	if (!cmd.foreground)
+		log_use_syslog(true);
+
+	rc = cache_open(fs.cache_path, &fs.cache);
+	if (rc < 0) {
+		log_err("cannot open the cache in %s: %s", fs.cache_path,
+		        strerror(-rc));
+		goto out_unmount;
+	}
+	if (fs_tree_new(&fs.tree) < 0)
+		goto out_cache;
+	if (!fs.offline) {
+		rc = fs_sync_list(&fs, first, &err);
+		if (rc < 0)
+			log_warn("cannot list mailboxes: %s; showing the "
+			         "cached list",
+			         err.text);
+	}
+	if (fs_tree_load(fs.tree, fs.cache) < 0)
+		goto out_tree;
+	if (!fs.offline) {
+		if (fs_sync_start(&fs, first, &fs.sync) < 0)
+			goto out_tree;
+		first = NULL; /* owned by the sync side now */
+	} else {
+		log_notice("offline: serving the cache of %s@%s read-only",
+		           fs.url.user, fs.url.host);
+	}
+	log_info("mounted %s on %s", fs.opts.account, cmd.mountpoint);
+
+	if (cmd.singlethread) {
+		ret = fuse_session_loop(fs.se);
+	} else {
+		loop = fuse_loop_cfg_create();
+		if (loop == NULL)
+			goto out_sync;
+		fuse_loop_cfg_set_clone_fd(loop, cmd.clone_fd);
+		fuse_loop_cfg_set_max_threads(loop, cmd.max_threads);
+		ret = fuse_session_loop_mt(fs.se, loop);
+		fuse_loop_cfg_destroy(loop);
+	}
+	ret = ret != 0 ? 1 : 0;
+out_sync:
+	fs_sync_stop(&fs.sync);
+out_tree:
+	fs_tree_free(&fs.tree);
+out_cache:
+	cache_close(&fs.cache);
+out_unmount:
+	fuse_session_unmount(fs.se);
+out_signals:
+	fuse_remove_signal_handlers(fs.se);
+out_session:
+	fuse_session_destroy(fs.se);
+out_conn:
+	imap_free(&first);
+out_args:
+	cred_free(&fs.secret);
+	free(fs.cache_path);
+	url_clear(&fs.url);
+	fs_options_free(&fs.opts);
+	free(cmd.mountpoint);
+	fuse_opt_free_args(&args);
+	return ret;
+}

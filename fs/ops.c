@@ -1,0 +1,884 @@
+/* The FUSE low-level operations.
+ *
+ * Every handler answers from the cache (fs->cache, fs->tree).  When the
+ * cache lacks something only the server has (a mailbox never listed, a
+ * body never fetched), the handler queues a job on the network side
+ * (fs/sync.c) and returns; the job's callback sends the reply from a
+ * network thread.  So no FUSE worker ever waits for the network. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fs/mailfs.h"
+#include "fs/sync.h"
+#include "proto/log.h"
+
+/* Directories change when mail arrives: keep the kernel's view short.
+ * A message's attributes never change (its content is immutable). */
+#define DIR_TIMEOUT 1.0
+#define MSG_TIMEOUT 3600.0
+
+static struct mailfs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+/* --- attributes ------------------------------------------------------- */
+
+static void dir_attr(struct mailfs *fs, uint32_t id, int64_t mtime,
+                     struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = fs_ino_dir(id);
+	st->st_mode = S_IFDIR | 0755;
+	st->st_nlink = 2 + fs_tree_nsubdirs(fs->tree, id);
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_size = 4096;
+	st->st_blocks = 8;
+	st->st_blksize = 4096;
+	st->st_mtime = st->st_ctime = st->st_atime = (time_t)mtime;
+}
+
+static void msg_attr(struct mailfs *fs, uint32_t gen, const struct cache_msg *m,
+                     struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = fs_ino_msg(m->key.mailbox_id, gen, m->key.uid);
+	st->st_mode = S_IFREG | 0444;
+	st->st_nlink = 1;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_size = (off_t)m->size;
+	st->st_blocks = (blkcnt_t)((m->size + 511) / 512);
+	st->st_blksize = 4096;
+	st->st_mtime = st->st_ctime = st->st_atime = (time_t)m->internaldate;
+}
+
+/* The message behind an inode: its mailbox copy (current generation
+ * only) and cache record. */
+static int get_msg(struct mailfs *fs, fuse_ino_t ino, struct fs_mailbox **mb_r,
+                   struct cache_msg **msg_r)
+{
+	uint32_t id, gen, uid;
+	struct fs_mailbox *mb = NULL;
+	int rc;
+
+	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0)
+		return -ENOENT;
+	rc = fs_tree_get(fs->tree, id, &mb);
+	if (rc < 0)
+		return rc;
+	if (mb->uidvalidity == 0 || mb->gen != gen) {
+		fs_mailbox_free(&mb);
+		return -ESTALE;
+	}
+	rc = cache_msg_get_once(
+	        fs->cache, (struct cache_key){id, mb->uidvalidity, uid}, msg_r);
+	if (rc < 0) {
+		fs_mailbox_free(&mb);
+		return rc;
+	}
+	if (mb_r != NULL)
+		*mb_r = mb;
+	else
+		fs_mailbox_free(&mb);
+	return 0;
+}
+
+/* --- deferred replies -------------------------------------------------- */
+
+enum deferred_op {
+	D_LOOKUP,
+	D_OPENDIR,
+	D_OPEN,
+};
+
+struct deferred {
+	enum deferred_op op;
+	fuse_req_t req;
+	fuse_ino_t ino;
+	struct fuse_file_info fi;
+	char name[]; /* D_LOOKUP */
+};
+
+static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name,
+                      bool may_wait);
+static void do_opendir(fuse_req_t req, fuse_ino_t ino,
+                       struct fuse_file_info *fi, bool may_wait);
+static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+                    bool may_wait);
+
+static void deferred_cb(void *ctx, int rc)
+{
+	struct deferred *d = ctx;
+
+	switch (d->op) {
+	case D_LOOKUP: do_lookup(d->req, d->ino, d->name, false); break;
+	case D_OPENDIR: do_opendir(d->req, d->ino, &d->fi, false); break;
+	case D_OPEN:
+		if (rc < 0)
+			fuse_reply_err(d->req, EIO);
+		else
+			do_open(d->req, d->ino, &d->fi, false);
+		break;
+	}
+	free(d);
+}
+
+static struct deferred *deferred_new(enum deferred_op op, fuse_req_t req,
+                                     fuse_ino_t ino,
+                                     const struct fuse_file_info *fi,
+                                     const char *name)
+{
+	size_t nlen = name ? strlen(name) + 1 : 1;
+	struct deferred *d = calloc(1, sizeof(*d) + nlen);
+
+	if (d == NULL)
+		return NULL;
+	d->op = op;
+	d->req = req;
+	d->ino = ino;
+	if (fi != NULL)
+		d->fi = *fi;
+	if (name != NULL)
+		memcpy(d->name, name, nlen);
+	return d;
+}
+
+/* The listing of mb must exist before we can answer (never listed): queue
+ * it with a deferred reply.  Returns true if the request was deferred. */
+static bool defer_listing(struct mailfs *fs, const struct fs_mailbox *mb,
+                          struct deferred *d)
+{
+	if (d == NULL)
+		return false;
+	if (fs->sync != NULL &&
+	    fs_sync_listing(fs->sync, mb->id, deferred_cb, d) == 0)
+		return true;
+	free(d);
+	return false;
+}
+
+/* A listing older than poll: refresh it in the background; the answer
+ * comes from the cache now. */
+static void maybe_refresh(struct mailfs *fs, const struct fs_mailbox *mb)
+{
+	if (fs->sync != NULL && mb->selectable &&
+	    time(NULL) - mb->last_sync >= (int64_t)fs->opts.poll)
+		fs_sync_listing(fs->sync, mb->id, NULL, NULL);
+}
+
+/* --- lookup / getattr ----------------------------------------------- */
+
+static bool parse_msg_name(const char *name, uint32_t *uid_r)
+{
+	unsigned long v;
+	char *end;
+
+	if (name[0] < '1' || name[0] > '9')
+		return false;
+	v = strtoul(name, &end, 10);
+	if (strcmp(end, ".eml") != 0 || v == 0 || v > UINT32_MAX)
+		return false;
+	*uid_r = (uint32_t)v;
+	return true;
+}
+
+static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name,
+                      bool may_wait)
+{
+	struct mailfs *fs = fs_of(req);
+	struct fuse_entry_param e = {0};
+	struct fs_mailbox *mb = NULL, *dir = NULL;
+	struct cache_msg *msg = NULL;
+	uint32_t pid, gen, uid;
+	int rc;
+
+	if (!fs_ino_split(parent, &pid, &gen, &uid) || uid != 0) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	if (fs_tree_lookup(fs->tree, pid, name, &mb) == 0) {
+		dir_attr(fs, mb->id, mb->mtime, &e.attr);
+		e.ino = e.attr.st_ino;
+		e.attr_timeout = e.entry_timeout = DIR_TIMEOUT;
+		fs_mailbox_free(&mb);
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	if (pid == 0 || !parse_msg_name(name, &uid)) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	rc = fs_tree_get(fs->tree, pid, &dir);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	if (dir->last_sync == 0 && dir->selectable) {
+		if (may_wait &&
+		    defer_listing(
+		            fs, dir,
+		            deferred_new(D_LOOKUP, req, parent, NULL, name))) {
+			fs_mailbox_free(&dir);
+			return;
+		}
+		log_warn("mailbox %s was never listed and the server cannot "
+		         "be reached",
+		         dir->name);
+		fs_mailbox_free(&dir);
+		fuse_reply_err(req, EIO);
+		return;
+	}
+	if (dir->uidvalidity == 0) {
+		fs_mailbox_free(&dir);
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	rc = cache_msg_get_once(fs->cache,
+	                        (struct cache_key){pid, dir->uidvalidity, uid},
+	                        &msg);
+	if (rc < 0) {
+		fs_mailbox_free(&dir);
+		fuse_reply_err(req, rc == -ENOENT ? ENOENT : EIO);
+		return;
+	}
+	msg_attr(fs, dir->gen, msg, &e.attr);
+	e.ino = e.attr.st_ino;
+	e.attr_timeout = e.entry_timeout = MSG_TIMEOUT;
+	cache_msg_free(&msg);
+	fs_mailbox_free(&dir);
+	fuse_reply_entry(req, &e);
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	do_lookup(req, parent, name, true);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	/* Inode numbers are computed from the cache key; nothing is held
+	 * per inode, so there is nothing to free. */
+	(void)ino;
+	(void)nlookup;
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count,
+                            struct fuse_forget_data *forgets)
+{
+	(void)count;
+	(void)forgets;
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino,
+                       struct fuse_file_info *fi)
+{
+	struct mailfs *fs = fs_of(req);
+	struct fs_mailbox *mb = NULL;
+	struct cache_msg *msg = NULL;
+	uint32_t id, gen, uid;
+	struct stat st;
+	int rc;
+
+	(void)fi;
+	if (!fs_ino_split(ino, &id, &gen, &uid)) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (id == 0) {
+		dir_attr(fs, 0, fs_tree_loaded(fs->tree), &st);
+		fuse_reply_attr(req, &st, DIR_TIMEOUT);
+		return;
+	}
+	if (uid == 0) {
+		rc = fs_tree_get(fs->tree, id, &mb);
+		if (rc < 0) {
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		dir_attr(fs, id, mb->mtime, &st);
+		fs_mailbox_free(&mb);
+		fuse_reply_attr(req, &st, DIR_TIMEOUT);
+		return;
+	}
+	rc = get_msg(fs, ino, &mb, &msg);
+	if (rc < 0) {
+		fuse_reply_err(req, rc == -ESTALE ? ESTALE : ENOENT);
+		return;
+	}
+	msg_attr(fs, mb->gen, msg, &st);
+	cache_msg_free(&msg);
+	fs_mailbox_free(&mb);
+	fuse_reply_attr(req, &st, MSG_TIMEOUT);
+}
+
+/* --- directories ------------------------------------------------------ */
+
+struct snap_entry {
+	char name[24]; /* "4294967295.eml" fits; mailboxes use long_name */
+	char *long_name;
+	struct stat st;
+	bool is_msg;
+};
+
+struct dir_snap {
+	struct snap_entry *e; /* owned */
+	size_t n, cap;
+};
+
+static struct snap_entry *snap_add(struct dir_snap *s)
+{
+	if (s->n == s->cap) {
+		size_t ncap = s->cap ? s->cap * 2 : 64;
+		struct snap_entry *nv = realloc(s->e, ncap * sizeof(*nv));
+
+		if (nv == NULL)
+			return NULL;
+		s->e = nv;
+		s->cap = ncap;
+	}
+	memset(&s->e[s->n], 0, sizeof(s->e[s->n]));
+	return &s->e[s->n++];
+}
+
+static void snap_free(struct dir_snap *s)
+{
+	if (s == NULL)
+		return;
+	for (size_t i = 0; i < s->n; i++)
+		free(s->e[i].long_name);
+	free(s->e);
+	free(s);
+}
+
+static const char *snap_name(const struct snap_entry *e)
+{
+	return e->long_name ? e->long_name : e->name;
+}
+
+struct snap_msgs {
+	struct mailfs *fs;
+	struct dir_snap *s;
+	uint32_t gen;
+};
+
+static int snap_msg_cb(const struct cache_msg *msg, void *ctx)
+{
+	struct snap_msgs *m = ctx;
+	struct snap_entry *e = snap_add(m->s);
+
+	if (e == NULL)
+		return -ENOMEM;
+	snprintf(e->name, sizeof(e->name), "%" PRIu32 ".eml", msg->key.uid);
+	msg_attr(m->fs, m->gen, msg, &e->st);
+	e->is_msg = true;
+	return 0;
+}
+
+struct snap_read {
+	struct snap_msgs m;
+	uint32_t id, uidvalidity;
+};
+
+static int snap_read(struct cache_txn *txn, void *ctx)
+{
+	struct snap_read *r = ctx;
+
+	return cache_msg_foreach(txn, r->id, r->uidvalidity, 1, snap_msg_cb,
+	                         &r->m);
+}
+
+static int build_snap(struct mailfs *fs, uint32_t id,
+                      const struct fs_mailbox *mb, struct dir_snap **snap_r)
+{
+	struct dir_snap *s = calloc(1, sizeof(*s));
+	struct fs_mailbox **kids = NULL;
+	size_t nkids = 0;
+	struct snap_entry *e;
+	int rc;
+
+	if (s == NULL)
+		return -ENOMEM;
+	e = snap_add(s);
+	if (e == NULL)
+		goto nomem;
+	strcpy(e->name, ".");
+	dir_attr(fs, id, mb ? mb->mtime : fs_tree_loaded(fs->tree), &e->st);
+	e = snap_add(s);
+	if (e == NULL)
+		goto nomem;
+	strcpy(e->name, "..");
+	dir_attr(fs, mb ? mb->parent : 0, 0, &e->st);
+
+	rc = fs_tree_children(fs->tree, id, &kids, &nkids);
+	if (rc < 0)
+		goto fail;
+	for (size_t i = 0; i < nkids; i++) {
+		e = snap_add(s);
+		if (e == NULL || (e->long_name = strdup(kids[i]->file)) == NULL)
+			goto nomem;
+		dir_attr(fs, kids[i]->id, kids[i]->mtime, &e->st);
+	}
+	fs_mailbox_vfree(&kids, nkids);
+
+	if (mb != NULL && mb->uidvalidity != 0) {
+		struct snap_read r = {
+		        .m = {fs, s, mb->gen},
+		        .id = id,
+		        .uidvalidity = mb->uidvalidity,
+		};
+
+		rc = cache_run_read(fs->cache, snap_read, &r);
+		if (rc < 0)
+			goto fail;
+	}
+	*snap_r = s;
+	return 0;
+nomem:
+	rc = -ENOMEM;
+fail:
+	fs_mailbox_vfree(&kids, nkids);
+	snap_free(s);
+	return rc;
+}
+
+static void do_opendir(fuse_req_t req, fuse_ino_t ino,
+                       struct fuse_file_info *fi, bool may_wait)
+{
+	struct mailfs *fs = fs_of(req);
+	struct fs_mailbox *mb = NULL;
+	struct dir_snap *snap = NULL;
+	uint32_t id, gen, uid;
+	int rc;
+
+	if (!fs_ino_split(ino, &id, &gen, &uid) || uid != 0) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	if (id == 0) {
+		if (may_wait && fs->sync != NULL &&
+		    time(NULL) - fs_tree_loaded(fs->tree) >=
+		            (int64_t)fs->opts.poll)
+			fs_sync_mailboxes(fs->sync, NULL, NULL);
+	} else {
+		rc = fs_tree_get(fs->tree, id, &mb);
+		if (rc < 0) {
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		if (mb->last_sync == 0 && mb->selectable) {
+			if (may_wait &&
+			    defer_listing(fs, mb,
+			                  deferred_new(D_OPENDIR, req, ino, fi,
+			                               NULL))) {
+				fs_mailbox_free(&mb);
+				return;
+			}
+			log_warn("mailbox %s was never listed and the server "
+			         "cannot be reached",
+			         mb->name);
+			fs_mailbox_free(&mb);
+			fuse_reply_err(req, EIO);
+			return;
+		}
+		if (may_wait)
+			maybe_refresh(fs, mb);
+	}
+	rc = build_snap(fs, id, mb, &snap);
+	fs_mailbox_free(&mb);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	fi->fh = (uintptr_t)snap;
+	/* The listing is a snapshot; let the kernel cache it only briefly. */
+	fi->cache_readdir = 0;
+	fi->keep_cache = 0;
+	if (fuse_reply_open(req, fi) != 0)
+		snap_free(snap);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino,
+                       struct fuse_file_info *fi)
+{
+	do_opendir(req, ino, fi, true);
+}
+
+static void readdir_common(fuse_req_t req, size_t size, off_t off,
+                           struct fuse_file_info *fi, bool plus)
+{
+	struct dir_snap *s = (struct dir_snap *)(uintptr_t)fi->fh;
+	char *buf, *p;
+	size_t rem = size;
+
+	if (s == NULL) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	buf = malloc(size);
+	if (buf == NULL) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	p = buf;
+	for (size_t i = (size_t)off; i < s->n; i++) {
+		const struct snap_entry *e = &s->e[i];
+		size_t n;
+
+		if (plus) {
+			struct fuse_entry_param ep = {0};
+
+			/* "." and ".." get no lookup count from the
+			 * kernel; give it the attributes anyway. */
+			ep.attr = e->st;
+			ep.ino = e->st.st_ino;
+			ep.attr_timeout = ep.entry_timeout =
+			        e->is_msg ? MSG_TIMEOUT : DIR_TIMEOUT;
+			n = fuse_add_direntry_plus(req, p, rem, snap_name(e),
+			                           &ep, (off_t)i + 1);
+		} else {
+			n = fuse_add_direntry(req, p, rem, snap_name(e), &e->st,
+			                      (off_t)i + 1);
+		}
+		if (n > rem)
+			break;
+		p += n;
+		rem -= n;
+	}
+	fuse_reply_buf(req, buf, size - rem);
+	free(buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       struct fuse_file_info *fi)
+{
+	(void)ino;
+	readdir_common(req, size, off, fi, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
+                           off_t off, struct fuse_file_info *fi)
+{
+	(void)ino;
+	readdir_common(req, size, off, fi, true);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
+                          struct fuse_file_info *fi)
+{
+	(void)ino;
+	snap_free((struct dir_snap *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+/* --- files ------------------------------------------------------------ */
+
+static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+                    bool may_wait)
+{
+	struct mailfs *fs = fs_of(req);
+	struct fs_mailbox *mb = NULL;
+	struct cache_msg *msg = NULL;
+	uint64_t size;
+	int rc;
+
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, fs->readonly ? EROFS : EPERM);
+		return;
+	}
+	rc = get_msg(fs, ino, &mb, &msg);
+	if (rc < 0) {
+		fuse_reply_err(req, rc == -ESTALE ? ESTALE : ENOENT);
+		return;
+	}
+	rc = cache_body_size_once(fs->cache, msg->key, &size);
+	if (rc == -ENOENT) {
+		struct deferred *d =
+		        may_wait ? deferred_new(D_OPEN, req, ino, fi, NULL)
+		                 : NULL;
+
+		if (d != NULL && fs->sync != NULL &&
+		    fs_sync_body(fs->sync, msg->key.mailbox_id,
+		                 msg->key.uidvalidity, msg->key.uid,
+		                 deferred_cb, d) == 0)
+			goto out;
+		free(d);
+		log_warn("message %s/%" PRIu32 ".eml is not in the cache and "
+		         "%s",
+		         mb->name, msg->key.uid,
+		         fs->sync == NULL ? "mailfs is offline"
+		                          : "could not be fetched from the "
+		                            "server");
+		fuse_reply_err(req, EIO);
+		goto out;
+	}
+	if (rc < 0) {
+		fuse_reply_err(req, EIO);
+		goto out;
+	}
+	if (size != msg->size) {
+		/* The kernel may hold the size the server announced; the
+		 * body is the truth. */
+		fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
+	}
+	/* A message never changes: let the page cache keep it. */
+	fi->keep_cache = 1;
+	fi->noflush = 1;
+	fuse_reply_open(req, fi);
+out:
+	cache_msg_free(&msg);
+	fs_mailbox_free(&mb);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	do_open(req, ino, fi, true);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+	struct mailfs *fs = fs_of(req);
+	uint32_t id, gen, uid;
+	struct fs_mailbox *mb = NULL;
+	size_t n = 0;
+	char *buf;
+	int rc;
+
+	(void)fi;
+	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0 ||
+	    fs_tree_get(fs->tree, id, &mb) < 0) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	buf = malloc(size ? size : 1);
+	if (buf == NULL) {
+		fs_mailbox_free(&mb);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	rc = cache_body_read_once(fs->cache,
+	                          (struct cache_key){id, mb->uidvalidity, uid},
+	                          (uint64_t)off, buf, size, &n);
+	fs_mailbox_free(&mb);
+	if (rc < 0)
+		fuse_reply_err(req, EIO);
+	else
+		fuse_reply_buf(req, buf, n);
+	free(buf);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino,
+                       struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+/* --- extended attributes --------------------------------------------- */
+
+static const char xattr_names[] = "user.mail.flags\0user.mail.subject\0"
+                                  "user.mail.from\0user.mail.date\0"
+                                  "user.mail.message_id\0";
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	uint32_t id, gen, uid;
+
+	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0) {
+		if (size == 0)
+			fuse_reply_xattr(req, 0);
+		else
+			fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if (size == 0)
+		fuse_reply_xattr(req, sizeof(xattr_names) - 1);
+	else if (size < sizeof(xattr_names) - 1)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, xattr_names, sizeof(xattr_names) - 1);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+                        size_t size)
+{
+	struct mailfs *fs = fs_of(req);
+	struct cache_msg *msg = NULL;
+	const char *val = NULL;
+	size_t len;
+	int rc;
+
+	rc = get_msg(fs, ino, NULL, &msg);
+	if (rc < 0) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
+	if (strcmp(name, "user.mail.flags") == 0)
+		val = msg->flags;
+	else if (strcmp(name, "user.mail.subject") == 0)
+		val = msg->subject;
+	else if (strcmp(name, "user.mail.from") == 0)
+		val = msg->from;
+	else if (strcmp(name, "user.mail.date") == 0)
+		val = msg->date;
+	else if (strcmp(name, "user.mail.message_id") == 0)
+		val = msg->message_id;
+	if (val == NULL) {
+		fuse_reply_err(req, ENODATA);
+		goto out;
+	}
+	len = strlen(val);
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, val, len);
+out:
+	cache_msg_free(&msg);
+}
+
+/* --- the rest ---------------------------------------------------------- */
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs st = {
+	        .f_bsize = 4096,
+	        .f_frsize = 4096,
+	        .f_namemax = 255,
+	};
+
+	(void)ino;
+	fuse_reply_statfs(req, &st);
+}
+
+/* Changes through the mount are not implemented yet: say so clearly. */
+static void refuse(fuse_req_t req, const char *what)
+{
+	log_info("%s: changing the mailbox through the mount is not "
+	         "supported yet",
+	         what);
+	fuse_reply_err(req, fs_of(req)->readonly ? EROFS : EPERM);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+                     mode_t mode)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	refuse(req, "mkdir");
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	(void)parent;
+	(void)name;
+	refuse(req, "rm");
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	(void)parent;
+	(void)name;
+	refuse(req, "rmdir");
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+                      fuse_ino_t newparent, const char *newname,
+                      unsigned int flags)
+{
+	(void)parent;
+	(void)name;
+	(void)newparent;
+	(void)newname;
+	(void)flags;
+	refuse(req, "mv");
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+                      mode_t mode, struct fuse_file_info *fi)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	(void)fi;
+	refuse(req, "create");
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+                       int to_set, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)attr;
+	(void)to_set;
+	(void)fi;
+	fuse_reply_err(req, fs_of(req)->readonly ? EROFS : EPERM);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+                        const char *value, size_t size, int flags)
+{
+	(void)ino;
+	(void)name;
+	(void)value;
+	(void)size;
+	(void)flags;
+	refuse(req, "setfattr");
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	(void)ino;
+	(void)name;
+	refuse(req, "setfattr -x");
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	if (conn->capable & FUSE_CAP_READDIRPLUS)
+		conn->want |= FUSE_CAP_READDIRPLUS;
+	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/* Bigger reads mean fewer round trips through the kernel. */
+	conn->max_read = 0;
+}
+
+const struct fuse_lowlevel_ops fs_ops = {
+        .init = op_init,
+        .lookup = op_lookup,
+        .forget = op_forget,
+        .forget_multi = op_forget_multi,
+        .getattr = op_getattr,
+        .setattr = op_setattr,
+        .opendir = op_opendir,
+        .readdir = op_readdir,
+        .readdirplus = op_readdirplus,
+        .releasedir = op_releasedir,
+        .open = op_open,
+        .read = op_read,
+        .release = op_release,
+        .listxattr = op_listxattr,
+        .getxattr = op_getxattr,
+        .setxattr = op_setxattr,
+        .removexattr = op_removexattr,
+        .statfs = op_statfs,
+        .mkdir = op_mkdir,
+        .unlink = op_unlink,
+        .rmdir = op_rmdir,
+        .rename = op_rename,
+        .create = op_create,
+};

@@ -1,0 +1,161 @@
+#include "fs/options.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+	KEY_DISCARD,
+	KEY_RO,
+};
+
+#define OPT(t, p)                                                              \
+	{                                                                      \
+		t, offsetof(struct fs_options, p), 1                           \
+	}
+
+static const struct fuse_opt fs_opts[] = {
+        OPT("passcmd=%s", passcmd),
+        OPT("password_stdin", password_stdin),
+        OPT("oauth2_cmd=%s", oauth2_cmd),
+        OPT("cafile=%s", cafile),
+        OPT("notls", notls),
+        OPT("cache_dir=%s", cache_dir),
+        OPT("offline", offline),
+        OPT("delete=%s", delete_str),
+        OPT("pop_keep=%s", pop_keep),
+        OPT("poll=%u", poll),
+        OPT("mark_seen", mark_seen),
+        OPT("connections=%u", connections),
+        OPT("timeout=%u", timeout),
+        /* fstab noise: accepted and ignored so that an fstab line works. */
+        FUSE_OPT_KEY("_netdev", KEY_DISCARD),
+        FUSE_OPT_KEY("noauto", KEY_DISCARD),
+        FUSE_OPT_KEY("auto", KEY_DISCARD),
+        FUSE_OPT_KEY("user", KEY_DISCARD),
+        FUSE_OPT_KEY("nouser", KEY_DISCARD),
+        FUSE_OPT_KEY("users", KEY_DISCARD),
+        FUSE_OPT_KEY("nofail", KEY_DISCARD),
+        /* Seen, and passed on to the kernel. */
+        FUSE_OPT_KEY("ro", KEY_RO),
+        FUSE_OPT_END,
+};
+
+static int opt_proc(void *data, const char *arg, int key,
+                    struct fuse_args *outargs)
+{
+	struct fs_options *o = data;
+
+	(void)outargs;
+	switch (key) {
+	case KEY_DISCARD: return 0;
+	case KEY_RO: o->ro = 1; return 1;
+	case FUSE_OPT_KEY_NONOPT:
+		/* The first plain argument is the account; the second, the
+		 * mount point, is left for fuse_parse_cmdline(). */
+		if (o->account == NULL) {
+			o->account = strdup(arg);
+			return o->account ? 0 : -1;
+		}
+		return 1;
+	default: return 1;
+	}
+}
+
+int fs_options_parse(struct fuse_args *args, struct fs_options *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->poll = 60;
+	o->connections = 3;
+	o->timeout = 30;
+	if (fuse_opt_parse(args, o, fs_opts, opt_proc) != 0)
+		return -EINVAL;
+
+	if (o->delete_str == NULL || strcmp(o->delete_str, "trash") == 0)
+		o->delete_mode = FS_DELETE_TRASH;
+	else if (strcmp(o->delete_str, "expunge") == 0)
+		o->delete_mode = FS_DELETE_EXPUNGE;
+	else if (strcmp(o->delete_str, "refuse") == 0)
+		o->delete_mode = FS_DELETE_REFUSE;
+	else {
+		fprintf(stderr,
+		        "mailfs: delete=%s: expected trash, expunge or "
+		        "refuse\n",
+		        o->delete_str);
+		return -EINVAL;
+	}
+
+	o->pop_keep_days = -1;
+	if (o->pop_keep != NULL && strcmp(o->pop_keep, "forever") != 0) {
+		char *end;
+
+		errno = 0;
+		o->pop_keep_days = strtol(o->pop_keep, &end, 10);
+		if (errno != 0 || *end != '\0' || end == o->pop_keep ||
+		    o->pop_keep_days < 0 || o->pop_keep_days > 36500) {
+			fprintf(stderr,
+			        "mailfs: pop_keep=%s: expected forever "
+			        "or a number of days\n",
+			        o->pop_keep);
+			return -EINVAL;
+		}
+	}
+	if (o->poll == 0)
+		o->poll = 1;
+	if (o->connections == 0 || o->connections > 16) {
+		fprintf(stderr, "mailfs: connections=%u: expected 1 to 16\n",
+		        o->connections);
+		return -EINVAL;
+	}
+	if (o->timeout == 0)
+		o->timeout = 1;
+	if (!!o->passcmd + !!o->password_stdin + !!o->oauth2_cmd > 1) {
+		fprintf(stderr, "mailfs: give only one of passcmd, "
+		                "password_stdin and oauth2_cmd\n");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+void fs_options_free(struct fs_options *o)
+{
+	free(o->account);
+	free(o->passcmd);
+	free(o->oauth2_cmd);
+	free(o->cafile);
+	free(o->cache_dir);
+	free(o->delete_str);
+	free(o->pop_keep);
+	memset(o, 0, sizeof(*o));
+}
+
+void fs_options_help(void)
+{
+	printf("usage: mailfs [options] ACCOUNT MOUNTPOINT\n"
+	       "\n"
+	       "ACCOUNT is imaps://USER@HOST[:PORT], imap://USER@HOST[:PORT] "
+	       "(STARTTLS),\n"
+	       "pop3s://USER@HOST[:PORT] or pop3://USER@HOST[:PORT] (STLS).\n"
+	       "\n"
+	       "mailfs options:\n"
+	       "    -o passcmd=CMD         run CMD; its first line is the "
+	       "password\n"
+	       "    -o password_stdin      read the password from standard "
+	       "input\n"
+	       "    -o oauth2_cmd=CMD      CMD prints an OAuth2 access token\n"
+	       "    -o cafile=FILE         also trust the CA certificates in "
+	       "FILE\n"
+	       "    -o notls               allow plaintext (testing only)\n"
+	       "    -o cache_dir=DIR       where the cache lives\n"
+	       "    -o offline             serve the cache only, read-only\n"
+	       "    -o delete=trash|expunge|refuse   what rm does (IMAP)\n"
+	       "    -o pop_keep=forever|DAYS         POP3: when to delete "
+	       "on the server\n"
+	       "    -o poll=SECONDS        how old a listing may get (60)\n"
+	       "    -o mark_seen           reading sets \\Seen\n"
+	       "    -o connections=N       parallel IMAP connections (3)\n"
+	       "    -o timeout=SECONDS     bound on every network wait (30)\n"
+	       "\n");
+}

@@ -1,0 +1,1161 @@
+#include "fs/sync.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "proto/log.h"
+#include "proto/mime.h"
+
+/* Read-ahead bounds for one body fetch. */
+#define BATCH_MAX_MSGS  128
+#define BATCH_MAX_BYTES (8u * 1024 * 1024)
+/* Fetched bodies are committed to the cache in groups of about this many
+ * bytes (one fsync per group), or at once when someone waits for one. */
+#define COMMIT_BYTES    (4u * 1024 * 1024)
+#define BACKOFF_MIN_MS  1000
+#define BACKOFF_MAX_MS  60000
+
+enum job_kind {
+	JOB_LIST,
+	JOB_LISTING,
+	JOB_BODY,
+};
+
+struct waiter {
+	fs_sync_cb cb;
+	void *ctx;
+	uint32_t uid; /* JOB_BODY: the message waited for */
+	struct waiter *next;
+};
+
+struct job {
+	enum job_kind kind;
+	uint32_t id;
+	uint32_t uidvalidity;
+	uint32_t *uids; /* owned; JOB_BODY: asked for, then the batch */
+	size_t nuids, capuids;
+	bool running;
+	struct waiter *waiters; /* owned list */
+	struct job *next;
+};
+
+struct worker {
+	struct fs_sync *s;
+	pthread_t thread;
+	bool started;
+	struct imap_client *c; /* owned */
+	struct job *job;       /* running, or NULL */
+};
+
+struct fs_sync {
+	struct mailfs *fs;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct job *jobs; /* queued and running, oldest first */
+	bool stop;
+	struct worker *workers;
+	unsigned nworkers;
+	int64_t down_until; /* ms, monotonic; 0: not backing off */
+	unsigned backoff;   /* ms */
+};
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *job_name(enum job_kind k)
+{
+	return k == JOB_LIST      ? "mailbox list"
+	       : k == JOB_LISTING ? "listing"
+	                          : "fetch";
+}
+
+/* --- mailbox list ------------------------------------------------------ */
+
+struct list_entry {
+	char *name;
+	char delim;
+	uint32_t attrs; /* CACHE_MBOX_* */
+};
+
+struct list_result {
+	struct list_entry *v;
+	size_t n, cap;
+	bool oom;
+};
+
+static uint32_t cache_attrs(unsigned a)
+{
+	static const struct {
+		unsigned imap;
+		uint32_t cache;
+	} map[] = {
+	        {IMAP_MBOX_NOSELECT, CACHE_MBOX_NOSELECT},
+	        {IMAP_MBOX_NONEXISTENT, CACHE_MBOX_NONEXISTENT},
+	        {IMAP_MBOX_HASCHILDREN, CACHE_MBOX_HASCHILDREN},
+	        {IMAP_MBOX_HASNOCHILDREN, CACHE_MBOX_HASNOCHILDREN},
+	        {IMAP_MBOX_NOINFERIORS, CACHE_MBOX_NOINFERIORS},
+	        {IMAP_MBOX_MARKED, CACHE_MBOX_MARKED},
+	        {IMAP_MBOX_UNMARKED, CACHE_MBOX_UNMARKED},
+	        {IMAP_MBOX_SUBSCRIBED, CACHE_MBOX_SUBSCRIBED},
+	        {IMAP_MBOX_REMOTE, CACHE_MBOX_REMOTE},
+	        {IMAP_MBOX_ALL, CACHE_MBOX_ALL},
+	        {IMAP_MBOX_ARCHIVE, CACHE_MBOX_ARCHIVE},
+	        {IMAP_MBOX_DRAFTS, CACHE_MBOX_DRAFTS},
+	        {IMAP_MBOX_FLAGGED, CACHE_MBOX_FLAGGED},
+	        {IMAP_MBOX_JUNK, CACHE_MBOX_JUNK},
+	        {IMAP_MBOX_SENT, CACHE_MBOX_SENT},
+	        {IMAP_MBOX_TRASH, CACHE_MBOX_TRASH},
+	};
+	uint32_t r = 0;
+
+	for (size_t i = 0; i < sizeof(map) / sizeof(*map); i++)
+		if (a & map[i].imap)
+			r |= map[i].cache;
+	return r;
+}
+
+static void list_add(struct list_result *l, const char *name, char delim,
+                     uint32_t attrs)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (strcmp(l->v[i].name, name) == 0)
+			return;
+	if (l->n == l->cap) {
+		size_t ncap = l->cap ? l->cap * 2 : 32;
+		struct list_entry *nv = realloc(l->v, ncap * sizeof(*nv));
+
+		if (nv == NULL) {
+			l->oom = true;
+			return;
+		}
+		l->v = nv;
+		l->cap = ncap;
+	}
+	l->v[l->n].name = strdup(name);
+	if (l->v[l->n].name == NULL) {
+		l->oom = true;
+		return;
+	}
+	l->v[l->n].delim = delim;
+	l->v[l->n].attrs = attrs;
+	l->n++;
+}
+
+static void list_cb(void *ctx, const struct imap_mailbox *mb)
+{
+	list_add(ctx, mb->name, mb->delim, cache_attrs(mb->attrs));
+}
+
+static void list_free(struct list_result *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i].name);
+	free(l->v);
+}
+
+struct vanish_ctx {
+	struct list_result *l;
+	uint32_t *ids;
+	size_t n, cap;
+	bool oom;
+};
+
+static int vanish_cb(const struct cache_mailbox *mb, void *ctx)
+{
+	struct vanish_ctx *v = ctx;
+
+	if (mb->deleted)
+		return 0;
+	for (size_t i = 0; i < v->l->n; i++)
+		if (strcmp(v->l->v[i].name, mb->name) == 0)
+			return 0;
+	if (v->n == v->cap) {
+		size_t ncap = v->cap ? v->cap * 2 : 16;
+		uint32_t *n = realloc(v->ids, ncap * sizeof(*n));
+
+		if (n == NULL)
+			return -ENOMEM;
+		v->ids = n;
+		v->cap = ncap;
+	}
+	v->ids[v->n++] = mb->id;
+	return 0;
+}
+
+static int store_list(struct cache_txn *txn, void *ctx)
+{
+	struct list_result *l = ctx;
+	struct vanish_ctx v = {.l = l};
+	int rc = 0;
+
+	for (size_t i = 0; i < l->n && rc == 0; i++) {
+		const struct list_entry *e = &l->v[i];
+		struct cache_mailbox *old = NULL;
+
+		rc = cache_mailbox_get_by_name(txn, e->name, &old);
+		if (rc == -ENOENT) {
+			struct cache_mailbox mb = {
+			        .name = e->name,
+			        .delim = e->delim,
+			        .attrs = e->attrs,
+			};
+			uint32_t id;
+
+			rc = cache_mailbox_add(txn, &mb, &id);
+			continue;
+		}
+		if (rc < 0)
+			break;
+		if (old->deleted || old->delim != e->delim ||
+		    old->attrs != e->attrs) {
+			struct cache_mailbox mb = *old;
+
+			mb.delim = e->delim;
+			mb.attrs = e->attrs;
+			mb.deleted = false;
+			rc = cache_mailbox_put(txn, &mb);
+		}
+		cache_mailbox_free(&old);
+	}
+	if (rc < 0)
+		return rc;
+	rc = cache_mailbox_foreach(txn, vanish_cb, &v);
+	for (size_t i = 0; i < v.n && rc == 0; i++) {
+		log_info("mailbox id %u is gone from the server; its cached "
+		         "mail is kept but no longer shown",
+		         v.ids[i]);
+		rc = cache_mailbox_set_deleted(txn, v.ids[i], true);
+	}
+	free(v.ids);
+	return rc;
+}
+
+int fs_sync_list(struct mailfs *fs, struct imap_client *c,
+                 struct proto_err *err)
+{
+	struct list_result l = {0};
+	size_t n;
+	int rc;
+
+	rc = imap_list(c, list_cb, &l, err);
+	if (rc < 0)
+		goto out;
+	/* Parents the server did not list (some servers list "a/b" without
+	 * "a") become \Noselect directories so that the tree is whole. */
+	n = l.n;
+	for (size_t i = 0; i < n; i++) {
+		char delim = l.v[i].delim;
+		char *name;
+
+		if (delim == 0 || (name = strdup(l.v[i].name)) == NULL)
+			continue;
+		for (char *p = strrchr(name, delim); p != NULL && p != name;
+		     p = strrchr(name, delim)) {
+			*p = '\0';
+			list_add(&l, name, delim,
+			         CACHE_MBOX_NOSELECT | CACHE_MBOX_NONEXISTENT |
+			                 CACHE_MBOX_HASCHILDREN);
+		}
+		free(name);
+	}
+	if (l.oom) {
+		rc = proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
+		goto out;
+	}
+	rc = cache_run_write(fs->cache, store_list, &l);
+	if (rc < 0) {
+		proto_err_set(err, PERR_LOCAL, rc,
+		              "cannot store the mailbox list: %s",
+		              strerror(-rc));
+		goto out;
+	}
+	rc = fs_tree_load(fs->tree, fs->cache);
+	log_debug("mailbox list: %zu mailboxes", l.n);
+out:
+	list_free(&l);
+	return rc;
+}
+
+/* --- message listing ------------------------------------------------ */
+
+struct meta {
+	uint32_t uid;
+	uint64_t size;
+	int64_t internaldate;
+	int16_t tz;
+	uint64_t modseq;
+	char *flags, *subject, *from, *date, *message_id;
+};
+
+struct listing {
+	struct meta *v;
+	size_t n, cap;
+	bool oom;
+	/* store step */
+	uint32_t id;
+	struct imap_select_info info;
+	uint32_t old_uidvalidity;
+	uint32_t gen;
+	size_t deleted;
+	struct cache_rematch_stats rematch;
+	int64_t now;
+};
+
+static char *header_value(const struct imap_msg_meta *m, const char *name,
+                          bool decode)
+{
+	char *v = NULL;
+
+	if (m->headers == NULL)
+		return strdup("");
+	if (decode) {
+		if (mime_header_decoded(m->headers, m->headers_len, name, &v) <
+		    0)
+			return strdup("");
+	} else if (mime_header_field(m->headers, m->headers_len, name, &v) <
+	           0) {
+		return strdup("");
+	}
+	return v;
+}
+
+/* \Recent is a property of one session, not of the message: it is not
+ * shown and cannot be set. */
+static char *flags_without_recent(const char *flags)
+{
+	char *out = malloc(strlen(flags) + 1), *o = out;
+	const char *p = flags;
+
+	if (out == NULL)
+		return NULL;
+	while (*p) {
+		const char *end = strchr(p, ' ');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+
+		if (len > 0 &&
+		    !(len == 7 && strncasecmp(p, "\\Recent", 7) == 0)) {
+			if (o != out)
+				*o++ = ' ';
+			memcpy(o, p, len);
+			o += len;
+		}
+		p += len;
+		while (*p == ' ')
+			p++;
+	}
+	*o = '\0';
+	return out;
+}
+
+static void meta_cb(void *ctx, const struct imap_msg_meta *m)
+{
+	struct listing *l = ctx;
+	struct meta *e;
+
+	if (l->n == l->cap) {
+		size_t ncap = l->cap ? l->cap * 2 : 256;
+		struct meta *nv = realloc(l->v, ncap * sizeof(*nv));
+
+		if (nv == NULL) {
+			l->oom = true;
+			return;
+		}
+		l->v = nv;
+		l->cap = ncap;
+	}
+	e = &l->v[l->n];
+	memset(e, 0, sizeof(*e));
+	e->uid = m->uid;
+	e->size = m->size;
+	e->internaldate = m->internaldate;
+	e->tz = (int16_t)m->tz_minutes;
+	e->modseq = m->modseq;
+	e->flags = flags_without_recent(m->flags);
+	e->subject = header_value(m, "Subject", true);
+	e->from = header_value(m, "From", true);
+	e->date = header_value(m, "Date", true);
+	e->message_id = header_value(m, "Message-ID", false);
+	l->n++;
+	if (!e->flags || !e->subject || !e->from || !e->date || !e->message_id)
+		l->oom = true;
+}
+
+static void listing_free(struct listing *l)
+{
+	for (size_t i = 0; i < l->n; i++) {
+		free(l->v[i].flags);
+		free(l->v[i].subject);
+		free(l->v[i].from);
+		free(l->v[i].date);
+		free(l->v[i].message_id);
+	}
+	free(l->v);
+	l->v = NULL;
+	l->n = l->cap = 0;
+}
+
+static int cmp_meta(const void *a, const void *b)
+{
+	const struct meta *x = a, *y = b;
+
+	return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
+struct stale_ctx {
+	const struct listing *l;
+	uint32_t *uids;
+	size_t n, cap;
+};
+
+static int stale_cb(const struct cache_msg *msg, void *ctx)
+{
+	struct stale_ctx *s = ctx;
+	struct meta key = {.uid = msg->key.uid};
+
+	if (bsearch(&key, s->l->v, s->l->n, sizeof(key), cmp_meta) != NULL)
+		return 0;
+	if (s->n == s->cap) {
+		size_t ncap = s->cap ? s->cap * 2 : 64;
+		uint32_t *n = realloc(s->uids, ncap * sizeof(*n));
+
+		if (n == NULL)
+			return -ENOMEM;
+		s->uids = n;
+		s->cap = ncap;
+	}
+	s->uids[s->n++] = msg->key.uid;
+	return 0;
+}
+
+static int store_listing(struct cache_txn *txn, void *ctx)
+{
+	struct listing *l = ctx;
+	struct stale_ctx s = {.l = l};
+	int rc;
+
+	l->deleted = 0;
+	memset(&l->rematch, 0, sizeof(l->rematch));
+	rc = cache_mailbox_set_state(txn, l->id, l->info.uidvalidity,
+	                             l->info.uidnext, l->info.highestmodseq,
+	                             l->now, &l->gen);
+	for (size_t i = 0; i < l->n && rc == 0; i++) {
+		const struct meta *e = &l->v[i];
+		struct cache_msg msg = {
+		        .key = {l->id, l->info.uidvalidity, e->uid},
+		        .size = e->size,
+		        .internaldate = e->internaldate,
+		        .tz_minutes = e->tz,
+		        .modseq = e->modseq,
+		        .flags = e->flags,
+		        .subject = e->subject,
+		        .from = e->from,
+		        .date = e->date,
+		        .message_id = e->message_id,
+		};
+
+		rc = cache_msg_put(txn, &msg);
+	}
+	if (rc < 0)
+		return rc;
+	/* Messages the server no longer has were expunged elsewhere. */
+	rc = cache_msg_foreach(txn, l->id, l->info.uidvalidity, 1, stale_cb,
+	                       &s);
+	for (size_t i = 0; i < s.n && rc == 0; i++)
+		rc = cache_msg_delete(
+		        txn, (struct cache_key){l->id, l->info.uidvalidity,
+		                                s.uids[i]});
+	l->deleted = s.n;
+	free(s.uids);
+	if (rc == 0 && l->old_uidvalidity != 0 &&
+	    l->old_uidvalidity != l->info.uidvalidity)
+		rc = cache_rematch(txn, l->id, l->info.uidvalidity, 0,
+		                   &l->rematch);
+	return rc;
+}
+
+struct count_ctx {
+	struct cache_mailbox *mb;
+	size_t count;
+	uint32_t id;
+};
+
+static int read_state(struct cache_txn *txn, void *ctx)
+{
+	struct count_ctx *c = ctx;
+	int rc = cache_mailbox_get(txn, c->id, &c->mb);
+
+	if (rc == 0 && c->mb->uidvalidity != 0)
+		rc = cache_msg_count(txn, c->id, c->mb->uidvalidity, &c->count);
+	return rc;
+}
+
+static int touch_state(struct cache_txn *txn, void *ctx)
+{
+	struct listing *l = ctx;
+
+	return cache_mailbox_set_state(txn, l->id, l->info.uidvalidity,
+	                               l->info.uidnext, l->info.highestmodseq,
+	                               l->now, &l->gen);
+}
+
+static int run_listing(struct worker *w, uint32_t id)
+{
+	struct mailfs *fs = w->s->fs;
+	struct fs_mailbox *mb = NULL;
+	struct count_ctx cc = {.id = id};
+	struct listing l = {.id = id};
+	struct proto_err err = {0};
+	bool unchanged;
+	int rc;
+
+	rc = fs_tree_get(fs->tree, id, &mb);
+	if (rc < 0)
+		return rc;
+	l.now = time(NULL);
+	if (!mb->selectable) {
+		fs_tree_set_state(fs->tree, id, 0, 0, l.now);
+		goto out;
+	}
+	rc = imap_select(w->c, mb->name, true, &l.info, &err);
+	if (rc < 0) {
+		log_warn("cannot open mailbox %s: %s", mb->name, err.text);
+		goto out;
+	}
+	rc = cache_run_read(fs->cache, read_state, &cc);
+	if (rc < 0)
+		goto out;
+	l.old_uidvalidity = cc.mb->uidvalidity;
+	unchanged = cc.mb->uidvalidity == l.info.uidvalidity &&
+	            cc.mb->uidnext == l.info.uidnext &&
+	            cc.count == l.info.exists && l.info.highestmodseq != 0 &&
+	            cc.mb->highestmodseq == l.info.highestmodseq;
+	if (unchanged) {
+		rc = cache_run_write(fs->cache, touch_state, &l);
+		if (rc == 0)
+			fs_tree_set_state(fs->tree, id, l.info.uidvalidity,
+			                  l.gen, l.now);
+		log_debug("listing of %s: unchanged (%u messages)", mb->name,
+		          l.info.exists);
+		goto out;
+	}
+	if (l.info.exists > 0) {
+		rc = imap_fetch_meta(w->c, "1:*", 0, meta_cb, &l, &err);
+		if (rc < 0) {
+			log_warn("cannot list mailbox %s: %s", mb->name,
+			         err.text);
+			goto out;
+		}
+	}
+	if (l.oom) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	qsort(l.v, l.n, sizeof(*l.v), cmp_meta);
+	rc = cache_run_write(fs->cache, store_listing, &l);
+	if (rc < 0) {
+		log_err("cannot store the listing of %s: %s", mb->name,
+		        strerror(-rc));
+		goto out;
+	}
+	if (l.info.uidvalidity > 0 && l.gen > FS_INO_MAX_GEN)
+		log_err("mailbox %s has changed UIDVALIDITY too often; its "
+		        "messages cannot be shown",
+		        mb->name);
+	fs_tree_set_state(fs->tree, id, l.info.uidvalidity, l.gen, l.now);
+	if (l.old_uidvalidity != 0 && l.old_uidvalidity != l.info.uidvalidity)
+		log_notice("mailbox %s: UIDVALIDITY changed from %u to %u; "
+		           "%zu cached bodies matched to new UIDs by "
+		           "Message-ID and size, %zu kept under the old "
+		           "UIDVALIDITY",
+		           mb->name, l.old_uidvalidity, l.info.uidvalidity,
+		           l.rematch.matched, l.rematch.unmatched);
+	log_debug("listing of %s: %zu messages, %zu gone", mb->name, l.n,
+	          l.deleted);
+out:
+	cache_mailbox_free(&cc.mb);
+	listing_free(&l);
+	fs_mailbox_free(&mb);
+	return rc;
+}
+
+/* --- bodies ---------------------------------------------------------- */
+
+struct pending_body {
+	uint32_t uid;
+	char *data; /* owned */
+	size_t len;
+};
+
+struct body_batch {
+	struct worker *w;
+	struct job *job;
+	uint32_t id, uidvalidity;
+	struct pending_body *v;
+	size_t n, cap, bytes;
+	int rc;
+	size_t stored;
+};
+
+static int store_bodies(struct cache_txn *txn, void *ctx)
+{
+	struct body_batch *b = ctx;
+	int rc = 0;
+
+	for (size_t i = 0; i < b->n && rc == 0; i++) {
+		struct cache_key key = {b->id, b->uidvalidity, b->v[i].uid};
+		struct cache_msg *old = NULL;
+
+		rc = cache_msg_get(txn, key, &old);
+		if (rc == -ENOENT) {
+			/* Expunged while we fetched it; nothing to keep it
+			 * under. */
+			rc = 0;
+			continue;
+		}
+		if (rc == 0 && old->size != b->v[i].len)
+			log_notice("message UID %u: server said %llu bytes, "
+			           "the body has %zu; size corrected",
+			           b->v[i].uid, (unsigned long long)old->size,
+			           b->v[i].len);
+		cache_msg_free(&old);
+		if (rc == 0)
+			rc = cache_body_put(txn, key, b->v[i].data,
+			                    b->v[i].len);
+	}
+	return rc;
+}
+
+/* Detach the waiters of job for uid (all of them if uid is 0). */
+static struct waiter *take_waiters(struct fs_sync *s, struct job *job,
+                                   uint32_t uid)
+{
+	struct waiter *got = NULL, **pp;
+
+	pthread_mutex_lock(&s->lock);
+	pp = &job->waiters;
+	while (*pp != NULL) {
+		struct waiter *wt = *pp;
+
+		if (uid == 0 || wt->uid == uid) {
+			*pp = wt->next;
+			wt->next = got;
+			got = wt;
+		} else {
+			pp = &wt->next;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return got;
+}
+
+static void run_waiters(struct waiter *wt, int rc)
+{
+	while (wt != NULL) {
+		struct waiter *next = wt->next;
+
+		if (wt->cb != NULL)
+			wt->cb(wt->ctx, rc);
+		free(wt);
+		wt = next;
+	}
+}
+
+static bool has_waiter(struct fs_sync *s, struct job *job, uint32_t uid)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&s->lock);
+	for (struct waiter *wt = job->waiters; wt != NULL && !found;
+	     wt = wt->next)
+		found = wt->uid == uid;
+	pthread_mutex_unlock(&s->lock);
+	return found;
+}
+
+static void flush_bodies(struct body_batch *b)
+{
+	struct mailfs *fs = b->w->s->fs;
+	int rc;
+
+	if (b->n == 0)
+		return;
+	rc = cache_run_write(fs->cache, store_bodies, b);
+	if (rc < 0) {
+		log_err("cannot store fetched messages in the cache: %s",
+		        strerror(-rc));
+		b->rc = rc;
+	}
+	for (size_t i = 0; i < b->n; i++) {
+		run_waiters(take_waiters(b->w->s, b->job, b->v[i].uid),
+		            rc < 0 ? -EIO : 0);
+		free(b->v[i].data);
+	}
+	b->stored += rc < 0 ? 0 : b->n;
+	b->n = 0;
+	b->bytes = 0;
+}
+
+static void body_cb(void *ctx, uint32_t uid, const char *data, size_t len)
+{
+	struct body_batch *b = ctx;
+	struct pending_body *p;
+
+	if (b->n == b->cap) {
+		size_t ncap = b->cap ? b->cap * 2 : 32;
+		struct pending_body *nv = realloc(b->v, ncap * sizeof(*nv));
+
+		if (nv == NULL) {
+			b->rc = -ENOMEM;
+			return;
+		}
+		b->v = nv;
+		b->cap = ncap;
+	}
+	p = &b->v[b->n];
+	p->uid = uid;
+	p->len = len;
+	p->data = malloc(len ? len : 1);
+	if (p->data == NULL) {
+		b->rc = -ENOMEM;
+		return;
+	}
+	memcpy(p->data, data, len);
+	b->n++;
+	b->bytes += len;
+	if (b->bytes >= COMMIT_BYTES || has_waiter(b->w->s, b->job, uid))
+		flush_bodies(b);
+}
+
+struct readahead {
+	uint32_t from;
+	uint32_t *uids;
+	size_t n, max;
+	uint64_t bytes;
+	int rc;
+};
+
+static int readahead_cb(const struct cache_msg *msg, void *ctx)
+{
+	struct readahead *r = ctx;
+
+	if (msg->size_verified)
+		return 0;
+	if (r->n >= r->max || r->bytes + msg->size > BATCH_MAX_BYTES)
+		return 1;
+	r->uids[r->n++] = msg->key.uid;
+	r->bytes += msg->size;
+	return 0;
+}
+
+struct readahead_txn {
+	uint32_t id, uidvalidity;
+	struct readahead *r;
+};
+
+static int readahead_read(struct cache_txn *txn, void *ctx)
+{
+	struct readahead_txn *t = ctx;
+
+	return cache_msg_foreach(txn, t->id, t->uidvalidity, t->r->from,
+	                         readahead_cb, t->r);
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static bool uid_in(const struct job *j, uint32_t uid)
+{
+	for (size_t i = 0; i < j->nuids; i++)
+		if (j->uids[i] == uid)
+			return true;
+	return false;
+}
+
+/* Extend the running body job with read-ahead: the uncached messages that
+ * follow the first one asked for, not already being fetched elsewhere. */
+static void plan_batch(struct worker *w, struct job *job)
+{
+	struct fs_sync *s = w->s;
+	uint32_t cand[BATCH_MAX_MSGS];
+	struct readahead r = {.uids = cand, .max = BATCH_MAX_MSGS};
+	struct readahead_txn t = {job->id, job->uidvalidity, &r};
+
+	pthread_mutex_lock(&s->lock);
+	qsort(job->uids, job->nuids, sizeof(*job->uids), cmp_u32);
+	r.from = job->uids[0];
+	pthread_mutex_unlock(&s->lock);
+
+	if (cache_run_read(s->fs->cache, readahead_read, &t) < 0)
+		return;
+
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < r.n; i++) {
+		bool busy = uid_in(job, cand[i]);
+
+		for (struct job *j = s->jobs; j != NULL && !busy; j = j->next)
+			busy = j != job && j->kind == JOB_BODY &&
+			       j->id == job->id && j->running &&
+			       uid_in(j, cand[i]);
+		if (busy)
+			continue;
+		if (job->nuids == job->capuids) {
+			size_t ncap = job->capuids * 2;
+			uint32_t *nv =
+			        realloc(job->uids, ncap * sizeof(*job->uids));
+
+			if (nv == NULL)
+				break;
+			job->uids = nv;
+			job->capuids = ncap;
+		}
+		job->uids[job->nuids++] = cand[i];
+	}
+	qsort(job->uids, job->nuids, sizeof(*job->uids), cmp_u32);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static int ensure_selected(struct worker *w, uint32_t id, uint32_t uidvalidity)
+{
+	struct mailfs *fs = w->s->fs;
+	struct imap_select_info info;
+	struct proto_err err = {0};
+	struct fs_mailbox *mb = NULL;
+	int rc;
+
+	rc = fs_tree_get(fs->tree, id, &mb);
+	if (rc < 0)
+		return rc;
+	if (imap_selected(w->c) == NULL ||
+	    strcmp(imap_selected(w->c), mb->name) != 0) {
+		rc = imap_select(w->c, mb->name, true, &info, &err);
+		if (rc < 0) {
+			log_warn("cannot open mailbox %s: %s", mb->name,
+			         err.text);
+		} else if (info.uidvalidity != uidvalidity) {
+			log_notice("mailbox %s: UIDVALIDITY is now %u (cached "
+			           "%u); it will be listed again",
+			           mb->name, info.uidvalidity, uidvalidity);
+			rc = -ESTALE;
+		}
+	}
+	fs_mailbox_free(&mb);
+	return rc;
+}
+
+static int run_body(struct worker *w, struct job *job)
+{
+	struct body_batch b = {.w = w,
+	                       .job = job,
+	                       .id = job->id,
+	                       .uidvalidity = job->uidvalidity};
+	struct proto_err err = {0};
+	char *set;
+	int rc;
+
+	plan_batch(w, job);
+	rc = ensure_selected(w, job->id, job->uidvalidity);
+	if (rc < 0)
+		return rc;
+	pthread_mutex_lock(&w->s->lock);
+	set = imap_uidset_format(job->uids, job->nuids);
+	pthread_mutex_unlock(&w->s->lock);
+	if (set == NULL)
+		return -ENOMEM;
+	rc = imap_fetch_bodies(w->c, set, body_cb, &b, &err);
+	if (rc < 0)
+		log_warn("fetching messages %s failed: %s", set, err.text);
+	flush_bodies(&b);
+	log_debug("fetched %zu of %zu messages (%s)", b.stored, job->nuids,
+	          set);
+	free(set);
+	free(b.v);
+	if (rc == 0 && b.rc < 0)
+		rc = b.rc;
+	return rc;
+}
+
+/* --- workers and the queue -------------------------------------------- */
+
+static int worker_connect(struct worker *w)
+{
+	struct fs_sync *s = w->s;
+	struct proto_err err = {0};
+	int64_t now = now_ms();
+	int rc;
+
+	if (w->c != NULL && imap_error(w->c) != NULL) {
+		log_info("connection lost: %s; reconnecting",
+		         imap_error(w->c)->text);
+		imap_free(&w->c);
+	}
+	if (w->c != NULL)
+		return 0;
+	pthread_mutex_lock(&s->lock);
+	if (s->down_until > now) {
+		pthread_mutex_unlock(&s->lock);
+		return -ENOTCONN;
+	}
+	pthread_mutex_unlock(&s->lock);
+
+	rc = imap_connect(&w->c, &s->fs->imap, &err);
+	pthread_mutex_lock(&s->lock);
+	if (rc < 0) {
+		s->backoff = s->backoff ? s->backoff * 2 : BACKOFF_MIN_MS;
+		if (s->backoff > BACKOFF_MAX_MS)
+			s->backoff = BACKOFF_MAX_MS;
+		s->down_until = now_ms() + s->backoff;
+		log_warn("cannot reach the server: %s (retrying in %u s)",
+		         err.text, s->backoff / 1000);
+		rc = -ENOTCONN;
+	} else {
+		s->backoff = 0;
+		s->down_until = 0;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+static void free_job(struct job *job)
+{
+	free(job->uids);
+	free(job);
+}
+
+static void unlink_job(struct fs_sync *s, struct job *job)
+{
+	for (struct job **pp = &s->jobs; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == job) {
+			*pp = job->next;
+			return;
+		}
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct fs_sync *s = w->s;
+
+	for (;;) {
+		struct job *job = NULL;
+		int rc;
+
+		pthread_mutex_lock(&s->lock);
+		for (;;) {
+			if (s->stop)
+				break;
+			for (job = s->jobs; job != NULL; job = job->next)
+				if (!job->running)
+					break;
+			if (job != NULL)
+				break;
+			pthread_cond_wait(&s->cond, &s->lock);
+		}
+		if (s->stop) {
+			pthread_mutex_unlock(&s->lock);
+			break;
+		}
+		job->running = true;
+		w->job = job;
+		pthread_mutex_unlock(&s->lock);
+
+		rc = worker_connect(w);
+		if (rc == 0) {
+			switch (job->kind) {
+			case JOB_LIST: {
+				struct proto_err err = {0};
+
+				rc = fs_sync_list(s->fs, w->c, &err);
+				if (rc < 0)
+					log_warn("cannot list mailboxes: %s",
+					         err.text);
+				break;
+			}
+			case JOB_LISTING: rc = run_listing(w, job->id); break;
+			case JOB_BODY: rc = run_body(w, job); break;
+			}
+			if (rc < 0 && w->c != NULL && imap_error(w->c) != NULL)
+				rc = -EIO;
+		}
+		if (rc < 0)
+			log_debug("%s job for mailbox %u failed: %s",
+			          job_name(job->kind), job->id, strerror(-rc));
+
+		pthread_mutex_lock(&s->lock);
+		unlink_job(s, job);
+		w->job = NULL;
+		pthread_mutex_unlock(&s->lock);
+		/* Whoever still waits (a body that did not come) gets the
+		 * error, or -EIO if the batch as a whole worked. */
+		run_waiters(job->waiters, rc < 0                  ? rc
+		                          : job->kind == JOB_BODY ? -EIO
+		                                                  : 0);
+		free_job(job);
+	}
+	imap_logout(&w->c);
+	return NULL;
+}
+
+static int enqueue(struct fs_sync *s, enum job_kind kind, uint32_t id,
+                   uint32_t uidvalidity, uint32_t uid, fs_sync_cb cb, void *ctx)
+{
+	struct waiter *wt = calloc(1, sizeof(*wt));
+	struct job *job = NULL, **tail;
+
+	if (wt == NULL)
+		return -ENOMEM;
+	wt->cb = cb;
+	wt->ctx = ctx;
+	wt->uid = uid;
+
+	pthread_mutex_lock(&s->lock);
+	if (s->stop || s->down_until > now_ms()) {
+		pthread_mutex_unlock(&s->lock);
+		free(wt);
+		return s->stop ? -ESHUTDOWN : -ENOTCONN;
+	}
+	for (tail = &s->jobs; *tail != NULL; tail = &(*tail)->next) {
+		struct job *j = *tail;
+
+		if (j->kind != kind || j->id != id ||
+		    j->uidvalidity != uidvalidity)
+			continue;
+		if (kind != JOB_BODY || uid_in(j, uid) || !j->running)
+			job = j;
+		if (job != NULL)
+			break;
+	}
+	if (job == NULL) {
+		job = calloc(1, sizeof(*job));
+		if (job == NULL) {
+			pthread_mutex_unlock(&s->lock);
+			free(wt);
+			return -ENOMEM;
+		}
+		job->kind = kind;
+		job->id = id;
+		job->uidvalidity = uidvalidity;
+		while (*tail != NULL)
+			tail = &(*tail)->next;
+		*tail = job;
+	}
+	if (kind == JOB_BODY && !uid_in(job, uid)) {
+		if (job->nuids == job->capuids) {
+			size_t ncap = job->capuids ? job->capuids * 2 : 8;
+			uint32_t *nv =
+			        realloc(job->uids, ncap * sizeof(*job->uids));
+
+			if (nv == NULL) {
+				pthread_mutex_unlock(&s->lock);
+				free(wt);
+				return -ENOMEM;
+			}
+			job->uids = nv;
+			job->capuids = ncap;
+		}
+		job->uids[job->nuids++] = uid;
+	}
+	wt->next = job->waiters;
+	job->waiters = wt;
+	pthread_cond_signal(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+int fs_sync_mailboxes(struct fs_sync *s, fs_sync_cb cb, void *ctx)
+{
+	return enqueue(s, JOB_LIST, 0, 0, 0, cb, ctx);
+}
+
+int fs_sync_listing(struct fs_sync *s, uint32_t id, fs_sync_cb cb, void *ctx)
+{
+	return enqueue(s, JOB_LISTING, id, 0, 0, cb, ctx);
+}
+
+int fs_sync_body(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,
+                 uint32_t uid, fs_sync_cb cb, void *ctx)
+{
+	return enqueue(s, JOB_BODY, id, uidvalidity, uid, cb, ctx);
+}
+
+int fs_sync_start(struct mailfs *fs, struct imap_client *first,
+                  struct fs_sync **sync_r)
+{
+	struct fs_sync *s = calloc(1, sizeof(*s));
+	unsigned n = fs->opts.connections;
+
+	if (s == NULL)
+		return -ENOMEM;
+	s->fs = fs;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
+	s->workers = calloc(n, sizeof(*s->workers));
+	if (s->workers == NULL) {
+		free(s);
+		return -ENOMEM;
+	}
+	s->nworkers = n;
+	for (unsigned i = 0; i < n; i++) {
+		s->workers[i].s = s;
+		if (i == 0)
+			s->workers[i].c = first;
+		if (pthread_create(&s->workers[i].thread, NULL, worker_main,
+		                   &s->workers[i]) != 0) {
+			log_err("cannot start a network thread");
+			break;
+		}
+		s->workers[i].started = true;
+	}
+	*sync_r = s;
+	return 0;
+}
+
+void fs_sync_stop(struct fs_sync **sp)
+{
+	struct fs_sync *s = *sp;
+	struct job *queued;
+
+	if (s == NULL)
+		return;
+	pthread_mutex_lock(&s->lock);
+	s->stop = true;
+	/* Wake workers blocked on the network. */
+	for (unsigned i = 0; i < s->nworkers; i++)
+		if (s->workers[i].job != NULL && s->workers[i].c != NULL)
+			imap_shutdown(s->workers[i].c);
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	for (unsigned i = 0; i < s->nworkers; i++)
+		if (s->workers[i].started)
+			pthread_join(s->workers[i].thread, NULL);
+	queued = s->jobs;
+	s->jobs = NULL;
+	while (queued != NULL) {
+		struct job *next = queued->next;
+
+		run_waiters(queued->waiters, -ESHUTDOWN);
+		free_job(queued);
+		queued = next;
+	}
+	for (unsigned i = 0; i < s->nworkers; i++)
+		if (!s->workers[i].started)
+			imap_free(&s->workers[i].c);
+	free(s->workers);
+	pthread_mutex_destroy(&s->lock);
+	pthread_cond_destroy(&s->cond);
+	free(s);
+	*sp = NULL;
+}

@@ -1,0 +1,55 @@
+/* The network side of a mount: a pool of worker threads, each owning one
+ * IMAP connection, that run jobs the FUSE handlers hand over.
+ *
+ * FUSE handlers never wait for the network.  When they need something the
+ * cache does not have, they queue a job with a callback and return; the
+ * callback runs on a worker thread when the job is done (or failed) and
+ * sends the deferred reply.  Jobs for the same thing are merged: a second
+ * open of a message being fetched waits for the same fetch.
+ *
+ * Body fetches are batched: the messages asked for, plus the following
+ * uncached messages of the same mailbox (read-ahead, bounded in count and
+ * bytes), in one UID FETCH, so that a directory walked file after file
+ * (grep -r, rsync, cp -r) costs a few round trips, not one per message.
+ *
+ * When the server cannot be reached the pool backs off (1 s doubling to
+ * 60 s); while it is backing off, new jobs are refused at once with
+ * -ENOTCONN and the handlers answer from the cache. */
+#ifndef MAILFS_FS_SYNC_H
+#define MAILFS_FS_SYNC_H
+
+#include <stdint.h>
+
+#include "fs/mailfs.h"
+#include "proto/error.h"
+
+/* rc is 0 on success or a negative errno. */
+typedef void (*fs_sync_cb)(void *ctx, int rc);
+
+/* Start conns worker threads.  first (may be NULL) is a connected client
+ * the first worker takes over (owned from now on). */
+int fs_sync_start(struct mailfs *fs, struct imap_client *first,
+                  struct fs_sync **sync_r);
+
+/* Stop the workers: jobs not started fail with -ESHUTDOWN (their callbacks
+ * run), running ones are woken by shutting their connections down. */
+void fs_sync_stop(struct fs_sync **sync);
+
+/* LIST the mailboxes with client c and store them in the cache (new ones
+ * added, vanished ones marked deleted, missing parents created as
+ * \Noselect), then reload fs->tree.  Used at mount time and by jobs. */
+int fs_sync_list(struct mailfs *fs, struct imap_client *c,
+                 struct proto_err *err);
+
+/* Queue a refresh of the mailbox list; cb may be NULL. */
+int fs_sync_mailboxes(struct fs_sync *s, fs_sync_cb cb, void *ctx);
+
+/* Queue a refresh of the message listing of mailbox id; cb may be NULL. */
+int fs_sync_listing(struct fs_sync *s, uint32_t id, fs_sync_cb cb, void *ctx);
+
+/* Queue a fetch of a message body into the cache; cb runs once it is
+ * committed (rc 0) or could not be fetched. */
+int fs_sync_body(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,
+                 uint32_t uid, fs_sync_cb cb, void *ctx);
+
+#endif

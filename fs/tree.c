@@ -1,0 +1,363 @@
+#include "fs/tree.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "proto/log.h"
+#include "proto/utf7.h"
+
+struct fs_tree {
+	pthread_rwlock_t lock;
+	struct fs_mailbox *v; /* owned array, sorted by id */
+	size_t n;
+	int64_t loaded;
+};
+
+int fs_tree_new(struct fs_tree **tree_r)
+{
+	struct fs_tree *t = calloc(1, sizeof(*t));
+
+	if (t == NULL)
+		return -ENOMEM;
+	pthread_rwlock_init(&t->lock, NULL);
+	*tree_r = t;
+	return 0;
+}
+
+static void clear_entries(struct fs_mailbox *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(v[i].name);
+		free(v[i].file);
+	}
+	free(v);
+}
+
+void fs_tree_free(struct fs_tree **tp)
+{
+	struct fs_tree *t = *tp;
+
+	if (t == NULL)
+		return;
+	clear_entries(t->v, t->n);
+	pthread_rwlock_destroy(&t->lock);
+	free(t);
+	*tp = NULL;
+}
+
+char *fs_tree_component_name(const char *raw, size_t len)
+{
+	char *comp = strndup(raw, len), *dec = NULL, *out, *o;
+	const char *src;
+
+	if (comp == NULL)
+		return NULL;
+	if (utf7_decode(comp, &dec) < 0) {
+		log_warn("mailbox name component \"%s\" is not valid modified "
+		         "UTF-7; shown as is",
+		         comp);
+		dec = NULL;
+	}
+	src = dec != NULL ? dec : comp;
+	out = malloc(strlen(src) * 3 + 4);
+	if (out == NULL)
+		goto out;
+	o = out;
+	if (strcmp(src, ".") == 0 || strcmp(src, "..") == 0) {
+		memcpy(o, "%2E", 3);
+		o += 3;
+		src++;
+	}
+	for (; *src; src++) {
+		if (*src == '%') {
+			memcpy(o, "%25", 3);
+			o += 3;
+		} else if (*src == '/') {
+			memcpy(o, "%2F", 3);
+			o += 3;
+		} else {
+			*o++ = *src;
+		}
+	}
+	*o = '\0';
+out:
+	free(dec);
+	free(comp);
+	return out;
+}
+
+struct load_ctx {
+	struct fs_mailbox *v;
+	size_t n, cap;
+	int rc;
+};
+
+static int load_cb(const struct cache_mailbox *mb, void *ctx)
+{
+	struct load_ctx *l = ctx;
+	struct fs_mailbox *e;
+	const char *last;
+
+	if (mb->deleted)
+		return 0;
+	if (mb->id > FS_INO_MAX_ID) {
+		log_err("mailbox id %u is too large for inode numbers; "
+		        "mailbox %s is not shown",
+		        mb->id, mb->name);
+		return 0;
+	}
+	if (l->n == l->cap) {
+		size_t ncap = l->cap ? l->cap * 2 : 32;
+		struct fs_mailbox *nv = realloc(l->v, ncap * sizeof(*nv));
+
+		if (nv == NULL)
+			return -ENOMEM;
+		l->v = nv;
+		l->cap = ncap;
+	}
+	e = &l->v[l->n];
+	memset(e, 0, sizeof(*e));
+	e->id = mb->id;
+	e->delim = mb->delim;
+	e->attrs = mb->attrs;
+	e->selectable =
+	        !(mb->attrs & (CACHE_MBOX_NOSELECT | CACHE_MBOX_NONEXISTENT));
+	e->uidvalidity = mb->uidvalidity;
+	e->last_sync = mb->last_sync;
+	e->mtime = mb->last_sync;
+	for (uint32_t g = 0; g < mb->ngenerations; g++)
+		if (mb->uidvalidities[g] == mb->uidvalidity)
+			e->gen = g;
+	e->name = strdup(mb->name);
+	last = mb->delim ? strrchr(mb->name, mb->delim) : NULL;
+	last = last ? last + 1 : mb->name;
+	e->file = fs_tree_component_name(last, strlen(last));
+	if (e->name == NULL || e->file == NULL) {
+		free(e->name);
+		free(e->file);
+		return -ENOMEM;
+	}
+	l->n++;
+	return 0;
+}
+
+static int load_read(struct cache_txn *txn, void *ctx)
+{
+	return cache_mailbox_foreach(txn, load_cb, ctx);
+}
+
+/* Parent of entry e: the mailbox whose name is e's name up to its last
+ * delimiter.  The sync code makes sure such a mailbox exists. */
+static uint32_t find_parent(const struct fs_mailbox *v, size_t n,
+                            const struct fs_mailbox *e)
+{
+	const char *last = e->delim ? strrchr(e->name, e->delim) : NULL;
+	size_t plen;
+
+	if (last == NULL || last == e->name)
+		return 0;
+	plen = (size_t)(last - e->name);
+	for (size_t i = 0; i < n; i++)
+		if (v[i].delim == e->delim && strlen(v[i].name) == plen &&
+		    memcmp(v[i].name, e->name, plen) == 0)
+			return v[i].id;
+	return 0;
+}
+
+int fs_tree_load(struct fs_tree *t, struct cache *cache)
+{
+	struct load_ctx l = {0};
+	int rc;
+
+	rc = cache_run_read(cache, load_read, &l);
+	if (rc < 0) {
+		clear_entries(l.v, l.n);
+		return rc;
+	}
+	for (size_t i = 0; i < l.n; i++)
+		l.v[i].parent = find_parent(l.v, l.n, &l.v[i]);
+	for (size_t i = 0; i < l.n; i++)
+		for (size_t j = 0; j < l.n; j++)
+			if (l.v[j].parent == l.v[i].id)
+				l.v[i].nsubdirs++;
+
+	pthread_rwlock_wrlock(&t->lock);
+	clear_entries(t->v, t->n);
+	t->v = l.v;
+	t->n = l.n;
+	t->loaded = time(NULL);
+	pthread_rwlock_unlock(&t->lock);
+	return 0;
+}
+
+static struct fs_mailbox *find_locked(struct fs_tree *t, uint32_t id)
+{
+	size_t lo = 0, hi = t->n;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+
+		if (t->v[mid].id == id)
+			return &t->v[mid];
+		if (t->v[mid].id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+static struct fs_mailbox *copy_entry(const struct fs_mailbox *e)
+{
+	struct fs_mailbox *c = malloc(sizeof(*c));
+
+	if (c == NULL)
+		return NULL;
+	*c = *e;
+	c->name = strdup(e->name);
+	c->file = strdup(e->file);
+	if (c->name == NULL || c->file == NULL) {
+		fs_mailbox_free(&c);
+		return NULL;
+	}
+	return c;
+}
+
+int fs_tree_get(struct fs_tree *t, uint32_t id, struct fs_mailbox **mb_r)
+{
+	struct fs_mailbox *e;
+	int rc = 0;
+
+	pthread_rwlock_rdlock(&t->lock);
+	e = find_locked(t, id);
+	if (e == NULL)
+		rc = -ENOENT;
+	else if ((*mb_r = copy_entry(e)) == NULL)
+		rc = -ENOMEM;
+	pthread_rwlock_unlock(&t->lock);
+	return rc;
+}
+
+int fs_tree_lookup(struct fs_tree *t, uint32_t parent, const char *file,
+                   struct fs_mailbox **mb_r)
+{
+	int rc = -ENOENT;
+
+	pthread_rwlock_rdlock(&t->lock);
+	for (size_t i = 0; i < t->n; i++) {
+		if (t->v[i].parent == parent &&
+		    strcmp(t->v[i].file, file) == 0) {
+			*mb_r = copy_entry(&t->v[i]);
+			rc = *mb_r ? 0 : -ENOMEM;
+			break;
+		}
+	}
+	pthread_rwlock_unlock(&t->lock);
+	return rc;
+}
+
+static int cmp_file(const void *a, const void *b)
+{
+	const struct fs_mailbox *const *x = a, *const *y = b;
+
+	return strcmp((*x)->file, (*y)->file);
+}
+
+int fs_tree_children(struct fs_tree *t, uint32_t parent,
+                     struct fs_mailbox ***v_r, size_t *n_r)
+{
+	struct fs_mailbox **v;
+	size_t n = 0;
+	int rc = 0;
+
+	pthread_rwlock_rdlock(&t->lock);
+	v = calloc(t->n ? t->n : 1, sizeof(*v));
+	if (v == NULL) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < t->n; i++) {
+		if (t->v[i].parent != parent)
+			continue;
+		v[n] = copy_entry(&t->v[i]);
+		if (v[n] == NULL) {
+			fs_mailbox_vfree(&v, n);
+			rc = -ENOMEM;
+			goto out;
+		}
+		n++;
+	}
+out:
+	pthread_rwlock_unlock(&t->lock);
+	if (rc == 0) {
+		qsort(v, n, sizeof(*v), cmp_file);
+		*v_r = v;
+		*n_r = n;
+	}
+	return rc;
+}
+
+uint32_t fs_tree_nsubdirs(struct fs_tree *t, uint32_t parent)
+{
+	uint32_t n = 0;
+
+	pthread_rwlock_rdlock(&t->lock);
+	for (size_t i = 0; i < t->n; i++)
+		if (t->v[i].parent == parent)
+			n++;
+	pthread_rwlock_unlock(&t->lock);
+	return n;
+}
+
+void fs_tree_set_state(struct fs_tree *t, uint32_t id, uint32_t uidvalidity,
+                       uint32_t gen, int64_t last_sync)
+{
+	struct fs_mailbox *e;
+
+	pthread_rwlock_wrlock(&t->lock);
+	e = find_locked(t, id);
+	if (e != NULL) {
+		e->uidvalidity = uidvalidity;
+		e->gen = gen;
+		e->last_sync = last_sync;
+		e->mtime = last_sync;
+	}
+	pthread_rwlock_unlock(&t->lock);
+}
+
+int64_t fs_tree_loaded(struct fs_tree *t)
+{
+	int64_t v;
+
+	pthread_rwlock_rdlock(&t->lock);
+	v = t->loaded;
+	pthread_rwlock_unlock(&t->lock);
+	return v;
+}
+
+void fs_mailbox_free(struct fs_mailbox **mbp)
+{
+	struct fs_mailbox *mb = *mbp;
+
+	if (mb == NULL)
+		return;
+	free(mb->name);
+	free(mb->file);
+	free(mb);
+	*mbp = NULL;
+}
+
+void fs_mailbox_vfree(struct fs_mailbox ***vp, size_t n)
+{
+	struct fs_mailbox **v = *vp;
+
+	if (v == NULL)
+		return;
+	for (size_t i = 0; i < n; i++)
+		fs_mailbox_free(&v[i]);
+	free(v);
+	*vp = NULL;
+}

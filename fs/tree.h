@@ -1,0 +1,114 @@
+/* The directory tree of an IMAP mount, and inode numbers.
+ *
+ * Inode numbers are computed from the cache key, never from a counter, so
+ * they are stable across remounts:
+ *
+ *   root                      FUSE_ROOT_ID (1)
+ *   mailbox directory         id << 44
+ *   message UID.eml           id << 44 | generation << 32 | UID
+ *
+ * where id is the mailbox's permanent cache id (< 2^20) and generation the
+ * cache's number for the UIDVALIDITY (< 2^12).  UID 0 is never valid, so a
+ * directory and a message never share a number.
+ *
+ * The tree itself is an in-memory table of the mailboxes the cache knows,
+ * reloaded from the cache after every LIST.  Each mailbox has a parent (a
+ * mailbox id, or 0 for the root) and a file name: the last component of
+ * its server name, decoded from modified UTF-7, with "%" shown as "%25"
+ * and "/" as "%2F". */
+#ifndef MAILFS_FS_TREE_H
+#define MAILFS_FS_TREE_H
+
+#include <fuse_lowlevel.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cache/cache.h"
+
+#define FS_INO_ID_BITS  20
+#define FS_INO_GEN_BITS 12
+#define FS_INO_MAX_ID   ((1u << FS_INO_ID_BITS) - 1)
+#define FS_INO_MAX_GEN  ((1u << FS_INO_GEN_BITS) - 1)
+
+static inline fuse_ino_t fs_ino_dir(uint32_t id)
+{
+	return id == 0 ? FUSE_ROOT_ID : (fuse_ino_t)id << 44;
+}
+
+static inline fuse_ino_t fs_ino_msg(uint32_t id, uint32_t gen, uint32_t uid)
+{
+	return (fuse_ino_t)id << 44 | (fuse_ino_t)gen << 32 | uid;
+}
+
+/* Split an inode number.  Returns false for numbers we never hand out. */
+static inline bool fs_ino_split(fuse_ino_t ino, uint32_t *id_r, uint32_t *gen_r,
+                                uint32_t *uid_r)
+{
+	if (ino == FUSE_ROOT_ID) {
+		*id_r = *gen_r = *uid_r = 0;
+		return true;
+	}
+	*id_r = (uint32_t)(ino >> 44);
+	*gen_r = (uint32_t)(ino >> 32) & FS_INO_MAX_GEN;
+	*uid_r = (uint32_t)ino;
+	if (*id_r == 0)
+		return false;
+	return *uid_r != 0 || *gen_r == 0;
+}
+
+/* One mailbox as the tree shows it.  Copies handed out are owned by the
+ * caller (fs_mailbox_free). */
+struct fs_mailbox {
+	uint32_t id;
+	uint32_t parent; /* mailbox id, 0 for the root */
+	char *name;      /* owned: server name, raw modified UTF-7 */
+	char *file;      /* owned: the directory's file name, UTF-8 */
+	char delim;
+	uint32_t attrs; /* CACHE_MBOX_* */
+	bool selectable;
+	uint32_t nsubdirs;
+	uint32_t uidvalidity; /* 0 until first listed */
+	uint32_t gen;         /* generation of uidvalidity */
+	int64_t last_sync;    /* 0: never listed */
+	int64_t mtime;        /* for st_mtime of the directory */
+};
+
+struct fs_tree;
+
+int fs_tree_new(struct fs_tree **tree_r);
+void fs_tree_free(struct fs_tree **tree);
+
+/* Rebuild the table from the cache's mailbox records (deleted ones are
+ * left out). */
+int fs_tree_load(struct fs_tree *tree, struct cache *cache);
+
+/* Copy of mailbox id; -ENOENT if the tree has none. */
+int fs_tree_get(struct fs_tree *tree, uint32_t id, struct fs_mailbox **mb_r);
+
+/* The child directory called file under parent (0: root). */
+int fs_tree_lookup(struct fs_tree *tree, uint32_t parent, const char *file,
+                   struct fs_mailbox **mb_r);
+
+/* Copies of all children of parent, in name order; *n_r entries. */
+int fs_tree_children(struct fs_tree *tree, uint32_t parent,
+                     struct fs_mailbox ***v_r, size_t *n_r);
+
+/* Number of direct subdirectories of parent (0: root). */
+uint32_t fs_tree_nsubdirs(struct fs_tree *tree, uint32_t parent);
+
+/* Update what a listing learned. */
+void fs_tree_set_state(struct fs_tree *tree, uint32_t id, uint32_t uidvalidity,
+                       uint32_t gen, int64_t last_sync);
+
+/* Time the mailbox list was last loaded (for the root's mtime). */
+int64_t fs_tree_loaded(struct fs_tree *tree);
+
+void fs_mailbox_free(struct fs_mailbox **mb);
+void fs_mailbox_vfree(struct fs_mailbox ***v, size_t n);
+
+/* The file name of one component of a server name: modified UTF-7
+ * decoded (raw if invalid), "%" -> "%25", "/" -> "%2F", a leading "." of
+ * "." or ".." -> "%2E".  New string. */
+char *fs_tree_component_name(const char *raw, size_t len);
+
+#endif
