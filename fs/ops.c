@@ -296,7 +296,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 		return;
 	}
 	if (id == 0) {
-		dir_attr(fs, 0, fs_tree_loaded(fs->tree), &st);
+		dir_attr(fs, 0, fs_tree_mtime(fs->tree), &st);
 		fuse_reply_attr(req, &st, DIR_TIMEOUT);
 		return;
 	}
@@ -413,7 +413,7 @@ static int build_snap(struct mailfs *fs, uint32_t id,
 	if (e == NULL)
 		goto nomem;
 	strcpy(e->name, ".");
-	dir_attr(fs, id, mb ? mb->mtime : fs_tree_loaded(fs->tree), &e->st);
+	dir_attr(fs, id, mb ? mb->mtime : fs_tree_mtime(fs->tree), &e->st);
 	e = snap_add(s);
 	if (e == NULL)
 		goto nomem;

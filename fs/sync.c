@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -308,6 +309,7 @@ struct listing {
 	size_t deleted;
 	struct cache_rematch_stats rematch;
 	int64_t now;
+	int64_t newest; /* INTERNALDATE of the newest message */
 };
 
 static char *header_value(const struct imap_msg_meta *m, const char *name,
@@ -475,6 +477,19 @@ static int store_listing(struct cache_txn *txn, void *ctx)
 		                                s.uids[i]});
 	l->deleted = s.n;
 	free(s.uids);
+	if (rc == 0 && l->n > 0) {
+		/* The directory's mtime: its newest message, so that it is
+		 * stable while nothing arrives (rsync -a sees no change). */
+		int64_t newest = 0;
+		char name[32];
+
+		for (size_t i = 0; i < l->n; i++)
+			if (l->v[i].internaldate > newest)
+				newest = l->v[i].internaldate;
+		snprintf(name, sizeof(name), "mtime.%u", l->id);
+		rc = cache_meta_set(txn, name, (uint64_t)newest);
+		l->newest = newest;
+	}
 	if (rc == 0 && l->old_uidvalidity != 0 &&
 	    l->old_uidvalidity != l->info.uidvalidity)
 		rc = cache_rematch(txn, l->id, l->info.uidvalidity, 0,
@@ -522,7 +537,7 @@ static int run_listing(struct worker *w, uint32_t id)
 		return rc;
 	l.now = time(NULL);
 	if (!mb->selectable) {
-		fs_tree_set_state(fs->tree, id, 0, 0, l.now);
+		fs_tree_set_state(fs->tree, id, 0, 0, l.now, 0);
 		goto out;
 	}
 	rc = imap_select(w->c, mb->name, true, &l.info, &err);
@@ -542,7 +557,7 @@ static int run_listing(struct worker *w, uint32_t id)
 		rc = cache_run_write(fs->cache, touch_state, &l);
 		if (rc == 0)
 			fs_tree_set_state(fs->tree, id, l.info.uidvalidity,
-			                  l.gen, l.now);
+			                  l.gen, l.now, 0);
 		log_debug("listing of %s: unchanged (%u messages)", mb->name,
 		          l.info.exists);
 		goto out;
@@ -570,7 +585,8 @@ static int run_listing(struct worker *w, uint32_t id)
 		log_err("mailbox %s has changed UIDVALIDITY too often; its "
 		        "messages cannot be shown",
 		        mb->name);
-	fs_tree_set_state(fs->tree, id, l.info.uidvalidity, l.gen, l.now);
+	fs_tree_set_state(fs->tree, id, l.info.uidvalidity, l.gen, l.now,
+	                  l.newest);
 	if (l.old_uidvalidity != 0 && l.old_uidvalidity != l.info.uidvalidity)
 		log_notice("mailbox %s: UIDVALIDITY changed from %u to %u; "
 		           "%zu cached bodies matched to new UIDs by "

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -14,6 +15,7 @@ struct fs_tree {
 	struct fs_mailbox *v; /* owned array, sorted by id */
 	size_t n;
 	int64_t loaded;
+	int64_t mtime; /* the newest of the mailboxes' mtimes */
 };
 
 int fs_tree_new(struct fs_tree **tree_r)
@@ -89,6 +91,21 @@ out:
 	return out;
 }
 
+/* The directory mtime the last listing stored (its newest message). */
+static int read_mtime(struct cache_txn *txn, struct fs_mailbox *e)
+{
+	uint64_t v = 0;
+	char name[32];
+	int rc;
+
+	snprintf(name, sizeof(name), "mtime.%u", e->id);
+	rc = cache_meta_get(txn, name, &v);
+	if (rc == -ENOENT)
+		return 0;
+	e->mtime = (int64_t)v;
+	return rc;
+}
+
 struct load_ctx {
 	struct fs_mailbox *v;
 	size_t n, cap;
@@ -127,7 +144,6 @@ static int load_cb(const struct cache_mailbox *mb, void *ctx)
 	        !(mb->attrs & (CACHE_MBOX_NOSELECT | CACHE_MBOX_NONEXISTENT));
 	e->uidvalidity = mb->uidvalidity;
 	e->last_sync = mb->last_sync;
-	e->mtime = mb->last_sync;
 	for (uint32_t g = 0; g < mb->ngenerations; g++)
 		if (mb->uidvalidities[g] == mb->uidvalidity)
 			e->gen = g;
@@ -146,7 +162,12 @@ static int load_cb(const struct cache_mailbox *mb, void *ctx)
 
 static int load_read(struct cache_txn *txn, void *ctx)
 {
-	return cache_mailbox_foreach(txn, load_cb, ctx);
+	struct load_ctx *l = ctx;
+	int rc = cache_mailbox_foreach(txn, load_cb, ctx);
+
+	for (size_t i = 0; i < l->n && rc == 0; i++)
+		rc = read_mtime(txn, &l->v[i]);
+	return rc;
 }
 
 /* Parent of entry e: the mailbox whose name is e's name up to its last
@@ -189,6 +210,10 @@ int fs_tree_load(struct fs_tree *t, struct cache *cache)
 	t->v = l.v;
 	t->n = l.n;
 	t->loaded = time(NULL);
+	t->mtime = 0;
+	for (size_t i = 0; i < l.n; i++)
+		if (l.v[i].mtime > t->mtime)
+			t->mtime = l.v[i].mtime;
 	pthread_rwlock_unlock(&t->lock);
 	return 0;
 }
@@ -313,7 +338,7 @@ uint32_t fs_tree_nsubdirs(struct fs_tree *t, uint32_t parent)
 }
 
 void fs_tree_set_state(struct fs_tree *t, uint32_t id, uint32_t uidvalidity,
-                       uint32_t gen, int64_t last_sync)
+                       uint32_t gen, int64_t last_sync, int64_t mtime)
 {
 	struct fs_mailbox *e;
 
@@ -323,9 +348,22 @@ void fs_tree_set_state(struct fs_tree *t, uint32_t id, uint32_t uidvalidity,
 		e->uidvalidity = uidvalidity;
 		e->gen = gen;
 		e->last_sync = last_sync;
-		e->mtime = last_sync;
+		if (mtime > 0)
+			e->mtime = mtime;
+		if (mtime > t->mtime)
+			t->mtime = mtime;
 	}
 	pthread_rwlock_unlock(&t->lock);
+}
+
+int64_t fs_tree_mtime(struct fs_tree *t)
+{
+	int64_t v;
+
+	pthread_rwlock_rdlock(&t->lock);
+	v = t->mtime;
+	pthread_rwlock_unlock(&t->lock);
+	return v;
 }
 
 int64_t fs_tree_loaded(struct fs_tree *t)

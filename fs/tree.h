@@ -70,7 +70,7 @@ struct fs_mailbox {
 	uint32_t uidvalidity; /* 0 until first listed */
 	uint32_t gen;         /* generation of uidvalidity */
 	int64_t last_sync;    /* 0: never listed */
-	int64_t mtime;        /* for st_mtime of the directory */
+	int64_t mtime;        /* st_mtime: INTERNALDATE of the newest message */
 };
 
 struct fs_tree;
@@ -96,11 +96,14 @@ int fs_tree_children(struct fs_tree *tree, uint32_t parent,
 /* Number of direct subdirectories of parent (0: root). */
 uint32_t fs_tree_nsubdirs(struct fs_tree *tree, uint32_t parent);
 
-/* Update what a listing learned. */
+/* Update what a listing learned; mtime 0 leaves the mtime alone. */
 void fs_tree_set_state(struct fs_tree *tree, uint32_t id, uint32_t uidvalidity,
-                       uint32_t gen, int64_t last_sync);
+                       uint32_t gen, int64_t last_sync, int64_t mtime);
 
-/* Time the mailbox list was last loaded (for the root's mtime). */
+/* The root directory's mtime: the newest mailbox mtime. */
+int64_t fs_tree_mtime(struct fs_tree *tree);
+
+/* Time the mailbox list was last loaded (to know when it is stale). */
 int64_t fs_tree_loaded(struct fs_tree *tree);
 
 void fs_mailbox_free(struct fs_mailbox **mb);
