@@ -626,11 +626,6 @@ static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		fuse_reply_err(req, EIO);
 		goto out;
 	}
-	if (size != msg->size) {
-		/* The kernel may hold the size the server announced; the
-		 * body is the truth. */
-		fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
-	}
 	/* A message never changes: let the page cache keep it. */
 	fi->keep_cache = 1;
 	fi->noflush = 1;

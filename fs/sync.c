@@ -609,12 +609,13 @@ struct pending_body {
 	uint32_t uid;
 	char *data; /* owned */
 	size_t len;
+	bool resized; /* the server's RFC822.SIZE was wrong */
 };
 
 struct body_batch {
 	struct worker *w;
 	struct job *job;
-	uint32_t id, uidvalidity;
+	uint32_t id, uidvalidity, gen;
 	struct pending_body *v;
 	size_t n, cap, bytes;
 	int rc;
@@ -637,7 +638,8 @@ static int store_bodies(struct cache_txn *txn, void *ctx)
 			rc = 0;
 			continue;
 		}
-		if (rc == 0 && old->size != b->v[i].len)
+		b->v[i].resized = rc == 0 && old->size != b->v[i].len;
+		if (b->v[i].resized)
 			log_notice("message UID %u: server said %llu bytes, "
 			           "the body has %zu; size corrected",
 			           b->v[i].uid, (unsigned long long)old->size,
@@ -711,6 +713,13 @@ static void flush_bodies(struct body_batch *b)
 		b->rc = rc;
 	}
 	for (size_t i = 0; i < b->n; i++) {
+		/* The kernel may hold the size the server announced; the
+		 * body is the truth.  Done here, on the sync path, before
+		 * the open that waits for this body is answered. */
+		if (rc == 0 && b->v[i].resized && fs->se != NULL)
+			fuse_lowlevel_notify_inval_inode(
+			        fs->se, fs_ino_msg(b->id, b->gen, b->v[i].uid),
+			        0, 0);
 		run_waiters(take_waiters(b->w->s, b->job, b->v[i].uid),
 		            rc < 0 ? -EIO : 0);
 		free(b->v[i].data);
@@ -881,6 +890,12 @@ static int run_body(struct worker *w, struct job *job)
 	char *set;
 	int rc;
 
+	struct fs_mailbox *mb = NULL;
+
+	if (fs_tree_get(w->s->fs->tree, job->id, &mb) == 0) {
+		b.gen = mb->gen;
+		fs_mailbox_free(&mb);
+	}
 	plan_batch(w, job);
 	rc = ensure_selected(w, job->id, job->uidvalidity);
 	if (rc < 0)

@@ -59,7 +59,7 @@ def _unescape_mount_field(s):
     # /proc/mounts escapes space, tab, newline and backslash as \ooo.
     out, i = [], 0
     while i < len(s):
-        if s[i] == '\\' and i + 3 < len(s) + 0 and s[i + 1:i + 4].isdigit():
+        if s[i] == '\\' and len(s[i + 1:i + 4]) == 3 and s[i + 1:i + 4].isdigit():
             out.append(chr(int(s[i + 1:i + 4], 8)))
             i += 4
         else:
