@@ -165,23 +165,28 @@ static int fetch_all(struct imap_client *c, const char *dir, size_t batch,
 
 	rc = imap_fetch_meta(c, "1:*", 0, collect_uid, &u, err);
 	if (rc < 0)
-		return rc;
+		goto out;
 	for (size_t i = 0; i < u.n; i += batch) {
 		size_t n = u.n - i < batch ? u.n - i : batch;
 		char *set = imap_uidset_format(u.v + i, n);
 
-		if (set == NULL)
-			return -ENOMEM;
+		if (set == NULL) {
+			rc = -ENOMEM;
+			goto out;
+		}
 		rc = imap_submit(c, &h, NULL, "UID FETCH %s (UID BODY.PEEK[])",
 		                 set);
 		free(set);
-		if (rc < 0)
-			return imap_error(c) ? (*err = *imap_error(c), rc) : rc;
+		if (rc < 0) {
+			if (imap_error(c) != NULL)
+				*err = *imap_error(c);
+			goto out;
+		}
 	}
 	fprintf(stderr, "imapcli: %zu commands in flight\n", imap_inflight(c));
 	rc = imap_wait_all(c, err);
 	if (rc < 0)
-		return rc;
+		goto out;
 	if (f.failed) {
 		/* Some bodies were streamed; fetch those one by one. */
 		for (size_t i = 0; i < u.n; i++) {
@@ -193,12 +198,14 @@ static int fetch_all(struct imap_client *c, const char *dir, size_t batch,
 			snprintf(set, sizeof(set), "%u", u.v[i]);
 			rc = imap_fetch_bodies(c, set, write_body, &f, err);
 			if (rc < 0)
-				return rc;
+				goto out;
 		}
 	}
 	printf("fetched %zu of %zu\n", f.count, u.n);
+	rc = f.count == u.n ? 0 : -EIO;
+out:
 	free(u.v);
-	return f.count == u.n ? 0 : -EIO;
+	return rc;
 }
 
 int main(int argc, char **argv)

@@ -284,6 +284,17 @@ class Mount:
                 return True
         return False
 
+    def kill(self):
+        """SIGKILL our mailfs process (by pid): the kernel then fails every
+        request still pending on the mount.  unmount() cleans up after."""
+        pid = self.proc.pid if self.proc is not None else self.pid
+        if pid is None or (self.proc is None and _find_daemon(self.argv) != pid):
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
     def exited(self):
         """True once the mailfs process is gone."""
         if self.proc is not None:

@@ -1,0 +1,1013 @@
+#!/usr/bin/env python3
+"""mailfs mounted for real (FUSE) over a private Dovecot.
+
+Every byte and attribute read through the mount is compared with what
+Dovecot returns to an independent client (Python's imaplib, in the harness).
+Each scenario mounts with a fresh cache directory unless it tests reuse, and
+always unmounts, even when a test fails (tests/harness/mountutil.py).
+
+Environment: MAILFS_BUILD (build directory; the binary is
+$MAILFS_BUILD/mailfs), MAILFS_SOURCE, MAILFS_CORPUS.  Exit status 77 when
+Dovecot or FUSE is missing."""
+
+import base64
+import ctypes
+import datetime
+import errno
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, 'harness'))
+import mailharness  # noqa: E402
+import mountutil  # noqa: E402
+
+TEST_TIMEOUT = 90.0     # a hung FUSE request fails the test instead of hanging it
+OP_TIMEOUT = 15.0       # one file operation in a child process
+ERROR_SECONDS = 5.0     # "at once": mount errors, EIO while offline
+
+dc = None               # Dovecot, separator "/"
+TMP = None
+TREE = None             # expected tree of alice: Tree
+BODIES = {}             # {mailbox: {uid: bytes}} as the server serves them
+META = {}               # {mailbox: {uid: (size, internaldate)}}
+SPECIAL = {}            # uids of messages appended by setUpModule
+
+XATTR_SUBJECT = 'Grüße aus Zürich — 台北 ✓'
+FOLDED_SUBJECT = 'Ein ziemlich langer Betreff, über zwei Zeilen gefaltet: 日本語のテキスト'
+XATTR_DATE = 'Tue, 14 Nov 2023 22:13:20 +0000'
+KNOWN_DATE = 1234567890
+NAMED = ['Entwürfe', '台北/日本語', 'with space', 'A & B', 'Parent/Child']
+
+
+# ------------------------------------------------------------------ helpers
+
+def b64word(text):
+    return '=?UTF-8?B?' + base64.b64encode(text.encode()).decode() + '?='
+
+
+def component(name):
+    """The file name of one mailbox-name component (DESIGN: '%' -> '%25',
+    '/' -> '%2F')."""
+    return name.replace('%', '%25').replace('/', '%2F')
+
+
+def mailbox_path(name, delim):
+    return '/'.join(component(c) for c in (name.split(delim) if delim else [name]))
+
+
+class Tree:
+    """What a mount of USER must show: dirs {relpath: mailbox name},
+    files {relpath: (mailbox, uid)}, selectable mailboxes."""
+
+    def __init__(self, dcx, user, skip=()):
+        self.dirs, self.files, self.boxes = {}, {}, []
+        delim = dcx.separator
+        for name, attrs in dcx.list_mailboxes(user).items():
+            if name in skip:
+                continue
+            path = mailbox_path(name, delim)
+            self.dirs[path] = name
+            parts = path.split('/')
+            for i in range(1, len(parts)):
+                self.dirs.setdefault('/'.join(parts[:i]), None)
+            if '\\Noselect' in attrs or '\\NonExistent' in attrs:
+                continue
+            self.boxes.append(name)
+            for uid in dcx.flags(user, name):
+                self.files['%s/%d.eml' % (path, uid)] = (name, uid)
+
+    def subdirs(self, rel):
+        """Names of the direct subdirectories of rel ('' = root)."""
+        pre = rel + '/' if rel else ''
+        return {d[len(pre):] for d in self.dirs
+                if d.startswith(pre) and '/' not in d[len(pre):]}
+
+    def files_in(self, box):
+        return {p: v for p, v in self.files.items() if v[0] == box}
+
+
+def server_meta(dcx, user, box):
+    """{uid: (RFC822.SIZE, INTERNALDATE as epoch seconds)} from the server."""
+    m = dcx.imap(user)
+    try:
+        typ, data = m.select(mailharness.imap_quote(mailharness.utf7_encode(box)),
+                             readonly=True)
+        assert typ == 'OK', data
+        typ, data = m.uid('FETCH', '1:*', '(UID RFC822.SIZE INTERNALDATE)')
+    finally:
+        m.logout()
+    out = {}
+    for item in data:
+        if isinstance(item, tuple):
+            item = item[0]
+        if not item:
+            continue
+        uid = re.search(rb'UID (\d+)', item)
+        size = re.search(rb'RFC822\.SIZE (\d+)', item)
+        date = re.search(rb'INTERNALDATE "([^"]+)"', item)
+        if uid and size and date:
+            when = datetime.datetime.strptime(date.group(1).decode().strip(),
+                                              '%d-%b-%Y %H:%M:%S %z')
+            out[int(uid.group(1))] = (int(size.group(1)), int(when.timestamp()))
+    return out
+
+
+def walk(root):
+    """(set of directory relpaths, set of file relpaths) below root."""
+    dirs, files = set(), set()
+    for d, subdirs, names in os.walk(root):
+        rel = os.path.relpath(d, root)
+        for s in subdirs:
+            dirs.add(os.path.normpath(os.path.join(rel, s)))
+        for n in names:
+            files.add(os.path.normpath(os.path.join(rel, n)))
+    return dirs, files
+
+
+def read(path):
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def fresh(tag):
+    """A new empty mount point and a cache path (not created) for a scenario."""
+    base = tempfile.mkdtemp(prefix=tag + '-', dir=TMP)
+    os.mkdir(os.path.join(base, 'mnt'))
+    return os.path.join(base, 'mnt'), os.path.join(base, 'cache')
+
+
+def body_of(rel):
+    box, uid = TREE.files[rel]
+    return BODIES[box][uid]
+
+
+def fetched_uids(commands):
+    """UIDs named by the body fetches (BODY.PEEK[]) among the commands sent."""
+    uids = set()
+    for c in commands:
+        if 'BODY.PEEK[]' not in c:
+            continue
+        m = re.search(r'UID FETCH ([0-9:,*]+)', c)
+        if m:
+            for part in m.group(1).split(','):
+                a, _, b = part.partition(':')
+                uids.update(range(int(a), int(b or a) + 1))
+        else:
+            uids.add(-1)
+    return uids
+
+
+_OPS = r'''
+import errno, os, sys
+op, path = sys.argv[1], sys.argv[2]
+arg = sys.argv[3] if len(sys.argv) > 3 else None
+try:
+    if op == 'read':
+        with open(path, 'rb') as f:
+            f.read()
+    elif op == 'create':
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    elif op == 'write':
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, b'x\n')
+        os.close(fd)
+    elif op == 'append':
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, b'x\n')
+        os.close(fd)
+    elif op == 'truncate':
+        os.truncate(path, 0)
+    elif op == 'chmod':
+        os.chmod(path, 0o644)
+    elif op == 'utime':
+        os.utime(path, (0, 0))
+    elif op == 'mkdir':
+        os.mkdir(path)
+    elif op == 'rmdir':
+        os.rmdir(path)
+    elif op == 'unlink':
+        os.unlink(path)
+    elif op == 'rename':
+        os.rename(path, arg)
+    elif op == 'setxattr':
+        os.setxattr(path, 'user.mail.flags', arg.encode())
+    print('OK')
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e.errno)))
+'''
+
+
+def try_op(op, path, arg=None):
+    """Run one file operation in a child process (so that a hang cannot
+    hang us): (errno name or 'OK' or 'TIMEOUT', seconds)."""
+    argv = [sys.executable, '-c', _OPS, op, path] + ([arg] if arg is not None else [])
+    t = time.monotonic()
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=OP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return 'TIMEOUT', time.monotonic() - t
+    return (r.stdout.strip() or 'ERR ' + r.stderr.strip()[-200:]), time.monotonic() - t
+
+
+def run(argv, **kw):
+    kw.setdefault('timeout', 120)
+    env = dict(os.environ, LC_ALL='C')
+    return subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=env, **kw)
+
+
+class _Dirent64(ctypes.Structure):
+    _fields_ = [('d_ino', ctypes.c_uint64), ('d_off', ctypes.c_int64),
+                ('d_reclen', ctypes.c_ushort), ('d_type', ctypes.c_ubyte),
+                ('d_name', ctypes.c_char * 256)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.opendir.restype = ctypes.c_void_p
+_libc.opendir.argtypes = [ctypes.c_char_p]
+_libc.readdir64.restype = ctypes.POINTER(_Dirent64)
+_libc.readdir64.argtypes = [ctypes.c_void_p]
+_libc.closedir.argtypes = [ctypes.c_void_p]
+DT_DIR, DT_REG = 4, 8
+
+
+def raw_readdir(path):
+    """{name: (d_type, d_ino)} straight from readdir(3), no stat."""
+    d = _libc.opendir(os.fsencode(path))
+    if not d:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+    out = {}
+    try:
+        while True:
+            p = _libc.readdir64(d)
+            if not p:
+                break
+            ent = p.contents
+            out[os.fsdecode(ent.d_name)] = (ent.d_type, ent.d_ino)
+    finally:
+        _libc.closedir(d)
+    return out
+
+
+class MountTest(unittest.TestCase):
+    """Bounds every test: if one runs longer than TEST_TIMEOUT (a FUSE
+    request that never gets an answer), our mailfs processes are killed by
+    pid, which makes the kernel fail the pending requests."""
+
+    def setUp(self):
+        self._timer = threading.Timer(TEST_TIMEOUT, self._abort)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def tearDown(self):
+        self._timer.cancel()
+
+    def _abort(self):
+        print('\n%s: over %.0f s; killing mailfs' % (self.id(), TEST_TIMEOUT),
+              file=sys.stderr, flush=True)
+        for m in list(mountutil._active):
+            m.kill()
+
+    def mount(self, tag='m', cache=None, mode='daemon', options=(), dcx=None, user='alice'):
+        mnt, c = fresh(tag)
+        m = mountutil.Mount(dcx or dc, mnt, cache or c, user=user, mode=mode,
+                            options=options)
+        m.start()
+        self.addCleanup(m.unmount)
+        return m
+
+    def assertBytesEqual(self, mnt, files, what=''):
+        """Every file rel in FILES reads through MNT as the server serves it."""
+        bad = []
+        for rel in sorted(files):
+            got = read(os.path.join(mnt, rel))
+            want = body_of(rel)
+            if got != want:
+                bad.append('%s: %d bytes, server %d' % (rel, len(got), len(want)))
+        self.assertEqual(bad, [], '%s%d of %d differ' % (what, len(bad), len(files)))
+
+
+# --------------------------------------------------------------- module set-up
+
+def setUpModule():
+    global dc, TMP, TREE
+    mailharness.require_dovecot()
+    mountutil.require_fuse()
+    mountutil.install_signal_handlers()
+    TMP = tempfile.mkdtemp(prefix='mailfs-mount-test-')
+    os.chmod(TMP, 0o755)
+    dc = mailharness.Dovecot()
+    dc.load_corpus('alice')
+    # Decoded headers and flags.
+    xattr_msg = ('From: =?ISO-8859-1?Q?J=FCrgen_M=FCller?= <juergen@example.org>\r\n'
+                 'To: alice@example.org\r\n'
+                 'Subject: %s\r\n'
+                 'Date: %s\r\n'
+                 'Message-ID: <xattr-test@example.org>\r\n'
+                 'MIME-Version: 1.0\r\n'
+                 'Content-Type: text/plain; charset=utf-8\r\n\r\n'
+                 'Hallo.\r\n' % (b64word(XATTR_SUBJECT), XATTR_DATE)).encode()
+    SPECIAL['xattr'] = dc.append('alice', 'INBOX', xattr_msg,
+                                 flags=('\\Flagged', '\\Answered', '$Work'),
+                                 date=1700000000)
+    half = len(FOLDED_SUBJECT) // 2
+    folded = ('From: plain@example.org\r\n'
+              'Subject: %s\r\n %s\r\n'
+              'Message-ID: <folded-test@example.org>\r\n\r\nbody\r\n'
+              % (b64word(FOLDED_SUBJECT[:half]), b64word(FOLDED_SUBJECT[half:]))).encode()
+    SPECIAL['folded'] = dc.append('alice', 'INBOX', folded, flags=('\\Seen',))
+    SPECIAL['plain'] = dc.append('alice', 'INBOX', b'Subject: plain\r\n\r\nhello\r\n')
+    SPECIAL['dated'] = dc.append('alice', 'Dated', b'Subject: dated\r\n\r\nx\r\n',
+                                 date=KNOWN_DATE)
+    dc.append('alice', 'Dated', b'Subject: dated tz\r\n\r\ny\r\n',
+              date=datetime.datetime(2021, 6, 1, 12, 0, 0,
+                                     tzinfo=datetime.timezone(datetime.timedelta(hours=2))))
+    for i, name in enumerate(NAMED):
+        dc.append('alice', name, ('Subject: in %s\r\nMessage-ID: <named%d@example.org>\r\n'
+                                  '\r\nbody %d\r\n' % (name, i, i)).encode())
+    dc.create('alice', 'Empty')
+    dc.generate('alice', 'Unfetched', 3, seed=5)
+    big = (b'Subject: big\r\nMessage-ID: <big@example.org>\r\n\r\n' +
+           b''.join(b'line %08d with some text to fill the message\r\n' % i
+                    for i in range(20 * 1024 * 1024 // 48)))
+    SPECIAL['big'] = dc.append('alice', 'Big', big)
+    TREE = Tree(dc, 'alice')
+    for box in TREE.boxes:
+        BODIES[box] = dc.fetch_bodies('alice', box)
+        META[box] = server_meta(dc, 'alice', box)
+
+
+def tearDownModule():
+    mountutil.unmount_all()
+    if dc is not None:
+        dc.close()
+    if TMP and not any(p.startswith(TMP + '/') for p in mountutil.mounts()):
+        shutil.rmtree(TMP, ignore_errors=True)
+
+
+# ----------------------------------------------------------------- 1. browse
+
+class Browse(MountTest):
+    """ls, find, stat, cat, cp, grep, du and readdir on one mount."""
+
+    @classmethod
+    def setUpClass(cls):
+        mnt, cache = fresh('browse')
+        cls.m = mountutil.Mount(dc, mnt, cache)
+        cls.m.start()
+        cls.mnt = cls.m.mountpoint
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.m.unmount()
+
+    def p(self, rel=''):
+        return os.path.join(self.mnt, rel) if rel else self.mnt
+
+    def test_tree_matches_server(self):
+        dirs, files = walk(self.mnt)
+        self.assertEqual(dirs, set(TREE.dirs))
+        self.assertEqual(files, set(TREE.files))
+        # Every mailbox and every message of the server is there.
+        self.assertGreater(len(files), 150)
+        self.assertIn('corpus/imaptest', dirs)
+
+    def test_readdir_d_type_and_ino(self):
+        for rel in [''] + sorted(TREE.dirs):
+            ents = raw_readdir(self.p(rel))
+            self.assertEqual(ents['.'][0], DT_DIR, rel)
+            self.assertEqual(ents['..'][0], DT_DIR, rel)
+            subdirs = TREE.subdirs(rel)
+            pre = rel + '/' if rel else ''
+            files = {f[len(pre):] for f in TREE.files
+                     if f.startswith(pre) and '/' not in f[len(pre):]}
+            self.assertEqual(set(ents) - {'.', '..'}, subdirs | files, rel)
+            for name, (dtype, ino) in ents.items():
+                if name in ('.', '..'):
+                    continue
+                self.assertEqual(dtype, DT_DIR if name in subdirs else DT_REG,
+                                 '%s/%s' % (rel, name))
+                self.assertEqual(ino, os.stat(os.path.join(self.p(rel), name)).st_ino,
+                                 'readdir d_ino vs stat of %s/%s' % (rel, name))
+            # The same through os.scandir (is_dir/is_file from d_type).
+            with os.scandir(self.p(rel)) as it:
+                for e in it:
+                    self.assertEqual(e.is_dir(follow_symlinks=False), e.name in subdirs)
+                    self.assertEqual(e.is_file(follow_symlinks=False), e.name in files)
+
+    def test_nlink_and_modes(self):
+        for rel in [''] + sorted(TREE.dirs):
+            st = os.stat(self.p(rel))
+            self.assertTrue(stat.S_ISDIR(st.st_mode), rel)
+            self.assertEqual(st.st_nlink, 2 + len(TREE.subdirs(rel)), repr(rel))
+        for rel in TREE.files:
+            st = os.stat(self.p(rel))
+            self.assertEqual(st.st_mode, stat.S_IFREG | 0o444, rel)
+            self.assertEqual(st.st_nlink, 1, rel)
+
+    def test_ls_find_stat(self):
+        r = run(['ls', '-1', self.mnt])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(set(os.fsdecode(r.stdout).splitlines()), TREE.subdirs(''))
+        r = run(['ls', '-lR', self.mnt])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = os.fsdecode(r.stdout)
+        self.assertEqual(len(re.findall(r'^-r--r--r-- ', out, re.M)), len(TREE.files))
+        self.assertEqual(len(re.findall(r'^dr', out, re.M)), len(TREE.dirs))
+        for kind, want in (('f', TREE.files), ('d', TREE.dirs)):
+            r = run(['find', self.mnt, '-mindepth', '1', '-type', kind, '-printf', '%P\\n'])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(set(os.fsdecode(r.stdout).splitlines()), set(want))
+        rel = sorted(TREE.files)[0]
+        r = run(['stat', '-c', '%s %h %a %i %Y %F', self.p(rel)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        box, uid = TREE.files[rel]
+        size, date = META[box][uid]
+        st = os.stat(self.p(rel))
+        self.assertEqual(r.stdout.decode().split(),
+                         [str(len(body_of(rel))), '1', '444', str(st.st_ino), str(date),
+                          'regular', 'file'])
+
+    def test_cat_cp_grep_du(self):
+        one = sorted(TREE.files_in('corpus/spamassassin-nice'))[0]
+        r = run(['cat', self.p(one)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, body_of(one))
+        # cp -r out of the mount.
+        dest = tempfile.mkdtemp(prefix='cp-', dir=TMP)
+        r = run(['cp', '-r', self.p('corpus/postal-mime'), dest])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for rel in TREE.files_in('corpus/postal-mime'):
+            with open(os.path.join(dest, 'postal-mime', os.path.basename(rel)), 'rb') as f:
+                self.assertEqual(f.read(), body_of(rel), rel)
+        # grep -r: a file with a hole or a wrong size would be skipped as
+        # binary or miss a match.
+        r = run(['grep', '-rlF', '--binary-files=without-match', 'Message-I',
+                 self.p('corpus')])
+        self.assertIn(r.returncode, (0, 1), r.stderr)
+        got = {os.path.relpath(p, self.mnt) for p in os.fsdecode(r.stdout).splitlines()}
+        want = {rel for rel in TREE.files if rel.startswith('corpus/')
+                and b'Message-I' in body_of(rel) and b'\0' not in body_of(rel)}
+        self.assertEqual(got, want)
+        # du: apparent size = st_size, disk usage = st_blocks.
+        for flags, expect in ((['-ab'], lambda rel: len(body_of(rel))),
+                              (['-a', '-B1'], lambda rel: os.stat(self.p(rel)).st_blocks * 512)):
+            r = run(['du'] + flags + [self.p('corpus')])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            seen = 0
+            for line in os.fsdecode(r.stdout).splitlines():
+                n, path = line.split('\t', 1)
+                rel = os.path.relpath(path, self.mnt)
+                if rel in TREE.files:
+                    self.assertEqual(int(n), expect(rel), '%s %s' % (flags, rel))
+                    seen += 1
+            self.assertEqual(seen, len([f for f in TREE.files if f.startswith('corpus/')]))
+        self.assertEqual(os.stat(self.p(one)).st_blocks, (len(body_of(one)) + 511) // 512)
+
+    def test_seek_data_hole(self):
+        rel = sorted(TREE.files_in('corpus/imaptest'))[0]
+        size = len(body_of(rel))
+        fd = os.open(self.p(rel), os.O_RDONLY)
+        try:
+            try:
+                self.assertEqual(os.lseek(fd, 0, os.SEEK_DATA), 0)
+                self.assertEqual(os.lseek(fd, 0, os.SEEK_HOLE), size)
+            except OSError as e:   # not implemented: fine
+                self.assertIn(e.errno, (errno.EINVAL, errno.EOPNOTSUPP, errno.ENXIO))
+        finally:
+            os.close(fd)
+
+
+# ------------------------------------------- 2, 3. first read: sizes, \Seen
+
+class FirstRead(MountTest):
+    """Attributes before any body was fetched, then the bodies."""
+
+    def test_attributes_before_first_read_then_bytes(self):
+        m = self.mount('first')
+        mnt = m.mountpoint
+        dirs, files = walk(mnt)
+        self.assertEqual(files, set(TREE.files))
+        before = {rel: os.stat(os.path.join(mnt, rel)) for rel in sorted(files)}
+        bad = []
+        for rel, st in before.items():
+            box, uid = TREE.files[rel]
+            want = len(body_of(rel))
+            if st.st_size != want:
+                bad.append('%s: st_size %d, body %d (RFC822.SIZE %d)'
+                           % (rel, st.st_size, want, META[box][uid][0]))
+            if st.st_blocks != (st.st_size + 511) // 512:
+                bad.append('%s: st_blocks %d for %d bytes' % (rel, st.st_blocks, st.st_size))
+            if int(st.st_mtime) != META[box][uid][1]:
+                bad.append('%s: st_mtime %d, INTERNALDATE %d'
+                           % (rel, st.st_mtime, META[box][uid][1]))
+        self.assertEqual(bad, [])
+        inos = [st.st_ino for st in before.values()]
+        self.assertEqual(len(set(inos)), len(inos), 'inode numbers not distinct')
+        dir_inos = {os.stat(os.path.join(mnt, d)).st_ino for d in dirs}
+        self.assertEqual(len(dir_inos), len(dirs))
+        self.assertFalse(dir_inos & set(inos))
+        self.assertBytesEqual(mnt, files)
+        for rel, st in before.items():
+            self.assertEqual(os.stat(os.path.join(mnt, rel)).st_size, st.st_size, rel)
+
+    def test_mtime_is_internaldate(self):
+        m = self.mount('dated')
+        st = os.stat(os.path.join(m.mountpoint, 'Dated', '%d.eml' % SPECIAL['dated']))
+        self.assertEqual(st.st_mtime, KNOWN_DATE)
+        for rel in TREE.files_in('Dated'):
+            box, uid = TREE.files[rel]
+            self.assertEqual(os.stat(os.path.join(m.mountpoint, rel)).st_mtime,
+                             META[box][uid][1], rel)
+
+    def test_reading_never_sets_seen(self):
+        before = {box: dc.flags('alice', box) for box in TREE.boxes}
+        m = self.mount('seen')
+        for rel in sorted(TREE.files):
+            read(os.path.join(m.mountpoint, rel))
+        time.sleep(0.5)
+        after = {box: dc.flags('alice', box) for box in TREE.boxes}
+        self.assertEqual(after, before)
+        # Nothing was appended with \Seen but the "folded" message: no
+        # earlier test (or mailfs) set it anywhere.
+        seen = {(b, u) for b, fl in after.items() for u, f in fl.items() if '\\Seen' in f}
+        self.assertEqual(seen, {('INBOX', SPECIAL['folded'])})
+
+
+# -------------------------------------------------------------- 4. xattrs
+
+class Xattrs(MountTest):
+    @classmethod
+    def setUpClass(cls):
+        mnt, cache = fresh('xattr')
+        cls.m = mountutil.Mount(dc, mnt, cache)
+        cls.m.start()
+        cls.mnt = cls.m.mountpoint
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.m.unmount()
+
+    def get(self, uid, attr, box='INBOX'):
+        return os.getxattr(os.path.join(self.mnt, box, '%d.eml' % uid),
+                           'user.mail.' + attr).decode('utf-8')
+
+    def test_flags_match_server(self):
+        for box in ('INBOX', 'corpus/imaptest'):
+            server = dc.flags('alice', box)
+            for uid, flags in server.items():
+                got = self.get(uid, 'flags', box)
+                self.assertNotIn('\\Recent', got)
+                self.assertEqual(set(got.split()), flags, '%s %d: %r' % (box, uid, got))
+        self.assertEqual(set(self.get(SPECIAL['xattr'], 'flags').split()),
+                         {'\\Flagged', '\\Answered', '$Work'})
+
+    def test_decoded_headers(self):
+        uid = SPECIAL['xattr']
+        self.assertEqual(self.get(uid, 'subject'), XATTR_SUBJECT)
+        frm = self.get(uid, 'from')
+        self.assertIn('Jürgen Müller', frm)
+        self.assertIn('juergen@example.org', frm)
+        self.assertEqual(self.get(uid, 'date'), XATTR_DATE)
+        self.assertEqual(self.get(uid, 'message_id'), '<xattr-test@example.org>')
+        # Adjacent encoded words over a folded line join without a space.
+        self.assertEqual(self.get(SPECIAL['folded'], 'subject'), FOLDED_SUBJECT)
+        self.assertEqual(self.get(SPECIAL['plain'], 'subject'), 'plain')
+
+    def test_listxattr_and_getfattr(self):
+        path = os.path.join(self.mnt, 'INBOX', '%d.eml' % SPECIAL['xattr'])
+        names = set(os.listxattr(path))
+        self.assertTrue({'user.mail.flags', 'user.mail.subject', 'user.mail.from',
+                         'user.mail.date', 'user.mail.message_id'} <= names, names)
+        r = run(['getfattr', '-d', '--absolute-names', path])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = r.stdout.decode('utf-8', 'replace')
+        for n in ('flags', 'subject', 'from', 'date', 'message_id'):
+            self.assertIn('user.mail.%s=' % n, out)
+        self.assertIn('user.mail.message_id="<xattr-test@example.org>"', out)
+        flags = re.search(r'^user\.mail\.flags="([^"]*)"', out, re.M).group(1)
+        self.assertEqual(set(flags.replace('\\\\', '\\').split()),
+                         {'\\Flagged', '\\Answered', '$Work'})
+
+
+# ---------------------------------------------------------------- 5. rsync
+
+class Rsync(MountTest):
+    def test_rsync_twice_then_diff(self):
+        m = self.mount('rsync')
+        backup = tempfile.mkdtemp(prefix='backup-', dir=TMP)
+        r = run(['rsync', '-a', m.mountpoint + '/', backup + '/'], timeout=180)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run(['rsync', '-ai', m.mountpoint + '/', backup + '/'], timeout=180)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = os.fsdecode(r.stdout).splitlines()
+        if lines:
+            print('\n  second rsync -ai itemized %d lines: %s'
+                  % (len(lines), '; '.join(lines[:8])), file=sys.stderr)
+        self.assertEqual([l for l in lines if l.startswith('>f')], [])
+        r = run(['diff', '-r', m.mountpoint, backup], timeout=180)
+        self.assertEqual((r.returncode, r.stdout), (0, b''), r.stderr)
+        _, files = walk(backup)
+        self.assertEqual(files, set(TREE.files))
+
+
+# ---------------------------------------------------------------- 6. names
+
+class Names(MountTest):
+    @classmethod
+    def setUpClass(cls):
+        mnt, cache = fresh('names')
+        cls.m = mountutil.Mount(dc, mnt, cache)
+        cls.m.start()
+        cls.mnt = cls.m.mountpoint
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.m.unmount()
+
+    def test_utf7_spaces_ampersand_nested(self):
+        top = set(os.listdir(self.mnt))
+        for d in ('Entwürfe', '台北', 'with space', 'A & B', 'Parent'):
+            self.assertIn(d, top)
+        self.assertEqual(os.listdir(os.path.join(self.mnt, '台北')), ['日本語'])
+        for name in NAMED:
+            files = TREE.files_in(name)
+            self.assertEqual(len(files), 1, name)
+            self.assertEqual(set(os.listdir(os.path.join(self.mnt, name))),
+                             {os.path.basename(f) for f in files})
+            self.assertBytesEqual(self.mnt, files, name + ': ')
+
+    def test_noselect_parent(self):
+        self.assertIn('\\Noselect', dc.list_mailboxes('alice')['Parent'])
+        p = os.path.join(self.mnt, 'Parent')
+        self.assertEqual(os.listdir(p), ['Child'])
+        self.assertEqual(os.stat(p).st_nlink, 3)
+
+    def test_empty_mailbox(self):
+        p = os.path.join(self.mnt, 'Empty')
+        self.assertEqual(os.listdir(p), [])
+        self.assertEqual(os.stat(p).st_nlink, 2)
+
+    def test_big_message(self):
+        rel = 'Big/%d.eml' % SPECIAL['big']
+        want = body_of(rel)
+        self.assertGreater(len(want), 20 * 1000 * 1000)
+        self.assertEqual(os.stat(os.path.join(self.mnt, rel)).st_size, len(want))
+        self.assertEqual(read(os.path.join(self.mnt, rel)), want)
+        # Reads at odd offsets, as a pager or a seek would do.
+        with open(os.path.join(self.mnt, rel), 'rb') as f:
+            for off in (0, 1, 131071, 131072, 10 * 1024 * 1024 + 3, len(want) - 5):
+                f.seek(off)
+                self.assertEqual(f.read(70000), want[off:off + 70000], off)
+
+    def test_dot_separator_escapes(self):
+        with mailharness.Dovecot(separator='.') as dot:
+            names = ['Lists.a/b', 'Lists.100%', 'Lists.x&y']
+            for n in names:
+                dot.append('alice', n, ('Subject: %s\r\n\r\nin %s\r\n' % (n, n)).encode())
+            m = self.mount('dot', dcx=dot)
+            lists = os.path.join(m.mountpoint, 'Lists')
+            self.assertEqual(set(os.listdir(lists)), {'a%2Fb', '100%25', 'x&y'})
+            self.assertEqual(os.stat(lists).st_nlink, 5)
+            for n in names:
+                bodies = dot.fetch_bodies('alice', n)
+                path = os.path.join(m.mountpoint, mailbox_path(n, '.'))
+                self.assertEqual(set(os.listdir(path)), {'%d.eml' % u for u in bodies})
+                for uid, body in bodies.items():
+                    self.assertEqual(read(os.path.join(path, '%d.eml' % uid)), body, n)
+            m.unmount()
+
+
+# ------------------------------------------------------ 2, 7. remount, offline
+
+class Remount(MountTest):
+    """One cache: filled by a first mount, then reused online and offline."""
+
+    @classmethod
+    def setUpClass(cls):
+        mnt, cls.cache = fresh('remount')
+        m = mountutil.Mount(dc, mnt, cls.cache)
+        m.start()
+        try:
+            cls.read_files = {f for f in TREE.files if not f.startswith('Unfetched/')}
+            cls.unfetched = sorted(TREE.files_in('Unfetched'))
+            dirs, files = walk(m.mountpoint)        # lists Unfetched too
+            assert files == set(TREE.files), files ^ set(TREE.files)
+            cls.inodes = {rel: os.stat(os.path.join(m.mountpoint, rel)).st_ino
+                          for rel in sorted(dirs | files)}
+            for rel in sorted(cls.read_files):
+                read(os.path.join(m.mountpoint, rel))
+        finally:
+            m.unmount()
+
+    def test_1_remount_serves_cache_without_fetching(self):
+        m = self.mount('remount-d', cache=self.cache, mode='debug')
+        dirs, files = walk(m.mountpoint)
+        self.assertEqual(files, set(TREE.files))
+        inodes = {rel: os.stat(os.path.join(m.mountpoint, rel)).st_ino
+                  for rel in sorted(dirs | files)}
+        self.assertEqual(inodes, self.inodes)
+        self.assertBytesEqual(m.mountpoint, self.read_files)
+        sent = m.sent_commands()
+        self.assertTrue(sent, 'no " C: " lines in the debug log')
+        self.assertEqual([c for c in sent if 'BODY.PEEK[]' in c], [])
+
+    def test_2_offline_when_server_down(self):
+        dc.stop()
+        try:
+            t = time.monotonic()
+            m = self.mount('offline', cache=self.cache, mode='debug')
+            self.assertLess(time.monotonic() - t, 10)
+            self.assertRegex(m.log(), r'(?i)(offline|read-only|cannot reach)')
+            dirs, files = walk(m.mountpoint)
+            self.assertEqual(dirs, set(TREE.dirs))
+            self.assertEqual(files, set(TREE.files))
+            self.assertBytesEqual(m.mountpoint, self.read_files)
+            # A body never fetched: EIO, promptly, and a log line says why.
+            rel = self.unfetched[0]
+            size = m.log_size()
+            res, took = try_op('read', os.path.join(m.mountpoint, rel))
+            self.assertEqual(res, 'EIO')
+            self.assertLess(took, ERROR_SECONDS)
+            time.sleep(0.2)
+            why = m.log_since(size)
+            self.assertIn(os.path.basename(rel), why)
+            self.assertRegex(why, r'(?i)cache|offline')
+            # Offline is read-only.
+            self.assertEqual(try_op('create', os.path.join(m.mountpoint, 'INBOX', 'new'))[0],
+                             'EROFS')
+            m.unmount()
+        finally:
+            dc.start()
+
+
+class ServerGone(MountTest):
+    """The server goes away while mounted: errors come within a bounded time,
+    and mailfs reconnects by itself."""
+
+    def unfetched_path(self, m):
+        path = os.path.join(m.mountpoint, 'Unfetched')
+        self.assertEqual(set(os.listdir(path)),
+                         {os.path.basename(f) for f in TREE.files_in('Unfetched')})
+        return os.path.join(path, os.path.basename(sorted(TREE.files_in('Unfetched'))[0]))
+
+    def wait_readable(self, path, rel, seconds):
+        deadline = time.monotonic() + seconds
+        while True:
+            res, _ = try_op('read', path)
+            if res == 'OK' or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        self.assertEqual(res, 'OK', 'no reconnection within %d s' % seconds)
+        self.assertEqual(read(path), body_of(rel))
+
+    def test_server_stopped_while_mounted(self):
+        m = self.mount('gone', mode='debug', options=['timeout=3'])
+        self.assertEqual(walk(m.mountpoint)[1], set(TREE.files))    # lists all
+        path = self.unfetched_path(m)
+        rel = os.path.relpath(path, m.mountpoint)
+        dc.stop()
+        try:
+            size = m.log_size()
+            res, took = try_op('read', path)
+            self.assertEqual(res, 'EIO')
+            self.assertLess(took, ERROR_SECONDS)
+            time.sleep(0.2)
+            self.assertRegex(m.log_since(size), r'(?i)reach|connect|refused')
+            # The tree listed before is still served.
+            self.assertEqual(walk(m.mountpoint)[1], set(TREE.files))
+        finally:
+            dc.start()
+        self.wait_readable(path, rel, 70)
+
+    def test_stalled_server_times_out(self):
+        m = self.mount('stall', mode='debug', options=['timeout=2'])
+        path = self.unfetched_path(m)
+        rel = os.path.relpath(path, m.mountpoint)
+        dc.freeze()
+        try:
+            res, took = try_op('read', path)
+            self.assertEqual(res, 'EIO')
+            self.assertLess(took, 2 * 2 + 3)
+        finally:
+            dc.thaw()
+        self.wait_readable(path, rel, 70)
+
+
+# ---------------------------------------------------------- 8. mount errors
+
+class MountErrors(MountTest):
+    def attempt(self, *, url=None, password=None, cafile=True, mountpoint=None,
+                expect):
+        mnt, cache = fresh('err')
+        if mountpoint is not None:
+            mnt = mountpoint
+        m = mountutil.Mount(dc, mnt, cache, url=url, password=password, cafile=cafile)
+        self.addCleanup(m.unmount)
+        t = time.monotonic()
+        r = m.run()
+        took = time.monotonic() - t
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(lines), 1, 'not one line: %r' % r.stderr)
+        self.assertRegex(lines[0], expect)
+        self.assertFalse(mountutil.is_mounted(mnt), 'a mount was left behind')
+        self.assertNotIn(os.path.realpath(mnt), mountutil.mounts())
+        self.assertLess(took, ERROR_SECONDS)
+        return lines[0]
+
+    def test_wrong_password(self):
+        # Dovecot's text is "[AUTHENTICATIONFAILED] Authentication failed."
+        self.attempt(password='not-the-password', expect=r'Authentication failed')
+
+    def test_unknown_ca(self):
+        self.attempt(cafile=False, expect=r'(?i)issuer')
+
+    def test_wrong_host_name(self):
+        url = dc.url('imaps', 'alice').replace('@localhost:', '@127.0.0.1:')
+        self.attempt(url=url, expect=r'(?i)host')
+
+    def test_expired_certificate(self):
+        with dc.bad_cert_server('expired') as srv:
+            self.attempt(url='imaps://alice@localhost:%d' % srv.port, expect=r'(?i)expired')
+
+    def test_unreachable_no_cache(self):
+        s = socket.socket()
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+        s.close()
+        self.attempt(url='imaps://alice@localhost:%d' % port, expect=r'(?i)refused')
+
+    def test_mountpoint_not_empty(self):
+        mnt, _ = fresh('notempty')
+        with open(os.path.join(mnt, 'file'), 'w') as f:
+            f.write('x')
+        self.attempt(mountpoint=mnt, expect=r'(?i)not empty')
+
+    def test_mountpoint_missing(self):
+        mnt, _ = fresh('missing')
+        self.attempt(mountpoint=os.path.join(mnt, 'nonexistent'),
+                     expect=r'(?i)(no such file|does not exist|missing)')
+
+
+# ----------------------------------------------------- 9. UIDVALIDITY change
+
+class UidValidity(MountTest):
+    """Bob's mailboxes: "Migrate" is deleted and re-created with the same
+    messages in reverse order after a new one (new UIDs, new UIDVALIDITY);
+    "Renumber" only gets a new UIDVALIDITY (same UIDs)."""
+
+    @classmethod
+    def setUpClass(cls):
+        dc.generate('bob', 'Migrate', 12, seed=7)
+        dc.generate('bob', 'Renumber', 8, seed=8)
+        cls.old = {b: dc.fetch_bodies('bob', b) for b in ('Migrate', 'Renumber')}
+        cls.old_uv = {b: dc.status('bob', b)['UIDVALIDITY'] for b in cls.old}
+        mnt, cls.cache = fresh('uidv')
+        m = mountutil.Mount(dc, mnt, cls.cache, user='bob')
+        m.start()
+        try:
+            for box, bodies in cls.old.items():
+                for uid, body in bodies.items():
+                    assert read(os.path.join(m.mountpoint, box, '%d.eml' % uid)) == body
+        finally:
+            m.unmount()
+        # The change on the server.
+        im = dc.imap('bob')
+        try:
+            typ, data = im.delete('Migrate')
+            assert typ == 'OK', data
+        finally:
+            im.logout()
+        fresh_msg = (b'Subject: arrived after the migration\r\n'
+                     b'Message-ID: <fresh-after-migration@example.org>\r\n\r\nnew\r\n')
+        uids = dc.append_many('bob', 'Migrate',
+                              [fresh_msg] + [cls.old['Migrate'][u]
+                                             for u in sorted(cls.old['Migrate'], reverse=True)])
+        cls.fresh_uid = uids[0]
+        for box in cls.old:
+            dc.doveadm('mailbox', 'update', '-u', 'bob', '--uid-validity',
+                       str(cls.old_uv[box] + 1000), box)
+        cls.new = {b: dc.fetch_bodies('bob', b) for b in cls.old}
+        cls.new_uv = {b: dc.status('bob', b)['UIDVALIDITY'] for b in cls.old}
+        assert all(cls.new_uv[b] != cls.old_uv[b] for b in cls.old)
+        assert sorted(cls.new['Migrate']) != sorted(cls.old['Migrate'])
+        time.sleep(1.1)     # the cached listings are now older than poll=1
+
+    def test_remount_rematches_cached_bodies(self):
+        m = self.mount('uidv-d', cache=self.cache, mode='debug', user='bob',
+                       options=['poll=1'])
+        # Renumber first, then Migrate, so that each one's fetches can be
+        # told apart in the log.
+        for box in ('Renumber', 'Migrate'):
+            path = os.path.join(m.mountpoint, box)
+            want = {'%d.eml' % u for u in self.new[box]}
+            deadline = time.monotonic() + 15
+            while set(os.listdir(path)) != want and time.monotonic() < deadline:
+                time.sleep(0.2)
+            with self.subTest(box=box, what='new UIDs listed'):
+                self.assertEqual(set(os.listdir(path)), want)
+            since = m.log_size()
+            got = {}
+            for uid in sorted(self.new[box]):
+                try:
+                    got[uid] = read(os.path.join(path, '%d.eml' % uid))
+                except OSError as e:
+                    got[uid] = e
+            with self.subTest(box=box, what='bytes'):
+                self.assertEqual({u: b for u, b in got.items() if b != self.new[box][u]}, {})
+            time.sleep(0.2)
+            fetched = fetched_uids(m.sent_commands(since))
+            allowed = {self.fresh_uid} if box == 'Migrate' else set()
+            with self.subTest(box=box, what='not fetched again'):
+                self.assertLessEqual(fetched, allowed,
+                                     'bodies fetched again: %s' % sorted(fetched - allowed))
+        log = m.log()
+        for box in self.old:
+            with self.subTest(box=box, what='logged'):
+                self.assertTrue([l for l in log.splitlines()
+                                 if 'UIDVALIDITY' in l.upper() and box in l],
+                                'no log line about the UIDVALIDITY change of %s' % box)
+
+
+# ---------------------------------------------------------------- 10. writes
+
+class Writes(MountTest):
+    def check_refused(self, mnt, allowed, ops):
+        for op, rel, arg in ops:
+            path = os.path.join(mnt, rel)
+            if arg is not None and op == 'rename':
+                arg = os.path.join(mnt, arg)
+            res, took = try_op(op, path, arg)
+            with self.subTest(op=op, path=rel):
+                self.assertIn(res, allowed)
+                self.assertLess(took, ERROR_SECONDS)
+
+    def server_state(self):
+        return (dc.list_mailboxes('alice').keys(), dc.flags('alice', 'INBOX'),
+                dc.fetch_bodies('alice', 'INBOX'))
+
+    def test_writes_refused(self):
+        before = self.server_state()
+        m = self.mount('writes')
+        msg = 'INBOX/%d.eml' % SPECIAL['plain']
+        self.check_refused(m.mountpoint, ('EPERM', 'EROFS'), [
+            ('create', 'INBOX/new', None),
+            ('write', msg, None),
+            ('append', msg, None),
+            ('truncate', msg, None),
+            ('mkdir', 'newdir', None),
+            ('mkdir', 'INBOX/newdir', None),
+        ])
+        # The same with the programs a user would run.
+        for argv in (['touch', os.path.join(m.mountpoint, 'INBOX', 'new')],
+                     ['sh', '-c', 'echo x > "$1"', 'sh', os.path.join(m.mountpoint, msg)],
+                     ['mkdir', os.path.join(m.mountpoint, 'newdir')]):
+            r = run(argv, timeout=OP_TIMEOUT)
+            with self.subTest(argv=argv[:2]):
+                self.assertNotEqual(r.returncode, 0)
+                self.assertRegex(r.stderr.decode(), r'Operation not permitted|Read-only')
+        self.assertEqual(read(os.path.join(m.mountpoint, msg)), body_of(msg))
+        self.assertFalse(os.path.exists(os.path.join(m.mountpoint, 'INBOX', 'new')))
+        self.assertEqual(self.server_state(), before)
+
+    def test_ro_mount_erofs(self):
+        before = self.server_state()
+        m = self.mount('ro', options=['ro'])
+        msg = 'INBOX/%d.eml' % SPECIAL['plain']
+        self.check_refused(m.mountpoint, ('EROFS',), [
+            ('create', 'INBOX/new', None),
+            ('write', msg, None),
+            ('truncate', msg, None),
+            ('chmod', msg, None),
+            ('utime', msg, None),
+            ('mkdir', 'newdir', None),
+            ('rmdir', 'Empty', None),
+            ('unlink', msg, None),
+            ('rename', msg, 'Empty/x.eml'),
+            ('setxattr', msg, '\\Seen'),
+        ])
+        self.assertEqual(read(os.path.join(m.mountpoint, msg)), body_of(msg))
+        self.assertEqual(self.server_state(), before)
+
+
+if __name__ == '__main__':
+    t0 = time.monotonic()
+    prog = unittest.main(exit=False, verbosity=2)
+    res = prog.result
+    failed = len(res.failures) + len(res.errors) + len(res.unexpectedSuccesses)
+    passed = res.testsRun - failed - len(res.skipped) - len(res.expectedFailures)
+    print('%d expected failures, %d skipped, %.0f s'
+          % (len(res.expectedFailures), len(res.skipped), time.monotonic() - t0))
+    print('%d passed, %d failed' % (passed, failed))
+    sys.exit(1 if failed else 0)
