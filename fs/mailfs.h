@@ -11,19 +11,24 @@
 #include "fs/options.h"
 #include "fs/tree.h"
 #include "proto/imap_client.h"
+#include "proto/pop3.h"
 #include "proto/url.h"
 
 struct fs_sync;
+struct fs_pop;
 
 struct mailfs {
 	struct fs_options opts;
 	struct account_url url;
 	struct imap_config imap; /* borrows from url, opts and secret */
+	struct pop3_config pop3; /* the same, for a POP3 account */
+	bool is_pop;
 	char *secret;            /* owned: password or token; wiped */
 	char *cache_path;        /* owned */
 	struct cache *cache;     /* owned */
 	struct fs_tree *tree;    /* owned */
-	struct fs_sync *sync;    /* owned; NULL when offline */
+	struct fs_sync *sync;    /* owned; IMAP; NULL when offline */
+	struct fs_pop *pop;      /* owned; POP3; NULL when offline */
 	struct fuse_session *se; /* owned by main */
 	bool offline;            /* no server: serve the cache */
 	bool readonly;           /* -o ro, or offline */

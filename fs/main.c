@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "fs/mailfs.h"
+#include "fs/pop.h"
 #include "fs/sync.h"
 #include "proto/cred.h"
 #include "proto/log.h"
@@ -99,6 +100,42 @@ static int get_secret(struct mailfs *fs, struct proto_err *err)
 	return cred_from_tty(prompt, &fs->secret, err);
 }
 
+/* Deleting from a POP3 maildrop also deletes from the IMAP view of the
+ * same account: say so once, if that account is mounted over IMAP too. */
+static void warn_pop_keep(struct mailfs *fs)
+{
+	struct account_url imap = fs->url;
+	char *name = NULL, *dir = NULL, *path, *slash;
+	struct stat st;
+
+	if (fs->opts.pop_keep_days < 0)
+		return;
+	imap.proto = URL_IMAP;
+	imap.port = URL_PORT_IMAPS;
+	imap.port_explicit = false;
+	snprintf(imap.port_str, sizeof(imap.port_str), "%u", URL_PORT_IMAPS);
+	if (url_cache_name(&imap, &name) < 0 ||
+	    (dir = strdup(fs->cache_path)) == NULL)
+		goto out;
+	slash = strrchr(dir, '/');
+	if (slash != NULL)
+		*slash = '\0';
+	if (slash != NULL && asprintf(&path, "%s/%s", dir, name) >= 0) {
+		if (stat(path, &st) == 0)
+			fprintf(stderr,
+			        "mailfs: warning: %s@%s is also cached over "
+			        "IMAP (%s); with pop_keep=%ld, messages "
+			        "deleted from the POP3 maildrop vanish for "
+			        "IMAP clients too\n",
+			        fs->url.user, fs->url.host, path,
+			        fs->opts.pop_keep_days);
+		free(path);
+	}
+out:
+	free(name);
+	free(dir);
+}
+
 static bool unreachable(const struct proto_err *err)
 {
 	return err->cls == PERR_RESOLVE || err->cls == PERR_CONNECT ||
@@ -111,6 +148,7 @@ int main(int argc, char *argv[])
 	struct fuse_cmdline_opts cmd = {0};
 	struct fuse_loop_config *loop = NULL;
 	struct imap_client *first = NULL;
+	struct pop3_client *first_pop = NULL;
 	struct proto_err err = {0};
 	struct mailfs fs = {0};
 	int ret = 1, rc;
@@ -146,11 +184,7 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "mailfs: %s\n", err.text);
 		goto out_args;
 	}
-	if (fs.url.proto != URL_IMAP) {
-		fprintf(stderr,
-		        "mailfs: POP3 accounts are not supported yet\n");
-		goto out_args;
-	}
+	fs.is_pop = fs.url.proto == URL_POP3;
 	if (check_mountpoint(cmd.mountpoint) != 0)
 		goto out_args;
 	fs.cache_path = fs.opts.cache_dir ? strdup(fs.opts.cache_dir)
@@ -171,6 +205,16 @@ int main(int argc, char *argv[])
 	fs.imap.tls = fs.url.implicit_tls ? IMAP_TLS_IMPLICIT
 	              : fs.opts.notls     ? IMAP_TLS_NONE
 	                                  : IMAP_TLS_STARTTLS;
+	fs.pop3.host = fs.url.host;
+	fs.pop3.port = fs.url.port_str;
+	fs.pop3.user = fs.url.user;
+	fs.pop3.cafile = fs.opts.cafile;
+	fs.pop3.timeout_ms = fs.imap.timeout_ms;
+	fs.pop3.tls = fs.url.implicit_tls ? POP3_TLS_IMPLICIT
+	              : fs.opts.notls     ? POP3_TLS_NONE
+	                                  : POP3_TLS_STLS;
+	if (fs.is_pop)
+		warn_pop_keep(&fs);
 
 	if (fs.opts.offline) {
 		if (!cache_exists(fs.cache_path)) {
@@ -187,10 +231,13 @@ int main(int argc, char *argv[])
 			goto out_args;
 		}
 		if (fs.opts.oauth2_cmd != NULL)
-			fs.imap.oauth2_token = fs.secret;
+			fs.imap.oauth2_token = fs.pop3.oauth2_token = fs.secret;
 		else
-			fs.imap.password = fs.secret;
-		rc = imap_connect(&first, &fs.imap, &err);
+			fs.imap.password = fs.pop3.password = fs.secret;
+		if (fs.is_pop)
+			rc = pop3_connect(&first_pop, &fs.pop3, &err);
+		else
+			rc = imap_connect(&first, &fs.imap, &err);
 		if (rc < 0 && unreachable(&err) &&
 		    cache_exists(fs.cache_path)) {
 			fprintf(stderr,
@@ -209,7 +256,11 @@ int main(int argc, char *argv[])
 	/* The kernel checks permissions from the modes we report. */
 	fuse_opt_add_arg(&args, "-odefault_permissions,fsname=mailfs,"
 	                        "subtype=mailfs");
-	fs.se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), &fs);
+	if (fs.is_pop)
+		fs.se = fuse_session_new(&args, &fs_pop_ops, sizeof(fs_pop_ops),
+		                         &fs);
+	else
+		fs.se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), &fs);
 	if (fs.se == NULL)
 		goto out_conn;
 	if (fuse_set_signal_handlers(fs.se) != 0)
@@ -229,16 +280,25 @@ int main(int argc, char *argv[])
 	}
 	if (fs_tree_new(&fs.tree) < 0)
 		goto out_cache;
-	if (!fs.offline) {
+	if (fs.is_pop) {
+		if (!fs.offline) {
+			if (fs_pop_start(&fs, first_pop, &fs.pop) < 0)
+				goto out_tree;
+			first_pop = NULL; /* owned by the poller now */
+		}
+	} else if (!fs.offline) {
 		rc = fs_sync_list(&fs, first, &err);
 		if (rc < 0)
 			log_warn("cannot list mailboxes: %s; showing the "
 			         "cached list",
 			         err.text);
 	}
-	if (fs_tree_load(fs.tree, fs.cache) < 0)
+	if (!fs.is_pop && fs_tree_load(fs.tree, fs.cache) < 0)
 		goto out_tree;
-	if (!fs.offline) {
+	if (fs.offline) {
+		log_notice("offline: serving the cache of %s@%s read-only",
+		           fs.url.user, fs.url.host);
+	} else if (!fs.is_pop) {
 		if (fs_sync_start(&fs, first, &fs.sync) < 0)
 			goto out_tree;
 		first = NULL; /* owned by the sync side now */
@@ -262,6 +322,7 @@ int main(int argc, char *argv[])
 	ret = ret != 0 ? 1 : 0;
 out_sync:
 	fs_sync_stop(&fs.sync);
+	fs_pop_stop(&fs.pop);
 out_tree:
 	fs_tree_free(&fs.tree);
 out_cache:
@@ -274,6 +335,7 @@ out_session:
 	fuse_session_destroy(fs.se);
 out_conn:
 	imap_free(&first);
+	pop3_free(&first_pop);
 out_args:
 	cred_free(&fs.secret);
 	free(fs.cache_path);

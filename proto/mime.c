@@ -232,10 +232,10 @@ enum cs_kind {
 static const char *const cs_utf8[] = {"utf-8", "utf8"};
 
 static const char *const cs_1252[] = {
-        "us-ascii",    "ascii",      "us",         "ansi_x3.4-1968",
-        "iso-8859-1",  "iso8859-1",  "iso_8859-1", "iso-ir-100",
-        "latin1",      "l1",         "cp819",      "ibm819",
-        "windows-1252", "cp1252",     "x-cp1252",
+        "us-ascii",     "ascii",     "us",         "ansi_x3.4-1968",
+        "iso-8859-1",   "iso8859-1", "iso_8859-1", "iso-ir-100",
+        "latin1",       "l1",        "cp819",      "ibm819",
+        "windows-1252", "cp1252",    "x-cp1252",
 };
 
 /* Supersets that real mail labelled with the first name uses. */
@@ -555,7 +555,8 @@ static bool ew_decode(const struct eword *w, struct run *r)
 			} else if (t[i] == '=' && i + 2 < n &&
 			           (hi = hex_val(t[i + 1])) >= 0 &&
 			           (lo = hex_val(t[i + 2])) >= 0) {
-				r->buf[r->len++] = (unsigned char)(hi << 4 | lo);
+				r->buf[r->len++] =
+				        (unsigned char)(hi << 4 | lo);
 				i += 2;
 			} else {
 				r->buf[r->len++] = t[i];
@@ -584,19 +585,64 @@ static bool ew_decode(const struct eword *w, struct run *r)
 	return true;
 }
 
-static void emit_raw(struct obuf *o, const char *s, size_t n, bool utf8)
+enum raw_kind {
+	RAW_UTF8,
+	RAW_1252,
+	RAW_JIS,
+};
+
+/* How to read the text outside encoded words.  Old Japanese mailers put
+ * ISO-2022-JP in headers as it is: 7-bit, so it would pass for ASCII, but
+ * its escape sequences would turn into spaces and its kanji into ASCII
+ * garbage. */
+static enum raw_kind raw_kind(const char *s, size_t len)
 {
-	if (utf8)
-		ob_utf8(o, (const unsigned char *)s, n);
-	else
+	bool esc = false;
+
+	if (!utf8_valid((const unsigned char *)s, len))
+		return RAW_1252;
+	for (size_t i = 0; i < len; i++) {
+		if ((unsigned char)s[i] >= 0x80)
+			return RAW_UTF8;
+		if (s[i] == 0x1b && i + 2 < len &&
+		    ((s[i + 1] == '$' && (s[i + 2] == 'B' || s[i + 2] == '@' ||
+		                          s[i + 2] == '(')) ||
+		     (s[i + 1] == '(' && s[i + 2] == 'I')))
+			esc = true;
+	}
+	return esc ? RAW_JIS : RAW_UTF8;
+}
+
+static void emit_raw(struct obuf *o, const char *s, size_t n,
+                     enum raw_kind kind)
+{
+	struct run r = {.kind = CS_UTF8, .cd = (iconv_t)-1};
+
+	if (n == 0)
+		return;
+	if (kind == RAW_JIS && run_open(&r, "iso-2022-jp", 11)) {
+		if (run_reserve(&r, n)) {
+			memcpy(r.buf, s, n);
+			r.len = n;
+			run_flush(&r, o);
+		} else {
+			o->nomem = true;
+		}
+		run_close(&r);
+		free(r.buf);
+		return;
+	}
+	if (kind == RAW_1252)
 		ob_1252(o, (const unsigned char *)s, n);
+	else
+		ob_utf8(o, (const unsigned char *)s, n);
 }
 
 static int decode(const char *s, size_t len, bool words, char **utf8_r)
 {
 	struct obuf o = {0};
 	struct run r = {.kind = CS_UTF8, .cd = (iconv_t)-1};
-	bool raw_utf8;
+	enum raw_kind raw;
 	size_t lit = 0; /* start of the literal text not yet emitted */
 	size_t i = 0;
 
@@ -604,17 +650,17 @@ static int decode(const char *s, size_t len, bool words, char **utf8_r)
 		len = 0;
 	/* Encoded words are ASCII, so all of the raw text is valid UTF-8
 	 * exactly when the whole input is. */
-	raw_utf8 = utf8_valid((const unsigned char *)s, len);
+	raw = raw_kind(s, len);
 	while (words && i + 1 < len && !ob_done(&o)) {
 		struct eword w;
 		size_t j;
 
-		if (s[i] != '=' || s[i + 1] != '?' || !ew_parse(s, len, i, &w) ||
-		    !run_open(&r, w.cs, w.cs_len)) {
+		if (s[i] != '=' || s[i + 1] != '?' ||
+		    !ew_parse(s, len, i, &w) || !run_open(&r, w.cs, w.cs_len)) {
 			i++;
 			continue;
 		}
-		emit_raw(&o, s + lit, i - lit, raw_utf8);
+		emit_raw(&o, s + lit, i - lit, raw);
 		/* A run of encoded words with white space between them. */
 		for (;;) {
 			size_t k;
@@ -644,7 +690,7 @@ static int decode(const char *s, size_t len, bool words, char **utf8_r)
 		run_close(&r);
 		i = lit = j;
 	}
-	emit_raw(&o, s + lit, len - lit, raw_utf8);
+	emit_raw(&o, s + lit, len - lit, raw);
 	free(r.buf);
 	return ob_finish(&o, utf8_r);
 }
@@ -769,7 +815,8 @@ int mime_header_field(const char *headers, size_t len, const char *name,
 		size_t value;
 
 		if (headers[i] == '\n' ||
-		    (headers[i] == '\r' && (i + 1 == len || headers[i + 1] == '\n')))
+		    (headers[i] == '\r' &&
+		     (i + 1 == len || headers[i + 1] == '\n')))
 			break;
 		if (!is_wsp(headers[i]) &&
 		    field_match(headers + i, eol - i, name, name_len, &value))

@@ -107,15 +107,20 @@ int mime_header_field(const char *headers, size_t len, const char *name,
  * ISO-8859-8-I and ISO-8859-6-I as ISO-8859-8 and ISO-8859-6.  "UTF-16"
  * with no byte order mark is read as little-endian when most of its zero
  * bytes are at odd offsets (Windows mailers), else big-endian.  A charset
- * that iconv does not know leaves the encoded word as it is, like a
- * malformed one: malformed encoded words are kept as literal text, white
- * space around them included.
+ * that iconv does not know (what it knows depends on the conversion
+ * modules installed) or cannot open for lack of memory leaves the encoded
+ * word as it is, like a malformed one: malformed encoded words are kept as
+ * literal text, white space around them included.
  *
  * Raw text outside encoded words is kept as it is if all of it is valid
  * UTF-8, else every 8-bit byte of it is read as Windows-1252 (the
  * undefined bytes 0x81, 0x8d, 0x8f, 0x90 and 0x9d as U+FFFD).  This is
  * decided once for the whole input, so that one text is not read in two
- * charsets; encoded words are ASCII and do not count.
+ * charsets; encoded words are ASCII and do not count.  One exception: 7-bit
+ * text with an ISO-2022-JP escape sequence (ESC "$B", ESC "$@", ESC "$(",
+ * ESC "(I"), which old Japanese mailers put in headers unencoded, is read
+ * as ISO-2022-JP.  There is no other guessing: the charset of 8-bit text
+ * (raw GB2312 or Big5, say) is not looked for.
  *
  * Line breaks are not unfolded here: pass a value from mime_header_field(),
  * or each CR and LF becomes a space.  Returns 0 or -ENOMEM. */

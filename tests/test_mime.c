@@ -364,6 +364,14 @@ static void test_raw_8bit(void **state)
 	         "Maril\xc3\xb9 Gioffr\xc3\xa9"},
 	        /* a byte order mark is dropped */
 	        {"\xef\xbb\xbfHi", "Hi"},
+	        /* raw ISO-2022-JP, with an encoded word after it */
+	        {"Re: \x1b$B7oL>\x1b(B test =?utf-8?q?=C3=A9?=",
+	         "Re: \xe4\xbb\xb6\xe5\x90\x8d test \xc3\xa9"},
+	        {"\x1b(I1\x1b(B", "\xef\xbd\xb1"},
+	        /* an escape that is not ISO-2022-JP is a control */
+	        {"\x1b[1m", " [1m"},
+	        /* ISO-2022-JP never has 8-bit bytes */
+	        {"\x1b$B7o\xe9", " $B7o\xc3\xa9"},
 	};
 
 	(void)state;
@@ -536,10 +544,9 @@ static void test_header_decoded(void **state)
 	assert_null(v);
 	assert_int_equal(mime_header_decoded(h, strlen(h), "", &v), -EINVAL);
 	/* an 8-bit Message-ID still comes out as safe UTF-8 */
-	assert_int_equal(
-	        mime_header_decoded("Message-Id: <\xe9\x01@x>\n", 19,
-	                            "message-id", &v),
-	        0);
+	assert_int_equal(mime_header_decoded("Message-Id: <\xe9\x01@x>\n", 19,
+	                                     "message-id", &v),
+	                 0);
 	assert_string_equal(v, "<\xc3\xa9 @x>");
 	free(v);
 }
@@ -602,6 +609,21 @@ static void test_long(void **state)
 	v = field(h, len, "Subject", 0);
 	assert_int_equal(strlen(v), 1 + 2 * 100000);
 	free(v);
+	free(h);
+
+	/* a word whose conversion fills iconv's output buffer many times */
+	h = repeat("=?koi8-r?q?", "=F0", 2000, "?=", &len);
+	out = decode_n(h, len);
+	assert_int_equal(strlen(out), 2 * 2000);
+	for (size_t i = 0; i < 2000; i++)
+		assert_memory_equal(out + 2 * i, "\xd0\x9f", 2);
+	free(out);
+	free(h);
+	/* and the bound */
+	h = repeat("=?iso-2022-jp?b?GyRC", "MDAwMDAw", 30000, "?=", &len);
+	out = decode_n(h, len);
+	assert_int_equal(strlen(out), MIME_DECODED_MAX / 3 * 3);
+	free(out);
 	free(h);
 
 	/* many encoded words, joined into one run */
@@ -752,17 +774,18 @@ static void check_file(const char *path, struct corpus_stats *st)
 		size_t start = 0;
 
 		for (size_t i = 0; i <= len; i++) {
-			bool at_from = i < len && (i == 0 || buf[i - 1] == '\n') &&
+			bool at_from = i < len &&
+			               (i == 0 || buf[i - 1] == '\n') &&
 			               len - i >= 5 &&
 			               memcmp(buf + i, "From ", 5) == 0;
 
 			if (!at_from && i < len)
 				continue;
 			if (i > start) {
-				const char *nl = memchr(buf + start, '\n',
-				                        i - start);
-				size_t body = nl != NULL ? (size_t)(nl - buf) + 1
-				                         : i;
+				const char *nl =
+				        memchr(buf + start, '\n', i - start);
+				size_t body =
+				        nl != NULL ? (size_t)(nl - buf) + 1 : i;
 
 				check_message(path, buf + body, i - body, st);
 			}

@@ -14,7 +14,8 @@ Modes: 'daemon' (no -f: mailfs forks and returns once mounted), 'foreground'
 command sent as a line containing " C: ").  Foreground stderr goes to a file.
 
 Every Mount is remembered until it is unmounted; unmount_all() (also run at
-interpreter exit and on SIGTERM/SIGHUP) unmounts what is left.  Processes are
+interpreter exit, and on SIGTERM/SIGHUP after install_signal_handlers())
+unmounts what is left.  Processes are
 only ever signalled by the pid we started (the daemon is the process whose
 command line is exactly the one we ran), never by name.
 
@@ -319,13 +320,33 @@ def unmount_all():
 atexit.register(unmount_all)
 
 
+_signal_hooks = []
+
+
+def at_signal(fn):
+    """Also run FN (after unmounting) when SIGTERM/SIGHUP ends the test."""
+    _signal_hooks.append(fn)
+
+
 def _on_signal(signum, frame):
-    # Unwind (so that finally blocks and atexit hooks unmount and stop
-    # Dovecot), as for Ctrl-C.
-    raise KeyboardInterrupt('signal %d' % signum)
+    # Meson's timeout: unmount everything now and exit.  (Raising an
+    # exception instead could be caught by the code under test and let the
+    # run go on.)  Dovecot instances of the harness are stopped by its
+    # watchdog once we are gone.
+    signal.signal(signum, signal.SIG_DFL)       # a second one kills at once
+    print('\nmountutil: signal %d: unmounting and exiting' % signum,
+          file=sys.stderr, flush=True)
+    unmount_all()
+    for fn in reversed(_signal_hooks):
+        try:
+            fn()
+        except Exception as e:
+            print('mountutil: cleanup: %s' % e, file=sys.stderr)
+    os._exit(128 + signum)
 
 
 def install_signal_handlers():
-    """Turn SIGTERM/SIGHUP (meson's timeout) into KeyboardInterrupt."""
+    """On SIGTERM/SIGHUP (meson's timeout): unmount all, run the at_signal
+    hooks, exit 128 + signal."""
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, _on_signal)

@@ -1,0 +1,44 @@
+/* A POP3 mount: an append-only INBOX.
+ *
+ *   MOUNTPOINT/INBOX/1.eml 2.eml ...   numbered in download order
+ *
+ * The network side is one thread that runs short sessions (connect, UIDL,
+ * RETR what is new, DELE what pop_keep allows, QUIT) every poll seconds
+ * and when INBOX is listed, so other clients are not locked out for long.
+ * Every message's bytes are committed to the cache, with its UIDL, before
+ * anything else happens to it; a message is DELEted on the server only
+ * when it is in the cache and pop_keep's days have passed.  Files never
+ * change and never disappear. */
+#ifndef MAILFS_FS_POP_H
+#define MAILFS_FS_POP_H
+
+#include "fs/mailfs.h"
+#include "fs/sync.h"
+#include "proto/pop3.h"
+
+/* The INBOX directory's mailbox id in inode numbers (fs/tree.h). */
+#define FS_POP_INBOX_ID 1u
+
+struct fs_pop;
+
+/* Start the poller.  first (may be NULL) is a connected client used for
+ * the first session (owned from now on). */
+int fs_pop_start(struct mailfs *fs, struct pop3_client *first,
+                 struct fs_pop **pop_r);
+
+/* Stop it; a session under way is interrupted (without QUIT, so the
+ * server commits no DELE of an unfinished session). */
+void fs_pop_stop(struct fs_pop **pop);
+
+/* Ask for a session now.  cb (may be NULL) runs when it is over, with 0
+ * or the error; -ENOTCONN at once when the poller is stopped. */
+int fs_pop_check(struct fs_pop *pop, fs_sync_cb cb, void *ctx);
+
+/* Has a session completed since the mount (or has the cache anything)?
+ * The first listing of an empty cache waits for the first session. */
+bool fs_pop_ready(struct fs_pop *pop);
+
+/* The FUSE operations of a POP3 mount (fs/pop_ops.c). */
+extern const struct fuse_lowlevel_ops fs_pop_ops;
+
+#endif
