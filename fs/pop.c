@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 
@@ -15,6 +16,19 @@
 /* At most this many RETR per session, so that a huge maildrop is taken in
  * steps and the lock is released between them. */
 #define SESSION_MAX_MSGS 500
+
+/* Crash tests stop mailfs at a chosen step: with MAILFS_TEST_PAUSE=STEP,
+ * mailfs logs "pausing at STEP" and sleeps there, so that a test can kill
+ * it with SIGKILL at exactly that point and check that nothing is lost. */
+static void test_pause(const char *step)
+{
+	const char *want = getenv("MAILFS_TEST_PAUSE");
+
+	if (want == NULL || strcmp(want, step) != 0)
+		return;
+	log_warn("pausing at %s (MAILFS_TEST_PAUSE)", step);
+	sleep(3600);
+}
 
 struct pop_waiter {
 	fs_sync_cb cb;
@@ -399,6 +413,7 @@ static int session(struct fs_pop *p)
 		if (rc < 0)
 			goto fail;
 		if (x.n > 0) {
+			test_pause("pop_before_dele");
 			rc = pop3_dele_many(p->c, x.nums, x.n, &err);
 			if (rc < 0)
 				log_warn("POP3 DELE failed: %s", err.text);
