@@ -96,7 +96,8 @@ int pop3_unstuff(struct pop3_dotstate *s, const char *in, size_t len,
 		case DOT_DOT:
 			/* run == i here: the held dot was left out. */
 			if (b == '.') {
-				/* ".." -> "."; this second dot starts the run */
+				/* ".." -> "."; this second dot starts the run
+				 */
 				s->st = DOT_MID;
 			} else if (b == '\r') {
 				run = i + 1;
@@ -175,8 +176,7 @@ static bool valid_code(const char *p, size_t len)
 	return !level_empty;
 }
 
-int pop3_status_parse(const char *line, size_t len,
-                      struct pop3_status_line *r)
+int pop3_status_parse(const char *line, size_t len, struct pop3_status_line *r)
 {
 	size_t p;
 
@@ -216,8 +216,7 @@ int pop3_status_parse(const char *line, size_t len,
 	return 0;
 }
 
-bool pop3_status_has_code(const struct pop3_status_line *st,
-                          const char *code)
+bool pop3_status_has_code(const struct pop3_status_line *st, const char *code)
 {
 	size_t n = strlen(code);
 
@@ -353,8 +352,7 @@ static void set_state(struct pop3_client *c, enum pop3_state st)
 
 /* Server text made safe for an error message or a log line: control
  * characters become "?"; at most dst_size - 1 bytes. */
-static void clean_text(char *dst, size_t dst_size, const char *src,
-                       size_t len)
+static void clean_text(char *dst, size_t dst_size, const char *src, size_t len)
 {
 	size_t n = len < dst_size - 1 ? len : dst_size - 1;
 
@@ -607,8 +605,7 @@ static int read_body(struct pop3_client *c, pop3_out_fn out, void *ctx)
 }
 
 static int read_lines(struct pop3_client *c,
-                      int (*line)(void *ctx, char *line, size_t len),
-                      void *ctx)
+                      int (*line)(void *ctx, char *line, size_t len), void *ctx)
 {
 	struct lines *l = malloc(sizeof(*l));
 	int rc;
@@ -690,7 +687,7 @@ static int command(struct pop3_client *c, struct pop3_status_line *st,
 static int command(struct pop3_client *c, struct pop3_status_line *st,
                    const char *fmt, ...)
 {
-	char buf[256];
+	char buf[1024];
 	va_list ap;
 	int rc, n;
 
@@ -747,7 +744,8 @@ static int run_pipeline(struct pop3_client *c, size_t n,
                         const struct pipe_ops *ops, void *ctx,
                         struct proto_err *err)
 {
-	size_t window = pop3_has_cap(c, "PIPELINING") ? POP3_PIPELINE_WINDOW : 1;
+	size_t window =
+	        pop3_has_cap(c, "PIPELINING") ? POP3_PIPELINE_WINDOW : 1;
 	size_t sent = 0, done = 0;
 
 	if (c->dead)
@@ -986,8 +984,8 @@ static int login_apop(struct pop3_client *c, const struct pop3_config *cfg,
 	int rc;
 
 	set_state(c, POP3_ST_APOP);
-	rc = pop3_apop_digest(c->timestamp, strlen(c->timestamp),
-	                      cfg->password, digest);
+	rc = pop3_apop_digest(c->timestamp, strlen(c->timestamp), cfg->password,
+	                      digest);
 	if (rc < 0)
 		return proto_err_set(err, PERR_LOCAL, rc,
 		                     "cannot compute the APOP digest: %s",
@@ -1030,10 +1028,11 @@ static int login(struct pop3_client *c, const struct pop3_config *cfg,
 			mech = "XOAUTH2";
 			rc = sasl_xoauth2(cfg->user, cfg->oauth2_token, &ir);
 		} else {
-			return proto_err_set(err, PERR_AUTH, -EPROTONOSUPPORT,
-			                     "%s offers neither OAUTHBEARER nor "
-			                     "XOAUTH2 for oauth2_cmd",
-			                     c->host);
+			return proto_err_set(
+			        err, PERR_AUTH, -EPROTONOSUPPORT,
+			        "%s offers neither OAUTHBEARER nor "
+			        "XOAUTH2 for oauth2_cmd",
+			        c->host);
 		}
 		if (rc < 0)
 			return proto_err_set(err, PERR_LOCAL, rc,
@@ -1275,8 +1274,8 @@ static void skip_spaces(const char **p)
 
 /* A simple command in the TRANSACTION state: 0 for +OK, the -ERR
  * error (dflt as the errno), or the connection's error. */
-static int simple(struct pop3_client *c, struct pop3_status_line *st,
-                  int dflt, const char *what, struct proto_err *err)
+static int simple(struct pop3_client *c, struct pop3_status_line *st, int dflt,
+                  const char *what, struct proto_err *err)
 {
 	int rc;
 
@@ -1456,7 +1455,8 @@ static int retr_format(void *ctx, size_t i, char *buf, size_t size)
 	struct retr *r = ctx;
 
 	if (r->top)
-		return snprintf(buf, size, "TOP %u %u", r->msgnums[i], r->lines);
+		return snprintf(buf, size, "TOP %u %u", r->msgnums[i],
+		                r->lines);
 	return snprintf(buf, size, "RETR %u", r->msgnums[i]);
 }
 

@@ -121,13 +121,11 @@ struct pop3_status_line {
  * is matched case-insensitively and must be followed by a space or the
  * end of the line.  Returns 0, or -EPROTO for anything that is not a
  * status line, or a line with a NUL byte. */
-int pop3_status_parse(const char *line, size_t len,
-                      struct pop3_status_line *r);
+int pop3_status_parse(const char *line, size_t len, struct pop3_status_line *r);
 
 /* Does the status line carry response code `code` (case-insensitive)?
  * A code matches its own hierarchy: "SYS" matches "SYS/TEMP". */
-bool pop3_status_has_code(const struct pop3_status_line *st,
-                          const char *code);
+bool pop3_status_has_code(const struct pop3_status_line *st, const char *code);
 
 /* --- APOP (RFC 1939 section 7) ----------------------------------------- */
 

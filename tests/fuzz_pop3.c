@@ -158,7 +158,8 @@ static void same(const struct run *a, const struct run *b)
 	CHECK(a->done == b->done);
 	CHECK(a->used == b->used);
 	CHECK(a->out.len == b->out.len);
-	CHECK(a->out.len == 0 || memcmp(a->out.data, b->out.data, a->out.len) == 0);
+	CHECK(a->out.len == 0 ||
+	      memcmp(a->out.data, b->out.data, a->out.len) == 0);
 }
 
 static void round_trip(const struct run *r)

@@ -68,9 +68,9 @@ static int die(const struct proto_err *err)
 static void print_caps(struct pop3_client *c)
 {
 	static const char *const known[] = {
-	        "TOP",  "UIDL", "USER",        "RESP-CODES", "PIPELINING",
-	        "STLS", "SASL", "AUTH-RESP-CODE", "UTF8",    "EXPIRE",
-	        "LOGIN-DELAY",
+	        "TOP",        "UIDL",   "USER",        "RESP-CODES",
+	        "PIPELINING", "STLS",   "SASL",        "AUTH-RESP-CODE",
+	        "UTF8",       "EXPIRE", "LOGIN-DELAY",
 	};
 	static const char *const mechs[] = {"PLAIN", "LOGIN", "XOAUTH2",
 	                                    "OAUTHBEARER"};

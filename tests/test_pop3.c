@@ -16,8 +16,8 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -153,7 +153,10 @@ struct vec {
 	size_t trail; /* bytes after the terminator, not consumed */
 };
 
-#define V(i, o, d, u) {i, sizeof(i) - 1, o, sizeof(o) - 1, d, u}
+#define V(i, o, d, u)                                                          \
+	{                                                                      \
+		i, sizeof(i) - 1, o, sizeof(o) - 1, d, u                       \
+	}
 
 static const struct vec vectors[] = {
         /* An empty message: the terminator right after the status. */
@@ -259,8 +262,8 @@ static void test_unstuff_vectors(void **state)
 			check_round_trip(&r);
 		if (r.done != v->done || r.out.len != v->out_len ||
 		    memcmp(r.out.data, v->out, v->out_len) != 0)
-			fail_msg("vector %zu: got done %d, %zu bytes", i, r.done,
-			         r.out.len);
+			fail_msg("vector %zu: got done %d, %zu bytes", i,
+			         r.done, r.out.len);
 		assert_int_equal(r.used, v->in_len - v->trail);
 	}
 }
@@ -268,8 +271,9 @@ static void test_unstuff_vectors(void **state)
 /* The terminator split at every position of a longer message. */
 static void test_unstuff_terminator_splits(void **state)
 {
-	static const char msg[] = "From: a\r\nSubject: b\r\n\r\nline\r\n..dot\r\n"
-	                          ".\r\n+OK";
+	static const char msg[] =
+	        "From: a\r\nSubject: b\r\n\r\nline\r\n..dot\r\n"
+	        ".\r\n+OK";
 	struct result whole, r;
 
 	(void)state;
@@ -296,9 +300,8 @@ static void test_unstuff_runs(void **state)
 
 	(void)state;
 	pop3_dot_init(&s);
-	assert_int_equal(pop3_unstuff(&s, msg, sizeof(msg) - 1, &used,
-	                              obuf_out, &o),
-	                 1);
+	assert_int_equal(
+	        pop3_unstuff(&s, msg, sizeof(msg) - 1, &used, obuf_out, &o), 1);
 	assert_int_equal(o.calls, 1);
 	assert_int_equal(o.len, 10);
 	/* A NULL out discards. */
@@ -401,7 +404,8 @@ static void test_unstuff_random(void **state)
 			cuts[i] = len ? rnd() % (len + 1) : 0;
 		/* sort the cuts */
 		for (size_t i = 1; i < n; i++)
-			for (size_t j = i; j > 0 && cuts[j - 1] > cuts[j]; j--) {
+			for (size_t j = i; j > 0 && cuts[j - 1] > cuts[j];
+			     j--) {
 				size_t t = cuts[j];
 
 				cuts[j] = cuts[j - 1];
@@ -457,16 +461,16 @@ static void test_line_find(void **state)
 	}
 	big[POP3_MAX_LINE] = '\r';
 	big[POP3_MAX_LINE + 1] = '\n';
-	assert_int_equal(
-	        pop3_line_find(big, POP3_MAX_LINE + 2, POP3_MAX_LINE, &ll, &used),
-	        1);
+	assert_int_equal(pop3_line_find(big, POP3_MAX_LINE + 2, POP3_MAX_LINE,
+	                                &ll, &used),
+	                 1);
 	assert_int_equal(ll, POP3_MAX_LINE);
 	big[POP3_MAX_LINE] = 'x';
 	big[POP3_MAX_LINE + 1] = '\r';
 	big[POP3_MAX_LINE + 2] = '\n';
-	assert_int_equal(
-	        pop3_line_find(big, POP3_MAX_LINE + 3, POP3_MAX_LINE, &ll, &used),
-	        -EMSGSIZE);
+	assert_int_equal(pop3_line_find(big, POP3_MAX_LINE + 3, POP3_MAX_LINE,
+	                                &ll, &used),
+	                 -EMSGSIZE);
 }
 
 struct svec {
@@ -597,12 +601,11 @@ static void test_apop(void **state)
 	                 -ENOENT);
 	assert_int_equal(pop3_apop_timestamp("<no-at-sign>", 12, &ts, &len),
 	                 -ENOENT);
-	assert_int_equal(pop3_apop_timestamp("<a b@c>", 7, &ts, &len),
-	                 -ENOENT);
+	assert_int_equal(pop3_apop_timestamp("<a b@c>", 7, &ts, &len), -ENOENT);
 	assert_int_equal(pop3_apop_timestamp("<a@b", 4, &ts, &len), -ENOENT);
-	assert_int_equal(pop3_apop_timestamp("<x> then <1.2@h> <3@i>", 22, &ts,
-	                                     &len),
-	                 0);
+	assert_int_equal(
+	        pop3_apop_timestamp("<x> then <1.2@h> <3@i>", 22, &ts, &len),
+	        0);
 	assert_memory_equal(ts, "<1.2@h>", len);
 	assert_int_equal(pop3_apop_timestamp("<<1@h>", 6, &ts, &len), 0);
 	assert_memory_equal(ts, "<1@h>", len);
@@ -613,13 +616,13 @@ static void test_apop(void **state)
 /* --- a scripted server ------------------------------------------------- */
 
 enum step_kind {
-	SEND,  /* bytes */
-	DRIP,  /* bytes, one per write, 1 ms apart */
+	SEND,   /* bytes */
+	DRIP,   /* bytes, one per write, 1 ms apart */
 	EXPECT, /* one client line (without CRLF), exactly */
-	QUIET, /* the client sends nothing more for 150 ms */
-	EOF_,  /* the client closes without sending anything more */
-	STALL, /* wait until the client closes (at most 5 s) */
-	CLOSE, /* close the connection */
+	QUIET,  /* the client sends nothing more for 150 ms */
+	EOF_,   /* the client closes without sending anything more */
+	STALL,  /* wait until the client closes (at most 5 s) */
+	CLOSE,  /* close the connection */
 };
 
 struct step {
@@ -628,14 +631,38 @@ struct step {
 	size_t len;
 };
 
-#define S(text)   {SEND, text "\r\n", sizeof(text "\r\n") - 1}
-#define RAW(data) {SEND, data, sizeof(data) - 1}
-#define D(data)   {DRIP, data, sizeof(data) - 1}
-#define C(text)   {EXPECT, text, sizeof(text) - 1}
-#define QUIET_    {QUIET, NULL, 0}
-#define EOF_S     {EOF_, NULL, 0}
-#define STALL_    {STALL, NULL, 0}
-#define CLOSE_    {CLOSE, NULL, 0}
+#define S(text)                                                                \
+	{                                                                      \
+		SEND, text "\r\n", sizeof(text "\r\n") - 1                     \
+	}
+#define RAW(data)                                                              \
+	{                                                                      \
+		SEND, data, sizeof(data) - 1                                   \
+	}
+#define D(data)                                                                \
+	{                                                                      \
+		DRIP, data, sizeof(data) - 1                                   \
+	}
+#define C(text)                                                                \
+	{                                                                      \
+		EXPECT, text, sizeof(text) - 1                                 \
+	}
+#define QUIET_                                                                 \
+	{                                                                      \
+		QUIET, NULL, 0                                                 \
+	}
+#define EOF_S                                                                  \
+	{                                                                      \
+		EOF_, NULL, 0                                                  \
+	}
+#define STALL_                                                                 \
+	{                                                                      \
+		STALL, NULL, 0                                                 \
+	}
+#define CLOSE_                                                                 \
+	{                                                                      \
+		CLOSE, NULL, 0                                                 \
+	}
 
 struct server {
 	const struct step *steps;
@@ -757,8 +784,9 @@ static void *srv_run(void *arg)
 			int rc = s->blen > 0 ? 1 : srv_recv(s, 5000);
 
 			if (rc != 0)
-				srv_fail(s, "expected the client to close, "
-				            "got %s \"%.*s\"",
+				srv_fail(s,
+				         "expected the client to close, "
+				         "got %s \"%.*s\"",
 				         rc < 0 ? "nothing" : "data",
 				         (int)s->blen, s->buf);
 			goto out;
@@ -860,7 +888,7 @@ static struct pop3_client *connect_expect(const struct pop3_config *cfg,
 static void test_login_plain_and_quit(void **state)
 {
 	static const struct step steps[] = {
-	        LOGIN_PLAIN, C("NOOP"), S("+OK"), C("QUIT"),
+	        LOGIN_PLAIN,           C("NOOP"), S("+OK"), C("QUIT"),
 	        S("+OK Logging out."), EOF_S,
 	};
 	struct pop3_config cfg;
@@ -908,8 +936,10 @@ static void test_login_user_pass(void **state)
 static void test_login_sasl_list(void **state)
 {
 	static const struct step steps[] = {
-	        S("+OK hi"), C("CAPA"), S("+OK"), S("SASL\tLOGIN  XOAUTH2 PLAIN"),
-	        S("."), C("AUTH PLAIN AGFsaWNlAHNlY3JldA=="), S("+OK"), C("CAPA"),
+	        S("+OK hi"),  C("CAPA"),
+	        S("+OK"),     S("SASL\tLOGIN  XOAUTH2 PLAIN"),
+	        S("."),       C("AUTH PLAIN AGFsaWNlAHNlY3JldA=="),
+	        S("+OK"),     C("CAPA"),
 	        S("-ERR no"), EOF_S,
 	};
 	struct pop3_config cfg;
@@ -991,7 +1021,8 @@ static void test_login_apop_only(void **state)
 static void test_login_nothing_usable(void **state)
 {
 	static const struct step steps[] = {
-	        S("+OK hi"), C("CAPA"), S("+OK"), S("SASL GSSAPI"), S("."), EOF_S,
+	        S("+OK hi"),      C("CAPA"), S("+OK"),
+	        S("SASL GSSAPI"), S("."),    EOF_S,
 	};
 	struct pop3_config cfg;
 	struct server s;
@@ -1192,8 +1223,8 @@ static void test_stls_required_in_plaintext_mode(void **state)
 	/* POP3_TLS_STLS with a server that lists no STLS: nothing but
 	 * CAPA is sent. */
 	static const struct step steps[] = {
-	        S("+OK ready"), C("CAPA"), S("+OK"), S("USER"),
-	        S("SASL PLAIN"), S("."), EOF_S,
+	        S("+OK ready"),  C("CAPA"), S("+OK"), S("USER"),
+	        S("SASL PLAIN"), S("."),    EOF_S,
 	};
 	struct pop3_config cfg;
 	struct server s;
@@ -1230,8 +1261,14 @@ static void test_stls_no_capa(void **state)
 static void test_stls_refused(void **state)
 {
 	static const struct step steps[] = {
-	        S("+OK ready"), C("CAPA"), S("+OK"), S("STLS"), S("."), C("STLS"),
-	        S("-ERR TLS not available now"), EOF_S,
+	        S("+OK ready"),
+	        C("CAPA"),
+	        S("+OK"),
+	        S("STLS"),
+	        S("."),
+	        C("STLS"),
+	        S("-ERR TLS not available now"),
+	        EOF_S,
 	};
 	struct pop3_config cfg;
 	struct server s;
@@ -1585,8 +1622,10 @@ static void test_retr_one_at_a_time(void **state)
 static void test_retr_sink_error(void **state)
 {
 	static const struct step steps[] = {
-	        LOGIN_PLAIN, C("RETR 1"), C("RETR 3"),
-	        RAW("+OK\r\n" MSG1 "+OK\r\n" MSG3), C("QUIT"), S("+OK"), EOF_S,
+	        LOGIN_PLAIN, C("RETR 1"),
+	        C("RETR 3"), RAW("+OK\r\n" MSG1 "+OK\r\n" MSG3),
+	        C("QUIT"),   S("+OK"),
+	        EOF_S,
 	};
 	static const unsigned nums[] = {1, 3};
 	struct pop3_config cfg;
