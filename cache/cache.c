@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/types.h>
@@ -2052,6 +2053,25 @@ int cache_body_size(struct cache_txn *txn, struct cache_key key,
 	return rc;
 }
 
+/* Drop the pages of [p, p + n) from this process's view of the map: they
+ * stay in the page cache (a later read finds them there), but they no
+ * longer count in the resident set, which otherwise grows by every body
+ * ever read.  The map is read-only and shared, so this loses nothing. */
+static void release_pages(const void *p, size_t n)
+{
+	static long pagesize;
+	uintptr_t start, end;
+
+	if (n == 0)
+		return;
+	if (pagesize == 0)
+		pagesize = sysconf(_SC_PAGESIZE);
+	start = (uintptr_t)p & ~((uintptr_t)pagesize - 1);
+	end = ((uintptr_t)p + n + (uintptr_t)pagesize - 1) &
+	      ~((uintptr_t)pagesize - 1);
+	madvise((void *)start, end - start, MADV_DONTNEED);
+}
+
 int cache_body_read(struct cache_txn *txn, struct cache_key key,
                     uint64_t offset, void *buf, size_t len, size_t *n_r)
 {
@@ -2072,9 +2092,37 @@ int cache_body_read(struct cache_txn *txn, struct cache_key key,
 		if (n > len)
 			n = len;
 		memcpy(buf, (const uint8_t *)v.mv_data + offset, n);
+		release_pages((const uint8_t *)v.mv_data + offset, n);
 	}
 	*n_r = n;
 	return 0;
+}
+
+int cache_body_view(struct cache_txn *txn, struct cache_key key,
+		    uint64_t offset, size_t len,
+		    int (*fn)(void *ctx, const void *data, size_t n), void *ctx)
+{
+	const uint8_t *data = NULL;
+	size_t n = 0;
+	MDB_val v;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (fn == NULL)
+		return txn_fail(txn, -EINVAL);
+	rc = body_lookup(txn, key, &v);
+	if (rc)
+		return rc;
+	if (offset < v.mv_size) {
+		n = v.mv_size - (size_t)offset;
+		if (n > len)
+			n = len;
+		data = (const uint8_t *)v.mv_data + offset;
+	}
+	rc = fn(ctx, data ? (const void *)data : "", n);
+	release_pages(data, n);
+	return rc;
 }
 
 int cache_body_get(struct cache_txn *txn, struct cache_key key, void **data_r,
@@ -2829,6 +2877,31 @@ int cache_body_read_once(struct cache *cache, struct cache_key key,
 	        .key = key, .u64 = offset, .buf = buf, .len = len, .n_r = n_r};
 
 	return cache_run_read(cache, once_body_read, &o);
+}
+
+struct once_view {
+	struct cache_key key;
+	uint64_t offset;
+	size_t len;
+	int (*fn)(void *ctx, const void *data, size_t n);
+	void *ctx;
+};
+
+static int once_body_view(struct cache_txn *t, void *ctx)
+{
+	struct once_view *o = ctx;
+
+	return cache_body_view(t, o->key, o->offset, o->len, o->fn, o->ctx);
+}
+
+int cache_body_view_once(struct cache *cache, struct cache_key key,
+			 uint64_t offset, size_t len,
+			 int (*fn)(void *ctx, const void *data, size_t n),
+			 void *ctx)
+{
+	struct once_view o = {key, offset, len, fn, ctx};
+
+	return cache_run_read(cache, once_body_view, &o);
 }
 
 static int once_body_size(struct cache_txn *t, void *ctx)

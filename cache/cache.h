@@ -386,6 +386,16 @@ int cache_body_size(struct cache_txn *txn, struct cache_key key,
 int cache_body_read(struct cache_txn *txn, struct cache_key key,
                     uint64_t offset, void *buf, size_t len, size_t *n_r);
 
+/* Call fn with a pointer to up to len bytes of the body starting at
+ * offset (fewer at its end, none past it), straight from the map: no
+ * copy.  The pointer is valid only during the call (fn must not keep it
+ * nor wait for anything unbounded).  fn's return value is returned.
+ * Afterwards the pages are dropped from the process's resident set (they
+ * stay in the page cache).  -ENOENT if the body is not cached. */
+int cache_body_view(struct cache_txn *txn, struct cache_key key,
+		    uint64_t offset, size_t len,
+		    int (*fn)(void *ctx, const void *data, size_t n), void *ctx);
+
 /* A heap copy of the whole body; *data_r owned (free()), *len_r its
  * length.  A zero-length body gives a non-NULL *data_r. */
 int cache_body_get(struct cache_txn *txn, struct cache_key key, void **data_r,
@@ -525,6 +535,10 @@ int cache_pending_foreach(struct cache_txn *txn,
 
 int cache_body_read_once(struct cache *cache, struct cache_key key,
                          uint64_t offset, void *buf, size_t len, size_t *n_r);
+int cache_body_view_once(struct cache *cache, struct cache_key key,
+			 uint64_t offset, size_t len,
+			 int (*fn)(void *ctx, const void *data, size_t n),
+			 void *ctx);
 int cache_body_size_once(struct cache *cache, struct cache_key key,
                          uint64_t *size_r);
 int cache_body_put_once(struct cache *cache, struct cache_key key,

@@ -92,6 +92,19 @@ static int get_msg(struct mailfs *fs, fuse_ino_t ino, struct fs_mailbox **mb_r,
 	return 0;
 }
 
+/* The message's current cache key, from its inode number. */
+static int msg_key(struct mailfs *fs, fuse_ino_t ino, struct cache_key *key_r)
+{
+	uint32_t id, gen, uid, uidvalidity, cur;
+
+	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0)
+		return -ENOENT;
+	if (fs_tree_current(fs->tree, id, &uidvalidity, &cur) < 0 || cur != gen)
+		return -ESTALE;
+	*key_r = (struct cache_key){id, uidvalidity, uid};
+	return 0;
+}
+
 /* --- deferred replies -------------------------------------------------- */
 
 enum deferred_op {
@@ -589,11 +602,20 @@ static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	struct mailfs *fs = fs_of(req);
 	struct fs_mailbox *mb = NULL;
 	struct cache_msg *msg = NULL;
+	struct cache_key key;
 	uint64_t size;
 	int rc;
 
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
 		fuse_reply_err(req, fs->readonly ? EROFS : EPERM);
+		return;
+	}
+	/* The common case, a cached body, costs one lookup. */
+	if (msg_key(fs, ino, &key) == 0 &&
+	    cache_body_size_once(fs->cache, key, &size) == 0) {
+		fi->keep_cache = 1;
+		fi->noflush = 1;
+		fuse_reply_open(req, fi);
 		return;
 	}
 	rc = get_msg(fs, ino, &mb, &msg);
@@ -640,37 +662,29 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	do_open(req, ino, fi, true);
 }
 
+static int reply_view(void *ctx, const void *data, size_t n)
+{
+	/* The bytes go to the kernel straight from the cache's map. */
+	return fuse_reply_buf(ctx, data, n) == 0 ? 0 : -EIO;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
 	struct mailfs *fs = fs_of(req);
-	uint32_t id, gen, uid;
-	struct fs_mailbox *mb = NULL;
-	size_t n = 0;
-	char *buf;
+	struct cache_key key;
 	int rc;
 
 	(void)fi;
-	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0 ||
-	    fs_tree_get(fs->tree, id, &mb) < 0) {
-		fuse_reply_err(req, EBADF);
-		return;
-	}
-	buf = malloc(size ? size : 1);
-	if (buf == NULL) {
-		fs_mailbox_free(&mb);
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	rc = cache_body_read_once(fs->cache,
-	                          (struct cache_key){id, mb->uidvalidity, uid},
-	                          (uint64_t)off, buf, size, &n);
-	fs_mailbox_free(&mb);
-	if (rc < 0)
-		fuse_reply_err(req, EIO);
-	else
-		fuse_reply_buf(req, buf, n);
-	free(buf);
+	rc = msg_key(fs, ino, &key);
+	if (rc == 0)
+		rc = cache_body_view_once(fs->cache, key, (uint64_t)off, size,
+		                          reply_view, req);
+	/* -EIO from reply_view means the reply was attempted: no second. */
+	if (rc < 0 && rc != -EIO)
+		fuse_reply_err(req, rc == -ESTALE ? ESTALE : EIO);
+	else if (rc == -EIO)
+		log_debug("read reply failed (interrupted?)");
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino,

@@ -386,13 +386,16 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_open(req, fi);
 }
 
+static int reply_view(void *ctx, const void *data, size_t n)
+{
+	return fuse_reply_buf(ctx, data, n) == 0 ? 0 : -EIO;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
 	struct mailfs *fs = fs_of(req);
 	uint32_t id, gen, num;
-	char *buf;
-	size_t n = 0;
 	int rc;
 
 	(void)fi;
@@ -400,18 +403,10 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, EBADF);
 		return;
 	}
-	buf = malloc(size ? size : 1);
-	if (buf == NULL) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	rc = cache_body_read_once(fs->cache, pop_key(num), (uint64_t)off, buf,
-	                          size, &n);
-	if (rc < 0)
+	rc = cache_body_view_once(fs->cache, pop_key(num), (uint64_t)off, size,
+	                          reply_view, req);
+	if (rc < 0 && rc != -EIO)
 		fuse_reply_err(req, EIO);
-	else
-		fuse_reply_buf(req, buf, n);
-	free(buf);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino,

@@ -12,11 +12,14 @@
 #include "proto/mime.h"
 
 /* Read-ahead bounds for one body fetch. */
-#define BATCH_MAX_MSGS  128
+#define BATCH_MAX_MSGS  512
 #define BATCH_MAX_BYTES (8u * 1024 * 1024)
 /* Fetched bodies are committed to the cache in groups of about this many
  * bytes (one fsync per group), or at once when someone waits for one. */
 #define COMMIT_BYTES    (4u * 1024 * 1024)
+/* A directory being read file after file keeps the next batch coming
+ * for this long after the last message someone waited for. */
+#define WALK_MS         10000
 #define BACKOFF_MIN_MS  1000
 #define BACKOFF_MAX_MS  60000
 
@@ -40,6 +43,7 @@ struct job {
 	uint32_t *uids; /* owned; JOB_BODY: asked for, then the batch */
 	size_t nuids, capuids;
 	bool running;
+	bool prefetch;          /* read-ahead nobody waits for yet */
 	struct waiter *waiters; /* owned list */
 	struct job *next;
 };
@@ -61,6 +65,8 @@ struct fs_sync {
 	struct worker *workers;
 	unsigned nworkers;
 	int64_t down_until; /* ms, monotonic; 0: not backing off */
+	uint32_t walk_id;   /* the mailbox being read file after file */
+	int64_t walk_until; /* ms, monotonic */
 	unsigned backoff;   /* ms */
 };
 
@@ -821,6 +827,8 @@ static void plan_batch(struct worker *w, struct job *job)
 	pthread_mutex_lock(&s->lock);
 	qsort(job->uids, job->nuids, sizeof(*job->uids), cmp_u32);
 	r.from = job->uids[0];
+	if (job->prefetch)
+		job->nuids = 0; /* only what is still uncached */
 	pthread_mutex_unlock(&s->lock);
 
 	if (cache_run_read(s->fs->cache, readahead_read, &t) < 0)
@@ -880,6 +888,9 @@ static int ensure_selected(struct worker *w, uint32_t id, uint32_t uidvalidity)
 	return rc;
 }
 
+static void queue_prefetch(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,
+                           uint32_t from);
+
 static int run_body(struct worker *w, struct job *job)
 {
 	struct body_batch b = {.w = w,
@@ -887,16 +898,32 @@ static int run_body(struct worker *w, struct job *job)
 	                       .id = job->id,
 	                       .uidvalidity = job->uidvalidity};
 	struct proto_err err = {0};
+	struct fs_mailbox *mb = NULL;
+	bool walking;
+	uint32_t next;
 	char *set;
 	int rc;
-
-	struct fs_mailbox *mb = NULL;
 
 	if (fs_tree_get(w->s->fs->tree, job->id, &mb) == 0) {
 		b.gen = mb->gen;
 		fs_mailbox_free(&mb);
 	}
 	plan_batch(w, job);
+	if (job->nuids == 0)
+		return 0;
+	/* Someone waits: the directory is being read.  Fetch the next batch
+	 * on another connection while this one arrives. */
+	pthread_mutex_lock(&w->s->lock);
+	if (!job->prefetch) {
+		w->s->walk_id = job->id;
+		w->s->walk_until = now_ms() + WALK_MS;
+	}
+	walking = w->s->walk_id == job->id && w->s->walk_until > now_ms();
+	next = job->uids[job->nuids - 1] + 1;
+	pthread_mutex_unlock(&w->s->lock);
+	if (walking && next != 0)
+		queue_prefetch(w->s, job->id, job->uidvalidity, next);
+
 	rc = ensure_selected(w, job->id, job->uidvalidity);
 	if (rc < 0)
 		return rc;
@@ -979,6 +1006,9 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 	struct fs_sync *s = w->s;
+
+	/* Log in now, in parallel, not when the first job needs it. */
+	worker_connect(w);
 
 	for (;;) {
 		struct job *job = NULL;
@@ -1066,6 +1096,8 @@ static int enqueue(struct fs_sync *s, enum job_kind kind, uint32_t id,
 			continue;
 		if (kind != JOB_BODY || uid_in(j, uid) || !j->running)
 			job = j;
+		if (job != NULL && !job->running)
+			job->prefetch = false;
 		if (job != NULL)
 			break;
 	}
@@ -1104,6 +1136,44 @@ static int enqueue(struct fs_sync *s, enum job_kind kind, uint32_t id,
 	pthread_cond_signal(&s->cond);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
+}
+
+/* Queue read-ahead from UID `from` on, unless read-ahead for that
+ * mailbox is already waiting for a worker. */
+static void queue_prefetch(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,
+                           uint32_t from)
+{
+	struct job *job, **tail;
+
+	pthread_mutex_lock(&s->lock);
+	for (tail = &s->jobs; *tail != NULL; tail = &(*tail)->next) {
+		job = *tail;
+		if (job->kind == JOB_BODY && job->id == id && !job->running &&
+		    job->prefetch) {
+			pthread_mutex_unlock(&s->lock);
+			return;
+		}
+	}
+	job = calloc(1, sizeof(*job));
+	if (job != NULL)
+		job->uids = malloc(8 * sizeof(*job->uids));
+	if (job == NULL || job->uids == NULL || s->stop) {
+		if (job != NULL)
+			free(job->uids);
+		free(job);
+		pthread_mutex_unlock(&s->lock);
+		return;
+	}
+	job->kind = JOB_BODY;
+	job->prefetch = true;
+	job->id = id;
+	job->uidvalidity = uidvalidity;
+	job->uids[0] = from;
+	job->nuids = 1;
+	job->capuids = 8;
+	*tail = job;
+	pthread_cond_signal(&s->cond);
+	pthread_mutex_unlock(&s->lock);
 }
 
 int fs_sync_mailboxes(struct fs_sync *s, fs_sync_cb cb, void *ctx)

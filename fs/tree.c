@@ -266,6 +266,23 @@ int fs_tree_get(struct fs_tree *t, uint32_t id, struct fs_mailbox **mb_r)
 	return rc;
 }
 
+int fs_tree_current(struct fs_tree *t, uint32_t id, uint32_t *uidvalidity_r,
+                    uint32_t *gen_r)
+{
+	struct fs_mailbox *e;
+	int rc = -ENOENT;
+
+	pthread_rwlock_rdlock(&t->lock);
+	e = find_locked(t, id);
+	if (e != NULL && e->uidvalidity != 0) {
+		*uidvalidity_r = e->uidvalidity;
+		*gen_r = e->gen;
+		rc = 0;
+	}
+	pthread_rwlock_unlock(&t->lock);
+	return rc;
+}
+
 int fs_tree_lookup(struct fs_tree *t, uint32_t parent, const char *file,
                    struct fs_mailbox **mb_r)
 {

@@ -85,6 +85,11 @@ int fs_tree_load(struct fs_tree *tree, struct cache *cache);
 /* Copy of mailbox id; -ENOENT if the tree has none. */
 int fs_tree_get(struct fs_tree *tree, uint32_t id, struct fs_mailbox **mb_r);
 
+/* The current UIDVALIDITY and its generation of mailbox id, without
+ * copying anything (for the hot paths: open, read). */
+int fs_tree_current(struct fs_tree *tree, uint32_t id, uint32_t *uidvalidity_r,
+                    uint32_t *gen_r);
+
 /* The child directory called file under parent (0: root). */
 int fs_tree_lookup(struct fs_tree *tree, uint32_t parent, const char *file,
                    struct fs_mailbox **mb_r);
