@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,11 @@ struct cache {
 	pthread_cond_t active_zero;
 	unsigned active;
 	struct cache *next_open; /* registry of open caches */
+	/* Map pages touched since the last trim (see trim_map), counted in
+	 * body reads and in bytes committed. */
+	atomic_uint reads_since_trim;
+	atomic_size_t bytes_since_trim;
+	_Atomic uintptr_t seen_lo, seen_hi; /* see note_span() */
 };
 
 struct cache_txn {
@@ -914,7 +920,9 @@ static int map_resize(struct cache *c, size_t size)
 	else if (size && size <= cache_map_size(c))
 		rc = 0; /* a concurrent grower got there first */
 	else
-		rc = mdb_errno(mdb_env_set_mapsize(c->env, size));
+		atomic_store(&c->seen_lo, 0);
+	atomic_store(&c->seen_hi, 0);
+	rc = mdb_errno(mdb_env_set_mapsize(c->env, size));
 	pthread_mutex_unlock(&c->active_lock);
 	return rc;
 }
@@ -1003,6 +1011,64 @@ static bool fs_full(struct cache *c, size_t bytes)
 	return sv.f_bavail < bytes / (sv.f_frsize ? sv.f_frsize : 1) + 1;
 }
 
+/* Drop every page of the map from the process's page tables.  Lookups
+ * and writes touch pages all over the map, and the kernel maps the pages
+ * around each fault too, so without this the resident set slowly grows
+ * to the size of the cache.  The map is a read-only shared file mapping:
+ * the pages stay in the page cache and a later access (even one under
+ * way in another thread) simply faults them in again. */
+static void trim_map(struct cache *c)
+{
+	uintptr_t lo = atomic_load(&c->seen_lo), hi = atomic_load(&c->seen_hi);
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+
+	if (lo == 0 || hi <= lo)
+		return;
+	lo &= ~(page - 1);
+	madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+/* LMDB does not tell where its map is; the span of the pointers it has
+ * handed to read transactions is inside it (write transactions can return
+ * pointers to private dirty pages, which must never be trimmed).  The span
+ * is forgotten whenever the map is resized, which only happens while no
+ * transaction is alive. */
+static void note_span(struct cache_txn *t, const void *p, size_t n)
+{
+	uintptr_t a = (uintptr_t)p, b = a + n, cur;
+
+	if (t->write || p == NULL || n == 0)
+		return;
+	cur = atomic_load(&t->cache->seen_lo);
+	while ((cur == 0 || a < cur) &&
+	       !atomic_compare_exchange_weak(&t->cache->seen_lo, &cur, a))
+		;
+	cur = atomic_load(&t->cache->seen_hi);
+	while (b > cur &&
+	       !atomic_compare_exchange_weak(&t->cache->seen_hi, &cur, b))
+		;
+}
+
+#define TRIM_READS 64
+#define TRIM_BYTES (8u * 1024 * 1024)
+
+static void note_read(struct cache *c)
+{
+	if (atomic_fetch_add(&c->reads_since_trim, 1) + 1 >= TRIM_READS) {
+		atomic_store(&c->reads_since_trim, 0);
+		trim_map(c);
+	}
+}
+
+static void note_written(struct cache *c, size_t bytes)
+{
+	if (atomic_fetch_add(&c->bytes_since_trim, bytes) + bytes >=
+	    TRIM_BYTES) {
+		atomic_store(&c->bytes_since_trim, 0);
+		trim_map(c);
+	}
+}
+
 /* End t, committing if asked and no step failed.  *map_full_r tells
  * whether the failure was a full map (worth growing and retrying). */
 static int txn_end(struct cache_txn *t, bool commit, bool *map_full_r)
@@ -1021,6 +1087,8 @@ static int txn_end(struct cache_txn *t, bool commit, bool *map_full_r)
 		if (rc)
 			log_warn("cache %s: commit failed: %s", t->cache->dir,
 			         strerror(-rc));
+		else
+			note_written(t->cache, t->bytes);
 	} else {
 		mdb_txn_abort(t->txn);
 	}
@@ -2092,15 +2160,17 @@ int cache_body_read(struct cache_txn *txn, struct cache_key key,
 		if (n > len)
 			n = len;
 		memcpy(buf, (const uint8_t *)v.mv_data + offset, n);
+		note_span(txn, (const uint8_t *)v.mv_data + offset, n);
 		release_pages((const uint8_t *)v.mv_data + offset, n);
 	}
+	note_read(txn->cache);
 	*n_r = n;
 	return 0;
 }
 
 int cache_body_view(struct cache_txn *txn, struct cache_key key,
-		    uint64_t offset, size_t len,
-		    int (*fn)(void *ctx, const void *data, size_t n), void *ctx)
+                    uint64_t offset, size_t len,
+                    int (*fn)(void *ctx, const void *data, size_t n), void *ctx)
 {
 	const uint8_t *data = NULL;
 	size_t n = 0;
@@ -2121,7 +2191,9 @@ int cache_body_view(struct cache_txn *txn, struct cache_key key,
 		data = (const uint8_t *)v.mv_data + offset;
 	}
 	rc = fn(ctx, data ? (const void *)data : "", n);
+	note_span(txn, data, n);
 	release_pages(data, n);
+	note_read(txn->cache);
 	return rc;
 }
 
@@ -2895,9 +2967,9 @@ static int once_body_view(struct cache_txn *t, void *ctx)
 }
 
 int cache_body_view_once(struct cache *cache, struct cache_key key,
-			 uint64_t offset, size_t len,
-			 int (*fn)(void *ctx, const void *data, size_t n),
-			 void *ctx)
+                         uint64_t offset, size_t len,
+                         int (*fn)(void *ctx, const void *data, size_t n),
+                         void *ctx)
 {
 	struct once_view o = {key, offset, len, fn, ctx};
 

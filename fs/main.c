@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,12 +150,16 @@ int main(int argc, char *argv[])
 	struct fuse_loop_config *loop = NULL;
 	struct imap_client *first = NULL;
 	struct pop3_client *first_pop = NULL;
+	bool down = false;
 	struct proto_err err = {0};
 	struct mailfs fs = {0};
 	int ret = 1, rc;
 
 	/* A dead TLS socket must give EPIPE, not kill the daemon. */
 	signal(SIGPIPE, SIG_IGN);
+	/* Many threads, little memory each: few malloc arenas keep the
+	 * resident set small. */
+	mallopt(M_ARENA_MAX, 2);
 	if (fs_options_parse(&args, &fs.opts) != 0)
 		goto out_args;
 	if (fuse_parse_cmdline(&args, &cmd) != 0)
@@ -242,16 +247,18 @@ int main(int argc, char *argv[])
 		    cache_exists(fs.cache_path)) {
 			fprintf(stderr,
 			        "mailfs: warning: %s; serving the cache "
-			        "read-only\n",
+			        "read-only until the server is back\n",
 			        err.text);
-			fs.offline = true;
+			down = true;
 		} else if (rc < 0) {
 			fprintf(stderr, "mailfs: cannot mount %s: %s\n",
 			        fs.opts.account, err.text);
 			goto out_args;
 		}
 	}
-	fs.readonly = fs.opts.ro || fs.offline;
+	/* A server down at mount time makes the mount read-only; reading
+	 * reconnects by itself when it comes back. */
+	fs.readonly = fs.opts.ro || fs.offline || down;
 
 	/* The kernel checks permissions from the modes we report. */
 	fuse_opt_add_arg(&args, "-odefault_permissions,fsname=mailfs,"
@@ -282,11 +289,13 @@ int main(int argc, char *argv[])
 		goto out_cache;
 	if (fs.is_pop) {
 		if (!fs.offline) {
+			/* first_pop is NULL when the server is down: the
+			 * poller connects when it can. */
 			if (fs_pop_start(&fs, first_pop, &fs.pop) < 0)
 				goto out_tree;
 			first_pop = NULL; /* owned by the poller now */
 		}
-	} else if (!fs.offline) {
+	} else if (first != NULL) {
 		rc = fs_sync_list(&fs, first, &err);
 		if (rc < 0)
 			log_warn("cannot list mailboxes: %s; showing the "
@@ -302,9 +311,9 @@ int main(int argc, char *argv[])
 		if (fs_sync_start(&fs, first, &fs.sync) < 0)
 			goto out_tree;
 		first = NULL; /* owned by the sync side now */
-	} else {
-		log_notice("offline: serving the cache of %s@%s read-only",
-		           fs.url.user, fs.url.host);
+		/* List every mailbox never listed, in the background, so
+		 * that a first ls -lR or rsync finds them ready. */
+		fs_sync_listings_unlisted(fs.sync);
 	}
 	log_info("mounted %s on %s", fs.opts.account, cmd.mountpoint);
 

@@ -136,9 +136,15 @@ static void deferred_cb(void *ctx, int rc)
 	case D_LOOKUP: do_lookup(d->req, d->ino, d->name, false); break;
 	case D_OPENDIR: do_opendir(d->req, d->ino, &d->fi, false); break;
 	case D_OPEN:
-		if (rc < 0)
+		if (rc < 0) {
+			log_warn("message (inode %llu) could not be fetched: "
+			         "%s",
+			         (unsigned long long)d->ino,
+			         rc == -ENOTCONN ? "the server cannot be "
+			                           "reached"
+			                         : strerror(-rc));
 			fuse_reply_err(d->req, EIO);
-		else
+		} else
 			do_open(d->req, d->ino, &d->fi, false);
 		break;
 	}
@@ -629,18 +635,24 @@ static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		        may_wait ? deferred_new(D_OPEN, req, ino, fi, NULL)
 		                 : NULL;
 
-		if (d != NULL && fs->sync != NULL &&
-		    fs_sync_body(fs->sync, msg->key.mailbox_id,
-		                 msg->key.uidvalidity, msg->key.uid,
-		                 deferred_cb, d) == 0)
+		int qrc = -ENOTCONN;
+
+		if (d != NULL && fs->sync != NULL)
+			qrc = fs_sync_body(fs->sync, msg->key.mailbox_id,
+			                   msg->key.uidvalidity, msg->key.uid,
+			                   deferred_cb, d);
+		if (qrc == 0)
 			goto out;
 		free(d);
 		log_warn("message %s/%" PRIu32 ".eml is not in the cache and "
 		         "%s",
 		         mb->name, msg->key.uid,
-		         fs->sync == NULL ? "mailfs is offline"
-		                          : "could not be fetched from the "
-		                            "server");
+		         fs->sync == NULL ? "mailfs is offline (-o offline)"
+		         : !may_wait ? "could not be fetched from the server"
+		         : qrc == -ENOTCONN
+		                 ? "the server cannot be reached (mailfs "
+		                   "reconnects by itself)"
+		                 : "could not be queued for fetching");
 		fuse_reply_err(req, EIO);
 		goto out;
 	}

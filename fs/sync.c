@@ -1186,6 +1186,18 @@ int fs_sync_listing(struct fs_sync *s, uint32_t id, fs_sync_cb cb, void *ctx)
 	return enqueue(s, JOB_LISTING, id, 0, 0, cb, ctx);
 }
 
+void fs_sync_listings_unlisted(struct fs_sync *s)
+{
+	uint32_t *ids = NULL;
+	size_t n = 0;
+
+	if (fs_tree_unlisted(s->fs->tree, &ids, &n) < 0)
+		return;
+	for (size_t i = 0; i < n; i++)
+		fs_sync_listing(s, ids[i], NULL, NULL);
+	free(ids);
+}
+
 int fs_sync_body(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,
                  uint32_t uid, fs_sync_cb cb, void *ctx)
 {

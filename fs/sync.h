@@ -47,6 +47,9 @@ int fs_sync_mailboxes(struct fs_sync *s, fs_sync_cb cb, void *ctx);
 /* Queue a refresh of the message listing of mailbox id; cb may be NULL. */
 int fs_sync_listing(struct fs_sync *s, uint32_t id, fs_sync_cb cb, void *ctx);
 
+/* Queue a listing of every mailbox never listed (no callbacks). */
+void fs_sync_listings_unlisted(struct fs_sync *s);
+
 /* Queue a fetch of a message body into the cache; cb runs once it is
  * committed (rc 0) or could not be fetched. */
 int fs_sync_body(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,

@@ -283,6 +283,24 @@ int fs_tree_current(struct fs_tree *t, uint32_t id, uint32_t *uidvalidity_r,
 	return rc;
 }
 
+int fs_tree_unlisted(struct fs_tree *t, uint32_t **ids_r, size_t *n_r)
+{
+	uint32_t *ids;
+	size_t n = 0;
+
+	pthread_rwlock_rdlock(&t->lock);
+	ids = calloc(t->n ? t->n : 1, sizeof(*ids));
+	for (size_t i = 0; ids != NULL && i < t->n; i++)
+		if (t->v[i].selectable && t->v[i].last_sync == 0)
+			ids[n++] = t->v[i].id;
+	pthread_rwlock_unlock(&t->lock);
+	if (ids == NULL)
+		return -ENOMEM;
+	*ids_r = ids;
+	*n_r = n;
+	return 0;
+}
+
 int fs_tree_lookup(struct fs_tree *t, uint32_t parent, const char *file,
                    struct fs_mailbox **mb_r)
 {

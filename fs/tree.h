@@ -90,6 +90,9 @@ int fs_tree_get(struct fs_tree *tree, uint32_t id, struct fs_mailbox **mb_r);
 int fs_tree_current(struct fs_tree *tree, uint32_t id, uint32_t *uidvalidity_r,
                     uint32_t *gen_r);
 
+/* Ids of the selectable mailboxes never listed; *ids_r malloc'd. */
+int fs_tree_unlisted(struct fs_tree *tree, uint32_t **ids_r, size_t *n_r);
+
 /* The child directory called file under parent (0: root). */
 int fs_tree_lookup(struct fs_tree *tree, uint32_t parent, const char *file,
                    struct fs_mailbox **mb_r);

@@ -61,6 +61,8 @@ struct pending {
 	bool wants_cont;
 	/* The server's text of a NO or BAD, for the caller's error. */
 	char text[400];
+	/* The response code of the tagged answer and its arguments. */
+	struct imap_code code;
 };
 
 struct streamed {
@@ -84,6 +86,7 @@ struct imap_client {
 	unsigned caps_gen; /* bumped whenever the list is replaced */
 
 	char *selected; /* owned, raw name, or NULL */
+	bool selected_writable;
 
 	void (*untagged_cb)(void *ctx, const struct imap_response *resp);
 	void *untagged_ctx;
@@ -366,6 +369,30 @@ static void handle_code(struct imap_client *c, const struct imap_response *resp)
 		caps_set(c, &resp->code_args);
 }
 
+/* Keep a response code and its simple arguments ("APPENDUID 38505 3955")
+ * as text for the caller. */
+static void code_copy(struct imap_code *out, const struct imap_response *resp)
+{
+	size_t used = 0;
+
+	memset(out, 0, sizeof(*out));
+	if (resp->code == NULL)
+		return;
+	snprintf(out->code, sizeof(out->code), "%s", resp->code);
+	for (size_t i = 0; i < resp->code_args.count; i++) {
+		const char *a = imap_value_str(&resp->code_args.list[i], NULL);
+		int n;
+
+		if (a == NULL || used >= sizeof(out->args))
+			break;
+		n = snprintf(out->args + used, sizeof(out->args) - used, "%s%s",
+			     used ? " " : "", a);
+		if (n < 0)
+			break;
+		used += (size_t)n;
+	}
+}
+
 static int handle_tagged(struct imap_client *c,
                          const struct imap_response *resp)
 {
@@ -384,8 +411,12 @@ static int handle_tagged(struct imap_client *c,
 		rc = -EPERM;
 	else if (resp->status == IMAP_STATUS_BAD)
 		rc = -EINVAL;
-	if (rc < 0)
+	if (rc < 0 && resp->code != NULL)
+		snprintf(p->text, sizeof(p->text), "[%s] %s", resp->code,
+			 resp->text);
+	else if (rc < 0)
 		snprintf(p->text, sizeof(p->text), "%s", resp->text);
+	code_copy(&p->code, resp);
 	complete(c, p, rc, resp);
 	return 0;
 }
@@ -499,6 +530,12 @@ static int read_one(struct imap_client *c, struct imap_response **resp_r)
 
 int imap_wait(struct imap_client *c, unsigned tag, struct proto_err *err)
 {
+	return imap_wait_code(c, tag, NULL, err);
+}
+
+int imap_wait_code(struct imap_client *c, unsigned tag,
+		   struct imap_code *code_r, struct proto_err *err)
+{
 	struct pending *p;
 	int rc;
 
@@ -514,6 +551,8 @@ int imap_wait(struct imap_client *c, unsigned tag, struct proto_err *err)
 			continue; /* fail_all() completed p */
 	}
 	rc = p->rc;
+	if (code_r != NULL)
+		*code_r = p->code;
 	if (rc == -EPERM)
 		proto_err_set(err, PERR_NO, rc, "%s", p->text);
 	else if (rc == -EINVAL)
@@ -1352,6 +1391,7 @@ int imap_select(struct imap_client *c, const char *name, bool readonly,
 	}
 	info_r->readonly = readonly;
 	c->selected = strdup(name);
+	c->selected_writable = !readonly;
 	set_state(c, IMAP_ST_SELECTED);
 	return 0;
 }
@@ -1359,6 +1399,11 @@ int imap_select(struct imap_client *c, const char *name, bool readonly,
 const char *imap_selected(const struct imap_client *c)
 {
 	return c->selected;
+}
+
+bool imap_selected_writable(const struct imap_client *c)
+{
+	return c->selected != NULL && c->selected_writable;
 }
 
 /* --- FETCH --------------------------------------------------------------- */
@@ -1585,5 +1630,261 @@ int imap_date_parse(const char *s, time_t *t_r, int *tz_minutes_r)
 		tz = -tz;
 	*t_r = t - (time_t)tz * 60;
 	*tz_minutes_r = tz;
+	return 0;
+}
+
+/* --- changing the mailbox ------------------------------------------------ */
+
+/* Run a command with one mailbox-name argument between two raw parts. */
+static int run_named(struct imap_client *c, const char *before,
+		     const char *name, const char *after,
+		     struct imap_code *code_r, struct proto_err *err)
+{
+	struct imap_arg args[] = {
+		{IMAP_ARG_RAW, before, 0},
+		{IMAP_ARG_ASTRING, name, 0},
+		{IMAP_ARG_RAW, after, 0},
+	};
+	unsigned tag;
+	int rc;
+
+	rc = imap_submitv(c, NULL, args, 3, &tag);
+	if (rc < 0)
+		return c->dead ? dead_rc(c, err)
+			       : proto_err_set(err, PERR_LOCAL, rc,
+					       "cannot send command: %s",
+					       strerror(-rc));
+	return imap_wait_code(c, tag, code_r, err);
+}
+
+int imap_create(struct imap_client *c, const char *name, struct proto_err *err)
+{
+	return run_named(c, "CREATE ", name, "", NULL, err);
+}
+
+int imap_delete(struct imap_client *c, const char *name, struct proto_err *err)
+{
+	return run_named(c, "DELETE ", name, "", NULL, err);
+}
+
+int imap_rename(struct imap_client *c, const char *from, const char *to,
+		struct proto_err *err)
+{
+	struct imap_arg args[] = {
+		{IMAP_ARG_RAW, "RENAME ", 0},
+		{IMAP_ARG_ASTRING, from, 0},
+		{IMAP_ARG_RAW, " ", 0},
+		{IMAP_ARG_ASTRING, to, 0},
+	};
+	unsigned tag;
+	int rc;
+
+	rc = imap_submitv(c, NULL, args, 4, &tag);
+	if (rc < 0)
+		return c->dead ? dead_rc(c, err) : rc;
+	return imap_wait(c, tag, err);
+}
+
+int imap_uid_store(struct imap_client *c, uint32_t uid, const char *op,
+		   const char *flags, struct proto_err *err)
+{
+	return run_cmd(c, NULL, NULL, err, "UID STORE %u %s.SILENT (%s)", uid,
+		       op, flags);
+}
+
+int imap_uid_expunge(struct imap_client *c, uint32_t uid,
+		     struct proto_err *err)
+{
+	if (!imap_has_cap(c, "UIDPLUS"))
+		return proto_err_set(err, PERR_LOCAL, -EOPNOTSUPP,
+				     "%s has no UIDPLUS: expunging one "
+				     "message could expunge others",
+				     c->host);
+	return run_cmd(c, NULL, NULL, err, "UID EXPUNGE %u", uid);
+}
+
+/* "[COPYUID uidvalidity src dst]": the destination of a single UID. */
+static void parse_copyuid(const struct imap_code *code, uint32_t *uidv_r,
+			  uint32_t *uid_r)
+{
+	unsigned long v = 0, d = 0;
+	char src[128];
+
+	if (strcasecmp(code->code, "COPYUID") == 0 &&
+	    sscanf(code->args, "%lu %127s %lu", &v, src, &d) == 3 &&
+	    v <= UINT32_MAX && d <= UINT32_MAX) {
+		*uidv_r = (uint32_t)v;
+		*uid_r = (uint32_t)d;
+	}
+}
+
+static void move_untagged(void *ctx, const struct imap_response *resp)
+{
+	struct imap_code code;
+
+	if (resp->kind != IMAP_RESP_STATUS || resp->code == NULL)
+		return;
+	code_copy(&code, resp);
+	parse_copyuid(&code, &((uint32_t *)ctx)[0], &((uint32_t *)ctx)[1]);
+}
+
+int imap_uid_move(struct imap_client *c, uint32_t uid, const char *dest,
+		  uint32_t *uidvalidity_r, uint32_t *uid_r,
+		  struct proto_err *err)
+{
+	struct imap_handler h = {.untagged = move_untagged};
+	uint32_t got[2] = {0, 0};
+	struct imap_code code;
+	char head[48];
+	unsigned tag;
+	int rc;
+
+	*uidvalidity_r = *uid_r = 0;
+	if (imap_has_cap(c, "MOVE")) {
+		struct imap_arg args[] = {
+			{IMAP_ARG_RAW, head, 0},
+			{IMAP_ARG_ASTRING, dest, 0},
+		};
+
+		snprintf(head, sizeof(head), "UID MOVE %u ", uid);
+		h.ctx = got;
+		rc = imap_submitv(c, &h, args, 2, &tag);
+		if (rc < 0)
+			return c->dead ? dead_rc(c, err) : rc;
+		rc = imap_wait_code(c, tag, &code, err);
+		if (rc == 0 && got[1] == 0)
+			parse_copyuid(&code, &got[0], &got[1]);
+	} else {
+		/* COPY, then expunge exactly that UID (UIDPLUS) or refuse
+		 * before copying: an EXPUNGE could take other messages. */
+		if (!imap_has_cap(c, "UIDPLUS"))
+			return proto_err_set(err, PERR_LOCAL, -EOPNOTSUPP,
+					     "%s has neither MOVE nor UIDPLUS",
+					     c->host);
+		snprintf(head, sizeof(head), "UID COPY %u ", uid);
+		rc = run_named(c, head, dest, "", &code, err);
+		if (rc == 0) {
+			parse_copyuid(&code, &got[0], &got[1]);
+			rc = imap_uid_store(c, uid, "+FLAGS", "\\Deleted", err);
+		}
+		if (rc == 0)
+			rc = imap_uid_expunge(c, uid, err);
+	}
+	*uidvalidity_r = got[0];
+	*uid_r = got[1];
+	return rc;
+}
+
+static const char *const month_names[] = {"Jan", "Feb", "Mar", "Apr",
+					  "May", "Jun", "Jul", "Aug",
+					  "Sep", "Oct", "Nov", "Dec"};
+
+int imap_append(struct imap_client *c, const char *mailbox, const char *flags,
+		time_t date, int tz_minutes, const char *data, size_t len,
+		uint32_t *uidvalidity_r, uint32_t *uid_r,
+		struct proto_err *err)
+{
+	char opts[128] = " ";
+	struct imap_arg args[] = {
+		{IMAP_ARG_RAW, "APPEND ", 0},
+		{IMAP_ARG_ASTRING, mailbox, 0},
+		{IMAP_ARG_RAW, opts, 0},
+		{IMAP_ARG_LITERAL, data, len},
+	};
+	struct imap_code code;
+	unsigned long v = 0, u = 0;
+	unsigned tag;
+	int rc;
+
+	*uidvalidity_r = *uid_r = 0;
+	if (flags != NULL && flags[0] != '\0')
+		snprintf(opts, sizeof(opts), " (%s) ", flags);
+	if (date > 0) {
+		time_t local = date + (time_t)tz_minutes * 60;
+		struct tm tm;
+		size_t used = strlen(opts);
+		int tz = tz_minutes < 0 ? -tz_minutes : tz_minutes;
+
+		gmtime_r(&local, &tm);
+		snprintf(opts + used, sizeof(opts) - used,
+			 "\"%02d-%s-%04d %02d:%02d:%02d %c%02d%02d\" ",
+			 tm.tm_mday, month_names[tm.tm_mon], tm.tm_year + 1900,
+			 tm.tm_hour, tm.tm_min, tm.tm_sec,
+			 tz_minutes < 0 ? '-' : '+', tz / 60, tz % 60);
+	}
+	rc = imap_submitv(c, NULL, args, 4, &tag);
+	if (rc < 0)
+		return c->dead ? dead_rc(c, err) : rc;
+	rc = imap_wait_code(c, tag, &code, err);
+	if (rc == 0 && strcasecmp(code.code, "APPENDUID") == 0 &&
+	    sscanf(code.args, "%lu %lu", &v, &u) == 2 && v <= UINT32_MAX &&
+	    u <= UINT32_MAX) {
+		*uidvalidity_r = (uint32_t)v;
+		*uid_r = (uint32_t)u;
+	}
+	return rc;
+}
+
+struct search_ctx {
+	uint32_t *v;
+	size_t n, cap;
+	bool oom;
+};
+
+static void search_untagged(void *ctx, const struct imap_response *resp)
+{
+	struct search_ctx *s = ctx;
+
+	if (!imap_response_is(resp, "SEARCH"))
+		return;
+	for (size_t i = 0; i < resp->args.count; i++) {
+		uint32_t uid;
+
+		if (imap_value_u32(&resp->args.list[i], &uid) < 0)
+			continue;
+		if (s->n == s->cap) {
+			size_t ncap = s->cap ? s->cap * 2 : 16;
+			uint32_t *nv = realloc(s->v, ncap * sizeof(*nv));
+
+			if (nv == NULL) {
+				s->oom = true;
+				return;
+			}
+			s->v = nv;
+			s->cap = ncap;
+		}
+		s->v[s->n++] = uid;
+	}
+}
+
+int imap_search_header(struct imap_client *c, const char *field,
+		       const char *value, uint32_t **uids_r, size_t *n_r,
+		       struct proto_err *err)
+{
+	struct search_ctx s = {0};
+	struct imap_handler h = {.untagged = search_untagged, .ctx = &s};
+	char head[96];
+	struct imap_arg args[] = {
+		{IMAP_ARG_RAW, head, 0},
+		{IMAP_ARG_ASTRING, value, 0},
+	};
+	unsigned tag;
+	int rc;
+
+	*uids_r = NULL;
+	*n_r = 0;
+	snprintf(head, sizeof(head), "UID SEARCH HEADER %s ", field);
+	rc = imap_submitv(c, &h, args, 2, &tag);
+	if (rc < 0)
+		return c->dead ? dead_rc(c, err) : rc;
+	rc = imap_wait(c, tag, err);
+	if (rc == 0 && s.oom)
+		rc = proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
+	if (rc < 0) {
+		free(s.v);
+		return rc;
+	}
+	*uids_r = s.v;
+	*n_r = s.n;
 	return 0;
 }

@@ -17,10 +17,10 @@
  * pop3_free() drops the connection without QUIT, so the server forgets
  * the marks (RFC 1939: no UPDATE state without QUIT).
  *
- * Below the client are pure parsers (no I/O, no allocation) that it uses
- * and that the tests and the fuzzer drive directly: the dot-unstuffing
- * machine for multi-line responses, the line finder and the status-line
- * parser, and the APOP digest. */
+ * Below the client are the pure parts it is built on, which the tests and
+ * the fuzzer drive directly: the dot-unstuffing machine for multi-line
+ * responses, the line finder and the status-line parser (no I/O, no
+ * allocation), and APOP's timestamp finder and digest. */
 #ifndef MAILFS_POP3_H
 #define MAILFS_POP3_H
 

@@ -856,18 +856,9 @@ class Remount(MountTest):
         self.assertEqual(m.sent_commands(), [])
 
 
-    # BUG: a mount that came up offline because the server could not be
-    # reached (not -o offline) never reconnects.  fs/main.c sets
-    # fs.offline = true when imap_connect() fails with PERR_CONNECT and a
-    # cache exists, and then never starts the network side (fs.sync stays
-    # NULL), so after the server is back every never-fetched body still
-    # fails with EIO (and the mount stays read-only) until it is remounted.
-    # DESIGN.md, "Cache and offline": "When the server cannot be reached,
-    # the mount still comes up ... mailfs reconnects by itself."
-    # Reproduce: mount once, list a mailbox without reading it, unmount;
-    # stop Dovecot; mount again (same cache_dir); start Dovecot; cat a
-    # message of that mailbox: EIO, forever.
-    @unittest.expectedFailure
+    # Regression: a mount that came up while the server could not be
+    # reached reconnects by itself once it is back (DESIGN.md, "Cache and
+    # offline"); it once stayed offline until remounted.
     def test_4_offline_mount_reconnects_when_server_returns(self):
         dc.stop()
         try:

@@ -1833,7 +1833,7 @@ static void test_secrets_not_logged(void **state)
 	        EOF_S,
 	};
 	const struct step *scripts[] = {plain, user, apop};
-	char path[] = "/tmp/pop3-log-XXXXXX";
+	FILE *log;
 	struct pop3_config cfg;
 	struct pop3_client *c = NULL;
 	struct proto_err err;
@@ -1842,9 +1842,9 @@ static void test_secrets_not_logged(void **state)
 	ssize_t n;
 
 	(void)state;
-	fd = mkstemp(path);
-	assert_true(fd >= 0);
-	unlink(path);
+	log = tmpfile();
+	assert_non_null(log);
+	fd = fileno(log);
 	saved = dup(2);
 	log_set_level(LOG_DEBUG);
 	dup2(fd, 2);
@@ -1863,7 +1863,7 @@ static void test_secrets_not_logged(void **state)
 	close(saved);
 	log_set_level(LOG_ERR);
 	n = pread(fd, buf, sizeof(buf) - 1, 0);
-	close(fd);
+	fclose(log);
 	assert_true(n > 0);
 	buf[n] = '\0';
 	assert_non_null(strstr(buf, "C: AUTH PLAIN <hidden>"));
