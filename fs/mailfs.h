@@ -16,6 +16,7 @@
 
 struct fs_sync;
 struct fs_pop;
+struct fs_newfiles;
 
 struct mailfs {
 	struct fs_options opts;
@@ -23,15 +24,16 @@ struct mailfs {
 	struct imap_config imap; /* borrows from url, opts and secret */
 	struct pop3_config pop3; /* the same, for a POP3 account */
 	bool is_pop;
-	char *secret;            /* owned: password or token; wiped */
-	char *cache_path;        /* owned */
-	struct cache *cache;     /* owned */
-	struct fs_tree *tree;    /* owned */
-	struct fs_sync *sync;    /* owned; IMAP; NULL when offline */
-	struct fs_pop *pop;      /* owned; POP3; NULL when offline */
-	struct fuse_session *se; /* owned by main */
-	bool offline;            /* no server: serve the cache */
-	bool readonly;           /* -o ro, or offline */
+	char *secret;                 /* owned: password or token; wiped */
+	char *cache_path;             /* owned */
+	struct cache *cache;          /* owned */
+	struct fs_tree *tree;         /* owned */
+	struct fs_sync *sync;         /* owned; IMAP; NULL when offline */
+	struct fs_pop *pop;           /* owned; POP3; NULL when offline */
+	struct fs_newfiles *newfiles; /* owned; files being written */
+	struct fuse_session *se;      /* owned by main */
+	bool offline;                 /* no server: serve the cache */
+	bool readonly;                /* -o ro, or offline */
 	uid_t uid;
 	gid_t gid;
 };

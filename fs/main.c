@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "fs/mailfs.h"
+#include "fs/newfile.h"
 #include "fs/pop.h"
 #include "fs/sync.h"
 #include "proto/cred.h"
@@ -285,8 +286,8 @@ int main(int argc, char *argv[])
 		        strerror(-rc));
 		goto out_unmount;
 	}
-	if (fs_tree_new(&fs.tree) < 0)
-		goto out_cache;
+	if (fs_tree_new(&fs.tree) < 0 || fs_newfiles_new(&fs.newfiles) < 0)
+		goto out_tree;
 	if (fs.is_pop) {
 		if (!fs.offline) {
 			/* first_pop is NULL when the server is down: the
@@ -314,6 +315,8 @@ int main(int argc, char *argv[])
 		/* List every mailbox never listed, in the background, so
 		 * that a first ls -lR or rsync finds them ready. */
 		fs_sync_listings_unlisted(fs.sync);
+		/* Uploads a crash or a dead server left in the cache. */
+		fs_newfile_resume(&fs);
 	}
 	log_info("mounted %s on %s", fs.opts.account, cmd.mountpoint);
 
@@ -333,8 +336,8 @@ out_sync:
 	fs_sync_stop(&fs.sync);
 	fs_pop_stop(&fs.pop);
 out_tree:
+	fs_newfiles_free(&fs.newfiles);
 	fs_tree_free(&fs.tree);
-out_cache:
 	cache_close(&fs.cache);
 out_unmount:
 	fuse_session_unmount(fs.se);

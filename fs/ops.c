@@ -15,7 +15,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs/change.h"
 #include "fs/mailfs.h"
+#include "fs/newfile.h"
 #include "fs/sync.h"
 #include "proto/log.h"
 
@@ -232,6 +234,12 @@ static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name,
 		fuse_reply_entry(req, &e);
 		return;
 	}
+	if (pid != 0 && fs_newfile_lookup(fs, pid, name, &e.attr)) {
+		e.ino = e.attr.st_ino;
+		e.attr_timeout = e.entry_timeout = DIR_TIMEOUT;
+		fuse_reply_entry(req, &e);
+		return;
+	}
 	if (pid == 0 || !parse_msg_name(name, &uid)) {
 		fuse_reply_err(req, ENOENT);
 		return;
@@ -310,6 +318,10 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 	int rc;
 
 	(void)fi;
+	if (fs_ino_is_new(ino)) {
+		fs_newfile_getattr(req, ino);
+		return;
+	}
 	if (!fs_ino_split(ino, &id, &gen, &uid)) {
 		fuse_reply_err(req, ENOENT);
 		return;
@@ -417,6 +429,16 @@ static int snap_read(struct cache_txn *txn, void *ctx)
 	                         &r->m);
 }
 
+static int snap_new_cb(void *ctx, const char *name, const struct stat *st)
+{
+	struct snap_entry *e = snap_add(ctx);
+
+	if (e == NULL || (e->long_name = strdup(name)) == NULL)
+		return -ENOMEM;
+	e->st = *st;
+	return 0;
+}
+
 static int build_snap(struct mailfs *fs, uint32_t id,
                       const struct fs_mailbox *mb, struct dir_snap **snap_r)
 {
@@ -450,6 +472,11 @@ static int build_snap(struct mailfs *fs, uint32_t id,
 	}
 	fs_mailbox_vfree(&kids, nkids);
 
+	if (mb != NULL) {
+		rc = fs_newfile_list(fs, id, snap_new_cb, s);
+		if (rc < 0)
+			goto fail;
+	}
 	if (mb != NULL && mb->uidvalidity != 0) {
 		struct snap_read r = {
 		        .m = {fs, s, mb->gen},
@@ -671,6 +698,10 @@ out:
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	if (fs_ino_is_new(ino)) {
+		fs_newfile_open(req, ino, fi);
+		return;
+	}
 	do_open(req, ino, fi, true);
 }
 
@@ -688,6 +719,10 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	int rc;
 
 	(void)fi;
+	if (fs_ino_is_new(ino)) {
+		fs_newfile_read(req, ino, size, off);
+		return;
+	}
 	rc = msg_key(fs, ino, &key);
 	if (rc == 0)
 		rc = cache_body_view_once(fs->cache, key, (uint64_t)off, size,
@@ -702,9 +737,11 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_release(fuse_req_t req, fuse_ino_t ino,
                        struct fuse_file_info *fi)
 {
-	(void)ino;
 	(void)fi;
-	fuse_reply_err(req, 0);
+	if (fs_ino_is_new(ino))
+		fs_newfile_release(req, ino);
+	else
+		fuse_reply_err(req, 0);
 }
 
 /* --- extended attributes --------------------------------------------- */
@@ -785,86 +822,78 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &st);
 }
 
-/* Changes through the mount are not implemented yet: say so clearly. */
-static void refuse(fuse_req_t req, const char *what)
-{
-	log_info("%s: changing the mailbox through the mount is not "
-	         "supported yet",
-	         what);
-	fuse_reply_err(req, fs_of(req)->readonly ? EROFS : EPERM);
-}
+/* --- changes: fs/change.c and fs/newfile.c ---------------------------- */
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
                      mode_t mode)
 {
-	(void)parent;
-	(void)name;
 	(void)mode;
-	refuse(req, "mkdir");
+	fs_change_mkdir(req, parent, name);
 }
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	(void)parent;
-	(void)name;
-	refuse(req, "rm");
+	fs_change_unlink(req, parent, name);
 }
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	(void)parent;
-	(void)name;
-	refuse(req, "rmdir");
+	fs_change_rmdir(req, parent, name);
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
                       fuse_ino_t newparent, const char *newname,
                       unsigned int flags)
 {
-	(void)parent;
-	(void)name;
-	(void)newparent;
-	(void)newname;
-	(void)flags;
-	refuse(req, "mv");
+	fs_change_rename(req, parent, name, newparent, newname, flags);
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
                       mode_t mode, struct fuse_file_info *fi)
 {
-	(void)parent;
-	(void)name;
-	(void)mode;
-	(void)fi;
-	refuse(req, "create");
+	fs_newfile_create(req, parent, name, mode, fi);
 }
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
                        int to_set, struct fuse_file_info *fi)
 {
-	(void)ino;
-	(void)attr;
-	(void)to_set;
 	(void)fi;
+	if (fs_ino_is_new(ino)) {
+		fs_newfile_setattr(req, ino, attr, to_set);
+		return;
+	}
+	/* A message never changes: not its bytes, size, times or mode. */
 	fuse_reply_err(req, fs_of(req)->readonly ? EROFS : EPERM);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+                     size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	if (fs_ino_is_new(ino))
+		fs_newfile_write(req, ino, buf, size, off);
+	else
+		fuse_reply_err(req, EPERM);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)fi;
+	if (fs_ino_is_new(ino))
+		fs_newfile_flush(req, ino);
+	else
+		fuse_reply_err(req, 0);
 }
 
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
                         const char *value, size_t size, int flags)
 {
-	(void)ino;
-	(void)name;
-	(void)value;
-	(void)size;
-	(void)flags;
-	refuse(req, "setfattr");
+	fs_change_setxattr(req, ino, name, value, size, flags);
 }
 
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	(void)ino;
-	(void)name;
-	refuse(req, "setfattr -x");
+	fs_change_removexattr(req, ino, name);
 }
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
@@ -902,4 +931,6 @@ const struct fuse_lowlevel_ops fs_ops = {
         .rmdir = op_rmdir,
         .rename = op_rename,
         .create = op_create,
+        .write = op_write,
+        .flush = op_flush,
 };

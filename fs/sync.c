@@ -27,6 +27,7 @@ enum job_kind {
 	JOB_LIST,
 	JOB_LISTING,
 	JOB_BODY,
+	JOB_CALL,
 };
 
 struct waiter {
@@ -43,7 +44,9 @@ struct job {
 	uint32_t *uids; /* owned; JOB_BODY: asked for, then the batch */
 	size_t nuids, capuids;
 	bool running;
-	bool prefetch;          /* read-ahead nobody waits for yet */
+	bool prefetch; /* read-ahead nobody waits for yet */
+	fs_sync_fn fn; /* JOB_CALL */
+	void *fn_ctx;
 	struct waiter *waiters; /* owned list */
 	struct job *next;
 };
@@ -82,7 +85,8 @@ static const char *job_name(enum job_kind k)
 {
 	return k == JOB_LIST      ? "mailbox list"
 	       : k == JOB_LISTING ? "listing"
-	                          : "fetch";
+	       : k == JOB_BODY    ? "fetch"
+	                          : "change";
 }
 
 /* --- mailbox list ------------------------------------------------------ */
@@ -860,9 +864,9 @@ static void plan_batch(struct worker *w, struct job *job)
 	pthread_mutex_unlock(&s->lock);
 }
 
-static int ensure_selected(struct worker *w, uint32_t id, uint32_t uidvalidity)
+int fs_sync_open_mailbox(struct mailfs *fs, struct imap_client *c, uint32_t id,
+                         uint32_t uidvalidity, bool writable)
 {
-	struct mailfs *fs = w->s->fs;
 	struct imap_select_info info;
 	struct proto_err err = {0};
 	struct fs_mailbox *mb = NULL;
@@ -871,13 +875,15 @@ static int ensure_selected(struct worker *w, uint32_t id, uint32_t uidvalidity)
 	rc = fs_tree_get(fs->tree, id, &mb);
 	if (rc < 0)
 		return rc;
-	if (imap_selected(w->c) == NULL ||
-	    strcmp(imap_selected(w->c), mb->name) != 0) {
-		rc = imap_select(w->c, mb->name, true, &info, &err);
+	if (imap_selected(c) == NULL ||
+	    strcmp(imap_selected(c), mb->name) != 0 ||
+	    (writable && !imap_selected_writable(c))) {
+		rc = imap_select(c, mb->name, !writable, &info, &err);
 		if (rc < 0) {
 			log_warn("cannot open mailbox %s: %s", mb->name,
 			         err.text);
-		} else if (info.uidvalidity != uidvalidity) {
+		} else if (uidvalidity != 0 &&
+		           info.uidvalidity != uidvalidity) {
 			log_notice("mailbox %s: UIDVALIDITY is now %u (cached "
 			           "%u); it will be listed again",
 			           mb->name, info.uidvalidity, uidvalidity);
@@ -886,6 +892,11 @@ static int ensure_selected(struct worker *w, uint32_t id, uint32_t uidvalidity)
 	}
 	fs_mailbox_free(&mb);
 	return rc;
+}
+
+static int ensure_selected(struct worker *w, uint32_t id, uint32_t uidvalidity)
+{
+	return fs_sync_open_mailbox(w->s->fs, w->c, id, uidvalidity, false);
 }
 
 static void queue_prefetch(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,
@@ -1047,6 +1058,7 @@ static void *worker_main(void *arg)
 			}
 			case JOB_LISTING: rc = run_listing(w, job->id); break;
 			case JOB_BODY: rc = run_body(w, job); break;
+			case JOB_CALL: rc = job->fn(w->c, job->fn_ctx); break;
 			}
 			if (rc < 0 && w->c != NULL && imap_error(w->c) != NULL)
 				rc = -EIO;
@@ -1184,6 +1196,40 @@ int fs_sync_mailboxes(struct fs_sync *s, fs_sync_cb cb, void *ctx)
 int fs_sync_listing(struct fs_sync *s, uint32_t id, fs_sync_cb cb, void *ctx)
 {
 	return enqueue(s, JOB_LISTING, id, 0, 0, cb, ctx);
+}
+
+int fs_sync_call(struct fs_sync *s, fs_sync_fn fn, void *fn_ctx, fs_sync_cb cb,
+                 void *ctx)
+{
+	struct waiter *wt = calloc(1, sizeof(*wt));
+	struct job *job = calloc(1, sizeof(*job)), **tail;
+
+	if (wt == NULL || job == NULL) {
+		free(wt);
+		free(job);
+		return -ENOMEM;
+	}
+	wt->cb = cb;
+	wt->ctx = ctx;
+	job->kind = JOB_CALL;
+	job->fn = fn;
+	job->fn_ctx = fn_ctx;
+	job->waiters = wt;
+	pthread_mutex_lock(&s->lock);
+	if (s->stop || s->down_until > now_ms()) {
+		int rc = s->stop ? -ESHUTDOWN : -ENOTCONN;
+
+		pthread_mutex_unlock(&s->lock);
+		free(wt);
+		free(job);
+		return rc;
+	}
+	for (tail = &s->jobs; *tail != NULL; tail = &(*tail)->next)
+		;
+	*tail = job;
+	pthread_cond_signal(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
 }
 
 void fs_sync_listings_unlisted(struct fs_sync *s)

@@ -47,6 +47,21 @@ int fs_sync_mailboxes(struct fs_sync *s, fs_sync_cb cb, void *ctx);
 /* Queue a refresh of the message listing of mailbox id; cb may be NULL. */
 int fs_sync_listing(struct fs_sync *s, uint32_t id, fs_sync_cb cb, void *ctx);
 
+/* A change to run on a worker with its connected client (logged in, a
+ * mailbox may or may not be selected).  Returns 0 or a negative errno. */
+typedef int (*fs_sync_fn)(struct imap_client *c, void *fn_ctx);
+
+/* Queue fn(c, fn_ctx) on a worker; cb(ctx, rc) runs afterwards with fn's
+ * result (or the connection's error: then fn may not have run). */
+int fs_sync_call(struct fs_sync *s, fs_sync_fn fn, void *fn_ctx, fs_sync_cb cb,
+                 void *ctx);
+
+/* Select mailbox id on c (read-write if writable) unless it already is,
+ * checking that its UIDVALIDITY is still uidvalidity (-ESTALE if not; 0
+ * skips the check).  For fs_sync_fn functions. */
+int fs_sync_open_mailbox(struct mailfs *fs, struct imap_client *c, uint32_t id,
+                         uint32_t uidvalidity, bool writable);
+
 /* Queue a listing of every mailbox never listed (no callbacks). */
 void fs_sync_listings_unlisted(struct fs_sync *s);
 

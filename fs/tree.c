@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "proto/log.h"
@@ -281,6 +282,48 @@ int fs_tree_current(struct fs_tree *t, uint32_t id, uint32_t *uidvalidity_r,
 	}
 	pthread_rwlock_unlock(&t->lock);
 	return rc;
+}
+
+int fs_tree_find_trash(struct fs_tree *t, struct fs_mailbox **mb_r)
+{
+	struct fs_mailbox *hit = NULL;
+
+	pthread_rwlock_rdlock(&t->lock);
+	for (size_t i = 0; i < t->n && hit == NULL; i++)
+		if ((t->v[i].attrs & CACHE_MBOX_TRASH) && t->v[i].selectable)
+			hit = &t->v[i];
+	for (size_t i = 0; i < t->n && hit == NULL; i++) {
+		const char *n = t->v[i].name;
+		char d = t->v[i].delim;
+
+		if (!t->v[i].selectable)
+			continue;
+		if (strcasecmp(n, "Trash") == 0 ||
+		    (strncasecmp(n, "INBOX", 5) == 0 && d != 0 && n[5] == d &&
+		     strcasecmp(n + 6, "Trash") == 0))
+			hit = &t->v[i];
+	}
+	*mb_r = hit ? copy_entry(hit) : NULL;
+	pthread_rwlock_unlock(&t->lock);
+	if (hit == NULL)
+		return -ENOENT;
+	return *mb_r ? 0 : -ENOMEM;
+}
+
+char fs_tree_root_delim(struct fs_tree *t)
+{
+	char d = '/';
+
+	pthread_rwlock_rdlock(&t->lock);
+	for (size_t i = 0; i < t->n; i++) {
+		if (t->v[i].delim != 0) {
+			d = t->v[i].delim;
+			if (strcmp(t->v[i].name, "INBOX") == 0)
+				break;
+		}
+	}
+	pthread_rwlock_unlock(&t->lock);
+	return d;
 }
 
 int fs_tree_unlisted(struct fs_tree *t, uint32_t **ids_r, size_t *n_r)

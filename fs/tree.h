@@ -90,6 +90,14 @@ int fs_tree_get(struct fs_tree *tree, uint32_t id, struct fs_mailbox **mb_r);
 int fs_tree_current(struct fs_tree *tree, uint32_t id, uint32_t *uidvalidity_r,
                     uint32_t *gen_r);
 
+/* The mailbox rm moves messages to: the one with the special use attr
+ * (CACHE_MBOX_TRASH), else one called Trash at the top level or under
+ * INBOX.  -ENOENT if there is none. */
+int fs_tree_find_trash(struct fs_tree *tree, struct fs_mailbox **mb_r);
+
+/* The hierarchy delimiter to use for a new top-level mailbox. */
+char fs_tree_root_delim(struct fs_tree *tree);
+
 /* Ids of the selectable mailboxes never listed; *ids_r malloc'd. */
 int fs_tree_unlisted(struct fs_tree *tree, uint32_t **ids_r, size_t *n_r);
 

@@ -22,10 +22,13 @@ ServerDeletes messages deleted on the server (POP3 DELE, doveadm expunge)
               are never reused
 Remount       same cache: nothing downloaded again (mailfs's RETR lines and
               Dovecot's retr= counter), same numbers and inodes; -o offline
-              and a stopped server serve the cache
+              and a stopped server serve the cache; new mail once it is back
 PopKeep       pop_keep=0 deletes only what is cached; crash (SIGKILL) right
               before DELE loses and duplicates nothing; the default and
               pop_keep=DAYS keep everything on the server
+Stall         the server freezes during the first session: the first listing
+              returns within the timeout; afterwards each message exactly once
+CacheDir      a relative cache_dir is relative to the starting directory
 Writes        create, write, truncate, rm, mv, mkdir, rmdir, touch, chmod,
               setfattr: EPERM at once
 MountErrors   wrong password (the server's text quoted), unknown CA: one
@@ -43,7 +46,6 @@ Dovecot or FUSE is missing."""
 
 import base64
 import collections
-import errno
 import os
 import re
 import shutil
@@ -472,14 +474,8 @@ class Stls(PopTest):
         self.assertTrue([c for c in sent[i:] if c.split()[0] in ('USER', 'PASS', 'AUTH')])
         self.assertNotIn(USERS['alice'], m.log())
 
-    # BUG: an online POP3 mount logs "offline: serving the cache of USER@HOST
-    # read-only" at every start.  fs/main.c, after fs_pop_start(): the
-    # `else` branch of `if (fs.offline) ... else if (!fs.is_pop) ... else`
-    # is reached by every online POP3 mount and logs the offline notice.
-    # Reproduce: mailfs -d -o cafile=CA,passcmd='echo PW',cache_dir=DIR
-    # pop3s://alice@localhost:PORT MNT: the notice is printed although the
-    # mount downloads mail.
-    @unittest.expectedFailure
+    # An online mount once logged "offline: serving the cache ... read-only"
+    # at every start (fs/main.c).
     def test_online_mount_does_not_claim_offline(self):
         m = self.mount('carol', 'online', mode='debug')
         os.listdir(inbox(m))
@@ -659,16 +655,9 @@ class Remount(PopTest):
         finally:
             dc.start()
 
-    # BUG: a POP3 mount that came up from the cache because the server
-    # could not be reached never checks for mail again.  fs/main.c sets
-    # fs.offline = true when pop3_connect() fails with PERR_CONNECT and a
-    # cache exists, and then never calls fs_pop_start(), so no session is
-    # ever run (not every poll seconds, not when INBOX is listed) until it
-    # is remounted.  DESIGN.md, "Cache and offline": "mailfs reconnects by
-    # itself."  Reproduce: mount once (cache filled), unmount; stop
-    # Dovecot; mount again with poll=1 and the same cache_dir; start
-    # Dovecot; deliver a message; ls INBOX: it never appears.
-    @unittest.expectedFailure
+    # A mount that came up from the cache because the server was down must
+    # check for mail by itself once the server is back (DESIGN.md, "Cache
+    # and offline": "mailfs reconnects by itself").
     def test_4_offline_mount_checks_mail_when_server_returns(self):
         dc.stop()
         try:
@@ -805,9 +794,9 @@ class CacheDir(PopTest):
     # the offline check (cache_exists) before it still looks relative to
     # the starting directory.  As root the cache silently lands in
     # /NAME; as another user the mount comes up and mailfs exits at once
-    # ("cannot open the cache").  Reproduce: cd /tmp/x && mailfs -o
+    # ("cannot open the cache").  Reproduce: cd SOMEDIR && mailfs -o
     # cafile=CA,passcmd='echo PW',cache_dir=c pop3s://alice@localhost:PORT
-    # mnt; ls mnt/INBOX; then /tmp/x/c does not exist and /c does.
+    # mnt; ls mnt/INBOX; then SOMEDIR/c does not exist and /c does.
     @unittest.expectedFailure
     def test_relative_cache_dir(self):
         dc.generate('judy', 'INBOX', 2, seed=101)

@@ -1,0 +1,19 @@
+/* Changes through an IMAP mount that act on the server at once (see
+ * fs/change.c): rm, mv, mkdir, rmdir, and the flags attribute.  New
+ * messages (cp, rsync) are fs/newfile.h's. */
+#ifndef MAILFS_FS_CHANGE_H
+#define MAILFS_FS_CHANGE_H
+
+#include "fs/mailfs.h"
+
+void fs_change_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+void fs_change_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+                      fuse_ino_t newparent, const char *newname,
+                      unsigned int flags);
+void fs_change_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void fs_change_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void fs_change_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+                        const char *value, size_t size, int flags);
+void fs_change_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
+
+#endif

@@ -1,0 +1,952 @@
+#include "fs/newfile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fs/sync.h"
+#include "proto/log.h"
+#include "proto/mime.h"
+
+#define NEW_TIMEOUT  1.0
+#define NEW_MAX_SIZE (1024ULL * 1024 * 1024)
+
+enum nf_state {
+	NF_WRITING,   /* open, being written */
+	NF_STORED,    /* closed; committed to the cache as a pending upload */
+	NF_UPLOADING, /* APPEND under way */
+	NF_DONE,      /* the server has it (uid, when it said) */
+	NF_FAILED,    /* the server refused it; kept in the cache */
+};
+
+struct nf {
+	uint32_t num; /* inode: fs_ino_msg(id, FS_INO_MAX_GEN, num) */
+	uint32_t id;  /* target mailbox */
+	char *name;   /* owned; NULL for uploads resumed from the cache */
+	char *data;   /* owned; the message */
+	size_t len, cap;
+	bool dirty;      /* changed since it was stored */
+	bool maybe_sent; /* a crash may have left it on the server */
+	int64_t mtime;   /* 0: let the server choose the INTERNALDATE */
+	enum nf_state state;
+	uint64_t seq; /* the pending upload in the cache, 0 for none */
+	unsigned opens;
+	struct nf *next;
+};
+
+struct fs_newfiles {
+	pthread_mutex_t lock;
+	struct nf *list; /* owned */
+	uint32_t next_num;
+};
+
+int fs_newfiles_new(struct fs_newfiles **nf_r)
+{
+	struct fs_newfiles *n = calloc(1, sizeof(*n));
+
+	if (n == NULL)
+		return -ENOMEM;
+	pthread_mutex_init(&n->lock, NULL);
+	*nf_r = n;
+	return 0;
+}
+
+static void nf_free(struct nf *f)
+{
+	if (f == NULL)
+		return;
+	free(f->name);
+	free(f->data);
+	free(f);
+}
+
+void fs_newfiles_free(struct fs_newfiles **np)
+{
+	struct fs_newfiles *n = *np;
+
+	if (n == NULL)
+		return;
+	while (n->list != NULL) {
+		struct nf *next = n->list->next;
+
+		nf_free(n->list);
+		n->list = next;
+	}
+	pthread_mutex_destroy(&n->lock);
+	free(n);
+	*np = NULL;
+}
+
+static struct mailfs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static fuse_ino_t nf_ino(const struct nf *f)
+{
+	return fs_ino_msg(f->id, FS_INO_MAX_GEN, f->num);
+}
+
+static bool visible(const struct nf *f)
+{
+	return f->name != NULL && f->state != NF_DONE;
+}
+
+/* Callers hold the lock. */
+static struct nf *find_name(struct fs_newfiles *n, uint32_t id,
+                            const char *name)
+{
+	for (struct nf *f = n->list; f != NULL; f = f->next)
+		if (f->id == id && f->name != NULL &&
+		    strcmp(f->name, name) == 0 && f->state != NF_DONE)
+			return f;
+	return NULL;
+}
+
+static struct nf *find_ino(struct fs_newfiles *n, fuse_ino_t ino)
+{
+	for (struct nf *f = n->list; f != NULL; f = f->next)
+		if (nf_ino(f) == ino)
+			return f;
+	return NULL;
+}
+
+static void unlink_nf(struct fs_newfiles *n, struct nf *f)
+{
+	for (struct nf **pp = &n->list; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == f) {
+			*pp = f->next;
+			return;
+		}
+	}
+}
+
+static void nf_attr(struct mailfs *fs, const struct nf *f, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = nf_ino(f);
+	/* Writable by its owner until it is uploaded. */
+	st->st_mode = S_IFREG | (f->state <= NF_STORED ? 0644 : 0444);
+	st->st_nlink = 1;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_size = (off_t)f->len;
+	st->st_blocks = (blkcnt_t)((f->len + 511) / 512);
+	st->st_blksize = 4096;
+	st->st_mtime = st->st_ctime = st->st_atime =
+	        (time_t)(f->mtime ? f->mtime : time(NULL));
+}
+
+bool fs_newfile_lookup(struct mailfs *fs, uint32_t id, const char *name,
+                       struct stat *st_r)
+{
+	struct nf *f;
+
+	pthread_mutex_lock(&fs->newfiles->lock);
+	f = find_name(fs->newfiles, id, name);
+	if (f != NULL)
+		nf_attr(fs, f, st_r);
+	pthread_mutex_unlock(&fs->newfiles->lock);
+	return f != NULL;
+}
+
+int fs_newfile_list(struct mailfs *fs, uint32_t id,
+                    int (*cb)(void *ctx, const char *name,
+                              const struct stat *st),
+                    void *ctx)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&fs->newfiles->lock);
+	for (struct nf *f = fs->newfiles->list; f != NULL && rc == 0;
+	     f = f->next) {
+		struct stat st;
+
+		if (f->id != id || !visible(f))
+			continue;
+		nf_attr(fs, f, &st);
+		rc = cb(ctx, f->name, &st);
+	}
+	pthread_mutex_unlock(&fs->newfiles->lock);
+	return rc;
+}
+
+/* --- uploads ----------------------------------------------------------- */
+
+struct upload {
+	struct mailfs *fs;
+	uint32_t num;
+};
+
+static bool has_bare_lf(const char *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'))
+			return true;
+	return false;
+}
+
+static char *to_crlf(const char *p, size_t len, size_t *len_r)
+{
+	char *out = malloc(2 * len + 1), *o = out;
+
+	if (out == NULL)
+		return NULL;
+	for (size_t i = 0; i < len; i++) {
+		if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'))
+			*o++ = '\r';
+		*o++ = p[i];
+	}
+	*len_r = (size_t)(o - out);
+	return out;
+}
+
+struct stored {
+	uint32_t id, uidvalidity, uid;
+	const char *data;
+	size_t len;
+	int64_t date;
+	uint64_t seq;
+};
+
+static char *header(const char *data, size_t len, const char *name, bool decode)
+{
+	size_t hlen = len < 65536 ? len : 65536;
+	char *v = NULL;
+	int rc = decode ? mime_header_decoded(data, hlen, name, &v)
+	                : mime_header_field(data, hlen, name, &v);
+
+	return rc == 0 ? v : NULL;
+}
+
+/* The server has the message: show it as UID.eml at once (no re-list,
+ * no re-fetch) and forget the pending upload, in one transaction. */
+static int store_done(struct cache_txn *txn, void *ctx)
+{
+	struct stored *s = ctx;
+	int rc = 0;
+
+	if (s->uid != 0) {
+		char *subject = header(s->data, s->len, "Subject", true);
+		char *from = header(s->data, s->len, "From", true);
+		char *date = header(s->data, s->len, "Date", true);
+		char *msgid = header(s->data, s->len, "Message-ID", false);
+		struct cache_msg m = {
+		        .key = {s->id, s->uidvalidity, s->uid},
+		        .size = s->len,
+		        .internaldate = s->date,
+		        .flags = "",
+		        .subject = subject,
+		        .from = from,
+		        .date = date,
+		        .message_id = msgid,
+		};
+
+		rc = cache_msg_put(txn, &m);
+		if (rc == 0)
+			rc = cache_body_put(txn, m.key, s->data, s->len);
+		free(subject);
+		free(from);
+		free(date);
+		free(msgid);
+	}
+	if (rc == 0 && s->seq != 0)
+		rc = cache_pending_delete(txn, s->seq);
+	return rc;
+}
+
+struct set_state {
+	uint64_t seq;
+	uint32_t state;
+};
+
+static int pending_state(struct cache_txn *txn, void *ctx)
+{
+	struct set_state *s = ctx;
+
+	return cache_pending_set_state(txn, s->seq, s->state);
+}
+
+/* Is a message with this Message-ID and size already in the mailbox? (A
+ * crash between APPEND and its answer.) */
+struct size_match {
+	size_t len;
+	bool found;
+};
+
+static void size_cb(void *ctx, const struct imap_msg_meta *m)
+{
+	struct size_match *s = ctx;
+
+	if (m->size == s->len)
+		s->found = true;
+}
+
+static bool already_there(struct mailfs *fs, struct imap_client *c, uint32_t id,
+                          const char *data, size_t len)
+{
+	char *msgid = header(data, len, "Message-ID", false);
+	struct size_match sm = {.len = len};
+	struct proto_err err = {0};
+	uint32_t *uids = NULL;
+	char *set = NULL;
+	size_t n = 0;
+
+	if (msgid == NULL || msgid[0] == '\0' ||
+	    fs_sync_open_mailbox(fs, c, id, 0, false) < 0 ||
+	    imap_search_header(c, "Message-ID", msgid, &uids, &n, &err) < 0)
+		goto out;
+	if (n > 0 && (set = imap_uidset_format(uids, n)) != NULL)
+		imap_fetch_meta(c, set, 0, size_cb, &sm, &err);
+	if (sm.found)
+		log_notice("upload %s was already on the server (sent before "
+		           "a crash); not sent again",
+		           msgid);
+out:
+	free(set);
+	free(uids);
+	free(msgid);
+	return sm.found;
+}
+
+static int upload_fn(struct imap_client *c, void *ctx)
+{
+	struct upload *u = ctx;
+	struct mailfs *fs = u->fs;
+	struct fs_newfiles *n = fs->newfiles;
+	struct stored st = {0};
+	struct proto_err err = {0};
+	struct fs_mailbox *mb = NULL;
+	char *converted = NULL, *name = NULL;
+	bool maybe_sent;
+	uint32_t uidv = 0, uid = 0;
+	struct set_state ss;
+	struct nf *f;
+	int rc;
+
+	pthread_mutex_lock(&n->lock);
+	for (f = n->list; f != NULL && f->num != u->num; f = f->next)
+		;
+	if (f == NULL || f->state != NF_STORED) {
+		pthread_mutex_unlock(&n->lock);
+		return 0;
+	}
+	f->state = NF_UPLOADING;
+	st.id = f->id;
+	st.data = f->data;
+	st.len = f->len;
+	st.date = f->mtime;
+	st.seq = f->seq;
+	maybe_sent = f->maybe_sent;
+	name = f->name ? strdup(f->name) : NULL;
+	pthread_mutex_unlock(&n->lock);
+
+	rc = fs_tree_get(fs->tree, st.id, &mb);
+	if (rc < 0) {
+		log_err("upload %s: its mailbox is gone; kept in the cache",
+		        name ? name : "(resumed)");
+		goto fail;
+	}
+	if (maybe_sent && already_there(fs, c, st.id, st.data, st.len)) {
+		uid = 0;
+		goto done;
+	}
+	ss = (struct set_state){st.seq, CACHE_PENDING_SENT};
+	cache_run_write(fs->cache, pending_state, &ss);
+	rc = imap_append(c, mb->name, "", (time_t)st.date, 0, st.data, st.len,
+	                 &uidv, &uid, &err);
+	if (rc == -EPERM && has_bare_lf(st.data, st.len)) {
+		size_t clen;
+
+		/* Some servers refuse bare LF; only then is anything
+		 * changed, and it is logged. */
+		converted = to_crlf(st.data, st.len, &clen);
+		if (converted != NULL) {
+			log_notice("%s refused %s (%s); sending it again with "
+			           "CRLF line ends",
+			           fs->url.host, name ? name : "an upload",
+			           err.text);
+			proto_err_clear(&err);
+			st.data = converted;
+			st.len = clen;
+			rc = imap_append(c, mb->name, "", (time_t)st.date, 0,
+			                 st.data, st.len, &uidv, &uid, &err);
+		}
+	}
+	if (rc < 0) {
+		log_err("upload of %s to %s failed: %s",
+		        name ? name : "a message", mb->name,
+		        err.text[0] ? err.text : strerror(-rc));
+		goto fail;
+	}
+done:
+	st.uidvalidity = uidv;
+	st.uid = (mb->uidvalidity != 0 && uidv == mb->uidvalidity) ? uid : 0;
+	if (st.date == 0)
+		st.date = time(NULL);
+	rc = cache_run_write(fs->cache, store_done, &st);
+	if (rc < 0)
+		log_err("upload done, but the cache could not record it: %s",
+		        strerror(-rc));
+	if (st.uid == 0 && fs->sync != NULL)
+		fs_sync_listing(fs->sync, st.id, NULL, NULL);
+	log_info("uploaded %s to %s as UID %u", name ? name : "a message",
+	         mb->name, uid);
+	pthread_mutex_lock(&n->lock);
+	f->state = NF_DONE;
+	free(f->data);
+	f->data = NULL;
+	f->cap = 0;
+	pthread_mutex_unlock(&n->lock);
+	/* The name it was written under is gone; UID.eml shows instead. */
+	if (name != NULL && fs->se != NULL)
+		fuse_lowlevel_notify_inval_entry(fs->se, fs_ino_dir(st.id),
+		                                 name, strlen(name));
+	rc = 0;
+	goto out;
+fail:
+	pthread_mutex_lock(&n->lock);
+	/* A refusal is final (kept for the user); a lost connection is
+	 * retried when the server is back. */
+	f->state = (rc == -EPERM || rc == -EINVAL || rc == -ENOENT) ? NF_FAILED
+	                                                            : NF_STORED;
+	f->maybe_sent = f->state == NF_STORED;
+	pthread_mutex_unlock(&n->lock);
+	ss = (struct set_state){st.seq, f->state == NF_FAILED
+	                                        ? CACHE_PENDING_FAILED
+	                                        : CACHE_PENDING_SENT};
+	cache_run_write(fs->cache, pending_state, &ss);
+out:
+	free(converted);
+	free(name);
+	fs_mailbox_free(&mb);
+	return rc;
+}
+
+static void upload_done(void *ctx, int rc)
+{
+	(void)rc;
+	free(ctx);
+}
+
+static void start_upload(struct mailfs *fs, uint32_t num)
+{
+	struct upload *u = malloc(sizeof(*u));
+
+	if (u == NULL)
+		return;
+	u->fs = fs;
+	u->num = num;
+	if (fs->sync == NULL ||
+	    fs_sync_call(fs->sync, upload_fn, u, upload_done, u) < 0) {
+		log_notice("the server cannot be reached: the upload waits in "
+		           "the cache until it is back");
+		free(u);
+	}
+}
+
+struct resume_ctx {
+	struct mailfs *fs;
+	uint64_t *seqs;
+	size_t n, cap;
+};
+
+static int resume_cb(const struct cache_pending *p, void *ctx)
+{
+	struct resume_ctx *r = ctx;
+
+	if (p->state == CACHE_PENDING_FAILED)
+		return 0;
+	if (r->n == r->cap) {
+		size_t ncap = r->cap ? r->cap * 2 : 16;
+		uint64_t *nv = realloc(r->seqs, ncap * sizeof(*nv));
+
+		if (nv == NULL)
+			return -ENOMEM;
+		r->seqs = nv;
+		r->cap = ncap;
+	}
+	r->seqs[r->n++] = p->seq;
+	return 0;
+}
+
+static int resume_read(struct cache_txn *txn, void *ctx)
+{
+	return cache_pending_foreach(txn, resume_cb, ctx);
+}
+
+struct get_pending {
+	uint64_t seq;
+	struct cache_pending *p;
+};
+
+static int get_pending(struct cache_txn *txn, void *ctx)
+{
+	struct get_pending *g = ctx;
+
+	return cache_pending_get(txn, g->seq, true, &g->p);
+}
+
+void fs_newfile_resume(struct mailfs *fs)
+{
+	struct resume_ctx r = {.fs = fs};
+	struct fs_newfiles *n = fs->newfiles;
+
+	if (cache_run_read(fs->cache, resume_read, &r) < 0)
+		return;
+	for (size_t i = 0; i < r.n; i++) {
+		struct get_pending g = {.seq = r.seqs[i]};
+		struct nf *f, *have;
+		uint32_t num;
+
+		pthread_mutex_lock(&n->lock);
+		for (have = n->list; have != NULL; have = have->next)
+			if (have->seq == r.seqs[i])
+				break;
+		if (have != NULL) {
+			bool go = have->state == NF_STORED && have->opens == 0;
+
+			num = have->num;
+			pthread_mutex_unlock(&n->lock);
+			if (go)
+				start_upload(fs, num);
+			continue;
+		}
+		pthread_mutex_unlock(&n->lock);
+		if (cache_run_read(fs->cache, get_pending, &g) < 0)
+			continue;
+		f = calloc(1, sizeof(*f));
+		if (f == NULL) {
+			cache_pending_free(&g.p);
+			continue;
+		}
+		f->id = g.p->mailbox_id;
+		f->len = f->cap = g.p->size;
+		f->data = malloc(f->len ? f->len : 1);
+		if (f->data == NULL) {
+			free(f);
+			cache_pending_free(&g.p);
+			continue;
+		}
+		memcpy(f->data, g.p->data, f->len);
+		f->mtime = g.p->internaldate;
+		f->seq = g.p->seq;
+		f->maybe_sent = g.p->state == CACHE_PENDING_SENT;
+		f->state = NF_STORED;
+		cache_pending_free(&g.p);
+		pthread_mutex_lock(&n->lock);
+		f->num = ++n->next_num;
+		f->next = n->list;
+		n->list = f;
+		num = f->num;
+		pthread_mutex_unlock(&n->lock);
+		log_info("resuming an upload left in the cache (%zu bytes)",
+		         f->len);
+		start_upload(fs, num);
+	}
+	free(r.seqs);
+}
+
+/* --- FUSE operations --------------------------------------------------- */
+
+void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+                       mode_t mode, struct fuse_file_info *fi)
+{
+	struct mailfs *fs = fs_of(req);
+	struct fs_newfiles *n = fs->newfiles;
+	uint32_t id, gen, uid;
+	struct fs_mailbox *mb = NULL, *sub = NULL;
+	struct nf *f;
+
+	(void)mode;
+	if (fs->readonly) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (!fs_ino_split(parent, &id, &gen, &uid) || uid != 0 || id == 0 ||
+	    fs_tree_get(fs->tree, id, &mb) < 0) {
+		log_info("a message can only be created inside a mailbox");
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (!mb->selectable) {
+		log_info("%s cannot hold messages (\\Noselect)", mb->name);
+		fs_mailbox_free(&mb);
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	fs_mailbox_free(&mb);
+	if (fs_tree_lookup(fs->tree, id, name, &sub) == 0) {
+		fs_mailbox_free(&sub);
+		fuse_reply_err(req, EEXIST);
+		return;
+	}
+	f = calloc(1, sizeof(*f));
+	if (f == NULL || (f->name = strdup(name)) == NULL) {
+		free(f);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	f->id = id;
+	f->state = NF_WRITING;
+	f->dirty = true;
+	f->opens = 1;
+	pthread_mutex_lock(&n->lock);
+	if (find_name(n, id, name) != NULL) {
+		pthread_mutex_unlock(&n->lock);
+		nf_free(f);
+		fuse_reply_err(req, EEXIST);
+		return;
+	}
+	f->num = ++n->next_num;
+	f->next = n->list;
+	n->list = f;
+	pthread_mutex_unlock(&n->lock);
+	{
+		struct fuse_entry_param e = {0};
+
+		nf_attr(fs, f, &e.attr);
+		e.ino = e.attr.st_ino;
+		e.attr_timeout = e.entry_timeout = NEW_TIMEOUT;
+		fi->direct_io = 0;
+		fi->keep_cache = 0;
+		fuse_reply_create(req, &e, fi);
+	}
+}
+
+void fs_newfile_getattr(fuse_req_t req, fuse_ino_t ino)
+{
+	struct mailfs *fs = fs_of(req);
+	struct nf *f;
+	struct stat st;
+
+	pthread_mutex_lock(&fs->newfiles->lock);
+	f = find_ino(fs->newfiles, ino);
+	if (f != NULL)
+		nf_attr(fs, f, &st);
+	pthread_mutex_unlock(&fs->newfiles->lock);
+	if (f == NULL)
+		fuse_reply_err(req, ENOENT);
+	else
+		fuse_reply_attr(req, &st, NEW_TIMEOUT);
+}
+
+void fs_newfile_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+                        int to_set)
+{
+	struct mailfs *fs = fs_of(req);
+	struct nf *f;
+	struct stat st;
+	int err = 0;
+
+	pthread_mutex_lock(&fs->newfiles->lock);
+	f = find_ino(fs->newfiles, ino);
+	if (f == NULL) {
+		err = ENOENT;
+	} else if (to_set & FUSE_SET_ATTR_SIZE) {
+		if (f->state > NF_STORED) {
+			err = EPERM;
+		} else if ((uint64_t)attr->st_size > f->len) {
+			err = EPERM; /* no holes in mail */
+		} else {
+			f->len = (size_t)attr->st_size;
+			f->dirty = true;
+			if (f->state == NF_STORED)
+				f->state = NF_WRITING;
+		}
+	}
+	/* cp -p and rsync -t: the time becomes the INTERNALDATE, if the
+	 * upload has not started yet.  Modes and owners mean nothing to a
+	 * mail server: accepted and ignored. */
+	if (err == 0 && (to_set & FUSE_SET_ATTR_MTIME) && f->state <= NF_STORED)
+		f->mtime = attr->st_mtime;
+	if (err == 0)
+		nf_attr(fs, f, &st);
+	pthread_mutex_unlock(&fs->newfiles->lock);
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_attr(req, &st, NEW_TIMEOUT);
+}
+
+void fs_newfile_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct mailfs *fs = fs_of(req);
+	struct nf *f;
+	int err = 0;
+
+	pthread_mutex_lock(&fs->newfiles->lock);
+	f = find_ino(fs->newfiles, ino);
+	if (f == NULL || f->state == NF_DONE) {
+		err = ENOENT;
+	} else if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+		if (f->state > NF_STORED && f->state != NF_FAILED) {
+			err = EPERM;
+		} else {
+			if (fi->flags & O_TRUNC)
+				f->len = 0;
+			f->state = NF_WRITING;
+			f->dirty = true;
+		}
+	}
+	if (err == 0)
+		f->opens++;
+	pthread_mutex_unlock(&fs->newfiles->lock);
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_open(req, fi);
+}
+
+void fs_newfile_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off)
+{
+	struct mailfs *fs = fs_of(req);
+	char *copy = NULL;
+	size_t n = 0;
+	struct nf *f;
+
+	pthread_mutex_lock(&fs->newfiles->lock);
+	f = find_ino(fs->newfiles, ino);
+	if (f != NULL && f->data != NULL && (size_t)off < f->len) {
+		n = f->len - (size_t)off < size ? f->len - (size_t)off : size;
+		copy = malloc(n);
+		if (copy != NULL)
+			memcpy(copy, f->data + off, n);
+		else
+			n = 0;
+	}
+	pthread_mutex_unlock(&fs->newfiles->lock);
+	if (f == NULL)
+		fuse_reply_err(req, ENOENT);
+	else
+		fuse_reply_buf(req, copy, n);
+	free(copy);
+}
+
+void fs_newfile_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+                      size_t size, off_t off)
+{
+	struct mailfs *fs = fs_of(req);
+	struct nf *f;
+	int err = 0;
+
+	pthread_mutex_lock(&fs->newfiles->lock);
+	f = find_ino(fs->newfiles, ino);
+	if (f == NULL || f->state != NF_WRITING) {
+		err = f == NULL ? ENOENT : EPERM;
+	} else if (off < 0 || (uint64_t)off + size > NEW_MAX_SIZE) {
+		err = EFBIG;
+	} else {
+		size_t end = (size_t)off + size;
+
+		if (end > f->cap) {
+			size_t ncap = f->cap ? f->cap : 64 * 1024;
+			char *nd;
+
+			while (ncap < end)
+				ncap *= 2;
+			nd = realloc(f->data, ncap);
+			if (nd == NULL) {
+				err = ENOMEM;
+				goto out;
+			}
+			f->data = nd;
+			f->cap = ncap;
+		}
+		if ((size_t)off > f->len) /* a hole: zeros, as files do */
+			memset(f->data + f->len, 0, (size_t)off - f->len);
+		memcpy(f->data + off, buf, size);
+		if (end > f->len)
+			f->len = end;
+		f->dirty = true;
+	}
+out:
+	pthread_mutex_unlock(&fs->newfiles->lock);
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_write(req, size);
+}
+
+struct store_ctx {
+	struct nf *f; /* borrowed under the lock */
+	uint64_t old_seq;
+	uint64_t seq;
+};
+
+static int store_pending(struct cache_txn *txn, void *ctx)
+{
+	struct store_ctx *s = ctx;
+	struct cache_pending p = {
+	        .mailbox_id = s->f->id,
+	        .state = CACHE_PENDING_NEW,
+	        .flags = "",
+	        .internaldate = s->f->mtime,
+	        .created = time(NULL),
+	        .size = s->f->len,
+	        .data = (uint8_t *)s->f->data,
+	};
+	int rc = 0;
+
+	if (s->old_seq != 0)
+		rc = cache_pending_delete(txn, s->old_seq);
+	if (rc == 0)
+		rc = cache_pending_add(txn, &p, &s->seq);
+	return rc;
+}
+
+void fs_newfile_flush(fuse_req_t req, fuse_ino_t ino)
+{
+	struct mailfs *fs = fs_of(req);
+	struct store_ctx s = {0};
+	struct nf *f;
+	int rc = 0;
+
+	/* close() returns after this: the bytes must be in the cache by
+	 * then.  The lock is held across the (short, local) commit so that
+	 * no write slips in between. */
+	pthread_mutex_lock(&fs->newfiles->lock);
+	f = find_ino(fs->newfiles, ino);
+	if (f != NULL && f->state == NF_WRITING && f->dirty) {
+		s.f = f;
+		s.old_seq = f->seq;
+		rc = cache_run_write(fs->cache, store_pending, &s);
+		if (rc == 0) {
+			f->seq = s.seq;
+			f->dirty = false;
+			f->state = NF_STORED;
+		} else {
+			log_err("cannot keep %s in the cache: %s", f->name,
+			        strerror(-rc));
+		}
+	}
+	pthread_mutex_unlock(&fs->newfiles->lock);
+	fuse_reply_err(req, rc == -ENOSPC ? ENOSPC : rc < 0 ? EIO : 0);
+}
+
+void fs_newfile_release(fuse_req_t req, fuse_ino_t ino)
+{
+	struct mailfs *fs = fs_of(req);
+	bool go = false;
+	uint32_t num = 0;
+	struct nf *f;
+
+	pthread_mutex_lock(&fs->newfiles->lock);
+	f = find_ino(fs->newfiles, ino);
+	if (f != NULL) {
+		if (f->opens > 0)
+			f->opens--;
+		go = f->opens == 0 && f->state == NF_STORED;
+		num = f->num;
+	}
+	pthread_mutex_unlock(&fs->newfiles->lock);
+	fuse_reply_err(req, 0);
+	if (go)
+		start_upload(fs, num);
+}
+
+struct drop_ctx {
+	uint64_t seq;
+};
+
+static int drop_pending(struct cache_txn *txn, void *ctx)
+{
+	return cache_pending_delete(txn, ((struct drop_ctx *)ctx)->seq);
+}
+
+bool fs_newfile_unlink(fuse_req_t req, uint32_t id, const char *name)
+{
+	struct mailfs *fs = fs_of(req);
+	struct drop_ctx d = {0};
+	struct nf *f;
+	int err = 0;
+
+	pthread_mutex_lock(&fs->newfiles->lock);
+	f = find_name(fs->newfiles, id, name);
+	if (f == NULL) {
+		pthread_mutex_unlock(&fs->newfiles->lock);
+		return false;
+	}
+	if (f->state == NF_UPLOADING) {
+		err = EBUSY;
+	} else {
+		d.seq = f->seq;
+		unlink_nf(fs->newfiles, f);
+		nf_free(f);
+	}
+	pthread_mutex_unlock(&fs->newfiles->lock);
+	if (err == 0 && d.seq != 0 &&
+	    cache_run_write(fs->cache, drop_pending, &d) < 0)
+		err = EIO;
+	fuse_reply_err(req, err);
+	return true;
+}
+
+bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
+                       uint32_t newid, const char *newname)
+{
+	struct mailfs *fs = fs_of(req);
+	struct fs_newfiles *n = fs->newfiles;
+	struct nf *f, *old;
+	uint32_t num = 0;
+	bool go = false;
+	char *nn;
+	int err = 0;
+
+	nn = strdup(newname);
+	pthread_mutex_lock(&n->lock);
+	f = find_name(n, id, name);
+	if (f == NULL) {
+		/* Renamed into place after the upload finished (rsync):
+		 * the message is already in, as UID.eml. */
+		for (f = n->list; f != NULL; f = f->next)
+			if (f->id == id && f->name != NULL &&
+			    strcmp(f->name, name) == 0 && f->state == NF_DONE)
+				break;
+		pthread_mutex_unlock(&n->lock);
+		free(nn);
+		if (f == NULL)
+			return false;
+		fuse_reply_err(req, 0);
+		return true;
+	}
+	if (nn == NULL) {
+		err = ENOMEM;
+	} else if (newid != id && f->state > NF_STORED) {
+		err = EBUSY;
+	} else {
+		old = find_name(n, newid, newname);
+		if (old != NULL && old != f && old->state <= NF_STORED) {
+			unlink_nf(n, old); /* replaced, as rename does */
+			if (old->seq != 0) {
+				struct drop_ctx d = {old->seq};
+
+				cache_run_write(fs->cache, drop_pending, &d);
+			}
+			nf_free(old);
+		}
+		free(f->name);
+		f->name = nn;
+		nn = NULL;
+		if (newid != id) {
+			struct store_ctx s = {.f = f, .old_seq = f->seq};
+
+			f->id = newid;
+			if (f->seq != 0 &&
+			    cache_run_write(fs->cache, store_pending, &s) == 0)
+				f->seq = s.seq;
+		}
+		go = f->opens == 0 && f->state == NF_STORED;
+		num = f->num;
+	}
+	pthread_mutex_unlock(&n->lock);
+	free(nn);
+	fuse_reply_err(req, err);
+	if (go)
+		start_upload(fs, num);
+	return true;
+}
