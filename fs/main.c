@@ -79,6 +79,19 @@ static char *default_cache_dir(const struct account_url *url)
 	return rc < 0 ? NULL : path;
 }
 
+static char *absolute(const char *path)
+{
+	char cwd[PATH_MAX];
+	char *out = NULL;
+
+	if (path[0] == '/')
+		return strdup(path);
+	if (getcwd(cwd, sizeof(cwd)) == NULL ||
+	    asprintf(&out, "%s/%s", cwd, path) < 0)
+		return NULL;
+	return out;
+}
+
 static bool cache_exists(const char *dir)
 {
 	char path[PATH_MAX];
@@ -193,7 +206,8 @@ int main(int argc, char *argv[])
 	fs.is_pop = fs.url.proto == URL_POP3;
 	if (check_mountpoint(cmd.mountpoint) != 0)
 		goto out_args;
-	fs.cache_path = fs.opts.cache_dir ? strdup(fs.opts.cache_dir)
+	/* Absolute now: daemonizing changes the working directory. */
+	fs.cache_path = fs.opts.cache_dir ? absolute(fs.opts.cache_dir)
 	                                  : default_cache_dir(&fs.url);
 	if (fs.cache_path == NULL) {
 		fprintf(stderr, "mailfs: no cache directory: set HOME, "

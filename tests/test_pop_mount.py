@@ -787,17 +787,8 @@ class Stall(PopTest):
 # -------------------------------------------------------- a relative cache_dir
 
 class CacheDir(PopTest):
-    # BUG: a relative cache_dir is taken relative to "/", not to the
-    # directory mailfs was started in.  fs/main.c keeps fs.opts.cache_dir
-    # as given and opens it with cache_open() after fuse_daemonize(), which
-    # has changed the working directory to "/" (with and without -f), while
-    # the offline check (cache_exists) before it still looks relative to
-    # the starting directory.  As root the cache silently lands in
-    # /NAME; as another user the mount comes up and mailfs exits at once
-    # ("cannot open the cache").  Reproduce: cd SOMEDIR && mailfs -o
-    # cafile=CA,passcmd='echo PW',cache_dir=c pop3s://alice@localhost:PORT
-    # mnt; ls mnt/INBOX; then SOMEDIR/c does not exist and /c does.
-    @unittest.expectedFailure
+    # Regression: a relative cache_dir is relative to the directory mailfs
+    # was started in (it was once opened after daemonizing, relative to /).
     def test_relative_cache_dir(self):
         dc.generate('judy', 'INBOX', 2, seed=101)
         rel = 'mailfs-pop-relcache-%d' % os.getpid()
