@@ -34,6 +34,7 @@ struct mailfs {
 	struct fuse_session *se;      /* owned by main */
 	bool offline;                 /* no server: serve the cache */
 	bool readonly;                /* -o ro, or offline */
+	bool no_open;                 /* the kernel can skip opens of files */
 	uid_t uid;
 	gid_t gid;
 };

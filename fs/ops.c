@@ -113,6 +113,7 @@ enum deferred_op {
 	D_LOOKUP,
 	D_OPENDIR,
 	D_OPEN,
+	D_READ,
 };
 
 struct deferred {
@@ -120,6 +121,8 @@ struct deferred {
 	fuse_req_t req;
 	fuse_ino_t ino;
 	struct fuse_file_info fi;
+	size_t size; /* D_READ */
+	off_t off;
 	char name[]; /* D_LOOKUP */
 };
 
@@ -129,6 +132,8 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
                        struct fuse_file_info *fi, bool may_wait);
 static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
                     bool may_wait);
+static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    bool may_wait);
 
 static void deferred_cb(void *ctx, int rc)
 {
@@ -137,6 +142,19 @@ static void deferred_cb(void *ctx, int rc)
 	switch (d->op) {
 	case D_LOOKUP: do_lookup(d->req, d->ino, d->name, false); break;
 	case D_OPENDIR: do_opendir(d->req, d->ino, &d->fi, false); break;
+	case D_READ:
+		if (rc < 0) {
+			log_warn("message (inode %llu) could not be fetched: "
+			         "%s",
+			         (unsigned long long)d->ino,
+			         rc == -ENOTCONN ? "the server cannot be "
+			                           "reached"
+			                         : strerror(-rc));
+			fuse_reply_err(d->req, EIO);
+		} else {
+			do_read(d->req, d->ino, d->size, d->off, false);
+		}
+		break;
 	case D_OPEN:
 		if (rc < 0) {
 			log_warn("message (inode %llu) could not be fetched: "
@@ -698,8 +716,20 @@ out:
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	struct mailfs *fs = fs_of(req);
+
 	if (fs_ino_is_new(ino)) {
 		fs_newfile_open(req, ino, fi);
+		return;
+	}
+	/* A message never changes and needs nothing per open: with the
+	 * kernel's "no open" support, ENOSYS tells it to stop sending opens
+	 * (and releases) of files and to keep their pages cached, so a warm
+	 * grep costs no round trip through mailfs per file.  Reads then
+	 * fetch what is not cached (do_read). */
+	if (fs->no_open && (fi->flags & O_ACCMODE) == O_RDONLY &&
+	    !(fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, ENOSYS);
 		return;
 	}
 	do_open(req, ino, fi, true);
@@ -711,27 +741,67 @@ static int reply_view(void *ctx, const void *data, size_t n)
 	return fuse_reply_buf(ctx, data, n) == 0 ? 0 : -EIO;
 }
 
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                    struct fuse_file_info *fi)
+/* Read from the cache.  Once the kernel stopped sending opens (see
+ * op_open), a body may not be cached yet when it is read: then the read
+ * waits, like an open did, for the fetch (with read-ahead). */
+static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    bool may_wait)
 {
 	struct mailfs *fs = fs_of(req);
 	struct cache_key key;
 	int rc;
 
+	rc = msg_key(fs, ino, &key);
+	if (rc == 0)
+		rc = cache_body_view_once(fs->cache, key, (uint64_t)off, size,
+		                          reply_view, req);
+	if (rc == -ENOENT && may_wait) {
+		struct deferred *d = deferred_new(D_READ, req, ino, NULL, NULL);
+		int qrc = -ENOTCONN;
+
+		if (d != NULL) {
+			d->size = size;
+			d->off = off;
+			if (fs->sync != NULL)
+				qrc = fs_sync_body(fs->sync, key.mailbox_id,
+				                   key.uidvalidity, key.uid,
+				                   deferred_cb, d);
+			if (qrc == 0)
+				return;
+			free(d);
+		}
+		{
+			struct fs_mailbox *mb = NULL;
+
+			fs_tree_get(fs->tree, key.mailbox_id, &mb);
+			log_warn("message %s/%" PRIu32 ".eml is not in the "
+			         "cache and %s",
+			         mb ? mb->name : "?", key.uid,
+			         fs->sync == NULL
+			                 ? "mailfs is offline (-o offline)"
+			         : qrc == -ENOTCONN
+			                 ? "the server cannot be reached "
+			                   "(mailfs reconnects by itself)"
+			                 : "could not be queued for fetching");
+			fs_mailbox_free(&mb);
+		}
+		fuse_reply_err(req, EIO);
+		return;
+	}
+	/* -EIO from reply_view means the reply was attempted: no second. */
+	if (rc < 0 && rc != -EIO)
+		fuse_reply_err(req, rc == -ESTALE ? ESTALE : EIO);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
 	(void)fi;
 	if (fs_ino_is_new(ino)) {
 		fs_newfile_read(req, ino, size, off);
 		return;
 	}
-	rc = msg_key(fs, ino, &key);
-	if (rc == 0)
-		rc = cache_body_view_once(fs->cache, key, (uint64_t)off, size,
-		                          reply_view, req);
-	/* -EIO from reply_view means the reply was attempted: no second. */
-	if (rc < 0 && rc != -EIO)
-		fuse_reply_err(req, rc == -ESTALE ? ESTALE : EIO);
-	else if (rc == -EIO)
-		log_debug("read reply failed (interrupted?)");
+	do_read(req, ino, size, off, true);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino,
@@ -898,11 +968,16 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
-	(void)userdata;
+	struct mailfs *fs = userdata;
+
 	if (conn->capable & FUSE_CAP_READDIRPLUS)
 		conn->want |= FUSE_CAP_READDIRPLUS;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	if (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) {
+		conn->want |= FUSE_CAP_NO_OPEN_SUPPORT;
+		fs->no_open = true;
+	}
 	/* Bigger reads mean fewer round trips through the kernel. */
 	conn->max_read = 0;
 }
