@@ -44,7 +44,9 @@ struct job {
 	uint32_t *uids; /* owned; JOB_BODY: asked for, then the batch */
 	size_t nuids, capuids;
 	bool running;
-	bool prefetch; /* read-ahead nobody waits for yet */
+	bool prefetch;  /* read-ahead nobody waits for yet */
+	uint32_t *gone; /* JOB_LISTING: UIDs whose names are gone */
+	size_t ngone;
 	fs_sync_fn fn; /* JOB_CALL */
 	void *fn_ctx;
 	struct waiter *waiters; /* owned list */
@@ -320,6 +322,10 @@ struct listing {
 	struct cache_rematch_stats rematch;
 	int64_t now;
 	int64_t newest; /* INTERNALDATE of the newest message */
+	uint32_t *gone; /* UIDs removed from the listing */
+	size_t ngone;
+	uint32_t *old; /* UIDs of the previous UIDVALIDITY */
+	size_t nold;
 };
 
 static char *header_value(const struct imap_msg_meta *m, const char *name,
@@ -413,6 +419,40 @@ static void listing_free(struct listing *l)
 	free(l->v);
 	l->v = NULL;
 	l->n = l->cap = 0;
+	free(l->gone);
+	free(l->old);
+	l->gone = l->old = NULL;
+	l->ngone = l->nold = 0;
+}
+
+struct old_uids {
+	uint32_t id, uidvalidity;
+	uint32_t *v;
+	size_t n, cap;
+};
+
+static int old_uid_cb(const struct cache_msg *msg, void *ctx)
+{
+	struct old_uids *o = ctx;
+
+	if (o->n == o->cap) {
+		size_t ncap = o->cap ? o->cap * 2 : 64;
+		uint32_t *nv = realloc(o->v, ncap * sizeof(*nv));
+
+		if (nv == NULL)
+			return -ENOMEM;
+		o->v = nv;
+		o->cap = ncap;
+	}
+	o->v[o->n++] = msg->key.uid;
+	return 0;
+}
+
+static int old_uids_read(struct cache_txn *txn, void *ctx)
+{
+	struct old_uids *o = ctx;
+
+	return cache_msg_foreach(txn, o->id, o->uidvalidity, 1, old_uid_cb, o);
 }
 
 static int cmp_meta(const void *a, const void *b)
@@ -486,7 +526,9 @@ static int store_listing(struct cache_txn *txn, void *ctx)
 		        txn, (struct cache_key){l->id, l->info.uidvalidity,
 		                                s.uids[i]});
 	l->deleted = s.n;
-	free(s.uids);
+	free(l->gone);
+	l->gone = s.uids;
+	l->ngone = s.n;
 	if (rc == 0 && l->n > 0) {
 		/* The directory's mtime: its newest message, so that it is
 		 * stable while nothing arrives (rsync -a sees no change). */
@@ -532,8 +574,9 @@ static int touch_state(struct cache_txn *txn, void *ctx)
 	                               l->now, &l->gen);
 }
 
-static int run_listing(struct worker *w, uint32_t id)
+static int run_listing(struct worker *w, struct job *job)
 {
+	uint32_t id = job->id;
 	struct mailfs *fs = w->s->fs;
 	struct fs_mailbox *mb = NULL;
 	struct count_ctx cc = {.id = id};
@@ -585,6 +628,18 @@ static int run_listing(struct worker *w, uint32_t id)
 		goto out;
 	}
 	qsort(l.v, l.n, sizeof(*l.v), cmp_meta);
+	if (l.old_uidvalidity != 0 && l.old_uidvalidity != l.info.uidvalidity) {
+		/* Every name of the old numbering leaves the kernel's view. */
+		struct old_uids o = {.id = id,
+		                     .uidvalidity = l.old_uidvalidity};
+
+		if (cache_run_read(fs->cache, old_uids_read, &o) == 0) {
+			l.old = o.v;
+			l.nold = o.n;
+		} else {
+			free(o.v);
+		}
+	}
 	rc = cache_run_write(fs->cache, store_listing, &l);
 	if (rc < 0) {
 		log_err("cannot store the listing of %s: %s", mb->name,
@@ -595,6 +650,14 @@ static int run_listing(struct worker *w, uint32_t id)
 		log_err("mailbox %s has changed UIDVALIDITY too often; its "
 		        "messages cannot be shown",
 		        mb->name);
+	/* Hand the names that are gone to the worker, which tells the
+	 * kernel once the waiters have their answers. */
+	job->gone = malloc((l.ngone + l.nold + 1) * sizeof(*job->gone));
+	if (job->gone != NULL) {
+		memcpy(job->gone, l.gone, l.ngone * sizeof(*l.gone));
+		memcpy(job->gone + l.ngone, l.old, l.nold * sizeof(*l.old));
+		job->ngone = l.ngone + l.nold;
+	}
 	fs_tree_set_state(fs->tree, id, l.info.uidvalidity, l.gen, l.now,
 	                  l.newest);
 	if (l.old_uidvalidity != 0 && l.old_uidvalidity != l.info.uidvalidity)
@@ -999,6 +1062,7 @@ static int worker_connect(struct worker *w)
 
 static void free_job(struct job *job)
 {
+	free(job->gone);
 	free(job->uids);
 	free(job);
 }
@@ -1056,7 +1120,7 @@ static void *worker_main(void *arg)
 					         err.text);
 				break;
 			}
-			case JOB_LISTING: rc = run_listing(w, job->id); break;
+			case JOB_LISTING: rc = run_listing(w, job); break;
 			case JOB_BODY: rc = run_body(w, job); break;
 			case JOB_CALL: rc = job->fn(w->c, job->fn_ctx); break;
 			}
@@ -1076,6 +1140,18 @@ static void *worker_main(void *arg)
 		run_waiters(job->waiters, rc < 0                  ? rc
 		                          : job->kind == JOB_BODY ? -EIO
 		                                                  : 0);
+		/* Names that went away (expunged elsewhere, or renumbered by
+		 * a UIDVALIDITY change) leave the kernel's caches.  Only
+		 * after the waiters are answered: a lookup waiting for this
+		 * listing holds the directory that the invalidation needs. */
+		for (size_t i = 0; i < job->ngone && s->fs->se != NULL; i++) {
+			char name[24];
+
+			snprintf(name, sizeof(name), "%u.eml", job->gone[i]);
+			fuse_lowlevel_notify_inval_entry(s->fs->se,
+			                                 fs_ino_dir(job->id),
+			                                 name, strlen(name));
+		}
 		free_job(job);
 	}
 	imap_logout(&w->c);

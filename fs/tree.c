@@ -189,6 +189,8 @@ static uint32_t find_parent(const struct fs_mailbox *v, size_t n,
 	return 0;
 }
 
+static struct fs_mailbox *find_locked(struct fs_tree *t, uint32_t id);
+
 int fs_tree_load(struct fs_tree *t, struct cache *cache)
 {
 	struct load_ctx l = {0};
@@ -207,6 +209,18 @@ int fs_tree_load(struct fs_tree *t, struct cache *cache)
 				l.v[i].nsubdirs++;
 
 	pthread_rwlock_wrlock(&t->lock);
+	/* A listing may have finished between our read of the cache and
+	 * now: keep what it learned rather than the older state read. */
+	for (size_t i = 0; i < l.n; i++) {
+		struct fs_mailbox *old = find_locked(t, l.v[i].id);
+
+		if (old != NULL && old->last_sync > l.v[i].last_sync) {
+			l.v[i].uidvalidity = old->uidvalidity;
+			l.v[i].gen = old->gen;
+			l.v[i].last_sync = old->last_sync;
+			l.v[i].mtime = old->mtime;
+		}
+	}
 	clear_entries(t->v, t->n);
 	t->v = l.v;
 	t->n = l.n;
