@@ -456,6 +456,68 @@ static void set_flags(fuse_req_t req, fuse_ino_t ino, const char *value,
 	queue(ch, flags_fn, flags_done);
 }
 
+/* -o mark_seen: a message read through the mount gets \Seen, as a mail
+ * reader would set it.  Fire and forget: the read does not wait. */
+struct seen {
+	struct mailfs *fs;
+	struct cache_key key;
+	char *flags; /* the new flag list */
+};
+
+static int seen_fn(struct imap_client *c, void *ctx)
+{
+	struct seen *sn = ctx;
+	struct proto_err err = {0};
+	int rc;
+
+	rc = fs_sync_open_mailbox(sn->fs, c, sn->key.mailbox_id,
+	                          sn->key.uidvalidity, true);
+	if (rc == 0)
+		rc = imap_uid_store(c, sn->key.uid, "+FLAGS", "\\Seen", &err);
+	if (rc == 0)
+		rc = cache_msg_set_flags_once(sn->fs->cache, sn->key, sn->flags,
+		                              0);
+	else
+		log_warn("mark_seen: cannot set \\Seen on UID %u: %s",
+		         sn->key.uid, err.text[0] ? err.text : strerror(-rc));
+	return rc;
+}
+
+static void seen_done(void *ctx, int rc)
+{
+	struct seen *sn = ctx;
+
+	(void)rc;
+	free(sn->flags);
+	free(sn);
+}
+
+void fs_change_mark_seen(struct mailfs *fs, struct cache_key key)
+{
+	struct cache_msg *m = NULL;
+	struct seen *sn;
+
+	if (fs->readonly || fs->sync == NULL ||
+	    cache_msg_get_once(fs->cache, key, &m) < 0)
+		return;
+	if (strcasestr(m->flags, "\\Seen") != NULL) {
+		cache_msg_free(&m);
+		return;
+	}
+	sn = calloc(1, sizeof(*sn));
+	if (sn == NULL || asprintf(&sn->flags, "%s%s\\Seen", m->flags,
+	                           m->flags[0] ? " " : "") < 0) {
+		free(sn);
+		cache_msg_free(&m);
+		return;
+	}
+	cache_msg_free(&m);
+	sn->fs = fs;
+	sn->key = key;
+	if (fs_sync_call(fs->sync, seen_fn, sn, seen_done, sn) < 0)
+		seen_done(sn, -EIO);
+}
+
 void fs_change_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
                         const char *value, size_t size, int flags)
 {

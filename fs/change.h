@@ -16,4 +16,8 @@ void fs_change_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
                         const char *value, size_t size, int flags);
 void fs_change_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
 
+/* -o mark_seen: set \Seen on a message that is being read (queued; the
+ * read does not wait). */
+void fs_change_mark_seen(struct mailfs *fs, struct cache_key key);
+
 #endif

@@ -755,6 +755,8 @@ static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (rc == 0)
 		rc = cache_body_view_once(fs->cache, key, (uint64_t)off, size,
 		                          reply_view, req);
+	if (rc == 0 && off == 0 && fs->opts.mark_seen)
+		fs_change_mark_seen(fs, key);
 	if (rc == -ENOENT && may_wait) {
 		struct deferred *d = deferred_new(D_READ, req, ino, NULL, NULL);
 		int qrc = -ENOTCONN;
