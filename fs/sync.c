@@ -16,7 +16,7 @@
 #define BATCH_MAX_BYTES (8u * 1024 * 1024)
 /* Fetched bodies are committed to the cache in groups of about this many
  * bytes (one fsync per group), or at once when someone waits for one. */
-#define COMMIT_BYTES    (4u * 1024 * 1024)
+#define COMMIT_BYTES    (1u * 1024 * 1024)
 /* A directory being read file after file keeps the next batch coming
  * for this long after the last message someone waited for. */
 #define WALK_MS         10000
