@@ -386,7 +386,7 @@ static void code_copy(struct imap_code *out, const struct imap_response *resp)
 		if (a == NULL || used >= sizeof(out->args))
 			break;
 		n = snprintf(out->args + used, sizeof(out->args) - used, "%s%s",
-			     used ? " " : "", a);
+		             used ? " " : "", a);
 		if (n < 0)
 			break;
 		used += (size_t)n;
@@ -413,7 +413,7 @@ static int handle_tagged(struct imap_client *c,
 		rc = -EINVAL;
 	if (rc < 0 && resp->code != NULL)
 		snprintf(p->text, sizeof(p->text), "[%s] %s", resp->code,
-			 resp->text);
+		         resp->text);
 	else if (rc < 0)
 		snprintf(p->text, sizeof(p->text), "%s", resp->text);
 	code_copy(&p->code, resp);
@@ -534,7 +534,7 @@ int imap_wait(struct imap_client *c, unsigned tag, struct proto_err *err)
 }
 
 int imap_wait_code(struct imap_client *c, unsigned tag,
-		   struct imap_code *code_r, struct proto_err *err)
+                   struct imap_code *code_r, struct proto_err *err)
 {
 	struct pending *p;
 	int rc;
@@ -1637,13 +1637,13 @@ int imap_date_parse(const char *s, time_t *t_r, int *tz_minutes_r)
 
 /* Run a command with one mailbox-name argument between two raw parts. */
 static int run_named(struct imap_client *c, const char *before,
-		     const char *name, const char *after,
-		     struct imap_code *code_r, struct proto_err *err)
+                     const char *name, const char *after,
+                     struct imap_code *code_r, struct proto_err *err)
 {
 	struct imap_arg args[] = {
-		{IMAP_ARG_RAW, before, 0},
-		{IMAP_ARG_ASTRING, name, 0},
-		{IMAP_ARG_RAW, after, 0},
+	        {IMAP_ARG_RAW, before, 0},
+	        {IMAP_ARG_ASTRING, name, 0},
+	        {IMAP_ARG_RAW, after, 0},
 	};
 	unsigned tag;
 	int rc;
@@ -1651,9 +1651,9 @@ static int run_named(struct imap_client *c, const char *before,
 	rc = imap_submitv(c, NULL, args, 3, &tag);
 	if (rc < 0)
 		return c->dead ? dead_rc(c, err)
-			       : proto_err_set(err, PERR_LOCAL, rc,
-					       "cannot send command: %s",
-					       strerror(-rc));
+		               : proto_err_set(err, PERR_LOCAL, rc,
+		                               "cannot send command: %s",
+		                               strerror(-rc));
 	return imap_wait_code(c, tag, code_r, err);
 }
 
@@ -1668,13 +1668,13 @@ int imap_delete(struct imap_client *c, const char *name, struct proto_err *err)
 }
 
 int imap_rename(struct imap_client *c, const char *from, const char *to,
-		struct proto_err *err)
+                struct proto_err *err)
 {
 	struct imap_arg args[] = {
-		{IMAP_ARG_RAW, "RENAME ", 0},
-		{IMAP_ARG_ASTRING, from, 0},
-		{IMAP_ARG_RAW, " ", 0},
-		{IMAP_ARG_ASTRING, to, 0},
+	        {IMAP_ARG_RAW, "RENAME ", 0},
+	        {IMAP_ARG_ASTRING, from, 0},
+	        {IMAP_ARG_RAW, " ", 0},
+	        {IMAP_ARG_ASTRING, to, 0},
 	};
 	unsigned tag;
 	int rc;
@@ -1686,26 +1686,25 @@ int imap_rename(struct imap_client *c, const char *from, const char *to,
 }
 
 int imap_uid_store(struct imap_client *c, uint32_t uid, const char *op,
-		   const char *flags, struct proto_err *err)
+                   const char *flags, struct proto_err *err)
 {
 	return run_cmd(c, NULL, NULL, err, "UID STORE %u %s.SILENT (%s)", uid,
-		       op, flags);
+	               op, flags);
 }
 
-int imap_uid_expunge(struct imap_client *c, uint32_t uid,
-		     struct proto_err *err)
+int imap_uid_expunge(struct imap_client *c, uint32_t uid, struct proto_err *err)
 {
 	if (!imap_has_cap(c, "UIDPLUS"))
 		return proto_err_set(err, PERR_LOCAL, -EOPNOTSUPP,
-				     "%s has no UIDPLUS: expunging one "
-				     "message could expunge others",
-				     c->host);
+		                     "%s has no UIDPLUS: expunging one "
+		                     "message could expunge others",
+		                     c->host);
 	return run_cmd(c, NULL, NULL, err, "UID EXPUNGE %u", uid);
 }
 
 /* "[COPYUID uidvalidity src dst]": the destination of a single UID. */
 static void parse_copyuid(const struct imap_code *code, uint32_t *uidv_r,
-			  uint32_t *uid_r)
+                          uint32_t *uid_r)
 {
 	unsigned long v = 0, d = 0;
 	char src[128];
@@ -1729,8 +1728,8 @@ static void move_untagged(void *ctx, const struct imap_response *resp)
 }
 
 int imap_uid_move(struct imap_client *c, uint32_t uid, const char *dest,
-		  uint32_t *uidvalidity_r, uint32_t *uid_r,
-		  struct proto_err *err)
+                  uint32_t *uidvalidity_r, uint32_t *uid_r,
+                  struct proto_err *err)
 {
 	struct imap_handler h = {.untagged = move_untagged};
 	uint32_t got[2] = {0, 0};
@@ -1742,8 +1741,8 @@ int imap_uid_move(struct imap_client *c, uint32_t uid, const char *dest,
 	*uidvalidity_r = *uid_r = 0;
 	if (imap_has_cap(c, "MOVE")) {
 		struct imap_arg args[] = {
-			{IMAP_ARG_RAW, head, 0},
-			{IMAP_ARG_ASTRING, dest, 0},
+		        {IMAP_ARG_RAW, head, 0},
+		        {IMAP_ARG_ASTRING, dest, 0},
 		};
 
 		snprintf(head, sizeof(head), "UID MOVE %u ", uid);
@@ -1759,8 +1758,8 @@ int imap_uid_move(struct imap_client *c, uint32_t uid, const char *dest,
 		 * before copying: an EXPUNGE could take other messages. */
 		if (!imap_has_cap(c, "UIDPLUS"))
 			return proto_err_set(err, PERR_LOCAL, -EOPNOTSUPP,
-					     "%s has neither MOVE nor UIDPLUS",
-					     c->host);
+			                     "%s has neither MOVE nor UIDPLUS",
+			                     c->host);
 		snprintf(head, sizeof(head), "UID COPY %u ", uid);
 		rc = run_named(c, head, dest, "", &code, err);
 		if (rc == 0) {
@@ -1776,20 +1775,19 @@ int imap_uid_move(struct imap_client *c, uint32_t uid, const char *dest,
 }
 
 static const char *const month_names[] = {"Jan", "Feb", "Mar", "Apr",
-					  "May", "Jun", "Jul", "Aug",
-					  "Sep", "Oct", "Nov", "Dec"};
+                                          "May", "Jun", "Jul", "Aug",
+                                          "Sep", "Oct", "Nov", "Dec"};
 
 int imap_append(struct imap_client *c, const char *mailbox, const char *flags,
-		time_t date, int tz_minutes, const char *data, size_t len,
-		uint32_t *uidvalidity_r, uint32_t *uid_r,
-		struct proto_err *err)
+                time_t date, int tz_minutes, const char *data, size_t len,
+                uint32_t *uidvalidity_r, uint32_t *uid_r, struct proto_err *err)
 {
 	char opts[128] = " ";
 	struct imap_arg args[] = {
-		{IMAP_ARG_RAW, "APPEND ", 0},
-		{IMAP_ARG_ASTRING, mailbox, 0},
-		{IMAP_ARG_RAW, opts, 0},
-		{IMAP_ARG_LITERAL, data, len},
+	        {IMAP_ARG_RAW, "APPEND ", 0},
+	        {IMAP_ARG_ASTRING, mailbox, 0},
+	        {IMAP_ARG_RAW, opts, 0},
+	        {IMAP_ARG_LITERAL, data, len},
 	};
 	struct imap_code code;
 	unsigned long v = 0, u = 0;
@@ -1807,10 +1805,10 @@ int imap_append(struct imap_client *c, const char *mailbox, const char *flags,
 
 		gmtime_r(&local, &tm);
 		snprintf(opts + used, sizeof(opts) - used,
-			 "\"%02d-%s-%04d %02d:%02d:%02d %c%02d%02d\" ",
-			 tm.tm_mday, month_names[tm.tm_mon], tm.tm_year + 1900,
-			 tm.tm_hour, tm.tm_min, tm.tm_sec,
-			 tz_minutes < 0 ? '-' : '+', tz / 60, tz % 60);
+		         "\"%02d-%s-%04d %02d:%02d:%02d %c%02d%02d\" ",
+		         tm.tm_mday, month_names[tm.tm_mon], tm.tm_year + 1900,
+		         tm.tm_hour, tm.tm_min, tm.tm_sec,
+		         tz_minutes < 0 ? '-' : '+', tz / 60, tz % 60);
 	}
 	rc = imap_submitv(c, NULL, args, 4, &tag);
 	if (rc < 0)
@@ -1858,15 +1856,15 @@ static void search_untagged(void *ctx, const struct imap_response *resp)
 }
 
 int imap_search_header(struct imap_client *c, const char *field,
-		       const char *value, uint32_t **uids_r, size_t *n_r,
-		       struct proto_err *err)
+                       const char *value, uint32_t **uids_r, size_t *n_r,
+                       struct proto_err *err)
 {
 	struct search_ctx s = {0};
 	struct imap_handler h = {.untagged = search_untagged, .ctx = &s};
 	char head[96];
 	struct imap_arg args[] = {
-		{IMAP_ARG_RAW, head, 0},
-		{IMAP_ARG_ASTRING, value, 0},
+	        {IMAP_ARG_RAW, head, 0},
+	        {IMAP_ARG_ASTRING, value, 0},
 	};
 	unsigned tag;
 	int rc;
@@ -1887,4 +1885,68 @@ int imap_search_header(struct imap_client *c, const char *field,
 	*uids_r = s.v;
 	*n_r = s.n;
 	return 0;
+}
+
+/* --- ENABLE and ID ------------------------------------------------------- */
+
+static void enabled_untagged(void *ctx, const struct imap_response *resp)
+{
+	char *out = ctx;
+	size_t used = strlen(out);
+
+	if (!imap_response_is(resp, "ENABLED"))
+		return;
+	for (size_t i = 0; i < resp->args.count; i++) {
+		const char *a = imap_value_str(&resp->args.list[i], NULL);
+
+		if (a != NULL && used + strlen(a) + 2 < 256) {
+			used += (size_t)snprintf(out + used, 256 - used, "%s%s",
+			                         used ? " " : "", a);
+		}
+	}
+}
+
+int imap_enable(struct imap_client *c, const char *exts, char enabled_r[256],
+                struct proto_err *err)
+{
+	enabled_r[0] = '\0';
+	if (!imap_has_cap(c, "ENABLE"))
+		return proto_err_set(err, PERR_LOCAL, -EOPNOTSUPP,
+		                     "%s does not offer ENABLE", c->host);
+	return run_cmd(c, enabled_untagged, enabled_r, err, "ENABLE %s", exts);
+}
+
+static void id_untagged(void *ctx, const struct imap_response *resp)
+{
+	char *out = ctx;
+	const struct imap_value *list = imap_list_get(&resp->args, 0);
+	size_t used = 0;
+
+	if (!imap_response_is(resp, "ID") || list == NULL ||
+	    list->type != IMAP_VALUE_LIST)
+		return;
+	for (size_t i = 0; i + 1 < list->count; i += 2) {
+		const char *k = imap_value_str(&list->list[i], NULL);
+		const char *v = imap_value_str(&list->list[i + 1], NULL);
+		int n;
+
+		if (k == NULL || used >= 256)
+			continue;
+		n = snprintf(out + used, 256 - used, "%s%s=%s", used ? " " : "",
+		             k, v ? v : "NIL");
+		if (n > 0)
+			used += (size_t)n;
+	}
+}
+
+int imap_id(struct imap_client *c, char server_r[256], struct proto_err *err)
+{
+	server_r[0] = '\0';
+	if (!imap_has_cap(c, "ID"))
+		return proto_err_set(err, PERR_LOCAL, -EOPNOTSUPP,
+		                     "%s does not offer ID", c->host);
+	/* Only the program's name and version: nothing about the user. */
+	return run_cmd(c, id_untagged, server_r, err,
+	               "ID (\"name\" \"mailfs\" \"version\" \"%s\")",
+	               MAILFS_VERSION);
 }

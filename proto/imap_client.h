@@ -121,7 +121,7 @@ struct imap_code {
 
 /* imap_wait() that also gives the tagged answer's response code. */
 int imap_wait_code(struct imap_client *c, unsigned tag,
-		   struct imap_code *code_r, struct proto_err *err);
+                   struct imap_code *code_r, struct proto_err *err);
 
 /* Read and dispatch until no command is in flight. */
 int imap_wait_all(struct imap_client *c, struct proto_err *err);
@@ -215,43 +215,52 @@ int imap_fetch_bodies(struct imap_client *c, const char *uidset,
 
 int imap_noop(struct imap_client *c, struct proto_err *err);
 
+/* ENABLE exts (e.g. "CONDSTORE QRESYNC"); enabled_r gets what the server
+ * says it enabled.  -EOPNOTSUPP without the ENABLE capability. */
+int imap_enable(struct imap_client *c, const char *exts, char enabled_r[256],
+                struct proto_err *err);
+
+/* ID: send mailfs's name and version (nothing about the user); server_r
+ * gets the server's answer as "key=value ...". */
+int imap_id(struct imap_client *c, char server_r[256], struct proto_err *err);
+
 /* --- changing the mailbox (the selected one, for messages) ----------- */
 
 int imap_create(struct imap_client *c, const char *name, struct proto_err *err);
 int imap_delete(struct imap_client *c, const char *name, struct proto_err *err);
 int imap_rename(struct imap_client *c, const char *from, const char *to,
-		struct proto_err *err);
+                struct proto_err *err);
 
 /* UID STORE uid OP.SILENT (flags); OP is "FLAGS", "+FLAGS" or "-FLAGS";
  * flags is a space-separated list, already checked by the caller. */
 int imap_uid_store(struct imap_client *c, uint32_t uid, const char *op,
-		   const char *flags, struct proto_err *err);
+                   const char *flags, struct proto_err *err);
 
 /* UID EXPUNGE of that one UID; -EOPNOTSUPP without UIDPLUS (a plain
  * EXPUNGE could remove other messages marked \Deleted). */
 int imap_uid_expunge(struct imap_client *c, uint32_t uid,
-		     struct proto_err *err);
+                     struct proto_err *err);
 
 /* Move one message to dest: UID MOVE, or UID COPY + \Deleted + UID
  * EXPUNGE (UIDPLUS needed, else -EOPNOTSUPP before anything is done).
  * The new UID comes from COPYUID (0 when the server does not say). */
 int imap_uid_move(struct imap_client *c, uint32_t uid, const char *dest,
-		  uint32_t *uidvalidity_r, uint32_t *uid_r,
-		  struct proto_err *err);
+                  uint32_t *uidvalidity_r, uint32_t *uid_r,
+                  struct proto_err *err);
 
 /* APPEND data to mailbox, with flags ("" or NULL for none) and, when date
  * is not 0, that INTERNALDATE in zone tz_minutes.  The new UID comes
  * from APPENDUID (0 when the server does not say). */
 int imap_append(struct imap_client *c, const char *mailbox, const char *flags,
-		time_t date, int tz_minutes, const char *data, size_t len,
-		uint32_t *uidvalidity_r, uint32_t *uid_r,
-		struct proto_err *err);
+                time_t date, int tz_minutes, const char *data, size_t len,
+                uint32_t *uidvalidity_r, uint32_t *uid_r,
+                struct proto_err *err);
 
 /* UID SEARCH HEADER field value in the selected mailbox; *uids_r is
  * malloc'd (free it), *n_r entries. */
 int imap_search_header(struct imap_client *c, const char *field,
-		       const char *value, uint32_t **uids_r, size_t *n_r,
-		       struct proto_err *err);
+                       const char *value, uint32_t **uids_r, size_t *n_r,
+                       struct proto_err *err);
 
 /* Is the selected mailbox open read-write (SELECT, not EXAMINE)? */
 bool imap_selected_writable(const struct imap_client *c);

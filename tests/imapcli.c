@@ -8,6 +8,8 @@
  *
  * Commands:
  *   caps                     capabilities, one per line
+ *   enable EXTS              ENABLE EXTS; prints what was enabled
+ *   id                       ID; prints the server's answer
  *   list                     "ATTRS<TAB>DELIM<TAB>RAW<TAB>DECODED" per mailbox
  *   select MBOX              uidvalidity, uidnext, exists, highestmodseq
  *   meta MBOX                "UID SIZE INTERNALDATE TZ FLAGS" per message
@@ -289,6 +291,18 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "caps") == 0) {
 		print_caps(c);
+	} else if (strcmp(cmd, "enable") == 0 && optind + 2 < argc) {
+		char got[256];
+
+		rc = imap_enable(c, argv[optind + 2], got, &err);
+		if (rc == 0)
+			printf("enabled %s\n", got);
+	} else if (strcmp(cmd, "id") == 0) {
+		char got[256];
+
+		rc = imap_id(c, got, &err);
+		if (rc == 0)
+			printf("server %s\n", got);
 	} else if (strcmp(cmd, "list") == 0) {
 		rc = imap_list(c, list_cb, NULL, &err);
 	} else if (strcmp(cmd, "select") == 0 && mbox != NULL) {

@@ -68,6 +68,19 @@ class Login(unittest.TestCase):
         self.assertTrue(any(v in ('AUTHENTICATE', 'LOGIN') for v in verbs[i:]))
         self.assertFalse(any(v in ('AUTHENTICATE', 'LOGIN') for v in verbs[:i]))
 
+    def test_enable_and_id(self):
+        r = cli(dc.url('imaps', 'alice'), 'enable', 'CONDSTORE', debug=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(r.stdout.strip(), 'enabled CONDSTORE')
+        r = cli(dc.url('imaps', 'alice'), 'id', debug=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn('name=Dovecot', r.stdout)
+        # Only mailfs's own name and version were sent.
+        sent = [l for l in r.stderr.splitlines() if ' C: ' in l and ' ID ' in l]
+        self.assertEqual(len(sent), 1)
+        self.assertIn('"name" "mailfs"', sent[0])
+        self.assertNotIn('alice', sent[0].split(' C: ', 1)[1])
+
     def test_password_never_logged(self):
         secret = dc.users['alice']
         r = cli(dc.url('imaps', 'alice'), 'caps', debug=True)
