@@ -265,6 +265,15 @@ int main(int argc, char *argv[])
 			        "read-only until the server is back\n",
 			        err.text);
 			down = true;
+		} else if (rc < 0 && fs.is_pop &&
+		           (rc == -EBUSY || rc == -EAGAIN)) {
+			/* The login was accepted; the maildrop is locked by
+			 * another client for now ([IN-USE], [SYS/TEMP]).  The
+			 * poller tries again. */
+			fprintf(stderr,
+			        "mailfs: warning: %s; checking again in a "
+			        "while\n",
+			        err.text);
 		} else if (rc < 0) {
 			fprintf(stderr, "mailfs: cannot mount %s: %s\n",
 			        fs.opts.account, err.text);

@@ -57,6 +57,10 @@ struct drop_msg {
 	char *uid; /* owned: UIDL, or a hash when the server has none */
 	uint64_t size;
 	bool cached;
+	/* The server has listed this UIDL for more than one message, now
+	 * or in an earlier session: which copy is which cannot be told for
+	 * sure, so such messages are never deleted (pop_keep). */
+	bool reused;
 };
 
 struct drop {
@@ -167,8 +171,23 @@ static int hash_ids(struct fs_pop *p, struct drop *d, struct proto_err *err)
 
 /* Two messages under one UIDL (a server bug): the later ones get a
  * suffix so that none of them is lost or taken for the other. */
+/* The meta name that remembers a reused UIDL: "popdup." and a hash. */
+static void reused_name(const char *uid, char name[32])
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+
+	EVP_Digest(uid, strlen(uid), md, &mdlen, EVP_sha256(), NULL);
+	snprintf(name, 32, "popdup.%02x%02x%02x%02x%02x%02x%02x%02x", md[0],
+	         md[1], md[2], md[3], md[4], md[5], md[6], md[7]);
+}
+
 static void dedup_ids(struct drop *d)
 {
+	for (size_t i = 0; i < d->n; i++)
+		for (size_t j = 0; j < d->n; j++)
+			if (i != j && strcmp(d->v[i].uid, d->v[j].uid) == 0)
+				d->v[i].reused = true;
 	for (size_t i = 1; i < d->n; i++) {
 		unsigned dup = 0;
 		char *id;
@@ -192,13 +211,48 @@ struct known_ctx {
 	struct drop *d;
 };
 
+static int mark_reused(struct cache_txn *txn, void *ctx)
+{
+	struct drop *d = ctx;
+	int rc = 0;
+
+	for (size_t i = 0; i < d->n && rc == 0; i++) {
+		char name[32];
+		char *hash = strchr(d->v[i].uid, '#');
+
+		if (!d->v[i].reused)
+			continue;
+		/* Remember the UIDL as the server spells it (no suffix). */
+		if (hash != NULL)
+			*hash = '\0';
+		reused_name(d->v[i].uid, name);
+		if (hash != NULL)
+			*hash = '#';
+		rc = cache_meta_set(txn, name, 1);
+	}
+	return rc;
+}
+
 static int known_read(struct cache_txn *txn, void *ctx)
 {
 	struct drop *d = ctx;
 
 	for (size_t i = 0; i < d->n; i++) {
 		uint32_t num;
-		int rc = cache_pop_lookup(txn, d->v[i].uid, &num);
+		uint64_t flag;
+		char name[32];
+		int rc;
+
+		char *hash = strchr(d->v[i].uid, '#');
+
+		if (hash != NULL)
+			*hash = '\0';
+		reused_name(d->v[i].uid, name);
+		if (hash != NULL)
+			*hash = '#';
+		if (cache_meta_get(txn, name, &flag) == 0)
+			d->v[i].reused = true;
+		rc = cache_pop_lookup(txn, d->v[i].uid, &num);
 
 		if (rc == 0)
 			d->v[i].cached = true;
@@ -306,6 +360,13 @@ static int expire_read(struct cache_txn *txn, void *ctx)
 
 		if (!x->d->v[i].cached)
 			continue;
+		if (x->d->v[i].reused) {
+			log_warn("POP3: not deleting message %u: the server "
+			         "has used its UIDL %s for more than one "
+			         "message, so it cannot be told apart safely",
+			         x->d->v[i].num, x->d->v[i].uid);
+			continue;
+		}
 		rc = cache_pop_lookup(txn, x->d->v[i].uid, &dl);
 		if (rc == 0)
 			rc = cache_pop_get(txn, dl, &rec);
@@ -379,6 +440,14 @@ static int session(struct fs_pop *p)
 	if (rc < 0)
 		goto fail;
 	dedup_ids(&d);
+	for (size_t i = 0; i < d.n; i++) {
+		if (d.v[i].reused) {
+			rc = cache_run_write(fs->cache, mark_reused, &d);
+			if (rc < 0)
+				goto fail;
+			break;
+		}
+	}
 	rc = cache_run_read(fs->cache, known_read, &d);
 	if (rc < 0)
 		goto fail;
