@@ -340,6 +340,9 @@ int main(int argc, char *argv[])
 		fs_sync_listings_unlisted(fs.sync);
 		/* Uploads a crash or a dead server left in the cache. */
 		fs_newfile_resume(&fs);
+		if (fs_newfiles_start(&fs) < 0)
+			log_warn("cannot start the uploader: new files are "
+			         "uploaded at their last release only");
 	}
 	log_info("mounted %s on %s", fs.opts.account, cmd.mountpoint);
 
@@ -356,6 +359,7 @@ int main(int argc, char *argv[])
 	}
 	ret = ret != 0 ? 1 : 0;
 out_sync:
+	fs_newfiles_stop(&fs);
 	fs_sync_stop(&fs.sync);
 	fs_pop_stop(&fs.pop);
 out_tree:

@@ -35,6 +35,10 @@ struct nf {
 	enum nf_state state;
 	uint64_t seq; /* the pending upload in the cache, 0 for none */
 	unsigned opens;
+	uint32_t ino_id;    /* the mailbox in its inode number (fixed) */
+	bool queued;        /* an upload job is queued or running */
+	int64_t flushed_ms; /* last commit to the cache (monotonic) */
+	int64_t done_ms;    /* when the server confirmed it */
 	struct nf *next;
 };
 
@@ -42,7 +46,30 @@ struct fs_newfiles {
 	pthread_mutex_t lock;
 	struct nf *list; /* owned */
 	uint32_t next_num;
+	/* The uploader: starts the upload of a closed file once nothing
+	 * happened to it for a moment (see uploader_main). */
+	struct mailfs *fs;
+	pthread_t thread;
+	pthread_cond_t cond;
+	bool started, stop;
 };
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* How long a closed file waits before its upload starts: a shell's
+ * redirection closes a descriptor before writing, rsync sets the time and
+ * renames right after closing, and the kernel may never send a RELEASE
+ * (files need no open), so the last close cannot be told apart. */
+#define UPLOAD_DELAY_MS 1000
+/* How long the name of an uploaded file still resolves, so that a rename
+ * that comes after the upload (rsync) finds it. */
+#define DONE_GRACE_MS   30000
 
 int fs_newfiles_new(struct fs_newfiles **nf_r)
 {
@@ -88,7 +115,7 @@ static struct mailfs *fs_of(fuse_req_t req)
 
 static fuse_ino_t nf_ino(const struct nf *f)
 {
-	return fs_ino_msg(f->id, FS_INO_MAX_GEN, f->num);
+	return fs_ino_msg(f->ino_id, FS_INO_MAX_GEN, f->num);
 }
 
 static bool visible(const struct nf *f)
@@ -103,6 +130,20 @@ static struct nf *find_name(struct fs_newfiles *n, uint32_t id,
 	for (struct nf *f = n->list; f != NULL; f = f->next)
 		if (f->id == id && f->name != NULL &&
 		    strcmp(f->name, name) == 0 && f->state != NF_DONE)
+			return f;
+	return NULL;
+}
+
+/* An uploaded file whose name still resolves (DONE_GRACE_MS). */
+static struct nf *find_done(struct fs_newfiles *n, uint32_t id,
+                            const char *name)
+{
+	int64_t now = mono_ms();
+
+	for (struct nf *f = n->list; f != NULL; f = f->next)
+		if (f->id == id && f->name != NULL &&
+		    strcmp(f->name, name) == 0 && f->state == NF_DONE &&
+		    now - f->done_ms < DONE_GRACE_MS)
 			return f;
 	return NULL;
 }
@@ -148,6 +189,8 @@ bool fs_newfile_lookup(struct mailfs *fs, uint32_t id, const char *name,
 
 	pthread_mutex_lock(&fs->newfiles->lock);
 	f = find_name(fs->newfiles, id, name);
+	if (f == NULL)
+		f = find_done(fs->newfiles, id, name);
 	if (f != NULL)
 		nf_attr(fs, f, st_r);
 	pthread_mutex_unlock(&fs->newfiles->lock);
@@ -332,6 +375,8 @@ static int upload_fn(struct imap_client *c, void *ctx)
 	for (f = n->list; f != NULL && f->num != u->num; f = f->next)
 		;
 	if (f == NULL || f->state != NF_STORED) {
+		if (f != NULL)
+			f->queued = false;
 		pthread_mutex_unlock(&n->lock);
 		return 0;
 	}
@@ -386,6 +431,11 @@ static int upload_fn(struct imap_client *c, void *ctx)
 done:
 	st.uidvalidity = uidv;
 	st.uid = (mb->uidvalidity != 0 && uidv == mb->uidvalidity) ? uid : 0;
+	/* Bytes with bare LF line ends are stored by some servers with CRLF:
+	 * what the server serves is the truth, so such a message is not
+	 * cached from what was sent; the listing brings it. */
+	if (has_bare_lf(st.data, st.len))
+		st.uid = 0;
 	if (st.date == 0)
 		st.date = time(NULL);
 	rc = cache_run_write(fs->cache, store_done, &st);
@@ -398,14 +448,14 @@ done:
 	         mb->name, uid);
 	pthread_mutex_lock(&n->lock);
 	f->state = NF_DONE;
+	f->queued = false;
+	f->done_ms = mono_ms();
 	free(f->data);
 	f->data = NULL;
 	f->cap = 0;
 	pthread_mutex_unlock(&n->lock);
-	/* The name it was written under is gone; UID.eml shows instead. */
-	if (name != NULL && fs->se != NULL)
-		fuse_lowlevel_notify_inval_entry(fs->se, fs_ino_dir(st.id),
-		                                 name, strlen(name));
+	/* The name it was written under leaves listings (UID.eml shows
+	 * instead) but still resolves for a while: see DONE_GRACE_MS. */
 	rc = 0;
 	goto out;
 fail:
@@ -415,6 +465,7 @@ fail:
 	f->state = (rc == -EPERM || rc == -EINVAL || rc == -ENOENT) ? NF_FAILED
 	                                                            : NF_STORED;
 	f->maybe_sent = f->state == NF_STORED;
+	f->queued = false;
 	pthread_mutex_unlock(&n->lock);
 	ss = (struct set_state){st.seq, f->state == NF_FAILED
 	                                        ? CACHE_PENDING_FAILED
@@ -443,10 +494,98 @@ static void start_upload(struct mailfs *fs, uint32_t num)
 	u->num = num;
 	if (fs->sync == NULL ||
 	    fs_sync_call(fs->sync, upload_fn, u, upload_done, u) < 0) {
-		log_notice("the server cannot be reached: the upload waits in "
-		           "the cache until it is back");
+		struct nf *f;
+		bool warn = false;
+
 		free(u);
+		pthread_mutex_lock(&fs->newfiles->lock);
+		for (f = fs->newfiles->list; f != NULL; f = f->next) {
+			if (f->num == num) {
+				f->queued = false;
+				/* Tried again when the server is back. */
+				f->flushed_ms = INT64_MAX / 2;
+				warn = true;
+			}
+		}
+		pthread_mutex_unlock(&fs->newfiles->lock);
+		if (warn)
+			log_notice("the server cannot be reached: the upload "
+			           "waits in the cache until it is back");
 	}
+}
+
+/* Queue the upload of f (the lock is held); start_upload() is called
+ * by the caller after unlocking. */
+static bool want_upload(struct nf *f)
+{
+	if (f->state != NF_STORED || f->queued)
+		return false;
+	f->queued = true;
+	return true;
+}
+
+static void *uploader_main(void *arg)
+{
+	struct fs_newfiles *n = arg;
+
+	pthread_mutex_lock(&n->lock);
+	while (!n->stop) {
+		int64_t now = mono_ms();
+		uint32_t nums[64];
+		size_t k = 0;
+		struct timespec ts;
+
+		for (struct nf *f = n->list; f != NULL && k < 64; f = f->next)
+			if (f->state == NF_STORED && !f->queued && f->len > 0 &&
+			    now - f->flushed_ms >= UPLOAD_DELAY_MS &&
+			    want_upload(f))
+				nums[k++] = f->num;
+		pthread_mutex_unlock(&n->lock);
+		for (size_t i = 0; i < k; i++)
+			start_upload(n->fs, nums[i]);
+		pthread_mutex_lock(&n->lock);
+		if (k > 0)
+			continue;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += 250 * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&n->cond, &n->lock, &ts);
+	}
+	pthread_mutex_unlock(&n->lock);
+	return NULL;
+}
+
+int fs_newfiles_start(struct mailfs *fs)
+{
+	struct fs_newfiles *n = fs->newfiles;
+	pthread_condattr_t ca;
+
+	n->fs = fs;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&n->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	if (pthread_create(&n->thread, NULL, uploader_main, n) != 0)
+		return -EAGAIN;
+	n->started = true;
+	return 0;
+}
+
+void fs_newfiles_stop(struct mailfs *fs)
+{
+	struct fs_newfiles *n = fs->newfiles;
+
+	if (n == NULL || !n->started)
+		return;
+	pthread_mutex_lock(&n->lock);
+	n->stop = true;
+	pthread_cond_broadcast(&n->cond);
+	pthread_mutex_unlock(&n->lock);
+	pthread_join(n->thread, NULL);
+	n->started = false;
 }
 
 struct resume_ctx {
@@ -508,8 +647,11 @@ void fs_newfile_resume(struct mailfs *fs)
 			if (have->seq == r.seqs[i])
 				break;
 		if (have != NULL) {
-			bool go = have->state == NF_STORED && have->opens == 0;
+			bool go;
 
+			if (have->flushed_ms == INT64_MAX / 2)
+				have->flushed_ms = 0;
+			go = want_upload(have);
 			num = have->num;
 			pthread_mutex_unlock(&n->lock);
 			if (go)
@@ -524,7 +666,8 @@ void fs_newfile_resume(struct mailfs *fs)
 			cache_pending_free(&g.p);
 			continue;
 		}
-		f->id = g.p->mailbox_id;
+		f->id = f->ino_id = g.p->mailbox_id;
+		f->queued = true;
 		f->len = f->cap = g.p->size;
 		f->data = malloc(f->len ? f->len : 1);
 		if (f->data == NULL) {
@@ -591,7 +734,7 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	f->id = id;
+	f->id = f->ino_id = id;
 	f->state = NF_WRITING;
 	f->dirty = true;
 	f->opens = 1;
@@ -736,6 +879,11 @@ void fs_newfile_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 
 	pthread_mutex_lock(&fs->newfiles->lock);
 	f = find_ino(fs->newfiles, ino);
+	/* A flush is not the last close (a shell closes its descriptor
+	 * after dup2 before writing): until the upload starts, the file
+	 * can still be written. */
+	if (f != NULL && f->state == NF_STORED && !f->queued)
+		f->state = NF_WRITING;
 	if (f == NULL || f->state != NF_WRITING) {
 		err = f == NULL ? ENOENT : EPERM;
 	} else if (off < 0 || (uint64_t)off + size > NEW_MAX_SIZE) {
@@ -811,6 +959,8 @@ void fs_newfile_flush(fuse_req_t req, fuse_ino_t ino)
 	 * no write slips in between. */
 	pthread_mutex_lock(&fs->newfiles->lock);
 	f = find_ino(fs->newfiles, ino);
+	if (f != NULL && f->state == NF_STORED && !f->dirty)
+		f->flushed_ms = mono_ms();
 	if (f != NULL && f->state == NF_WRITING && f->dirty) {
 		s.f = f;
 		s.old_seq = f->seq;
@@ -819,6 +969,7 @@ void fs_newfile_flush(fuse_req_t req, fuse_ino_t ino)
 			f->seq = s.seq;
 			f->dirty = false;
 			f->state = NF_STORED;
+			f->flushed_ms = mono_ms();
 		} else {
 			log_err("cannot keep %s in the cache: %s", f->name,
 			        strerror(-rc));
@@ -840,7 +991,7 @@ void fs_newfile_release(fuse_req_t req, fuse_ino_t ino)
 	if (f != NULL) {
 		if (f->opens > 0)
 			f->opens--;
-		go = f->opens == 0 && f->state == NF_STORED;
+		go = f->opens == 0 && f->len > 0 && want_upload(f);
 		num = f->num;
 	}
 	pthread_mutex_unlock(&fs->newfiles->lock);
@@ -903,10 +1054,12 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 	if (f == NULL) {
 		/* Renamed into place after the upload finished (rsync):
 		 * the message is already in, as UID.eml. */
-		for (f = n->list; f != NULL; f = f->next)
-			if (f->id == id && f->name != NULL &&
-			    strcmp(f->name, name) == 0 && f->state == NF_DONE)
-				break;
+		f = find_done(n, id, name);
+		if (f != NULL) {
+			free(f->name);
+			f->name = nn;
+			nn = NULL;
+		}
 		pthread_mutex_unlock(&n->lock);
 		free(nn);
 		if (f == NULL)
@@ -940,7 +1093,8 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 			    cache_run_write(fs->cache, store_pending, &s) == 0)
 				f->seq = s.seq;
 		}
-		go = f->opens == 0 && f->state == NF_STORED;
+		/* Renamed into place: that is the end of writing it. */
+		go = f->len > 0 && want_upload(f);
 		num = f->num;
 	}
 	pthread_mutex_unlock(&n->lock);

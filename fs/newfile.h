@@ -30,6 +30,12 @@ struct fs_newfiles;
 int fs_newfiles_new(struct fs_newfiles **nf_r);
 void fs_newfiles_free(struct fs_newfiles **nf);
 
+/* Start and stop the uploader thread: a closed file's upload starts once
+ * nothing happened to it for a second (or at once on its last release or
+ * on a rename into place). */
+int fs_newfiles_start(struct mailfs *fs);
+void fs_newfiles_stop(struct mailfs *fs);
+
 static inline bool fs_ino_is_new(fuse_ino_t ino)
 {
 	return ino != FUSE_ROOT_ID &&

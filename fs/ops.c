@@ -447,9 +447,29 @@ static int snap_read(struct cache_txn *txn, void *ctx)
 	                         &r->m);
 }
 
+struct snap_new {
+	struct mailfs *fs;
+	struct dir_snap *s;
+	uint32_t id, uidvalidity;
+};
+
 static int snap_new_cb(void *ctx, const char *name, const struct stat *st)
 {
-	struct snap_entry *e = snap_add(ctx);
+	struct snap_new *sn = ctx;
+	struct snap_entry *e;
+	struct cache_msg *m = NULL;
+	uint32_t uid;
+
+	/* A new file renamed onto a message's name (a restore): the
+	 * message is listed, once. */
+	if (parse_msg_name(name, &uid) && sn->uidvalidity != 0 &&
+	    cache_msg_get_once(sn->fs->cache,
+	                       (struct cache_key){sn->id, sn->uidvalidity, uid},
+	                       &m) == 0) {
+		cache_msg_free(&m);
+		return 0;
+	}
+	e = snap_add(sn->s);
 
 	if (e == NULL || (e->long_name = strdup(name)) == NULL)
 		return -ENOMEM;
@@ -491,7 +511,9 @@ static int build_snap(struct mailfs *fs, uint32_t id,
 	fs_mailbox_vfree(&kids, nkids);
 
 	if (mb != NULL) {
-		rc = fs_newfile_list(fs, id, snap_new_cb, s);
+		struct snap_new sn = {fs, s, id, mb->uidvalidity};
+
+		rc = fs_newfile_list(fs, id, snap_new_cb, &sn);
 		if (rc < 0)
 			goto fail;
 	}
@@ -933,6 +955,16 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	if (fs_ino_is_new(ino)) {
 		fs_newfile_setattr(req, ino, attr, to_set);
 		return;
+	}
+	/* A mailbox directory's times and mode mean nothing to the server:
+	 * accepted and ignored (rsync -a sets them after a restore). */
+	if (!(to_set & FUSE_SET_ATTR_SIZE) && !fs_of(req)->readonly) {
+		uint32_t id, gen, uid;
+
+		if (fs_ino_split(ino, &id, &gen, &uid) && uid == 0) {
+			op_getattr(req, ino, NULL);
+			return;
+		}
 	}
 	/* A message never changes: not its bytes, size, times or mode. */
 	fuse_reply_err(req, fs_of(req)->readonly ? EROFS : EPERM);

@@ -8,6 +8,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "fs/newfile.h"
 #include "proto/log.h"
 #include "proto/mime.h"
 
@@ -1024,6 +1025,7 @@ static int run_body(struct worker *w, struct job *job)
 static int worker_connect(struct worker *w)
 {
 	struct fs_sync *s = w->s;
+	bool back = false;
 	struct proto_err err = {0};
 	int64_t now = now_ms();
 	int rc;
@@ -1053,10 +1055,16 @@ static int worker_connect(struct worker *w)
 		         err.text, s->backoff / 1000);
 		rc = -ENOTCONN;
 	} else {
+		back = s->backoff != 0;
 		s->backoff = 0;
 		s->down_until = 0;
 	}
 	pthread_mutex_unlock(&s->lock);
+	/* The server is back: uploads that waited for it go now. */
+	if (back) {
+		log_info("the server is reachable again");
+		fs_newfile_resume(s->fs);
+	}
 	return rc;
 }
 
