@@ -382,8 +382,12 @@ class MountTest(unittest.TestCase):
         """rsync's error lines: (those of the rename-after-upload race,
         reported; the others)."""
         lines = r.stderr.decode('utf-8', 'replace').strip().splitlines()
+        # The failed rename, and what rsync then tries on its temporary
+        # name (.NAME.XXXXXX), e.g. "failed to set permissions on".
         race = [l for l in lines
-                if re.search(r'rename ".*" -> ".*": No such file or directory', l)]
+                if re.search(r'rename ".*" -> ".*": No such file or directory', l)
+                or re.search(r'"[^"]*/\.[^/"]+\.[A-Za-z0-9]{6}": No such file or directory',
+                             l)]
         other = [l for l in lines if l not in race and
                  not l.startswith('rsync error: some files/attrs were not transferred')]
         if race:
