@@ -36,9 +36,9 @@ Flags       setfattr user.mail.flags: exactly those flags; -x clears them;
 Refused     writing into a message, truncating, chmod: EPERM (also for a
             message just uploaded); -o ro: every change above gives EROFS
 
-A test marked expectedFailure asserts what DESIGN.md asks for and fails
-because of a mailfs bug, described precisely in its comment.  REPORT lines
-at the end are findings that are not failures (races allowed for, bonuses).
+A comment starting "Regression" names a mailfs bug these tests found (and
+how it showed); it is fixed, and the test keeps it fixed.  REPORT lines at
+the end are findings that are not failures (races allowed for, bonuses).
 
 Environment: MAILFS_BUILD (build directory; the binary is
 $MAILFS_BUILD/mailfs), MAILFS_SOURCE, MAILFS_CORPUS.  Exit status 77 when
