@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "fs/change.h"
+#include "fs/dirsnap.h"
 #include "fs/mailfs.h"
 #include "fs/newfile.h"
 #include "fs/sync.h"
@@ -373,65 +374,21 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 
 /* --- directories ------------------------------------------------------ */
 
-struct snap_entry {
-	char name[24]; /* "4294967295.eml" fits; mailboxes use long_name */
-	char *long_name;
-	struct stat st;
-	bool is_msg;
-};
-
-struct dir_snap {
-	struct snap_entry *e; /* owned */
-	size_t n, cap;
-};
-
-static struct snap_entry *snap_add(struct dir_snap *s)
-{
-	if (s->n == s->cap) {
-		size_t ncap = s->cap ? s->cap * 2 : 64;
-		struct snap_entry *nv = realloc(s->e, ncap * sizeof(*nv));
-
-		if (nv == NULL)
-			return NULL;
-		s->e = nv;
-		s->cap = ncap;
-	}
-	memset(&s->e[s->n], 0, sizeof(s->e[s->n]));
-	return &s->e[s->n++];
-}
-
-static void snap_free(struct dir_snap *s)
-{
-	if (s == NULL)
-		return;
-	for (size_t i = 0; i < s->n; i++)
-		free(s->e[i].long_name);
-	free(s->e);
-	free(s);
-}
-
-static const char *snap_name(const struct snap_entry *e)
-{
-	return e->long_name ? e->long_name : e->name;
-}
-
 struct snap_msgs {
 	struct mailfs *fs;
-	struct dir_snap *s;
+	struct fs_dirsnap *s;
 	uint32_t gen;
 };
 
 static int snap_msg_cb(const struct cache_msg *msg, void *ctx)
 {
 	struct snap_msgs *m = ctx;
-	struct snap_entry *e = snap_add(m->s);
+	char name[24];
+	struct stat st;
 
-	if (e == NULL)
-		return -ENOMEM;
-	snprintf(e->name, sizeof(e->name), "%" PRIu32 ".eml", msg->key.uid);
-	msg_attr(m->fs, m->gen, msg, &e->st);
-	e->is_msg = true;
-	return 0;
+	snprintf(name, sizeof(name), "%" PRIu32 ".eml", msg->key.uid);
+	msg_attr(m->fs, m->gen, msg, &st);
+	return fs_dirsnap_add(m->s, name, &st, MSG_TIMEOUT);
 }
 
 struct snap_read {
@@ -449,14 +406,13 @@ static int snap_read(struct cache_txn *txn, void *ctx)
 
 struct snap_new {
 	struct mailfs *fs;
-	struct dir_snap *s;
+	struct fs_dirsnap *s;
 	uint32_t id, uidvalidity;
 };
 
 static int snap_new_cb(void *ctx, const char *name, const struct stat *st)
 {
 	struct snap_new *sn = ctx;
-	struct snap_entry *e;
 	struct cache_msg *m = NULL;
 	uint32_t uid;
 
@@ -469,55 +425,40 @@ static int snap_new_cb(void *ctx, const char *name, const struct stat *st)
 		cache_msg_free(&m);
 		return 0;
 	}
-	e = snap_add(sn->s);
-
-	if (e == NULL || (e->long_name = strdup(name)) == NULL)
-		return -ENOMEM;
-	e->st = *st;
-	return 0;
+	/* Being written: kept only briefly by the kernel. */
+	return fs_dirsnap_add(sn->s, name, st, DIR_TIMEOUT);
 }
 
 static int build_snap(struct mailfs *fs, uint32_t id,
-                      const struct fs_mailbox *mb, struct dir_snap **snap_r)
+                      const struct fs_mailbox *mb, struct fs_dirsnap **snap_r)
 {
-	struct dir_snap *s = calloc(1, sizeof(*s));
+	struct fs_dirsnap *s = fs_dirsnap_new();
 	struct fs_mailbox **kids = NULL;
 	size_t nkids = 0;
-	struct snap_entry *e;
+	struct stat st;
 	int rc;
 
 	if (s == NULL)
 		return -ENOMEM;
-	e = snap_add(s);
-	if (e == NULL)
-		goto nomem;
-	strcpy(e->name, ".");
-	dir_attr(fs, id, mb ? mb->mtime : fs_tree_mtime(fs->tree), &e->st);
-	e = snap_add(s);
-	if (e == NULL)
-		goto nomem;
-	strcpy(e->name, "..");
-	dir_attr(fs, mb ? mb->parent : 0, 0, &e->st);
-
-	rc = fs_tree_children(fs->tree, id, &kids, &nkids);
-	if (rc < 0)
-		goto fail;
-	for (size_t i = 0; i < nkids; i++) {
-		e = snap_add(s);
-		if (e == NULL || (e->long_name = strdup(kids[i]->file)) == NULL)
-			goto nomem;
-		dir_attr(fs, kids[i]->id, kids[i]->mtime, &e->st);
+	dir_attr(fs, id, mb ? mb->mtime : fs_tree_mtime(fs->tree), &st);
+	rc = fs_dirsnap_add(s, ".", &st, DIR_TIMEOUT);
+	dir_attr(fs, mb ? mb->parent : 0, 0, &st);
+	if (rc == 0)
+		rc = fs_dirsnap_add(s, "..", &st, DIR_TIMEOUT);
+	if (rc == 0)
+		rc = fs_tree_children(fs->tree, id, &kids, &nkids);
+	for (size_t i = 0; i < nkids && rc == 0; i++) {
+		dir_attr(fs, kids[i]->id, kids[i]->mtime, &st);
+		rc = fs_dirsnap_add(s, kids[i]->file, &st, DIR_TIMEOUT);
 	}
 	fs_mailbox_vfree(&kids, nkids);
 
-	if (mb != NULL) {
+	if (rc == 0 && mb != NULL) {
 		struct snap_new sn = {fs, s, id, mb->uidvalidity};
 
 		rc = fs_newfile_list(fs, id, snap_new_cb, &sn);
-		if (rc < 0)
-			goto fail;
 	}
-	if (mb != NULL && mb->uidvalidity != 0) {
+	if (rc == 0 && mb != NULL && mb->uidvalidity != 0) {
 		struct snap_read r = {
 		        .m = {fs, s, mb->gen},
 		        .id = id,
@@ -525,17 +466,13 @@ static int build_snap(struct mailfs *fs, uint32_t id,
 		};
 
 		rc = cache_run_read(fs->cache, snap_read, &r);
-		if (rc < 0)
-			goto fail;
+	}
+	if (rc < 0) {
+		fs_dirsnap_free(s);
+		return rc;
 	}
 	*snap_r = s;
 	return 0;
-nomem:
-	rc = -ENOMEM;
-fail:
-	fs_mailbox_vfree(&kids, nkids);
-	snap_free(s);
-	return rc;
 }
 
 static void do_opendir(fuse_req_t req, fuse_ino_t ino,
@@ -543,7 +480,7 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
 {
 	struct mailfs *fs = fs_of(req);
 	struct fs_mailbox *mb = NULL;
-	struct dir_snap *snap = NULL;
+	struct fs_dirsnap *snap = NULL;
 	uint32_t id, gen, uid;
 	int rc;
 
@@ -591,7 +528,7 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
 	fi->cache_readdir = 0;
 	fi->keep_cache = 0;
 	if (fuse_reply_open(req, fi) != 0)
-		snap_free(snap);
+		fs_dirsnap_free(snap);
 }
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino,
@@ -603,46 +540,8 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 static void readdir_common(fuse_req_t req, size_t size, off_t off,
                            struct fuse_file_info *fi, bool plus)
 {
-	struct dir_snap *s = (struct dir_snap *)(uintptr_t)fi->fh;
-	char *buf, *p;
-	size_t rem = size;
-
-	if (s == NULL) {
-		fuse_reply_err(req, EBADF);
-		return;
-	}
-	buf = malloc(size);
-	if (buf == NULL) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	p = buf;
-	for (size_t i = (size_t)off; i < s->n; i++) {
-		const struct snap_entry *e = &s->e[i];
-		size_t n;
-
-		if (plus) {
-			struct fuse_entry_param ep = {0};
-
-			/* "." and ".." get no lookup count from the
-			 * kernel; give it the attributes anyway. */
-			ep.attr = e->st;
-			ep.ino = e->st.st_ino;
-			ep.attr_timeout = ep.entry_timeout =
-			        e->is_msg ? MSG_TIMEOUT : DIR_TIMEOUT;
-			n = fuse_add_direntry_plus(req, p, rem, snap_name(e),
-			                           &ep, (off_t)i + 1);
-		} else {
-			n = fuse_add_direntry(req, p, rem, snap_name(e), &e->st,
-			                      (off_t)i + 1);
-		}
-		if (n > rem)
-			break;
-		p += n;
-		rem -= n;
-	}
-	fuse_reply_buf(req, buf, size - rem);
-	free(buf);
+	fs_dirsnap_reply(req, (struct fs_dirsnap *)(uintptr_t)fi->fh, size, off,
+	                 plus);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -663,7 +562,7 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
                           struct fuse_file_info *fi)
 {
 	(void)ino;
-	snap_free((struct dir_snap *)(uintptr_t)fi->fh);
+	fs_dirsnap_free((struct fs_dirsnap *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 

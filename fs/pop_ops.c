@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "fs/dirsnap.h"
 #include "fs/pop.h"
 #include "proto/log.h"
 #include "proto/mime.h"
@@ -170,35 +171,9 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_attr(req, &st, MSG_TIMEOUT);
 }
 
-/* A directory listing: a snapshot of (name, attributes). */
-struct snap {
-	struct {
-		char name[24];
-		struct stat st;
-	} * e;
-	size_t n, cap;
-};
-
-static int snap_push(struct snap *s, const char *name, const struct stat *st)
-{
-	if (s->n == s->cap) {
-		size_t ncap = s->cap ? s->cap * 2 : 64;
-		void *nv = realloc(s->e, ncap * sizeof(*s->e));
-
-		if (nv == NULL)
-			return -ENOMEM;
-		s->e = nv;
-		s->cap = ncap;
-	}
-	snprintf(s->e[s->n].name, sizeof(s->e[s->n].name), "%s", name);
-	s->e[s->n].st = *st;
-	s->n++;
-	return 0;
-}
-
 struct snap_ctx {
 	struct mailfs *fs;
-	struct snap *s;
+	struct fs_dirsnap *s;
 };
 
 static int snap_cb(const struct cache_pop *p, void *ctx)
@@ -209,7 +184,7 @@ static int snap_cb(const struct cache_pop *p, void *ctx)
 
 	snprintf(name, sizeof(name), "%" PRIu32 ".eml", p->num);
 	msg_attr(c->fs, p, &st);
-	return snap_push(c->s, name, &st);
+	return fs_dirsnap_add(c->s, name, &st, MSG_TIMEOUT);
 }
 
 static int snap_read(struct cache_txn *txn, void *ctx)
@@ -239,7 +214,7 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
                        struct fuse_file_info *fi, bool may_wait)
 {
 	struct mailfs *fs = fs_of(req);
-	struct snap *s;
+	struct fs_dirsnap *s;
 	struct stat st;
 	int rc = 0;
 
@@ -265,35 +240,33 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
 			fs_pop_check(fs->pop, NULL, NULL);
 		}
 	}
-	s = calloc(1, sizeof(*s));
+	s = fs_dirsnap_new();
 	if (s == NULL) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
 	dir_attr(fs, ino, ino == FUSE_ROOT_ID ? 1 : 0, &st);
-	rc = snap_push(s, ".", &st);
+	rc = fs_dirsnap_add(s, ".", &st, DIR_TIMEOUT);
 	if (rc == 0) {
 		dir_attr(fs, FUSE_ROOT_ID, 1, &st);
-		rc = snap_push(s, "..", &st);
+		rc = fs_dirsnap_add(s, "..", &st, DIR_TIMEOUT);
 	}
 	if (rc == 0 && ino == FUSE_ROOT_ID) {
 		dir_attr(fs, fs_ino_dir(FS_POP_INBOX_ID), 0, &st);
-		rc = snap_push(s, "INBOX", &st);
+		rc = fs_dirsnap_add(s, "INBOX", &st, DIR_TIMEOUT);
 	} else if (rc == 0) {
 		struct snap_ctx c = {fs, s};
 
 		rc = cache_run_read(fs->cache, snap_read, &c);
 	}
 	if (rc < 0) {
-		free(s->e);
-		free(s);
+		fs_dirsnap_free(s);
 		fuse_reply_err(req, -rc);
 		return;
 	}
 	fi->fh = (uintptr_t)s;
 	if (fuse_reply_open(req, fi) != 0) {
-		free(s->e);
-		free(s);
+		fs_dirsnap_free(s);
 	}
 }
 
@@ -306,38 +279,8 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 static void readdir_common(fuse_req_t req, size_t size, off_t off,
                            struct fuse_file_info *fi, bool plus)
 {
-	struct snap *s = (struct snap *)(uintptr_t)fi->fh;
-	char *buf = malloc(size ? size : 1), *p = buf;
-	size_t rem = size;
-
-	if (buf == NULL) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	for (size_t i = (size_t)off; i < s->n; i++) {
-		size_t n;
-
-		if (plus) {
-			struct fuse_entry_param ep = {0};
-
-			ep.attr = s->e[i].st;
-			ep.ino = s->e[i].st.st_ino;
-			ep.attr_timeout = ep.entry_timeout =
-			        S_ISDIR(ep.attr.st_mode) ? DIR_TIMEOUT
-			                                 : MSG_TIMEOUT;
-			n = fuse_add_direntry_plus(req, p, rem, s->e[i].name,
-			                           &ep, (off_t)i + 1);
-		} else {
-			n = fuse_add_direntry(req, p, rem, s->e[i].name,
-			                      &s->e[i].st, (off_t)i + 1);
-		}
-		if (n > rem)
-			break;
-		p += n;
-		rem -= n;
-	}
-	fuse_reply_buf(req, buf, size - rem);
-	free(buf);
+	fs_dirsnap_reply(req, (struct fs_dirsnap *)(uintptr_t)fi->fh, size, off,
+	                 plus);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -357,12 +300,8 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
                           struct fuse_file_info *fi)
 {
-	struct snap *s = (struct snap *)(uintptr_t)fi->fh;
-
 	(void)ino;
-	if (s != NULL)
-		free(s->e);
-	free(s);
+	fs_dirsnap_free((struct fs_dirsnap *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 

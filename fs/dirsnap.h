@@ -1,0 +1,25 @@
+/* A directory listing taken at opendir: names and attributes, served to
+ * readdir and readdirplus by offset until releasedir.  Used by the IMAP
+ * and the POP3 operations alike. */
+#ifndef MAILFS_FS_DIRSNAP_H
+#define MAILFS_FS_DIRSNAP_H
+
+#include <fuse_lowlevel.h>
+#include <stdbool.h>
+#include <sys/stat.h>
+
+struct fs_dirsnap;
+
+struct fs_dirsnap *fs_dirsnap_new(void);
+void fs_dirsnap_free(struct fs_dirsnap *s);
+
+/* Add an entry (name copied); timeout is what readdirplus tells the
+ * kernel to keep its entry and attributes.  0 or -ENOMEM. */
+int fs_dirsnap_add(struct fs_dirsnap *s, const char *name,
+                   const struct stat *st, double timeout);
+
+/* Reply to readdir (plus false) or readdirplus from offset off. */
+void fs_dirsnap_reply(fuse_req_t req, const struct fs_dirsnap *s, size_t size,
+                      off_t off, bool plus);
+
+#endif
