@@ -66,6 +66,39 @@ static void msg_attr(struct mailfs *fs, uint32_t gen, const struct cache_msg *m,
 
 /* The message behind an inode: its mailbox copy (current generation
  * only) and cache record. */
+/* The UIDVALIDITY of generation gen of mailbox id.  An inode of an
+ * older generation (a UIDVALIDITY change happened while it was in use)
+ * keeps reading what was cached under it: bodies are copied, not moved,
+ * when they are re-matched to the new UIDs. */
+struct old_gen {
+	uint32_t id, gen, uidvalidity;
+};
+
+static int old_gen_read(struct cache_txn *txn, void *ctx)
+{
+	struct old_gen *o = ctx;
+	struct cache_mailbox *mb = NULL;
+	int rc = cache_mailbox_get(txn, o->id, &mb);
+
+	if (rc == 0 && o->gen < mb->ngenerations)
+		o->uidvalidity = mb->uidvalidities[o->gen];
+	else if (rc == 0)
+		rc = -ESTALE;
+	cache_mailbox_free(&mb);
+	return rc;
+}
+
+static int old_generation(struct mailfs *fs, uint32_t id, uint32_t gen,
+                          uint32_t *uidvalidity_r)
+{
+	struct old_gen o = {id, gen, 0};
+	int rc = cache_run_read(fs->cache, old_gen_read, &o);
+
+	if (rc == 0)
+		*uidvalidity_r = o.uidvalidity;
+	return rc;
+}
+
 static int get_msg(struct mailfs *fs, fuse_ino_t ino, struct fs_mailbox **mb_r,
                    struct cache_msg **msg_r)
 {
@@ -78,12 +111,23 @@ static int get_msg(struct mailfs *fs, fuse_ino_t ino, struct fs_mailbox **mb_r,
 	rc = fs_tree_get(fs->tree, id, &mb);
 	if (rc < 0)
 		return rc;
-	if (mb->uidvalidity == 0 || mb->gen != gen) {
+	if (mb->uidvalidity == 0) {
 		fs_mailbox_free(&mb);
 		return -ESTALE;
 	}
-	rc = cache_msg_get_once(
-	        fs->cache, (struct cache_key){id, mb->uidvalidity, uid}, msg_r);
+	{
+		uint32_t uidv = mb->uidvalidity;
+
+		if (mb->gen != gen) {
+			if (old_generation(fs, id, gen, &uidv) < 0) {
+				fs_mailbox_free(&mb);
+				return -ESTALE;
+			}
+			mb->gen = gen; /* the attributes keep the old inode */
+		}
+		rc = cache_msg_get_once(
+		        fs->cache, (struct cache_key){id, uidv, uid}, msg_r);
+	}
 	if (rc < 0) {
 		fs_mailbox_free(&mb);
 		return rc;
@@ -102,7 +146,9 @@ static int msg_key(struct mailfs *fs, fuse_ino_t ino, struct cache_key *key_r)
 
 	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0)
 		return -ENOENT;
-	if (fs_tree_current(fs->tree, id, &uidvalidity, &cur) < 0 || cur != gen)
+	if (fs_tree_current(fs->tree, id, &uidvalidity, &cur) < 0)
+		return -ESTALE;
+	if (cur != gen && old_generation(fs, id, gen, &uidvalidity) < 0)
 		return -ESTALE;
 	*key_r = (struct cache_key){id, uidvalidity, uid};
 	return 0;

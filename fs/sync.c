@@ -545,8 +545,10 @@ static int store_listing(struct cache_txn *txn, void *ctx)
 	}
 	if (rc == 0 && l->old_uidvalidity != 0 &&
 	    l->old_uidvalidity != l->info.uidvalidity)
-		rc = cache_rematch(txn, l->id, l->info.uidvalidity, 0,
-		                   &l->rematch);
+		/* Copied, not moved: inodes of the old numbering that are
+		 * still open keep reading. */
+		rc = cache_rematch(txn, l->id, l->info.uidvalidity,
+		                   CACHE_REMATCH_COPY, &l->rematch);
 	return rc;
 }
 
