@@ -29,6 +29,7 @@ struct mailfs {
 	struct cache *cache;          /* owned */
 	struct fs_tree *tree;         /* owned */
 	struct fs_sync *sync;         /* owned; IMAP; NULL when offline */
+	struct fs_watch *watch;       /* owned; IMAP; NULL when offline */
 	struct fs_pop *pop;           /* owned; POP3; NULL when offline */
 	struct fs_newfiles *newfiles; /* owned; files being written */
 	struct fuse_session *se;      /* owned by main */

@@ -22,6 +22,7 @@
 #include "fs/newfile.h"
 #include "fs/pop.h"
 #include "fs/sync.h"
+#include "fs/watch.h"
 #include "proto/cred.h"
 #include "proto/log.h"
 
@@ -338,6 +339,11 @@ int main(int argc, char *argv[])
 		/* List every mailbox never listed, in the background, so
 		 * that a first ls -lR or rsync finds them ready. */
 		fs_sync_listings_unlisted(fs.sync);
+		/* Changes made elsewhere: IDLE on INBOX, and the other
+		 * mailboxes every poll seconds. */
+		if (fs_watch_start(&fs, &fs.watch) < 0)
+			log_warn("cannot start watching INBOX: changes made "
+			         "elsewhere show when a directory is listed");
 		/* Uploads a crash or a dead server left in the cache. */
 		fs_newfile_resume(&fs);
 		if (fs_newfiles_start(&fs) < 0)
@@ -359,6 +365,7 @@ int main(int argc, char *argv[])
 	}
 	ret = ret != 0 ? 1 : 0;
 out_sync:
+	fs_watch_stop(&fs.watch);
 	fs_newfiles_stop(&fs);
 	fs_sync_stop(&fs.sync);
 	fs_pop_stop(&fs.pop);

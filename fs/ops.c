@@ -252,13 +252,31 @@ static bool defer_listing(struct mailfs *fs, const struct fs_mailbox *mb,
 	return false;
 }
 
-/* A listing older than poll: refresh it in the background; the answer
- * comes from the cache now. */
-static void maybe_refresh(struct mailfs *fs, const struct fs_mailbox *mb)
+/* Is the view of mailbox mb (NULL: the mailbox list) older than poll?
+ * Then the next look at it waits for a resync (fs/sync.c fetches only
+ * what changed), so that ls shows what the server has; when the server
+ * cannot be reached the cache answers at once. */
+static bool stale(struct mailfs *fs, const struct fs_mailbox *mb)
 {
-	if (fs->sync != NULL && mb->selectable &&
-	    time(NULL) - mb->last_sync >= (int64_t)fs->opts.poll)
-		fs_sync_listing(fs->sync, mb->id, NULL, NULL);
+	int64_t now = time(NULL), poll = (int64_t)fs->opts.poll;
+
+	if (fs->sync == NULL)
+		return false;
+	if (now - fs_tree_loaded(fs->tree) >= poll)
+		return true;
+	return mb != NULL && mb->selectable && now - mb->last_sync >= poll;
+}
+
+/* Wait for a refresh of the mailbox list (the root directory, a name not
+ * found in it).  Returns true if the request was deferred. */
+static bool defer_list(struct mailfs *fs, struct deferred *d)
+{
+	if (d == NULL)
+		return false;
+	if (fs_sync_mailboxes(fs->sync, deferred_cb, d) == 0)
+		return true;
+	free(d);
+	return false;
 }
 
 /* --- lookup / getattr ----------------------------------------------- */
@@ -306,6 +324,12 @@ static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name,
 		return;
 	}
 	if (pid == 0 || !parse_msg_name(name, &uid)) {
+		/* Perhaps a mailbox created elsewhere since the list was
+		 * read. */
+		if (may_wait && stale(fs, NULL) &&
+		    defer_list(fs,
+		               deferred_new(D_LOOKUP, req, parent, NULL, name)))
+			return;
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
@@ -337,6 +361,13 @@ static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name,
 	rc = cache_msg_get_once(fs->cache,
 	                        (struct cache_key){pid, dir->uidvalidity, uid},
 	                        &msg);
+	if (rc == -ENOENT && may_wait && stale(fs, dir) &&
+	    defer_listing(fs, dir,
+	                  deferred_new(D_LOOKUP, req, parent, NULL, name))) {
+		/* Not known in a listing that is old: perhaps new. */
+		fs_mailbox_free(&dir);
+		return;
+	}
 	if (rc < 0) {
 		fs_mailbox_free(&dir);
 		fuse_reply_err(req, rc == -ENOENT ? ENOENT : EIO);
@@ -535,17 +566,17 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
 		return;
 	}
 	if (id == 0) {
-		if (may_wait && fs->sync != NULL &&
-		    time(NULL) - fs_tree_loaded(fs->tree) >=
-		            (int64_t)fs->opts.poll)
-			fs_sync_mailboxes(fs->sync, NULL, NULL);
+		if (may_wait && stale(fs, NULL) &&
+		    defer_list(fs, deferred_new(D_OPENDIR, req, ino, fi, NULL)))
+			return;
 	} else {
 		rc = fs_tree_get(fs->tree, id, &mb);
 		if (rc < 0) {
 			fuse_reply_err(req, ENOENT);
 			return;
 		}
-		if (mb->last_sync == 0 && mb->selectable) {
+		if ((mb->last_sync == 0 && mb->selectable) ||
+		    (may_wait && stale(fs, mb))) {
 			if (may_wait &&
 			    defer_listing(fs, mb,
 			                  deferred_new(D_OPENDIR, req, ino, fi,
@@ -553,6 +584,8 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
 				fs_mailbox_free(&mb);
 				return;
 			}
+			if (mb->last_sync != 0)
+				goto answer; /* from the cache */
 			log_warn("mailbox %s was never listed and the server "
 			         "cannot be reached",
 			         mb->name);
@@ -560,9 +593,8 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
 			fuse_reply_err(req, EIO);
 			return;
 		}
-		if (may_wait)
-			maybe_refresh(fs, mb);
 	}
+answer:
 	rc = build_snap(fs, id, mb, &snap);
 	fs_mailbox_free(&mb);
 	if (rc < 0) {

@@ -48,7 +48,8 @@ struct job {
 	bool prefetch;  /* read-ahead nobody waits for yet */
 	uint32_t *gone; /* JOB_LISTING: UIDs whose names are gone */
 	size_t ngone;
-	fs_sync_fn fn; /* JOB_CALL */
+	bool dir_changed; /* JOB_LISTING: names came or went */
+	fs_sync_fn fn;    /* JOB_CALL */
 	void *fn_ctx;
 	struct waiter *waiters; /* owned list */
 	struct job *next;
@@ -74,6 +75,9 @@ struct fs_sync {
 	uint32_t walk_id;   /* the mailbox being read file after file */
 	int64_t walk_until; /* ms, monotonic */
 	unsigned backoff;   /* ms */
+	/* The server advertises CONDSTORE but its MODSEQs cannot be trusted:
+	 * every resync fetches all flags from now on. */
+	bool condstore_broken;
 };
 
 static int64_t now_ms(void)
@@ -82,6 +86,13 @@ static int64_t now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int cmp_u32_key(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
 }
 
 static const char *job_name(enum job_kind k)
@@ -554,27 +565,470 @@ static int store_listing(struct cache_txn *txn, void *ctx)
 
 struct count_ctx {
 	struct cache_mailbox *mb;
-	size_t count;
 	uint32_t id;
 };
 
 static int read_state(struct cache_txn *txn, void *ctx)
 {
 	struct count_ctx *c = ctx;
-	int rc = cache_mailbox_get(txn, c->id, &c->mb);
 
-	if (rc == 0 && c->mb->uidvalidity != 0)
-		rc = cache_msg_count(txn, c->id, c->mb->uidvalidity, &c->count);
+	return cache_mailbox_get(txn, c->id, &c->mb);
+}
+
+/* --- incremental resync ------------------------------------------------ */
+
+/* How many of the newest UIDs are fetched again at each CONDSTORE resync
+ * to check that the server's MODSEQs move when flags change. */
+#define CHECK_UIDS 64
+
+struct flag_change {
+	uint32_t uid;
+	uint64_t modseq;
+	char *flags; /* owned, without \Recent */
+};
+
+struct uid_range {
+	uint32_t lo, hi;
+};
+
+struct resync {
+	struct fs_sync *s;
+	struct mailfs *fs;
+	const char *name; /* for log lines */
+	uint32_t id, uidvalidity, uidnext;
+	uint64_t modseq;      /* cached HIGHESTMODSEQ */
+	struct listing fresh; /* new messages (UID >= uidnext) */
+	struct flag_change *fl;
+	size_t nfl, capfl;
+	struct uid_range *van;
+	size_t nvan, capvan;
+	uint32_t *seen; /* full flag fetch: every UID the server has */
+	size_t nseen, capseen;
+	bool full; /* the flag fetch covered every old UID */
+	bool oom;
+	bool fresh_stored; /* second pass: new messages already stored */
+	size_t gone_base, changed_base;
+	int64_t mtime; /* new directory mtime, or 0 */
+	/* results of the store step */
+	struct imap_select_info info;
+	uint32_t gen;
+	int64_t now;
+	size_t changed, count;
+	bool broken; /* MODSEQ did not move for a changed message */
+	uint32_t *gone;
+	size_t ngone, capgone;
+};
+
+static bool grow(void **v, size_t *cap, size_t n, size_t size)
+{
+	size_t ncap;
+	void *nv;
+
+	if (n < *cap)
+		return true;
+	ncap = *cap ? *cap * 2 : 64;
+	nv = realloc(*v, ncap * size);
+	if (nv == NULL)
+		return false;
+	*v = nv;
+	*cap = ncap;
+	return true;
+}
+
+static void resync_flags_cb(void *ctx, uint32_t uid, const char *flags,
+                            uint64_t modseq)
+{
+	struct resync *r = ctx;
+	struct flag_change *f;
+
+	if (r->full) {
+		if (!grow((void **)&r->seen, &r->capseen, r->nseen,
+		          sizeof(*r->seen))) {
+			r->oom = true;
+			return;
+		}
+		r->seen[r->nseen++] = uid;
+	}
+	if (!grow((void **)&r->fl, &r->capfl, r->nfl, sizeof(*r->fl))) {
+		r->oom = true;
+		return;
+	}
+	f = &r->fl[r->nfl];
+	f->uid = uid;
+	f->modseq = modseq;
+	f->flags = flags_without_recent(flags);
+	if (f->flags == NULL)
+		r->oom = true;
+	else
+		r->nfl++;
+}
+
+static void resync_meta_cb(void *ctx, const struct imap_msg_meta *m)
+{
+	struct resync *r = ctx;
+
+	/* "N:*" answers with the last message even when it is older than
+	 * N: then it is only a fresh look at its flags. */
+	if (m->uid < r->uidnext) {
+		bool full = r->full;
+
+		r->full = false;
+		resync_flags_cb(r, m->uid, m->flags, m->modseq);
+		r->full = full;
+		return;
+	}
+	meta_cb(&r->fresh, m);
+}
+
+static void resync_vanished_cb(void *ctx, uint32_t lo, uint32_t hi)
+{
+	struct resync *r = ctx;
+
+	if (!grow((void **)&r->van, &r->capvan, r->nvan, sizeof(*r->van))) {
+		r->oom = true;
+		return;
+	}
+	r->van[r->nvan++] = (struct uid_range){lo, hi};
+}
+
+static void resync_free(struct resync *r)
+{
+	for (size_t i = 0; i < r->nfl; i++)
+		free(r->fl[i].flags);
+	free(r->fl);
+	free(r->van);
+	free(r->seen);
+	free(r->gone);
+	listing_free(&r->fresh);
+	r->fl = NULL;
+	r->van = NULL;
+	r->seen = r->gone = NULL;
+	r->nfl = r->nvan = r->nseen = r->ngone = 0;
+	r->capfl = r->capvan = r->capseen = r->capgone = 0;
+}
+
+/* Do two flag lists name the same flags (in any order; flag names are
+ * case-insensitive)? */
+static bool same_flags(const char *a, const char *b)
+{
+	size_t na = 0, nb = 0;
+
+	for (int pass = 0; pass < 2; pass++) {
+		const char *x = pass ? b : a, *y = pass ? a : b;
+
+		for (const char *p = x; *p;) {
+			size_t len = strcspn(p, " ");
+			bool found = false;
+
+			for (const char *q = y; *q && !found;) {
+				size_t ql = strcspn(q, " ");
+
+				found = ql == len &&
+				        strncasecmp(p, q, len) == 0;
+				q += ql;
+				q += strspn(q, " ");
+			}
+			if (len > 0 && !found)
+				return false;
+			if (len > 0)
+				*(pass ? &nb : &na) += 1;
+			p += len;
+			p += strspn(p, " ");
+		}
+	}
+	return na == nb;
+}
+
+struct range_collect {
+	struct resync *r;
+	uint32_t hi;
+	const uint32_t *keep; /* sorted; NULL: collect everything */
+	size_t nkeep;
+};
+
+static int add_gone(struct resync *r, uint32_t uid)
+{
+	if (!grow((void **)&r->gone, &r->capgone, r->ngone, sizeof(*r->gone)))
+		return -ENOMEM;
+	r->gone[r->ngone++] = uid;
+	return 0;
+}
+
+static int range_cb(const struct cache_msg *msg, void *ctx)
+{
+	struct range_collect *rc = ctx;
+
+	if (msg->key.uid > rc->hi)
+		return 1;
+	if (rc->keep != NULL && bsearch(&msg->key.uid, rc->keep, rc->nkeep,
+	                                sizeof(*rc->keep), cmp_u32_key) != NULL)
+		return 0;
+	return add_gone(rc->r, msg->key.uid);
+}
+
+static int store_resync(struct cache_txn *txn, void *ctx)
+{
+	struct resync *r = ctx;
+	int64_t newest = 0;
+	uint64_t mtime = 0;
+	char name[32];
+	int rc;
+
+	r->changed = r->changed_base;
+	r->ngone = r->gone_base;
+	rc = cache_mailbox_set_state(txn, r->id, r->uidvalidity,
+	                             r->info.uidnext, r->info.highestmodseq,
+	                             r->now, &r->gen);
+	for (size_t i = 0; i < r->fresh.n && rc == 0 && !r->fresh_stored; i++) {
+		const struct meta *e = &r->fresh.v[i];
+		struct cache_msg msg = {
+		        .key = {r->id, r->uidvalidity, e->uid},
+		        .size = e->size,
+		        .internaldate = e->internaldate,
+		        .tz_minutes = e->tz,
+		        .modseq = e->modseq,
+		        .flags = e->flags,
+		        .subject = e->subject,
+		        .from = e->from,
+		        .date = e->date,
+		        .message_id = e->message_id,
+		};
+
+		rc = cache_msg_put(txn, &msg);
+		if (e->internaldate > newest)
+			newest = e->internaldate;
+	}
+	for (size_t i = 0; i < r->nfl && rc == 0; i++) {
+		const struct flag_change *f = &r->fl[i];
+		struct cache_key key = {r->id, r->uidvalidity, f->uid};
+		struct cache_msg *old = NULL;
+
+		rc = cache_msg_get(txn, key, &old);
+		if (rc == -ENOENT) {
+			rc = 0; /* not known here (yet): the listing has it */
+			continue;
+		}
+		if (rc < 0)
+			break;
+		if (!same_flags(old->flags, f->flags)) {
+			/* A change the MODSEQs should have shown. */
+			if (r->modseq != 0 && f->modseq != 0 &&
+			    f->modseq <= r->modseq)
+				r->broken = true;
+			rc = cache_msg_set_flags(txn, key, f->flags, f->modseq);
+			r->changed++;
+		} else if (old->modseq != f->modseq) {
+			rc = cache_msg_set_flags(txn, key, f->flags, f->modseq);
+		}
+		cache_msg_free(&old);
+	}
+	for (size_t i = 0; i < r->nvan && rc == 0; i++) {
+		struct range_collect c = {.r = r, .hi = r->van[i].hi};
+
+		rc = cache_msg_foreach(txn, r->id, r->uidvalidity, r->van[i].lo,
+		                       range_cb, &c);
+	}
+	if (rc == 0 && r->full && r->uidnext > 1) {
+		/* Every old UID the server still has was in the answer. */
+		struct range_collect c = {.r = r,
+		                          .hi = r->uidnext - 1,
+		                          .keep = r->seen,
+		                          .nkeep = r->nseen};
+
+		qsort(r->seen, r->nseen, sizeof(*r->seen), cmp_u32_key);
+		rc = cache_msg_foreach(txn, r->id, r->uidvalidity, 1, range_cb,
+		                       &c);
+	}
+	for (size_t i = r->gone_base; i < r->ngone && rc == 0; i++)
+		rc = cache_msg_delete(
+		        txn,
+		        (struct cache_key){r->id, r->uidvalidity, r->gone[i]});
+	snprintf(name, sizeof(name), "mtime.%u", r->id);
+	if (rc == 0 && newest > 0) {
+		rc = cache_meta_get(txn, name, &mtime);
+		if (rc == -ENOENT)
+			rc = 0;
+		if (rc == 0 && (uint64_t)newest > mtime) {
+			rc = cache_meta_set(txn, name, (uint64_t)newest);
+			r->mtime = newest;
+		}
+	}
+	if (rc == 0)
+		rc = cache_msg_count(txn, r->id, r->uidvalidity, &r->count);
 	return rc;
 }
 
-static int touch_state(struct cache_txn *txn, void *ctx)
+static void resync_log_broken(struct resync *r, const char *why)
 {
-	struct listing *l = ctx;
+	bool first;
 
-	return cache_mailbox_set_state(txn, l->id, l->info.uidvalidity,
-	                               l->info.uidnext, l->info.highestmodseq,
-	                               l->now, &l->gen);
+	pthread_mutex_lock(&r->s->lock);
+	first = !r->s->condstore_broken;
+	r->s->condstore_broken = true;
+	pthread_mutex_unlock(&r->s->lock);
+	if (first)
+		log_notice("the server's CONDSTORE cannot be trusted (%s, in "
+		           "mailbox %s); flags are resynchronised in full from "
+		           "now on",
+		           why, r->name);
+}
+
+/* Bring the cached listing of a mailbox listed before up to date without
+ * fetching what is known: new messages, flag changes, expunges.  With
+ * QRESYNC it is one round trip (SELECT ... QRESYNC, VANISHED); with
+ * CONDSTORE one, plus one more when messages were expunged; without, the
+ * flags of every message.  Returns -EAGAIN when the mailbox must be
+ * listed in full instead (UIDVALIDITY changed). */
+static int resync_listing(struct worker *w, struct job *job,
+                          const struct fs_mailbox *mb,
+                          const struct cache_mailbox *cached)
+{
+	struct fs_sync *s = w->s;
+	struct mailfs *fs = s->fs;
+	struct resync r = {.s = s,
+	                   .fs = fs,
+	                   .name = mb->name,
+	                   .id = mb->id,
+	                   .uidvalidity = cached->uidvalidity,
+	                   .uidnext = cached->uidnext,
+	                   .modseq = cached->highestmodseq,
+	                   .fresh = {.id = mb->id}};
+	struct imap_resync_cb cb = {.meta = resync_meta_cb,
+	                            .flags = resync_flags_cb,
+	                            .vanished = resync_vanished_cb,
+	                            .ctx = &r};
+	struct imap_resync_req req = {.mailbox = mb->name,
+	                              .readonly = true,
+	                              .uidvalidity = cached->uidvalidity,
+	                              .new_from = cached->uidnext};
+	struct proto_err err = {0};
+	char old_set[32], check_set[32];
+	bool condstore, broken;
+	const char *how;
+	int64_t t0 = now_ms();
+	int rc;
+
+	if (cached->uidnext == 0)
+		return -EAGAIN; /* no UIDNEXT known: nothing to start from */
+	pthread_mutex_lock(&s->lock);
+	broken = s->condstore_broken;
+	pthread_mutex_unlock(&s->lock);
+	condstore = !broken && cached->highestmodseq != 0 &&
+	            imap_has_cap(w->c, "CONDSTORE");
+	snprintf(old_set, sizeof(old_set), "1:%u", cached->uidnext - 1);
+	snprintf(check_set, sizeof(check_set), "%u:%u",
+	         cached->uidnext > CHECK_UIDS ? cached->uidnext - CHECK_UIDS
+	                                      : 1,
+	         cached->uidnext - 1);
+	if (condstore && imap_qresync_enabled(w->c)) {
+		req.modseq = cached->highestmodseq;
+		how = "QRESYNC";
+	} else if (condstore) {
+		req.flags_set = old_set;
+		req.flags_since = cached->highestmodseq;
+		how = "CONDSTORE";
+	} else {
+		req.plain = broken;
+		req.flags_set = old_set;
+		r.full = true;
+		how = "all flags";
+	}
+	if (cached->uidnext <= 1) {
+		req.flags_set = NULL; /* no old messages */
+		r.full = false;
+	} else if (condstore) {
+		req.check_set = check_set;
+	}
+
+	r.now = time(NULL);
+	rc = imap_resync(w->c, &req, &cb, &r.info, &err);
+	if (rc < 0 && imap_error(w->c) == NULL && condstore) {
+		/* Refused: the server's CONDSTORE/QRESYNC is not what it
+		 * says.  Once more, the plain way. */
+		resync_log_broken(&r, err.text);
+		resync_free(&r);
+		condstore = false;
+		how = "all flags";
+		req = (struct imap_resync_req){
+		        .mailbox = mb->name,
+		        .readonly = true,
+		        .plain = true,
+		        .new_from = cached->uidnext,
+		        .flags_set = cached->uidnext > 1 ? old_set : NULL};
+		r.full = req.flags_set != NULL;
+		rc = imap_resync(w->c, &req, &cb, &r.info, &err);
+	}
+	if (rc < 0) {
+		log_warn("cannot resynchronise mailbox %s: %s", mb->name,
+		         err.text);
+		goto out;
+	}
+	if (r.info.uidvalidity != cached->uidvalidity) {
+		rc = -EAGAIN;
+		goto out;
+	}
+	if (r.oom || r.fresh.oom) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if (condstore && r.info.highestmodseq < cached->highestmodseq) {
+		/* RFC 7162: MODSEQs never go back while UIDVALIDITY stays;
+		 * 0 (NOMODSEQ) means this mailbox has none. */
+		if (r.info.highestmodseq != 0)
+			resync_log_broken(&r, "HIGHESTMODSEQ went back");
+		condstore = false;
+	}
+	qsort(r.fresh.v, r.fresh.n, sizeof(*r.fresh.v), cmp_meta);
+	rc = cache_run_write(fs->cache, store_resync, &r);
+	if (rc == 0 && r.broken)
+		resync_log_broken(&r, "flags changed without a new MODSEQ");
+	/* What the first answer cannot have shown: expunges without
+	 * QRESYNC (the count tells), any flag change when MODSEQs are
+	 * unusable.  All flags of the old messages settle both. */
+	if (rc == 0 && !r.full && r.uidnext > 1 &&
+	    (r.count != r.info.exists || r.broken || !condstore)) {
+		struct imap_select_info info2;
+
+		for (size_t i = 0; i < r.nfl; i++)
+			free(r.fl[i].flags);
+		r.nfl = r.nvan = 0;
+		r.fresh_stored = true;
+		r.gone_base = r.ngone;
+		r.changed_base = r.changed;
+		r.full = true;
+		how = "all flags";
+		rc = imap_resync(
+		        w->c,
+		        &(struct imap_resync_req){.mailbox = mb->name,
+		                                  .readonly = true,
+		                                  .plain = true,
+		                                  .flags_set = old_set},
+		        &cb, &info2, &err);
+		if (rc < 0)
+			log_warn("cannot resynchronise mailbox %s: %s",
+			         mb->name, err.text);
+		else if (info2.uidvalidity == cached->uidvalidity)
+			rc = cache_run_write(fs->cache, store_resync, &r);
+	}
+	if (rc < 0) {
+		if (imap_error(w->c) == NULL)
+			log_err("cannot store the resync of %s: %s", mb->name,
+			        strerror(-rc));
+		goto out;
+	}
+	job->gone = r.gone;
+	job->ngone = r.ngone;
+	job->dir_changed = r.ngone > 0 || r.fresh.n > 0;
+	r.gone = NULL;
+	fs_tree_set_state(fs->tree, mb->id, cached->uidvalidity, r.gen, r.now,
+	                  r.mtime);
+	log_debug("resync of %s (%s): %zu new, %zu flags changed, %zu gone, "
+	          "%zu messages, %lld ms",
+	          mb->name, how, r.fresh.n, r.changed, job->ngone, r.count,
+	          (long long)(now_ms() - t0));
+out:
+	resync_free(&r);
+	return rc;
 }
 
 static int run_listing(struct worker *w, struct job *job)
@@ -585,9 +1039,13 @@ static int run_listing(struct worker *w, struct job *job)
 	struct count_ctx cc = {.id = id};
 	struct listing l = {.id = id};
 	struct proto_err err = {0};
-	bool unchanged;
 	int rc;
 
+	/* The list too, when it is old: mailboxes created, renamed or
+	 * deleted elsewhere show with the next listing of their parent. */
+	if (time(NULL) - fs_tree_loaded(fs->tree) >= (int64_t)fs->opts.poll &&
+	    fs_sync_list(fs, w->c, &err) < 0)
+		log_warn("cannot list mailboxes: %s", err.text);
 	rc = fs_tree_get(fs->tree, id, &mb);
 	if (rc < 0)
 		return rc;
@@ -596,28 +1054,21 @@ static int run_listing(struct worker *w, struct job *job)
 		fs_tree_set_state(fs->tree, id, 0, 0, l.now, 0);
 		goto out;
 	}
+	rc = cache_run_read(fs->cache, read_state, &cc);
+	if (rc < 0)
+		goto out;
+	if (cc.mb->uidvalidity != 0) {
+		/* Listed before: fetch only what changed. */
+		rc = resync_listing(w, job, mb, cc.mb);
+		if (rc != -EAGAIN)
+			goto out;
+	}
 	rc = imap_select(w->c, mb->name, true, &l.info, &err);
 	if (rc < 0) {
 		log_warn("cannot open mailbox %s: %s", mb->name, err.text);
 		goto out;
 	}
-	rc = cache_run_read(fs->cache, read_state, &cc);
-	if (rc < 0)
-		goto out;
 	l.old_uidvalidity = cc.mb->uidvalidity;
-	unchanged = cc.mb->uidvalidity == l.info.uidvalidity &&
-	            cc.mb->uidnext == l.info.uidnext &&
-	            cc.count == l.info.exists && l.info.highestmodseq != 0 &&
-	            cc.mb->highestmodseq == l.info.highestmodseq;
-	if (unchanged) {
-		rc = cache_run_write(fs->cache, touch_state, &l);
-		if (rc == 0)
-			fs_tree_set_state(fs->tree, id, l.info.uidvalidity,
-			                  l.gen, l.now, 0);
-		log_debug("listing of %s: unchanged (%u messages)", mb->name,
-		          l.info.exists);
-		goto out;
-	}
 	if (l.info.exists > 0) {
 		rc = imap_fetch_meta(w->c, "1:*", 0, meta_cb, &l, &err);
 		if (rc < 0) {
@@ -661,6 +1112,7 @@ static int run_listing(struct worker *w, struct job *job)
 		memcpy(job->gone + l.ngone, l.old, l.nold * sizeof(*l.old));
 		job->ngone = l.ngone + l.nold;
 	}
+	job->dir_changed = true;
 	fs_tree_set_state(fs->tree, id, l.info.uidvalidity, l.gen, l.now,
 	                  l.newest);
 	if (l.old_uidvalidity != 0 && l.old_uidvalidity != l.info.uidvalidity)
@@ -1024,6 +1476,28 @@ static int run_body(struct worker *w, struct job *job)
 
 /* --- workers and the queue -------------------------------------------- */
 
+void fs_sync_prepare(struct imap_client *c)
+{
+	struct proto_err err = {0};
+	char enabled[256];
+
+	/* QRESYNC makes a resync one round trip and reports expunges by
+	 * UID (VANISHED); it implies CONDSTORE. */
+	if (imap_has_cap(c, "QRESYNC") && imap_has_cap(c, "ENABLE") &&
+	    imap_enable(c, "QRESYNC", enabled, &err) < 0)
+		log_info("cannot enable QRESYNC: %s", err.text);
+}
+
+int fs_sync_connect(struct mailfs *fs, struct imap_client **c_r,
+                    struct proto_err *err)
+{
+	int rc = imap_connect(c_r, &fs->imap, err);
+
+	if (rc == 0)
+		fs_sync_prepare(*c_r);
+	return rc;
+}
+
 static int worker_connect(struct worker *w)
 {
 	struct fs_sync *s = w->s;
@@ -1046,7 +1520,7 @@ static int worker_connect(struct worker *w)
 	}
 	pthread_mutex_unlock(&s->lock);
 
-	rc = imap_connect(&w->c, &s->fs->imap, &err);
+	rc = fs_sync_connect(s->fs, &w->c, &err);
 	pthread_mutex_lock(&s->lock);
 	if (rc < 0) {
 		s->backoff = s->backoff ? s->backoff * 2 : BACKOFF_MIN_MS;
@@ -1093,6 +1567,8 @@ static void *worker_main(void *arg)
 	struct fs_sync *s = w->s;
 
 	/* Log in now, in parallel, not when the first job needs it. */
+	if (w->c != NULL)
+		fs_sync_prepare(w->c); /* the mount's first connection */
 	worker_connect(w);
 
 	for (;;) {
@@ -1162,6 +1638,10 @@ static void *worker_main(void *arg)
 			                                 fs_ino_dir(job->id),
 			                                 name, strlen(name));
 		}
+		/* Its attributes (mtime, size of the listing) changed. */
+		if (job->dir_changed && s->fs->se != NULL)
+			fuse_lowlevel_notify_inval_inode(
+			        s->fs->se, fs_ino_dir(job->id), 0, 0);
 		free_job(job);
 	}
 	imap_logout(&w->c);
@@ -1323,7 +1803,7 @@ void fs_sync_listings_unlisted(struct fs_sync *s)
 	uint32_t *ids = NULL;
 	size_t n = 0;
 
-	if (fs_tree_unlisted(s->fs->tree, &ids, &n) < 0)
+	if (fs_tree_synced_before(s->fs->tree, 1, &ids, &n) < 0)
 		return;
 	for (size_t i = 0; i < n; i++)
 		fs_sync_listing(s, ids[i], NULL, NULL);

@@ -26,6 +26,14 @@
 /* rc is 0 on success or a negative errno. */
 typedef void (*fs_sync_cb)(void *ctx, int rc);
 
+/* Connect and log in as the mount does (imap_connect), then prepare the
+ * connection for resyncs (ENABLE QRESYNC when offered). */
+int fs_sync_connect(struct mailfs *fs, struct imap_client **c_r,
+                    struct proto_err *err);
+
+/* The preparation alone, for a client connected elsewhere. */
+void fs_sync_prepare(struct imap_client *c);
+
 /* Start conns worker threads.  first (may be NULL) is a connected client
  * the first worker takes over (owned from now on). */
 int fs_sync_start(struct mailfs *fs, struct imap_client *first,

@@ -340,7 +340,8 @@ char fs_tree_root_delim(struct fs_tree *t)
 	return d;
 }
 
-int fs_tree_unlisted(struct fs_tree *t, uint32_t **ids_r, size_t *n_r)
+int fs_tree_synced_before(struct fs_tree *t, int64_t before, uint32_t **ids_r,
+                          size_t *n_r)
 {
 	uint32_t *ids;
 	size_t n = 0;
@@ -348,7 +349,8 @@ int fs_tree_unlisted(struct fs_tree *t, uint32_t **ids_r, size_t *n_r)
 	pthread_rwlock_rdlock(&t->lock);
 	ids = calloc(t->n ? t->n : 1, sizeof(*ids));
 	for (size_t i = 0; ids != NULL && i < t->n; i++)
-		if (t->v[i].selectable && t->v[i].last_sync == 0)
+		if (t->v[i].selectable && t->v[i].last_sync < before &&
+		    (before == 1 || t->v[i].last_sync != 0))
 			ids[n++] = t->v[i].id;
 	pthread_rwlock_unlock(&t->lock);
 	if (ids == NULL)

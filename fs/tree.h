@@ -98,8 +98,11 @@ int fs_tree_find_trash(struct fs_tree *tree, struct fs_mailbox **mb_r);
 /* The hierarchy delimiter to use for a new top-level mailbox. */
 char fs_tree_root_delim(struct fs_tree *tree);
 
-/* Ids of the selectable mailboxes never listed; *ids_r malloc'd. */
-int fs_tree_unlisted(struct fs_tree *tree, uint32_t **ids_r, size_t *n_r);
+/* Ids of the selectable mailboxes whose listing is older than before
+ * (seconds since the epoch) but which were listed once; before == 1
+ * gives those never listed.  *ids_r malloc'd. */
+int fs_tree_synced_before(struct fs_tree *tree, int64_t before,
+                          uint32_t **ids_r, size_t *n_r);
 
 /* The child directory called file under parent (0: root). */
 int fs_tree_lookup(struct fs_tree *tree, uint32_t parent, const char *file,

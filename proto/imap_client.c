@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "proto/log.h"
 #include "proto/net.h"
@@ -87,6 +88,7 @@ struct imap_client {
 
 	char *selected; /* owned, raw name, or NULL */
 	bool selected_writable;
+	bool qresync; /* ENABLE QRESYNC succeeded */
 
 	void (*untagged_cb)(void *ctx, const struct imap_response *resp);
 	void *untagged_ctx;
@@ -1339,6 +1341,11 @@ static void select_untagged(void *ctx, const struct imap_response *resp)
 		info->exists = resp->number;
 		return;
 	}
+	if (resp->kind == IMAP_RESP_DATA && imap_response_is(resp, "EXPUNGE") &&
+	    info->exists > 0) {
+		info->exists--;
+		return;
+	}
 	if (resp->kind != IMAP_RESP_STATUS || resp->code == NULL)
 		return;
 	if (strcasecmp(resp->code, "UIDVALIDITY") == 0)
@@ -1452,48 +1459,70 @@ static const struct imap_value *find_item_prefix(const struct imap_value *list,
 	return NULL;
 }
 
-static void meta_untagged(void *ctx, const struct imap_response *resp)
+/* A FETCH response with the metadata items of imap_fetch_meta: fill *meta
+ * (its flags are malloc'd into *flags_r).  Returns 1 if it is one, 0 if it
+ * is another kind of FETCH (an unsolicited flag update), -ENOMEM. */
+static int meta_parse(struct imap_client *c, const struct imap_response *resp,
+                      struct imap_msg_meta *meta, char **flags_r)
 {
-	struct meta_ctx *m = ctx;
 	const struct imap_value *items, *v;
-	struct imap_msg_meta meta = {0};
-	char *flags;
 
-	if (!imap_response_is(resp, "FETCH"))
-		goto other;
+	memset(meta, 0, sizeof(*meta));
+	*flags_r = NULL;
 	items = imap_list_get(&resp->args, 0);
 	if (items == NULL || items->type != IMAP_VALUE_LIST ||
-	    imap_value_u32(imap_fetch_item(items, "UID"), &meta.uid) < 0 ||
-	    imap_value_u64(imap_fetch_item(items, "RFC822.SIZE"), &meta.size) <
+	    imap_value_u32(imap_fetch_item(items, "UID"), &meta->uid) < 0 ||
+	    imap_value_u64(imap_fetch_item(items, "RFC822.SIZE"), &meta->size) <
 	            0)
-		goto other; /* an unsolicited update, not our answer */
+		return 0;
 	v = imap_fetch_item(items, "INTERNALDATE");
 	if (v == NULL || imap_value_str(v, NULL) == NULL ||
-	    imap_date_parse(imap_value_str(v, NULL), &meta.internaldate,
-	                    &meta.tz_minutes) < 0) {
-		log_warn("message UID %u has no valid INTERNALDATE", meta.uid);
-		meta.internaldate = 0;
+	    imap_date_parse(imap_value_str(v, NULL), &meta->internaldate,
+	                    &meta->tz_minutes) < 0) {
+		log_warn("message UID %u has no valid INTERNALDATE", meta->uid);
+		meta->internaldate = 0;
 	}
 	imap_value_u64(
 	        imap_fetch_item(items, "MODSEQ") != NULL
 	                ? imap_list_get(imap_fetch_item(items, "MODSEQ"), 0)
 	                : NULL,
-	        &meta.modseq);
+	        &meta->modseq);
 	v = find_item_prefix(items, "BODY[HEADER");
-	meta.headers = value_bytes(m->c, resp, v, &meta.headers_len);
-	flags = join_flags(imap_fetch_item(items, "FLAGS"));
-	if (flags == NULL) {
-		m->rc = -ENOMEM;
+	meta->headers = value_bytes(c, resp, v, &meta->headers_len);
+	*flags_r = join_flags(imap_fetch_item(items, "FLAGS"));
+	if (*flags_r == NULL)
+		return -ENOMEM;
+	meta->flags = *flags_r;
+	return 1;
+}
+
+static void meta_untagged(void *ctx, const struct imap_response *resp)
+{
+	struct meta_ctx *m = ctx;
+	struct imap_msg_meta meta;
+	char *flags = NULL;
+	int rc = 0;
+
+	if (imap_response_is(resp, "FETCH"))
+		rc = meta_parse(m->c, resp, &meta, &flags);
+	if (rc < 0) {
+		m->rc = rc;
 		return;
 	}
-	meta.flags = flags;
+	if (rc == 0) {
+		/* An unsolicited update, not our answer. */
+		if (m->c->untagged_cb != NULL)
+			m->c->untagged_cb(m->c->untagged_ctx, resp);
+		return;
+	}
 	m->cb(m->ctx, &meta);
 	free(flags);
-	return;
-other:
-	if (m->c->untagged_cb != NULL)
-		m->c->untagged_cb(m->c->untagged_ctx, resp);
 }
+
+/* The items of a metadata FETCH, with or without MODSEQ. */
+#define META_ITEMS(modseq)                                                     \
+	"(UID RFC822.SIZE FLAGS INTERNALDATE" modseq                           \
+	" BODY.PEEK[HEADER.FIELDS (SUBJECT FROM DATE MESSAGE-ID)])"
 
 int imap_fetch_meta(struct imap_client *c, const char *uidset,
                     uint64_t changedsince,
@@ -1508,11 +1537,8 @@ int imap_fetch_meta(struct imap_client *c, const char *uidset,
 	if (changedsince > 0 && condstore)
 		snprintf(since, sizeof(since), " (CHANGEDSINCE %llu)",
 		         (unsigned long long)changedsince);
-	rc = run_cmd(c, meta_untagged, &m, err,
-	             "UID FETCH %s (UID RFC822.SIZE FLAGS INTERNALDATE%s "
-	             "BODY.PEEK[HEADER.FIELDS (SUBJECT FROM DATE "
-	             "MESSAGE-ID)])%s",
-	             uidset, condstore ? " MODSEQ" : "", since);
+	rc = run_cmd(c, meta_untagged, &m, err, "UID FETCH %s %s%s", uidset,
+	             condstore ? META_ITEMS(" MODSEQ") : META_ITEMS(""), since);
 	if (rc == 0 && m.rc < 0)
 		return proto_err_set(err, PERR_LOCAL, m.rc, "out of memory");
 	return rc;
@@ -1569,6 +1595,238 @@ int imap_noop(struct imap_client *c, struct proto_err *err)
 	return run_cmd(c, NULL, NULL, err, "NOOP");
 }
 
+/* --- resynchronisation and IDLE ------------------------------------------ */
+
+struct resync_ctx {
+	struct imap_client *c;
+	const struct imap_resync_cb *cb;
+	struct imap_select_info *info;
+	int rc;
+};
+
+static int vanished_range(void *ctx, uint32_t lo, uint32_t hi)
+{
+	struct resync_ctx *r = ctx;
+
+	if (r->cb->vanished != NULL)
+		r->cb->vanished(r->cb->ctx, lo, hi);
+	return 0;
+}
+
+/* "* VANISHED [(EARLIER)] uid-set" (RFC 7162): every UID in the set is
+ * gone, whether it was reported before or not. */
+static void resync_vanished(struct resync_ctx *r,
+                            const struct imap_response *resp)
+{
+	const char *set = NULL;
+
+	for (size_t i = 0; i < resp->args.count; i++)
+		if (resp->args.list[i].type != IMAP_VALUE_LIST)
+			set = imap_value_str(&resp->args.list[i], NULL);
+	if (set == NULL || imap_uidset_parse(set, vanished_range, r) < 0)
+		log_warn("imap %s: ignoring a malformed VANISHED response",
+		         r->c->label);
+}
+
+/* A FETCH with UID and FLAGS but no metadata: a flag change. */
+static int flags_parse(const struct imap_response *resp, uint32_t *uid_r,
+                       char **flags_r, uint64_t *modseq_r)
+{
+	const struct imap_value *items = imap_list_get(&resp->args, 0);
+	const struct imap_value *flags, *modseq;
+
+	*flags_r = NULL;
+	*modseq_r = 0;
+	if (items == NULL || items->type != IMAP_VALUE_LIST ||
+	    imap_value_u32(imap_fetch_item(items, "UID"), uid_r) < 0 ||
+	    (flags = imap_fetch_item(items, "FLAGS")) == NULL ||
+	    flags->type != IMAP_VALUE_LIST)
+		return 0;
+	modseq = imap_fetch_item(items, "MODSEQ");
+	if (modseq != NULL)
+		imap_value_u64(imap_list_get(modseq, 0), modseq_r);
+	*flags_r = join_flags(flags);
+	return *flags_r == NULL ? -ENOMEM : 1;
+}
+
+static void resync_untagged(void *ctx, const struct imap_response *resp)
+{
+	struct resync_ctx *r = ctx;
+	struct imap_msg_meta meta;
+	uint64_t modseq;
+	char *flags = NULL;
+	uint32_t uid;
+	int rc;
+
+	if (resp->kind == IMAP_RESP_DATA &&
+	    imap_response_is(resp, "VANISHED")) {
+		resync_vanished(r, resp);
+		return;
+	}
+	if (resp->kind != IMAP_RESP_DATA || !imap_response_is(resp, "FETCH")) {
+		select_untagged(r->info, resp);
+		return;
+	}
+	rc = meta_parse(r->c, resp, &meta, &flags);
+	if (rc > 0 && r->cb->meta != NULL)
+		r->cb->meta(r->cb->ctx, &meta);
+	if (rc == 0) {
+		rc = flags_parse(resp, &uid, &flags, &modseq);
+		if (rc > 0 && r->cb->flags != NULL)
+			r->cb->flags(r->cb->ctx, uid, flags, modseq);
+	}
+	if (rc < 0)
+		r->rc = rc;
+	free(flags);
+}
+
+int imap_resync(struct imap_client *c, const struct imap_resync_req *req,
+                const struct imap_resync_cb *cb,
+                struct imap_select_info *info_r, struct proto_err *err)
+{
+	struct resync_ctx r = {.c = c, .cb = cb, .info = info_r};
+	struct imap_handler h = {.untagged = resync_untagged, .ctx = &r};
+	bool condstore = !req->plain && imap_has_cap(c, "CONDSTORE");
+	const char *mitems = condstore ? META_ITEMS(" MODSEQ") : META_ITEMS("");
+	char param[80] = "", since[48] = "";
+	unsigned tags[4];
+	size_t n = 0;
+	char *q = NULL;
+	int rc, first = 0;
+
+	memset(info_r, 0, sizeof(*info_r));
+	if (quote_name(req->mailbox, &q) < 0)
+		return proto_err_set(err, PERR_LOCAL, -EINVAL,
+		                     "mailbox name cannot be sent");
+	free(c->selected);
+	c->selected = NULL;
+	if (req->modseq != 0 && c->qresync && condstore)
+		snprintf(param, sizeof(param), " (QRESYNC (%u %llu))",
+		         req->uidvalidity, (unsigned long long)req->modseq);
+	else if (condstore)
+		snprintf(param, sizeof(param), " (CONDSTORE)");
+	if (req->flags_since != 0 && condstore)
+		snprintf(since, sizeof(since), " (CHANGEDSINCE %llu)",
+		         (unsigned long long)req->flags_since);
+
+	/* One round trip: everything is sent before anything is read. */
+	rc = imap_submit(c, &h, &tags[n++], "%s %s%s",
+	                 req->readonly ? "EXAMINE" : "SELECT", q, param);
+	free(q);
+	if (rc == 0 && req->new_from != 0)
+		rc = imap_submit(c, &h, &tags[n++], "UID FETCH %u:* %s",
+		                 req->new_from, mitems);
+	if (rc == 0 && req->flags_set != NULL)
+		rc = imap_submit(c, &h, &tags[n++],
+		                 "UID FETCH %s (UID FLAGS%s)%s", req->flags_set,
+		                 condstore ? " MODSEQ" : "", since);
+	if (rc == 0 && req->check_set != NULL)
+		rc = imap_submit(c, &h, &tags[n++],
+		                 "UID FETCH %s (UID FLAGS MODSEQ)",
+		                 req->check_set);
+	if (rc < 0 && c->dead)
+		return dead_rc(c, err);
+	for (size_t i = 0; i < n; i++) {
+		struct proto_err e = {0};
+
+		rc = imap_wait(c, tags[i], &e);
+		if (i == 0 && rc == 0) {
+			info_r->readonly = req->readonly;
+			c->selected = strdup(req->mailbox);
+			c->selected_writable = !req->readonly;
+			set_state(c, IMAP_ST_SELECTED);
+		} else if (i == 0 && !c->dead) {
+			set_state(c, IMAP_ST_AUTHENTICATED);
+		}
+		if (rc < 0 && first == 0) {
+			first = rc;
+			if (err != NULL)
+				*err = e;
+		}
+	}
+	if (first == 0 && r.rc < 0)
+		first = proto_err_set(err, PERR_LOCAL, r.rc, "out of memory");
+	return first;
+}
+
+struct idle_ctx {
+	int (*cb)(void *ctx, const struct imap_response *resp);
+	void *ctx;
+	bool wake;
+};
+
+static void idle_untagged(void *ctx, const struct imap_response *resp)
+{
+	struct idle_ctx *ic = ctx;
+
+	if (ic->cb(ic->ctx, resp) != 0)
+		ic->wake = true;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int imap_idle(struct imap_client *c, int max_ms,
+              int (*cb)(void *ctx, const struct imap_response *resp), void *ctx,
+              struct proto_err *err)
+{
+	struct idle_ctx ic = {.cb = cb, .ctx = ctx};
+	struct imap_handler h = {.untagged = idle_untagged, .ctx = &ic};
+	int64_t deadline = mono_ms() + max_ms;
+	struct pending *p = NULL;
+	unsigned tag;
+	int rc;
+
+	if (!imap_has_cap(c, "IDLE"))
+		return proto_err_set(err, PERR_LOCAL, -EOPNOTSUPP,
+		                     "%s does not offer IDLE", c->host);
+	rc = submit_internal(c, &h, &(struct imap_arg){IMAP_ARG_RAW, "IDLE", 0},
+	                     1, &tag, &p);
+	if (rc < 0)
+		return c->dead ? dead_rc(c, err) : rc;
+	/* Wait for the server's "+ idling"; a refusal completes the
+	 * command instead. */
+	rc = wait_continuation(c, p);
+	if (rc < 0)
+		return dead_rc(c, err);
+	if (rc > 0)
+		return imap_wait(c, tag, err);
+	while (!ic.wake && !find_pending(c, tag)->done) {
+		int64_t left = deadline - mono_ms();
+		struct proto_err e = {0};
+		size_t len;
+
+		if (left <= 0)
+			break;
+		net_rbuf(c->net, &len);
+		if (len == 0) {
+			rc = net_fill_wait(c->net, (int)left, &e);
+			if (rc < 0) {
+				fail(c, &e);
+				fail_all(c);
+				return dead_rc(c, err);
+			}
+			if (rc == 0)
+				continue;
+		}
+		rc = read_one(c, NULL);
+		if (rc < 0)
+			return dead_rc(c, err);
+	}
+	if (!find_pending(c, tag)->done) {
+		log_command(c, "DONE", 4);
+		rc = send_buf(c, "DONE\r\n", 6);
+		if (rc < 0)
+			return dead_rc(c, err);
+	}
+	return imap_wait(c, tag, err);
+}
+
 /* --- helpers ------------------------------------------------------------- */
 
 char *imap_uidset_format(const uint32_t *uids, size_t n)
@@ -1594,6 +1852,58 @@ char *imap_uidset_format(const uint32_t *uids, size_t n)
 		return NULL;
 	}
 	return b.s;
+}
+
+static int uid_parse(const char **pp, uint32_t *v_r)
+{
+	const char *p = *pp;
+	uint64_t v = 0;
+
+	if (*p == '*') {
+		*v_r = UINT32_MAX;
+		*pp = p + 1;
+		return 0;
+	}
+	if (*p < '1' || *p > '9')
+		return -EINVAL;
+	while (*p >= '0' && *p <= '9') {
+		v = v * 10 + (uint64_t)(*p++ - '0');
+		if (v > UINT32_MAX)
+			return -EINVAL;
+	}
+	*v_r = (uint32_t)v;
+	*pp = p;
+	return 0;
+}
+
+int imap_uidset_parse(const char *s,
+                      int (*cb)(void *ctx, uint32_t lo, uint32_t hi), void *ctx)
+{
+	const char *p = s;
+
+	if (*p == '\0')
+		return -EINVAL;
+	for (;;) {
+		uint32_t lo, hi;
+		int rc;
+
+		if (uid_parse(&p, &lo) < 0)
+			return -EINVAL;
+		hi = lo;
+		if (*p == ':') {
+			p++;
+			if (uid_parse(&p, &hi) < 0)
+				return -EINVAL;
+		}
+		if (*p != ',' && *p != '\0')
+			return -EINVAL;
+		rc = cb(ctx, lo < hi ? lo : hi, lo < hi ? hi : lo);
+		if (rc != 0)
+			return rc;
+		if (*p == '\0')
+			return 0;
+		p++;
+	}
 }
 
 int imap_date_parse(const char *s, time_t *t_r, int *tz_minutes_r)
@@ -1909,11 +2219,28 @@ static void enabled_untagged(void *ctx, const struct imap_response *resp)
 int imap_enable(struct imap_client *c, const char *exts, char enabled_r[256],
                 struct proto_err *err)
 {
+	int rc;
+
 	enabled_r[0] = '\0';
 	if (!imap_has_cap(c, "ENABLE"))
 		return proto_err_set(err, PERR_LOCAL, -EOPNOTSUPP,
 		                     "%s does not offer ENABLE", c->host);
-	return run_cmd(c, enabled_untagged, enabled_r, err, "ENABLE %s", exts);
+	rc = run_cmd(c, enabled_untagged, enabled_r, err, "ENABLE %s", exts);
+	if (rc == 0) {
+		char *dup = strdup(enabled_r), *save = NULL;
+
+		for (char *t = dup ? strtok_r(dup, " ", &save) : NULL;
+		     t != NULL; t = strtok_r(NULL, " ", &save))
+			if (strcasecmp(t, "QRESYNC") == 0)
+				c->qresync = true;
+		free(dup);
+	}
+	return rc;
+}
+
+bool imap_qresync_enabled(const struct imap_client *c)
+{
+	return c->qresync;
 }
 
 static void id_untagged(void *ctx, const struct imap_response *resp)

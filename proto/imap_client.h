@@ -220,6 +220,63 @@ int imap_noop(struct imap_client *c, struct proto_err *err);
 int imap_enable(struct imap_client *c, const char *exts, char enabled_r[256],
                 struct proto_err *err);
 
+/* Did the server enable QRESYNC (RFC 7162) on this connection?  Then
+ * expunges are reported as VANISHED and imap_resync() can ask for the
+ * changes since a known state in its SELECT. */
+bool imap_qresync_enabled(const struct imap_client *c);
+
+/* --- resynchronisation and IDLE ---------------------------------------- */
+
+/* What imap_resync() asks for, all in one pipelined round trip:
+ *   SELECT (or EXAMINE) mailbox, with (QRESYNC (uidvalidity modseq)) when
+ *     QRESYNC is enabled and modseq is not 0, else (CONDSTORE) if offered;
+ *   UID FETCH new_from:* metadata (as imap_fetch_meta), if new_from;
+ *   UID FETCH flags_set (UID FLAGS [MODSEQ]) [(CHANGEDSINCE flags_since)],
+ *     if flags_set;
+ *   UID FETCH check_set (UID FLAGS MODSEQ), if check_set.
+ * When the server's UIDVALIDITY is not the one given, the answers belong
+ * to the new numbering: the caller sees it in info_r and starts over. */
+struct imap_resync_req {
+	const char *mailbox; /* raw name */
+	bool readonly;
+	bool plain; /* no CONDSTORE at all: no parameters, no MODSEQ items */
+	uint32_t uidvalidity;
+	uint64_t modseq;
+	uint32_t new_from;
+	const char *flags_set;
+	uint64_t flags_since;
+	const char *check_set;
+};
+
+struct imap_resync_cb {
+	/* A message of the new_from:* fetch (note: "N:*" always includes the
+	 * last message, even when its UID is below N). */
+	void (*meta)(void *ctx, const struct imap_msg_meta *m);
+	/* A message's flags (from the flag fetches, or from the SELECT's
+	 * QRESYNC answer); modseq 0 when the server gave none. */
+	void (*flags)(void *ctx, uint32_t uid, const char *flags,
+	              uint64_t modseq);
+	/* UIDs lo..hi are expunged (VANISHED); any of them may be unknown. */
+	void (*vanished)(void *ctx, uint32_t lo, uint32_t hi);
+	void *ctx;
+};
+
+/* Returns 0 or the first command's error (the SELECT failing makes the
+ * fetches fail too).  info_r as imap_select(). */
+int imap_resync(struct imap_client *c, const struct imap_resync_req *req,
+                const struct imap_resync_cb *cb,
+                struct imap_select_info *info_r, struct proto_err *err);
+
+/* IDLE (RFC 2177) on the selected mailbox for at most max_ms: every
+ * untagged response goes to cb; when cb returns non-zero (something the
+ * caller wants to act on) or the time is up, DONE is sent and the command
+ * completed.  The wait for the server to speak is max_ms, not the
+ * connection's timeout; a dead server shows up at DONE.  -EOPNOTSUPP
+ * without the IDLE capability. */
+int imap_idle(struct imap_client *c, int max_ms,
+              int (*cb)(void *ctx, const struct imap_response *resp), void *ctx,
+              struct proto_err *err);
+
 /* ID: send mailfs's name and version (nothing about the user); server_r
  * gets the server's answer as "key=value ...". */
 int imap_id(struct imap_client *c, char server_r[256], struct proto_err *err);
@@ -270,6 +327,14 @@ bool imap_selected_writable(const struct imap_client *c);
 /* Format a sorted array of UIDs as a compact set ("1:5,7,9:12").
  * Returns a malloc'd string (owned by the caller) or NULL on OOM. */
 char *imap_uidset_format(const uint32_t *uids, size_t n);
+
+/* Parse a UID set ("1:5,7,9:*"; "*" is UINT32_MAX) into ranges, lo <= hi,
+ * calling cb for each (a non-zero return stops and is returned).  -EINVAL
+ * for malformed input; nothing is expanded, so a huge range costs one
+ * call. */
+int imap_uidset_parse(const char *s,
+                      int (*cb)(void *ctx, uint32_t lo, uint32_t hi),
+                      void *ctx);
 
 /* Parse an INTERNALDATE ("17-Jul-1996 02:44:25 -0700"). */
 int imap_date_parse(const char *s, time_t *t_r, int *tz_minutes_r);
