@@ -365,9 +365,10 @@ int main(int argc, char *argv[])
 	}
 	ret = ret != 0 ? 1 : 0;
 out_sync:
-	fs_watch_stop(&fs.watch);
+	fs_watch_stop(fs.watch);
 	fs_newfiles_stop(&fs);
 	fs_sync_stop(&fs.sync);
+	fs_watch_free(&fs.watch);
 	fs_pop_stop(&fs.pop);
 out_tree:
 	fs_newfiles_free(&fs.newfiles);

@@ -20,6 +20,7 @@
 #include "fs/mailfs.h"
 #include "fs/newfile.h"
 #include "fs/sync.h"
+#include "fs/watch.h"
 #include "proto/log.h"
 
 /* Directories change when mail arrives: keep the kernel's view short.
@@ -264,7 +265,8 @@ static bool stale(struct mailfs *fs, const struct fs_mailbox *mb)
 		return false;
 	if (now - fs_tree_loaded(fs->tree) >= poll)
 		return true;
-	return mb != NULL && mb->selectable && now - mb->last_sync >= poll;
+	return mb != NULL && mb->selectable && now - mb->last_sync >= poll &&
+	       !fs_watch_live(fs->watch, mb->id);
 }
 
 /* Wait for a refresh of the mailbox list (the root directory, a name not

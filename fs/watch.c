@@ -27,6 +27,9 @@ struct fs_watch {
 	uint32_t inbox;        /* mailbox id of INBOX, 0 if none */
 	int64_t next_poll;     /* ms, monotonic: background resync */
 	bool changed;          /* the server reported something */
+	bool live;             /* IDLE runs and INBOX's view is current */
+	bool idle;             /* the connection has IDLE */
+	bool joined;
 };
 
 static int64_t now_ms(void)
@@ -91,6 +94,17 @@ static void news_void(void *ctx, const struct imap_response *resp)
 	news(ctx, resp);
 }
 
+/* A resync of INBOX ended: while IDLE goes on, its view stays current
+ * (IDLE would tell otherwise). */
+static void resynced(void *ctx, int rc)
+{
+	struct fs_watch *w = ctx;
+
+	pthread_mutex_lock(&w->lock);
+	w->live = rc == 0 && w->c != NULL && w->idle;
+	pthread_mutex_unlock(&w->lock);
+}
+
 static uint32_t find_inbox(struct mailfs *fs)
 {
 	struct fs_mailbox *mb = NULL;
@@ -146,8 +160,28 @@ static int connect_inbox(struct fs_watch *w, struct proto_err *err)
 	imap_set_untagged_handler(c, news_void, w);
 	pthread_mutex_lock(&w->lock);
 	w->c = c;
+	w->idle = imap_has_cap(c, "IDLE");
 	pthread_mutex_unlock(&w->lock);
 	return 0;
+}
+
+static void set_live(struct fs_watch *w, bool live)
+{
+	pthread_mutex_lock(&w->lock);
+	w->live = live;
+	pthread_mutex_unlock(&w->lock);
+}
+
+bool fs_watch_live(struct fs_watch *w, uint32_t id)
+{
+	bool live;
+
+	if (w == NULL)
+		return false;
+	pthread_mutex_lock(&w->lock);
+	live = w->live && w->inbox == id;
+	pthread_mutex_unlock(&w->lock);
+	return live;
 }
 
 static void drop(struct fs_watch *w)
@@ -157,6 +191,7 @@ static void drop(struct fs_watch *w)
 	pthread_mutex_lock(&w->lock);
 	c = w->c;
 	w->c = NULL;
+	w->live = false;
 	pthread_mutex_unlock(&w->lock);
 	imap_free(&c);
 }
@@ -197,7 +232,7 @@ static void *watch_main(void *arg)
 			}
 			backoff = 0;
 			/* Whatever happened while we were away. */
-			fs_sync_listing(fs->sync, w->inbox, NULL, NULL);
+			fs_sync_listing(fs->sync, w->inbox, resynced, w);
 		}
 
 		until_poll = w->next_poll - now_ms();
@@ -215,8 +250,12 @@ static void *watch_main(void *arg)
 			rc = imap_noop(w->c, &err);
 		}
 		if (w->changed) {
+			/* Current again once this resync is done. */
 			w->changed = false;
-			fs_sync_listing(fs->sync, w->inbox, NULL, NULL);
+			set_live(w, false);
+			if (fs_sync_listing(fs->sync, w->inbox, resynced, w) <
+			    0)
+				set_live(w, false);
 		}
 		if (rc < 0 && !stopping(w)) {
 			log_info("watching INBOX: %s; reconnecting", err.text);
@@ -256,11 +295,9 @@ int fs_watch_start(struct mailfs *fs, struct fs_watch **watch_r)
 	return 0;
 }
 
-void fs_watch_stop(struct fs_watch **wp)
+void fs_watch_stop(struct fs_watch *w)
 {
-	struct fs_watch *w = *wp;
-
-	if (w == NULL)
+	if (w == NULL || w->joined)
 		return;
 	pthread_mutex_lock(&w->lock);
 	w->stop = true;
@@ -269,6 +306,16 @@ void fs_watch_stop(struct fs_watch **wp)
 	pthread_cond_broadcast(&w->cond);
 	pthread_mutex_unlock(&w->lock);
 	pthread_join(w->thread, NULL);
+	w->joined = true;
+}
+
+void fs_watch_free(struct fs_watch **wp)
+{
+	struct fs_watch *w = *wp;
+
+	if (w == NULL)
+		return;
+	fs_watch_stop(w);
 	pthread_mutex_destroy(&w->lock);
 	pthread_cond_destroy(&w->cond);
 	free(w);

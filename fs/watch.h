@@ -15,6 +15,9 @@
 #ifndef MAILFS_FS_WATCH_H
 #define MAILFS_FS_WATCH_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include "fs/mailfs.h"
 
 struct fs_watch;
@@ -22,7 +25,16 @@ struct fs_watch;
 /* Start watching (fs->sync must be running). */
 int fs_watch_start(struct mailfs *fs, struct fs_watch **watch_r);
 
-/* Stop the thread and close its connection; *watch set to NULL. */
-void fs_watch_stop(struct fs_watch **watch);
+/* Is mailbox id watched with IDLE right now, its cached view current (so
+ * that opening it needs no resync)?  False for NULL. */
+bool fs_watch_live(struct fs_watch *watch, uint32_t id);
+
+/* Stop the thread and close its connection (NULL is fine).  Resyncs it
+ * queued may still call back into it: free it only once fs->sync has
+ * stopped. */
+void fs_watch_stop(struct fs_watch *watch);
+
+/* Stop (if not done) and free; *watch set to NULL. */
+void fs_watch_free(struct fs_watch **watch);
 
 #endif
