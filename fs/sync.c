@@ -1561,6 +1561,24 @@ static void unlink_job(struct fs_sync *s, struct job *job)
 	}
 }
 
+static int run_job(struct worker *w, struct job *job)
+{
+	struct proto_err err = {0};
+	int rc = 0;
+
+	switch (job->kind) {
+	case JOB_LIST:
+		rc = fs_sync_list(w->s->fs, w->c, &err);
+		if (rc < 0)
+			log_warn("cannot list mailboxes: %s", err.text);
+		break;
+	case JOB_LISTING: rc = run_listing(w, job); break;
+	case JOB_BODY: rc = run_body(w, job); break;
+	case JOB_CALL: rc = job->fn(w->c, job->fn_ctx); break;
+	}
+	return rc;
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -1594,24 +1612,26 @@ static void *worker_main(void *arg)
 		w->job = job;
 		pthread_mutex_unlock(&s->lock);
 
-		rc = worker_connect(w);
-		if (rc == 0) {
-			switch (job->kind) {
-			case JOB_LIST: {
-				struct proto_err err = {0};
+		for (int attempt = 0;; attempt++) {
+			const struct proto_err *dead;
 
-				rc = fs_sync_list(s->fs, w->c, &err);
-				if (rc < 0)
-					log_warn("cannot list mailboxes: %s",
-					         err.text);
+			rc = worker_connect(w);
+			if (rc < 0)
 				break;
-			}
-			case JOB_LISTING: rc = run_listing(w, job); break;
-			case JOB_BODY: rc = run_body(w, job); break;
-			case JOB_CALL: rc = job->fn(w->c, job->fn_ctx); break;
-			}
-			if (rc < 0 && w->c != NULL && imap_error(w->c) != NULL)
+			rc = run_job(w, job);
+			dead = w->c != NULL ? imap_error(w->c) : NULL;
+			if (rc < 0 && dead != NULL)
 				rc = -EIO;
+			/* A connection the server closed while it sat idle
+			 * (an idle timeout, a restart) fails at once: run
+			 * the job again on a fresh one.  Not after a timeout
+			 * (the bound would double), and not a change (it
+			 * may have happened). */
+			if (rc == 0 || dead == NULL || attempt > 0 ||
+			    dead->cls == PERR_TIMEOUT || job->kind == JOB_CALL)
+				break;
+			log_info("connection lost: %s; trying again",
+			         dead->text);
 		}
 		if (rc < 0)
 			log_debug("%s job for mailbox %u failed: %s",
