@@ -78,6 +78,20 @@ struct fs_sync {
 	/* The server advertises CONDSTORE but its MODSEQs cannot be trusted:
 	 * every resync fetches all flags from now on. */
 	bool condstore_broken;
+	/* Kernel invalidations, sent by a thread of their own: the kernel
+	 * may need a directory lock that a lookup waiting for a job holds,
+	 * so a worker must never block on one. */
+	pthread_t inval_thread;
+	bool inval_started;
+	pthread_cond_t inval_cond;
+	struct inval *invals, **inval_tail; /* owned queue */
+};
+
+struct inval {
+	fuse_ino_t parent;
+	bool inode; /* the directory's attributes, not a name */
+	char name[24];
+	struct inval *next;
 };
 
 static int64_t now_ms(void)
@@ -1561,6 +1575,57 @@ static void unlink_job(struct fs_sync *s, struct job *job)
 	}
 }
 
+static void queue_inval(struct fs_sync *s, fuse_ino_t parent, const char *name)
+{
+	struct inval *iv;
+
+	if (s->fs->se == NULL || !s->inval_started)
+		return;
+	iv = calloc(1, sizeof(*iv));
+	if (iv == NULL)
+		return; /* the kernel's timeouts will do */
+	iv->parent = parent;
+	iv->inode = name == NULL;
+	if (name != NULL)
+		snprintf(iv->name, sizeof(iv->name), "%s", name);
+	pthread_mutex_lock(&s->lock);
+	*s->inval_tail = iv;
+	s->inval_tail = &iv->next;
+	pthread_cond_signal(&s->inval_cond);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void *inval_main(void *arg)
+{
+	struct fs_sync *s = arg;
+
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		struct inval *iv;
+
+		while (s->invals == NULL && !s->stop)
+			pthread_cond_wait(&s->inval_cond, &s->lock);
+		if (s->stop)
+			break;
+		iv = s->invals;
+		s->invals = iv->next;
+		if (s->invals == NULL)
+			s->inval_tail = &s->invals;
+		pthread_mutex_unlock(&s->lock);
+		if (iv->inode)
+			fuse_lowlevel_notify_inval_inode(s->fs->se, iv->parent,
+			                                 0, 0);
+		else
+			fuse_lowlevel_notify_inval_entry(s->fs->se, iv->parent,
+			                                 iv->name,
+			                                 strlen(iv->name));
+		free(iv);
+		pthread_mutex_lock(&s->lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
 static int run_job(struct worker *w, struct job *job)
 {
 	struct proto_err err = {0};
@@ -1647,21 +1712,16 @@ static void *worker_main(void *arg)
 		                          : job->kind == JOB_BODY ? -EIO
 		                                                  : 0);
 		/* Names that went away (expunged elsewhere, or renumbered by
-		 * a UIDVALIDITY change) leave the kernel's caches.  Only
-		 * after the waiters are answered: a lookup waiting for this
-		 * listing holds the directory that the invalidation needs. */
-		for (size_t i = 0; i < job->ngone && s->fs->se != NULL; i++) {
+		 * a UIDVALIDITY change) leave the kernel's caches, and the
+		 * directory's attributes when names came or went. */
+		for (size_t i = 0; i < job->ngone; i++) {
 			char name[24];
 
 			snprintf(name, sizeof(name), "%u.eml", job->gone[i]);
-			fuse_lowlevel_notify_inval_entry(s->fs->se,
-			                                 fs_ino_dir(job->id),
-			                                 name, strlen(name));
+			queue_inval(s, fs_ino_dir(job->id), name);
 		}
-		/* Its attributes (mtime, size of the listing) changed. */
-		if (job->dir_changed && s->fs->se != NULL)
-			fuse_lowlevel_notify_inval_inode(
-			        s->fs->se, fs_ino_dir(job->id), 0, 0);
+		if (job->dir_changed)
+			queue_inval(s, fs_ino_dir(job->id), NULL);
 		free_job(job);
 	}
 	imap_logout(&w->c);
@@ -1853,6 +1913,10 @@ int fs_sync_start(struct mailfs *fs, struct imap_client *first,
 		return -ENOMEM;
 	}
 	s->nworkers = n;
+	pthread_cond_init(&s->inval_cond, NULL);
+	s->inval_tail = &s->invals;
+	s->inval_started =
+	        pthread_create(&s->inval_thread, NULL, inval_main, s) == 0;
 	for (unsigned i = 0; i < n; i++) {
 		s->workers[i].s = s;
 		if (i == 0)
@@ -1882,10 +1946,19 @@ void fs_sync_stop(struct fs_sync **sp)
 		if (s->workers[i].job != NULL && s->workers[i].c != NULL)
 			imap_shutdown(s->workers[i].c);
 	pthread_cond_broadcast(&s->cond);
+	pthread_cond_broadcast(&s->inval_cond);
 	pthread_mutex_unlock(&s->lock);
 	for (unsigned i = 0; i < s->nworkers; i++)
 		if (s->workers[i].started)
 			pthread_join(s->workers[i].thread, NULL);
+	if (s->inval_started)
+		pthread_join(s->inval_thread, NULL);
+	while (s->invals != NULL) {
+		struct inval *next = s->invals->next;
+
+		free(s->invals);
+		s->invals = next;
+	}
 	queued = s->jobs;
 	s->jobs = NULL;
 	while (queued != NULL) {
@@ -1901,6 +1974,7 @@ void fs_sync_stop(struct fs_sync **sp)
 	free(s->workers);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cond);
+	pthread_cond_destroy(&s->inval_cond);
 	free(s);
 	*sp = NULL;
 }
