@@ -122,7 +122,8 @@ static const char *job_name(enum job_kind k)
 struct list_entry {
 	char *name;
 	char delim;
-	uint32_t attrs; /* CACHE_MBOX_* */
+	uint32_t attrs;       /* CACHE_MBOX_* */
+	uint32_t uidvalidity; /* from STATUS when it may be a rename, or 0 */
 };
 
 struct list_result {
@@ -186,6 +187,7 @@ static void list_add(struct list_result *l, const char *name, char delim,
 	}
 	l->v[l->n].delim = delim;
 	l->v[l->n].attrs = attrs;
+	l->v[l->n].uidvalidity = 0;
 	l->n++;
 }
 
@@ -230,17 +232,50 @@ static int vanish_cb(const struct cache_mailbox *mb, void *ctx)
 	return 0;
 }
 
+/* The vanished mailbox (a cached one the list no longer has) that new
+ * entry e is, renamed elsewhere: same UIDVALIDITY.  0 if none. */
+static uint32_t renamed_from(struct cache_txn *txn, struct vanish_ctx *v,
+                             const struct list_entry *e)
+{
+	for (size_t i = 0; e->uidvalidity != 0 && i < v->n; i++) {
+		struct cache_mailbox *old = NULL;
+		bool same = cache_mailbox_get(txn, v->ids[i], &old) == 0 &&
+		            old->uidvalidity == e->uidvalidity;
+		uint32_t id = v->ids[i];
+
+		cache_mailbox_free(&old);
+		if (same) {
+			v->ids[i] = v->ids[--v->n];
+			return id;
+		}
+	}
+	return 0;
+}
+
 static int store_list(struct cache_txn *txn, void *ctx)
 {
 	struct list_result *l = ctx;
 	struct vanish_ctx v = {.l = l};
-	int rc = 0;
+	int rc;
 
+	rc = cache_mailbox_foreach(txn, vanish_cb, &v);
 	for (size_t i = 0; i < l->n && rc == 0; i++) {
 		const struct list_entry *e = &l->v[i];
 		struct cache_mailbox *old = NULL;
+		uint32_t from;
 
 		rc = cache_mailbox_get_by_name(txn, e->name, &old);
+		if (rc == -ENOENT && (from = renamed_from(txn, &v, e)) != 0) {
+			/* Renamed elsewhere: its id, cached messages and
+			 * bodies go with the new name. */
+			log_info(
+			        "mailbox id %u was renamed to %s on the server; "
+			        "its cached mail goes with it",
+			        from, e->name);
+			rc = cache_mailbox_rename(txn, from, e->name);
+			if (rc == 0)
+				rc = cache_mailbox_get(txn, from, &old);
+		}
 		if (rc == -ENOENT) {
 			struct cache_mailbox mb = {
 			        .name = e->name,
@@ -265,9 +300,6 @@ static int store_list(struct cache_txn *txn, void *ctx)
 		}
 		cache_mailbox_free(&old);
 	}
-	if (rc < 0)
-		return rc;
-	rc = cache_mailbox_foreach(txn, vanish_cb, &v);
 	for (size_t i = 0; i < v.n && rc == 0; i++) {
 		log_info("mailbox id %u is gone from the server; its cached "
 		         "mail is kept but no longer shown",
@@ -276,6 +308,73 @@ static int store_list(struct cache_txn *txn, void *ctx)
 	}
 	free(v.ids);
 	return rc;
+}
+
+/* Which listed names are new to the cache, and are there mailboxes the
+ * list no longer has?  Both at once look like renames. */
+struct rename_scan {
+	struct list_result *l;
+	bool *fresh; /* per entry: unknown to the cache */
+	size_t nfresh, nvanished;
+};
+
+static int vanished_count_cb(const struct cache_mailbox *mb, void *ctx)
+{
+	struct rename_scan *r = ctx;
+
+	if (mb->deleted || mb->uidvalidity == 0)
+		return 0;
+	for (size_t i = 0; i < r->l->n; i++)
+		if (strcmp(r->l->v[i].name, mb->name) == 0)
+			return 0;
+	r->nvanished++;
+	return 0;
+}
+
+static int rename_scan_read(struct cache_txn *txn, void *ctx)
+{
+	struct rename_scan *r = ctx;
+
+	for (size_t i = 0; i < r->l->n; i++) {
+		struct cache_mailbox *mb = NULL;
+		int rc = cache_mailbox_get_by_name(txn, r->l->v[i].name, &mb);
+
+		cache_mailbox_free(&mb);
+		if (rc == -ENOENT &&
+		    !(r->l->v[i].attrs & CACHE_MBOX_NOSELECT)) {
+			r->fresh[i] = true;
+			r->nfresh++;
+		} else if (rc < 0 && rc != -ENOENT) {
+			return rc;
+		}
+	}
+	return cache_mailbox_foreach(txn, vanished_count_cb, r);
+}
+
+/* A mailbox renamed elsewhere keeps its UIDVALIDITY (RFC 3501 lets a
+ * server keep it, and they do): ask STATUS of the new names, only when
+ * some cached mailbox vanished in the same list. */
+static void find_renames(struct mailfs *fs, struct imap_client *c,
+                         struct list_result *l)
+{
+	struct rename_scan r = {.l = l};
+
+	r.fresh = calloc(l->n ? l->n : 1, sizeof(*r.fresh));
+	if (r.fresh == NULL ||
+	    cache_run_read(fs->cache, rename_scan_read, &r) < 0 ||
+	    r.nfresh == 0 || r.nvanished == 0) {
+		free(r.fresh);
+		return;
+	}
+	for (size_t i = 0; i < l->n; i++) {
+		struct imap_select_info info;
+		struct proto_err err = {0};
+
+		if (r.fresh[i] &&
+		    imap_status(c, l->v[i].name, &info, &err) == 0)
+			l->v[i].uidvalidity = info.uidvalidity;
+	}
+	free(r.fresh);
 }
 
 int fs_sync_list(struct mailfs *fs, struct imap_client *c,
@@ -308,6 +407,12 @@ int fs_sync_list(struct mailfs *fs, struct imap_client *c,
 	}
 	if (l.oom) {
 		rc = proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
+		goto out;
+	}
+	find_renames(fs, c, &l);
+	if (imap_error(c) != NULL) {
+		rc = proto_err_set(err, imap_error(c)->cls, -EIO, "%s",
+		                   imap_error(c)->text);
 		goto out;
 	}
 	rc = cache_run_write(fs->cache, store_list, &l);

@@ -1403,6 +1403,37 @@ int imap_select(struct imap_client *c, const char *name, bool readonly,
 	return 0;
 }
 
+static void status_untagged(void *ctx, const struct imap_response *resp)
+{
+	struct imap_select_info *info = ctx;
+	const struct imap_value *items = imap_list_get(&resp->args, 1);
+
+	if (!imap_response_is(resp, "STATUS") || items == NULL ||
+	    items->type != IMAP_VALUE_LIST)
+		return;
+	imap_value_u32(imap_fetch_item(items, "UIDVALIDITY"),
+	               &info->uidvalidity);
+	imap_value_u32(imap_fetch_item(items, "UIDNEXT"), &info->uidnext);
+	imap_value_u32(imap_fetch_item(items, "MESSAGES"), &info->exists);
+}
+
+int imap_status(struct imap_client *c, const char *name,
+                struct imap_select_info *info_r, struct proto_err *err)
+{
+	char *q = NULL;
+	int rc;
+
+	memset(info_r, 0, sizeof(*info_r));
+	info_r->readonly = true;
+	if (quote_name(name, &q) < 0)
+		return proto_err_set(err, PERR_LOCAL, -EINVAL,
+		                     "mailbox name cannot be sent");
+	rc = run_cmd(c, status_untagged, info_r, err,
+	             "STATUS %s (UIDVALIDITY UIDNEXT MESSAGES)", q);
+	free(q);
+	return rc;
+}
+
 const char *imap_selected(const struct imap_client *c)
 {
 	return c->selected;
@@ -1876,8 +1907,10 @@ static int uid_parse(const char **pp, uint32_t *v_r)
 	return 0;
 }
 
-int imap_uidset_parse(const char *s,
-                      int (*cb)(void *ctx, uint32_t lo, uint32_t hi), void *ctx)
+/* One pass over a UID set; with cb NULL it only checks the syntax. */
+static int uidset_walk(const char *s,
+                       int (*cb)(void *ctx, uint32_t lo, uint32_t hi),
+                       void *ctx)
 {
 	const char *p = s;
 
@@ -1897,13 +1930,23 @@ int imap_uidset_parse(const char *s,
 		}
 		if (*p != ',' && *p != '\0')
 			return -EINVAL;
-		rc = cb(ctx, lo < hi ? lo : hi, lo < hi ? hi : lo);
+		rc = cb ? cb(ctx, lo < hi ? lo : hi, lo < hi ? hi : lo) : 0;
 		if (rc != 0)
 			return rc;
 		if (*p == '\0')
 			return 0;
 		p++;
 	}
+}
+
+int imap_uidset_parse(const char *s,
+                      int (*cb)(void *ctx, uint32_t lo, uint32_t hi), void *ctx)
+{
+	/* The whole set is checked before any range is reported: a
+	 * malformed VANISHED must not be applied in part. */
+	int rc = uidset_walk(s, NULL, NULL);
+
+	return rc < 0 ? rc : uidset_walk(s, cb, ctx);
 }
 
 int imap_date_parse(const char *s, time_t *t_r, int *tz_minutes_r)

@@ -182,6 +182,12 @@ struct imap_select_info {
 int imap_select(struct imap_client *c, const char *name, bool readonly,
                 struct imap_select_info *info_r, struct proto_err *err);
 
+/* STATUS name (UIDVALIDITY UIDNEXT MESSAGES): the same fields of info_r
+ * as imap_select() (exists is MESSAGES; highestmodseq 0), without
+ * selecting it. */
+int imap_status(struct imap_client *c, const char *name,
+                struct imap_select_info *info_r, struct proto_err *err);
+
 /* The mailbox selected now, or NULL. */
 const char *imap_selected(const struct imap_client *c);
 
