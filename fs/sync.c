@@ -604,7 +604,8 @@ static int stale_cb(const struct cache_msg *msg, void *ctx)
 	struct stale_ctx *s = ctx;
 	struct meta key = {.uid = msg->key.uid};
 
-	if (bsearch(&key, s->l->v, s->l->n, sizeof(key), cmp_meta) != NULL)
+	if (s->l->n > 0 &&
+	    bsearch(&key, s->l->v, s->l->n, sizeof(key), cmp_meta) != NULL)
 		return 0;
 	if (s->n == s->cap) {
 		size_t ncap = s->cap ? s->cap * 2 : 64;
@@ -879,8 +880,8 @@ static int range_cb(const struct cache_msg *msg, void *ctx)
 
 	if (msg->key.uid > rc->hi)
 		return 1;
-	if (rc->keep != NULL && bsearch(&msg->key.uid, rc->keep, rc->nkeep,
-	                                sizeof(*rc->keep), cmp_u32_key) != NULL)
+	if (rc->nkeep > 0 && bsearch(&msg->key.uid, rc->keep, rc->nkeep,
+	                             sizeof(*rc->keep), cmp_u32_key) != NULL)
 		return 0;
 	return add_gone(rc->r, msg->key.uid);
 }
@@ -954,7 +955,8 @@ static int store_resync(struct cache_txn *txn, void *ctx)
 		                          .keep = r->seen,
 		                          .nkeep = r->nseen};
 
-		qsort(r->seen, r->nseen, sizeof(*r->seen), cmp_u32_key);
+		if (r->nseen > 0)
+			qsort(r->seen, r->nseen, sizeof(*r->seen), cmp_u32_key);
 		rc = cache_msg_foreach(txn, r->id, r->uidvalidity, 1, range_cb,
 		                       &c);
 	}
@@ -1097,7 +1099,8 @@ static int resync_listing(struct worker *w, struct job *job,
 			resync_log_broken(&r, "HIGHESTMODSEQ went back");
 		condstore = false;
 	}
-	qsort(r.fresh.v, r.fresh.n, sizeof(*r.fresh.v), cmp_meta);
+	if (r.fresh.n > 0)
+		qsort(r.fresh.v, r.fresh.n, sizeof(*r.fresh.v), cmp_meta);
 	rc = cache_run_write(fs->cache, store_resync, &r);
 	if (rc == 0 && r.broken)
 		resync_log_broken(&r, "flags changed without a new MODSEQ");
@@ -1200,7 +1203,8 @@ static int run_listing(struct worker *w, struct job *job)
 		rc = -ENOMEM;
 		goto out;
 	}
-	qsort(l.v, l.n, sizeof(*l.v), cmp_meta);
+	if (l.n > 0)
+		qsort(l.v, l.n, sizeof(*l.v), cmp_meta);
 	if (l.old_uidvalidity != 0 && l.old_uidvalidity != l.info.uidvalidity) {
 		/* Every name of the old numbering leaves the kernel's view. */
 		struct old_uids o = {.id = id,
@@ -1227,8 +1231,11 @@ static int run_listing(struct worker *w, struct job *job)
 	 * kernel once the waiters have their answers. */
 	job->gone = malloc((l.ngone + l.nold + 1) * sizeof(*job->gone));
 	if (job->gone != NULL) {
-		memcpy(job->gone, l.gone, l.ngone * sizeof(*l.gone));
-		memcpy(job->gone + l.ngone, l.old, l.nold * sizeof(*l.old));
+		if (l.ngone > 0)
+			memcpy(job->gone, l.gone, l.ngone * sizeof(*l.gone));
+		if (l.nold > 0)
+			memcpy(job->gone + l.ngone, l.old,
+			       l.nold * sizeof(*l.old));
 		job->ngone = l.ngone + l.nold;
 	}
 	job->dir_changed = true;
