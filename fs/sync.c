@@ -1546,6 +1546,44 @@ static int ensure_selected(struct worker *w, uint32_t id, uint32_t uidvalidity)
 static void queue_prefetch(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,
                            uint32_t from);
 
+/* Someone waits for a message the server did not return.  A session
+ * learns of new mail only when the server says so (EXISTS, at a command's
+ * end): a connection that selected the mailbox before the message came
+ * does not see it yet, although a listing on another one did.  NOOP
+ * brings its view up to date; then those messages once more. */
+static int fetch_missed(struct worker *w, struct job *job, struct body_batch *b)
+{
+	struct proto_err err = {0};
+	uint32_t *missed = NULL;
+	size_t n = 0;
+	char *set;
+	int rc;
+
+	missed = malloc(job->nuids * sizeof(*missed));
+	if (missed == NULL)
+		return -ENOMEM;
+	for (size_t i = 0; i < job->nuids; i++)
+		if (has_waiter(w->s, job, job->uids[i]))
+			missed[n++] = job->uids[i];
+	if (n == 0) {
+		free(missed);
+		return 0;
+	}
+	set = imap_uidset_format(missed, n);
+	free(missed);
+	if (set == NULL)
+		return -ENOMEM;
+	rc = imap_noop(w->c, &err);
+	if (rc == 0)
+		rc = imap_fetch_bodies(w->c, set, body_cb, b, &err);
+	if (rc < 0)
+		log_warn("fetching messages %s failed: %s", set, err.text);
+	flush_bodies(b);
+	log_debug("fetched again after NOOP: %s", set);
+	free(set);
+	return rc;
+}
+
 static int run_body(struct worker *w, struct job *job)
 {
 	struct body_batch b = {.w = w,
@@ -1594,6 +1632,8 @@ static int run_body(struct worker *w, struct job *job)
 	log_debug("fetched %zu of %zu messages (%s)", b.stored, job->nuids,
 	          set);
 	free(set);
+	if (rc == 0 && b.rc == 0 && b.stored < job->nuids)
+		rc = fetch_missed(w, job, &b);
 	free(b.v);
 	if (rc == 0 && b.rc < 0)
 		rc = b.rc;
