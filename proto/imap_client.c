@@ -1632,13 +1632,21 @@ struct resync_ctx {
 	struct imap_client *c;
 	const struct imap_resync_cb *cb;
 	struct imap_select_info *info;
+	bool earlier; /* the VANISHED response being read has (EARLIER) */
 	int rc;
 };
 
 static int vanished_range(void *ctx, uint32_t lo, uint32_t hi)
 {
 	struct resync_ctx *r = ctx;
+	uint64_t n = (uint64_t)hi - lo + 1;
 
+	/* Without EARLIER, these are expunges happening now (RFC 7162
+	 * 3.2.10): the message count goes down as with EXPUNGE. */
+	if (!r->earlier)
+		r->info->exists = n >= r->info->exists
+		                          ? 0
+		                          : r->info->exists - (uint32_t)n;
 	if (r->cb->vanished != NULL)
 		r->cb->vanished(r->cb->ctx, lo, hi);
 	return 0;
@@ -1651,9 +1659,17 @@ static void resync_vanished(struct resync_ctx *r,
 {
 	const char *set = NULL;
 
-	for (size_t i = 0; i < resp->args.count; i++)
-		if (resp->args.list[i].type != IMAP_VALUE_LIST)
-			set = imap_value_str(&resp->args.list[i], NULL);
+	r->earlier = false;
+	for (size_t i = 0; i < resp->args.count; i++) {
+		const struct imap_value *v = &resp->args.list[i];
+
+		if (v->type != IMAP_VALUE_LIST)
+			set = imap_value_str(v, NULL);
+		else if (v->count == 1 && imap_value_str(&v->list[0], NULL) &&
+		         strcasecmp(imap_value_str(&v->list[0], NULL),
+		                    "EARLIER") == 0)
+			r->earlier = true;
+	}
 	if (set == NULL || imap_uidset_parse(set, vanished_range, r) < 0)
 		log_warn("imap %s: ignoring a malformed VANISHED response",
 		         r->c->label);

@@ -336,8 +336,8 @@ char *imap_uidset_format(const uint32_t *uids, size_t n);
 
 /* Parse a UID set ("1:5,7,9:*"; "*" is UINT32_MAX) into ranges, lo <= hi,
  * calling cb for each (a non-zero return stops and is returned).  -EINVAL
- * for malformed input; nothing is expanded, so a huge range costs one
- * call. */
+ * for malformed input, and then cb is never called (the whole set is
+ * checked first); nothing is expanded, so a huge range costs one call. */
 int imap_uidset_parse(const char *s,
                       int (*cb)(void *ctx, uint32_t lo, uint32_t hi),
                       void *ctx);
