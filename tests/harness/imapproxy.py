@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""A TLS proxy in front of the harness Dovecot that can misbehave on demand.
+
+    import imapproxy
+    with imapproxy.TLSProxy(dc, rewrite=imapproxy.constant_modseq) as proxy:
+        url = proxy.url('alice')           # imaps://alice@localhost:PORT
+        ...                                # mailfs -o cafile=<dc.ca> url MNT
+        proxy.rewrites                     # how many server lines were changed
+        proxy.drop()                       # close every connection (a network drop)
+
+The proxy listens on 127.0.0.1 (free port) with Dovecot's own server
+certificate (SAN localhost, signed by the harness CA), so a client that
+trusts dc.ca and connects to host "localhost" verifies it as it would
+Dovecot.  Each accepted connection gets its own TLS connection to Dovecot's
+IMAPS port, and one thread that moves bytes both ways with select() and
+bounded timeouts.  Client-to-server data is forwarded unchanged.
+Server-to-client data goes through a LineRewriter when REWRITE is given: a
+function (bytes -> bytes) applied to the protocol text between CRLFs and
+literals, never to literal data, so literal byte counts stay right.
+
+stop() (or the context manager) closes the listener and every connection
+and joins the threads (bounded).
+
+constant_modseq is the rewrite of a server that advertises CONDSTORE but
+breaks it: every "MODSEQ (n)" becomes "MODSEQ (1)" and every
+"HIGHESTMODSEQ n" (in [HIGHESTMODSEQ n] and in STATUS) becomes
+"HIGHESTMODSEQ 1", so the mailbox looks unchanged whatever happens to it.
+"""
+
+import re
+import select
+import socket
+import ssl
+import threading
+import time
+
+IO_TIMEOUT = 10.0        # a TLS handshake, a connect, one blocked send
+POLL = 0.2               # how often the threads look at the stop flag
+MAX_LINE = 1 << 20       # longer "lines" are passed through unchanged
+
+_MODSEQ = re.compile(rb'(?<![A-Za-z.])MODSEQ \(\d+\)', re.I)
+_HIGHEST = re.compile(rb'(?<![A-Za-z.])HIGHESTMODSEQ \d+', re.I)
+_LITERAL = re.compile(rb'~?\{(\d+)\+?\}\r\n\Z')
+
+
+def constant_modseq(text):
+    """The rewrite of a server whose mod-sequences never change."""
+    return _HIGHEST.sub(b'HIGHESTMODSEQ 1', _MODSEQ.sub(b'MODSEQ (1)', text))
+
+
+class LineRewriter:
+    """Feed it a server's byte stream in chunks of any size; it returns the
+    bytes to pass on.  Protocol text is handed to FN one CRLF-terminated
+    piece at a time (a piece ends at CRLF; a piece ending in a literal
+    announcement {n} is followed by n bytes of literal data, which are
+    passed through untouched, and the line goes on after them).  Counts the
+    pieces FN changed in .changed."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.buf = b''
+        self.literal = 0         # literal bytes still to pass through
+        self.changed = 0
+
+    def feed(self, data):
+        self.buf += data
+        out = []
+        while self.buf:
+            if self.literal:
+                n = min(self.literal, len(self.buf))
+                out.append(self.buf[:n])
+                self.buf = self.buf[n:]
+                self.literal -= n
+                continue
+            end = self.buf.find(b'\r\n')
+            if end < 0:
+                if len(self.buf) > MAX_LINE:      # not IMAP as we know it
+                    out.append(self.buf)
+                    self.buf = b''
+                break
+            piece, self.buf = self.buf[:end + 2], self.buf[end + 2:]
+            new = self.fn(piece)
+            if new != piece:
+                self.changed += 1
+            out.append(new)
+            m = _LITERAL.search(piece)
+            if m:
+                self.literal = int(m.group(1))
+        return b''.join(out)
+
+    def flush(self):
+        """What is left (an unterminated line at EOF), unchanged."""
+        rest, self.buf = self.buf, b''
+        return rest
+
+
+class TLSProxy:
+    """See the module docstring.  DC: a mailharness.Dovecot (its imaps port,
+    server certificate and CA are used); REWRITE: None or bytes -> bytes for
+    server-to-client protocol text."""
+
+    def __init__(self, dc, rewrite=None):
+        self.dc = dc
+        self.rewrite = rewrite
+        self.target = (dc.address, dc.ports['imaps'])
+        self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.server_ctx.load_cert_chain(dc.pki['server'], dc.pki['server.key'])
+        self.client_ctx = dc.ssl_context()
+        self.host, self.address = 'localhost', '127.0.0.1'
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((self.address, 0))
+        self.sock.listen(32)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0      # accepted and connected through to Dovecot
+        self._rewriters = []
+        self._lock = threading.Lock()
+        self._conns = set()       # (client TLS socket, server TLS socket)
+        self._threads = []
+        self._stop = threading.Event()
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    @property
+    def rewrites(self):
+        """Server lines changed by REWRITE so far, over all connections."""
+        with self._lock:
+            return sum(r.changed for r in self._rewriters)
+
+    def url(self, user, scheme='imaps'):
+        return '%s://%s@%s:%d' % (scheme, user, self.host, self.port)
+
+    # ----- threads
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([self.sock], [], [], POLL)
+            except (OSError, ValueError):
+                return
+            if not r:
+                continue
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            with self._lock:
+                self._threads = [x for x in self._threads if x.is_alive()] + [t]
+            t.start()
+
+    def _serve(self, conn):
+        client = server = None
+        try:
+            conn.settimeout(IO_TIMEOUT)
+            client = self.server_ctx.wrap_socket(conn, server_side=True)
+            raw = socket.create_connection(self.target, timeout=IO_TIMEOUT)
+            try:
+                server = self.client_ctx.wrap_socket(raw, server_hostname=self.dc.host)
+            except BaseException:
+                raw.close()
+                raise
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._conns.add((client, server))
+                self.connections += 1
+                rw = LineRewriter(self.rewrite) if self.rewrite else None
+                if rw:
+                    self._rewriters.append(rw)
+            client.setblocking(False)
+            server.setblocking(False)
+            self._pump(client, server, rw)
+        except (OSError, ssl.SSLError, ValueError, AttributeError):
+            # AttributeError: drop() (another thread) shut the TLS socket
+            # down while this one was using it.
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard((client, server))
+            for s in (client, server, conn):
+                if s is not None:
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
+
+    def _pump(self, client, server, rw):
+        """Move bytes both ways until either side closes or we stop.  One
+        thread per connection: an SSL object must not be read and written
+        by two threads at once.  The sockets are non-blocking, so a TLS
+        record that is not complete yet (or one with no application data)
+        never holds the other direction up.  Data OpenSSL already
+        decrypted is not seen by select(), hence pending()."""
+        peer = {client: server, server: client}
+        while not self._stop.is_set():
+            ready = [s for s in (client, server) if s.pending()]
+            if not ready:
+                ready, _, _ = select.select([client, server], [], [], POLL)
+            for s in ready:
+                try:
+                    data = s.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    continue
+                if not data:
+                    if rw is not None and s is server:
+                        self._send(client, rw.flush())
+                    return
+                if rw is not None and s is server:
+                    data = rw.feed(data)
+                self._send(peer[s], data)
+
+    def _send(self, s, data):
+        """All of DATA on non-blocking S, or OSError within IO_TIMEOUT."""
+        deadline = time.monotonic() + IO_TIMEOUT
+        view = memoryview(data)
+        while view:
+            try:
+                n = s.send(view)
+                view = view[n:]
+                continue
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop.is_set():
+                raise OSError('proxy: send timed out')
+            select.select([], [s], [], min(POLL, left))
+
+    # ----- control
+
+    def drop(self):
+        """Close every connection now (both ends see the connection reset or
+        closed, as after a network failure); keep accepting new ones."""
+        with self._lock:
+            conns = list(self._conns)
+        for pair in conns:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        return len(conns)
+
+    def stop(self):
+        self._stop.set()
+        self.drop()
+        self._accepter.join(IO_TIMEOUT)
+        deadline = time.monotonic() + IO_TIMEOUT
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
