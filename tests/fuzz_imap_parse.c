@@ -10,8 +10,11 @@
  * every streamed literal is replaced by the bytes its sink received.  The
  * sink checks the begin/data/end protocol and that the bytes it gets add
  * up to each literal's size.  Every complete response of B is then written
- * back in wire form, parsed again and compared (round trip).  Any
- * disagreement abort()s. */
+ * back in wire form, parsed again and compared (round trip).  The UID sets
+ * in B's responses (every value of a VANISHED response, every atom made of
+ * digits, ":", "," and "*" elsewhere) go through imap_uidset_parse(), which
+ * must agree with a simple reference parser, range for range, and report
+ * nothing of a set it rejects.  Any disagreement abort()s. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -19,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/imap_client.h"
 #include "proto/imap_parse.h"
 
 #define CHECK(cond)                                                            \
@@ -375,6 +379,115 @@ static void exercise_value(const struct imap_value *v, unsigned depth)
 	}
 }
 
+/* --- UID sets ------------------------------------------------------------ */
+
+#define SET_MAX_RANGES 64
+
+struct set_ranges {
+	size_t n, calls;
+	uint32_t lo[SET_MAX_RANGES], hi[SET_MAX_RANGES];
+	size_t stop_at; /* return 7 from this call on (0: never) */
+};
+
+static int set_cb(void *ctx, uint32_t lo, uint32_t hi)
+{
+	struct set_ranges *r = ctx;
+
+	CHECK(lo >= 1 && lo <= hi);
+	r->calls++;
+	if (r->n < SET_MAX_RANGES) {
+		r->lo[r->n] = lo;
+		r->hi[r->n] = hi;
+		r->n++;
+	}
+	return r->stop_at != 0 && r->calls >= r->stop_at ? 7 : 0;
+}
+
+/* One end of a range, the simple way: "*", or 1..4294967295 without a
+ * leading zero. */
+static bool ref_uid(const char *s, size_t len, uint32_t *v_r)
+{
+	uint64_t v = 0;
+
+	if (len == 1 && s[0] == '*') {
+		*v_r = UINT32_MAX;
+		return true;
+	}
+	if (len == 0 || len > 10 || s[0] == '0')
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		v = v * 10 + (uint64_t)(s[i] - '0');
+	}
+	if (v > UINT32_MAX)
+		return false;
+	*v_r = (uint32_t)v;
+	return true;
+}
+
+/* Reference parser: the ranges of s into r, or false if malformed. */
+static bool ref_uidset(const char *s, struct set_ranges *r)
+{
+	memset(r, 0, sizeof(*r));
+	for (const char *p = s;;) {
+		const char *end = strchr(p, ',');
+		size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+		const char *colon = memchr(p, ':', len);
+		uint32_t a, b;
+
+		if (colon == NULL) {
+			if (!ref_uid(p, len, &a))
+				return false;
+			b = a;
+		} else if (!ref_uid(p, (size_t)(colon - p), &a) ||
+		           !ref_uid(colon + 1, len - (size_t)(colon - p) - 1,
+		                    &b)) {
+			return false;
+		}
+		set_cb(r, a < b ? a : b, a < b ? b : a);
+		if (end == NULL)
+			return true;
+		p = end + 1;
+	}
+}
+
+static void check_uidset(const char *s)
+{
+	struct set_ranges got = {0}, want, stop = {.stop_at = 1};
+	bool ok = ref_uidset(s, &want);
+	int rc = imap_uidset_parse(s, set_cb, &got);
+
+	CHECK(rc == (ok ? 0 : -EINVAL));
+	/* All or nothing: nothing of a rejected set is reported. */
+	CHECK(got.calls == (ok ? want.calls : 0));
+	for (size_t i = 0; i < got.n; i++)
+		CHECK(got.lo[i] == want.lo[i] && got.hi[i] == want.hi[i]);
+	if (ok)
+		CHECK(imap_uidset_parse(s, set_cb, &stop) == 7 &&
+		      stop.calls == 1);
+}
+
+/* Every UID set in v: with all, every string (the values of VANISHED);
+ * else the atoms that look like one. */
+static void uidsets_in(const struct imap_value *v, bool all, unsigned depth)
+{
+	const char *s;
+
+	if (v->type == IMAP_VALUE_LIST) {
+		for (size_t i = 0; i < v->count && depth < 64; i++)
+			uidsets_in(&v->list[i], all, depth + 1);
+		return;
+	}
+	s = imap_value_str(v, NULL);
+	if (s == NULL)
+		return;
+	if (all ||
+	    ((v->type == IMAP_VALUE_ATOM || v->type == IMAP_VALUE_NUMBER) &&
+	     strspn(s, "0123456789:,*") == v->len))
+		check_uidset(s);
+}
+
 /* --- round trip ---------------------------------------------------------- */
 
 static void write_value(struct buf *b, const struct imap_value *v)
@@ -528,6 +641,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			continue;
 		exercise_value(&a.v[i].resp->code_args, 0);
 		exercise_value(&a.v[i].resp->args, 0);
+		uidsets_in(&a.v[i].resp->code_args, false, 0);
+		uidsets_in(&a.v[i].resp->args,
+		           a.v[i].resp->kind == IMAP_RESP_DATA &&
+		                   imap_response_is(a.v[i].resp, "VANISHED"),
+		           0);
 		round_trip(a.v[i].resp, &big);
 	}
 	events_free(&a);

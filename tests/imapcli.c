@@ -15,6 +15,28 @@
  *   meta MBOX                "UID SIZE INTERNALDATE TZ FLAGS" per message
  *   fetch MBOX DIR [BATCH]   every body to DIR/UID.eml, BATCH UIDs per
  *                            UID FETCH command, all commands pipelined
+ *   idle MBOX SECONDS        EXAMINE MBOX ("exists N"), then IDLE for at
+ *                            most SECONDS (a decimal fraction is fine);
+ *                            "woke: KEYWORD [N|SET]" for each EXISTS,
+ *                            EXPUNGE, FETCH, RECENT or VANISHED (the first
+ *                            one ends the IDLE), "seen: KIND" for anything
+ *                            else, then "idle: woken" or "idle: time up"
+ *   resync MBOX UIDVALIDITY MODSEQ UIDNEXT [OPTION...]
+ *                            ENABLE QRESYNC when the server offers it, then
+ *                            one imap_resync() of MBOX (EXAMINE) from that
+ *                            known state: new_from UIDNEXT (0: none);
+ *                            with QRESYNC enabled and MODSEQ not 0 the
+ *                            flag changes come from the SELECT itself,
+ *                            else flags_set "1:UIDNEXT-1" (when UIDNEXT >
+ *                            1) with flags_since MODSEQ.  Options: "plain"
+ *                            (no ENABLE, no CONDSTORE at all), "check=SET"
+ *                            (check_set).  Prints, as the answers come,
+ *                            "new UID SIZE (FLAGS)", "flags UID MODSEQ
+ *                            (FLAGS)", "vanished LO HI", then the select
+ *                            information as "select" does and "qresync
+ *                            on|off".  When it fails and the connection is
+ *                            still alive, a NOOP follows and "noop ok" is
+ *                            printed before the error.
  *
  * MBOX is UTF-8; it is encoded to modified UTF-7 here.  On failure prints
  * "imapcli: CLASS: TEXT" and exits with 10 + the error class. */
@@ -210,6 +232,144 @@ out:
 	return rc;
 }
 
+struct idle_ctx {
+	bool woken;
+};
+
+/* Print an untagged response seen during IDLE; wake on mailbox news. */
+static int idle_cb(void *ctx, const struct imap_response *resp)
+{
+	static const char *const news[] = {"EXISTS", "EXPUNGE", "FETCH",
+	                                   "RECENT", "VANISHED"};
+	struct idle_ctx *ic = ctx;
+	const char *arg = NULL;
+
+	for (size_t i = 0; i < resp->args.count && arg == NULL; i++)
+		if (resp->args.list[i].type != IMAP_VALUE_LIST)
+			arg = imap_value_str(&resp->args.list[i], NULL);
+	if (resp->kind == IMAP_RESP_DATA) {
+		for (size_t i = 0; i < sizeof(news) / sizeof(*news); i++) {
+			if (!imap_response_is(resp, news[i]))
+				continue;
+			if (resp->has_number)
+				printf("woke: %s %u\n", news[i], resp->number);
+			else
+				printf("woke: %s %s\n", news[i],
+				       arg ? arg : "");
+			fflush(stdout);
+			ic->woken = true;
+			return 1;
+		}
+		printf("seen: %s\n", resp->keyword);
+	} else {
+		static const char *const status[] = {"",    "OK",  "NO",
+		                                     "BAD", "BYE", "PREAUTH"};
+
+		printf("seen: %s\n", status[resp->status]);
+	}
+	fflush(stdout);
+	return 0;
+}
+
+static int idle_cmd(struct imap_client *c, const char *mbox,
+                    const char *seconds, struct proto_err *err)
+{
+	struct idle_ctx ic = {0};
+	struct imap_select_info info;
+	double s = strtod(seconds, NULL);
+	int rc;
+
+	rc = imap_select(c, mbox, true, &info, err);
+	if (rc < 0)
+		return rc;
+	printf("exists %u\n", info.exists);
+	fflush(stdout);
+	rc = imap_idle(c, s > 0 ? (int)(s * 1000) : 0, idle_cb, &ic, err);
+	if (rc == 0)
+		printf("idle: %s\n", ic.woken ? "woken" : "time up");
+	return rc;
+}
+
+static void resync_meta(void *ctx, const struct imap_msg_meta *m)
+{
+	(void)ctx;
+	printf("new %u %llu (%s)\n", m->uid, (unsigned long long)m->size,
+	       m->flags);
+}
+
+static void resync_flags(void *ctx, uint32_t uid, const char *flags,
+                         uint64_t modseq)
+{
+	(void)ctx;
+	printf("flags %u %llu (%s)\n", uid, (unsigned long long)modseq, flags);
+}
+
+static void resync_vanished(void *ctx, uint32_t lo, uint32_t hi)
+{
+	(void)ctx;
+	printf("vanished %u %u\n", lo, hi);
+}
+
+static void print_select(const struct imap_select_info *info)
+{
+	printf("uidvalidity %u\nuidnext %u\nexists %u\nhighestmodseq %llu\n",
+	       info->uidvalidity, info->uidnext, info->exists,
+	       (unsigned long long)info->highestmodseq);
+}
+
+/* argv: MBOX UIDVALIDITY MODSEQ UIDNEXT [plain] [check=SET] */
+static int resync_cmd(struct imap_client *c, const char *mbox, int argc,
+                      char **argv, struct proto_err *err)
+{
+	struct imap_resync_cb cb = {.meta = resync_meta,
+	                            .flags = resync_flags,
+	                            .vanished = resync_vanished};
+	struct imap_resync_req req = {.mailbox = mbox, .readonly = true};
+	struct imap_select_info info;
+	uint32_t uidnext;
+	char flags_set[32];
+	int rc;
+
+	req.uidvalidity = (uint32_t)strtoul(argv[1], NULL, 10);
+	req.modseq = strtoull(argv[2], NULL, 10);
+	uidnext = (uint32_t)strtoul(argv[3], NULL, 10);
+	for (int i = 4; i < argc; i++) {
+		if (strcmp(argv[i], "plain") == 0)
+			req.plain = true;
+		else if (strncmp(argv[i], "check=", 6) == 0)
+			req.check_set = argv[i] + 6;
+		else
+			return proto_err_set(err, PERR_LOCAL, -EINVAL,
+			                     "unknown resync option %s",
+			                     argv[i]);
+	}
+	if (!req.plain && imap_has_cap(c, "QRESYNC") &&
+	    imap_has_cap(c, "ENABLE")) {
+		char got[256];
+
+		rc = imap_enable(c, "QRESYNC", got, err);
+		if (rc < 0)
+			return rc;
+	}
+	req.new_from = uidnext;
+	if ((!imap_qresync_enabled(c) || req.modseq == 0) && uidnext > 1) {
+		snprintf(flags_set, sizeof(flags_set), "1:%u", uidnext - 1);
+		req.flags_set = flags_set;
+		req.flags_since = req.modseq;
+	}
+	rc = imap_resync(c, &req, &cb, &info, err);
+	if (rc < 0) {
+		struct proto_err e = {0};
+
+		if (imap_error(c) == NULL && imap_noop(c, &e) == 0)
+			printf("noop ok\n");
+		return rc;
+	}
+	print_select(&info);
+	printf("qresync %s\n", imap_qresync_enabled(c) ? "on" : "off");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -310,10 +470,7 @@ int main(int argc, char **argv)
 
 		rc = imap_select(c, mbox, true, &info, &err);
 		if (rc == 0)
-			printf("uidvalidity %u\nuidnext %u\nexists %u\n"
-			       "highestmodseq %llu\n",
-			       info.uidvalidity, info.uidnext, info.exists,
-			       (unsigned long long)info.highestmodseq);
+			print_select(&info);
 	} else if (strcmp(cmd, "meta") == 0 && mbox != NULL) {
 		struct imap_select_info info;
 
@@ -334,6 +491,13 @@ int main(int argc, char **argv)
 			               &err);
 		else if (rc == 0)
 			printf("fetched 0 of 0\n");
+	} else if (strcmp(cmd, "idle") == 0 && mbox != NULL &&
+	           optind + 3 < argc) {
+		rc = idle_cmd(c, mbox, argv[optind + 3], &err);
+	} else if (strcmp(cmd, "resync") == 0 && mbox != NULL &&
+	           optind + 5 < argc) {
+		rc = resync_cmd(c, mbox, argc - optind - 2, argv + optind + 2,
+		                &err);
 	} else {
 		fprintf(stderr, "imapcli: unknown command or missing "
 		                "arguments\n");

@@ -527,6 +527,172 @@ class FakeServerTest(unittest.TestCase):
         self.assertEqual(r.rc, 0, self.explain(srv, r))
         self.assertIn('highestmodseq 715', r.stdout)
 
+    # ------------------------------------------------------------------ IDLE
+    # imap_idle() through "imapcli idle MBOX SECONDS".
+
+    def idle(self, transcript, seconds, **cli):
+        return self.converse(transcript, 'idle', 'INBOX', str(seconds),
+                             notls=True, **cli)
+
+    def assertNoDone(self, srv, r):
+        self.assertNotIn(b'DONE', srv.lines, self.explain(srv, r))
+
+    def test_13_idle_woken_by_exists(self):
+        srv, r = self.idle('idle_exists.imap', 30)
+        self.assertPlayed(srv, r)
+        self.assertEqual(r.rc, 0, self.explain(srv, r))
+        self.assertEqual(r.stdout.splitlines(), [
+            'exists 6', 'seen: OK', 'woke: EXISTS 7', 'woke: RECENT 1',
+            'idle: woken'])
+        # Woken by the EXISTS after the 1 s stall, not by the keep-alive
+        # and not by the 30 s running out.
+        self.assertGreaterEqual(r.elapsed, 0.9, self.explain(srv, r))
+        self.assertLess(r.elapsed, 4, self.explain(srv, r))
+        self.assertEqual(srv.lines[2:], [b'A3 IDLE', b'DONE', b'A4 LOGOUT'])
+
+    def test_13b_idle_news_in_the_same_write(self):
+        srv, r = self.idle('idle_exists_same_write.imap', 30)
+        self.assertPlayed(srv, r)
+        self.assertEqual(r.rc, 0, self.explain(srv, r))
+        self.assertEqual(r.stdout.splitlines(),
+                         ['exists 6', 'woke: EXISTS 7', 'idle: woken'])
+        self.assertLess(r.elapsed, 3, self.explain(srv, r))
+
+    def check_idle_refused(self, transcript, cls, text):
+        srv, r = self.idle(transcript, 30)
+        self.assertIsNone(srv.failure, self.explain(srv, r))
+        self.assertFails(srv, r, cls)
+        self.assertIn(text, r.message)
+        self.assertNoDone(srv, r)
+        self.assertLess(r.elapsed, 3, self.explain(srv, r))
+
+    def test_13c_idle_refused_no(self):
+        self.check_idle_refused('idle_refused_no.imap', 'NO',
+                                'Too many idling sessions')
+
+    def test_13d_idle_refused_bad(self):
+        self.check_idle_refused('idle_refused_bad.imap', 'BAD',
+                                'Unknown command IDLE')
+
+    def test_13e_idle_bye(self):
+        srv, r = self.idle('idle_bye.imap', 30)
+        self.assertIsNone(srv.failure, self.explain(srv, r))
+        self.assertFails(srv, r, 'BYE')
+        self.assertIn('Server shutting down for maintenance', r.message)
+        self.assertIn('seen: BYE', r.stdout)
+        self.assertNoDone(srv, r)
+        self.assertLess(r.elapsed, 3, 'waited after BYE' + self.explain(srv, r))
+
+    def test_13f_idle_time_up(self):
+        srv, r = self.idle('idle_time_up.imap', 1.5)
+        self.assertPlayed(srv, r)
+        self.assertEqual(r.rc, 0, self.explain(srv, r))
+        self.assertEqual(r.stdout.splitlines(), ['exists 6', 'idle: time up'])
+        self.assertGreaterEqual(r.elapsed, 1.4, self.explain(srv, r))
+        self.assertLess(r.elapsed, 4, self.explain(srv, r))
+
+    def test_13g_idle_stall_after_done(self):
+        srv, r = self.check_timeout('idle_stall_after_done.imap', 'idle',
+                                    'INBOX', '30')
+        self.assertEqual(srv.lines[2:], [b'A3 IDLE', b'DONE'])
+        self.assertIn('woke: EXISTS 7', r.stdout)
+
+    def test_13h_idle_no_continuation(self):
+        srv, r = self.check_timeout('idle_no_continuation.imap', 'idle',
+                                    'INBOX', '30')
+        self.assertEqual(srv.lines[2:], [b'A3 IDLE'])
+
+    # ---------------------------------------------------------------- resync
+    # imap_resync() through "imapcli resync MBOX UIDVALIDITY MODSEQ UIDNEXT".
+
+    def resync(self, transcript, *args, **cli):
+        return self.converse(transcript, 'resync', 'INBOX', *args,
+                             notls=True, **cli)
+
+    def test_14_resync_qresync_pipelined(self):
+        srv, r = self.resync('resync_qresync.imap', '42', '100', '10',
+                             'check=5:9')
+        self.assertPlayed(srv, r)
+        self.assertEqual(r.rc, 0, self.explain(srv, r))
+        self.assertEqual(r.stdout.splitlines(), [
+            'vanished 3 5',
+            'vanished 9 9',
+            'flags 7 120 (\\Seen)',
+            'new 11 42 (\\Flagged $Work)',
+            'flags 7 120 (\\Seen)',
+            'flags 8 3 ()',
+            'uidvalidity 42',
+            'uidnext 12',
+            'exists 5',
+            'highestmodseq 130',
+            'qresync on',
+        ])
+        # The three commands reached the server before any answer to them.
+        sent = [i for i, (who, line) in enumerate(srv.log)
+                if who == 'C' and (b'EXAMINE' in line or b'UID FETCH' in line)]
+        first_answer = next(i for i, (who, d) in enumerate(srv.log)
+                            if who == 'S' and b'VANISHED' in d)
+        self.assertEqual(len(sent), 3, self.explain(srv, r))
+        self.assertLess(max(sent), first_answer, self.explain(srv, r))
+        self.assertEqual(srv.after, b'')
+
+    def test_14b_resync_malformed_vanished_ignored(self):
+        srv, r = self.resync('resync_vanished_malformed.imap', '42', '100', '0')
+        self.assertPlayed(srv, r)
+        self.assertEqual(r.rc, 0, self.explain(srv, r))
+        # Only the well-formed set; nothing of the malformed ones, not
+        # even the ranges before the error.
+        self.assertEqual([l for l in r.stdout.splitlines()
+                          if l.startswith('vanished')], ['vanished 12 12'],
+                         self.explain(srv, r))
+        self.assertIn('exists 5', r.stdout)
+
+    def test_14c_resync_huge_vanished_range(self):
+        srv, r = self.resync('resync_vanished_huge.imap', '42', '100', '0')
+        self.assertPlayed(srv, r)
+        self.assertEqual(r.rc, 0, self.explain(srv, r))
+        self.assertEqual([l for l in r.stdout.splitlines()
+                          if l.startswith('vanished')],
+                         ['vanished 1 4294967295', 'vanished 2 4294967295',
+                          'vanished 7 7'])
+        self.assertIn('exists 0', r.stdout.splitlines(), self.explain(srv, r))
+        self.assertLess(r.elapsed, 3, 'expanded?' + self.explain(srv, r))
+
+    def test_14d_resync_changedsince_refused(self):
+        srv, r = self.resync('resync_changedsince_bad.imap', '42', '100', '10')
+        self.assertPlayed(srv, r)
+        self.assertFails(srv, r, 'BAD')
+        self.assertIn('CHANGEDSINCE not supported here', r.message)
+        out = r.stdout.splitlines()
+        self.assertEqual(out[:2], ['new 11 42 ()', 'noop ok'],
+                         self.explain(srv, r))
+        self.assertEqual(srv.lines[-1], b'A5 NOOP')
+        self.assertEqual(srv.after, b'', self.explain(srv, r))
+
+    def test_14f_resync_select_refused(self):
+        srv, r = self.resync('resync_select_no.imap', '42', '100', '10')
+        self.assertPlayed(srv, r)
+        self.assertFails(srv, r, 'NO')
+        self.assertIn("[NONEXISTENT] Mailbox doesn't exist: INBOX", r.message)
+        self.assertEqual(r.stdout.splitlines()[0], 'noop ok',
+                         self.explain(srv, r))
+        self.assertEqual(srv.after, b'', self.explain(srv, r))
+
+    def test_14e_resync_plain(self):
+        srv, r = self.resync('resync_plain.imap', '42', '100', '10', 'plain')
+        self.assertPlayed(srv, r)
+        self.assertEqual(r.rc, 0, self.explain(srv, r))
+        self.assertEqual(r.stdout.splitlines(), [
+            'new 10 7 (\\Draft)',
+            'flags 2 0 (\\Seen)',
+            'flags 6 0 (\\Answered \\Seen)',
+            'uidvalidity 42',
+            'uidnext 11',
+            'exists 2',
+            'highestmodseq 0',
+            'qresync off',
+        ])
+
 
 def main():
     if not os.access(IMAPCLI, os.X_OK):

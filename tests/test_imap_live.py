@@ -5,6 +5,7 @@ Every byte the client fetches is compared with what Dovecot returns to an
 independent client (Python's imaplib, in the harness)."""
 
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -236,6 +237,154 @@ class Fetch(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn('exists 0', r.stdout)
         self.assertRegex(r.stdout, r'uidvalidity [1-9]')
+
+
+
+def vanished_uids(lines):
+    """The UIDs of the "vanished LO HI" lines (small ranges only)."""
+    out = set()
+    for l in lines:
+        if l.startswith('vanished '):
+            lo, hi = map(int, l.split()[1:])
+            assert hi - lo < 100000, l
+            out.update(range(lo, hi + 1))
+    return out
+
+
+def flag_lines(lines):
+    """{uid: (modseq, flags)} of the "flags UID MODSEQ (FLAGS)" lines,
+    \\Recent left out (it depends on the session)."""
+    out = {}
+    for l in lines:
+        if l.startswith('flags '):
+            _, uid, modseq, rest = l.split(' ', 3)
+            flags = set(rest.strip('()').split()) - {'\\Recent'}
+            out.setdefault(int(uid), []).append((int(modseq), flags))
+    return out
+
+
+def new_lines(lines):
+    """[(uid, size)] of the "new UID SIZE (FLAGS)" lines."""
+    return [tuple(map(int, l.split()[1:3])) for l in lines if l.startswith('new ')]
+
+
+def select_info(lines):
+    """{'UIDVALIDITY', 'UIDNEXT', 'MESSAGES', 'HIGHESTMODSEQ'} from the
+    lines of imapcli's select (or resync) output."""
+    keys = {'uidvalidity': 'UIDVALIDITY', 'uidnext': 'UIDNEXT',
+            'exists': 'MESSAGES', 'highestmodseq': 'HIGHESTMODSEQ'}
+    out = {}
+    for l in lines:
+        k, _, v = l.partition(' ')
+        if k in keys:
+            out[keys[k]] = int(v)
+    return out
+
+
+def select_state(mailbox):
+    r = cli(dc.url('imaps', 'alice'), 'select', mailbox)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return select_info(r.stdout.splitlines())
+
+
+class ResyncIdle(unittest.TestCase):
+    """imap_resync() and imap_idle() against Dovecot, the changes made by
+    an independent client (imaplib)."""
+
+    def test_resync_qresync(self):
+        box = 'Resync'
+        uids = dc.append_many('alice', box, [
+            b'Subject: r%d\r\nMessage-ID: <r%d@test>\r\n\r\nbody %d\r\n' % (i, i, i)
+            for i in range(1, 6)])
+        # The state the way the mount learns it: EXAMINE (CONDSTORE), which
+        # is also what makes Dovecot start counting MODSEQs for the mailbox
+        # (before that, every message reports the same one).
+        before = select_state(box)
+        # Another client: one flag changed, one message expunged, one new.
+        m = dc.imap('alice')
+        try:
+            typ, _ = m.select(mailharness.imap_quote(box))
+            self.assertEqual(typ, 'OK')
+            typ, _ = m.uid('STORE', str(uids[1]), '+FLAGS.SILENT', '(\\Flagged)')
+            self.assertEqual(typ, 'OK')
+            typ, _ = m.uid('STORE', str(uids[3]), '+FLAGS.SILENT', '(\\Deleted)')
+            self.assertEqual(typ, 'OK')
+            typ, _ = m.uid('EXPUNGE', str(uids[3]))
+            self.assertEqual(typ, 'OK')
+        finally:
+            m.logout()
+        new_body = b'Subject: new\r\n\r\nnew message\r\n'
+        new_uid = dc.append('alice', box, new_body)
+        after = select_state(box)
+
+        r = cli(dc.url('imaps', 'alice'), 'resync', box,
+                str(before['UIDVALIDITY']), str(before['HIGHESTMODSEQ']),
+                str(before['UIDNEXT']))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertIn('qresync on', lines)
+        # Exactly the flag change among the old messages, with a MODSEQ
+        # past the one we knew (the QRESYNC answer may also show the new
+        # message: its MODSEQ is past it too)...
+        changed = flag_lines(lines)
+        self.assertLessEqual(set(changed) - {uids[1]}, {new_uid}, r.stdout)
+        changed.pop(new_uid, None)
+        self.assertEqual(set(changed), {uids[1]}, r.stdout)
+        for modseq, flags in changed[uids[1]]:
+            self.assertEqual(flags, {'\\Flagged'}, r.stdout)
+            self.assertGreater(modseq, before['HIGHESTMODSEQ'], r.stdout)
+            self.assertLessEqual(modseq, after['HIGHESTMODSEQ'], r.stdout)
+        # ... exactly the expunged UID ...
+        self.assertEqual(vanished_uids(lines), {uids[3]}, r.stdout)
+        # ... and the new message with its size.
+        self.assertEqual(new_lines(lines), [(new_uid, len(new_body))], r.stdout)
+        self.assertEqual(select_info(lines), after)
+
+        # From the state now: nothing at all to report.
+        r = cli(dc.url('imaps', 'alice'), 'resync', box,
+                str(after['UIDVALIDITY']), str(after['HIGHESTMODSEQ']),
+                str(after['UIDNEXT']))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertEqual(flag_lines(lines), {}, r.stdout)
+        self.assertEqual(vanished_uids(lines), set(), r.stdout)
+        # "UIDNEXT:*" always matches the last message (RFC 9051 6.4.8).
+        self.assertEqual(new_lines(lines), [(new_uid, len(new_body))], r.stdout)
+
+    def test_idle_wakes_on_append(self):
+        box = 'Idle'
+        dc.append('alice', box, b'Subject: first\r\n\r\nfirst\r\n')
+        cmd = [IMAPCLI, '--password-stdin', '--cafile', dc.ca,
+               dc.url('imaps', 'alice'), 'idle', box, '30']
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        try:
+            p.stdin.write((dc.users['alice'] + '\n').encode())
+            p.stdin.close()
+            ready, _, _ = select.select([p.stdout], [], [], 20)
+            self.assertTrue(ready, 'no EXAMINE answer within 20 s')
+            self.assertEqual(p.stdout.readline(), b'exists 1\n')
+            time.sleep(1)  # the IDLE is under way by now
+            self.assertIsNone(p.poll(), 'imapcli ended before anything happened')
+            dc.append('alice', box, b'Subject: second\r\n\r\nsecond\r\n')
+            appended = time.monotonic()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.fail('IDLE not woken within 10 s of the APPEND')
+            woke_after = time.monotonic() - appended
+            out = p.stdout.read().decode()
+            err = p.stderr.read().decode()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+            p.stdout.close()
+            p.stderr.close()
+        self.assertEqual(p.returncode, 0, out + err)
+        self.assertIn('woke: EXISTS 2', out.splitlines(), out + err)
+        self.assertIn('idle: woken', out.splitlines(), out + err)
+        self.assertLess(woke_after, 2, out + err)
 
 
 if __name__ == '__main__':
