@@ -81,7 +81,8 @@ LOG_LINES = int(os.environ.get('MAILFS_TEST_LOG_LINES', 40))  # shown on failure
 WORD = 'Wombatxylophon'
 
 USERS = {u: u + 'pw' for u in ('idle', 'poller', 'boxes', 'resync', 'broken',
-                               'grepper', 'uidv', 'stall')}
+                               'grepper', 'uidv', 'stall', 'condstore', 'plainflags',
+                               'background')}
 
 dc = None
 TMP = None
@@ -597,6 +598,16 @@ class NoRefetch(LiveTest):
 
     def test_resync_uses_condstore_and_fetches_no_body(self):
         m = self.mount('norefetch', options=['poll=%d' % POLL])
+        sent = self.changes_resync(m)
+        cheap = [c for c in sent if re.search(r'CHANGEDSINCE|QRESYNC', c, re.I)
+                 and not re.search(r'^\S+ ENABLE ', c, re.I)]
+        self.assertTrue(cheap, 'the resync used neither CHANGEDSINCE nor QRESYNC: %s'
+                        % [c for c in sent if 'AUTHENTICATE' not in c][:10])
+
+    def changes_resync(self, m):
+        """Another client changes flags and expunges; after poll the
+        listing and the flags equal the server's, no body is fetched.
+        Returns the commands sent meanwhile."""
         box = os.path.join(m.mountpoint, self.BOX)
         self.assertListing(box, self.BOX, 'first ')
         bodies = dc.fetch_bodies(self.USER, self.BOX)
@@ -626,10 +637,66 @@ class NoRefetch(LiveTest):
         time.sleep(0.3)
         sent = m.sent_commands(since)
         self.assertEqual(body_fetches(sent), [], 'bodies fetched again by the resync')
-        cheap = [c for c in sent if re.search(r'CHANGEDSINCE|QRESYNC', c, re.I)
-                 and not re.search(r'^\S+ ENABLE ', c, re.I)]
-        self.assertTrue(cheap, 'the resync used neither CHANGEDSINCE nor QRESYNC: %s'
-                        % [c for c in sent if 'AUTHENTICATE' not in c][:10])
+        return sent
+
+
+class NoQresync(NoRefetch):
+    """The same changes through a proxy that hides QRESYNC: CHANGEDSINCE
+    for the flags, and the expunges found although nothing reports them
+    (the message count disagrees, all flags are fetched)."""
+    USER = 'condstore'
+
+    def test_resync_uses_condstore_and_fetches_no_body(self):
+        with imapproxy.TLSProxy(dc, rewrite=imapproxy.hide_caps('QRESYNC')) as proxy:
+            m = self.mount('noqresync', options=['poll=%d' % POLL],
+                           url=proxy.url(self.USER))
+            sent = self.changes_resync(m)
+            m.unmount()
+        self.assertGreater(proxy.rewrites, 0)
+        self.assertFalse([c for c in sent if re.search(r'QRESYNC', c, re.I)], sent[:10])
+        self.assertTrue([c for c in sent if re.search(r'CHANGEDSINCE', c, re.I)],
+                        [c for c in sent if 'AUTHENTICATE' not in c][:10])
+
+
+class NoCondstore(NoRefetch):
+    """Neither QRESYNC nor CONDSTORE: all flags, never a body."""
+    USER = 'plainflags'
+
+    def test_resync_uses_condstore_and_fetches_no_body(self):
+        hide = imapproxy.hide_caps('QRESYNC', 'CONDSTORE')
+        with imapproxy.TLSProxy(dc, rewrite=hide) as proxy:
+            m = self.mount('nocondstore', options=['poll=%d' % POLL],
+                           url=proxy.url(self.USER))
+            sent = self.changes_resync(m)
+            m.unmount()
+        self.assertFalse([c for c in sent if re.search(r'QRESYNC|CHANGEDSINCE|CONDSTORE',
+                                                        c, re.I)], sent[:10])
+        self.assertTrue([c for c in sent if re.search(r'UID FETCH 1:\d+ \(UID FLAGS\)', c)],
+                        [c for c in sent if 'AUTHENTICATE' not in c][:10])
+
+
+class Background(LiveTest):
+    """A mailbox nobody looks at is resynchronised every poll seconds:
+    user.mail.flags (no directory opened) shows another client's change."""
+    USER = 'background'
+    BOX = 'Quiet'
+
+    @classmethod
+    def setUpClass(cls):
+        cls.seeded = dc.generate(cls.USER, cls.BOX, 5, seed=12)
+
+    def test_flags_change_without_listing(self):
+        m = self.mount('background', options=['poll=%d' % POLL])
+        box = os.path.join(m.mountpoint, self.BOX)
+        self.assertListing(box, self.BOX, 'first ')
+        path = os.path.join(box, '%d.eml' % self.seeded[2])
+        os.stat(path)               # the kernel holds the entry from now on
+        with Other(self.USER, self.BOX) as o:
+            o.store([self.seeded[2]], '+FLAGS', ['$Background'])
+        want = dc.flags(self.USER, self.BOX)[self.seeded[2]]
+        self.assertIn('$Background', want)
+        self.assertTrue(wait_for(lambda: flags_of(path) == want, 3 * POLL + 2),
+                        'flags not updated in the background: %s' % sorted(flags_of(path)))
 
 
 # --------------------------------------------- 5. a server that breaks CONDSTORE

@@ -21,6 +21,9 @@ literals, never to literal data, so literal byte counts stay right.
 stop() (or the context manager) closes the listener and every connection
 and joins the threads (bounded).
 
+hide_caps('QRESYNC', ...) makes a rewrite of a server that lacks those
+capabilities (for the CONDSTORE-only and plain resync paths).
+
 constant_modseq is the rewrite of a server that advertises CONDSTORE but
 breaks it: every "MODSEQ (n)" becomes "MODSEQ (1)" and every
 "HIGHESTMODSEQ n" (in [HIGHESTMODSEQ n] and in STATUS) becomes
@@ -46,6 +49,20 @@ _LITERAL = re.compile(rb'~?\{(\d+)\+?\}\r\n\Z')
 def constant_modseq(text):
     """The rewrite of a server whose mod-sequences never change."""
     return _HIGHEST.sub(b'HIGHESTMODSEQ 1', _MODSEQ.sub(b'MODSEQ (1)', text))
+
+
+def hide_caps(*caps):
+    """The rewrite of a server that does not offer CAPS (e.g. 'QRESYNC'):
+    they are removed from every CAPABILITY list (untagged and in response
+    codes).  Returns the rewrite function."""
+    words = {c.upper().encode() for c in caps}
+    cap_list = re.compile(rb'((?:^\* |\[)CAPABILITY )([^\]\r\n]*)', re.I)
+
+    def strip(m):
+        kept = [w for w in m.group(2).split(b' ') if w.upper() not in words]
+        return m.group(1) + b' '.join(kept)
+
+    return lambda text: cap_list.sub(strip, text)
 
 
 class LineRewriter:
