@@ -620,6 +620,26 @@ static int stale_cb(const struct cache_msg *msg, void *ctx)
 	return 0;
 }
 
+/* Store what a metadata fetch said of one message. */
+static int put_meta(struct cache_txn *txn, uint32_t id, uint32_t uidvalidity,
+                    const struct meta *e)
+{
+	struct cache_msg msg = {
+	        .key = {id, uidvalidity, e->uid},
+	        .size = e->size,
+	        .internaldate = e->internaldate,
+	        .tz_minutes = e->tz,
+	        .modseq = e->modseq,
+	        .flags = e->flags,
+	        .subject = e->subject,
+	        .from = e->from,
+	        .date = e->date,
+	        .message_id = e->message_id,
+	};
+
+	return cache_msg_put(txn, &msg);
+}
+
 static int store_listing(struct cache_txn *txn, void *ctx)
 {
 	struct listing *l = ctx;
@@ -633,20 +653,7 @@ static int store_listing(struct cache_txn *txn, void *ctx)
 	                             l->now, &l->gen);
 	for (size_t i = 0; i < l->n && rc == 0; i++) {
 		const struct meta *e = &l->v[i];
-		struct cache_msg msg = {
-		        .key = {l->id, l->info.uidvalidity, e->uid},
-		        .size = e->size,
-		        .internaldate = e->internaldate,
-		        .tz_minutes = e->tz,
-		        .modseq = e->modseq,
-		        .flags = e->flags,
-		        .subject = e->subject,
-		        .from = e->from,
-		        .date = e->date,
-		        .message_id = e->message_id,
-		};
-
-		rc = cache_msg_put(txn, &msg);
+		rc = put_meta(txn, l->id, l->info.uidvalidity, e);
 	}
 	if (rc < 0)
 		return rc;
@@ -901,20 +908,7 @@ static int store_resync(struct cache_txn *txn, void *ctx)
 	                             r->now, &r->gen);
 	for (size_t i = 0; i < r->fresh.n && rc == 0 && !r->fresh_stored; i++) {
 		const struct meta *e = &r->fresh.v[i];
-		struct cache_msg msg = {
-		        .key = {r->id, r->uidvalidity, e->uid},
-		        .size = e->size,
-		        .internaldate = e->internaldate,
-		        .tz_minutes = e->tz,
-		        .modseq = e->modseq,
-		        .flags = e->flags,
-		        .subject = e->subject,
-		        .from = e->from,
-		        .date = e->date,
-		        .message_id = e->message_id,
-		};
-
-		rc = cache_msg_put(txn, &msg);
+		rc = put_meta(txn, r->id, r->uidvalidity, e);
 		if (e->internaldate > newest)
 			newest = e->internaldate;
 	}
