@@ -161,6 +161,10 @@ static int connect_inbox(struct fs_watch *w, struct proto_err *err)
 	pthread_mutex_lock(&w->lock);
 	w->c = c;
 	w->idle = imap_has_cap(c, "IDLE");
+	/* Stopped while we connected: fs_watch_stop() found no connection
+	 * to wake, so the IDLE that follows must fail at once. */
+	if (w->stop)
+		imap_shutdown(c);
 	pthread_mutex_unlock(&w->lock);
 	return 0;
 }
