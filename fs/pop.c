@@ -96,6 +96,8 @@ struct group {
 	size_t given;   /* copies given to its messages */
 	int64_t newest; /* when its newest copy was downloaded */
 	bool compare;   /* retrieve them all and compare (see above) */
+	bool unsure;    /* "popcmp." set: compare until all are cached */
+	bool note;      /* set "popcmp." before retrieving */
 };
 
 #define NO_GROUP SIZE_MAX
@@ -294,7 +296,8 @@ static int hash_ids(struct fs_pop *p, struct drop *d, struct proto_err *err)
 }
 
 /* A meta name that remembers something of s: prefix and a hash of s.
- * "popdup.": UIDL s is reused. */
+ * "popdup.": UIDL s is reused; "popcmp.": identity s has had a copy
+ * listed and not cached (see match_cache). */
 static void meta_name(const char *prefix, const char *s, char name[32])
 {
 	unsigned char md[EVP_MAX_MD_SIZE];
@@ -570,8 +573,14 @@ static int known_read(struct cache_txn *txn, void *ctx)
 	int rc = 0;
 
 	d->nc = 0;
-	for (size_t i = 0; i < d->ng; i++)
+	for (size_t i = 0; i < d->ng; i++) {
+		uint64_t flag = 0;
+		char name[32];
+
+		meta_name("popcmp.", d->g[i].id, name);
 		d->g[i].cached = 0;
+		d->g[i].unsure = cache_meta_get(txn, name, &flag) == 0 && flag;
+	}
 	for (size_t i = 0; i < d->nby && rc == 0; i++) {
 		struct drop_msg *m = d->by[i];
 		struct cache_pop *rec = NULL;
@@ -672,8 +681,10 @@ static int file_fn(struct cache_txn *txn, void *ctx)
 	return file_one(txn, ctx);
 }
 
-/* The legacy messages matched by their header get their identity. */
-static int alias_fn(struct cache_txn *txn, void *ctx)
+/* Before retrieving: the legacy messages matched by their header get
+ * their identity, and the groups with copies not cached are remembered
+ * as unsure. */
+static int prepare_fn(struct cache_txn *txn, void *ctx)
 {
 	struct drop *d = ctx;
 	int rc = 0;
@@ -687,10 +698,53 @@ static int alias_fn(struct cache_txn *txn, void *ctx)
 		f.id = d->g[c->group].id;
 		rc = file_one(txn, &f);
 	}
+	for (size_t i = 0; i < d->ng && rc == 0; i++) {
+		char name[32];
+
+		if (!d->g[i].note)
+			continue;
+		meta_name("popcmp.", d->g[i].id, name);
+		rc = cache_meta_set(txn, name, 1);
+	}
 	return rc;
 }
 
-/* What is cached, what must be retrieved, and how. */
+/* Is every message of an unsure group cached now? */
+static bool settled(const struct drop *d, const struct group *g)
+{
+	for (size_t k = 0; k < g->listed; k++)
+		if (!d->by[g->first + k]->cached)
+			return false;
+	return g->unsure;
+}
+
+/* After retrieving: the unsure groups whose messages are all cached now
+ * (found by their bytes or stored) are sure again. */
+static int settle_fn(struct cache_txn *txn, void *ctx)
+{
+	struct drop *d = ctx;
+	int rc = 0;
+
+	for (size_t i = 0; i < d->ng && rc == 0; i++) {
+		char name[32];
+
+		if (!settled(d, &d->g[i]))
+			continue;
+		meta_name("popcmp.", d->g[i].id, name);
+		rc = cache_meta_set(txn, name, 0);
+	}
+	return rc;
+}
+
+/* What is cached, what must be retrieved, and how.
+ *
+ * A group with as many copies cached as messages listed is cached, unless
+ * it is unsure: when copies of one identity were listed and not all of
+ * them could be cached (a RETR failed), a listing with fewer of them
+ * cannot say whether the one left is a cached copy or the other one, so
+ * such a group is compared by its bytes until all its messages are
+ * cached.  This is remembered in the cache ("popcmp."), before any
+ * retrieval, so that a crash cannot lose it. */
 static int match_cache(struct fs_pop *p, struct drop *d)
 {
 	bool write = false;
@@ -713,7 +767,8 @@ static int match_cache(struct fs_pop *p, struct drop *d)
 			g->newest = c->downloaded;
 		/* As many copies as messages or more: each message is one
 		 * of them, which one does not matter. */
-		if (g->cached >= g->listed && g->given < g->listed) {
+		if (g->cached >= g->listed && !g->unsure &&
+		    g->given < g->listed) {
 			m = d->by[g->first + g->given++];
 			m->cached = true;
 			m->dl = c->dl;
@@ -722,15 +777,17 @@ static int match_cache(struct fs_pop *p, struct drop *d)
 	for (size_t i = 0; i < d->ng; i++) {
 		struct group *g = &d->g[i];
 
-		if (g->cached >= g->listed) {
+		if (g->cached >= g->listed && !g->unsure) {
 			for (size_t k = 0; k < g->listed; k++)
 				d->by[g->first + k]->downloaded = g->newest;
 			continue;
 		}
-		g->compare = g->cached > 0;
+		g->compare = g->unsure || g->cached > 0;
 		for (size_t k = 0; k < d->nc && g->uidl && !g->compare; k++)
 			g->compare = d->c[k].group == NO_GROUP &&
 			             strcmp(d->c[k].uidl, g->uidl) == 0;
+		if (g->listed > 1 && !g->unsure)
+			write = g->note = g->unsure = true;
 		if (g->listed > 1 && g->cached < g->listed)
 			log_warn("the POP3 server lists %zu messages of the "
 			         "same %ssize and headers (%s): keeping each",
@@ -738,7 +795,7 @@ static int match_cache(struct fs_pop *p, struct drop *d)
 	}
 	if (!write)
 		return 0;
-	rc = cache_run_write(p->fs->cache, alias_fn, d);
+	rc = cache_run_write(p->fs->cache, prepare_fn, d);
 	for (size_t i = 0; rc == 0 && i < d->nc; i++) {
 		struct cand *c = &d->c[i];
 
@@ -956,6 +1013,14 @@ static int session(struct fs_pop *p)
 		if (rc < 0)
 			goto fail;
 		log_info("POP3: %zu new messages downloaded", r.stored);
+	}
+	for (size_t i = 0; i < d.ng; i++) {
+		if (settled(&d, &d.g[i])) {
+			rc = cache_run_write(fs->cache, settle_fn, &d);
+			if (rc < 0)
+				goto fail;
+			break;
+		}
 	}
 
 	/* pop_keep: DELE what is safely cached and old enough; QUIT

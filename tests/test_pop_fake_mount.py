@@ -20,7 +20,9 @@ TOP n 0.  All sessions are plaintext (pop3://, -o notls; mailfs warns), on
 NoUidl        UIDL -> -ERR, TOP works: every message once, byte-exact; later
               sessions (poll=1) retrieve nothing again, also after the
               maildrop is renumbered; identical headers and size (same
-              hash): both kept; the hash is logged once
+              hash): both kept, also when the first one leaves the
+              maildrop before the second could be retrieved; the hash is
+              logged once
 DuplicateUidl two messages under one UIDL: both kept, byte-exact, warned,
               told apart by TOP n 0; also when the second one arrives in a
               later session, when the first one leaves the maildrop before
@@ -435,6 +437,19 @@ class FakeMountTest(unittest.TestCase):
             self.assertEqual(read(os.path.join(inbox(m), n)), body, n)
         self.assertFalse(os.path.exists(os.path.join(inbox(m), '%d.eml' % (len(msgs) + 1))))
 
+    def sessions(self, names, data, tag, want, retr, options=('poll=1',)):
+        """Mount, let the transcripts NAMES play one session each, check
+        that INBOX holds WANT ({name: bytes}) and that RETR was sent for
+        the message numbers RETR, in order (None: not checked); (srv, m)."""
+        srv = self.server(names, data)
+        m = self.mount(srv, tag, options=options)
+        self.assertTrue(self.wait_files(m, list(want)), self.explain(srv, m))
+        self.assertTrue(srv.wait_ended(len(names)), self.explain(srv, m))
+        self.assertEqual(mount_bytes(m), want, self.explain(srv, m))
+        if retr is not None:
+            self.assertEqual(retr_sent(m.log()), retr, self.explain(srv, m))
+        return srv, m
+
     def wait_files(self, m, names, seconds=SESSION_SECONDS):
         """Wait until every name exists in INBOX, by lookups only (a listing
         would ask for a session at once, bypassing the back-off)."""
@@ -503,6 +518,17 @@ class NoUidl(FakeMountTest):
         self.assertIn('lists 2 messages of the same size and headers (sha256:', log)
         self.finish(srv, m)
 
+    def test_twin_retrieved_after_first_is_gone(self):
+        # Two messages of the same header and size (one hash); the second
+        # cannot be read at first ([SYS/TEMP]); then another client deletes
+        # the first.  The one listed then could be either: it is retrieved
+        # and compared with the cached one, and kept since it differs.
+        srv, m = self.sessions(['popmount_nouidl_twin_first.pop',
+                                'popmount_nouidl_twin_second.pop',
+                                'popmount_nouidl_twin_again.pop'], blobs(m1=M1, m2=TWIN),
+                               'nouidl-twin-gone', numbered(M1, TWIN), [1, 2, 1])
+        self.finish(srv, m)
+
 
 # ----------------------------------------------------- 2. duplicate UIDLs
 
@@ -552,13 +578,9 @@ class DuplicateUidl(FakeMountTest):
         # Both listed under one UIDL; the second cannot be read at first
         # ([SYS/TEMP]); then another client deletes the first.  The second,
         # now alone under that UIDL, was never retrieved: it must be now.
-        srv = self.server(['popmount_dup_temp_first.pop', 'popmount_dup_temp_second.pop',
-                           'popmount_dup_temp_again.pop'], blobs(m1=M1, m2=M2))
-        m = self.mount(srv, 'dup-gone')
-        self.assertTrue(self.wait_files(m, ['1.eml']), self.explain(srv, m))
-        self.assertTrue(srv.wait_ended(3), self.explain(srv, m))
-        self.assertEqual(mount_bytes(m), numbered(M1, M2), self.explain(srv, m))
-        self.assertEqual(retr_sent(m.log()), [1, 2, 1], self.explain(srv, m))
+        srv, m = self.sessions(['popmount_dup_temp_first.pop', 'popmount_dup_temp_second.pop',
+                                'popmount_dup_temp_again.pop'], blobs(m1=M1, m2=M2),
+                               'dup-gone', numbered(M1, M2), [1, 2, 1])
         self.finish(srv, m)
 
     def test_pop_keep_never_deletes_what_was_not_retrieved(self):
@@ -568,12 +590,10 @@ class DuplicateUidl(FakeMountTest):
         # cache, in the same session (message numbers do not change within
         # a session), so no message is deleted unread: this is the ideal
         # sequence, not merely an allowed one.
-        srv = self.server(['popmount_dup_keep_first.pop', 'popmount_dup_keep_second.pop',
-                           'popmount_empty.pop'], blobs(m1=M1, m2=M2))
-        m = self.mount(srv, 'dup-keep', options=['poll=1', 'pop_keep=0'])
-        self.assertTrue(self.wait_files(m, ['1.eml']), self.explain(srv, m))
-        self.assertTrue(srv.wait_ended(3), self.explain(srv, m))
-        self.assertEqual(mount_bytes(m), numbered(M1, M2), self.explain(srv, m))
+        srv, m = self.sessions(['popmount_dup_keep_first.pop', 'popmount_dup_keep_second.pop',
+                                'popmount_empty.pop'], blobs(m1=M1, m2=M2),
+                               'dup-keep', numbered(M1, M2), None,
+                               options=['poll=1', 'pop_keep=0'])
         self.assertEqual(re.findall(r' C: (RETR|DELE) (\d+)', m.log()),
                          [('RETR', '1'), ('RETR', '2'), ('DELE', '1'), ('RETR', '1'),
                           ('DELE', '1')], self.explain(srv, m))
@@ -585,14 +605,10 @@ class DuplicateUidl(FakeMountTest):
         # the next session both are retrieved and compared with the cached
         # one: the first is found cached (not stored again), the second is
         # stored.  Then both are cached.
-        srv = self.server(['popmount_dup_twin_first.pop', 'popmount_dup_twin_second.pop',
-                           'popmount_dup_twin_again.pop'], blobs(m1=M1, m2=TWIN))
-        m = self.mount(srv, 'dup-twin')
-        self.assertTrue(self.wait_files(m, ['2.eml']), self.explain(srv, m))
-        self.assertTrue(srv.wait_ended(3), self.explain(srv, m))
-        self.assertEqual(mount_bytes(m), numbered(M1, TWIN), self.explain(srv, m))
+        srv, m = self.sessions(['popmount_dup_twin_first.pop', 'popmount_dup_twin_second.pop',
+                                'popmount_dup_twin_again.pop'], blobs(m1=M1, m2=TWIN),
+                               'dup-twin', numbered(M1, TWIN), [1, 2, 1, 2])
         log = m.log()
-        self.assertEqual(retr_sent(log), [1, 2, 1, 2], self.explain(srv, m))
         self.assertIn('POP3 message 1 (dup-uidl sha256:', log)
         self.assertIn(') is 1.eml, already cached', log)
         self.assertFalse(os.path.exists(os.path.join(inbox(m), '3.eml')))
@@ -607,15 +623,10 @@ class DuplicateUidl(FakeMountTest):
         data = blobs(m1=M1, m2=M2)
         for name, msg in (('m1', M1), ('m2', M2)):
             data['top_' + name] = stuff(header(msg)[:-2] + b'X-Top: yes\r\n\r\n')
-        srv = self.server(['popmount_dup_late_first.pop', 'popmount_dup_oddtop_second.pop',
-                           'popmount_dup_oddtop_again.pop'], data)
-        m = self.mount(srv, 'dup-oddtop')
-        self.assertTrue(self.wait_files(m, ['2.eml']), self.explain(srv, m))
-        self.assertTrue(srv.wait_ended(4), self.explain(srv, m))
-        self.assertEqual(mount_bytes(m), numbered(M1, M2), self.explain(srv, m))
-        log = m.log()
-        self.assertEqual(retr_sent(log), [1, 1, 2], self.explain(srv, m))
-        self.assertIn(') is 1.eml, already cached', log)
+        srv, m = self.sessions(['popmount_dup_late_first.pop', 'popmount_dup_oddtop_second.pop',
+                                'popmount_dup_oddtop_again.pop'], data,
+                               'dup-oddtop', numbered(M1, M2), [1, 1, 2])
+        self.assertIn(') is 1.eml, already cached', m.log())
         self.finish(srv, m)
 
 
