@@ -2630,6 +2630,76 @@ int cache_pop_lookup(struct cache_txn *txn, const char *uidl, uint32_t *num_r)
 	return 0;
 }
 
+int cache_pop_alias(struct cache_txn *txn, const char *uidl, uint32_t num)
+{
+	uint8_t k[4], nb[4];
+	MDB_val v;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (key_name_check(txn, uidl, UIDL_MAX) != 0)
+		return txn_fail(txn, -EINVAL);
+	be32_put(k, num);
+	rc = db_get(txn, DB_POP, k, 4, &v);
+	if (rc == -ENOENT)
+		return txn_fail(txn, rc);
+	if (rc)
+		return rc;
+	rc = db_get(txn, DB_POP_UIDL, uidl, strlen(uidl), &v);
+	if (rc == 0) {
+		if (v.mv_size != 4)
+			return corrupt(txn, "pop uidl", 0, 0, 0);
+		return be32_get(v.mv_data) == num ? 0 : txn_fail(txn, -EEXIST);
+	}
+	if (rc != -ENOENT)
+		return rc;
+	be32_put(nb, num);
+	return db_put(txn, DB_POP_UIDL, uidl, strlen(uidl), nb, 4,
+	              MDB_NOOVERWRITE);
+}
+
+struct uidl_iter {
+	int (*cb)(const char *uidl, uint32_t num, void *ctx);
+	void *ctx;
+	struct scratch sc;
+};
+
+static int uidl_iter_one(struct cache_txn *t, const MDB_val *k,
+                         const MDB_val *v, void *ctx)
+{
+	struct uidl_iter *it = ctx;
+	char *uidl;
+
+	if (v->mv_size != 4)
+		return corrupt(t, "pop uidl", k->mv_size, 0, 0);
+	uidl = scratch_get(&it->sc, k->mv_size + 1);
+	if (uidl == NULL)
+		return txn_fail(t, -ENOMEM);
+	memcpy(uidl, k->mv_data, k->mv_size);
+	uidl[k->mv_size] = '\0';
+	return it->cb(uidl, be32_get(v->mv_data), it->ctx);
+}
+
+int cache_pop_uidl_foreach(struct cache_txn *txn, const char *prefix,
+                           int (*cb)(const char *uidl, uint32_t num, void *ctx),
+                           void *ctx)
+{
+	struct uidl_iter it = {cb, ctx, {NULL, 0}};
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (cb == NULL || prefix == NULL || *prefix == '\0')
+		return txn_fail(txn, -EINVAL);
+	if (key_name_check(txn, prefix, UIDL_MAX) != 0)
+		return 0; /* longer than any UIDL: nothing starts with it */
+	rc = db_scan(txn, DB_POP_UIDL, prefix, strlen(prefix), strlen(prefix),
+	             uidl_iter_one, &it);
+	free(it.sc.p);
+	return rc;
+}
+
 int cache_pop_set_deleted(struct cache_txn *txn, uint32_t num, bool deleted)
 {
 	struct cache_pop *p = NULL;

@@ -15,7 +15,8 @@
  *   msg        (mailbox id, UIDVALIDITY, UID), 3 x u32 BE -> message record
  *   body       same 12-byte key -> the raw message bytes, exactly
  *   pop        download number (u32 BE) -> POP3 record
- *   pop_uidl   UIDL bytes -> download number (u32 BE)
+ *   pop_uidl   UIDL bytes -> download number (u32 BE); more than one
+ *              UIDL may name a number (cache_pop_alias)
  *   pending    sequence number (u64 BE) -> pending upload record
  *
  * All integer keys are big-endian so that byte order is numeric order: a
@@ -393,8 +394,9 @@ int cache_body_read(struct cache_txn *txn, struct cache_key key,
  * Afterwards the pages are dropped from the process's resident set (they
  * stay in the page cache).  -ENOENT if the body is not cached. */
 int cache_body_view(struct cache_txn *txn, struct cache_key key,
-		    uint64_t offset, size_t len,
-		    int (*fn)(void *ctx, const void *data, size_t n), void *ctx);
+                    uint64_t offset, size_t len,
+                    int (*fn)(void *ctx, const void *data, size_t n),
+                    void *ctx);
 
 /* A heap copy of the whole body; *data_r owned (free()), *len_r its
  * length.  A zero-length body gives a non-NULL *data_r. */
@@ -433,7 +435,10 @@ int cache_rematch(struct cache_txn *txn, uint32_t mailbox_id,
                   struct cache_rematch_stats *stats_r);
 
 /* ------------------------------------------------------------------ */
-/* POP3: the append-only download list of the account. */
+/* POP3: the append-only download list of the account.  A "UIDL" here is
+ * the name the caller files a message under: the server's UIDL, or what
+ * fs/pop.c makes of it where the server's UIDLs do not tell messages
+ * apart. */
 
 /* Pointer fields (strings, arrays, bytes): in a record returned by the
  * cache they are owned by the record, inside its single allocation, and
@@ -441,7 +446,7 @@ int cache_rematch(struct cache_txn *txn, uint32_t mailbox_id,
  * borrowed from the caller for the duration of the call. */
 struct cache_pop {
 	uint32_t num;           /* download number: 1, 2, 3..., never reused */
-	char *uidl;             /* the server's UIDL */
+	char *uidl;             /* the UIDL it was added under */
 	uint64_t size;          /* exact body length */
 	int64_t downloaded;     /* seconds since the epoch */
 	bool deleted_on_server; /* DELE + QUIT done (pop_keep) */
@@ -465,6 +470,20 @@ int cache_pop_get(struct cache_txn *txn, uint32_t num,
 
 /* The download number of uidl; -ENOENT if never downloaded. */
 int cache_pop_lookup(struct cache_txn *txn, const char *uidl, uint32_t *num_r);
+
+/* Let uidl (1..255 bytes) name download number num too, so that
+ * cache_pop_lookup(uidl) finds it: for a message the caller has come to
+ * know under another name than the one it was added under (fs/pop.c).
+ * 0 if uidl already names num; -EEXIST (recorded) if it names another
+ * number; -ENOENT (recorded) if num has no record. */
+int cache_pop_alias(struct cache_txn *txn, const char *uidl, uint32_t num);
+
+/* Call cb for each UIDL of the index that starts with prefix (non-empty),
+ * in byte order, with the number it names.  uidl is a NUL-terminated
+ * copy, valid during the call.  cb rules as in cache_mailbox_foreach. */
+int cache_pop_uidl_foreach(struct cache_txn *txn, const char *prefix,
+                           int (*cb)(const char *uidl, uint32_t num, void *ctx),
+                           void *ctx);
 
 /* Set or clear the deleted-on-server flag. */
 int cache_pop_set_deleted(struct cache_txn *txn, uint32_t num, bool deleted);
@@ -536,9 +555,9 @@ int cache_pending_foreach(struct cache_txn *txn,
 int cache_body_read_once(struct cache *cache, struct cache_key key,
                          uint64_t offset, void *buf, size_t len, size_t *n_r);
 int cache_body_view_once(struct cache *cache, struct cache_key key,
-			 uint64_t offset, size_t len,
-			 int (*fn)(void *ctx, const void *data, size_t n),
-			 void *ctx);
+                         uint64_t offset, size_t len,
+                         int (*fn)(void *ctx, const void *data, size_t n),
+                         void *ctx);
 int cache_body_size_once(struct cache *cache, struct cache_key key,
                          uint64_t *size_r);
 int cache_body_put_once(struct cache *cache, struct cache_key key,

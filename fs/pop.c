@@ -51,57 +51,139 @@ struct fs_pop {
 	bool warned_no_uidl;
 };
 
+/* How a message of the maildrop is known in the cache (the name it is
+ * filed under, cache_pop_lookup), its identity:
+ *
+ * - its UIDL, as long as the server has never listed that UIDL for two
+ *   messages;
+ * - once it has (a server bug, remembered in the meta value "popdup.*"),
+ *   "UIDL sha256:HEX", where HEX hashes the message's size and header
+ *   (TOP n 0), so that the copies of a UIDL are told apart whichever of
+ *   them leaves the maildrop first;
+ * - on a server without UIDL, "sha256:HEX".
+ *
+ * Messages with the same identity (the same UIDL, size and header) are
+ * filed as ID, ID#1, ID#2...  Which of them is which cannot be told from
+ * the listing: when more are listed than are cached, all are retrieved
+ * and compared with the cached ones by their bytes (retr_end), so that
+ * none is stored twice or taken for another.  Messages filed under the
+ * bare UIDL before it was seen reused (as UIDL, UIDL#1... by an older
+ * mailfs) are matched by the hash of their cached header, else by their
+ * bytes, and then filed under their identity too. */
+
 /* One message of the server's maildrop in this session. */
 struct drop_msg {
 	unsigned num;
-	char *uid; /* owned: UIDL, or a hash when the server has none */
+	char *uidl; /* owned: the server's UIDL, NULL when it has none */
+	char *id;   /* owned: its identity (see above) */
 	uint64_t size;
+	bool reused; /* the server lists its UIDL for other messages too */
+	bool keyed;  /* id hashes its size and header */
+	bool skip;   /* not identified: left alone in this session */
 	bool cached;
-	/* The server has listed this UIDL for more than one message, now
-	 * or in an earlier session: which copy is which cannot be told for
-	 * sure, so such messages are never deleted (pop_keep). */
-	bool reused;
+	size_t group;       /* keyed: index in drop.g */
+	uint32_t dl;        /* cached: its download number */
+	int64_t downloaded; /* cached: when (for copies: the newest one) */
+};
+
+/* The messages of one keyed identity in this session. */
+struct group {
+	const char *id;   /* borrowed from its messages */
+	const char *uidl; /* borrowed, NULL without UIDL */
+	size_t first;     /* its messages: drop.by[first .. first + listed) */
+	size_t listed;
+	size_t cached;  /* its copies in the cache (struct cand) */
+	size_t given;   /* copies given to its messages */
+	int64_t newest; /* when its newest copy was downloaded */
+	bool compare;   /* retrieve them all and compare (see above) */
+	bool unsure;    /* "popcmp." set: compare until all are cached */
+	bool note;      /* set "popcmp." before retrieving */
+};
+
+#define NO_GROUP SIZE_MAX
+
+/* A cached message that may be one of the listed ones: a copy of a
+ * group, or one filed under the bare UIDL of a group (legacy), which
+ * belongs to no group until its header or its bytes match one. */
+struct cand {
+	uint32_t dl;
+	uint64_t size;
+	int64_t downloaded;
+	size_t group;     /* NO_GROUP: not matched */
+	const char *uidl; /* borrowed: a legacy one's UIDL */
+	bool legacy;      /* not filed under its group's identity yet */
+	bool claimed;     /* found to be a listed message by its bytes */
 };
 
 struct drop {
 	struct drop_msg *v;
 	size_t n, cap;
+	struct drop_msg **by; /* owned: the identified messages by id */
+	size_t nby;
+	struct group *g; /* owned */
+	size_t ng;
+	struct cand *c; /* owned */
+	size_t nc, ccap;
 	bool oom;
 };
 
 static void drop_free(struct drop *d)
 {
-	for (size_t i = 0; i < d->n; i++)
-		free(d->v[i].uid);
+	for (size_t i = 0; i < d->n; i++) {
+		free(d->v[i].uidl);
+		free(d->v[i].id);
+	}
 	free(d->v);
+	free(d->by);
+	free(d->g);
+	free(d->c);
 	memset(d, 0, sizeof(*d));
 }
 
-static void uidl_cb(void *ctx, unsigned num, const char *uid)
+/* Room for element n of *v (*cap elements of size bytes). */
+static bool grow(void **v, size_t n, size_t *cap, size_t size)
 {
-	struct drop *d = ctx;
+	size_t ncap = *cap ? *cap * 2 : 64;
+	void *nv;
+
+	if (n < *cap)
+		return true;
+	nv = realloc(*v, ncap * size);
+	if (nv == NULL)
+		return false;
+	*v = nv;
+	*cap = ncap;
+	return true;
+}
+
+/* A message of the listing; uidl NULL on a server without UIDL. */
+static void drop_push(struct drop *d, unsigned num, const char *uidl)
+{
 	struct drop_msg *m;
 
-	if (d->n == d->cap) {
-		size_t ncap = d->cap ? d->cap * 2 : 64;
-		struct drop_msg *nv = realloc(d->v, ncap * sizeof(*nv));
-
-		if (nv == NULL) {
-			d->oom = true;
-			return;
-		}
-		d->v = nv;
-		d->cap = ncap;
+	if (d->oom || !grow((void **)&d->v, d->n, &d->cap, sizeof(*d->v))) {
+		d->oom = true;
+		return;
 	}
 	m = &d->v[d->n];
 	memset(m, 0, sizeof(*m));
 	m->num = num;
-	m->uid = strdup(uid);
-	if (m->uid == NULL) {
-		d->oom = true;
-		return;
+	if (uidl != NULL) {
+		m->uidl = strdup(uidl);
+		m->id = strdup(uidl);
+		if (m->uidl == NULL || m->id == NULL) {
+			free(m->uidl);
+			free(m->id);
+			d->oom = true;
+			return;
+		}
 	}
 	d->n++;
+}
+
+static void uidl_cb(void *ctx, unsigned num, const char *uid)
+{
+	drop_push(ctx, num, uid);
 }
 
 static void list_cb(void *ctx, unsigned num, uint64_t size)
@@ -113,8 +195,84 @@ static void list_cb(void *ctx, unsigned num, uint64_t size)
 			d->v[i].size = size;
 }
 
-/* Without UIDL a message is known by a hash of its size and headers
- * (TOP n 0), prefixed so that it can never equal a real UIDL. */
+/* The identity of a message by its size and header (what TOP n 0 sends):
+ * "sha256:HEX", after "UIDL " when it has a UIDL.  *id_r owned. */
+static int head_id(const char *uidl, uint64_t size, const char *head,
+                   size_t hlen, char **id_r)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	char hex[2 * EVP_MAX_MD_SIZE + 1] = "";
+	unsigned mdlen = 0;
+	EVP_MD_CTX *h = EVP_MD_CTX_new();
+	bool ok = h != NULL && EVP_DigestInit_ex(h, EVP_sha256(), NULL) == 1 &&
+	          EVP_DigestUpdate(h, &size, sizeof(size)) == 1 &&
+	          EVP_DigestUpdate(h, head, hlen) == 1 &&
+	          EVP_DigestFinal_ex(h, md, &mdlen) == 1;
+
+	EVP_MD_CTX_free(h);
+	*id_r = NULL;
+	if (!ok)
+		return -ENOMEM;
+	for (unsigned k = 0; k < mdlen; k++)
+		sprintf(hex + 2 * k, "%02x", md[k]);
+	if (asprintf(id_r, "%s%ssha256:%s", uidl ? uidl : "", uidl ? " " : "",
+	             hex) < 0) {
+		*id_r = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* The length of a message's header and the blank line after it, which
+ * is what TOP n 0 sends: up to the first empty line, else all of it. */
+static size_t head_len(const char *p, size_t n)
+{
+	size_t i = 0; /* the start of a line */
+
+	for (;;) {
+		const char *nl;
+
+		if (i < n && p[i] == '\n')
+			return i + 1;
+		if (i + 1 < n && p[i] == '\r' && p[i + 1] == '\n')
+			return i + 2;
+		nl = memchr(p + i, '\n', n - i);
+		if (nl == NULL)
+			return n;
+		i = (size_t)(nl - p) + 1;
+	}
+}
+
+/* Identify m by its size and header (TOP n 0).  A message the server
+ * will not show now (-ERR) is left alone for this session (m->skip);
+ * -ENOTSUP: the server has no TOP. */
+static int top_id(struct fs_pop *p, struct drop_msg *m, struct proto_err *err)
+{
+	char *head = NULL, *id = NULL;
+	size_t hlen = 0;
+	int rc = pop3_top_buf(p->c, m->num, 0, &head, &hlen, err);
+
+	if (rc == 0) {
+		rc = head_id(m->uidl, m->size, head, hlen, &id);
+		free(head);
+		if (rc < 0)
+			return rc;
+		free(m->id);
+		m->id = id;
+		m->keyed = true;
+		return 0;
+	}
+	if (rc == -ENOTSUP || err->cls != PERR_NO || pop3_error(p->c) != NULL)
+		return rc;
+	log_warn("POP3 message %u cannot be identified now (TOP: %s); left "
+	         "for a later check",
+	         m->num, err->text);
+	proto_err_clear(err);
+	m->skip = true;
+	return 0;
+}
+
+/* Without UIDL every message is known by its size and header. */
 static int hash_ids(struct fs_pop *p, struct drop *d, struct proto_err *err)
 {
 	unsigned count = 0;
@@ -130,136 +288,524 @@ static int hash_ids(struct fs_pop *p, struct drop *d, struct proto_err *err)
 	if (rc < 0)
 		return rc;
 	for (unsigned i = 1; i <= count; i++)
-		uidl_cb(d, i, "");
+		drop_push(d, i, NULL);
 	rc = pop3_list_all(p->c, list_cb, d, err);
-	if (rc < 0)
-		return rc;
-	for (size_t i = 0; i < d->n && !d->oom; i++) {
-		unsigned char md[EVP_MAX_MD_SIZE];
-		unsigned mdlen = 0;
-		char *head = NULL, *id;
-		size_t hlen = 0;
-		EVP_MD_CTX *h;
-
-		rc = pop3_top_buf(p->c, d->v[i].num, 0, &head, &hlen, err);
-		if (rc < 0)
-			return rc;
-		h = EVP_MD_CTX_new();
-		if (h == NULL ||
-		    EVP_DigestInit_ex(h, EVP_sha256(), NULL) != 1 ||
-		    EVP_DigestUpdate(h, &d->v[i].size, sizeof(d->v[i].size)) !=
-		            1 ||
-		    EVP_DigestUpdate(h, head, hlen) != 1 ||
-		    EVP_DigestFinal_ex(h, md, &mdlen) != 1) {
-			EVP_MD_CTX_free(h);
-			free(head);
-			return -ENOMEM;
-		}
-		EVP_MD_CTX_free(h);
-		free(head);
-		id = malloc(2 * mdlen + 8);
-		if (id == NULL)
-			return -ENOMEM;
-		strcpy(id, "sha256:");
-		for (unsigned k = 0; k < mdlen; k++)
-			sprintf(id + 7 + 2 * k, "%02x", md[k]);
-		free(d->v[i].uid);
-		d->v[i].uid = id;
-	}
-	return d->oom ? -ENOMEM : 0;
+	for (size_t i = 0; i < d->n && !d->oom && rc == 0; i++)
+		rc = top_id(p, &d->v[i], err);
+	return d->oom ? -ENOMEM : rc;
 }
 
-/* Two messages under one UIDL (a server bug): the later ones get a
- * suffix so that none of them is lost or taken for the other. */
-/* The meta name that remembers a reused UIDL: "popdup." and a hash. */
-static void reused_name(const char *uid, char name[32])
+/* A meta name that remembers something of s: prefix and a hash of s.
+ * "popdup.": UIDL s is reused; "popcmp.": identity s has had a copy
+ * listed and not cached (see match_cache). */
+static void meta_name(const char *prefix, const char *s, char name[32])
 {
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned mdlen = 0;
 
-	EVP_Digest(uid, strlen(uid), md, &mdlen, EVP_sha256(), NULL);
-	snprintf(name, 32, "popdup.%02x%02x%02x%02x%02x%02x%02x%02x", md[0],
+	EVP_Digest(s, strlen(s), md, &mdlen, EVP_sha256(), NULL);
+	snprintf(name, 32, "%s%02x%02x%02x%02x%02x%02x%02x%02x", prefix, md[0],
 	         md[1], md[2], md[3], md[4], md[5], md[6], md[7]);
 }
 
-static void dedup_ids(struct drop *d)
+static int cmp_id(const void *a, const void *b)
 {
-	for (size_t i = 0; i < d->n; i++)
-		for (size_t j = 0; j < d->n; j++)
-			if (i != j && strcmp(d->v[i].uid, d->v[j].uid) == 0)
-				d->v[i].reused = true;
-	for (size_t i = 1; i < d->n; i++) {
-		unsigned dup = 0;
-		char *id;
+	const struct drop_msg *x = *(struct drop_msg *const *)a;
+	const struct drop_msg *y = *(struct drop_msg *const *)b;
+	int c = strcmp(x->id, y->id);
 
-		for (size_t j = 0; j < i; j++)
-			if (strcmp(d->v[i].uid, d->v[j].uid) == 0)
-				dup++;
-		if (dup == 0)
-			continue;
-		if (asprintf(&id, "%s#%u", d->v[i].uid, dup) < 0)
-			continue;
-		log_warn("the POP3 server lists UIDL %s for more than one "
-		         "message; keeping each (the copy is %s)",
-		         d->v[i].uid, id);
-		free(d->v[i].uid);
-		d->v[i].uid = id;
-	}
+	if (c != 0)
+		return c;
+	return x->num < y->num ? -1 : x->num > y->num;
 }
 
-struct known_ctx {
-	struct drop *d;
-};
+/* d->by: the messages with an id, not skipped, sorted by id and number,
+ * so that the messages of one id are next to each other. */
+static int sort_by_id(struct drop *d)
+{
+	free(d->by);
+	d->nby = 0;
+	d->by = calloc(d->n ? d->n : 1, sizeof(*d->by));
+	if (d->by == NULL)
+		return -ENOMEM;
+	for (size_t i = 0; i < d->n; i++)
+		if (d->v[i].id != NULL && !d->v[i].skip)
+			d->by[d->nby++] = &d->v[i];
+	qsort(d->by, d->nby, sizeof(*d->by), cmp_id);
+	return 0;
+}
 
-static int mark_reused(struct cache_txn *txn, void *ctx)
+/* The end of the run of messages of d->by[i]'s id. */
+static size_t run_end(const struct drop *d, size_t i)
+{
+	size_t j = i + 1;
+
+	while (j < d->nby && strcmp(d->by[i]->id, d->by[j]->id) == 0)
+		j++;
+	return j;
+}
+
+static int reused_read(struct cache_txn *txn, void *ctx)
 {
 	struct drop *d = ctx;
+	uint64_t flag;
+	char name[32];
+
+	for (size_t i = 0; i < d->n; i++) {
+		meta_name("popdup.", d->v[i].uidl, name);
+		if (cache_meta_get(txn, name, &flag) == 0)
+			d->v[i].reused = true;
+	}
+	return cache_txn_error(txn);
+}
+
+struct reused_new {
+	struct drop_msg **v; /* borrowed */
+	size_t n;
+};
+
+static int reused_write(struct cache_txn *txn, void *ctx)
+{
+	struct reused_new *w = ctx;
+	char name[32];
 	int rc = 0;
 
-	for (size_t i = 0; i < d->n && rc == 0; i++) {
-		char name[32];
-		char *hash = strchr(d->v[i].uid, '#');
-
-		if (!d->v[i].reused)
-			continue;
-		/* Remember the UIDL as the server spells it (no suffix). */
-		if (hash != NULL)
-			*hash = '\0';
-		reused_name(d->v[i].uid, name);
-		if (hash != NULL)
-			*hash = '#';
+	for (size_t i = 0; i < w->n && rc == 0; i++) {
+		meta_name("popdup.", w->v[i]->uidl, name);
 		rc = cache_meta_set(txn, name, 1);
 	}
+	return rc;
+}
+
+/* With UIDL: a UIDL listed for more than one message is remembered (in
+ * the cache, before anything relies on it), and the messages of every
+ * reused UIDL are identified by their size and header too. */
+static int reused_ids(struct fs_pop *p, struct drop *d, struct proto_err *err)
+{
+	struct reused_new w = {0};
+	int rc = sort_by_id(d);
+
+	if (rc == 0)
+		rc = cache_run_read(p->fs->cache, reused_read, d);
+	w.v = calloc(d->nby ? d->nby : 1, sizeof(*w.v));
+	if (rc == 0 && w.v == NULL)
+		rc = -ENOMEM;
+	for (size_t i = 0, j; rc == 0 && i < d->nby; i = j) {
+		j = run_end(d, i);
+		if (j - i == 1)
+			continue;
+		if (!d->by[i]->reused)
+			w.v[w.n++] = d->by[i];
+		for (size_t k = i; k < j; k++)
+			d->by[k]->reused = true;
+	}
+	if (rc == 0 && w.n > 0)
+		rc = cache_run_write(p->fs->cache, reused_write, &w);
+	for (size_t i = 0; rc == 0 && i < w.n; i++)
+		log_warn("the POP3 server lists UIDL %s for more than one "
+		         "message: its messages are told apart by a hash of "
+		         "their size and headers from now on",
+		         w.v[i]->uidl);
+	free(w.v);
+	for (size_t i = 0; rc == 0 && i < d->n; i++) {
+		struct drop_msg *m = &d->v[i];
+
+		if (!m->reused)
+			continue;
+		rc = top_id(p, m, err);
+		if (rc == -ENOTSUP) {
+			log_warn("POP3 message %u cannot be told apart from "
+			         "the others of UIDL %s: the server has no "
+			         "TOP; left alone",
+			         m->num, m->uidl);
+			proto_err_clear(err);
+			m->skip = true;
+			rc = 0;
+		}
+	}
+	return rc;
+}
+
+/* d->g: the groups of the keyed messages. */
+static int make_groups(struct drop *d)
+{
+	int rc = sort_by_id(d);
+
+	if (rc < 0)
+		return rc;
+	d->g = calloc(d->nby ? d->nby : 1, sizeof(*d->g));
+	if (d->g == NULL)
+		return -ENOMEM;
+	for (size_t i = 0, j; i < d->nby; i = j) {
+		struct group *g = &d->g[d->ng];
+
+		j = run_end(d, i);
+		if (!d->by[i]->keyed)
+			continue;
+		g->id = d->by[i]->id;
+		g->uidl = d->by[i]->uidl;
+		g->first = i;
+		g->listed = j - i;
+		g->newest = INT64_MIN;
+		for (size_t k = i; k < j; k++)
+			d->by[k]->group = d->ng;
+		d->ng++;
+	}
+	return 0;
+}
+
+/* Cached message dl as a candidate of group (NO_GROUP: legacy, of uidl). */
+static int add_cand(struct cache_txn *txn, struct drop *d, uint32_t dl,
+                    size_t group, const char *uidl)
+{
+	struct cache_pop *rec = NULL;
+	struct cand *c;
+	int rc;
+
+	/* A legacy message already filed under an identity is a copy. */
+	for (size_t i = 0; group == NO_GROUP && i < d->nc; i++)
+		if (d->c[i].dl == dl)
+			return 0;
+	rc = cache_pop_get(txn, dl, &rec);
+	if (rc == -ENOENT)
+		return 0;
+	if (rc < 0)
+		return rc;
+	if (!grow((void **)&d->c, d->nc, &d->ccap, sizeof(*d->c))) {
+		cache_pop_free(&rec);
+		return -ENOMEM;
+	}
+	c = &d->c[d->nc++];
+	*c = (struct cand){
+	        .dl = dl,
+	        .size = rec->size,
+	        .downloaded = rec->downloaded,
+	        .group = group,
+	        .uidl = uidl,
+	        .legacy = group == NO_GROUP,
+	};
+	if (group != NO_GROUP)
+		d->g[group].cached++;
+	cache_pop_free(&rec);
+	return 0;
+}
+
+struct copies {
+	struct cache_txn *txn;
+	struct drop *d;
+	size_t group;
+	const char *uidl;
+	size_t plen; /* of "BASE#" */
+};
+
+static int copy_cb(const char *name, uint32_t num, void *ctx)
+{
+	struct copies *x = ctx;
+	const char *n = name + x->plen;
+
+	if (*n == '\0' || n[strspn(n, "0123456789")] != '\0')
+		return 0;
+	return add_cand(x->txn, x->d, num, x->group, x->uidl);
+}
+
+/* The messages filed as base, base#1, base#2...: candidates of group. */
+static int find_copies(struct cache_txn *txn, struct drop *d, const char *base,
+                       size_t group, const char *uidl)
+{
+	struct copies x = {txn, d, group, uidl, strlen(base) + 1};
+	char *prefix;
+	uint32_t num;
+	int rc = cache_pop_lookup(txn, base, &num);
+
+	if (rc == 0)
+		rc = add_cand(txn, d, num, group, uidl);
+	else if (rc == -ENOENT)
+		rc = 0;
+	if (rc < 0)
+		return rc;
+	if (asprintf(&prefix, "%s#", base) < 0)
+		return -ENOMEM;
+	rc = cache_pop_uidl_foreach(txn, prefix, copy_cb, &x);
+	free(prefix);
+	return rc;
+}
+
+struct head_ctx {
+	const struct cand *c;
+	char *id; /* owned */
+};
+
+static int head_view(void *ctx, const void *data, size_t n)
+{
+	struct head_ctx *h = ctx;
+
+	return head_id(h->c->uidl, h->c->size, data, head_len(data, n), &h->id);
+}
+
+/* A legacy candidate whose cached header and size give the identity of a
+ * group that has fewer copies than messages is one of them. */
+static int match_head(struct cache_txn *txn, struct drop *d, struct cand *c)
+{
+	struct cache_key key = {CACHE_POP_MAILBOX_ID, CACHE_POP_UIDVALIDITY,
+	                        c->dl};
+	struct head_ctx h = {c, NULL};
+	int rc = cache_body_view(txn, key, 0, c->size, head_view, &h);
+
+	if (rc == -ENOENT)
+		return 0;
+	for (size_t i = 0; rc == 0 && i < d->ng; i++) {
+		struct group *g = &d->g[i];
+
+		if (g->uidl != NULL && strcmp(g->uidl, c->uidl) == 0 &&
+		    strcmp(g->id, h.id) == 0 && g->cached < g->listed) {
+			c->group = i;
+			g->cached++;
+			break;
+		}
+	}
+	free(h.id);
 	return rc;
 }
 
 static int known_read(struct cache_txn *txn, void *ctx)
 {
 	struct drop *d = ctx;
+	int rc = 0;
 
-	for (size_t i = 0; i < d->n; i++) {
-		uint32_t num;
-		uint64_t flag;
+	d->nc = 0;
+	for (size_t i = 0; i < d->ng; i++) {
+		uint64_t flag = 0;
 		char name[32];
+
+		meta_name("popcmp.", d->g[i].id, name);
+		d->g[i].cached = 0;
+		d->g[i].unsure = cache_meta_get(txn, name, &flag) == 0 && flag;
+	}
+	for (size_t i = 0; i < d->nby && rc == 0; i++) {
+		struct drop_msg *m = d->by[i];
+		struct cache_pop *rec = NULL;
+
+		if (m->keyed)
+			continue;
+		rc = cache_pop_lookup(txn, m->id, &m->dl);
+		if (rc == -ENOENT) {
+			rc = 0;
+			continue;
+		}
+		if (rc == 0)
+			rc = cache_pop_get(txn, m->dl, &rec);
+		m->cached = rc == 0 || rc == -ENOENT;
+		/* Without its record it is never old enough to go. */
+		m->downloaded = rec != NULL ? rec->downloaded : INT64_MAX;
+		if (rc == -ENOENT)
+			rc = 0;
+		cache_pop_free(&rec);
+	}
+	for (size_t i = 0; i < d->ng && rc == 0; i++)
+		rc = find_copies(txn, d, d->g[i].id, i, d->g[i].uidl);
+	/* The legacy messages of each reused UIDL, once per UIDL. */
+	for (size_t i = 0; i < d->ng && rc == 0; i++) {
+		const char *uidl = d->g[i].uidl;
+		bool seen = false;
+
+		for (size_t k = 0; k < i && uidl != NULL && !seen; k++)
+			seen = d->g[k].uidl && strcmp(d->g[k].uidl, uidl) == 0;
+		if (uidl != NULL && !seen)
+			rc = find_copies(txn, d, uidl, NO_GROUP, uidl);
+	}
+	for (size_t i = 0; i < d->nc && rc == 0; i++)
+		if (d->c[i].legacy)
+			rc = match_head(txn, d, &d->c[i]);
+	return rc;
+}
+
+/* The first free name for a copy of id: id, id#1, id#2... *name_r owned. */
+static int free_name(struct cache_txn *txn, const char *id, char **name_r)
+{
+	for (unsigned k = 0;; k++) {
+		uint32_t num;
+		char *name;
 		int rc;
 
-		char *hash = strchr(d->v[i].uid, '#');
-
-		if (hash != NULL)
-			*hash = '\0';
-		reused_name(d->v[i].uid, name);
-		if (hash != NULL)
-			*hash = '#';
-		if (cache_meta_get(txn, name, &flag) == 0)
-			d->v[i].reused = true;
-		rc = cache_pop_lookup(txn, d->v[i].uid, &num);
-
-		if (rc == 0)
-			d->v[i].cached = true;
-		else if (rc != -ENOENT)
+		if (k == 0)
+			name = strdup(id);
+		else if (asprintf(&name, "%s#%u", id, k) < 0)
+			name = NULL;
+		if (name == NULL)
+			return -ENOMEM;
+		rc = cache_pop_lookup(txn, name, &num);
+		if (rc == -ENOENT) {
+			*name_r = name;
+			return 0;
+		}
+		free(name);
+		if (rc < 0)
 			return rc;
 	}
-	return 0;
+}
+
+/* File a message: under its UIDL, or as the next copy of its identity;
+ * alias: a cached message found to be it, filed (again) under that
+ * name, nothing stored. */
+struct filing {
+	const char *id;
+	bool copy;
+	uint32_t alias;
+	const void *body;
+	size_t len;
+	int64_t when;
+	uint32_t dl; /* out: its download number */
+};
+
+static int file_one(struct cache_txn *txn, struct filing *f)
+{
+	char *name = NULL;
+	int rc;
+
+	if (!f->copy)
+		return cache_pop_add(txn, f->id, f->body, f->len, f->when,
+		                     &f->dl);
+	rc = free_name(txn, f->id, &name);
+	if (rc == 0 && f->alias != 0) {
+		rc = cache_pop_alias(txn, name, f->alias);
+		f->dl = f->alias;
+	} else if (rc == 0) {
+		rc = cache_pop_add(txn, name, f->body, f->len, f->when, &f->dl);
+	}
+	free(name);
+	return rc;
+}
+
+static int file_fn(struct cache_txn *txn, void *ctx)
+{
+	return file_one(txn, ctx);
+}
+
+/* Before retrieving: the legacy messages matched by their header get
+ * their identity, and the groups with copies not cached are remembered
+ * as unsure. */
+static int prepare_fn(struct cache_txn *txn, void *ctx)
+{
+	struct drop *d = ctx;
+	int rc = 0;
+
+	for (size_t i = 0; i < d->nc && rc == 0; i++) {
+		struct cand *c = &d->c[i];
+		struct filing f = {.copy = true, .alias = c->dl};
+
+		if (!c->legacy || c->group == NO_GROUP)
+			continue;
+		f.id = d->g[c->group].id;
+		rc = file_one(txn, &f);
+	}
+	for (size_t i = 0; i < d->ng && rc == 0; i++) {
+		char name[32];
+
+		if (!d->g[i].note)
+			continue;
+		meta_name("popcmp.", d->g[i].id, name);
+		rc = cache_meta_set(txn, name, 1);
+	}
+	return rc;
+}
+
+/* Is every message of an unsure group cached now? */
+static bool settled(const struct drop *d, const struct group *g)
+{
+	for (size_t k = 0; k < g->listed; k++)
+		if (!d->by[g->first + k]->cached)
+			return false;
+	return g->unsure;
+}
+
+/* After retrieving: the unsure groups whose messages are all cached now
+ * (found by their bytes or stored) are sure again. */
+static int settle_fn(struct cache_txn *txn, void *ctx)
+{
+	struct drop *d = ctx;
+	int rc = 0;
+
+	for (size_t i = 0; i < d->ng && rc == 0; i++) {
+		char name[32];
+
+		if (!settled(d, &d->g[i]))
+			continue;
+		meta_name("popcmp.", d->g[i].id, name);
+		rc = cache_meta_set(txn, name, 0);
+	}
+	return rc;
+}
+
+/* What is cached, what must be retrieved, and how.
+ *
+ * A group with as many copies cached as messages listed is cached, unless
+ * it is unsure: when copies of one identity were listed and not all of
+ * them could be cached (a RETR failed), a listing with fewer of them
+ * cannot say whether the one left is a cached copy or the other one, so
+ * such a group is compared by its bytes until all its messages are
+ * cached.  This is remembered in the cache ("popcmp."), before any
+ * retrieval, so that a crash cannot lose it. */
+static int match_cache(struct fs_pop *p, struct drop *d)
+{
+	bool write = false;
+	int rc = make_groups(d);
+
+	if (rc == 0)
+		rc = cache_run_read(p->fs->cache, known_read, d);
+	if (rc < 0)
+		return rc;
+	for (size_t i = 0; i < d->nc; i++) {
+		struct cand *c = &d->c[i];
+		struct group *g;
+		struct drop_msg *m;
+
+		if (c->group == NO_GROUP)
+			continue;
+		write |= c->legacy;
+		g = &d->g[c->group];
+		if (c->downloaded > g->newest)
+			g->newest = c->downloaded;
+		/* As many copies as messages or more: each message is one
+		 * of them, which one does not matter. */
+		if (g->cached >= g->listed && !g->unsure &&
+		    g->given < g->listed) {
+			m = d->by[g->first + g->given++];
+			m->cached = true;
+			m->dl = c->dl;
+		}
+	}
+	for (size_t i = 0; i < d->ng; i++) {
+		struct group *g = &d->g[i];
+
+		if (g->cached >= g->listed && !g->unsure) {
+			for (size_t k = 0; k < g->listed; k++)
+				d->by[g->first + k]->downloaded = g->newest;
+			continue;
+		}
+		g->compare = g->unsure || g->cached > 0;
+		for (size_t k = 0; k < d->nc && g->uidl && !g->compare; k++)
+			g->compare = d->c[k].group == NO_GROUP &&
+			             strcmp(d->c[k].uidl, g->uidl) == 0;
+		if (g->listed > 1 && !g->unsure)
+			write = g->note = g->unsure = true;
+		if (g->listed > 1 && g->cached < g->listed)
+			log_warn("the POP3 server lists %zu messages of the "
+			         "same %ssize and headers (%s): keeping each",
+			         g->listed, g->uidl ? "UIDL, " : "", g->id);
+	}
+	if (!write)
+		return 0;
+	rc = cache_run_write(p->fs->cache, prepare_fn, d);
+	for (size_t i = 0; rc == 0 && i < d->nc; i++) {
+		struct cand *c = &d->c[i];
+
+		if (!c->legacy || c->group == NO_GROUP)
+			continue;
+		c->legacy = false;
+		log_debug("POP3: %u.eml (UIDL %s) is filed as %s too", c->dl,
+		          c->uidl, d->g[c->group].id);
+	}
+	return rc;
 }
 
 /* RETR sink: collect one message, commit it to the cache when whole. */
@@ -311,77 +857,87 @@ static int retr_data(void *ctx, unsigned num, const char *buf, size_t len)
 	return 0;
 }
 
+static int same_view(void *ctx, const void *data, size_t n)
+{
+	const struct retr_ctx *r = ctx;
+
+	return n == r->len && memcmp(data, r->buf, n) == 0;
+}
+
+/* The candidate of m's group (or a legacy one of its UIDL) that holds
+ * exactly the bytes just retrieved, or NULL. */
+static struct cand *same_bytes(struct retr_ctx *r, struct drop_msg *m)
+{
+	struct drop *d = r->d;
+	const struct group *g = &d->g[m->group];
+
+	for (size_t i = 0; i < d->nc; i++) {
+		struct cand *c = &d->c[i];
+		struct cache_key key = {CACHE_POP_MAILBOX_ID,
+		                        CACHE_POP_UIDVALIDITY, c->dl};
+
+		if (c->claimed || c->size != r->len)
+			continue;
+		if (c->group != m->group &&
+		    (c->group != NO_GROUP || g->uidl == NULL ||
+		     strcmp(c->uidl, g->uidl) != 0))
+			continue;
+		if (cache_body_view_once(r->p->fs->cache, key, 0, r->len,
+		                         same_view, r) == 1)
+			return c;
+	}
+	return NULL;
+}
+
 static void retr_end(void *ctx, unsigned num, int rc, const struct proto_err *e)
 {
 	struct retr_ctx *r = ctx;
 	struct drop_msg *m = find_num(r->d, num);
-	uint32_t dl = 0;
+	struct filing f = {0};
+	struct cand *c = NULL;
 
 	if (m == NULL)
 		return;
 	if (rc < 0) {
-		log_warn("cannot download POP3 message %u (%s): %s", num,
-		         m->uid, e && e->text[0] ? e->text : strerror(-rc));
+		log_warn("cannot download POP3 message %u (%s): %s", num, m->id,
+		         e && e->text[0] ? e->text : strerror(-rc));
 		r->rc = rc;
 		return;
 	}
-	/* The bytes are committed, with the UIDL, before anything else
+	if (m->keyed && r->d->g[m->group].compare)
+		c = same_bytes(r, m);
+	f.id = m->id;
+	f.copy = m->keyed;
+	f.alias = c != NULL && c->legacy ? c->dl : 0;
+	f.body = r->buf ? r->buf : "";
+	f.len = r->len;
+	f.when = (int64_t)time(NULL);
+	/* The bytes are committed, with the identity, before anything else
 	 * happens to this message. */
-	rc = cache_pop_add_once(r->p->fs->cache, m->uid, r->buf ? r->buf : "",
-	                        r->len, (int64_t)time(NULL), &dl);
+	if (c == NULL || c->legacy)
+		rc = cache_run_write(r->p->fs->cache, file_fn, &f);
 	if (rc < 0) {
-		log_err("cannot store POP3 message %s in the cache: %s", m->uid,
+		log_err("cannot store POP3 message %s in the cache: %s", m->id,
 		        strerror(-rc));
 		r->rc = rc;
 		return;
 	}
 	m->cached = true;
+	if (c != NULL) {
+		c->claimed = true;
+		c->legacy = false;
+		c->group = m->group;
+		m->dl = c->dl;
+		m->downloaded = c->downloaded;
+		log_info("POP3 message %u (%s) is %u.eml, already cached", num,
+		         m->id, c->dl);
+		return;
+	}
+	m->dl = f.dl;
+	m->downloaded = f.when;
 	r->stored++;
 	log_debug("POP3 message %u (%s) stored as %u.eml, %zu bytes", num,
-	          m->uid, dl, r->len);
-}
-
-struct expire_ctx {
-	struct drop *d;
-	int64_t limit; /* downloaded at or before this: may go */
-	unsigned *nums;
-	uint32_t *dls;
-	size_t n;
-};
-
-static int expire_read(struct cache_txn *txn, void *ctx)
-{
-	struct expire_ctx *x = ctx;
-
-	for (size_t i = 0; i < x->d->n; i++) {
-		struct cache_pop *rec = NULL;
-		uint32_t dl;
-		int rc;
-
-		if (!x->d->v[i].cached)
-			continue;
-		if (x->d->v[i].reused) {
-			log_warn("POP3: not deleting message %u: the server "
-			         "has used its UIDL %s for more than one "
-			         "message, so it cannot be told apart safely",
-			         x->d->v[i].num, x->d->v[i].uid);
-			continue;
-		}
-		rc = cache_pop_lookup(txn, x->d->v[i].uid, &dl);
-		if (rc == 0)
-			rc = cache_pop_get(txn, dl, &rec);
-		if (rc == -ENOENT)
-			continue;
-		if (rc < 0)
-			return rc;
-		if (rec->downloaded <= x->limit) {
-			x->nums[x->n] = x->d->v[i].num;
-			x->dls[x->n] = dl;
-			x->n++;
-		}
-		cache_pop_free(&rec);
-	}
-	return 0;
+	          m->id, f.dl, r->len);
 }
 
 struct mark_ctx {
@@ -403,7 +959,6 @@ static int session(struct fs_pop *p)
 {
 	struct mailfs *fs = p->fs;
 	struct retr_ctx r = {.p = p};
-	struct expire_ctx x = {0};
 	struct proto_err err = {0};
 	struct pop3_sink sink = {
 	        .begin = retr_begin,
@@ -412,8 +967,9 @@ static int session(struct fs_pop *p)
 	        .ctx = &r,
 	};
 	struct drop d = {0};
-	unsigned *want = NULL;
-	size_t nwant = 0;
+	unsigned *want = NULL, *dele = NULL;
+	uint32_t *dls = NULL;
+	size_t nwant = 0, ndele = 0;
 	int rc;
 
 	r.d = &d;
@@ -434,21 +990,13 @@ static int session(struct fs_pop *p)
 		rc = hash_ids(p, &d, &err);
 	} else if (rc == 0) {
 		rc = pop3_list_all(p->c, list_cb, &d, &err);
+		if (rc == 0 && !d.oom)
+			rc = reused_ids(p, &d, &err);
 	}
 	if (rc == 0 && d.oom)
 		rc = -ENOMEM;
-	if (rc < 0)
-		goto fail;
-	dedup_ids(&d);
-	for (size_t i = 0; i < d.n; i++) {
-		if (d.v[i].reused) {
-			rc = cache_run_write(fs->cache, mark_reused, &d);
-			if (rc < 0)
-				goto fail;
-			break;
-		}
-	}
-	rc = cache_run_read(fs->cache, known_read, &d);
+	if (rc == 0)
+		rc = match_cache(p, &d);
 	if (rc < 0)
 		goto fail;
 
@@ -458,7 +1006,7 @@ static int session(struct fs_pop *p)
 		goto fail;
 	}
 	for (size_t i = 0; i < d.n && nwant < SESSION_MAX_MSGS; i++)
-		if (!d.v[i].cached)
+		if (!d.v[i].cached && !d.v[i].skip)
 			want[nwant++] = d.v[i].num;
 	if (nwant > 0) {
 		rc = pop3_retr_many(p->c, want, nwant, &sink, &err);
@@ -466,24 +1014,38 @@ static int session(struct fs_pop *p)
 			goto fail;
 		log_info("POP3: %zu new messages downloaded", r.stored);
 	}
+	for (size_t i = 0; i < d.ng; i++) {
+		if (settled(&d, &d.g[i])) {
+			rc = cache_run_write(fs->cache, settle_fn, &d);
+			if (rc < 0)
+				goto fail;
+			break;
+		}
+	}
 
 	/* pop_keep: DELE what is safely cached and old enough; QUIT
 	 * commits it. */
 	if (fs->opts.pop_keep_days >= 0) {
-		x.d = &d;
-		x.limit = (int64_t)time(NULL) - fs->opts.pop_keep_days * 86400;
-		x.nums = calloc(d.n ? d.n : 1, sizeof(*x.nums));
-		x.dls = calloc(d.n ? d.n : 1, sizeof(*x.dls));
-		if (x.nums == NULL || x.dls == NULL) {
+		int64_t limit =
+		        (int64_t)time(NULL) - fs->opts.pop_keep_days * 86400;
+
+		dele = calloc(d.n ? d.n : 1, sizeof(*dele));
+		dls = calloc(d.n ? d.n : 1, sizeof(*dls));
+		if (dele == NULL || dls == NULL) {
 			rc = -ENOMEM;
 			goto fail;
 		}
-		rc = cache_run_read(fs->cache, expire_read, &x);
-		if (rc < 0)
-			goto fail;
-		if (x.n > 0) {
+		for (size_t i = 0; i < d.n; i++) {
+			struct drop_msg *m = &d.v[i];
+
+			if (!m->cached || m->skip || m->downloaded > limit)
+				continue;
+			dele[ndele] = m->num;
+			dls[ndele++] = m->dl;
+		}
+		if (ndele > 0) {
 			test_pause("pop_before_dele");
-			rc = pop3_dele_many(p->c, x.nums, x.n, &err);
+			rc = pop3_dele_many(p->c, dele, ndele, &err);
 			if (rc < 0)
 				log_warn("POP3 DELE failed: %s", err.text);
 		}
@@ -491,13 +1053,13 @@ static int session(struct fs_pop *p)
 	rc = pop3_quit(&p->c, &err);
 	if (rc < 0) {
 		log_warn("POP3 QUIT failed: %s", err.text);
-	} else if (x.n > 0) {
-		struct mark_ctx m = {x.dls, x.n};
+	} else if (ndele > 0) {
+		struct mark_ctx m = {dls, ndele};
 
 		if (cache_run_write(fs->cache, mark_deleted, &m) == 0)
 			log_info("POP3: %zu messages deleted on the server "
 			         "(pop_keep=%ld)",
-			         x.n, fs->opts.pop_keep_days);
+			         ndele, fs->opts.pop_keep_days);
 	}
 	goto out;
 fail:
@@ -506,8 +1068,8 @@ fail:
 	/* No QUIT: the server must commit nothing of a failed session. */
 	pop3_free(&p->c);
 out:
-	free(x.nums);
-	free(x.dls);
+	free(dele);
+	free(dls);
 	free(want);
 	free(r.buf);
 	drop_free(&d);

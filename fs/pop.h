@@ -5,7 +5,8 @@
  * The network side is one thread that runs short sessions (connect, UIDL,
  * RETR what is new, DELE what pop_keep allows, QUIT) every poll seconds
  * and when INBOX is listed, so other clients are not locked out for long.
- * Every message's bytes are committed to the cache, with its UIDL, before
+ * Every message's bytes are committed to the cache, with its UIDL (and,
+ * where the server reuses UIDLs, a hash of its size and header), before
  * anything else happens to it; a message is DELEted on the server only
  * when it is in the cache and pop_keep's days have passed.  Files never
  * change and never disappear. */

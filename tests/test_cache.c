@@ -1135,6 +1135,96 @@ static void test_pop(void **state)
 	assert_int_equal(num, 4);
 }
 
+static int collect_uidl(const char *uidl, uint32_t num, void *ctx)
+{
+	char *out = ctx;
+	char line[300];
+
+	snprintf(line, sizeof(line), "%s=%u,", uidl, num);
+	strcat(out, line);
+	return strcmp(uidl, "stop") == 0 ? 1 : 0;
+}
+
+/* A message known under a second name (fs/pop.c: a reused UIDL), and the
+ * names found by prefix. */
+static void test_pop_alias(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_pop *p = NULL;
+	struct cache_txn *t;
+	char list[1024] = "";
+	char uidl256[257];
+	uint32_t num = 0;
+
+	assert_int_equal(cache_pop_add_once(c, "dup", "AAA", 3, 1000, &num), 0);
+	assert_int_equal(cache_pop_add_once(c, "dup#1", "BB", 2, 1000, &num),
+	                 0);
+	assert_int_equal(cache_pop_add_once(c, "dupe", "C", 1, 1000, &num), 0);
+	assert_int_equal(cache_pop_add_once(c, "stop", "", 0, 1000, &num), 0);
+
+	t = wtxn(c);
+	assert_int_equal(cache_pop_alias(t, "dup sha256:aa", 1), 0);
+	assert_int_equal(cache_pop_alias(t, "dup sha256:aa", 1), 0);
+	assert_int_equal(cache_pop_alias(t, "dup sha256:bb", 2), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Another number under a taken name, a number without a record,
+	 * bad names: refused, and recorded. */
+	t = wtxn(c);
+	assert_int_equal(cache_pop_alias(t, "dup sha256:aa", 2), -EEXIST);
+	assert_int_equal(cache_txn_error(t), -EEXIST);
+	cache_txn_abort(&t);
+	t = wtxn(c);
+	assert_int_equal(cache_pop_alias(t, "x", 9), -ENOENT);
+	assert_int_equal(cache_txn_error(t), -ENOENT);
+	cache_txn_abort(&t);
+	memset(uidl256, 'u', 256);
+	uidl256[256] = '\0';
+	t = wtxn(c);
+	assert_int_equal(cache_pop_alias(t, uidl256, 1), -EINVAL);
+	cache_txn_abort(&t);
+	t = wtxn(c);
+	assert_int_equal(cache_pop_alias(t, "", 1), -EINVAL);
+	cache_txn_abort(&t);
+	t = rtxn(c);
+	assert_int_equal(cache_pop_alias(t, "y", 1), -EROFS);
+	cache_txn_abort(&t);
+
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_pop_lookup(t, "dup sha256:bb", &num), 0);
+	assert_int_equal(num, 2);
+	assert_int_equal(cache_pop_lookup(t, "dup sha256:aa", &num), 0);
+	assert_int_equal(num, 1);
+	/* The record keeps the name it was added under. */
+	assert_int_equal(cache_pop_get(t, 1, &p), 0);
+	assert_string_equal(p->uidl, "dup");
+	cache_pop_free(&p);
+	assert_int_equal(cache_pop_uidl_foreach(t, "dup", collect_uidl, list),
+	                 0);
+	assert_string_equal(list, "dup=1,dup sha256:aa=1,dup sha256:bb=2,"
+	                          "dup#1=2,dupe=3,");
+	list[0] = '\0';
+	assert_int_equal(cache_pop_uidl_foreach(t, "dup#", collect_uidl, list),
+	                 0);
+	assert_string_equal(list, "dup#1=2,");
+	list[0] = '\0';
+	assert_int_equal(
+	        cache_pop_uidl_foreach(t, "nothing", collect_uidl, list), 0);
+	assert_int_equal(cache_pop_uidl_foreach(t, uidl256, collect_uidl, list),
+	                 0);
+	assert_string_equal(list, "");
+	/* cb > 0 stops the walk. */
+	assert_int_equal(cache_pop_uidl_foreach(t, "s", collect_uidl, list), 0);
+	assert_string_equal(list, "stop=4,");
+	assert_int_equal(cache_txn_error(t), 0);
+	assert_int_equal(cache_pop_uidl_foreach(t, "", collect_uidl, list),
+	                 -EINVAL);
+	cache_txn_abort(&t);
+}
+
 static int collect_pending(const struct cache_pending *p, void *ctx)
 {
 	char *out = ctx;
@@ -1515,6 +1605,8 @@ int main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_rematch, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_pop, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_pop_alias, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_pending, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_schema_refusal, setup,

@@ -20,12 +20,16 @@ TOP n 0.  All sessions are plaintext (pop3://, -o notls; mailfs warns), on
 NoUidl        UIDL -> -ERR, TOP works: every message once, byte-exact; later
               sessions (poll=1) retrieve nothing again, also after the
               maildrop is renumbered; identical headers and size (same
-              hash): both kept; the hash is logged once
-DuplicateUidl two messages under one UIDL: both kept, byte-exact, warned;
-              also when the second one arrives in a later session, and
-              (expected failures, see there) when the first one leaves the
-              maildrop before the second could be retrieved, with and
-              without pop_keep=0
+              hash): both kept, also when the first one leaves the
+              maildrop before the second could be retrieved; the hash is
+              logged once
+DuplicateUidl two messages under one UIDL: both kept, byte-exact, warned,
+              told apart by TOP n 0; also when the second one arrives in a
+              later session, when the first one leaves the maildrop before
+              the second could be retrieved, with and without pop_keep=0
+              (nothing is deleted before it was retrieved), when the two
+              also have the same header and size (compared by their
+              bytes), and when TOP does not give the header RETR gives
 InUse         [IN-USE] at the login of a session: logged, retried after a
               back-off, then every message once; [IN-USE] to UIDL is not
               taken for "no UIDL"; [IN-USE] at the login at mount time,
@@ -96,6 +100,8 @@ M4 = (b'From: Carol Example <carol@example.org>\r\n'
       b'Message-ID: <m4@fake.test>\r\n'
       b'\r\n'
       b'new mail\r\n')
+# M1's twin: the same header and size, another body (the same hash).
+TWIN = M1.replace(b'first message.', b'other message.')
 
 
 def big_message(lines=6000):
@@ -431,6 +437,19 @@ class FakeMountTest(unittest.TestCase):
             self.assertEqual(read(os.path.join(inbox(m), n)), body, n)
         self.assertFalse(os.path.exists(os.path.join(inbox(m), '%d.eml' % (len(msgs) + 1))))
 
+    def sessions(self, names, data, tag, want, retr, options=('poll=1',)):
+        """Mount, let the transcripts NAMES play one session each, check
+        that INBOX holds WANT ({name: bytes}) and that RETR was sent for
+        the message numbers RETR, in order (None: not checked); (srv, m)."""
+        srv = self.server(names, data)
+        m = self.mount(srv, tag, options=options)
+        self.assertTrue(self.wait_files(m, list(want)), self.explain(srv, m))
+        self.assertTrue(srv.wait_ended(len(names)), self.explain(srv, m))
+        self.assertEqual(mount_bytes(m), want, self.explain(srv, m))
+        if retr is not None:
+            self.assertEqual(retr_sent(m.log()), retr, self.explain(srv, m))
+        return srv, m
+
     def wait_files(self, m, names, seconds=SESSION_SECONDS):
         """Wait until every name exists in INBOX, by lookups only (a listing
         would ask for a session at once, bypassing the back-off)."""
@@ -486,18 +505,28 @@ class NoUidl(FakeMountTest):
     def test_same_headers_and_size(self):
         # Two messages with the same header and the same size have the same
         # hash: both must still be kept.
-        twin = M1.replace(b'first message.', b'other message.')
-        self.assertEqual((len(twin), header(twin)), (len(M1), header(M1)))
-        self.assertNotEqual(twin, M1)
+        self.assertEqual((len(TWIN), header(TWIN)), (len(M1), header(M1)))
+        self.assertNotEqual(TWIN, M1)
         srv = self.server(['popmount_nouidl_first.pop', 'popmount_nouidl_again.pop'],
-                          blobs(m1=M1, m2=twin, m3=M3))
+                          blobs(m1=M1, m2=TWIN, m3=M3))
         m = self.mount(srv, 'nouidl-twin')
-        self.assertEqual(mount_bytes(m), numbered(M1, twin, M3), self.explain(srv, m))
+        self.assertEqual(mount_bytes(m), numbered(M1, TWIN, M3), self.explain(srv, m))
         self.assertTrue(srv.wait_ended(3), self.explain(srv, m))
-        self.assertEqual(mount_bytes(m), numbered(M1, twin, M3))
+        self.assertEqual(mount_bytes(m), numbered(M1, TWIN, M3))
         log = m.log()
         self.assertEqual(sorted(retr_sent(log)), [1, 2, 3], self.explain(srv, m))
-        self.assertIn('for more than one message; keeping each', log)
+        self.assertIn('lists 2 messages of the same size and headers (sha256:', log)
+        self.finish(srv, m)
+
+    def test_twin_retrieved_after_first_is_gone(self):
+        # Two messages of the same header and size (one hash); the second
+        # cannot be read at first ([SYS/TEMP]); then another client deletes
+        # the first.  The one listed then could be either: it is retrieved
+        # and compared with the cached one, and kept since it differs.
+        srv, m = self.sessions(['popmount_nouidl_twin_first.pop',
+                                'popmount_nouidl_twin_second.pop',
+                                'popmount_nouidl_twin_again.pop'], blobs(m1=M1, m2=TWIN),
+                               'nouidl-twin-gone', numbered(M1, TWIN), [1, 2, 1])
         self.finish(srv, m)
 
 
@@ -516,8 +545,10 @@ class DuplicateUidl(FakeMountTest):
         self.assertEqual(mount_bytes(m), want)
         log = m.log()
         self.assertEqual(sorted(retr_sent(log)), [1, 2, 3], self.explain(srv, m))
-        self.assertIn('the POP3 server lists UIDL dup-uidl for more than one message; '
-                      'keeping each (the copy is dup-uidl#1)', log)
+        self.assertIn('the POP3 server lists UIDL dup-uidl for more than one message: '
+                      'its messages are told apart by a hash of their size and headers',
+                      log)
+        self.assertEqual(log.count('for more than one message'), 1, self.explain(srv, m))
         self.finish(srv, m)
 
     def test_second_arrives_later(self):
@@ -536,48 +567,66 @@ class DuplicateUidl(FakeMountTest):
         self.assertIn('lists UIDL dup-uidl for more than one message', m.log())
         self.finish(srv, m)
 
-
-    # BUG (this test and the next): fs/pop.c dedup_ids() names the copies of
-    # a duplicated UIDL by their position in the current listing ("U",
-    # "U#1", ...), and known_read()/expire_read() look these names up in
-    # the cache.  When the first copy leaves the maildrop before the second
-    # was stored (a -ERR [SYS/TEMP] to its RETR, then the first is deleted
-    # by another client or by pop_keep), the second is listed alone under
-    # "U", the cache key of the first copy: mailfs takes it as cached, never
-    # sends RETR for it, and with pop_keep=0 sends DELE for it (the
-    # downloaded time of the first copy counts), so QUIT deletes a message
-    # that was never downloaded.  The same holds without UIDL for two
-    # messages of the same header and size (same hash, "#1" suffix).
-    # Since then a UIDL seen twice is remembered and its messages are never
-    # DELEted (pop_keep), so nothing unread is deleted; the second copy is
-    # still not retrieved in this case (it stays on the server).
-    @unittest.expectedFailure
+    # Regression (this test and the next): the copies of a duplicated UIDL
+    # were named by their position in the listing ("U", "U#1"...), so when
+    # the first copy left the maildrop before the second was stored, the
+    # second, listed alone, took the first one's name: it was never
+    # retrieved (and, until reused UIDLs were kept from pop_keep, it was
+    # deleted unread).  A reused UIDL now identifies its messages with a
+    # hash of their size and header.
     def test_second_retrieved_after_first_is_gone(self):
         # Both listed under one UIDL; the second cannot be read at first
         # ([SYS/TEMP]); then another client deletes the first.  The second,
         # now alone under that UIDL, was never retrieved: it must be now.
-        srv = self.server(['popmount_dup_temp_first.pop', 'popmount_dup_temp_second.pop',
-                           'popmount_dup_temp_again.pop'], blobs(m1=M1, m2=M2))
-        m = self.mount(srv, 'dup-gone')
-        self.assertTrue(self.wait_files(m, ['1.eml']), self.explain(srv, m))
-        self.assertTrue(srv.wait_ended(3), self.explain(srv, m))
-        self.assertEqual(mount_bytes(m), numbered(M1, M2), self.explain(srv, m))
-        self.assertEqual(retr_sent(m.log()), [1, 2, 1], self.explain(srv, m))
+        srv, m = self.sessions(['popmount_dup_temp_first.pop', 'popmount_dup_temp_second.pop',
+                                'popmount_dup_temp_again.pop'], blobs(m1=M1, m2=M2),
+                               'dup-gone', numbered(M1, M2), [1, 2, 1])
         self.finish(srv, m)
 
-    @unittest.expectedFailure
     def test_pop_keep_never_deletes_what_was_not_retrieved(self):
         # The same with pop_keep=0: mailfs itself deletes the first copy
         # (cached); the second must be retrieved before it is deleted.
-        srv = self.server(['popmount_dup_keep_first.pop', 'popmount_dup_keep_second.pop',
-                           'popmount_empty.pop'], blobs(m1=M1, m2=M2))
-        m = self.mount(srv, 'dup-keep', options=['poll=1', 'pop_keep=0'])
-        self.assertTrue(self.wait_files(m, ['1.eml']), self.explain(srv, m))
-        self.assertTrue(srv.wait_ended(3), self.explain(srv, m))
-        self.assertEqual(mount_bytes(m), numbered(M1, M2), self.explain(srv, m))
+        # Each DELE below is of the message retrieved, and committed to the
+        # cache, in the same session (message numbers do not change within
+        # a session), so no message is deleted unread: this is the ideal
+        # sequence, not merely an allowed one.
+        srv, m = self.sessions(['popmount_dup_keep_first.pop', 'popmount_dup_keep_second.pop',
+                                'popmount_empty.pop'], blobs(m1=M1, m2=M2),
+                               'dup-keep', numbered(M1, M2), None,
+                               options=['poll=1', 'pop_keep=0'])
         self.assertEqual(re.findall(r' C: (RETR|DELE) (\d+)', m.log()),
                          [('RETR', '1'), ('RETR', '2'), ('DELE', '1'), ('RETR', '1'),
                           ('DELE', '1')], self.explain(srv, m))
+        self.finish(srv, m)
+
+    def test_same_header_compared_by_bytes(self):
+        # Two messages under one UIDL with the same header and size: TOP
+        # cannot tell them apart.  The second cannot be read at first; in
+        # the next session both are retrieved and compared with the cached
+        # one: the first is found cached (not stored again), the second is
+        # stored.  Then both are cached.
+        srv, m = self.sessions(['popmount_dup_twin_first.pop', 'popmount_dup_twin_second.pop',
+                                'popmount_dup_twin_again.pop'], blobs(m1=M1, m2=TWIN),
+                               'dup-twin', numbered(M1, TWIN), [1, 2, 1, 2])
+        log = m.log()
+        self.assertIn('POP3 message 1 (dup-uidl sha256:', log)
+        self.assertIn(') is 1.eml, already cached', log)
+        self.assertFalse(os.path.exists(os.path.join(inbox(m), '3.eml')))
+        self.finish(srv, m)
+
+    def test_top_header_differs_from_retr(self):
+        # Message 1 is cached under its bare UIDL; then the UIDL is reused.
+        # This server's TOP adds a header line that RETR does not have, so
+        # the cached header does not give message 1's hash: both messages
+        # are retrieved, message 1 is found cached by its bytes (and filed
+        # under its new identity: the next session retrieves nothing).
+        data = blobs(m1=M1, m2=M2)
+        for name, msg in (('m1', M1), ('m2', M2)):
+            data['top_' + name] = stuff(header(msg)[:-2] + b'X-Top: yes\r\n\r\n')
+        srv, m = self.sessions(['popmount_dup_late_first.pop', 'popmount_dup_oddtop_second.pop',
+                                'popmount_dup_oddtop_again.pop'], data,
+                               'dup-oddtop', numbered(M1, M2), [1, 1, 2])
+        self.assertIn(') is 1.eml, already cached', m.log())
         self.finish(srv, m)
 
 
