@@ -55,7 +55,8 @@ struct fs_pop {
  * filed under, cache_pop_lookup), its identity:
  *
  * - its UIDL, as long as the server has never listed that UIDL for two
- *   messages;
+ *   messages (a UIDL too long for a name, "uidl-sha256 HEX", see
+ *   name_base);
  * - once it has (a server bug, remembered in the meta value "popdup.*"),
  *   "UIDL sha256:HEX", where HEX hashes the message's size and header
  *   (TOP n 0), so that the copies of a UIDL are told apart whichever of
@@ -156,6 +157,35 @@ static bool grow(void **v, size_t n, size_t *cap, size_t size)
 	return true;
 }
 
+/* Cache names are at most CACHE_POP_UIDL_MAX bytes, and some are made of
+ * a UIDL and a suffix: a UIDL as long as a name (POP3 allows 512) cannot
+ * be used as it stands.  name_base(s, extra) is s when s and extra more
+ * bytes fit in a name, else "uidl-sha256 HEX" (HEX: the SHA-256 of s) in
+ * buf.  No UIDL has a space, and no other name is 64 hex digits after
+ * its first space, so it cannot be taken for another name.  Names that
+ * fitted before stay as they were. */
+#define HASHED_LEN  (sizeof("uidl-sha256 ") - 1 + 64)
+/* "UIDL sha256:HEX" (head_id): the bound an older mailfs filed it under,
+ * so that those names stay the same. */
+#define KEYED_EXTRA (sizeof(" sha256:") - 1 + 64)
+
+static const char *name_base(const char *s, size_t extra,
+                             char buf[HASHED_LEN + 1])
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+	int k;
+
+	if (strlen(s) + extra <= CACHE_POP_UIDL_MAX)
+		return s;
+	EVP_Digest(s, strlen(s), md, &mdlen, EVP_sha256(), NULL);
+	k = snprintf(buf, HASHED_LEN + 1, "uidl-sha256 ");
+	for (unsigned i = 0; i < mdlen && i < 32; i++)
+		k += snprintf(buf + k, HASHED_LEN + 1 - (size_t)k, "%02x",
+		              md[i]);
+	return buf;
+}
+
 /* A message of the listing; uidl NULL on a server without UIDL. */
 static void drop_push(struct drop *d, unsigned num, const char *uidl)
 {
@@ -169,8 +199,10 @@ static void drop_push(struct drop *d, unsigned num, const char *uidl)
 	memset(m, 0, sizeof(*m));
 	m->num = num;
 	if (uidl != NULL) {
+		char buf[HASHED_LEN + 1];
+
 		m->uidl = strdup(uidl);
-		m->id = strdup(uidl);
+		m->id = strdup(name_base(uidl, 0, buf));
 		if (m->uidl == NULL || m->id == NULL) {
 			free(m->uidl);
 			free(m->id);
@@ -201,7 +233,7 @@ static int head_id(const char *uidl, uint64_t size, const char *head,
                    size_t hlen, char **id_r)
 {
 	unsigned char md[EVP_MAX_MD_SIZE];
-	char hex[2 * EVP_MAX_MD_SIZE + 1] = "";
+	char hex[2 * EVP_MAX_MD_SIZE + 1] = "", buf[HASHED_LEN + 1];
 	unsigned mdlen = 0;
 	EVP_MD_CTX *h = EVP_MD_CTX_new();
 	bool ok = h != NULL && EVP_DigestInit_ex(h, EVP_sha256(), NULL) == 1 &&
@@ -215,6 +247,8 @@ static int head_id(const char *uidl, uint64_t size, const char *head,
 		return -ENOMEM;
 	for (unsigned k = 0; k < mdlen; k++)
 		sprintf(hex + 2 * k, "%02x", md[k]);
+	if (uidl != NULL)
+		uidl = name_base(uidl, KEYED_EXTRA, buf);
 	if (asprintf(id_r, "%s%ssha256:%s", uidl ? uidl : "", uidl ? " " : "",
 	             hex) < 0) {
 		*id_r = NULL;
@@ -606,12 +640,14 @@ static int known_read(struct cache_txn *txn, void *ctx)
 	/* The legacy messages of each reused UIDL, once per UIDL. */
 	for (size_t i = 0; i < d->ng && rc == 0; i++) {
 		const char *uidl = d->g[i].uidl;
+		char buf[HASHED_LEN + 1];
 		bool seen = false;
 
 		for (size_t k = 0; k < i && uidl != NULL && !seen; k++)
 			seen = d->g[k].uidl && strcmp(d->g[k].uidl, uidl) == 0;
 		if (uidl != NULL && !seen)
-			rc = find_copies(txn, d, uidl, NO_GROUP, uidl);
+			rc = find_copies(txn, d, name_base(uidl, 0, buf),
+			                 NO_GROUP, uidl);
 	}
 	for (size_t i = 0; i < d->nc && rc == 0; i++)
 		if (d->c[i].legacy)

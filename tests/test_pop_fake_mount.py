@@ -30,6 +30,8 @@ DuplicateUidl two messages under one UIDL: both kept, byte-exact, warned,
               (nothing is deleted before it was retrieved), when the two
               also have the same header and size (compared by their
               bytes), and when TOP does not give the header RETR gives
+LongUidl      UIDLs longer than a cache name (the same first 300
+              characters): each downloaded once, across sessions
 InUse         [IN-USE] at the login of a session: logged, retried after a
               back-off, then every message once; [IN-USE] to UIDL is not
               taken for "no UIDL"; [IN-USE] at the login at mount time,
@@ -630,7 +632,29 @@ class DuplicateUidl(FakeMountTest):
         self.finish(srv, m)
 
 
-# ------------------------------------------------------------- 3. [IN-USE]
+# ----------------------------------------------------------- 3. long UIDLs
+
+class LongUidl(FakeMountTest):
+    def test_long_uidls_across_sessions(self):
+        # POP3 allows UIDLs of up to 512 characters here; cache names are
+        # shorter.  Two UIDLs that share their first 300 characters must
+        # still be two messages, each downloaded once.
+        head = ''.join('%03d-' % i for i in range(75))
+        data = blobs(m1=M1, m2=M2)
+        data['long1'] = (head + 'first').encode()
+        data['long2'] = (head + 'second').encode()
+        self.assertEqual(len(head), 300)
+        srv, m = self.sessions(['popmount_long_uidl.pop', 'popmount_long_uidl_again.pop'],
+                               data, 'long-uidl', numbered(M1, M2), None)
+        self.assertTrue(srv.wait_ended(3), self.explain(srv, m))
+        self.assertEqual(mount_bytes(m), numbered(M1, M2))
+        log = m.log()
+        self.assertEqual(retr_sent(log), [1, 2], self.explain(srv, m))
+        self.assertNotIn('cannot store', log)
+        self.finish(srv, m)
+
+
+# ------------------------------------------------------------- 4. [IN-USE]
 
 class InUse(FakeMountTest):
     LOCKED = 'the maildrop of alice is locked by another client'
@@ -723,7 +747,7 @@ class InUse(FakeMountTest):
         self.finish(srv, m)
 
 
-# ------------------------------------------------ 4. dropped in mid-RETR
+# ------------------------------------------------ 5. dropped in mid-RETR
 
 class RetrDrop(FakeMountTest):
     def test_nothing_truncated_then_whole(self):
@@ -763,7 +787,7 @@ class RetrDrop(FakeMountTest):
         self.finish(srv, m)
 
 
-# ------------------------------------------------ 5. the pop_keep warning
+# ------------------------------------------------ 6. the pop_keep warning
 
 class PopKeepWarn(FakeMountTest):
     WARNING = re.compile(r'mailfs: warning: alice@127\.0\.0\.1 is also cached over IMAP '
