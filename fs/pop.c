@@ -1048,75 +1048,28 @@ static bool same_but_volatile(const char *a, size_t an, const char *b,
 }
 
 /* The cached versions of a message whose size changed on the server:
- * the one filed under its UIDL name and its changed versions. */
-struct version {
-	uint32_t dl;
-	uint64_t size;
-	int64_t downloaded;
-};
-
+ * the one filed under its UIDL name and its changed versions, as the
+ * candidates of no group in d. */
 struct versions {
-	const char *id; /* borrowed: the message's UIDL name */
-	char *changed;  /* owned: changed_base(id) */
-	struct cache_txn *txn;
-	struct version *v; /* owned */
-	size_t n, cap;
-	size_t plen; /* of "CHANGED#" */
+	const char *id;   /* borrowed: the message's UIDL name */
+	const char *uidl; /* borrowed */
+	char *changed;    /* owned: changed_base(id) */
+	struct drop d;    /* only d.c */
 };
-
-static int version_add(struct versions *x, uint32_t dl)
-{
-	struct cache_pop *rec = NULL;
-	int rc = cache_pop_get(x->txn, dl, &rec);
-
-	if (rc == -ENOENT)
-		return 0;
-	if (rc < 0)
-		return rc;
-	if (!grow((void **)&x->v, x->n, &x->cap, sizeof(*x->v))) {
-		cache_pop_free(&rec);
-		return -ENOMEM;
-	}
-	x->v[x->n++] = (struct version){dl, rec->size, rec->downloaded};
-	cache_pop_free(&rec);
-	return 0;
-}
-
-static int version_cb(const char *name, uint32_t num, void *ctx)
-{
-	struct versions *x = ctx;
-	const char *n = name + x->plen;
-
-	if (*n == '\0' || n[strspn(n, "0123456789")] != '\0')
-		return 0;
-	return version_add(x, num);
-}
 
 static int versions_read(struct cache_txn *txn, void *ctx)
 {
 	struct versions *x = ctx;
-	const char *names[] = {x->id, x->changed};
-	char *prefix;
-	int rc = 0;
+	uint32_t dl;
+	int rc = cache_pop_lookup(txn, x->id, &dl);
 
-	x->txn = txn;
-	x->n = 0;
-	for (size_t i = 0; i < 2 && rc == 0; i++) {
-		uint32_t dl;
-
-		rc = cache_pop_lookup(txn, names[i], &dl);
-		if (rc == 0)
-			rc = version_add(x, dl);
-		else if (rc == -ENOENT)
-			rc = 0;
-	}
-	if (rc < 0)
-		return rc;
-	if (asprintf(&prefix, "%s#", x->changed) < 0)
-		return -ENOMEM;
-	x->plen = strlen(prefix);
-	rc = cache_pop_uidl_foreach(txn, prefix, version_cb, x);
-	free(prefix);
+	x->d.nc = 0;
+	if (rc == 0)
+		rc = add_cand(txn, &x->d, dl, NO_GROUP, x->uidl);
+	else if (rc == -ENOENT)
+		rc = 0;
+	if (rc == 0)
+		rc = find_copies(txn, &x->d, x->changed, NO_GROUP, x->uidl);
 	return rc;
 }
 
@@ -1163,33 +1116,33 @@ static int same_version(void *ctx, const void *data, size_t n)
 static void retr_changed(struct retr_ctx *r, struct drop_msg *m)
 {
 	struct cache *cache = r->p->fs->cache;
-	struct versions x = {.id = m->id};
+	struct versions x = {.id = m->id, .uidl = m->uidl};
 	struct change ch = {
 	        .id = m->id,
 	        .listed = m->size,
 	        .len = r->len,
 	        .when = (int64_t)time(NULL),
 	};
-	const struct version *same = NULL;
+	const struct cand *same = NULL;
 	uint32_t newest = m->dl;
 	int rc = changed_base(m->id, &x.changed);
 
 	if (rc == 0)
 		rc = cache_run_read(cache, versions_read, &x);
-	for (size_t i = 0; i < x.n && rc == 0 && same == NULL; i++) {
+	for (size_t i = 0; i < x.d.nc && rc == 0 && same == NULL; i++) {
 		struct cache_key key = {CACHE_POP_MAILBOX_ID,
-		                        CACHE_POP_UIDVALIDITY, x.v[i].dl};
-		int s = cache_body_view_once(cache, key, 0, x.v[i].size,
+		                        CACHE_POP_UIDVALIDITY, x.d.c[i].dl};
+		int s = cache_body_view_once(cache, key, 0, x.d.c[i].size,
 		                             same_version, r);
 
 		if (s == 1)
-			same = &x.v[i];
+			same = &x.d.c[i];
 		else if (s < 0 && s != -ENOENT)
 			rc = s;
 	}
-	for (size_t i = 0; i < x.n; i++)
-		if (x.v[i].dl > newest)
-			newest = x.v[i].dl;
+	for (size_t i = 0; i < x.d.nc; i++)
+		if (x.d.c[i].dl > newest)
+			newest = x.d.c[i].dl;
 	ch.changed = x.changed;
 	if (same == NULL)
 		ch.body = r->buf ? r->buf : "";
@@ -1221,7 +1174,7 @@ static void retr_changed(struct retr_ctx *r, struct drop_msg *m)
 	         m->uidl, newest, ch.dl);
 out:
 	free(x.changed);
-	free(x.v);
+	drop_free(&x.d);
 }
 
 /* The candidate of m's group (or a legacy one of its UIDL) that holds
