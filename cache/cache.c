@@ -57,7 +57,6 @@ static const char *const db_names[DB_COUNT] = {
 #define META_NAME_MAX     64
 
 #define KEY_LEN     12 /* (mailbox id, UIDVALIDITY, UID) */
-#define UIDL_MAX    255
 #define GENS_MAX    65536
 #define GROW_WAIT_S 10
 
@@ -2567,7 +2566,8 @@ int cache_pop_add(struct cache_txn *txn, const char *uidl, const void *body,
 
 	if (rc)
 		return rc;
-	if ((body == NULL && len) || key_name_check(txn, uidl, UIDL_MAX) != 0)
+	if ((body == NULL && len) ||
+	    key_name_check(txn, uidl, CACHE_POP_UIDL_MAX) != 0)
 		return txn_fail(txn, -EINVAL);
 	rc = db_get(txn, DB_POP_UIDL, uidl, strlen(uidl), &v);
 	if (rc == 0)
@@ -2619,7 +2619,7 @@ int cache_pop_lookup(struct cache_txn *txn, const char *uidl, uint32_t *num_r)
 		return rc;
 	if (uidl == NULL || num_r == NULL)
 		return txn_fail(txn, -EINVAL);
-	if (key_name_check(txn, uidl, UIDL_MAX) != 0)
+	if (key_name_check(txn, uidl, CACHE_POP_UIDL_MAX) != 0)
 		return -ENOENT;
 	rc = db_get(txn, DB_POP_UIDL, uidl, strlen(uidl), &v);
 	if (rc)
@@ -2638,7 +2638,7 @@ int cache_pop_alias(struct cache_txn *txn, const char *uidl, uint32_t num)
 
 	if (rc)
 		return rc;
-	if (key_name_check(txn, uidl, UIDL_MAX) != 0)
+	if (key_name_check(txn, uidl, CACHE_POP_UIDL_MAX) != 0)
 		return txn_fail(txn, -EINVAL);
 	be32_put(k, num);
 	rc = db_get(txn, DB_POP, k, 4, &v);
@@ -2692,7 +2692,7 @@ int cache_pop_uidl_foreach(struct cache_txn *txn, const char *prefix,
 		return rc;
 	if (cb == NULL || prefix == NULL || *prefix == '\0')
 		return txn_fail(txn, -EINVAL);
-	if (key_name_check(txn, prefix, UIDL_MAX) != 0)
+	if (key_name_check(txn, prefix, CACHE_POP_UIDL_MAX) != 0)
 		return 0; /* longer than any UIDL: nothing starts with it */
 	rc = db_scan(txn, DB_POP_UIDL, prefix, strlen(prefix), strlen(prefix),
 	             uidl_iter_one, &it);

@@ -452,6 +452,10 @@ struct cache_pop {
 	bool deleted_on_server; /* DELE + QUIT done (pop_keep) */
 };
 
+/* Longest name a POP3 message can be filed under (cache_pop_add,
+ * cache_pop_alias); a longer one is never found (cache_pop_lookup). */
+#define CACHE_POP_UIDL_MAX 255
+
 /* Free a record returned by the cache (one allocation); *pop set to NULL;
  * safe with *pop == NULL. */
 void cache_pop_free(struct cache_pop **pop);
@@ -459,8 +463,8 @@ void cache_pop_free(struct cache_pop **pop);
 /* Record a downloaded message: assign the next download number (*num_r),
  * store the record, the UIDL index entry and the body (key
  * CACHE_POP_MAILBOX_ID, CACHE_POP_UIDVALIDITY, number) in this
- * transaction.  uidl: 1..255 bytes (-EINVAL otherwise); -EEXIST (recorded)
- * if the UIDL is already known. */
+ * transaction.  uidl: 1..CACHE_POP_UIDL_MAX bytes (-EINVAL otherwise);
+ * -EEXIST (recorded) if the UIDL is already known. */
 int cache_pop_add(struct cache_txn *txn, const char *uidl, const void *body,
                   size_t len, int64_t downloaded, uint32_t *num_r);
 
@@ -471,9 +475,10 @@ int cache_pop_get(struct cache_txn *txn, uint32_t num,
 /* The download number of uidl; -ENOENT if never downloaded. */
 int cache_pop_lookup(struct cache_txn *txn, const char *uidl, uint32_t *num_r);
 
-/* Let uidl (1..255 bytes) name download number num too, so that
- * cache_pop_lookup(uidl) finds it: for a message the caller has come to
- * know under another name than the one it was added under (fs/pop.c).
+/* Let uidl (1..CACHE_POP_UIDL_MAX bytes) name download number num too,
+ * so that cache_pop_lookup(uidl) finds it: for a message the caller has
+ * come to know under another name than the one it was added under
+ * (fs/pop.c).
  * 0 if uidl already names num; -EEXIST (recorded) if it names another
  * number; -ENOENT (recorded) if num has no record. */
 int cache_pop_alias(struct cache_txn *txn, const char *uidl, uint32_t num);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -55,7 +56,8 @@ struct fs_pop {
  * filed under, cache_pop_lookup), its identity:
  *
  * - its UIDL, as long as the server has never listed that UIDL for two
- *   messages;
+ *   messages (a UIDL too long for a name, "uidl-sha256 HEX", see
+ *   name_base);
  * - once it has (a server bug, remembered in the meta value "popdup.*"),
  *   "UIDL sha256:HEX", where HEX hashes the message's size and header
  *   (TOP n 0), so that the copies of a UIDL are told apart whichever of
@@ -69,7 +71,17 @@ struct fs_pop {
  * none is stored twice or taken for another.  Messages filed under the
  * bare UIDL before it was seen reused (as UIDL, UIDL#1... by an older
  * mailfs) are matched by the hash of their cached header, else by their
- * bytes, and then filed under their identity too. */
+ * bytes, and then filed under their identity too.
+ *
+ * A message under a UIDL that is cached is taken as cached as long as
+ * the server lists it with the size it had ("popsize.*" remembers that
+ * size where it is not the cached body's length).  When the size
+ * differs, the server has changed the message: it is retrieved and
+ * compared with the cached versions of that UIDL, ignoring the header
+ * fields that mbox-based servers rewrite (volatile_field).  If it is one
+ * of them, only its new size is remembered; otherwise it is stored as a
+ * new message, filed as "UIDL changed", "UIDL changed#1"..., and both
+ * versions are kept.  Until then it is not cached: never DELEted. */
 
 /* One message of the server's maildrop in this session. */
 struct drop_msg {
@@ -81,8 +93,10 @@ struct drop_msg {
 	bool keyed;  /* id hashes its size and header */
 	bool skip;   /* not identified: left alone in this session */
 	bool cached;
-	size_t group;       /* keyed: index in drop.g */
-	uint32_t dl;        /* cached: its download number */
+	bool changed;   /* cached, but listed with another size (see above) */
+	uint64_t known; /* changed: the size it had */
+	size_t group;   /* keyed: index in drop.g */
+	uint32_t dl;    /* cached: its download number */
 	int64_t downloaded; /* cached: when (for copies: the newest one) */
 };
 
@@ -156,6 +170,51 @@ static bool grow(void **v, size_t n, size_t *cap, size_t size)
 	return true;
 }
 
+/* Cache names are at most CACHE_POP_UIDL_MAX bytes, and some are made of
+ * a UIDL and a suffix: a UIDL as long as a name (POP3 allows 512) cannot
+ * be used as it stands.  name_base(s, extra) is s when s and extra more
+ * bytes fit in a name, else "uidl-sha256 HEX" (HEX: the SHA-256 of s) in
+ * buf.  No UIDL has a space, and no other name is 64 hex digits after
+ * its first space, so it cannot be taken for another name.  Names that
+ * fitted before stay as they were. */
+#define HASHED_LEN    (sizeof("uidl-sha256 ") - 1 + 64)
+/* "UIDL sha256:HEX" (head_id): the bound an older mailfs filed it under,
+ * so that those names stay the same. */
+#define KEYED_EXTRA   (sizeof(" sha256:") - 1 + 64)
+#define CHANGED_TAG   " changed"
+#define CHANGED_EXTRA (sizeof(CHANGED_TAG) - 1 + sizeof("#4294967295") - 1)
+
+static const char *name_base(const char *s, size_t extra,
+                             char buf[HASHED_LEN + 1])
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+	int k;
+
+	if (strlen(s) + extra <= CACHE_POP_UIDL_MAX)
+		return s;
+	EVP_Digest(s, strlen(s), md, &mdlen, EVP_sha256(), NULL);
+	k = snprintf(buf, HASHED_LEN + 1, "uidl-sha256 ");
+	for (unsigned i = 0; i < mdlen && i < 32; i++)
+		k += snprintf(buf + k, HASHED_LEN + 1 - (size_t)k, "%02x",
+		              md[i]);
+	return buf;
+}
+
+/* The name of the changed versions of the message filed as id (a UIDL
+ * name): "ID changed", then "ID changed#1"...  *name_r owned. */
+static int changed_base(const char *id, char **name_r)
+{
+	char buf[HASHED_LEN + 1];
+
+	if (asprintf(name_r, "%s" CHANGED_TAG,
+	             name_base(id, CHANGED_EXTRA, buf)) < 0) {
+		*name_r = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
 /* A message of the listing; uidl NULL on a server without UIDL. */
 static void drop_push(struct drop *d, unsigned num, const char *uidl)
 {
@@ -169,8 +228,10 @@ static void drop_push(struct drop *d, unsigned num, const char *uidl)
 	memset(m, 0, sizeof(*m));
 	m->num = num;
 	if (uidl != NULL) {
+		char buf[HASHED_LEN + 1];
+
 		m->uidl = strdup(uidl);
-		m->id = strdup(uidl);
+		m->id = strdup(name_base(uidl, 0, buf));
 		if (m->uidl == NULL || m->id == NULL) {
 			free(m->uidl);
 			free(m->id);
@@ -201,7 +262,7 @@ static int head_id(const char *uidl, uint64_t size, const char *head,
                    size_t hlen, char **id_r)
 {
 	unsigned char md[EVP_MAX_MD_SIZE];
-	char hex[2 * EVP_MAX_MD_SIZE + 1] = "";
+	char hex[2 * EVP_MAX_MD_SIZE + 1] = "", buf[HASHED_LEN + 1];
 	unsigned mdlen = 0;
 	EVP_MD_CTX *h = EVP_MD_CTX_new();
 	bool ok = h != NULL && EVP_DigestInit_ex(h, EVP_sha256(), NULL) == 1 &&
@@ -215,6 +276,8 @@ static int head_id(const char *uidl, uint64_t size, const char *head,
 		return -ENOMEM;
 	for (unsigned k = 0; k < mdlen; k++)
 		sprintf(hex + 2 * k, "%02x", md[k]);
+	if (uidl != NULL)
+		uidl = name_base(uidl, KEYED_EXTRA, buf);
 	if (asprintf(id_r, "%s%ssha256:%s", uidl ? uidl : "", uidl ? " " : "",
 	             hex) < 0) {
 		*id_r = NULL;
@@ -584,6 +647,8 @@ static int known_read(struct cache_txn *txn, void *ctx)
 	for (size_t i = 0; i < d->nby && rc == 0; i++) {
 		struct drop_msg *m = d->by[i];
 		struct cache_pop *rec = NULL;
+		uint64_t known;
+		char name[32];
 
 		if (m->keyed)
 			continue;
@@ -599,19 +664,39 @@ static int known_read(struct cache_txn *txn, void *ctx)
 		m->downloaded = rec != NULL ? rec->downloaded : INT64_MAX;
 		if (rc == -ENOENT)
 			rc = 0;
+		known = rec != NULL ? rec->size : m->size;
 		cache_pop_free(&rec);
+		meta_name("popsize.", m->id, name);
+		if (rc == 0)
+			rc = cache_meta_get(txn, name, &known);
+		if (rc == -ENOENT)
+			rc = 0;
+		if (rc == 0 && m->cached && known != m->size) {
+			m->cached = false;
+			m->changed = true;
+			m->known = known;
+		}
 	}
 	for (size_t i = 0; i < d->ng && rc == 0; i++)
 		rc = find_copies(txn, d, d->g[i].id, i, d->g[i].uidl);
-	/* The legacy messages of each reused UIDL, once per UIDL. */
+	/* The legacy messages of each reused UIDL, once per UIDL: filed
+	 * under the UIDL, and its changed versions. */
 	for (size_t i = 0; i < d->ng && rc == 0; i++) {
 		const char *uidl = d->g[i].uidl;
+		char buf[HASHED_LEN + 1], *changed = NULL;
 		bool seen = false;
 
 		for (size_t k = 0; k < i && uidl != NULL && !seen; k++)
 			seen = d->g[k].uidl && strcmp(d->g[k].uidl, uidl) == 0;
-		if (uidl != NULL && !seen)
-			rc = find_copies(txn, d, uidl, NO_GROUP, uidl);
+		if (uidl == NULL || seen)
+			continue;
+		rc = find_copies(txn, d, name_base(uidl, 0, buf), NO_GROUP,
+		                 uidl);
+		if (rc == 0)
+			rc = changed_base(name_base(uidl, 0, buf), &changed);
+		if (rc == 0)
+			rc = find_copies(txn, d, changed, NO_GROUP, uidl);
+		free(changed);
 	}
 	for (size_t i = 0; i < d->nc && rc == 0; i++)
 		if (d->c[i].legacy)
@@ -653,18 +738,34 @@ struct filing {
 	uint32_t alias;
 	const void *body;
 	size_t len;
+	uint64_t listed; /* !copy: the size the server lists */
 	int64_t when;
 	uint32_t dl; /* out: its download number */
 };
+
+/* Remember the size the server lists for the message filed as id. */
+static int remember_size(struct cache_txn *txn, const char *id, uint64_t size)
+{
+	char name[32];
+
+	meta_name("popsize.", id, name);
+	return cache_meta_set(txn, name, size);
+}
 
 static int file_one(struct cache_txn *txn, struct filing *f)
 {
 	char *name = NULL;
 	int rc;
 
-	if (!f->copy)
-		return cache_pop_add(txn, f->id, f->body, f->len, f->when,
-		                     &f->dl);
+	if (!f->copy) {
+		rc = cache_pop_add(txn, f->id, f->body, f->len, f->when,
+		                   &f->dl);
+		/* A server whose sizes are not exact: what it lists is
+		 * what a later session compares with. */
+		if (rc == 0 && f->listed != f->len)
+			rc = remember_size(txn, f->id, f->listed);
+		return rc;
+	}
 	rc = free_name(txn, f->id, &name);
 	if (rc == 0 && f->alias != 0) {
 		rc = cache_pop_alias(txn, name, f->alias);
@@ -864,6 +965,218 @@ static int same_view(void *ctx, const void *data, size_t n)
 	return n == r->len && memcmp(data, r->buf, n) == 0;
 }
 
+/* The header fields that mbox-based servers (UW ipop3d, qpopper, Dovecot
+ * and others on an mbox) add or rewrite in a message once it was read or
+ * its flags changed, or to keep their own state: Status and X-Status
+ * (read, answered...), X-Keywords, X-UID, X-IMAP and X-IMAPbase (IMAP
+ * state kept in the mbox), Content-Length (rewritten with them) and
+ * X-UIDL (qpopper writes the UIDL it makes up into the message).  A
+ * message that differs from a cached one only there is that message.
+ * Nothing else is ignored: any other change is a change. */
+static bool volatile_field(const char *l, size_t n)
+{
+	static const char *const names[] = {
+	        "Status", "X-Status",   "X-Keywords", "X-UID",
+	        "X-IMAP", "X-IMAPbase", "X-UIDL",     "Content-Length",
+	};
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		size_t k = strlen(names[i]);
+
+		if (n > k && l[k] == ':' && strncasecmp(l, names[i], k) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* The parts of a message that count when versions are compared: its
+ * header lines without the volatile fields (and their continuation
+ * lines), then all the rest, from the empty line on, as one piece. */
+struct kept {
+	const char *p;
+	size_t n, i;
+	bool body;
+};
+
+static bool kept_next(struct kept *k, const char **l_r, size_t *len_r)
+{
+	bool skip = false;
+
+	while (k->i < k->n) {
+		const char *l = k->p + k->i;
+		const char *nl = memchr(l, '\n', k->n - k->i);
+		size_t len = nl != NULL ? (size_t)(nl - l) + 1 : k->n - k->i;
+
+		if (k->body || l[0] == '\n' || (len == 2 && l[0] == '\r')) {
+			k->body = true;
+			len = k->n - k->i;
+		} else if (l[0] == ' ' || l[0] == '\t') {
+			if (skip) {
+				k->i += len;
+				continue;
+			}
+		} else if ((skip = volatile_field(l, len))) {
+			k->i += len;
+			continue;
+		}
+		k->i += len;
+		*l_r = l;
+		*len_r = len;
+		return true;
+	}
+	return false;
+}
+
+/* Are a and b the same message but for the volatile header fields? */
+static bool same_but_volatile(const char *a, size_t an, const char *b,
+                              size_t bn)
+{
+	struct kept x = {a, an, 0, false}, y = {b, bn, 0, false};
+
+	for (;;) {
+		const char *la = NULL, *lb = NULL;
+		size_t na = 0, nb = 0;
+		bool more = kept_next(&x, &la, &na);
+
+		if (more != kept_next(&y, &lb, &nb))
+			return false;
+		if (!more)
+			return true;
+		if (na != nb || memcmp(la, lb, na) != 0)
+			return false;
+	}
+}
+
+/* The cached versions of a message whose size changed on the server:
+ * the one filed under its UIDL name and its changed versions, as the
+ * candidates of no group in d. */
+struct versions {
+	const char *id;   /* borrowed: the message's UIDL name */
+	const char *uidl; /* borrowed */
+	char *changed;    /* owned: changed_base(id) */
+	struct drop d;    /* only d.c */
+};
+
+static int versions_read(struct cache_txn *txn, void *ctx)
+{
+	struct versions *x = ctx;
+	uint32_t dl;
+	int rc = cache_pop_lookup(txn, x->id, &dl);
+
+	x->d.nc = 0;
+	if (rc == 0)
+		rc = add_cand(txn, &x->d, dl, NO_GROUP, x->uidl);
+	else if (rc == -ENOENT)
+		rc = 0;
+	if (rc == 0)
+		rc = find_copies(txn, &x->d, x->changed, NO_GROUP, x->uidl);
+	return rc;
+}
+
+/* What a changed message comes to: its new size remembered, and, when
+ * body is not NULL, its new version stored (filed as the first free name
+ * of changed), in one transaction. */
+struct change {
+	const char *id;
+	const char *changed;
+	uint64_t listed;
+	const void *body;
+	size_t len;
+	int64_t when;
+	uint32_t dl; /* out: the new version's download number */
+};
+
+static int change_fn(struct cache_txn *txn, void *ctx)
+{
+	struct change *ch = ctx;
+	char *name = NULL;
+	int rc = 0;
+
+	if (ch->body != NULL) {
+		rc = free_name(txn, ch->changed, &name);
+		if (rc == 0)
+			rc = cache_pop_add(txn, name, ch->body, ch->len,
+			                   ch->when, &ch->dl);
+		free(name);
+	}
+	if (rc == 0)
+		rc = remember_size(txn, ch->id, ch->listed);
+	return rc;
+}
+
+static int same_version(void *ctx, const void *data, size_t n)
+{
+	const struct retr_ctx *r = ctx;
+
+	return same_but_volatile(data, n, r->buf ? r->buf : "", r->len);
+}
+
+/* A changed message is retrieved: compared with its cached versions, and
+ * kept as a new one unless it is one of them. */
+static void retr_changed(struct retr_ctx *r, struct drop_msg *m)
+{
+	struct cache *cache = r->p->fs->cache;
+	struct versions x = {.id = m->id, .uidl = m->uidl};
+	struct change ch = {
+	        .id = m->id,
+	        .listed = m->size,
+	        .len = r->len,
+	        .when = (int64_t)time(NULL),
+	};
+	const struct cand *same = NULL;
+	uint32_t newest = m->dl;
+	int rc = changed_base(m->id, &x.changed);
+
+	if (rc == 0)
+		rc = cache_run_read(cache, versions_read, &x);
+	for (size_t i = 0; i < x.d.nc && rc == 0 && same == NULL; i++) {
+		struct cache_key key = {CACHE_POP_MAILBOX_ID,
+		                        CACHE_POP_UIDVALIDITY, x.d.c[i].dl};
+		int s = cache_body_view_once(cache, key, 0, x.d.c[i].size,
+		                             same_version, r);
+
+		if (s == 1)
+			same = &x.d.c[i];
+		else if (s < 0 && s != -ENOENT)
+			rc = s;
+	}
+	for (size_t i = 0; i < x.d.nc; i++)
+		if (x.d.c[i].dl > newest)
+			newest = x.d.c[i].dl;
+	ch.changed = x.changed;
+	if (same == NULL)
+		ch.body = r->buf ? r->buf : "";
+	/* The new version is committed, with the size that says it is
+	 * cached, before anything else happens to this message. */
+	if (rc == 0)
+		rc = cache_run_write(cache, change_fn, &ch);
+	if (rc < 0) {
+		log_err("cannot store POP3 message %s in the cache: %s", m->id,
+		        strerror(-rc));
+		r->rc = rc;
+		goto out;
+	}
+	m->cached = true;
+	if (same != NULL) {
+		m->dl = same->dl;
+		m->downloaded = same->downloaded;
+		log_info("POP3 message %u (%s) is %u.eml: only header fields "
+		         "that the server rewrites (Status: and the like) "
+		         "changed",
+		         m->num, m->id, same->dl);
+		goto out;
+	}
+	m->dl = ch.dl;
+	m->downloaded = ch.when;
+	r->stored++;
+	log_warn("POP3 message UIDL %s changed on the server; both versions "
+	         "kept as %u.eml and %u.eml",
+	         m->uidl, newest, ch.dl);
+out:
+	free(x.changed);
+	drop_free(&x.d);
+}
+
 /* The candidate of m's group (or a legacy one of its UIDL) that holds
  * exactly the bytes just retrieved, or NULL. */
 static struct cand *same_bytes(struct retr_ctx *r, struct drop_msg *m)
@@ -904,6 +1217,10 @@ static void retr_end(void *ctx, unsigned num, int rc, const struct proto_err *e)
 		r->rc = rc;
 		return;
 	}
+	if (m->changed) {
+		retr_changed(r, m);
+		return;
+	}
 	if (m->keyed && r->d->g[m->group].compare)
 		c = same_bytes(r, m);
 	f.id = m->id;
@@ -911,6 +1228,7 @@ static void retr_end(void *ctx, unsigned num, int rc, const struct proto_err *e)
 	f.alias = c != NULL && c->legacy ? c->dl : 0;
 	f.body = r->buf ? r->buf : "";
 	f.len = r->len;
+	f.listed = m->size;
 	f.when = (int64_t)time(NULL);
 	/* The bytes are committed, with the identity, before anything else
 	 * happens to this message. */
@@ -999,6 +1317,14 @@ static int session(struct fs_pop *p)
 		rc = match_cache(p, &d);
 	if (rc < 0)
 		goto fail;
+	for (size_t i = 0; i < d.n; i++)
+		if (d.v[i].changed)
+			log_info("POP3 message %u (%s, %u.eml) is listed with "
+			         "%llu bytes, %llu before: retrieving it to "
+			         "compare",
+			         d.v[i].num, d.v[i].id, d.v[i].dl,
+			         (unsigned long long)d.v[i].size,
+			         (unsigned long long)d.v[i].known);
 
 	want = calloc(d.n ? d.n : 1, sizeof(*want));
 	if (want == NULL) {

@@ -8,8 +8,11 @@
  * Every message's bytes are committed to the cache, with its UIDL (and,
  * where the server reuses UIDLs, a hash of its size and header), before
  * anything else happens to it; a message is DELEted on the server only
- * when it is in the cache and pop_keep's days have passed.  Files never
- * change and never disappear. */
+ * when it is in the cache and pop_keep's days have passed.  A message
+ * the server changes under a cached UIDL (listed with another size) is
+ * retrieved again and, if it differs in more than the header fields mbox
+ * servers rewrite, kept as a new message.  Files never change and never
+ * disappear. */
 #ifndef MAILFS_FS_POP_H
 #define MAILFS_FS_POP_H
 

@@ -1056,7 +1056,7 @@ static void test_pop(void **state)
 	struct cache_pop *p = NULL;
 	struct cache_txn *t;
 	char list[1024] = "";
-	char uidl255[256], uidl256[257];
+	char uidl255[CACHE_POP_UIDL_MAX + 1], uidl256[CACHE_POP_UIDL_MAX + 2];
 	uint32_t num = 0;
 
 	assert_int_equal(cache_pop_add_once(c, "uidl-a", "AAA", 3, 1000, &num),
@@ -1068,10 +1068,10 @@ static void test_pop(void **state)
 	assert_int_equal(num, 2);
 	assert_int_equal(cache_pop_add_once(c, "uidl-a", "ZZZ", 3, 3000, &num),
 	                 -EEXIST);
-	memset(uidl255, 'u', 255);
-	uidl255[255] = '\0';
-	memset(uidl256, 'u', 256);
-	uidl256[256] = '\0';
+	memset(uidl255, 'u', CACHE_POP_UIDL_MAX);
+	uidl255[CACHE_POP_UIDL_MAX] = '\0';
+	memset(uidl256, 'u', CACHE_POP_UIDL_MAX + 1);
+	uidl256[CACHE_POP_UIDL_MAX + 1] = '\0';
 	assert_int_equal(cache_pop_add_once(c, uidl256, "", 0, 1, &num),
 	                 -EINVAL);
 	assert_int_equal(cache_pop_add_once(c, "", "", 0, 1, &num), -EINVAL);
@@ -1106,7 +1106,8 @@ static void test_pop(void **state)
 	list[0] = '\0';
 	assert_int_equal(cache_pop_foreach(t, 3, collect_pop, list), 0);
 	assert_int_equal(strncmp(list, "3:uuuu", 6), 0);
-	assert_int_equal(strlen(list), strlen("3::0:4000:0,") + 255);
+	assert_int_equal(strlen(list),
+	                 strlen("3::0:4000:0,") + CACHE_POP_UIDL_MAX);
 	assert_int_equal(cache_txn_error(t), 0);
 	assert_int_equal(cache_txn_commit(&t), 0);
 

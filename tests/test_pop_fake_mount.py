@@ -30,6 +30,13 @@ DuplicateUidl two messages under one UIDL: both kept, byte-exact, warned,
               (nothing is deleted before it was retrieved), when the two
               also have the same header and size (compared by their
               bytes), and when TOP does not give the header RETR gives
+Changed       a cached message listed with another size: retrieved and
+              compared; really changed: kept as a new file next to the
+              old one, logged; only Status: and the like added by the
+              server: no new file, and not retrieved again; with
+              pop_keep=0, DELEted only after its new content is cached
+LongUidl      UIDLs longer than a cache name (the same first 300
+              characters): each downloaded once, across sessions
 InUse         [IN-USE] at the login of a session: logged, retried after a
               back-off, then every message once; [IN-USE] to UIDL is not
               taken for "no UIDL"; [IN-USE] at the login at mount time,
@@ -102,6 +109,11 @@ M4 = (b'From: Carol Example <carol@example.org>\r\n'
       b'new mail\r\n')
 # M1's twin: the same header and size, another body (the same hash).
 TWIN = M1.replace(b'first message.', b'other message.')
+# M1 changed on the server under its UIDL: another body, another size.
+M1_CHANGED = M1.replace(b'first message.', b'first message, edited on the server.')
+# M1 as an mbox-based server shows it once it was read: a Status: and
+# X-UID: line added to the header, nothing else.
+M1_READ = M1.replace(b'\r\n\r\n', b'\r\nStatus: RO\r\nX-UID: 7\r\n\r\n', 1)
 
 
 def big_message(lines=6000):
@@ -630,7 +642,95 @@ class DuplicateUidl(FakeMountTest):
         self.finish(srv, m)
 
 
-# ------------------------------------------------------------- 3. [IN-USE]
+# -------------------------------------- 3. a message changed on the server
+
+class Changed(FakeMountTest):
+    CHANGE = ('changed on the server; both versions kept as %d.eml and %d.eml')
+
+    def test_changed_kept_as_new_file(self):
+        # Session 2 lists uid-1 with another size: it is retrieved, and
+        # since its content differs from the cached one it becomes 3.eml;
+        # 1.eml stays as it was.  Session 3 retrieves nothing.
+        data = blobs(m1=M1, m2=M2, new=M1_CHANGED)
+        self.assertNotEqual(len(M1_CHANGED), len(M1))
+        srv, m = self.sessions(['popmount_change_first.pop', 'popmount_change_retr.pop',
+                                'popmount_change_again.pop'], data, 'changed',
+                               numbered(M1, M2, M1_CHANGED), [1, 2, 1])
+        log = m.log()
+        self.assertEqual(log.count('POP3 message UIDL uid-1 ' + self.CHANGE % (1, 3)), 1,
+                         self.explain(srv, m))
+        self.assertIn('POP3 message 1 (uid-1, 1.eml) is listed with %d bytes, %d before'
+                      % (len(M1_CHANGED), len(M1)), log)
+        self.assertEqual(os.stat(os.path.join(inbox(m), '3.eml')).st_size, len(M1_CHANGED))
+        # One more session (a listing asks for it): still nothing retrieved.
+        self.assertEqual(mount_bytes(m), numbered(M1, M2, M1_CHANGED))
+        self.assertTrue(srv.wait_ended(4), self.explain(srv, m))
+        self.assertEqual(retr_sent(m.log()), [1, 2, 1], self.explain(srv, m))
+        self.finish(srv, m)
+
+    def test_status_added_is_no_change(self):
+        # An mbox-based server adds Status: and X-UID: after the first
+        # download: the size changes, the message does not.  It is
+        # retrieved once to compare, nothing is stored, and its new size
+        # is remembered: the next sessions do not retrieve it again.
+        data = blobs(m1=M1, m2=M2, new=M1_READ)
+        srv, m = self.sessions(['popmount_change_first.pop', 'popmount_change_retr.pop',
+                                'popmount_change_again.pop'], data, 'status',
+                               numbered(M1, M2), [1, 2, 1])
+        self.assertFalse(os.path.exists(os.path.join(inbox(m), '3.eml')))
+        log = m.log()
+        self.assertIn('POP3 message 1 (uid-1) is 1.eml: only header fields that the '
+                      'server rewrites', log)
+        self.assertNotIn('changed on the server', log)
+        self.assertEqual(mount_bytes(m), numbered(M1, M2))
+        self.assertTrue(srv.wait_ended(4), self.explain(srv, m))
+        self.assertEqual(retr_sent(m.log()), [1, 2, 1], self.explain(srv, m))
+        self.finish(srv, m)
+
+    def test_pop_keep_deletes_only_after_new_content_is_cached(self):
+        # pop_keep=0; the first session's DELE is not committed (the
+        # connection drops at QUIT), and the message is then changed on
+        # the server.  Its new content must be retrieved and committed
+        # before the next DELE: a DELE without it would lose it.
+        srv, m = self.sessions(['popmount_change_keep_first.pop',
+                                'popmount_change_keep_second.pop', 'popmount_empty.pop'],
+                               blobs(m1=M1, new=M1_CHANGED), 'changed-keep',
+                               numbered(M1, M1_CHANGED), None,
+                               options=['poll=1', 'pop_keep=0'])
+        log = m.log()
+        self.assertEqual(re.findall(r' C: (RETR|DELE) (\d+)', log),
+                         [('RETR', '1'), ('DELE', '1'), ('RETR', '1'), ('DELE', '1')],
+                         self.explain(srv, m))
+        # The new version was committed (and logged) before the DELE.
+        stored = log.index('POP3 message UIDL uid-1 ' + self.CHANGE % (1, 2))
+        self.assertLess(stored, log.rindex(' C: DELE 1'), self.explain(srv, m))
+        self.assertIn('POP3 QUIT failed', log)
+        self.finish(srv, m)
+
+
+# ----------------------------------------------------------- 4. long UIDLs
+
+class LongUidl(FakeMountTest):
+    def test_long_uidls_across_sessions(self):
+        # POP3 allows UIDLs of up to 512 characters here; cache names are
+        # shorter.  Two UIDLs that share their first 300 characters must
+        # still be two messages, each downloaded once.
+        head = ''.join('%03d-' % i for i in range(75))
+        data = blobs(m1=M1, m2=M2)
+        data['long1'] = (head + 'first').encode()
+        data['long2'] = (head + 'second').encode()
+        self.assertEqual(len(head), 300)
+        srv, m = self.sessions(['popmount_long_uidl.pop', 'popmount_long_uidl_again.pop'],
+                               data, 'long-uidl', numbered(M1, M2), None)
+        self.assertTrue(srv.wait_ended(3), self.explain(srv, m))
+        self.assertEqual(mount_bytes(m), numbered(M1, M2))
+        log = m.log()
+        self.assertEqual(retr_sent(log), [1, 2], self.explain(srv, m))
+        self.assertNotIn('cannot store', log)
+        self.finish(srv, m)
+
+
+# ------------------------------------------------------------- 5. [IN-USE]
 
 class InUse(FakeMountTest):
     LOCKED = 'the maildrop of alice is locked by another client'
@@ -723,7 +823,7 @@ class InUse(FakeMountTest):
         self.finish(srv, m)
 
 
-# ------------------------------------------------ 4. dropped in mid-RETR
+# ------------------------------------------------ 6. dropped in mid-RETR
 
 class RetrDrop(FakeMountTest):
     def test_nothing_truncated_then_whole(self):
@@ -763,7 +863,7 @@ class RetrDrop(FakeMountTest):
         self.finish(srv, m)
 
 
-# ------------------------------------------------ 5. the pop_keep warning
+# ------------------------------------------------ 7. the pop_keep warning
 
 class PopKeepWarn(FakeMountTest):
     WARNING = re.compile(r'mailfs: warning: alice@127\.0\.0\.1 is also cached over IMAP '
