@@ -1372,8 +1372,13 @@ static int session(struct fs_pop *p)
 		if (ndele > 0) {
 			test_pause("pop_before_dele");
 			rc = pop3_dele_many(p->c, dele, ndele, &err);
-			if (rc < 0)
+			if (rc < 0) {
+				/* Which ones the server took is unknown:
+				 * mark none; the next session sees what is
+				 * left and deletes it then. */
 				log_warn("POP3 DELE failed: %s", err.text);
+				ndele = 0;
+			}
 		}
 	}
 	rc = pop3_quit(&p->c, &err);
