@@ -51,7 +51,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -311,23 +310,15 @@ def setUpModule():
     mailharness.require_dovecot()
     mountutil.require_fuse()
     mountutil.install_signal_handlers()
-    TMP = tempfile.mkdtemp(prefix='mailfs-live-test-')
-    os.chmod(TMP, 0o755)
-    mountutil.at_signal(remove_tmp)
+    TMP = mountutil.scratch_dir('mailfs-live-test-')
     dc = mailharness.Dovecot(users=USERS)
-
-
-def remove_tmp():
-    # Never into a mount that could not be unmounted.
-    if TMP and not any(p.startswith(TMP + '/') for p in mountutil.mounts()):
-        shutil.rmtree(TMP, ignore_errors=True)
 
 
 def tearDownModule():
     mountutil.unmount_all()
     if dc is not None:
         dc.close()
-    remove_tmp()
+    mountutil.remove_scratch(TMP)
 
 
 # ------------------------------------------------------- 1. INBOX with IDLE

@@ -325,9 +325,7 @@ def setUpModule():
     mailharness.require_dovecot()
     mountutil.require_fuse()
     mountutil.install_signal_handlers()
-    TMP = tempfile.mkdtemp(prefix='mailfs-mount-test-')
-    os.chmod(TMP, 0o755)
-    mountutil.at_signal(remove_tmp)
+    TMP = mountutil.scratch_dir('mailfs-mount-test-')
     dc = mailharness.Dovecot()
     dc.load_corpus('alice')
     # Decoded headers and flags.
@@ -369,17 +367,11 @@ def setUpModule():
         META[box] = server_meta(dc, 'alice', box)
 
 
-def remove_tmp():
-    # Never into a mount that could not be unmounted.
-    if TMP and not any(p.startswith(TMP + '/') for p in mountutil.mounts()):
-        shutil.rmtree(TMP, ignore_errors=True)
-
-
 def tearDownModule():
     mountutil.unmount_all()
     if dc is not None:
         dc.close()
-    remove_tmp()
+    mountutil.remove_scratch(TMP)
 
 
 # ----------------------------------------------------------------- 1. browse

@@ -56,7 +56,6 @@ The last line says "N passed, N failed"."""
 
 import os
 import re
-import shutil
 import socket
 import sys
 import tempfile
@@ -945,19 +944,12 @@ def setUpModule():
     global TMP
     mountutil.require_fuse()
     mountutil.install_signal_handlers()
-    TMP = tempfile.mkdtemp(prefix='mailfs-pop-fake-')
-    mountutil.at_signal(remove_tmp)
-
-
-def remove_tmp():
-    # Never into a mount that could not be unmounted.
-    if TMP and not any(p.startswith(TMP + '/') for p in mountutil.mounts()):
-        shutil.rmtree(TMP, ignore_errors=True)
+    TMP = mountutil.scratch_dir('mailfs-pop-fake-')
 
 
 def tearDownModule():
     mountutil.unmount_all()
-    remove_tmp()
+    mountutil.remove_scratch(TMP)
 
 
 if __name__ == '__main__':

@@ -303,9 +303,7 @@ def setUpModule():
     mailharness.require_dovecot()
     mountutil.require_fuse()
     mountutil.install_signal_handlers()
-    TMP = tempfile.mkdtemp(prefix='mailfs-pop-test-')
-    os.chmod(TMP, 0o755)
-    mountutil.at_signal(remove_tmp)
+    TMP = mountutil.scratch_dir('mailfs-pop-test-')
     dc = mailharness.Dovecot(users=USERS)
     corpus = [b for msgs in mailharness.corpus_messages().values() for _, b in msgs]
     xattr_msg = ('From: =?ISO-8859-1?Q?J=FCrgen_M=FCller?= <juergen@example.org>\r\n'
@@ -335,17 +333,11 @@ def setUpModule():
     assert SERVED[SPECIAL['nonl']].endswith(b'\r\n\r\nlast\r\n')
 
 
-def remove_tmp():
-    # Never into a mount that could not be unmounted.
-    if TMP and not any(p.startswith(TMP + '/') for p in mountutil.mounts()):
-        shutil.rmtree(TMP, ignore_errors=True)
-
-
 def tearDownModule():
     mountutil.unmount_all()
     if dc is not None:
         dc.close()
-    remove_tmp()
+    mountutil.remove_scratch(TMP)
 
 
 # ------------------------------------------------------------ 1. POP3S browse

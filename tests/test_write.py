@@ -48,7 +48,6 @@ import collections
 import datetime
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -432,25 +431,17 @@ def setUpModule():
     mailharness.require_dovecot()
     mountutil.require_fuse()
     mountutil.install_signal_handlers()
-    TMP = tempfile.mkdtemp(prefix='mailfs-write-test-')
-    os.chmod(TMP, 0o755)
-    mountutil.at_signal(remove_tmp)
+    TMP = mountutil.scratch_dir('mailfs-write-test-')
     dc = mailharness.Dovecot()
     # The special-use mailboxes (Trash) are created at the first login.
     assert 'Trash' in dc.list_mailboxes(USER)
-
-
-def remove_tmp():
-    # Never into a mount that could not be unmounted.
-    if TMP and not any(p.startswith(TMP + '/') for p in mountutil.mounts()):
-        shutil.rmtree(TMP, ignore_errors=True)
 
 
 def tearDownModule():
     mountutil.unmount_all()
     if dc is not None:
         dc.close()
-    remove_tmp()
+    mountutil.remove_scratch(TMP)
 
 
 # ------------------------------------------------------------------ 1. rm

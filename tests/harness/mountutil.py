@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 SKIP = 77
@@ -321,6 +322,23 @@ atexit.register(unmount_all)
 
 
 _signal_hooks = []
+
+
+def scratch_dir(prefix):
+    """A directory for one test module's mount points and caches (0755, so
+    that the mounts' users can reach them), removed by remove_scratch() at
+    the end and when a signal ends the run."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(path, 0o755)
+    at_signal(lambda: remove_scratch(path))
+    return path
+
+
+def remove_scratch(path):
+    """Remove a scratch_dir(), but never into a mount that could not be
+    unmounted."""
+    if path and not any(p.startswith(path + '/') for p in mounts()):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def at_signal(fn):
