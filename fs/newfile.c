@@ -16,8 +16,8 @@
 #define NEW_MAX_SIZE (1024ULL * 1024 * 1024)
 
 enum nf_state {
-	NF_WRITING,   /* open, being written */
-	NF_STORED,    /* closed; committed to the cache as a pending upload */
+	NF_WRITING,   /* being written (kept in the cache write by write) */
+	NF_STORED,    /* written: waits for its upload */
 	NF_UPLOADING, /* APPEND under way */
 	NF_DONE,      /* the server has it (uid, when it said) */
 	NF_FAILED,    /* the server refused it; kept in the cache */
@@ -29,7 +29,7 @@ struct nf {
 	char *name;   /* owned; NULL for uploads resumed from the cache */
 	char *data;   /* owned; the message */
 	size_t len, cap;
-	bool dirty;      /* changed since it was stored */
+	bool dirty;      /* the cache lacks a change (its commit failed) */
 	bool maybe_sent; /* a crash may have left it on the server */
 	int64_t mtime;   /* 0: let the server choose the INTERNALDATE */
 	enum nf_state state;
@@ -37,7 +37,7 @@ struct nf {
 	unsigned opens;
 	uint32_t ino_id;    /* the mailbox in its inode number (fixed) */
 	bool queued;        /* an upload job is queued or running */
-	int64_t flushed_ms; /* last commit to the cache (monotonic) */
+	int64_t touched_ms; /* last write, rename (monotonic) */
 	int64_t done_ms;    /* when the server confirmed it */
 	struct nf *next;
 };
@@ -62,10 +62,12 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* How long a closed file waits before its upload starts: a shell's
- * redirection closes a descriptor before writing, rsync sets the time and
- * renames right after closing, and the kernel may never send a RELEASE
- * (files need no open), so the last close cannot be told apart. */
+/* How long a file must be left alone before its upload starts.  The
+ * kernel tells mailfs nothing when a file is closed: it sends no FLUSH
+ * (mailfs does not implement it, so that closing a message costs no round
+ * trip) and, once files need no open, no RELEASE either.  So a file that
+ * nothing happened to for this long is taken as written; rsync sets the
+ * time and renames right after closing, within it. */
 #define UPLOAD_DELAY_MS 1000
 /* How long the name of an uploaded file still resolves, so that a rename
  * that comes after the upload (rsync) finds it. */
@@ -503,7 +505,7 @@ static void start_upload(struct mailfs *fs, uint32_t num)
 			if (f->num == num) {
 				f->queued = false;
 				/* Tried again when the server is back. */
-				f->flushed_ms = INT64_MAX / 2;
+				f->touched_ms = INT64_MAX / 2;
 				warn = true;
 			}
 		}
@@ -535,11 +537,15 @@ static void *uploader_main(void *arg)
 		size_t k = 0;
 		struct timespec ts;
 
-		for (struct nf *f = n->list; f != NULL && k < 64; f = f->next)
-			if (f->state == NF_STORED && !f->queued && f->len > 0 &&
-			    now - f->flushed_ms >= UPLOAD_DELAY_MS &&
-			    want_upload(f))
+		for (struct nf *f = n->list; f != NULL && k < 64; f = f->next) {
+			if (f->len == 0 || f->dirty ||
+			    now - f->touched_ms < UPLOAD_DELAY_MS)
+				continue;
+			if (f->state == NF_WRITING)
+				f->state = NF_STORED;
+			if (want_upload(f))
 				nums[k++] = f->num;
+		}
 		pthread_mutex_unlock(&n->lock);
 		for (size_t i = 0; i < k; i++)
 			start_upload(n->fs, nums[i]);
@@ -649,8 +655,8 @@ void fs_newfile_resume(struct mailfs *fs)
 		if (have != NULL) {
 			bool go;
 
-			if (have->flushed_ms == INT64_MAX / 2)
-				have->flushed_ms = 0;
+			if (have->touched_ms == INT64_MAX / 2)
+				have->touched_ms = 0;
 			go = want_upload(have);
 			num = have->num;
 			pthread_mutex_unlock(&n->lock);
@@ -692,6 +698,83 @@ void fs_newfile_resume(struct mailfs *fs)
 		start_upload(fs, num);
 	}
 	free(r.seqs);
+}
+
+/* --- keeping it in the cache ------------------------------------------ */
+
+struct store_ctx {
+	struct nf *f; /* borrowed under the lock */
+	uint64_t old_seq;
+	uint64_t seq;
+};
+
+static int store_pending(struct cache_txn *txn, void *ctx)
+{
+	struct store_ctx *s = ctx;
+	struct cache_pending p = {
+	        .mailbox_id = s->f->id,
+	        .state = CACHE_PENDING_NEW,
+	        .flags = "",
+	        .internaldate = s->f->mtime,
+	        .created = time(NULL),
+	        .size = s->f->len,
+	        .data = (uint8_t *)s->f->data,
+	};
+	int rc = 0;
+
+	if (s->old_seq != 0)
+		rc = cache_pending_delete(txn, s->old_seq);
+	if (rc == 0)
+		rc = cache_pending_add(txn, &p, &s->seq);
+	return rc;
+}
+
+struct part_ctx {
+	uint64_t seq;
+	off_t off;
+	const char *buf;
+	size_t size;
+};
+
+static int store_part(struct cache_txn *txn, void *ctx)
+{
+	struct part_ctx *pc = ctx;
+
+	return cache_pending_write(txn, pc->seq, (uint64_t)pc->off, pc->buf,
+	                           pc->size);
+}
+
+/* Commit f's change to the cache before it is answered: close() brings no
+ * request (see UPLOAD_DELAY_MS), so what write() accepted must already be
+ * safe when it returns.  A write (buf, size at off) that follows what the
+ * cache holds is added as one part; anything else (the first write, a
+ * truncation, a new time, a commit that failed before) stores the whole
+ * file again.  The lock is held across the (short, local) commit so that
+ * no other change slips in between.  0, or the errno to answer. */
+static int keep(struct mailfs *fs, struct nf *f, const char *buf, size_t size,
+                off_t off)
+{
+	int rc;
+
+	if (f->seq != 0 && !f->dirty && buf != NULL) {
+		struct part_ctx pc = {f->seq, off, buf, size};
+
+		rc = cache_run_write(fs->cache, store_part, &pc);
+	} else {
+		struct store_ctx s = {.f = f, .old_seq = f->seq};
+
+		rc = cache_run_write(fs->cache, store_pending, &s);
+		if (rc == 0)
+			f->seq = s.seq;
+	}
+	f->touched_ms = mono_ms();
+	f->dirty = rc < 0;
+	if (rc < 0) {
+		log_err("cannot keep %s in the cache: %s",
+		        f->name ? f->name : "a new file", strerror(-rc));
+		return rc == -ENOSPC ? ENOSPC : EIO;
+	}
+	return 0;
 }
 
 /* --- FUSE operations --------------------------------------------------- */
@@ -736,8 +819,8 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	f->id = f->ino_id = id;
 	f->state = NF_WRITING;
-	f->dirty = true;
 	f->opens = 1;
+	f->touched_ms = mono_ms();
 	pthread_mutex_lock(&n->lock);
 	if (find_name(n, id, name) != NULL) {
 		pthread_mutex_unlock(&n->lock);
@@ -795,18 +878,25 @@ void fs_newfile_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 			err = EPERM;
 		} else if ((uint64_t)attr->st_size > f->len) {
 			err = EPERM; /* no holes in mail */
-		} else {
+		} else if ((size_t)attr->st_size < f->len) {
 			f->len = (size_t)attr->st_size;
 			f->dirty = true;
-			if (f->state == NF_STORED)
+			if (f->state == NF_STORED && !f->queued)
 				f->state = NF_WRITING;
 		}
 	}
 	/* cp -p and rsync -t: the time becomes the INTERNALDATE, if the
 	 * upload has not started yet.  Modes and owners mean nothing to a
 	 * mail server: accepted and ignored. */
-	if (err == 0 && (to_set & FUSE_SET_ATTR_MTIME) && f->state <= NF_STORED)
+	if (err == 0 && (to_set & FUSE_SET_ATTR_MTIME) &&
+	    f->state <= NF_STORED && f->mtime != attr->st_mtime) {
 		f->mtime = attr->st_mtime;
+		f->dirty = true;
+	}
+	/* Kept like a write (a truncation, the time of the pending upload),
+	 * unless nothing was ever written. */
+	if (err == 0 && f->dirty && (f->seq != 0 || f->len > 0))
+		err = keep(fs, f, NULL, 0, 0);
 	if (err == 0)
 		nf_attr(fs, f, &st);
 	pthread_mutex_unlock(&fs->newfiles->lock);
@@ -830,10 +920,12 @@ void fs_newfile_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		if (f->state > NF_STORED && f->state != NF_FAILED) {
 			err = EPERM;
 		} else {
-			if (fi->flags & O_TRUNC)
+			if ((fi->flags & O_TRUNC) && f->len > 0) {
 				f->len = 0;
+				f->dirty = true;
+				err = keep(fs, f, NULL, 0, 0);
+			}
 			f->state = NF_WRITING;
-			f->dirty = true;
 		}
 	}
 	if (err == 0)
@@ -879,9 +971,8 @@ void fs_newfile_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 
 	pthread_mutex_lock(&fs->newfiles->lock);
 	f = find_ino(fs->newfiles, ino);
-	/* A flush is not the last close (a shell closes its descriptor
-	 * after dup2 before writing): until the upload starts, the file
-	 * can still be written. */
+	/* Taken as written is not closed (a descriptor of it may still be
+	 * open): until the upload starts, the file can still be written. */
 	if (f != NULL && f->state == NF_STORED && !f->queued)
 		f->state = NF_WRITING;
 	if (f == NULL || f->state != NF_WRITING) {
@@ -910,7 +1001,8 @@ void fs_newfile_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		memcpy(f->data + off, buf, size);
 		if (end > f->len)
 			f->len = end;
-		f->dirty = true;
+		if (size > 0 || f->dirty)
+			err = keep(fs, f, buf, size, off);
 	}
 out:
 	pthread_mutex_unlock(&fs->newfiles->lock);
@@ -918,65 +1010,6 @@ out:
 		fuse_reply_err(req, err);
 	else
 		fuse_reply_write(req, size);
-}
-
-struct store_ctx {
-	struct nf *f; /* borrowed under the lock */
-	uint64_t old_seq;
-	uint64_t seq;
-};
-
-static int store_pending(struct cache_txn *txn, void *ctx)
-{
-	struct store_ctx *s = ctx;
-	struct cache_pending p = {
-	        .mailbox_id = s->f->id,
-	        .state = CACHE_PENDING_NEW,
-	        .flags = "",
-	        .internaldate = s->f->mtime,
-	        .created = time(NULL),
-	        .size = s->f->len,
-	        .data = (uint8_t *)s->f->data,
-	};
-	int rc = 0;
-
-	if (s->old_seq != 0)
-		rc = cache_pending_delete(txn, s->old_seq);
-	if (rc == 0)
-		rc = cache_pending_add(txn, &p, &s->seq);
-	return rc;
-}
-
-void fs_newfile_flush(fuse_req_t req, fuse_ino_t ino)
-{
-	struct mailfs *fs = fs_of(req);
-	struct store_ctx s = {0};
-	struct nf *f;
-	int rc = 0;
-
-	/* close() returns after this: the bytes must be in the cache by
-	 * then.  The lock is held across the (short, local) commit so that
-	 * no write slips in between. */
-	pthread_mutex_lock(&fs->newfiles->lock);
-	f = find_ino(fs->newfiles, ino);
-	if (f != NULL && f->state == NF_STORED && !f->dirty)
-		f->flushed_ms = mono_ms();
-	if (f != NULL && f->state == NF_WRITING && f->dirty) {
-		s.f = f;
-		s.old_seq = f->seq;
-		rc = cache_run_write(fs->cache, store_pending, &s);
-		if (rc == 0) {
-			f->seq = s.seq;
-			f->dirty = false;
-			f->state = NF_STORED;
-			f->flushed_ms = mono_ms();
-		} else {
-			log_err("cannot keep %s in the cache: %s", f->name,
-			        strerror(-rc));
-		}
-	}
-	pthread_mutex_unlock(&fs->newfiles->lock);
-	fuse_reply_err(req, rc == -ENOSPC ? ENOSPC : rc < 0 ? EIO : 0);
 }
 
 void fs_newfile_release(fuse_req_t req, fuse_ino_t ino)
@@ -991,6 +1024,10 @@ void fs_newfile_release(fuse_req_t req, fuse_ino_t ino)
 	if (f != NULL) {
 		if (f->opens > 0)
 			f->opens--;
+		/* The last descriptor we know of is closed (a RELEASE comes
+		 * only while files still need an open). */
+		if (f->opens == 0 && f->state == NF_WRITING && !f->dirty)
+			f->state = NF_STORED;
 		go = f->opens == 0 && f->len > 0 && want_upload(f);
 		num = f->num;
 	}
@@ -1086,14 +1123,15 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 		f->name = nn;
 		nn = NULL;
 		if (newid != id) {
-			struct store_ctx s = {.f = f, .old_seq = f->seq};
-
+			/* The pending upload now goes to newid. */
 			f->id = newid;
-			if (f->seq != 0 &&
-			    cache_run_write(fs->cache, store_pending, &s) == 0)
-				f->seq = s.seq;
+			if (f->seq != 0) {
+				f->dirty = true;
+				keep(fs, f, NULL, 0, 0);
+			}
 		}
-		/* Renamed into place: that is the end of writing it. */
+		f->touched_ms = mono_ms();
+		/* Renamed into place when written: that is the end of it. */
 		go = f->len > 0 && want_upload(f);
 		num = f->num;
 	}
