@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fs/closes.h"
 #include "fs/sync.h"
 #include "proto/log.h"
 #include "proto/mime.h"
@@ -37,6 +38,7 @@ struct nf {
 	unsigned opens;
 	uint32_t ino_id;    /* the mailbox in its inode number (fixed) */
 	bool queued;        /* an upload job is queued or running */
+	bool watched;       /* its close will be seen (fs/closes.h) */
 	int64_t touched_ms; /* last write, rename (monotonic) */
 	int64_t done_ms;    /* when the server confirmed it */
 	struct nf *next;
@@ -52,6 +54,8 @@ struct fs_newfiles {
 	pthread_t thread;
 	pthread_cond_t cond;
 	bool started, stop;
+	struct fs_closes *closes; /* owned; NULL: no closes are seen */
+	bool rewatch; /* a file was created in a mailbox not watched */
 };
 
 static int64_t mono_ms(void)
@@ -62,12 +66,12 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* How long a file must be left alone before its upload starts.  The
- * kernel tells mailfs nothing when a file is closed: it sends no FLUSH
- * (mailfs does not implement it, so that closing a message costs no round
- * trip) and, once files need no open, no RELEASE either.  So a file that
- * nothing happened to for this long is taken as written; rsync sets the
- * time and renames right after closing, within it. */
+/* How long a closed file waits before its upload starts: rsync sets the
+ * time and renames right after closing.  The kernel tells mailfs nothing
+ * when a file is closed (no FLUSH, and once files need no open, no
+ * RELEASE): closes are seen through inotify (fs/closes.h).  A file whose
+ * close cannot be seen (its mailbox is not watched) is taken as written
+ * once nothing happened to it for as long. */
 #define UPLOAD_DELAY_MS 1000
 /* How long the name of an uploaded file still resolves, so that a rename
  * that comes after the upload (rsync) finds it. */
@@ -105,6 +109,7 @@ void fs_newfiles_free(struct fs_newfiles **np)
 		nf_free(n->list);
 		n->list = next;
 	}
+	fs_closes_free(&n->closes);
 	pthread_mutex_destroy(&n->lock);
 	free(n);
 	*np = NULL;
@@ -156,6 +161,15 @@ static struct nf *find_ino(struct fs_newfiles *n, fuse_ino_t ino)
 		if (nf_ino(f) == ino)
 			return f;
 	return NULL;
+}
+
+/* Will f's close be seen where it is?  If not, its mailbox is watched
+ * for the next files (by the uploader). */
+static void set_watched(struct fs_newfiles *n, struct nf *f)
+{
+	f->watched = n->closes != NULL && fs_closes_watched(n->closes, f->id);
+	if (!f->watched && n->closes != NULL)
+		n->rewatch = true;
 }
 
 static void unlink_nf(struct fs_newfiles *n, struct nf *f)
@@ -526,6 +540,26 @@ static bool want_upload(struct nf *f)
 	return true;
 }
 
+/* fs_closes_read's callback (the lock is held). */
+static void closed(void *ctx, uint32_t id, const char *name)
+{
+	struct fs_newfiles *n = ctx;
+	struct nf *f;
+
+	if (name == NULL) {
+		/* Closes there (id 0: anywhere) may go unseen from now. */
+		for (f = n->list; f != NULL; f = f->next)
+			if (id == 0 || f->id == id)
+				f->watched = false;
+		return;
+	}
+	f = find_name(n, id, name);
+	if (f != NULL && f->state == NF_WRITING && !f->dirty) {
+		f->state = NF_STORED;
+		f->touched_ms = mono_ms();
+	}
+}
+
 static void *uploader_main(void *arg)
 {
 	struct fs_newfiles *n = arg;
@@ -537,9 +571,25 @@ static void *uploader_main(void *arg)
 		size_t k = 0;
 		struct timespec ts;
 
+		if (n->closes != NULL)
+			fs_closes_read(n->closes, closed, n);
+		if (n->rewatch && n->closes != NULL) {
+			n->rewatch = false;
+			pthread_mutex_unlock(&n->lock);
+			/* Through the mount: without the lock, which its
+			 * lookups need.  Once stopped, n may be gone. */
+			if (!fs_closes_watch(n->closes, n->fs->tree))
+				return NULL;
+			pthread_mutex_lock(&n->lock);
+			continue;
+		}
 		for (struct nf *f = n->list; f != NULL && k < 64; f = f->next) {
 			if (f->len == 0 || f->dirty ||
 			    now - f->touched_ms < UPLOAD_DELAY_MS)
+				continue;
+			/* Not closed yet, or closed unseen: taken as
+			 * written now. */
+			if (f->state == NF_WRITING && f->watched)
 				continue;
 			if (f->state == NF_WRITING)
 				f->state = NF_STORED;
@@ -570,6 +620,10 @@ int fs_newfiles_start(struct mailfs *fs)
 	pthread_condattr_t ca;
 
 	n->fs = fs;
+	/* Closes matter only where files can be written. */
+	if (!fs->readonly && fs->mountpoint != NULL &&
+	    fs_closes_new(fs->mountpoint, &n->closes) == 0)
+		n->rewatch = true;
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&n->cond, &ca);
@@ -590,7 +644,10 @@ void fs_newfiles_stop(struct mailfs *fs)
 	n->stop = true;
 	pthread_cond_broadcast(&n->cond);
 	pthread_mutex_unlock(&n->lock);
-	pthread_join(n->thread, NULL);
+	if (fs_closes_stop(n->closes))
+		pthread_join(n->thread, NULL);
+	else /* waiting for the mount, perhaps for good: fs/closes.h */
+		pthread_detach(n->thread);
 	n->started = false;
 }
 
@@ -831,6 +888,7 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	f->num = ++n->next_num;
 	f->next = n->list;
 	n->list = f;
+	set_watched(n, f);
 	pthread_mutex_unlock(&n->lock);
 	{
 		struct fuse_entry_param e = {0};
@@ -1087,6 +1145,10 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 
 	nn = strdup(newname);
 	pthread_mutex_lock(&n->lock);
+	/* A close before this rename (rsync renames what it closed) is
+	 * reported under the old name: take it while that name holds. */
+	if (n->closes != NULL)
+		fs_closes_read(n->closes, closed, n);
 	f = find_name(n, id, name);
 	if (f == NULL) {
 		/* Renamed into place after the upload finished (rsync):
@@ -1123,8 +1185,10 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 		f->name = nn;
 		nn = NULL;
 		if (newid != id) {
-			/* The pending upload now goes to newid. */
+			/* The pending upload now goes to newid, and its
+			 * close is seen there, if at all. */
 			f->id = newid;
+			set_watched(n, f);
 			if (f->seq != 0) {
 				f->dirty = true;
 				keep(fs, f, NULL, 0, 0);

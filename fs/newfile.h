@@ -2,15 +2,15 @@
  *
  * A file created in a mailbox directory lives in memory while it is being
  * written, and each write is committed to the cache (as a pending upload)
- * before write() returns: the kernel says nothing when a file is closed
- * (see UPLOAD_DELAY_MS in newfile.c), so this is how its bytes are safe
- * before close() returns.  The upload (APPEND) starts once nothing
- * happened to the file for a second, or at once when its last descriptor
- * is released (while the kernel still reports that).  Once the server
- * confirms it (APPENDUID), the message appears as UID.eml and the name it
- * was written under disappears.  Renaming it before that (rsync writes a
- * temporary name and renames it into place) just changes the name; a
- * rename after the upload succeeds and changes nothing.
+ * before write() returns: the kernel asks mailfs nothing when a file is
+ * closed, so this is how its bytes are safe before close() returns.  The
+ * close itself is seen through inotify (fs/closes.h); the upload (APPEND)
+ * starts a second after it (at once on a rename into place).  A file whose
+ * close cannot be seen is taken as written once nothing happened to it for
+ * a second.  Once the server confirms the upload (APPENDUID), the message
+ * appears as UID.eml and the name it was written under disappears.  Renaming it
+ * before that (rsync writes a temporary name and renames it into place) just
+ * changes the name; a rename after the upload succeeds and changes nothing.
  *
  * Pending uploads survive a crash or a dead server: at mount time and
  * whenever the server comes back, the cache's pending uploads are sent,
