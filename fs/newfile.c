@@ -939,7 +939,7 @@ void fs_newfile_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		} else if ((size_t)attr->st_size < f->len) {
 			f->len = (size_t)attr->st_size;
 			f->dirty = true;
-			if (f->state == NF_STORED && !f->queued)
+			if (f->state == NF_STORED)
 				f->state = NF_WRITING;
 		}
 	}
@@ -1073,8 +1073,6 @@ out:
 void fs_newfile_release(fuse_req_t req, fuse_ino_t ino)
 {
 	struct mailfs *fs = fs_of(req);
-	bool go = false;
-	uint32_t num = 0;
 	struct nf *f;
 
 	pthread_mutex_lock(&fs->newfiles->lock);
@@ -1083,16 +1081,15 @@ void fs_newfile_release(fuse_req_t req, fuse_ino_t ino)
 		if (f->opens > 0)
 			f->opens--;
 		/* The last descriptor we know of is closed (a RELEASE comes
-		 * only while files still need an open). */
-		if (f->opens == 0 && f->state == NF_WRITING && !f->dirty)
+		 * only while files still need an open): as for a close
+		 * seen, the upload starts a second later. */
+		if (f->opens == 0 && f->state == NF_WRITING && !f->dirty) {
 			f->state = NF_STORED;
-		go = f->opens == 0 && f->len > 0 && want_upload(f);
-		num = f->num;
+			f->touched_ms = mono_ms();
+		}
 	}
 	pthread_mutex_unlock(&fs->newfiles->lock);
 	fuse_reply_err(req, 0);
-	if (go)
-		start_upload(fs, num);
 }
 
 struct drop_ctx {
