@@ -39,7 +39,7 @@ struct nf {
 	uint32_t ino_id;    /* the mailbox in its inode number (fixed) */
 	bool queued;        /* an upload job is queued or running */
 	bool watched;       /* its close will be seen (fs/closes.h) */
-	int64_t touched_ms; /* last write, rename (monotonic) */
+	int64_t touched_ms; /* last change, close or rename (monotonic) */
 	int64_t done_ms;    /* when the server confirmed it */
 	struct nf *next;
 };
@@ -1029,8 +1029,8 @@ void fs_newfile_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 
 	pthread_mutex_lock(&fs->newfiles->lock);
 	f = find_ino(fs->newfiles, ino);
-	/* Taken as written is not closed (a descriptor of it may still be
-	 * open): until the upload starts, the file can still be written. */
+	/* A file taken as written (closed, or left alone) may still have a
+	 * descriptor open: until the upload starts, it can be written. */
 	if (f != NULL && f->state == NF_STORED && !f->queued)
 		f->state = NF_WRITING;
 	if (f == NULL || f->state != NF_WRITING) {
