@@ -2809,15 +2809,19 @@ static bool pending_parse(const MDB_val *v, struct pending_view *pv)
 	return rd_ok(&r);
 }
 
-static size_t pending_build_size(const struct pending_view *pv, bool with_data)
+/* size: the record's bytes with its parts applied (pending_parts). */
+static size_t pending_build_size(const struct pending_view *pv, uint64_t size,
+                                 bool with_data)
 {
 	return sizeof(struct cache_pending) + pv->flags.n + 1 +
-	       (with_data ? (size_t)pv->size + 1 : 0);
+	       (with_data ? (size_t)size + 1 : 0);
 }
 
+/* With data, the record's own bytes followed by zeros up to size: the
+ * parts are applied afterwards. */
 static struct cache_pending *pending_build(const struct pending_view *pv,
-                                           uint64_t seq, bool with_data,
-                                           void *buf)
+                                           uint64_t seq, uint64_t size,
+                                           bool with_data, void *buf)
 {
 	struct cache_pending *p = buf;
 	uint8_t *cur = (uint8_t *)(p + 1);
@@ -2829,14 +2833,97 @@ static struct cache_pending *pending_build(const struct pending_view *pv,
 	p->internaldate = pv->internaldate;
 	p->tz_minutes = pv->tz_minutes;
 	p->created = pv->created;
-	p->size = pv->size;
+	p->size = size;
 	p->flags = out_str(&cur, pv->flags);
 	if (with_data) {
 		p->data = cur;
 		if (pv->size)
 			memcpy(cur, pv->data, (size_t)pv->size);
+		memset(cur + pv->size, 0, (size_t)(size - pv->size) + 1);
 	}
 	return p;
+}
+
+/* Parts: the writes added to an upload after its record (see cache.h).
+ * Their keys sort right after the record's, before the next record's. */
+#define PART_KEY_LEN 12
+
+static void part_key(uint8_t k[PART_KEY_LEN], uint64_t seq, uint32_t n)
+{
+	be64_put(k, seq);
+	be32_put(k + 8, n);
+}
+
+struct parts {
+	uint64_t seq;
+	uint64_t size; /* grows to the end of the furthest part */
+	uint32_t next; /* the number the next part gets */
+	uint8_t *data; /* NULL: only measure; else apply, size bytes */
+};
+
+/* A part's offset and length; false if it is not one of seq's. */
+static bool part_parse(const MDB_val *k, const MDB_val *v, uint64_t seq,
+                       uint64_t *off_r, size_t *len_r)
+{
+	if (k->mv_size != PART_KEY_LEN || be64_get(k->mv_data) != seq ||
+	    v->mv_size < 8)
+		return false;
+	*off_r = be64_get(v->mv_data);
+	*len_r = v->mv_size - 8;
+	return *off_r <= SIZE_MAX / 2 - *len_r;
+}
+
+static int parts_one(struct cache_txn *t, const MDB_val *k, const MDB_val *v,
+                     void *ctx)
+{
+	struct parts *ps = ctx;
+	uint64_t off;
+	size_t len;
+
+	if (!part_parse(k, v, ps->seq, &off, &len))
+		return corrupt(t, "pending part", ps->seq, k->mv_size,
+		               v->mv_size);
+	if (ps->data != NULL && len)
+		memcpy(ps->data + off, (const uint8_t *)v->mv_data + 8, len);
+	if (off + len > ps->size)
+		ps->size = off + len;
+	ps->next = be32_get((const uint8_t *)k->mv_data + 8) + 1;
+	return 0;
+}
+
+/* The number the next part of seq gets: one more than its last part's,
+ * found from the key that sorts after all of seq's. */
+static int pending_next_part(struct cache_txn *t, uint64_t seq,
+                             uint32_t *next_r)
+{
+	MDB_cursor *cur;
+	uint8_t after[8];
+	MDB_val k = {sizeof(after), after}, v;
+	int rc;
+
+	*next_r = 0;
+	be64_put(after, seq + 1);
+	rc = mdb_cursor_open(t->txn, t->cache->dbi[DB_PENDING], &cur);
+	if (rc)
+		return txn_mdb_fail(t, rc);
+	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	rc = mdb_cursor_get(cur, &k, &v, rc == 0 ? MDB_PREV : MDB_LAST);
+	if (rc == 0 && k.mv_size == PART_KEY_LEN && be64_get(k.mv_data) == seq)
+		*next_r = be32_get((const uint8_t *)k.mv_data + 8) + 1;
+	mdb_cursor_close(cur);
+	if (rc && rc != MDB_NOTFOUND)
+		return txn_mdb_fail(t, rc);
+	return 0;
+}
+
+/* Walk the parts of seq, whose record holds ps->size bytes: measure (and
+ * with ps->data, apply) them. */
+static int pending_parts(struct cache_txn *t, struct parts *ps)
+{
+	uint8_t k[PART_KEY_LEN];
+
+	part_key(k, ps->seq, 0);
+	return db_scan(t, DB_PENDING, k, sizeof(k), 8, parts_one, ps);
 }
 
 void cache_pending_free(struct cache_pending **p)
@@ -2877,10 +2964,45 @@ int cache_pending_add(struct cache_txn *txn, const struct cache_pending *p,
 	return 0;
 }
 
+int cache_pending_write(struct cache_txn *txn, uint64_t seq, uint64_t off,
+                        const void *data, size_t len)
+{
+	uint8_t k[PART_KEY_LEN], *buf = NULL;
+	uint32_t next = 0;
+	MDB_val v;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if ((data == NULL && len) || len > SIZE_MAX / 2 - 8 ||
+	    off > SIZE_MAX / 2 - len)
+		return txn_fail(txn, -EINVAL);
+	be64_put(k, seq);
+	rc = db_get(txn, DB_PENDING, k, 8, &v);
+	if (rc == -ENOENT)
+		return txn_fail(txn, rc);
+	if (rc == 0)
+		rc = pending_next_part(txn, seq, &next);
+	if (rc)
+		return rc;
+	if (next == UINT32_MAX)
+		return txn_fail(txn, -E2BIG);
+	part_key(k, seq, next);
+	rc = db_reserve(txn, DB_PENDING, k, sizeof(k), 8 + len, MDB_NOOVERWRITE,
+	                &buf);
+	if (rc)
+		return rc;
+	be64_put(buf, off);
+	if (len)
+		memcpy(buf + 8, data, len);
+	return 0;
+}
+
 int cache_pending_get(struct cache_txn *txn, uint64_t seq, bool with_data,
                       struct cache_pending **p_r)
 {
 	struct pending_view pv;
+	struct parts ps = {.seq = seq};
 	uint8_t k[8];
 	MDB_val v;
 	void *buf;
@@ -2897,11 +3019,22 @@ int cache_pending_get(struct cache_txn *txn, uint64_t seq, bool with_data,
 		return rc;
 	if (!pending_parse(&v, &pv))
 		return corrupt(txn, "pending", seq, 0, 0);
-	buf = malloc(pending_build_size(&pv, with_data));
+	ps.size = pv.size;
+	rc = pending_parts(txn, &ps);
+	if (rc)
+		return rc;
+	buf = malloc(pending_build_size(&pv, ps.size, with_data));
 	if (buf == NULL)
 		return txn_fail(txn, -ENOMEM);
-	*p_r = pending_build(&pv, seq, with_data, buf);
-	return 0;
+	*p_r = pending_build(&pv, seq, ps.size, with_data, buf);
+	if (with_data && ps.next > 0) {
+		/* Reads only: pv's pointers into the map stay valid. */
+		ps.data = (*p_r)->data;
+		rc = pending_parts(txn, &ps);
+		if (rc)
+			cache_pending_free(p_r);
+	}
+	return rc;
 }
 
 int cache_pending_set_state(struct cache_txn *txn, uint64_t seq, uint32_t state)
@@ -2943,39 +3076,66 @@ int cache_pending_delete(struct cache_txn *txn, uint64_t seq)
 	if (rc)
 		return rc;
 	be64_put(k, seq);
-	return db_del(txn, DB_PENDING, k, 8);
+	/* The record and its parts share the prefix. */
+	return db_del_prefix(txn, DB_PENDING, k, 8, NULL);
 }
 
 struct pending_iter {
 	int (*cb)(const struct cache_pending *p, void *ctx);
 	void *ctx;
 	struct scratch sc;
+	struct cache_pending *cur; /* in sc: built, its parts not all seen */
 };
+
+/* A record is passed on once its parts (which follow it) are counted. */
+static int pending_iter_emit(struct pending_iter *it)
+{
+	struct cache_pending *p = it->cur;
+
+	it->cur = NULL;
+	return p != NULL ? it->cb(p, it->ctx) : 0;
+}
 
 static int pending_iter_one(struct cache_txn *t, const MDB_val *k,
                             const MDB_val *v, void *ctx)
 {
 	struct pending_iter *it = ctx;
 	struct pending_view pv;
-	uint64_t seq;
+	uint64_t seq, off;
+	size_t len;
 	void *buf;
+	int rc;
 
+	if (k->mv_size == PART_KEY_LEN) {
+		seq = be64_get(k->mv_data);
+		if (it->cur == NULL ||
+		    !part_parse(k, v, it->cur->seq, &off, &len))
+			return corrupt(t, "pending part", seq, k->mv_size,
+			               v->mv_size);
+		if (off + len > it->cur->size)
+			it->cur->size = off + len;
+		return 0;
+	}
 	if (k->mv_size != 8)
 		return corrupt(t, "pending key", k->mv_size, 0, 0);
+	rc = pending_iter_emit(it);
+	if (rc)
+		return rc;
 	seq = be64_get(k->mv_data);
 	if (!pending_parse(v, &pv))
 		return corrupt(t, "pending", seq, 0, 0);
-	buf = scratch_get(&it->sc, pending_build_size(&pv, false));
+	buf = scratch_get(&it->sc, pending_build_size(&pv, pv.size, false));
 	if (buf == NULL)
 		return txn_fail(t, -ENOMEM);
-	return it->cb(pending_build(&pv, seq, false, buf), it->ctx);
+	it->cur = pending_build(&pv, seq, pv.size, false, buf);
+	return 0;
 }
 
 int cache_pending_foreach(struct cache_txn *txn,
                           int (*cb)(const struct cache_pending *p, void *ctx),
                           void *ctx)
 {
-	struct pending_iter it = {cb, ctx, {NULL, 0}};
+	struct pending_iter it = {cb, ctx, {NULL, 0}, NULL};
 	int rc = txn_check(txn, false);
 
 	if (rc)
@@ -2983,6 +3143,11 @@ int cache_pending_foreach(struct cache_txn *txn,
 	if (cb == NULL)
 		return txn_fail(txn, -EINVAL);
 	rc = db_scan(txn, DB_PENDING, NULL, 0, 0, pending_iter_one, &it);
+	/* A callback that stopped the walk leaves nothing to pass on. */
+	if (rc == 0)
+		rc = pending_iter_emit(&it);
+	if (rc > 0)
+		rc = 0;
 	free(it.sc.p);
 	return rc;
 }

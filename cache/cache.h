@@ -17,7 +17,9 @@
  *   pop        download number (u32 BE) -> POP3 record
  *   pop_uidl   UIDL bytes -> download number (u32 BE); more than one
  *              UIDL may name a number (cache_pop_alias)
- *   pending    sequence number (u64 BE) -> pending upload record
+ *   pending    sequence number (u64 BE) -> pending upload record, followed
+ *              by its parts: (sequence number u64 BE, part number u32 BE)
+ *              -> offset (u64 BE) and the bytes written there
  *
  * All integer keys are big-endian so that byte order is numeric order: a
  * cursor over the prefix (mailbox id, UIDVALIDITY) walks one mailbox
@@ -536,7 +538,16 @@ void cache_pending_free(struct cache_pending **p);
 int cache_pending_add(struct cache_txn *txn, const struct cache_pending *p,
                       uint64_t *seq_r);
 
-/* The upload seq; with_data false leaves ->data NULL (->size still set). */
+/* Add one write to upload seq without rewriting what it holds: len bytes
+ * at offset off, over what is there and past its end (a gap reads as
+ * zeros).  Writes are applied in the order they were added.  A file being
+ * written is kept this way write by write.  -ENOENT (recorded) if there is
+ * no upload seq. */
+int cache_pending_write(struct cache_txn *txn, uint64_t seq, uint64_t off,
+                        const void *data, size_t len);
+
+/* The upload seq, its writes applied; with_data false leaves ->data NULL
+ * (->size still set). */
 int cache_pending_get(struct cache_txn *txn, uint64_t seq, bool with_data,
                       struct cache_pending **p_r);
 
@@ -544,7 +555,8 @@ int cache_pending_get(struct cache_txn *txn, uint64_t seq, bool with_data,
 int cache_pending_set_state(struct cache_txn *txn, uint64_t seq,
                             uint32_t state);
 
-/* Forget upload seq once the server has it. 0 if it was not there. */
+/* Forget upload seq (and its writes) once the server has it. 0 if it was
+ * not there. */
 int cache_pending_delete(struct cache_txn *txn, uint64_t seq);
 
 /* Call cb for each upload in sequence order, without the message bytes

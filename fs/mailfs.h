@@ -33,6 +33,7 @@ struct mailfs {
 	struct fs_pop *pop;           /* owned; POP3; NULL when offline */
 	struct fs_newfiles *newfiles; /* owned; files being written */
 	struct fuse_session *se;      /* owned by main */
+	const char *mountpoint;       /* borrowed from main; absolute */
 	bool offline;                 /* no server: serve the cache */
 	bool readonly;                /* -o ro, or offline */
 	bool no_open;                 /* the kernel can skip opens of files */

@@ -217,6 +217,7 @@ int main(int argc, char *argv[])
 	}
 	fs.uid = getuid();
 	fs.gid = getgid();
+	fs.mountpoint = cmd.mountpoint;
 
 	fs.imap.host = fs.url.host;
 	fs.imap.port = fs.url.port_str;

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fs/closes.h"
 #include "fs/sync.h"
 #include "proto/log.h"
 #include "proto/mime.h"
@@ -16,8 +17,8 @@
 #define NEW_MAX_SIZE (1024ULL * 1024 * 1024)
 
 enum nf_state {
-	NF_WRITING,   /* open, being written */
-	NF_STORED,    /* closed; committed to the cache as a pending upload */
+	NF_WRITING,   /* being written (kept in the cache write by write) */
+	NF_STORED,    /* written: waits for its upload */
 	NF_UPLOADING, /* APPEND under way */
 	NF_DONE,      /* the server has it (uid, when it said) */
 	NF_FAILED,    /* the server refused it; kept in the cache */
@@ -29,7 +30,7 @@ struct nf {
 	char *name;   /* owned; NULL for uploads resumed from the cache */
 	char *data;   /* owned; the message */
 	size_t len, cap;
-	bool dirty;      /* changed since it was stored */
+	bool dirty;      /* the cache lacks a change (its commit failed) */
 	bool maybe_sent; /* a crash may have left it on the server */
 	int64_t mtime;   /* 0: let the server choose the INTERNALDATE */
 	enum nf_state state;
@@ -37,7 +38,8 @@ struct nf {
 	unsigned opens;
 	uint32_t ino_id;    /* the mailbox in its inode number (fixed) */
 	bool queued;        /* an upload job is queued or running */
-	int64_t flushed_ms; /* last commit to the cache (monotonic) */
+	bool watched;       /* its close will be seen (fs/closes.h) */
+	int64_t touched_ms; /* last change, close or rename (monotonic) */
 	int64_t done_ms;    /* when the server confirmed it */
 	struct nf *next;
 };
@@ -52,6 +54,8 @@ struct fs_newfiles {
 	pthread_t thread;
 	pthread_cond_t cond;
 	bool started, stop;
+	struct fs_closes *closes; /* owned; NULL: no closes are seen */
+	bool rewatch; /* a file was created in a mailbox not watched */
 };
 
 static int64_t mono_ms(void)
@@ -62,10 +66,12 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* How long a closed file waits before its upload starts: a shell's
- * redirection closes a descriptor before writing, rsync sets the time and
- * renames right after closing, and the kernel may never send a RELEASE
- * (files need no open), so the last close cannot be told apart. */
+/* How long a closed file waits before its upload starts: rsync sets the
+ * time and renames right after closing.  The kernel tells mailfs nothing
+ * when a file is closed (no FLUSH, and once files need no open, no
+ * RELEASE): closes are seen through inotify (fs/closes.h).  A file whose
+ * close cannot be seen (its mailbox is not watched) is taken as written
+ * once nothing happened to it for as long. */
 #define UPLOAD_DELAY_MS 1000
 /* How long the name of an uploaded file still resolves, so that a rename
  * that comes after the upload (rsync) finds it. */
@@ -103,6 +109,7 @@ void fs_newfiles_free(struct fs_newfiles **np)
 		nf_free(n->list);
 		n->list = next;
 	}
+	fs_closes_free(&n->closes);
 	pthread_mutex_destroy(&n->lock);
 	free(n);
 	*np = NULL;
@@ -154,6 +161,15 @@ static struct nf *find_ino(struct fs_newfiles *n, fuse_ino_t ino)
 		if (nf_ino(f) == ino)
 			return f;
 	return NULL;
+}
+
+/* Will f's close be seen where it is?  If not, its mailbox is watched
+ * for the next files (by the uploader). */
+static void set_watched(struct fs_newfiles *n, struct nf *f)
+{
+	f->watched = n->closes != NULL && fs_closes_watched(n->closes, f->id);
+	if (!f->watched && n->closes != NULL)
+		n->rewatch = true;
 }
 
 static void unlink_nf(struct fs_newfiles *n, struct nf *f)
@@ -503,7 +519,7 @@ static void start_upload(struct mailfs *fs, uint32_t num)
 			if (f->num == num) {
 				f->queued = false;
 				/* Tried again when the server is back. */
-				f->flushed_ms = INT64_MAX / 2;
+				f->touched_ms = INT64_MAX / 2;
 				warn = true;
 			}
 		}
@@ -524,6 +540,26 @@ static bool want_upload(struct nf *f)
 	return true;
 }
 
+/* fs_closes_read's callback (the lock is held). */
+static void closed(void *ctx, uint32_t id, const char *name)
+{
+	struct fs_newfiles *n = ctx;
+	struct nf *f;
+
+	if (name == NULL) {
+		/* Closes there (id 0: anywhere) may go unseen from now. */
+		for (f = n->list; f != NULL; f = f->next)
+			if (id == 0 || f->id == id)
+				f->watched = false;
+		return;
+	}
+	f = find_name(n, id, name);
+	if (f != NULL && f->state == NF_WRITING && !f->dirty) {
+		f->state = NF_STORED;
+		f->touched_ms = mono_ms();
+	}
+}
+
 static void *uploader_main(void *arg)
 {
 	struct fs_newfiles *n = arg;
@@ -535,11 +571,31 @@ static void *uploader_main(void *arg)
 		size_t k = 0;
 		struct timespec ts;
 
-		for (struct nf *f = n->list; f != NULL && k < 64; f = f->next)
-			if (f->state == NF_STORED && !f->queued && f->len > 0 &&
-			    now - f->flushed_ms >= UPLOAD_DELAY_MS &&
-			    want_upload(f))
+		if (n->closes != NULL)
+			fs_closes_read(n->closes, closed, n);
+		if (n->rewatch && n->closes != NULL) {
+			n->rewatch = false;
+			pthread_mutex_unlock(&n->lock);
+			/* Through the mount: without the lock, which its
+			 * lookups need.  Once stopped, n may be gone. */
+			if (!fs_closes_watch(n->closes, n->fs->tree))
+				return NULL;
+			pthread_mutex_lock(&n->lock);
+			continue;
+		}
+		for (struct nf *f = n->list; f != NULL && k < 64; f = f->next) {
+			if (f->len == 0 || f->dirty ||
+			    now - f->touched_ms < UPLOAD_DELAY_MS)
+				continue;
+			/* Not closed yet, or closed unseen: taken as
+			 * written now. */
+			if (f->state == NF_WRITING && f->watched)
+				continue;
+			if (f->state == NF_WRITING)
+				f->state = NF_STORED;
+			if (want_upload(f))
 				nums[k++] = f->num;
+		}
 		pthread_mutex_unlock(&n->lock);
 		for (size_t i = 0; i < k; i++)
 			start_upload(n->fs, nums[i]);
@@ -564,6 +620,10 @@ int fs_newfiles_start(struct mailfs *fs)
 	pthread_condattr_t ca;
 
 	n->fs = fs;
+	/* Closes matter only where files can be written. */
+	if (!fs->readonly && fs->mountpoint != NULL &&
+	    fs_closes_new(fs->mountpoint, &n->closes) == 0)
+		n->rewatch = true;
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&n->cond, &ca);
@@ -584,7 +644,10 @@ void fs_newfiles_stop(struct mailfs *fs)
 	n->stop = true;
 	pthread_cond_broadcast(&n->cond);
 	pthread_mutex_unlock(&n->lock);
-	pthread_join(n->thread, NULL);
+	if (fs_closes_stop(n->closes))
+		pthread_join(n->thread, NULL);
+	else /* waiting for the mount, perhaps for good: fs/closes.h */
+		pthread_detach(n->thread);
 	n->started = false;
 }
 
@@ -649,8 +712,8 @@ void fs_newfile_resume(struct mailfs *fs)
 		if (have != NULL) {
 			bool go;
 
-			if (have->flushed_ms == INT64_MAX / 2)
-				have->flushed_ms = 0;
+			if (have->touched_ms == INT64_MAX / 2)
+				have->touched_ms = 0;
 			go = want_upload(have);
 			num = have->num;
 			pthread_mutex_unlock(&n->lock);
@@ -692,6 +755,83 @@ void fs_newfile_resume(struct mailfs *fs)
 		start_upload(fs, num);
 	}
 	free(r.seqs);
+}
+
+/* --- keeping it in the cache ------------------------------------------ */
+
+struct store_ctx {
+	struct nf *f; /* borrowed under the lock */
+	uint64_t old_seq;
+	uint64_t seq;
+};
+
+static int store_pending(struct cache_txn *txn, void *ctx)
+{
+	struct store_ctx *s = ctx;
+	struct cache_pending p = {
+	        .mailbox_id = s->f->id,
+	        .state = CACHE_PENDING_NEW,
+	        .flags = "",
+	        .internaldate = s->f->mtime,
+	        .created = time(NULL),
+	        .size = s->f->len,
+	        .data = (uint8_t *)s->f->data,
+	};
+	int rc = 0;
+
+	if (s->old_seq != 0)
+		rc = cache_pending_delete(txn, s->old_seq);
+	if (rc == 0)
+		rc = cache_pending_add(txn, &p, &s->seq);
+	return rc;
+}
+
+struct part_ctx {
+	uint64_t seq;
+	off_t off;
+	const char *buf;
+	size_t size;
+};
+
+static int store_part(struct cache_txn *txn, void *ctx)
+{
+	struct part_ctx *pc = ctx;
+
+	return cache_pending_write(txn, pc->seq, (uint64_t)pc->off, pc->buf,
+	                           pc->size);
+}
+
+/* Commit f's change to the cache before it is answered: close() brings no
+ * request (see UPLOAD_DELAY_MS), so what write() accepted must already be
+ * safe when it returns.  A write (buf, size at off) that follows what the
+ * cache holds is added as one part; anything else (the first write, a
+ * truncation, a new time, a commit that failed before) stores the whole
+ * file again.  The lock is held across the (short, local) commit so that
+ * no other change slips in between.  0, or the errno to answer. */
+static int keep(struct mailfs *fs, struct nf *f, const char *buf, size_t size,
+                off_t off)
+{
+	int rc;
+
+	if (f->seq != 0 && !f->dirty && buf != NULL) {
+		struct part_ctx pc = {f->seq, off, buf, size};
+
+		rc = cache_run_write(fs->cache, store_part, &pc);
+	} else {
+		struct store_ctx s = {.f = f, .old_seq = f->seq};
+
+		rc = cache_run_write(fs->cache, store_pending, &s);
+		if (rc == 0)
+			f->seq = s.seq;
+	}
+	f->touched_ms = mono_ms();
+	f->dirty = rc < 0;
+	if (rc < 0) {
+		log_err("cannot keep %s in the cache: %s",
+		        f->name ? f->name : "a new file", strerror(-rc));
+		return rc == -ENOSPC ? ENOSPC : EIO;
+	}
+	return 0;
 }
 
 /* --- FUSE operations --------------------------------------------------- */
@@ -736,8 +876,8 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	f->id = f->ino_id = id;
 	f->state = NF_WRITING;
-	f->dirty = true;
 	f->opens = 1;
+	f->touched_ms = mono_ms();
 	pthread_mutex_lock(&n->lock);
 	if (find_name(n, id, name) != NULL) {
 		pthread_mutex_unlock(&n->lock);
@@ -748,6 +888,7 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	f->num = ++n->next_num;
 	f->next = n->list;
 	n->list = f;
+	set_watched(n, f);
 	pthread_mutex_unlock(&n->lock);
 	{
 		struct fuse_entry_param e = {0};
@@ -795,7 +936,7 @@ void fs_newfile_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 			err = EPERM;
 		} else if ((uint64_t)attr->st_size > f->len) {
 			err = EPERM; /* no holes in mail */
-		} else {
+		} else if ((size_t)attr->st_size < f->len) {
 			f->len = (size_t)attr->st_size;
 			f->dirty = true;
 			if (f->state == NF_STORED)
@@ -805,8 +946,15 @@ void fs_newfile_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	/* cp -p and rsync -t: the time becomes the INTERNALDATE, if the
 	 * upload has not started yet.  Modes and owners mean nothing to a
 	 * mail server: accepted and ignored. */
-	if (err == 0 && (to_set & FUSE_SET_ATTR_MTIME) && f->state <= NF_STORED)
+	if (err == 0 && (to_set & FUSE_SET_ATTR_MTIME) &&
+	    f->state <= NF_STORED && f->mtime != attr->st_mtime) {
 		f->mtime = attr->st_mtime;
+		f->dirty = true;
+	}
+	/* Kept like a write (a truncation, the time of the pending upload),
+	 * unless nothing was ever written. */
+	if (err == 0 && f->dirty && (f->seq != 0 || f->len > 0))
+		err = keep(fs, f, NULL, 0, 0);
 	if (err == 0)
 		nf_attr(fs, f, &st);
 	pthread_mutex_unlock(&fs->newfiles->lock);
@@ -830,10 +978,12 @@ void fs_newfile_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		if (f->state > NF_STORED && f->state != NF_FAILED) {
 			err = EPERM;
 		} else {
-			if (fi->flags & O_TRUNC)
+			if ((fi->flags & O_TRUNC) && f->len > 0) {
 				f->len = 0;
+				f->dirty = true;
+				err = keep(fs, f, NULL, 0, 0);
+			}
 			f->state = NF_WRITING;
-			f->dirty = true;
 		}
 	}
 	if (err == 0)
@@ -879,9 +1029,8 @@ void fs_newfile_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 
 	pthread_mutex_lock(&fs->newfiles->lock);
 	f = find_ino(fs->newfiles, ino);
-	/* A flush is not the last close (a shell closes its descriptor
-	 * after dup2 before writing): until the upload starts, the file
-	 * can still be written. */
+	/* A file taken as written (closed, or left alone) may still have a
+	 * descriptor open: until the upload starts, it can be written. */
 	if (f != NULL && f->state == NF_STORED && !f->queued)
 		f->state = NF_WRITING;
 	if (f == NULL || f->state != NF_WRITING) {
@@ -910,7 +1059,8 @@ void fs_newfile_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		memcpy(f->data + off, buf, size);
 		if (end > f->len)
 			f->len = end;
-		f->dirty = true;
+		if (size > 0 || f->dirty)
+			err = keep(fs, f, buf, size, off);
 	}
 out:
 	pthread_mutex_unlock(&fs->newfiles->lock);
@@ -920,70 +1070,9 @@ out:
 		fuse_reply_write(req, size);
 }
 
-struct store_ctx {
-	struct nf *f; /* borrowed under the lock */
-	uint64_t old_seq;
-	uint64_t seq;
-};
-
-static int store_pending(struct cache_txn *txn, void *ctx)
-{
-	struct store_ctx *s = ctx;
-	struct cache_pending p = {
-	        .mailbox_id = s->f->id,
-	        .state = CACHE_PENDING_NEW,
-	        .flags = "",
-	        .internaldate = s->f->mtime,
-	        .created = time(NULL),
-	        .size = s->f->len,
-	        .data = (uint8_t *)s->f->data,
-	};
-	int rc = 0;
-
-	if (s->old_seq != 0)
-		rc = cache_pending_delete(txn, s->old_seq);
-	if (rc == 0)
-		rc = cache_pending_add(txn, &p, &s->seq);
-	return rc;
-}
-
-void fs_newfile_flush(fuse_req_t req, fuse_ino_t ino)
-{
-	struct mailfs *fs = fs_of(req);
-	struct store_ctx s = {0};
-	struct nf *f;
-	int rc = 0;
-
-	/* close() returns after this: the bytes must be in the cache by
-	 * then.  The lock is held across the (short, local) commit so that
-	 * no write slips in between. */
-	pthread_mutex_lock(&fs->newfiles->lock);
-	f = find_ino(fs->newfiles, ino);
-	if (f != NULL && f->state == NF_STORED && !f->dirty)
-		f->flushed_ms = mono_ms();
-	if (f != NULL && f->state == NF_WRITING && f->dirty) {
-		s.f = f;
-		s.old_seq = f->seq;
-		rc = cache_run_write(fs->cache, store_pending, &s);
-		if (rc == 0) {
-			f->seq = s.seq;
-			f->dirty = false;
-			f->state = NF_STORED;
-			f->flushed_ms = mono_ms();
-		} else {
-			log_err("cannot keep %s in the cache: %s", f->name,
-			        strerror(-rc));
-		}
-	}
-	pthread_mutex_unlock(&fs->newfiles->lock);
-	fuse_reply_err(req, rc == -ENOSPC ? ENOSPC : rc < 0 ? EIO : 0);
-}
-
 void fs_newfile_release(fuse_req_t req, fuse_ino_t ino)
 {
 	struct mailfs *fs = fs_of(req);
-	bool go = false;
-	uint32_t num = 0;
 	struct nf *f;
 
 	pthread_mutex_lock(&fs->newfiles->lock);
@@ -991,13 +1080,16 @@ void fs_newfile_release(fuse_req_t req, fuse_ino_t ino)
 	if (f != NULL) {
 		if (f->opens > 0)
 			f->opens--;
-		go = f->opens == 0 && f->len > 0 && want_upload(f);
-		num = f->num;
+		/* The last descriptor we know of is closed (a RELEASE comes
+		 * only while files still need an open): as for a close
+		 * seen, the upload starts a second later. */
+		if (f->opens == 0 && f->state == NF_WRITING && !f->dirty) {
+			f->state = NF_STORED;
+			f->touched_ms = mono_ms();
+		}
 	}
 	pthread_mutex_unlock(&fs->newfiles->lock);
 	fuse_reply_err(req, 0);
-	if (go)
-		start_upload(fs, num);
 }
 
 struct drop_ctx {
@@ -1050,6 +1142,10 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 
 	nn = strdup(newname);
 	pthread_mutex_lock(&n->lock);
+	/* A close before this rename (rsync renames what it closed) is
+	 * reported under the old name: take it while that name holds. */
+	if (n->closes != NULL)
+		fs_closes_read(n->closes, closed, n);
 	f = find_name(n, id, name);
 	if (f == NULL) {
 		/* Renamed into place after the upload finished (rsync):
@@ -1086,14 +1182,17 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 		f->name = nn;
 		nn = NULL;
 		if (newid != id) {
-			struct store_ctx s = {.f = f, .old_seq = f->seq};
-
+			/* The pending upload now goes to newid, and its
+			 * close is seen there, if at all. */
 			f->id = newid;
-			if (f->seq != 0 &&
-			    cache_run_write(fs->cache, store_pending, &s) == 0)
-				f->seq = s.seq;
+			set_watched(n, f);
+			if (f->seq != 0) {
+				f->dirty = true;
+				keep(fs, f, NULL, 0, 0);
+			}
 		}
-		/* Renamed into place: that is the end of writing it. */
+		f->touched_ms = mono_ms();
+		/* Renamed into place when written: that is the end of it. */
 		go = f->len > 0 && want_upload(f);
 		num = f->num;
 	}

@@ -1,13 +1,16 @@
 /* New messages written into an IMAP mount: cp, shell redirection, rsync.
  *
  * A file created in a mailbox directory lives in memory while it is being
- * written.  When it is closed (flush), its bytes are committed to the
- * cache as a pending upload before close() returns; the upload (APPEND)
- * starts when the last descriptor is released.  Once the server confirms
- * it (APPENDUID), the message appears as UID.eml and the name it was
- * written under disappears.  Renaming it before that (rsync writes a
- * temporary name and renames it into place) just changes the name; a
- * rename after the upload succeeds and changes nothing.
+ * written, and each write is committed to the cache (as a pending upload)
+ * before write() returns: the kernel asks mailfs nothing when a file is
+ * closed, so this is how its bytes are safe before close() returns.  The
+ * close itself is seen through inotify (fs/closes.h); the upload (APPEND)
+ * starts a second after it (at once on a rename into place).  A file whose
+ * close cannot be seen is taken as written once nothing happened to it for
+ * a second.  Once the server confirms the upload (APPENDUID), the message
+ * appears as UID.eml and the name it was written under disappears.  Renaming it
+ * before that (rsync writes a temporary name and renames it into place) just
+ * changes the name; a rename after the upload succeeds and changes nothing.
  *
  * Pending uploads survive a crash or a dead server: at mount time and
  * whenever the server comes back, the cache's pending uploads are sent,
@@ -66,7 +69,6 @@ void fs_newfile_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void fs_newfile_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off);
 void fs_newfile_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
                       size_t size, off_t off);
-void fs_newfile_flush(fuse_req_t req, fuse_ino_t ino);
 void fs_newfile_release(fuse_req_t req, fuse_ino_t ino);
 
 /* unlink and rename of a name that is a new file; false if it is not

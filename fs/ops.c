@@ -959,15 +959,6 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		fuse_reply_err(req, EPERM);
 }
 
-static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	(void)fi;
-	if (fs_ino_is_new(ino))
-		fs_newfile_flush(req, ino);
-	else
-		fuse_reply_err(req, 0);
-}
-
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
                         const char *value, size_t size, int flags)
 {
@@ -1020,5 +1011,8 @@ const struct fuse_lowlevel_ops fs_ops = {
         .rename = op_rename,
         .create = op_create,
         .write = op_write,
-        .flush = op_flush,
+        /* No .flush: the first FLUSH gets ENOSYS from libfuse and the
+         * kernel sends no more, so closing a message costs no round trip.
+         * New files are kept in the cache write by write instead
+         * (fs/newfile.c). */
 };

@@ -340,8 +340,10 @@ char fs_tree_root_delim(struct fs_tree *t)
 	return d;
 }
 
-int fs_tree_synced_before(struct fs_tree *t, int64_t before, uint32_t **ids_r,
-                          size_t *n_r)
+/* Ids of the selectable mailboxes: all of them, or those synced before
+ * `before` (see fs_tree_synced_before). */
+static int selectable_ids(struct fs_tree *t, bool all, int64_t before,
+                          uint32_t **ids_r, size_t *n_r)
 {
 	uint32_t *ids;
 	size_t n = 0;
@@ -349,8 +351,9 @@ int fs_tree_synced_before(struct fs_tree *t, int64_t before, uint32_t **ids_r,
 	pthread_rwlock_rdlock(&t->lock);
 	ids = calloc(t->n ? t->n : 1, sizeof(*ids));
 	for (size_t i = 0; ids != NULL && i < t->n; i++)
-		if (t->v[i].selectable && t->v[i].last_sync < before &&
-		    (before == 1 || t->v[i].last_sync != 0))
+		if (t->v[i].selectable &&
+		    (all || (t->v[i].last_sync < before &&
+		             (before == 1 || t->v[i].last_sync != 0))))
 			ids[n++] = t->v[i].id;
 	pthread_rwlock_unlock(&t->lock);
 	if (ids == NULL)
@@ -358,6 +361,69 @@ int fs_tree_synced_before(struct fs_tree *t, int64_t before, uint32_t **ids_r,
 	*ids_r = ids;
 	*n_r = n;
 	return 0;
+}
+
+int fs_tree_synced_before(struct fs_tree *t, int64_t before, uint32_t **ids_r,
+                          size_t *n_r)
+{
+	return selectable_ids(t, false, before, ids_r, n_r);
+}
+
+int fs_tree_selectable(struct fs_tree *t, uint32_t **ids_r, size_t *n_r)
+{
+	return selectable_ids(t, true, 0, ids_r, n_r);
+}
+
+/* The entry above e, NULL at the top; *bad set if it is missing. */
+static const struct fs_mailbox *
+parent_locked(struct fs_tree *t, const struct fs_mailbox *e, bool *bad)
+{
+	const struct fs_mailbox *up;
+
+	if (e->parent == 0)
+		return NULL;
+	up = find_locked(t, e->parent);
+	if (up == NULL)
+		*bad = true;
+	return up;
+}
+
+int fs_tree_path(struct fs_tree *t, uint32_t id, char **path_r)
+{
+	const struct fs_mailbox *e;
+	size_t len = 0, depth = 0;
+	bool bad = false;
+	char *p = NULL;
+	int rc = 0;
+
+	pthread_rwlock_rdlock(&t->lock);
+	for (e = find_locked(t, id); e != NULL && depth <= t->n;
+	     e = parent_locked(t, e, &bad)) {
+		len += strlen(e->file) + 1;
+		depth++;
+	}
+	if (depth == 0 || bad)
+		rc = -ENOENT;
+	else if (depth > t->n)
+		rc = -ELOOP;
+	else if ((p = malloc(len)) == NULL)
+		rc = -ENOMEM;
+	if (rc == 0) {
+		/* From the end: the last component first. */
+		p[--len] = '\0';
+		for (e = find_locked(t, id); e != NULL;
+		     e = parent_locked(t, e, &bad)) {
+			size_t n = strlen(e->file);
+
+			len -= n;
+			memcpy(p + len, e->file, n);
+			if (len > 0)
+				p[--len] = '/';
+		}
+		*path_r = p;
+	}
+	pthread_rwlock_unlock(&t->lock);
+	return rc;
 }
 
 int fs_tree_lookup(struct fs_tree *t, uint32_t parent, const char *file,

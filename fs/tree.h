@@ -104,6 +104,13 @@ char fs_tree_root_delim(struct fs_tree *tree);
 int fs_tree_synced_before(struct fs_tree *tree, int64_t before,
                           uint32_t **ids_r, size_t *n_r);
 
+/* Ids of all selectable mailboxes; *ids_r malloc'd. */
+int fs_tree_selectable(struct fs_tree *tree, uint32_t **ids_r, size_t *n_r);
+
+/* The path of mailbox id's directory below the mount point ("A/B"); new
+ * string in *path_r.  -ENOENT if the tree lacks it or a parent of it. */
+int fs_tree_path(struct fs_tree *tree, uint32_t id, char **path_r);
+
 /* The child directory called file under parent (0: root). */
 int fs_tree_lookup(struct fs_tree *tree, uint32_t parent, const char *file,
                    struct fs_mailbox **mb_r);

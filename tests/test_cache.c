@@ -1316,6 +1316,92 @@ static void test_pending(void **state)
 	assert_int_equal(cache_txn_commit(&t), -ENOENT);
 }
 
+static int stop_after_first(const struct cache_pending *p, void *ctx)
+{
+	(void)p;
+	(*(int *)ctx)++;
+	return 1;
+}
+
+static void test_pending_parts(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	static const uint8_t want[] = "Jello world\0\0\0!";
+	struct cache_pending in = {0}, *p = NULL;
+	struct cache_txn *t;
+	char list[512] = "";
+	uint64_t seq = 0, other = 0;
+	int calls = 0;
+
+	in.mailbox_id = 3;
+	in.flags = "";
+	in.size = 5;
+	in.data = (uint8_t *)"Hello";
+	assert_int_equal(cache_pending_add_once(c, &in, &seq), 0);
+	/* Writes go on after the record, and a record added later sorts
+	 * after all of them. */
+	t = wtxn(c);
+	assert_int_equal(cache_pending_write(t, seq, 5, " world", 6), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	in.mailbox_id = 4;
+	in.size = 0;
+	in.data = NULL;
+	assert_int_equal(cache_pending_add_once(c, &in, &other), 0);
+	t = wtxn(c);
+	assert_int_equal(cache_pending_write(t, seq, 0, "J", 1), 0);
+	assert_int_equal(cache_pending_write(t, seq, 14, "!", 1), 0);
+	assert_int_equal(cache_pending_write(t, other, 0, "x", 1), 0);
+	assert_int_equal(cache_pending_write(t, seq, 3, NULL, 0), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_pending_get(t, seq, true, &p), 0);
+	assert_int_equal(p->size, sizeof(want) - 1);
+	assert_memory_equal(p->data, want, sizeof(want) - 1);
+	assert_int_equal(p->data[p->size], 0);
+	cache_pending_free(&p);
+	assert_int_equal(cache_pending_get(t, seq, false, &p), 0);
+	assert_null(p->data);
+	assert_int_equal(p->size, sizeof(want) - 1);
+	cache_pending_free(&p);
+	assert_int_equal(cache_pending_get(t, other, true, &p), 0);
+	assert_int_equal(p->size, 1);
+	assert_memory_equal(p->data, "x", 1);
+	cache_pending_free(&p);
+	assert_int_equal(cache_pending_foreach(t, collect_pending, list), 0);
+	assert_string_equal(list, "1:3:0::15,2:4:0::1,");
+	assert_int_equal(cache_pending_foreach(t, stop_after_first, &calls), 0);
+	assert_int_equal(calls, 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* The state can change under the writes. */
+	t = wtxn(c);
+	assert_int_equal(cache_pending_set_state(t, seq, CACHE_PENDING_SENT),
+	                 0);
+	assert_int_equal(cache_pending_get(t, seq, true, &p), 0);
+	assert_int_equal(p->state, CACHE_PENDING_SENT);
+	assert_memory_equal(p->data, want, sizeof(want) - 1);
+	cache_pending_free(&p);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Deleting an upload deletes its writes. */
+	assert_int_equal(cache_pending_delete_once(c, seq), 0);
+	list[0] = '\0';
+	t = rtxn(c);
+	assert_int_equal(cache_pending_get(t, seq, false, &p), -ENOENT);
+	assert_int_equal(cache_pending_foreach(t, collect_pending, list), 0);
+	assert_string_equal(list, "2:4:0::1,");
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* No upload, no write. */
+	t = wtxn(c);
+	assert_int_equal(cache_pending_write(t, seq, 0, "y", 1), -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), -ENOENT);
+}
+
 static void test_meta(void **state)
 {
 	struct fixture *f = *state;
@@ -1609,6 +1695,8 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_pop_alias, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_pending, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_pending_parts, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_schema_refusal, setup,
 	                                        teardown),

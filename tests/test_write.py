@@ -20,7 +20,8 @@ CopyIn      cp, shell redirection, rsync -r, rsync -t, rsync -a, cp -p:
             cp -p's time becomes the INTERNALDATE; a rename before the
             upload (also into another mailbox) decides where it goes; a
             message read first does not stop uploads; bare LF messages
-            read back as the server serves them
+            read back as the server serves them; a file held open is
+            not uploaded before it is closed
 Restore     rsync -a out of the mount, mkdir, rsync -r back in (in the same
             mount, and in a later one): every message exactly once (as a
             multiset of bodies)
@@ -854,6 +855,34 @@ class CopyIn(MountTest):
         self.assertEqual(len(listed), len(set(listed)), 'names listed twice: %s' % listed)
         self.wait_uploaded('OntoName', [have, new])
         self.check_shown_as_uids(boxdir, 'OntoName', ['1.eml'])
+
+    def test_13_held_open_not_uploaded_until_closed(self):
+        # Regression (fixed; was a bug): a file held open is uploaded
+        # half-written when its writer pauses for more than a second after
+        # any program started by it: the child's copy of the descriptor is
+        # closed at exec, that close() sent a FLUSH, fs_newfile_flush()
+        # took the file as written, the upload started a second later and
+        # the writer's next write() got EPERM.  Closing a file now sends
+        # mailfs no request at all (no FLUSH; no RELEASE once files need no
+        # open); it sees the last close through inotify (fs/closes.h).
+        dc.create(USER, 'HeldOpen')
+        m = self.mount('held-open')
+        boxdir = os.path.join(m.mountpoint, 'HeldOpen')
+        self.assertEqual(names(boxdir), set())
+        time.sleep(0.5)     # mailfs watches its directories once mounted
+        data = message('held-open', 0)
+        fd = os.open(os.path.join(boxdir, 'slow.eml'), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                     0o600)
+        try:
+            os.write(fd, data[:50])
+            subprocess.run(['true'], check=True)
+            time.sleep(2.5)
+            self.assertEqual(bodies('HeldOpen'), {}, 'uploaded while still open')
+            os.write(fd, data[50:])
+        finally:
+            os.close(fd)
+        uid = self.wait_uploaded('HeldOpen', [data])[0]
+        self.assertEqual(everywhere(data), [('HeldOpen', uid)])
 
 
 # -------------------------------------------------------------- 4. restore
