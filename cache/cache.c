@@ -1048,8 +1048,8 @@ static void note_span(struct cache_txn *t, const void *p, size_t n)
 		;
 }
 
-#define TRIM_READS 64
-#define TRIM_BYTES (8u * 1024 * 1024)
+#define TRIM_READS 32
+#define TRIM_BYTES (4u * 1024 * 1024)
 
 static void note_read(struct cache *c)
 {
