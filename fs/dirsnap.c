@@ -102,3 +102,28 @@ void fs_dirsnap_reply(fuse_req_t req, const struct fs_dirsnap *s, size_t size,
 	fuse_reply_buf(req, buf, size - rem);
 	free(buf);
 }
+
+/* The FUSE operations on a directory opened with a snapshot in fi->fh. */
+void fs_dirsnap_op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size,
+                           off_t off, struct fuse_file_info *fi)
+{
+	(void)ino;
+	fs_dirsnap_reply(req, (struct fs_dirsnap *)(uintptr_t)fi->fh, size, off,
+	                 false);
+}
+
+void fs_dirsnap_op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
+                               off_t off, struct fuse_file_info *fi)
+{
+	(void)ino;
+	fs_dirsnap_reply(req, (struct fs_dirsnap *)(uintptr_t)fi->fh, size, off,
+	                 true);
+}
+
+void fs_dirsnap_op_releasedir(fuse_req_t req, fuse_ino_t ino,
+                              struct fuse_file_info *fi)
+{
+	(void)ino;
+	fs_dirsnap_free((struct fs_dirsnap *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}

@@ -22,4 +22,13 @@ int fs_dirsnap_add(struct fs_dirsnap *s, const char *name,
 void fs_dirsnap_reply(fuse_req_t req, const struct fs_dirsnap *s, size_t size,
                       off_t off, bool plus);
 
+/* readdir, readdirplus and releasedir of a directory whose opendir put a
+ * snapshot in fi->fh (shared by the IMAP and POP3 operation tables). */
+void fs_dirsnap_op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size,
+                           off_t off, struct fuse_file_info *fi);
+void fs_dirsnap_op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
+                               off_t off, struct fuse_file_info *fi);
+void fs_dirsnap_op_releasedir(fuse_req_t req, fuse_ino_t ino,
+                              struct fuse_file_info *fi);
+
 #endif

@@ -276,35 +276,6 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 	do_opendir(req, ino, fi, true);
 }
 
-static void readdir_common(fuse_req_t req, size_t size, off_t off,
-                           struct fuse_file_info *fi, bool plus)
-{
-	fs_dirsnap_reply(req, (struct fs_dirsnap *)(uintptr_t)fi->fh, size, off,
-	                 plus);
-}
-
-static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                       struct fuse_file_info *fi)
-{
-	(void)ino;
-	readdir_common(req, size, off, fi, false);
-}
-
-static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
-                           off_t off, struct fuse_file_info *fi)
-{
-	(void)ino;
-	readdir_common(req, size, off, fi, true);
-}
-
-static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
-                          struct fuse_file_info *fi)
-{
-	(void)ino;
-	fs_dirsnap_free((struct fs_dirsnap *)(uintptr_t)fi->fh);
-	fuse_reply_err(req, 0);
-}
-
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct mailfs *fs = fs_of(req);
@@ -519,9 +490,9 @@ const struct fuse_lowlevel_ops fs_pop_ops = {
         .getattr = op_getattr,
         .setattr = op_setattr,
         .opendir = op_opendir,
-        .readdir = op_readdir,
-        .readdirplus = op_readdirplus,
-        .releasedir = op_releasedir,
+        .readdir = fs_dirsnap_op_readdir,
+        .readdirplus = fs_dirsnap_op_readdirplus,
+        .releasedir = fs_dirsnap_op_releasedir,
         .open = op_open,
         .read = op_read,
         .release = op_release,
