@@ -2,8 +2,8 @@
  *
  * Expected strings were worked out independently of this code, from the
  * RFCs and the charset tables, and are written as UTF-8 escapes.  The last
- * tests read the shared mail corpus: $MAILFS_CORPUS, else
- * $MAILFS_SOURCE/../shared/corpus, else <source dir>/../shared/corpus from
+ * tests read the mail corpus: $MAILFS_CORPUS, else
+ * $MAILFS_SOURCE/tests/corpus, else tests/corpus beside this file, from
  * __FILE__. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -688,17 +688,15 @@ static bool corpus_find(void)
 	}
 	env = getenv("MAILFS_SOURCE");
 	if (env != NULL && *env != '\0') {
-		snprintf(corpus_dir, sizeof(corpus_dir), "%s/../shared/corpus",
-		         env);
+		snprintf(corpus_dir, sizeof(corpus_dir), "%s/tests/corpus", env);
 	} else {
 		const char *file = __FILE__;
 		const char *slash = strrchr(file, '/');
 		int n = slash != NULL ? (int)(slash - file) : 0;
 
-		/* <source>/tests/test_mime.c -> <source>/tests/../../shared */
-		snprintf(corpus_dir, sizeof(corpus_dir),
-		         "%.*s%s../../shared/corpus", n, file,
-		         slash != NULL ? "/" : "");
+		/* <source>/tests/test_mime.c -> <source>/tests/corpus */
+		snprintf(corpus_dir, sizeof(corpus_dir), "%.*s%scorpus", n,
+		         file, slash != NULL ? "/" : "");
 	}
 	return stat(corpus_dir, &st) == 0 && S_ISDIR(st.st_mode);
 }

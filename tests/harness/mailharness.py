@@ -173,9 +173,9 @@ def require_dovecot():
 
 
 def corpus_dir():
-    """$MAILFS_CORPUS, else <repo>/../shared/corpus."""
+    """$MAILFS_CORPUS, else the corpus committed in tests/corpus."""
     return os.environ.get('MAILFS_CORPUS') or os.path.join(
-        os.path.dirname(SOURCE), 'shared', 'corpus')
+        SOURCE, 'tests', 'corpus')
 
 
 def have_ipv6_loopback():
