@@ -1765,11 +1765,21 @@ static int mbox_iter_one(struct cache_txn *t, const MDB_val *k,
 	uint32_t id;
 	void *buf;
 
-	if (k->mv_size != 4)
-		return corrupt(t, "mailbox key", k->mv_size, 0, 0);
+	/* One damaged record must not hide every mailbox: it is left out of
+	 * the walk, with a log line, and the transaction goes on. */
+	if (k->mv_size != 4) {
+		log_err("cache %s: undecodable mailbox key of %zu bytes; "
+		        "left out",
+		        t->cache->dir, k->mv_size);
+		return 0;
+	}
 	id = be32_get(k->mv_data);
-	if (!mbox_parse(v, &mv))
-		return corrupt(t, "mailbox", id, 0, 0);
+	if (!mbox_parse(v, &mv)) {
+		log_err("cache %s: undecodable mailbox record %u; that "
+		        "mailbox is left out",
+		        t->cache->dir, id);
+		return 0;
+	}
 	buf = scratch_get(&it->sc, mbox_build_size(&mv));
 	if (buf == NULL)
 		return txn_fail(t, -ENOMEM);

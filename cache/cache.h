@@ -293,8 +293,10 @@ int cache_mailbox_set_deleted(struct cache_txn *txn, uint32_t id, bool deleted);
  * user data).  The id is not reused.  0 if it did not exist. */
 int cache_mailbox_remove(struct cache_txn *txn, uint32_t id);
 
-/* Call cb for each mailbox in id order.  mb is borrowed, valid only during
- * the call.  cb returns 0 to go on, > 0 to stop (cache_mailbox_foreach
+/* Call cb for each mailbox in id order.  A record that cannot be decoded
+ * is left out with a log line (the walk goes on and nothing is recorded in
+ * the transaction): one damaged mailbox never hides the others.  mb is
+ * borrowed, valid only during the call.  cb returns 0 to go on, > 0 to stop (cache_mailbox_foreach
  * returns 0), < 0 to stop with that error (returned, not recorded in the
  * transaction).  cb may read through txn but must not write. */
 int cache_mailbox_foreach(struct cache_txn *txn,

@@ -1109,6 +1109,52 @@ static void test_mailbox_long_names(void **state)
 	free(gone);
 }
 
+/* One damaged mailbox record is left out of a walk; the others are all
+ * there and the transaction stays usable. */
+static void test_mailbox_damaged_record(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_mailbox *mb = NULL;
+	struct cache_txn *t;
+	char names[256] = "";
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	uint8_t key[4] = {0, 0, 0, 2}, bad[3] = {0xff, 0, 0};
+	MDB_val k = {4, key}, v = {3, bad};
+	uint32_t id = 0;
+
+	t = wtxn(c);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	assert_int_equal(add_mailbox(t, "Damaged"), 2);
+	assert_int_equal(add_mailbox(t, "Work"), 3);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	cache_close(&f->cache);
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
+	assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "mbox", 0, &dbi), 0);
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+
+	c = open_cache(f);
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_foreach(t, collect_names, names), 0);
+	assert_string_equal(names, "INBOX,Work,");
+	assert_int_equal(cache_txn_error(t), 0);
+	assert_int_equal(cache_mailbox_get_by_name(t, "Work", &mb), 0);
+	assert_int_equal(mb->id, 3);
+	cache_mailbox_free(&mb);
+	/* Asking for the damaged one is an error, as before. */
+	assert_int_equal(cache_mailbox_lookup(t, "Damaged", &id), 0);
+	assert_int_equal(cache_mailbox_get(t, id, &mb), -EIO);
+	assert_int_equal(cache_txn_commit(&t), -EIO);
+}
+
 static void test_generations_stable(void **state)
 {
 	struct fixture *f = *state;
@@ -1930,6 +1976,8 @@ int main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_mailbox_long_names, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_mailbox_damaged_record,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_generations_stable, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_rematch, setup, teardown),
