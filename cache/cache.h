@@ -296,9 +296,10 @@ int cache_mailbox_remove(struct cache_txn *txn, uint32_t id);
 /* Call cb for each mailbox in id order.  A record that cannot be decoded
  * is left out with a log line (the walk goes on and nothing is recorded in
  * the transaction): one damaged mailbox never hides the others.  mb is
- * borrowed, valid only during the call.  cb returns 0 to go on, > 0 to stop (cache_mailbox_foreach
- * returns 0), < 0 to stop with that error (returned, not recorded in the
- * transaction).  cb may read through txn but must not write. */
+ * borrowed, valid only during the call.  cb returns 0 to go on, > 0 to
+ * stop (cache_mailbox_foreach returns 0), < 0 to stop with that error
+ * (returned, not recorded in the transaction).  cb may read through txn
+ * but must not write. */
 int cache_mailbox_foreach(struct cache_txn *txn,
                           int (*cb)(const struct cache_mailbox *mb, void *ctx),
                           void *ctx);
