@@ -13,10 +13,12 @@ certificate (SAN localhost, signed by the harness CA), so a client that
 trusts dc.ca and connects to host "localhost" verifies it as it would
 Dovecot.  Each accepted connection gets its own TLS connection to Dovecot's
 IMAPS port, and one thread that moves bytes both ways with select() and
-bounded timeouts.  Client-to-server data is forwarded unchanged.
-Server-to-client data goes through a LineRewriter when REWRITE is given: a
-function (bytes -> bytes) applied to the protocol text between CRLFs and
-literals, never to literal data, so literal byte counts stay right.
+bounded timeouts.  Server-to-client data goes through a LineRewriter when
+REWRITE is given: a function (bytes -> bytes) applied to the protocol text
+between CRLFs and literals, never to literal data, so literal byte counts
+stay right.  Client-to-server data is forwarded unchanged, or through a
+LineRewriter of REWRITE_CLIENT when that is given (a server whose names
+differ from what it stores: the client's names are mapped back).
 
 stop() (or the context manager) closes the listener and every connection
 and joins the threads (bounded).
@@ -114,11 +116,13 @@ class LineRewriter:
 class TLSProxy:
     """See the module docstring.  DC: a mailharness.Dovecot (its imaps port,
     server certificate and CA are used); REWRITE: None or bytes -> bytes for
-    server-to-client protocol text."""
+    server-to-client protocol text; REWRITE_CLIENT: the same for
+    client-to-server text."""
 
-    def __init__(self, dc, rewrite=None):
+    def __init__(self, dc, rewrite=None, rewrite_client=None):
         self.dc = dc
         self.rewrite = rewrite
+        self.rewrite_client = rewrite_client
         self.target = (dc.address, dc.ports['imaps'])
         self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.server_ctx.load_cert_chain(dc.pki['server'], dc.pki['server.key'])
@@ -185,9 +189,11 @@ class TLSProxy:
                 rw = LineRewriter(self.rewrite) if self.rewrite else None
                 if rw:
                     self._rewriters.append(rw)
+                crw = (LineRewriter(self.rewrite_client)
+                       if self.rewrite_client else None)
             client.setblocking(False)
             server.setblocking(False)
-            self._pump(client, server, rw)
+            self._pump(client, server, rw, crw)
         except (OSError, ssl.SSLError, ValueError, AttributeError):
             # AttributeError: drop() (another thread) shut the TLS socket
             # down while this one was using it.
@@ -202,7 +208,7 @@ class TLSProxy:
                     except OSError:
                         pass
 
-    def _pump(self, client, server, rw):
+    def _pump(self, client, server, rw, crw=None):
         """Move bytes both ways until either side closes or we stop.  One
         thread per connection: an SSL object must not be read and written
         by two threads at once.  The sockets are non-blocking, so a TLS
@@ -225,6 +231,8 @@ class TLSProxy:
                     return
                 if rw is not None and s is server:
                     data = rw.feed(data)
+                if crw is not None and s is client:
+                    data = crw.feed(data)
                 self._send(peer[s], data)
 
     def _send(self, s, data):
