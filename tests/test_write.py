@@ -29,6 +29,14 @@ Durability  cp while the server is down, SIGKILL, remount: each message
             arrives exactly once; SIGKILL right after close with the server
             up: at most once and at least once; the server coming back
             while still mounted
+Crash       a writer SIGKILLed together with mailfs: nothing is sent, its
+            files show as NAME.incomplete with the bytes written, the log
+            says so; rm discards one, mv sends the other as it is
+SlowWriter  a writer pausing 3 s mid-file (in a mailbox made after the
+            mount; through a pipe after a message was read), a rewrite
+            with O_TRUNC and an append before the upload: one message,
+            the final bytes
+Unmount     25 mounts, ls, fusermount3 -u: every first unmount succeeds
 Mailboxes   mkdir (nested, non-ASCII: modified UTF-7 on the server), rmdir
             (ENOTEMPTY for children, for messages, and for messages only the
             server knows of), mv DIR NEW (children follow, mail stays cached)
