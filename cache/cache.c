@@ -49,7 +49,8 @@ static const char *const db_names[DB_COUNT] = {
 #define MBOX_REC_V1    1
 #define MSG_REC_V1     1
 #define POP_REC_V1     1
-#define PENDING_REC_V1 1
+#define PENDING_REC_V1 1 /* without the name */
+#define PENDING_REC_V2 2
 
 #define META_SCHEMA       "schema"
 #define META_NEXT_MAILBOX "cache.next_mailbox"
@@ -2854,7 +2855,7 @@ struct pending_view {
 	uint32_t mailbox_id;
 	int64_t internaldate, created;
 	int16_t tz_minutes;
-	struct span flags;
+	struct span flags, name;
 	uint64_t size;
 	const uint8_t *data;
 };
@@ -2863,23 +2864,27 @@ struct pending_view {
  * fixed part. */
 static void pending_encode(struct wr *w, const struct cache_pending *p)
 {
-	wr_u8(w, PENDING_REC_V1);
+	wr_u8(w, PENDING_REC_V2);
 	wr_u8(w, (uint8_t)p->state);
 	wr_u32(w, p->mailbox_id);
 	wr_u64(w, (uint64_t)p->internaldate);
 	wr_u16(w, (uint16_t)p->tz_minutes);
 	wr_u64(w, (uint64_t)p->created);
 	wr_str(w, p->flags);
+	wr_str(w, p->name);
 	wr_u64(w, p->size);
 	wr_bytes(w, p->data, (size_t)p->size);
 }
 
+/* Version 1 records (no name) are read as having the name "". */
 static bool pending_parse(const MDB_val *v, struct pending_view *pv)
 {
 	struct rd r;
+	uint8_t version;
 
 	rd_init(&r, v);
-	if (rd_u8(&r) != PENDING_REC_V1)
+	version = rd_u8(&r);
+	if (version != PENDING_REC_V1 && version != PENDING_REC_V2)
 		return false;
 	pv->state = rd_u8(&r);
 	pv->mailbox_id = rd_u32(&r);
@@ -2887,6 +2892,9 @@ static bool pending_parse(const MDB_val *v, struct pending_view *pv)
 	pv->tz_minutes = (int16_t)rd_u16(&r);
 	pv->created = (int64_t)rd_u64(&r);
 	pv->flags = rd_blob(&r);
+	pv->name = (struct span){NULL, 0};
+	if (version == PENDING_REC_V2)
+		pv->name = rd_blob(&r);
 	pv->size = rd_u64(&r);
 	if (r.bad || pv->size != r.len - r.off)
 		return false;
@@ -2898,7 +2906,7 @@ static bool pending_parse(const MDB_val *v, struct pending_view *pv)
 static size_t pending_build_size(const struct pending_view *pv, uint64_t size,
                                  bool with_data)
 {
-	return sizeof(struct cache_pending) + pv->flags.n + 1 +
+	return sizeof(struct cache_pending) + pv->flags.n + 1 + pv->name.n + 1 +
 	       (with_data ? (size_t)size + 1 : 0);
 }
 
@@ -2920,6 +2928,7 @@ static struct cache_pending *pending_build(const struct pending_view *pv,
 	p->created = pv->created;
 	p->size = size;
 	p->flags = out_str(&cur, pv->flags);
+	p->name = out_str(&cur, pv->name);
 	if (with_data) {
 		p->data = cur;
 		if (pv->size)
@@ -3030,8 +3039,9 @@ int cache_pending_add(struct cache_txn *txn, const struct cache_pending *p,
 	if (rc)
 		return rc;
 	if (p == NULL || !mbox_id_ok(p->mailbox_id) ||
-	    p->state > CACHE_PENDING_FAILED || !str_ok(p->flags) ||
-	    (p->data == NULL && p->size) || p->size > SIZE_MAX / 2)
+	    p->state > CACHE_PENDING_CLOSED || !str_ok(p->flags) ||
+	    !str_ok(p->name) || (p->data == NULL && p->size) ||
+	    p->size > SIZE_MAX / 2)
 		return txn_fail(txn, -EINVAL);
 	rc = counter_next(txn, META_NEXT_PENDING, UINT64_MAX - 1, &seq);
 	if (rc)
@@ -3131,7 +3141,7 @@ int cache_pending_set_state(struct cache_txn *txn, uint64_t seq, uint32_t state)
 
 	if (rc)
 		return rc;
-	if (state > CACHE_PENDING_FAILED)
+	if (state > CACHE_PENDING_CLOSED)
 		return txn_fail(txn, -EINVAL);
 	be64_put(k, seq);
 	rc = db_get(txn, DB_PENDING, k, 8, &v);
@@ -3150,6 +3160,67 @@ int cache_pending_set_state(struct cache_txn *txn, uint64_t seq, uint32_t state)
 	copy[1] = (uint8_t)state;
 	rc = db_put(txn, DB_PENDING, k, 8, copy, v.mv_size, 0);
 	free(copy);
+	return rc;
+}
+
+int cache_pending_set_target(struct cache_txn *txn, uint64_t seq,
+                             uint32_t mailbox_id, const char *name)
+{
+	struct cache_pending p = {0};
+	struct pending_view pv;
+	struct wr w = {NULL, 0};
+	uint8_t k[8], *buf;
+	char *flags = NULL;
+	MDB_val v;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!mbox_id_ok(mailbox_id) || !str_ok(name))
+		return txn_fail(txn, -EINVAL);
+	be64_put(k, seq);
+	rc = db_get(txn, DB_PENDING, k, 8, &v);
+	if (rc == -ENOENT)
+		return txn_fail(txn, rc);
+	if (rc)
+		return rc;
+	if (!pending_parse(&v, &pv))
+		return corrupt(txn, "pending", seq, 0, 0);
+	/* Encoded from a heap copy: the old value's pages may be reused by
+	 * the put. */
+	buf = malloc(v.mv_size);
+	flags = malloc(pv.flags.n + 1);
+	if (buf == NULL || flags == NULL) {
+		free(buf);
+		free(flags);
+		return txn_fail(txn, -ENOMEM);
+	}
+	memcpy(buf, v.mv_data, v.mv_size);
+	if (pv.flags.n)
+		memcpy(flags, pv.flags.p, pv.flags.n);
+	flags[pv.flags.n] = '\0';
+	p.mailbox_id = mailbox_id;
+	p.state = pv.state;
+	p.flags = flags;
+	p.name = (char *)name;
+	p.internaldate = pv.internaldate;
+	p.tz_minutes = pv.tz_minutes;
+	p.created = pv.created;
+	p.size = pv.size;
+	p.data = buf + (pv.data - (const uint8_t *)v.mv_data);
+	pending_encode(&w, &p);
+	{
+		uint8_t *out = NULL;
+
+		rc = db_reserve(txn, DB_PENDING, k, 8, w.n, 0, &out);
+		if (rc == 0) {
+			w.p = out;
+			w.n = 0;
+			pending_encode(&w, &p);
+		}
+	}
+	free(buf);
+	free(flags);
 	return rc;
 }
 

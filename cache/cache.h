@@ -518,9 +518,13 @@ int cache_pop_foreach(struct cache_txn *txn, uint32_t num_from,
  * confirmed it, so a crash or a dead server loses nothing. */
 
 enum cache_pending_state {
-	CACHE_PENDING_NEW = 0,    /* stored, not sent yet */
-	CACHE_PENDING_SENT = 1,   /* APPEND issued, no answer seen */
+	/* Being written: its close was never seen, so it may be cut short
+	 * (a crash); never to be sent as it is.  Records of caches written
+	 * before CACHE_PENDING_CLOSED existed say NEW for closed files too. */
+	CACHE_PENDING_NEW = 0,
+	CACHE_PENDING_SENT = 1,   /* closed; APPEND issued, no answer seen */
 	CACHE_PENDING_FAILED = 2, /* the server refused it; kept for the user */
+	CACHE_PENDING_CLOSED = 3, /* written and closed, not sent yet */
 };
 
 /* Pointer fields (strings, arrays, bytes): in a record returned by the
@@ -532,6 +536,8 @@ struct cache_pending {
 	uint32_t mailbox_id;  /* target mailbox */
 	uint32_t state;       /* enum cache_pending_state */
 	char *flags;          /* flags for the APPEND, "" for none */
+	char *name;           /* the name it was written under, "" if unknown
+	                       * (records of older caches) */
 	int64_t internaldate; /* 0 = let the server choose */
 	int16_t tz_minutes;
 	int64_t created; /* seconds since the epoch */
@@ -543,9 +549,10 @@ struct cache_pending {
  * safe with *p == NULL. */
 void cache_pending_free(struct cache_pending **p);
 
-/* Store an upload: p->mailbox_id, state, flags, internaldate, tz_minutes,
- * created, and p->size bytes at p->data (NULL allowed when size is 0).
- * p->seq is ignored; the new sequence number goes to *seq_r. */
+/* Store an upload: p->mailbox_id, state, flags, name (NULL: ""),
+ * internaldate, tz_minutes, created, and p->size bytes at p->data (NULL allowed
+ * when size is 0). p->seq is ignored; the new sequence number goes to *seq_r.
+ */
 int cache_pending_add(struct cache_txn *txn, const struct cache_pending *p,
                       uint64_t *seq_r);
 
@@ -565,6 +572,11 @@ int cache_pending_get(struct cache_txn *txn, uint64_t seq, bool with_data,
 /* Change the state of upload seq (-ENOENT, recorded, if there is none). */
 int cache_pending_set_state(struct cache_txn *txn, uint64_t seq,
                             uint32_t state);
+
+/* Move upload seq to mailbox_id under name (a rename), keeping its bytes
+ * and writes (-ENOENT, recorded, if there is none). */
+int cache_pending_set_target(struct cache_txn *txn, uint64_t seq,
+                             uint32_t mailbox_id, const char *name);
 
 /* Forget upload seq (and its writes) once the server has it. 0 if it was
  * not there. */

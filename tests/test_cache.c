@@ -1538,6 +1538,7 @@ static void test_pending(void **state)
 	in.mailbox_id = 3;
 	in.state = CACHE_PENDING_NEW;
 	in.flags = "\\Draft";
+	in.name = "draft.eml";
 	in.internaldate = 1600000000;
 	in.tz_minutes = 120;
 	in.created = 1700000000;
@@ -1547,6 +1548,7 @@ static void test_pending(void **state)
 	assert_int_equal(seq, 1);
 	in.mailbox_id = 4;
 	in.flags = NULL;
+	in.name = NULL;
 	in.size = 0;
 	in.data = NULL;
 	assert_int_equal(cache_pending_add_once(c, &in, &seq), 0);
@@ -1562,6 +1564,7 @@ static void test_pending(void **state)
 	assert_int_equal(p->seq, 1);
 	assert_int_equal(p->mailbox_id, 3);
 	assert_string_equal(p->flags, "\\Draft");
+	assert_string_equal(p->name, "draft.eml");
 	assert_true(p->internaldate == 1600000000);
 	assert_int_equal(p->tz_minutes, 120);
 	assert_true(p->created == 1700000000);
@@ -1576,11 +1579,45 @@ static void test_pending(void **state)
 	assert_int_equal(cache_txn_commit(&t), 0);
 
 	t = wtxn(c);
+	assert_int_equal(cache_pending_set_state(t, 1, CACHE_PENDING_CLOSED),
+	                 0);
+	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
+	assert_int_equal(p->state, CACHE_PENDING_CLOSED);
+	assert_string_equal(p->name, "draft.eml");
+	cache_pending_free(&p);
 	assert_int_equal(cache_pending_set_state(t, 1, CACHE_PENDING_SENT), 0);
 	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
 	assert_int_equal(p->state, CACHE_PENDING_SENT);
 	assert_memory_equal(p->data, msg, sizeof(msg) - 1);
 	cache_pending_free(&p);
+	assert_int_equal(
+	        cache_pending_set_state(t, 1, CACHE_PENDING_CLOSED + 1),
+	        -EINVAL);
+	cache_txn_abort(&t);
+
+	/* A rename: another mailbox and name, the rest kept. */
+	t = wtxn(c);
+	assert_int_equal(cache_pending_set_target(t, 1, 9, "moved.eml"), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	t = rtxn(c);
+	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
+	assert_int_equal(p->mailbox_id, 9);
+	assert_string_equal(p->name, "moved.eml");
+	assert_int_equal(p->state, CACHE_PENDING_NEW);
+	assert_string_equal(p->flags, "\\Draft");
+	assert_true(p->internaldate == 1600000000);
+	assert_int_equal(p->tz_minutes, 120);
+	assert_true(p->created == 1700000000);
+	assert_int_equal(p->size, sizeof(msg) - 1);
+	assert_memory_equal(p->data, msg, sizeof(msg) - 1);
+	cache_pending_free(&p);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	t = wtxn(c);
+	assert_int_equal(cache_pending_set_target(t, 7, 9, "x"), -ENOENT);
+	cache_txn_abort(&t);
+	t = wtxn(c);
+	assert_int_equal(cache_pending_set_target(t, 1, 3, "draft.eml"), 0);
+	assert_int_equal(cache_pending_set_state(t, 1, CACHE_PENDING_SENT), 0);
 	assert_int_equal(cache_txn_commit(&t), 0);
 
 	/* Confirmed by the server: forget it.  The sequence goes on. */
