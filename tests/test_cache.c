@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "cache/cache.h"
+#include "fixtures/cache-v1/content.h"
 
 #include <errno.h>
 #include <ftw.h>
@@ -1663,6 +1664,144 @@ static void test_threads(void **state)
 	}
 }
 
+/* ------------------------------------------------------------------ */
+/* A cache written by the mailfs of schema 1 (tests/fixtures/cache-v1). */
+
+static void copy_fixture(struct fixture *f)
+{
+	const char *src = getenv("MAILFS_FIXTURES");
+	char path[PATH_MAX + 64];
+	FILE *in, *out;
+	char buf[65536];
+	size_t n;
+
+	assert_non_null(src);
+	snprintf(path, sizeof(path), "%s/cache-v1/data.mdb", src);
+	in = fopen(path, "rb");
+	assert_non_null(in);
+	snprintf(path, sizeof(path), "%s/acct", f->tmp);
+	assert_int_equal(mkdir(path, 0700), 0);
+	assert_int_equal(mkdir(f->dir, 0700), 0);
+	snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+	out = fopen(path, "wb");
+	assert_non_null(out);
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+		assert_int_equal(fwrite(buf, 1, n, out), n);
+	assert_int_equal(fclose(out), 0);
+	fclose(in);
+}
+
+/* Every body of the fixture, byte for byte, through every read call. */
+static void check_fixture_bodies(struct cache *c)
+{
+	struct cache_txn *t = rtxn(c);
+	uint8_t *want = malloc(1 << 20), *got = malloc(1 << 20);
+	size_t n;
+
+	assert_non_null(want);
+	assert_non_null(got);
+	for (size_t i = 0; i < sizeof(fix_bodies) / sizeof(fix_bodies[0]);
+	     i++) {
+		const struct fix_body *b = &fix_bodies[i];
+		uint32_t id = 0;
+		struct cache_key k;
+		struct cache_msg *m = NULL;
+		uint64_t size = 0;
+		void *all = NULL;
+		size_t len = 0;
+
+		assert_int_equal(cache_mailbox_lookup(t, b->mailbox, &id), 0);
+		k = (struct cache_key){id, b->uidvalidity, b->uid};
+		fix_body(fix_seed(b), want, b->len);
+		assert_int_equal(cache_body_has(t, k), 1);
+		assert_int_equal(cache_body_size(t, k, &size), 0);
+		assert_int_equal(size, b->len);
+		assert_int_equal(cache_msg_get(t, k, &m), 0);
+		assert_true(m->size_verified);
+		assert_int_equal(m->size, b->len);
+		cache_msg_free(&m);
+		assert_int_equal(cache_body_get(t, k, &all, &len), 0);
+		assert_int_equal(len, b->len);
+		assert_memory_equal(all, want, len);
+		free(all);
+		assert_int_equal(
+		        cache_body_read(t, k, b->len - 9, got, 100, &n), 0);
+		assert_int_equal(n, 9);
+		assert_memory_equal(got, want + b->len - 9, 9);
+	}
+	for (size_t i = 0; i < sizeof(fix_pops) / sizeof(fix_pops[0]); i++) {
+		struct cache_key k = {CACHE_POP_MAILBOX_ID,
+		                      CACHE_POP_UIDVALIDITY, (uint32_t)i + 1};
+		uint32_t num = 0;
+		struct cache_pop *p = NULL;
+
+		assert_int_equal(cache_pop_lookup(t, fix_pops[i].uidl, &num),
+		                 0);
+		assert_int_equal(num, i + 1);
+		assert_int_equal(cache_pop_get(t, num, &p), 0);
+		assert_int_equal(p->size, fix_pops[i].len);
+		assert_int_equal(p->downloaded, FIX_POP_WHEN + (int64_t)i);
+		cache_pop_free(&p);
+		fix_body(501 + (uint32_t)i, want, fix_pops[i].len);
+		assert_int_equal(cache_body_read(t, k, 0, got, 1 << 20, &n), 0);
+		assert_int_equal(n, fix_pops[i].len);
+		assert_memory_equal(got, want, n);
+	}
+	assert_int_equal(cache_txn_commit(&t), 0);
+	free(want);
+	free(got);
+}
+
+static void test_fixture_v1(void **state)
+{
+	struct fixture *f = *state;
+	struct cache_pending *p = NULL;
+	struct cache_msg *m = NULL;
+	struct cache_txn *t;
+	uint8_t want[FIX_PENDING_LEN + FIX_PENDING_PART];
+	uint64_t v = 0;
+	uint32_t id = 0;
+	size_t count = 0;
+
+	copy_fixture(f);
+	open_cache(f);
+	check_fixture_bodies(f->cache);
+
+	t = rtxn(f->cache);
+	assert_int_equal(cache_meta_get(t, FIX_META_NAME, &v), 0);
+	assert_int_equal(v, FIX_META_VALUE);
+	assert_int_equal(cache_mailbox_lookup(t, "INBOX", &id), 0);
+	assert_int_equal(cache_msg_count(t, id, FIX_INBOX_UIDV, &count), 0);
+	assert_int_equal(count, 3);
+	assert_int_equal(cache_msg_get(t,
+	                               (struct cache_key){id, FIX_INBOX_UIDV,
+	                                                  FIX_UNCACHED_UID},
+	                               &m),
+	                 0);
+	assert_false(m->size_verified);
+	assert_int_equal(m->size, FIX_UNCACHED_SIZE);
+	cache_msg_free(&m);
+	assert_int_equal(
+	        cache_body_has(t, (struct cache_key){id, FIX_INBOX_UIDV,
+	                                             FIX_UNCACHED_UID}),
+	        0);
+	/* The upload the server never confirmed, with its later write. */
+	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
+	assert_int_equal(p->mailbox_id, id);
+	assert_int_equal(p->state, CACHE_PENDING_NEW);
+	assert_string_equal(p->flags, FIX_PENDING_FLAGS);
+	assert_int_equal(p->size, sizeof(want));
+	fix_body(900, want, FIX_PENDING_LEN);
+	fix_body(901, want + FIX_PENDING_LEN, FIX_PENDING_PART);
+	assert_memory_equal(p->data, want, sizeof(want));
+	cache_pending_free(&p);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* And the same after a reopen. */
+	reopen(f);
+	check_fixture_bodies(f->cache);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1706,6 +1845,8 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_fork_refused, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_fixture_v1, setup,
+	                                        teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
