@@ -59,7 +59,8 @@
  *   cache_txn_begin(write) waits for the current writer.  A thread that
  *   holds a write transaction must not begin another one.  A thread must not
  *   call the one-shot functions (cache_run_*, *_once) while it holds a
- *   transaction itself.
+ *   transaction itself, nor cache_body_stream_write/_close (they run
+ *   write transactions of their own).
  *
  * - Every function returns 0 or a negative errno (a few return a count or a
  *   truth value, as documented).  LMDB codes are mapped in one place:
