@@ -2141,8 +2141,7 @@ static int body_find(struct cache_txn *t, const uint8_t k[KEY_LEN],
 	b->size = be64_get(p + 1);
 	b->chunk = be32_get(p + 9);
 	b->blob = be64_get(p + 13);
-	if (b->chunk == 0 || b->blob == 0 ||
-	    (b->size + b->chunk - 1) / b->chunk > UINT32_MAX)
+	if (b->chunk == 0 || b->blob == 0 || b->size / b->chunk >= UINT32_MAX)
 		return corrupt(t, "big body", be32_get(k), be32_get(k + 4),
 		               be32_get(k + 8));
 	return 0;
