@@ -20,7 +20,17 @@
  *              two forms never meet; names that fit are their own key, as
  *              in every cache before.
  *   msg        (mailbox id, UIDVALIDITY, UID), 3 x u32 BE -> message record
- *   body       same 12-byte key -> the raw message bytes, exactly
+ *   body       same 12-byte key -> the raw message bytes, exactly, for
+ *              a body of up to CACHE_BODY_CHUNK bytes (schema 1 kept
+ *              every body here; those stay and read the same)
+ *   body_big   same 12-byte key -> where a longer body's pieces are:
+ *              version byte, length u64, chunk size u32, blob id u64
+ *   chunk      (blob id u64 BE, piece index u32 BE) -> codec byte (0:
+ *              raw) and the bytes of that piece: chunk-size bytes, fewer
+ *              in the last piece.  Piece i starts at byte i * chunk size.
+ *   chunk_open blob id (u64 BE) -> version byte, start time (u64 BE): the
+ *              bodies being written in pieces (cache_body_stream); what
+ *              is left here at cache_open is deleted
  *   pop        download number (u32 BE) -> POP3 record
  *   pop_uidl   UIDL bytes -> download number (u32 BE); more than one
  *              UIDL may name a number (cache_pop_alias)
@@ -30,7 +40,10 @@
  *
  * All integer keys are big-endian so that byte order is numeric order: a
  * cursor over the prefix (mailbox id, UIDVALIDITY) walks one mailbox
- * generation in UID order.  Every record starts with a version byte.
+ * generation in UID order.  Every record starts with a version byte
+ * (body values are the message's bytes; each piece of a longer body
+ * starts with a codec byte instead, so that pieces can be compressed
+ * later without another schema).
  *
  * Rules for callers:
  *
@@ -53,7 +66,8 @@
  *   cache_txn_begin(write) waits for the current writer.  A thread that
  *   holds a write transaction must not begin another one.  A thread must not
  *   call the one-shot functions (cache_run_*, *_once) while it holds a
- *   transaction itself.
+ *   transaction itself, nor cache_body_stream_write/_close (they run
+ *   write transactions of their own).
  *
  * - Every function returns 0 or a negative errno (a few return a count or a
  *   truth value, as documented).  LMDB codes are mapped in one place:
@@ -86,9 +100,17 @@
 #include <stdint.h>
 
 /* On-disk schema understood by this build.  cache_open() upgrades an older
- * cache and refuses (-EPROTONOSUPPORT, with a log line saying so) a newer
- * one, so an old mailfs never misreads a cache written by a newer one. */
-#define CACHE_SCHEMA_VERSION 1
+ * cache in place (logged; nothing in it is dropped) and refuses
+ * (-EPROTONOSUPPORT, with a log line saying so) a newer one, so an old
+ * mailfs never misreads a cache written by a newer one.  Schema 2 added
+ * body_big, chunk and chunk_open. */
+#define CACHE_SCHEMA_VERSION 2
+
+/* Bodies longer than this are stored in pieces of this many bytes, each
+ * found directly by its offset; a body that arrives in pieces is written
+ * in bounded transactions (struct cache_body_stream).  The chunk size is
+ * kept with each body, so it can change without a schema change. */
+#define CACHE_BODY_CHUNK (256u * 1024)
 
 /* Mailbox id 0 is never assigned: the fs layer may use it for the root.
  * Ids are assigned from 1 upwards from a persistent counter and are never
@@ -400,24 +422,80 @@ int cache_body_size(struct cache_txn *txn, struct cache_key key,
 int cache_body_read(struct cache_txn *txn, struct cache_key key,
                     uint64_t offset, void *buf, size_t len, size_t *n_r);
 
-/* Call fn with a pointer to up to len bytes of the body starting at
+/* Call fn once with a pointer to up to len bytes of the body starting at
  * offset (fewer at its end, none past it), straight from the map: no
- * copy.  The pointer is valid only during the call (fn must not keep it
- * nor wait for anything unbounded).  fn's return value is returned.
- * Afterwards the pages are dropped from the process's resident set (they
- * stay in the page cache).  -ENOENT if the body is not cached. */
+ * copy, unless the range spans two pieces of a body stored in pieces
+ * (then the bytes are copied into a buffer of that size first).  The
+ * pointer is valid only during the call (fn must not keep it nor wait for
+ * anything unbounded).  fn's return value is returned.  Afterwards the
+ * pages are dropped from the process's resident set (they stay in the
+ * page cache).  -ENOENT if the body is not cached. */
 int cache_body_view(struct cache_txn *txn, struct cache_key key,
                     uint64_t offset, size_t len,
                     int (*fn)(void *ctx, const void *data, size_t n),
                     void *ctx);
 
 /* A heap copy of the whole body; *data_r owned (free()), *len_r its
- * length.  A zero-length body gives a non-NULL *data_r. */
+ * length.  A zero-length body gives a non-NULL *data_r.  It costs the
+ * body's length in memory: prefer cache_body_read / cache_body_view. */
 int cache_body_get(struct cache_txn *txn, struct cache_key key, void **data_r,
                    size_t *len_r);
 
 /* Delete the cached body (the record stays, its size stays verified). */
 int cache_body_delete(struct cache_txn *txn, struct cache_key key);
+
+/* Give the cached body of from to the message to, as cache_body_put
+ * would (to's record must exist: -ENOENT recorded otherwise), and delete
+ * it under from.  A body stored in pieces moves without being copied.
+ * -ENOENT, not recorded, if from has no cached body. */
+int cache_body_move(struct cache_txn *txn, struct cache_key from,
+                    struct cache_key to);
+
+/* A body that arrives in pieces, stored without ever holding all of it.
+ *
+ *   cache_body_stream_new()     no I/O
+ *   cache_body_stream_write()*  buffers; whenever it holds 16 chunks
+ *                               (4 MiB) it commits them in a write
+ *                               transaction of its own (cache_run_write),
+ *                               so it must not be called while the
+ *                               thread holds a transaction
+ *   cache_body_stream_finish()  or cache_pop_add_stream(): in the
+ *                               caller's write transaction, the body
+ *                               becomes the message's
+ *   cache_body_stream_close()   always; frees, and deletes the pieces of
+ *                               a body that was not stored (finish not
+ *                               called, or its transaction not committed)
+ *
+ * Until the transaction of finish commits, no reader sees any of it; if
+ * mailfs dies before, the pieces are deleted at the next cache_open.  At
+ * most 4 MiB are held in memory, plus what the caller's transaction
+ * holds.  A stream is used by one thread at a time. */
+struct cache_body_stream;
+
+int cache_body_stream_new(struct cache *cache, struct cache_body_stream **s_r);
+
+/* Append len bytes (borrowed).  The first failure (-ENOMEM, -ENOSPC, -EIO,
+ * -ESTALE if the pieces were deleted meanwhile by a cache_open of another
+ * process) is sticky: later writes and the finish return it. */
+int cache_body_stream_write(struct cache_body_stream *s, const void *data,
+                            size_t len);
+
+/* Bytes written so far. */
+uint64_t cache_body_stream_size(const struct cache_body_stream *s);
+
+/* Store what s holds as the body of key, in txn, as cache_body_put would
+ * (the record must exist; its size becomes the stream's length and
+ * verified).  s stays the caller's: close it after the commit.  If the
+ * transaction is retried (cache_run_write), finish may be called again
+ * with the same stream. */
+int cache_body_stream_finish(struct cache_txn *txn, struct cache_body_stream *s,
+                             struct cache_key key);
+
+/* Free s (*s set to NULL; NULL is fine).  Runs a short write transaction
+ * of its own when pieces of s are in the cache and no committed finish
+ * took them: call it without holding a transaction.  Failures are
+ * logged (the next cache_open deletes the pieces). */
+void cache_body_stream_close(struct cache_body_stream **s);
 
 /* ------------------------------------------------------------------ */
 /* UIDVALIDITY change */
@@ -480,6 +558,12 @@ void cache_pop_free(struct cache_pop **pop);
  * -EEXIST (recorded) if the UIDL is already known. */
 int cache_pop_add(struct cache_txn *txn, const char *uidl, const void *body,
                   size_t len, int64_t downloaded, uint32_t *num_r);
+
+/* cache_pop_add with the body in a stream (see cache_body_stream_finish:
+ * close s after the commit). */
+int cache_pop_add_stream(struct cache_txn *txn, const char *uidl,
+                         struct cache_body_stream *s, int64_t downloaded,
+                         uint32_t *num_r);
 
 /* The record of download number num; *pop_r owned. */
 int cache_pop_get(struct cache_txn *txn, uint32_t num,

@@ -112,8 +112,6 @@ static int move_in_cache(struct cache_txn *txn, void *ctx)
 {
 	struct move_cache *m = ctx;
 	struct cache_msg *msg = NULL;
-	void *body = NULL;
-	size_t len = 0;
 	int rc;
 
 	if (m->to.uid != 0) {
@@ -121,10 +119,12 @@ static int move_in_cache(struct cache_txn *txn, void *ctx)
 		if (rc == 0) {
 			msg->key = m->to;
 			rc = cache_msg_put(txn, msg);
-			if (rc == 0 &&
-			    cache_body_get(txn, m->from, &body, &len) == 0)
-				rc = cache_body_put(txn, m->to, body, len);
-			free(body);
+			/* The body goes along (in pieces: without a copy). */
+			if (rc == 0) {
+				rc = cache_body_move(txn, m->from, m->to);
+				if (rc == -ENOENT)
+					rc = 0; /* its body was not cached */
+			}
 			cache_msg_free(&msg);
 		} else if (rc == -ENOENT) {
 			rc = 0;

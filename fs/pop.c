@@ -738,7 +738,8 @@ struct filing {
 	uint32_t alias;
 	const void *body;
 	size_t len;
-	uint64_t listed; /* !copy: the size the server lists */
+	struct cache_body_stream *stream; /* the body, instead of body */
+	uint64_t listed;                  /* !copy: the size the server lists */
 	int64_t when;
 	uint32_t dl; /* out: its download number */
 };
@@ -758,8 +759,11 @@ static int file_one(struct cache_txn *txn, struct filing *f)
 	int rc;
 
 	if (!f->copy) {
-		rc = cache_pop_add(txn, f->id, f->body, f->len, f->when,
-		                   &f->dl);
+		rc = f->stream != NULL
+		             ? cache_pop_add_stream(txn, f->id, f->stream,
+		                                    f->when, &f->dl)
+		             : cache_pop_add(txn, f->id, f->body, f->len,
+		                             f->when, &f->dl);
 		/* A server whose sizes are not exact: what it lists is
 		 * what a later session compares with. */
 		if (rc == 0 && f->listed != f->len)
@@ -770,6 +774,9 @@ static int file_one(struct cache_txn *txn, struct filing *f)
 	if (rc == 0 && f->alias != 0) {
 		rc = cache_pop_alias(txn, name, f->alias);
 		f->dl = f->alias;
+	} else if (rc == 0 && f->stream != NULL) {
+		rc = cache_pop_add_stream(txn, name, f->stream, f->when,
+		                          &f->dl);
 	} else if (rc == 0) {
 		rc = cache_pop_add(txn, name, f->body, f->len, f->when, &f->dl);
 	}
@@ -909,10 +916,14 @@ static int match_cache(struct fs_pop *p, struct drop *d)
 	return rc;
 }
 
-/* RETR sink: collect one message, commit it to the cache when whole. */
+/* RETR sink: a message that only needs storing goes to the cache as it
+ * arrives (a cache_body_stream, committed with its record at the end);
+ * one that must be compared with cached ones by its bytes (retr_changed,
+ * same_bytes) is collected in memory and compared when whole. */
 struct retr_ctx {
 	struct fs_pop *p;
 	struct drop *d;
+	struct cache_body_stream *st; /* owned, or NULL: in buf */
 	char *buf;
 	size_t len, cap;
 	size_t stored;
@@ -930,10 +941,13 @@ static struct drop_msg *find_num(struct drop *d, unsigned num)
 static int retr_begin(void *ctx, unsigned num)
 {
 	struct retr_ctx *r = ctx;
+	struct drop_msg *m = find_num(r->d, num);
 
-	(void)num;
 	r->len = 0;
-	return 0;
+	cache_body_stream_close(&r->st);
+	if (m == NULL || m->changed || (m->keyed && r->d->g[m->group].compare))
+		return 0;
+	return cache_body_stream_new(r->p->fs->cache, &r->st);
 }
 
 static int retr_data(void *ctx, unsigned num, const char *buf, size_t len)
@@ -941,6 +955,13 @@ static int retr_data(void *ctx, unsigned num, const char *buf, size_t len)
 	struct retr_ctx *r = ctx;
 
 	(void)num;
+	if (r->st != NULL) {
+		int rc = cache_body_stream_write(r->st, buf, len);
+
+		if (rc == 0)
+			r->len += len;
+		return rc;
+	}
 	if (r->cap - r->len < len) {
 		size_t ncap = r->cap ? r->cap : 64 * 1024;
 		char *n;
@@ -1209,12 +1230,15 @@ static void retr_end(void *ctx, unsigned num, int rc, const struct proto_err *e)
 	struct filing f = {0};
 	struct cand *c = NULL;
 
-	if (m == NULL)
+	if (m == NULL) {
+		cache_body_stream_close(&r->st);
 		return;
+	}
 	if (rc < 0) {
 		log_warn("cannot download POP3 message %u (%s): %s", num, m->id,
 		         e && e->text[0] ? e->text : strerror(-rc));
 		r->rc = rc;
+		cache_body_stream_close(&r->st);
 		return;
 	}
 	if (m->changed) {
@@ -1228,12 +1252,14 @@ static void retr_end(void *ctx, unsigned num, int rc, const struct proto_err *e)
 	f.alias = c != NULL && c->legacy ? c->dl : 0;
 	f.body = r->buf ? r->buf : "";
 	f.len = r->len;
+	f.stream = r->st;
 	f.listed = m->size;
 	f.when = (int64_t)time(NULL);
 	/* The bytes are committed, with the identity, before anything else
 	 * happens to this message. */
 	if (c == NULL || c->legacy)
 		rc = cache_run_write(r->p->fs->cache, file_fn, &f);
+	cache_body_stream_close(&r->st);
 	if (rc < 0) {
 		log_err("cannot store POP3 message %s in the cache: %s", m->id,
 		        strerror(-rc));
@@ -1402,6 +1428,7 @@ out:
 	free(dele);
 	free(dls);
 	free(want);
+	cache_body_stream_close(&r.st);
 	free(r.buf);
 	drop_free(&d);
 	if (rc == 0 && r.rc < 0)

@@ -1353,7 +1353,7 @@ out:
 
 struct pending_body {
 	uint32_t uid;
-	char *data; /* owned */
+	struct cache_body_stream *body; /* owned: stored by store_bodies */
 	size_t len;
 	bool resized; /* the server's RFC822.SIZE was wrong */
 };
@@ -1366,6 +1366,9 @@ struct body_batch {
 	size_t n, cap, bytes;
 	int rc;
 	size_t stored;
+	/* The body arriving now: a long one goes to the cache in pieces as
+	 * it comes (cache_body_stream), never whole in memory. */
+	struct cache_body_stream *cur; /* owned */
 };
 
 static int store_bodies(struct cache_txn *txn, void *ctx)
@@ -1392,8 +1395,7 @@ static int store_bodies(struct cache_txn *txn, void *ctx)
 			           b->v[i].len);
 		cache_msg_free(&old);
 		if (rc == 0)
-			rc = cache_body_put(txn, key, b->v[i].data,
-			                    b->v[i].len);
+			rc = cache_body_stream_finish(txn, b->v[i].body, key);
 	}
 	return rc;
 }
@@ -1468,14 +1470,49 @@ static void flush_bodies(struct body_batch *b)
 			        0, 0);
 		run_waiters(take_waiters(b->w->s, b->job, b->v[i].uid),
 		            rc < 0 ? -EIO : 0);
-		free(b->v[i].data);
+		cache_body_stream_close(&b->v[i].body);
 	}
 	b->stored += rc < 0 ? 0 : b->n;
 	b->n = 0;
 	b->bytes = 0;
 }
 
-static void body_cb(void *ctx, uint32_t uid, const char *data, size_t len)
+/* The bodies come through a struct imap_body_sink. */
+static int body_begin(void *ctx, uint32_t uid, uint64_t size)
+{
+	struct body_batch *b = ctx;
+	int rc;
+
+	(void)uid;
+	(void)size;
+	cache_body_stream_close(&b->cur);
+	rc = cache_body_stream_new(b->w->s->fs->cache, &b->cur);
+	if (rc < 0)
+		b->rc = rc;
+	return rc;
+}
+
+static int body_data(void *ctx, const char *data, size_t len)
+{
+	struct body_batch *b = ctx;
+	int rc = cache_body_stream_write(b->cur, data, len);
+
+	if (rc < 0 && b->rc == 0) {
+		log_err("cannot store a fetched message in the cache: %s",
+		        strerror(-rc));
+		b->rc = rc;
+	}
+	return rc;
+}
+
+static void body_abort(void *ctx)
+{
+	struct body_batch *b = ctx;
+
+	cache_body_stream_close(&b->cur);
+}
+
+static void body_done(void *ctx, uint32_t uid)
 {
 	struct body_batch *b = ctx;
 	struct pending_body *p;
@@ -1486,6 +1523,7 @@ static void body_cb(void *ctx, uint32_t uid, const char *data, size_t len)
 
 		if (nv == NULL) {
 			b->rc = -ENOMEM;
+			cache_body_stream_close(&b->cur);
 			return;
 		}
 		b->v = nv;
@@ -1493,18 +1531,21 @@ static void body_cb(void *ctx, uint32_t uid, const char *data, size_t len)
 	}
 	p = &b->v[b->n];
 	p->uid = uid;
-	p->len = len;
-	p->data = malloc(len ? len : 1);
-	if (p->data == NULL) {
-		b->rc = -ENOMEM;
-		return;
-	}
-	memcpy(p->data, data, len);
+	p->len = (size_t)cache_body_stream_size(b->cur);
+	p->body = b->cur;
+	b->cur = NULL;
 	b->n++;
-	b->bytes += len;
+	b->bytes += p->len;
 	if (b->bytes >= COMMIT_BYTES || has_waiter(b->w->s, b->job, uid))
 		flush_bodies(b);
 }
+
+static const struct imap_body_sink body_sink = {
+        .begin = body_begin,
+        .data = body_data,
+        .done = body_done,
+        .abort = body_abort,
+};
 
 struct readahead {
 	uint32_t from;
@@ -1667,7 +1708,7 @@ static int fetch_missed(struct worker *w, struct job *job, struct body_batch *b)
 		return -ENOMEM;
 	rc = imap_noop(w->c, &err);
 	if (rc == 0)
-		rc = imap_fetch_bodies(w->c, set, body_cb, b, &err);
+		rc = imap_fetch_bodies_stream(w->c, set, &body_sink, b, &err);
 	if (rc < 0)
 		log_warn("fetching messages %s failed: %s", set, err.text);
 	flush_bodies(b);
@@ -1717,7 +1758,7 @@ static int run_body(struct worker *w, struct job *job)
 	pthread_mutex_unlock(&w->s->lock);
 	if (set == NULL)
 		return -ENOMEM;
-	rc = imap_fetch_bodies(w->c, set, body_cb, &b, &err);
+	rc = imap_fetch_bodies_stream(w->c, set, &body_sink, &b, &err);
 	if (rc < 0)
 		log_warn("fetching messages %s failed: %s", set, err.text);
 	flush_bodies(&b);
@@ -1726,6 +1767,7 @@ static int run_body(struct worker *w, struct job *job)
 	free(set);
 	if (rc == 0 && b.rc == 0 && b.stored < job->nuids)
 		rc = fetch_missed(w, job, &b);
+	cache_body_stream_close(&b.cur);
 	free(b.v);
 	if (rc == 0 && b.rc < 0)
 		rc = b.rc;

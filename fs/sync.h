@@ -11,6 +11,10 @@
  * uncached messages of the same mailbox (read-ahead, bounded in count and
  * bytes), in one UID FETCH, so that a directory walked file after file
  * (grep -r, rsync, cp -r) costs a few round trips, not one per message.
+ * Each body goes to the cache as it arrives (imap_fetch_bodies_stream into
+ * a cache_body_stream), so memory stays bounded whatever the size of a
+ * message; a body is served, and its waiters answered, only once it is
+ * complete and committed.
  *
  * When the server cannot be reached the pool backs off (1 s doubling to
  * 60 s); while it is backing off, new jobs are refused at once with

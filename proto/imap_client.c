@@ -67,8 +67,20 @@ struct pending {
 };
 
 struct streamed {
-	char *buf; /* owned */
+	char *buf; /* owned; NULL when routed */
 	size_t len, size;
+	bool routed; /* the bytes went to the body sink (struct route) */
+};
+
+/* While imap_fetch_bodies_stream() runs, the first streamed BODY[] literal
+ * of each FETCH response goes to its sink as it arrives, not to memory. */
+struct route {
+	const struct imap_body_sink *sink; /* borrowed; NULL: no fetch */
+	void *ctx;                         /* borrowed */
+	bool used;    /* a literal of the current response was routed */
+	bool open;    /* begin called, done or abort not yet */
+	bool failed;  /* begin or data failed: the rest is dropped */
+	size_t index; /* its slot in streamed[] */
 };
 
 struct imap_client {
@@ -97,6 +109,7 @@ struct imap_client {
 	struct streamed streamed[IMAP_MAX_STREAMED];
 	size_t n_streamed;
 	bool stream_active;
+	struct route route;
 
 	bool dead;
 	struct proto_err err; /* why the connection died */
@@ -207,19 +220,56 @@ bool imap_has_cap(const struct imap_client *c, const char *cap)
 
 /* --- streamed literals ----------------------------------------------- */
 
+/* The routed body will not complete: tell its sink, once. */
+static void route_abort(struct imap_client *c)
+{
+	if (!c->route.open)
+		return;
+	c->route.open = false;
+	if (c->route.sink != NULL && c->route.sink->abort != NULL)
+		c->route.sink->abort(c->route.ctx);
+}
+
+static int route_begin(struct imap_client *c, struct streamed *s,
+                       const struct imap_response *partial, uint64_t size)
+{
+	uint32_t uid = 0;
+
+	/* The UID, if the server sent it before the body; else done()
+	 * gives it. */
+	if (imap_value_u32(
+	            imap_fetch_item(imap_list_get(&partial->args, 0), "UID"),
+	            &uid) < 0)
+		uid = 0;
+	s->buf = NULL;
+	s->size = (size_t)size;
+	s->len = 0;
+	s->routed = true;
+	c->route.used = true;
+	c->route.open = true;
+	c->route.index = c->n_streamed;
+	c->route.failed = c->route.sink->begin(c->route.ctx, uid, size) < 0;
+	c->n_streamed++;
+	c->stream_active = true;
+	return 0;
+}
+
 static int sink_begin(void *ctx, const struct imap_response *partial,
                       const char *item, uint64_t size)
 {
 	struct imap_client *c = ctx;
 	struct streamed *s;
 
-	(void)partial;
-	(void)item;
 	if (c->n_streamed >= IMAP_MAX_STREAMED)
 		return -EMSGSIZE;
 	if (size > SIZE_MAX - 1)
 		return -EMSGSIZE;
 	s = &c->streamed[c->n_streamed];
+	s->routed = false;
+	if (c->route.sink != NULL && !c->route.used && item != NULL &&
+	    strcasecmp(item, "BODY[]") == 0 &&
+	    imap_response_is(partial, "FETCH"))
+		return route_begin(c, s, partial, size);
 	s->buf = malloc((size_t)size + 1);
 	if (s->buf == NULL)
 		return -ENOMEM;
@@ -237,6 +287,13 @@ static int sink_data(void *ctx, const void *buf, size_t len)
 
 	if (len > s->size - s->len)
 		return -EPROTO;
+	if (s->routed) {
+		s->len += len;
+		if (!c->route.failed &&
+		    c->route.sink->data(c->route.ctx, buf, len) < 0)
+			c->route.failed = true;
+		return 0;
+	}
 	memcpy(s->buf + s->len, buf, len);
 	s->len += len;
 	return 0;
@@ -247,7 +304,8 @@ static int sink_end(void *ctx)
 	struct imap_client *c = ctx;
 	struct streamed *s = &c->streamed[c->n_streamed - 1];
 
-	s->buf[s->len] = '\0';
+	if (!s->routed)
+		s->buf[s->len] = '\0';
 	c->stream_active = false;
 	return 0;
 }
@@ -257,6 +315,7 @@ static void sink_abort(void *ctx)
 	struct imap_client *c = ctx;
 
 	c->stream_active = false;
+	route_abort(c);
 }
 
 static const struct imap_literal_sink client_sink = {
@@ -266,6 +325,8 @@ static const struct imap_literal_sink client_sink = {
         .abort = sink_abort,
 };
 
+/* After each response: a routed body its handler did not take is
+ * aborted, and the next response may route one again. */
 static void streamed_clear(struct imap_client *c)
 {
 	for (size_t i = 0; i < c->n_streamed; i++) {
@@ -273,6 +334,8 @@ static void streamed_clear(struct imap_client *c)
 		c->streamed[i].buf = NULL;
 	}
 	c->n_streamed = 0;
+	route_abort(c);
+	c->route.used = false;
 }
 
 /* The bytes of v, whether kept in the tree or streamed.  The streamed
@@ -306,7 +369,8 @@ static const char *value_bytes(struct imap_client *c,
 		return NULL;
 	if (v->type != IMAP_VALUE_STREAMED)
 		return imap_value_str(v, len_r);
-	if (!find_streamed(&resp->args, v, &index) || index >= c->n_streamed)
+	if (!find_streamed(&resp->args, v, &index) || index >= c->n_streamed ||
+	    c->streamed[index].routed)
 		return NULL;
 	*len_r = c->streamed[index].len;
 	return c->streamed[index].buf;
@@ -1578,8 +1642,47 @@ int imap_fetch_meta(struct imap_client *c, const char *uidset,
 struct body_ctx {
 	struct imap_client *c;
 	void (*cb)(void *ctx, uint32_t uid, const char *data, size_t len);
+	const struct imap_body_sink *sink; /* instead of cb */
 	void *ctx;
 };
+
+/* A body kept in memory (shorter than IMAP_STREAM_THRESHOLD), given to a
+ * body sink in one piece. */
+static void sink_whole(const struct body_ctx *b, uint32_t uid, const char *data,
+                       size_t len)
+{
+	const struct imap_body_sink *k = b->sink;
+
+	if (k->begin(b->ctx, uid, len) == 0 &&
+	    (len == 0 || k->data(b->ctx, data, len) == 0))
+		k->done(b->ctx, uid);
+	else if (k->abort != NULL)
+		k->abort(b->ctx);
+}
+
+/* If the body value of resp is the routed literal, its sink learns the
+ * UID and that it is complete (or that it failed). */
+static bool routed_done(const struct body_ctx *b,
+                        const struct imap_response *resp,
+                        const struct imap_value *body, uint32_t uid)
+{
+	struct imap_client *c = b->c;
+	size_t index = 0;
+	const struct streamed *s;
+
+	if (body->type != IMAP_VALUE_STREAMED || !c->route.open ||
+	    !find_streamed(&resp->args, body, &index) ||
+	    index != c->route.index)
+		return false;
+	s = &c->streamed[index];
+	if (c->route.failed || s->len != s->size) {
+		route_abort(c);
+		return true;
+	}
+	c->route.open = false;
+	b->sink->done(b->ctx, uid);
+	return true;
+}
 
 static void body_untagged(void *ctx, const struct imap_response *resp)
 {
@@ -1596,6 +1699,8 @@ static void body_untagged(void *ctx, const struct imap_response *resp)
 	    imap_value_u32(imap_fetch_item(items, "UID"), &uid) < 0 ||
 	    (body = imap_fetch_item(items, "BODY[]")) == NULL)
 		goto other;
+	if (b->sink != NULL && routed_done(b, resp, body, uid))
+		return;
 	data = value_bytes(b->c, resp, body, &len);
 	if (data == NULL) {
 		/* NIL: the server cannot give the message (it happens
@@ -1603,7 +1708,10 @@ static void body_untagged(void *ctx, const struct imap_response *resp)
 		log_warn("%s returned no body for UID %u", b->c->host, uid);
 		return;
 	}
-	b->cb(b->ctx, uid, data, len);
+	if (b->sink != NULL)
+		sink_whole(b, uid, data, len);
+	else
+		b->cb(b->ctx, uid, data, len);
 	return;
 other:
 	if (b->c->untagged_cb != NULL)
@@ -1619,6 +1727,28 @@ int imap_fetch_bodies(struct imap_client *c, const char *uidset,
 
 	return run_cmd(c, body_untagged, &b, err,
 	               "UID FETCH %s (UID BODY.PEEK[])", uidset);
+}
+
+int imap_fetch_bodies_stream(struct imap_client *c, const char *uidset,
+                             const struct imap_body_sink *sink, void *ctx,
+                             struct proto_err *err)
+{
+	struct body_ctx b = {.c = c, .sink = sink, .ctx = ctx};
+	int rc;
+
+	if (sink == NULL || sink->begin == NULL || sink->data == NULL ||
+	    sink->done == NULL)
+		return proto_err_set(err, PERR_LOCAL, -EINVAL, "no body sink");
+	c->route.sink = sink;
+	c->route.ctx = ctx;
+	rc = run_cmd(c, body_untagged, &b, err,
+	             "UID FETCH %s (UID BODY.PEEK[])", uidset);
+	/* A body cut short by a dead connection ends here; the parser may
+	 * still call sink_abort later (imap_free), which finds no route. */
+	route_abort(c);
+	c->route.sink = NULL;
+	c->route.ctx = NULL;
+	return rc;
 }
 
 int imap_noop(struct imap_client *c, struct proto_err *err)

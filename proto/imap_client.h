@@ -219,6 +219,38 @@ int imap_fetch_bodies(struct imap_client *c, const char *uidset,
                                  size_t len),
                       void *ctx, struct proto_err *err);
 
+/* Where imap_fetch_bodies_stream() delivers each body, as it arrives:
+ *
+ *   begin(ctx, uid, size)  a body of size bytes starts.  uid is its UID
+ *                          if the server sent it before the body, else 0
+ *                          (done gives it).
+ *   data(ctx, buf, len)    its next bytes (borrowed, valid during the
+ *                          call; never len 0), in order.
+ *   done(ctx, uid)         all size bytes came and the FETCH response is
+ *                          complete and well-formed: the body of uid.
+ *   abort(ctx)             the body will not complete (the connection
+ *                          failed, the response was malformed or had no
+ *                          UID, or begin/data failed).
+ *
+ * Each begin is followed by exactly one done or abort, before the next
+ * begin and before imap_fetch_bodies_stream() returns.  A negative return
+ * from begin or data drops the rest of that body (read and discarded; the
+ * connection goes on) and ends it with abort.  Bodies longer than 256 KiB
+ * are never held in memory here: they come in pieces of what each read
+ * from the network brings; shorter ones come in one piece. */
+struct imap_body_sink {
+	int (*begin)(void *ctx, uint32_t uid, uint64_t size);
+	int (*data)(void *ctx, const char *buf, size_t len);
+	void (*done)(void *ctx, uint32_t uid);
+	void (*abort)(void *ctx);
+};
+
+/* UID FETCH uidset (UID BODY.PEEK[]) into sink (borrowed, with ctx, for
+ * the duration of the call).  Never sets \Seen. */
+int imap_fetch_bodies_stream(struct imap_client *c, const char *uidset,
+                             const struct imap_body_sink *sink, void *ctx,
+                             struct proto_err *err);
+
 int imap_noop(struct imap_client *c, struct proto_err *err);
 
 /* ENABLE exts (e.g. "CONDSTORE QRESYNC"); enabled_r gets what the server

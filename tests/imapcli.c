@@ -15,6 +15,11 @@
  *   meta MBOX                "UID SIZE INTERNALDATE TZ FLAGS" per message
  *   fetch MBOX DIR [BATCH]   every body to DIR/UID.eml, BATCH UIDs per
  *                            UID FETCH command, all commands pipelined
+ *   fetchstream MBOX DIR     every body to DIR/UID.eml with one UID FETCH
+ *                            1:* through imap_fetch_bodies_stream(), as
+ *                            it arrives (DIR/.part until done); prints
+ *                            "begin UID SIZE", "done UID PIECES" or
+ *                            "abort", and "largest piece N"
  *   idle MBOX SECONDS        EXAMINE MBOX ("exists N"), then IDLE for at
  *                            most SECONDS (a decimal fraction is fine);
  *                            "woke: KEYWORD [N|SET]" for each EXISTS,
@@ -44,6 +49,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -229,6 +235,84 @@ static int fetch_all(struct imap_client *c, const char *dir, size_t batch,
 	rc = f.count == u.n ? 0 : -EIO;
 out:
 	free(u.v);
+	return rc;
+}
+
+/* fetchstream: each body to DIR/.part, renamed to UID.eml when done. */
+struct stream_ctx {
+	const char *dir;
+	FILE *out;
+	size_t pieces, largest;
+	bool failed;
+};
+
+static int stream_begin(void *ctx, uint32_t uid, uint64_t size)
+{
+	struct stream_ctx *s = ctx;
+	char path[4096];
+
+	printf("begin %u %llu\n", uid, (unsigned long long)size);
+	snprintf(path, sizeof(path), "%s/.part", s->dir);
+	s->out = fopen(path, "wb");
+	s->pieces = 0;
+	return s->out != NULL ? 0 : -errno;
+}
+
+static int stream_data(void *ctx, const char *buf, size_t len)
+{
+	struct stream_ctx *s = ctx;
+
+	s->pieces++;
+	if (len > s->largest)
+		s->largest = len;
+	return fwrite(buf, 1, len, s->out) == len ? 0 : -EIO;
+}
+
+static void stream_done(void *ctx, uint32_t uid)
+{
+	struct stream_ctx *s = ctx;
+	char from[4096], to[4096];
+
+	snprintf(from, sizeof(from), "%s/.part", s->dir);
+	snprintf(to, sizeof(to), "%s/%u.eml", s->dir, uid);
+	if (fclose(s->out) != 0 || rename(from, to) != 0)
+		s->failed = true;
+	s->out = NULL;
+	printf("done %u %zu\n", uid, s->pieces);
+}
+
+static void stream_abort(void *ctx)
+{
+	struct stream_ctx *s = ctx;
+	char path[4096];
+
+	if (s->out != NULL)
+		fclose(s->out);
+	s->out = NULL;
+	snprintf(path, sizeof(path), "%s/.part", s->dir);
+	unlink(path);
+	printf("abort\n");
+}
+
+static int fetch_stream(struct imap_client *c, const char *mbox,
+                        const char *dir, struct proto_err *err)
+{
+	static const struct imap_body_sink sink = {
+	        .begin = stream_begin,
+	        .data = stream_data,
+	        .done = stream_done,
+	        .abort = stream_abort,
+	};
+	struct stream_ctx s = {.dir = dir};
+	struct imap_select_info info;
+	int rc = imap_select(c, mbox, true, &info, err);
+
+	if (rc == 0)
+		rc = imap_fetch_bodies_stream(c, "1:*", &sink, &s, err);
+	printf("largest piece %zu\n", s.largest);
+	fflush(stdout);
+	if (rc == 0 && s.failed)
+		rc = proto_err_set(err, PERR_LOCAL, -EIO, "cannot write");
 	return rc;
 }
 
@@ -491,6 +575,9 @@ int main(int argc, char **argv)
 			               &err);
 		else if (rc == 0)
 			printf("fetched 0 of 0\n");
+	} else if (strcmp(cmd, "fetchstream") == 0 && mbox != NULL &&
+	           optind + 3 < argc) {
+		rc = fetch_stream(c, mbox, argv[optind + 3], &err);
 	} else if (strcmp(cmd, "idle") == 0 && mbox != NULL &&
 	           optind + 3 < argc) {
 		rc = idle_cmd(c, mbox, argv[optind + 3], &err);

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "cache/cache.h"
+#include "fixtures/cache-v1/content.h"
 
 #include <errno.h>
 #include <ftw.h>
@@ -1772,7 +1773,7 @@ static void test_schema_refusal(void **state)
 	assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
 	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
 	assert_int_equal(v.mv_size, 8);
-	assert_memory_equal(v.mv_data, "\0\0\0\0\0\0\0\x01", 8);
+	assert_memory_equal(v.mv_data, "\0\0\0\0\0\0\0\x02", 8);
 	b[7] = CACHE_SCHEMA_VERSION + 1;
 	v.mv_size = 8;
 	v.mv_data = b;
@@ -1986,6 +1987,643 @@ static void test_threads(void **state)
 	}
 }
 
+/* ------------------------------------------------------------------ */
+/* Bodies in pieces (schema 2) */
+
+#define CHUNK CACHE_BODY_CHUNK
+
+/* Entries of a named database, read with LMDB itself (the cache closed). */
+static size_t db_entries(struct fixture *f, const char *name)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_stat st;
+	size_t n = 0;
+	bool open = f->cache != NULL;
+
+	cache_close(&f->cache);
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 32), 0);
+	assert_int_equal(mdb_env_open(env, f->dir, MDB_RDONLY, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	if (mdb_dbi_open(txn, name, 0, &dbi) == 0) {
+		assert_int_equal(mdb_stat(txn, dbi, &st), 0);
+		n = st.ms_entries;
+	}
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	if (open)
+		open_cache(f);
+	return n;
+}
+
+/* Every read call agrees with want at offsets around each piece boundary
+ * and at odd places, for lengths inside a piece and across one. */
+struct view_check {
+	const uint8_t *want;
+	size_t n;
+};
+
+static int view_cmp(void *ctx, const void *data, size_t n)
+{
+	struct view_check *v = ctx;
+
+	assert_int_equal(n, v->n);
+	assert_memory_equal(data, v->want, n);
+	return 7;
+}
+
+static void check_reads(struct cache *c, struct cache_key k,
+                        const uint8_t *want, size_t len)
+{
+	static const size_t lens[] = {1,      2,     4096,      70000,
+	                              131072, CHUNK, CHUNK + 1, 3 * CHUNK + 5};
+	uint8_t *buf = malloc(4 * CHUNK);
+	uint64_t size = 0;
+
+	assert_non_null(buf);
+	assert_int_equal(cache_body_size_once(c, k, &size), 0);
+	assert_int_equal(size, len);
+	for (size_t b = 0; b <= len / CHUNK + 1; b++) {
+		for (int d = -3; d <= 3; d++) {
+			int64_t o = (int64_t)(b * CHUNK) + d * (d < 0 ? 1 : 7);
+
+			if (o < 0)
+				continue;
+			for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]);
+			     i++) {
+				size_t off = (size_t)o, n = 99, exp;
+				struct view_check v;
+
+				exp = off >= len            ? 0
+				      : len - off < lens[i] ? len - off
+				                            : lens[i];
+				assert_int_equal(
+				        cache_body_read_once(c, k, off, buf,
+				                             lens[i], &n),
+				        0);
+				assert_int_equal(n, exp);
+				assert_memory_equal(buf, want + off, n);
+				v.want = want + off;
+				v.n = exp;
+				assert_int_equal(
+				        cache_body_view_once(c, k, off, lens[i],
+				                             view_cmp, &v),
+				        7);
+			}
+		}
+	}
+	free(buf);
+}
+
+static void test_body_pieces(void **state)
+{
+	struct fixture *f = *state;
+	static const size_t sizes[] = {CHUNK - 1, CHUNK, CHUNK + 1,
+	                               3 * CHUNK + 17, 2 * CHUNK};
+	const size_t n = sizeof(sizes) / sizeof(sizes[0]);
+	struct cache *c = open_cache(f);
+	struct cache_txn *t;
+	uint32_t id;
+
+	t = wtxn(c);
+	id = add_mailbox(t, "INBOX");
+	for (size_t i = 0; i < n; i++) {
+		uint8_t *body = pattern(sizes[i], (unsigned)i);
+
+		put_msg(t, id, 1, (uint32_t)i + 1, "<p@x>", 1);
+		assert_int_equal(
+		        cache_body_put(
+		                t, (struct cache_key){id, 1, (uint32_t)i + 1},
+		                body, sizes[i]),
+		        0);
+		free(body);
+	}
+	assert_int_equal(cache_txn_commit(&t), 0);
+	/* Up to one chunk: one value; longer: pieces. */
+	assert_int_equal(db_entries(f, "body"), 2);
+	assert_int_equal(db_entries(f, "body_big"), 3);
+	assert_int_equal(db_entries(f, "chunk"), 2 + 4 + 2);
+	assert_int_equal(db_entries(f, "chunk_open"), 0);
+	reopen(f);
+	for (size_t i = 0; i < n; i++) {
+		struct cache_key k = {id, 1, (uint32_t)i + 1};
+		uint8_t *body = pattern(sizes[i], (unsigned)i);
+		struct cache_msg *m = NULL;
+		void *all = NULL;
+		size_t len = 0;
+
+		check_reads(f->cache, k, body, sizes[i]);
+		t = rtxn(f->cache);
+		assert_int_equal(cache_body_get(t, k, &all, &len), 0);
+		assert_int_equal(len, sizes[i]);
+		assert_memory_equal(all, body, len);
+		assert_int_equal(cache_msg_get(t, k, &m), 0);
+		assert_true(m->size_verified);
+		assert_int_equal(m->size, sizes[i]);
+		assert_int_equal(cache_txn_commit(&t), 0);
+		cache_msg_free(&m);
+		free(all);
+		free(body);
+	}
+	/* Replacing a body in pieces by a short one frees its pieces. */
+	t = wtxn(f->cache);
+	assert_int_equal(
+	        cache_body_put(t, (struct cache_key){id, 1, 4}, "short", 5), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(db_entries(f, "chunk"), 2 + 2);
+	/* Deleting bodies deletes their pieces: one message, then all. */
+	t = wtxn(f->cache);
+	assert_int_equal(cache_msg_delete(t, (struct cache_key){id, 1, 3}), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(db_entries(f, "chunk"), 2);
+	t = wtxn(f->cache);
+	assert_int_equal(cache_body_delete(t, (struct cache_key){id, 1, 5}), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(db_entries(f, "chunk"), 0);
+	assert_int_equal(db_entries(f, "body_big"), 0);
+}
+
+/* Write body[0..len) into a stream in uneven pieces. */
+static void stream_feed(struct cache_body_stream *s, const uint8_t *body,
+                        size_t len)
+{
+	static const size_t step[] = {1, 4097,       65536 + 3,
+	                              7, CHUNK + 11, 300000};
+	size_t off = 0;
+
+	for (size_t i = 0; off < len; i++) {
+		size_t n = step[i % (sizeof(step) / sizeof(step[0]))];
+
+		if (n > len - off)
+			n = len - off;
+		assert_int_equal(cache_body_stream_write(s, body + off, n), 0);
+		off += n;
+		assert_int_equal(cache_body_stream_size(s), off);
+	}
+}
+
+static void test_body_stream(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	const size_t len = 21 * CHUNK + 123; /* more than one flush */
+	uint8_t *body = pattern(len, 11), *small = pattern(5000, 12);
+	struct cache_body_stream *s = NULL, *s2 = NULL;
+	struct cache_key k, k2;
+	struct cache_msg *m = NULL;
+	struct cache_txn *t;
+	uint32_t id;
+
+	t = wtxn(c);
+	id = add_mailbox(t, "INBOX");
+	put_msg(t, id, 1, 1, "<s@x>", 12345);
+	put_msg(t, id, 1, 2, "<t@x>", 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	k = (struct cache_key){id, 1, 1};
+	k2 = (struct cache_key){id, 1, 2};
+
+	assert_int_equal(cache_body_stream_new(c, &s), 0);
+	stream_feed(s, body, len);
+	/* Pieces are committed, but the body does not exist yet. */
+	t = rtxn(c);
+	assert_int_equal(cache_body_has(t, k), 0);
+	assert_int_equal(cache_msg_get(t, k, &m), 0);
+	assert_false(m->size_verified);
+	assert_int_equal(m->size, 12345);
+	cache_msg_free(&m);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	/* (The pieces themselves: see test_body_stream_abandoned; a stream
+	 * must not outlive its cache, so the cache stays open here.) */
+
+	t = wtxn(c);
+	assert_int_equal(cache_body_stream_finish(t, s, k), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	cache_body_stream_close(&s);
+	assert_null(s);
+	assert_int_equal(db_entries(f, "chunk"), 22);
+	assert_int_equal(db_entries(f, "chunk_open"), 0);
+	c = f->cache;
+	check_reads(c, k, body, len);
+	assert_int_equal(cache_msg_get_once(c, k, &m), 0);
+	assert_true(m->size_verified);
+	assert_int_equal(m->size, len);
+	cache_msg_free(&m);
+
+	/* A short stream is stored as one value. */
+	assert_int_equal(cache_body_stream_new(c, &s2), 0);
+	stream_feed(s2, small, 5000);
+	t = wtxn(c);
+	assert_int_equal(cache_body_stream_finish(t, s2, k2), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	cache_body_stream_close(&s2);
+	assert_int_equal(db_entries(f, "body"), 1);
+	check_reads(f->cache, k2, small, 5000);
+
+	/* A message without a record takes no body; the stream's pieces are
+	 * deleted at its close. */
+	assert_int_equal(cache_body_stream_new(f->cache, &s), 0);
+	stream_feed(s, body, 17 * CHUNK);
+	t = wtxn(f->cache);
+	assert_int_equal(
+	        cache_body_stream_finish(t, s, (struct cache_key){id, 1, 9}),
+	        -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), -ENOENT);
+	cache_body_stream_close(&s);
+	assert_int_equal(db_entries(f, "chunk"), 22);
+	assert_int_equal(db_entries(f, "chunk_open"), 0);
+	free(body);
+	free(small);
+}
+
+/* A fetch that stops half way leaves nothing readable and nothing behind:
+ * abandoned (closed unfinished), finished in a transaction that is aborted,
+ * or cut short by the death of the process (cleaned at the next open). */
+static void test_body_stream_abandoned(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	const size_t len = 40 * CHUNK;
+	uint8_t *body = pattern(len, 13);
+	struct cache_body_stream *s = NULL;
+	struct cache_key k;
+	struct cache_txn *t;
+	uint32_t id;
+	pid_t pid;
+	int status;
+
+	t = wtxn(c);
+	id = add_mailbox(t, "INBOX");
+	put_msg(t, id, 1, 1, "<a@x>", len);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	k = (struct cache_key){id, 1, 1};
+
+	assert_int_equal(cache_body_stream_new(c, &s), 0);
+	stream_feed(s, body, len / 2);
+	cache_body_stream_close(&s);
+	assert_int_equal(db_entries(f, "chunk"), 0);
+	assert_int_equal(db_entries(f, "chunk_open"), 0);
+
+	assert_int_equal(cache_body_stream_new(f->cache, &s), 0);
+	stream_feed(s, body, len);
+	t = wtxn(f->cache);
+	assert_int_equal(cache_body_stream_finish(t, s, k), 0);
+	cache_txn_abort(&t);
+	cache_body_stream_close(&s);
+	assert_int_equal(db_entries(f, "chunk"), 0);
+	assert_int_equal(cache_body_size_once(f->cache, k, &(uint64_t){0}),
+	                 -ENOENT);
+
+	cache_close(&f->cache);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct cache *cc = NULL;
+
+		if (cache_open(f->dir, &cc) != 0 ||
+		    cache_body_stream_new(cc, &s) != 0 ||
+		    cache_body_stream_write(s, body, len / 2) != 0)
+			_exit(1);
+		_exit(0); /* dies with the pieces written, unfinished */
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_true(db_entries(f, "chunk") >= 16);
+	assert_int_equal(db_entries(f, "chunk_open"), 1);
+	open_cache(f);
+	assert_int_equal(db_entries(f, "chunk"), 0);
+	assert_int_equal(db_entries(f, "chunk_open"), 0);
+	assert_int_equal(cache_body_size_once(f->cache, k, &(uint64_t){0}),
+	                 -ENOENT);
+	free(body);
+}
+
+/* Moves, rematches, generation and mailbox removal of bodies in pieces;
+ * a missing piece is a clear error. */
+static void test_body_pieces_lifecycle(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	const size_t len = 5 * CHUNK + 3;
+	uint8_t *body = pattern(len, 17);
+	struct cache_rematch_stats st;
+	struct cache_key a = {0, 100, 1}, b = {0, 100, 2}, n1 = {0, 200, 7};
+	struct cache_txn *t;
+	uint8_t buf[16];
+	size_t n;
+	uint32_t id;
+
+	t = wtxn(c);
+	id = add_mailbox(t, "INBOX");
+	a.mailbox_id = b.mailbox_id = n1.mailbox_id = id;
+	assert_int_equal(cache_mailbox_set_state(t, id, 100, 5, 0, 1, NULL), 0);
+	put_msg(t, id, 100, 1, "<big@x>", 1);
+	put_msg(t, id, 100, 2, "<other@x>", 1);
+	assert_int_equal(cache_body_put(t, a, body, len), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* A move takes the pieces along, without copying them. */
+	t = wtxn(c);
+	assert_int_equal(cache_body_move(t, a, b), 0);
+	assert_int_equal(cache_body_has(t, a), 0);
+	assert_int_equal(cache_body_move(t, a, b), -ENOENT);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(db_entries(f, "chunk"), 6);
+	check_reads(f->cache, b, body, len);
+
+	/* UIDVALIDITY 200: the new message with the same Message-ID and
+	 * size gets a copy (CACHE_REMATCH_COPY), the old one keeps its. */
+	t = wtxn(f->cache);
+	put_msg(t, id, 100, 2, "<big@x>", 1);
+	assert_int_equal(cache_mailbox_set_state(t, id, 200, 8, 0, 2, NULL), 0);
+	put_msg(t, id, 200, 7, "<big@x>", len);
+	assert_int_equal(cache_rematch(t, id, 200, CACHE_REMATCH_COPY, &st), 0);
+	assert_int_equal(st.matched, 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(db_entries(f, "chunk"), 12);
+	check_reads(f->cache, n1, body, len);
+	check_reads(f->cache, b, body, len);
+
+	/* A piece gone from the file: an error, not wrong bytes. */
+	{
+		MDB_env *env;
+		MDB_txn *txn;
+		MDB_dbi dbi;
+		MDB_cursor *cur;
+		MDB_val k, v;
+
+		cache_close(&f->cache);
+		assert_int_equal(mdb_env_create(&env), 0);
+		assert_int_equal(mdb_env_set_maxdbs(env, 32), 0);
+		assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+		assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+		assert_int_equal(mdb_dbi_open(txn, "chunk", 0, &dbi), 0);
+		assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+		assert_int_equal(mdb_cursor_get(cur, &k, &v, MDB_FIRST), 0);
+		assert_int_equal(mdb_cursor_get(cur, &k, &v, MDB_NEXT), 0);
+		assert_int_equal(mdb_cursor_del(cur, 0), 0);
+		mdb_cursor_close(cur);
+		assert_int_equal(mdb_txn_commit(txn), 0);
+		mdb_env_close(env);
+		open_cache(f);
+	}
+	assert_int_equal(cache_body_read_once(f->cache, b, CHUNK + 5, buf,
+	                                      sizeof(buf), &n),
+	                 -EIO);
+	assert_int_equal(
+	        cache_body_read_once(f->cache, b, 5, buf, sizeof(buf), &n), 0);
+
+	/* Dropping a generation, then the mailbox, frees every piece. */
+	t = wtxn(f->cache);
+	assert_int_equal(cache_msg_delete_generation(t, id, 100, NULL), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(db_entries(f, "chunk"), 6);
+	t = wtxn(f->cache);
+	assert_int_equal(cache_mailbox_remove(t, id), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(db_entries(f, "chunk"), 0);
+	assert_int_equal(db_entries(f, "body_big"), 0);
+	free(body);
+}
+
+static void test_pop_stream(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	const size_t len = 18 * CHUNK + 1;
+	uint8_t *body = pattern(len, 19);
+	struct cache_body_stream *s = NULL;
+	struct cache_key k = {CACHE_POP_MAILBOX_ID, CACHE_POP_UIDVALIDITY, 0};
+	struct cache_pop *p = NULL;
+	struct cache_txn *t;
+	uint32_t num = 0;
+
+	assert_int_equal(cache_body_stream_new(c, &s), 0);
+	stream_feed(s, body, len);
+	t = wtxn(c);
+	assert_int_equal(
+	        cache_pop_add_stream(t, "uidl-big", s, 1700000000, &num), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	cache_body_stream_close(&s);
+	assert_int_equal(num, 1);
+	k.uid = num;
+	check_reads(c, k, body, len);
+	t = rtxn(c);
+	assert_int_equal(cache_pop_get(t, num, &p), 0);
+	assert_int_equal(p->size, len);
+	cache_pop_free(&p);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(db_entries(f, "chunk_open"), 0);
+	free(body);
+}
+
+/* ------------------------------------------------------------------ */
+/* A cache written by the mailfs of schema 1 (tests/fixtures/cache-v1). */
+
+static void copy_fixture(struct fixture *f)
+{
+	const char *src = getenv("MAILFS_FIXTURES");
+	char path[PATH_MAX + 64];
+	FILE *in, *out;
+	char buf[65536];
+	size_t n;
+
+	assert_non_null(src);
+	snprintf(path, sizeof(path), "%s/cache-v1/data.mdb", src);
+	in = fopen(path, "rb");
+	assert_non_null(in);
+	snprintf(path, sizeof(path), "%s/acct", f->tmp);
+	assert_int_equal(mkdir(path, 0700), 0);
+	assert_int_equal(mkdir(f->dir, 0700), 0);
+	snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+	out = fopen(path, "wb");
+	assert_non_null(out);
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+		assert_int_equal(fwrite(buf, 1, n, out), n);
+	assert_int_equal(fclose(out), 0);
+	fclose(in);
+}
+
+/* Every body of the fixture, byte for byte, through every read call. */
+static void check_fixture_bodies(struct cache *c)
+{
+	struct cache_txn *t = rtxn(c);
+	uint8_t *want = malloc(1 << 20), *got = malloc(1 << 20);
+	size_t n;
+
+	assert_non_null(want);
+	assert_non_null(got);
+	for (size_t i = 0; i < sizeof(fix_bodies) / sizeof(fix_bodies[0]);
+	     i++) {
+		const struct fix_body *b = &fix_bodies[i];
+		uint32_t id = 0;
+		struct cache_key k;
+		struct cache_msg *m = NULL;
+		uint64_t size = 0;
+		void *all = NULL;
+		size_t len = 0;
+
+		assert_int_equal(cache_mailbox_lookup(t, b->mailbox, &id), 0);
+		k = (struct cache_key){id, b->uidvalidity, b->uid};
+		fix_body(fix_seed(b), want, b->len);
+		assert_int_equal(cache_body_has(t, k), 1);
+		assert_int_equal(cache_body_size(t, k, &size), 0);
+		assert_int_equal(size, b->len);
+		assert_int_equal(cache_msg_get(t, k, &m), 0);
+		assert_true(m->size_verified);
+		assert_int_equal(m->size, b->len);
+		cache_msg_free(&m);
+		assert_int_equal(cache_body_get(t, k, &all, &len), 0);
+		assert_int_equal(len, b->len);
+		assert_memory_equal(all, want, len);
+		free(all);
+		assert_int_equal(
+		        cache_body_read(t, k, b->len - 9, got, 100, &n), 0);
+		assert_int_equal(n, 9);
+		assert_memory_equal(got, want + b->len - 9, 9);
+	}
+	for (size_t i = 0; i < sizeof(fix_pops) / sizeof(fix_pops[0]); i++) {
+		struct cache_key k = {CACHE_POP_MAILBOX_ID,
+		                      CACHE_POP_UIDVALIDITY, (uint32_t)i + 1};
+		uint32_t num = 0;
+		struct cache_pop *p = NULL;
+
+		assert_int_equal(cache_pop_lookup(t, fix_pops[i].uidl, &num),
+		                 0);
+		assert_int_equal(num, i + 1);
+		assert_int_equal(cache_pop_get(t, num, &p), 0);
+		assert_int_equal(p->size, fix_pops[i].len);
+		assert_int_equal(p->downloaded, FIX_POP_WHEN + (int64_t)i);
+		cache_pop_free(&p);
+		fix_body(501 + (uint32_t)i, want, fix_pops[i].len);
+		assert_int_equal(cache_body_read(t, k, 0, got, 1 << 20, &n), 0);
+		assert_int_equal(n, fix_pops[i].len);
+		assert_memory_equal(got, want, n);
+	}
+	assert_int_equal(cache_txn_commit(&t), 0);
+	free(want);
+	free(got);
+}
+
+/* The schema number the file says, read with LMDB itself. */
+static uint64_t raw_schema(struct fixture *f)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = {6, "schema"}, v;
+	uint64_t n = 0;
+	bool open = f->cache != NULL;
+
+	cache_close(&f->cache);
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 32), 0);
+	assert_int_equal(mdb_env_open(env, f->dir, MDB_RDONLY, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+	assert_int_equal(v.mv_size, 8);
+	for (int i = 0; i < 8; i++)
+		n = n << 8 | ((const uint8_t *)v.mv_data)[i];
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	if (open)
+		open_cache(f);
+	return n;
+}
+
+static void test_fixture_v1(void **state)
+{
+	struct fixture *f = *state;
+	struct cache_pending *p = NULL;
+	struct cache_msg *m = NULL;
+	struct cache_txn *t;
+	uint8_t want[FIX_PENDING_LEN + FIX_PENDING_PART];
+	uint64_t v = 0;
+	uint32_t id = 0;
+	size_t count = 0;
+
+	copy_fixture(f);
+	assert_int_equal(raw_schema(f), 1);
+	open_cache(f);
+	check_fixture_bodies(f->cache);
+
+	t = rtxn(f->cache);
+	assert_int_equal(cache_meta_get(t, FIX_META_NAME, &v), 0);
+	assert_int_equal(v, FIX_META_VALUE);
+	assert_int_equal(cache_mailbox_lookup(t, "INBOX", &id), 0);
+	assert_int_equal(cache_msg_count(t, id, FIX_INBOX_UIDV, &count), 0);
+	assert_int_equal(count, 3);
+	assert_int_equal(cache_msg_get(t,
+	                               (struct cache_key){id, FIX_INBOX_UIDV,
+	                                                  FIX_UNCACHED_UID},
+	                               &m),
+	                 0);
+	assert_false(m->size_verified);
+	assert_int_equal(m->size, FIX_UNCACHED_SIZE);
+	cache_msg_free(&m);
+	assert_int_equal(
+	        cache_body_has(t, (struct cache_key){id, FIX_INBOX_UIDV,
+	                                             FIX_UNCACHED_UID}),
+	        0);
+	/* The upload the server never confirmed, with its later write. */
+	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
+	assert_int_equal(p->mailbox_id, id);
+	assert_int_equal(p->state, CACHE_PENDING_NEW);
+	assert_string_equal(p->flags, FIX_PENDING_FLAGS);
+	assert_int_equal(p->size, sizeof(want));
+	fix_body(900, want, FIX_PENDING_LEN);
+	fix_body(901, want + FIX_PENDING_LEN, FIX_PENDING_PART);
+	assert_memory_equal(p->data, want, sizeof(want));
+	cache_pending_free(&p);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Upgraded in place to this schema, nothing lost: the same after a
+	 * reopen. */
+	assert_int_equal(raw_schema(f), CACHE_SCHEMA_VERSION);
+	check_fixture_bodies(f->cache);
+
+	/* The upgraded cache takes bodies in pieces next to the old ones,
+	 * and the old long body (one value) moves and goes like any. */
+	{
+		const size_t len = 3 * CACHE_BODY_CHUNK + 1;
+		uint8_t *body = malloc(len);
+		struct cache_body_stream *s = NULL;
+		struct cache_key k3 = {id, FIX_INBOX_UIDV, FIX_UNCACHED_UID};
+		struct cache_key k2 = {id, FIX_INBOX_UIDV, 2};
+		uint8_t buf[64];
+		size_t n;
+
+		assert_non_null(body);
+		fix_body(3, body, len);
+		assert_int_equal(cache_body_stream_new(f->cache, &s), 0);
+		assert_int_equal(cache_body_stream_write(s, body, len), 0);
+		t = wtxn(f->cache);
+		assert_int_equal(cache_body_stream_finish(t, s, k3), 0);
+		assert_int_equal(cache_txn_commit(&t), 0);
+		cache_body_stream_close(&s);
+		check_reads(f->cache, k3, body, len);
+		fix_body(2, body, 270000);
+		check_reads(f->cache, k2, body, 270000);
+		t = wtxn(f->cache);
+		put_msg(t, id, FIX_INBOX_UIDV, 20, "<2@fixture.example>", 1);
+		assert_int_equal(
+		        cache_body_move(
+		                t, k2,
+		                (struct cache_key){id, FIX_INBOX_UIDV, 20}),
+		        0);
+		assert_int_equal(cache_txn_commit(&t), 0);
+		check_reads(f->cache,
+		            (struct cache_key){id, FIX_INBOX_UIDV, 20}, body,
+		            270000);
+		assert_int_equal(cache_body_read_once(f->cache, k2, 0, buf,
+		                                      sizeof(buf), &n),
+		                 -ENOENT);
+		free(body);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -2033,6 +2671,18 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_fork_refused, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_body_pieces, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_body_stream, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_body_stream_abandoned,
+	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_body_pieces_lifecycle,
+	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_pop_stream, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_fixture_v1, setup,
+	                                        teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

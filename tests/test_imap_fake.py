@@ -14,6 +14,7 @@ test passed, 1 otherwise; the last line says "N passed, N failed".
 
 import base64
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -381,6 +382,53 @@ class FakeServerTest(unittest.TestCase):
                 self.assertEqual(f.read(), small)
             with open(os.path.join(out, '2.eml'), 'rb') as f:
                 self.assertTrue(f.read() == big, '2.eml differs from what was sent')
+
+    def test_07d_bodies_streamed_as_they_arrive(self):
+        small = b'Subject: small\r\n\r\nhi\r\n'
+        big = (b'Subject: big\r\n\r\n' +
+               (bytes(range(256)) + b'\r\n\n\r\0') * 1200)[:300000]
+        big2 = (b'Subject: big2\r\n\r\n' + bytes(range(255, -1, -1)) * 2000)[:400001]
+        with tempfile.TemporaryDirectory() as out:
+            srv, r = self.converse('fetch_stream.imap', 'fetchstream', 'INBOX', out,
+                                   data={'small': small, 'big': big, 'big2': big2},
+                                   notls=True)
+            self.assertPlayed(srv, r)
+            self.assertEqual(r.rc, 0, self.explain(srv, r))
+            events = [l for l in r.stdout.splitlines()
+                      if l.split()[0] in ('begin', 'done', 'abort')]
+            self.assertEqual(events[0:2], ['begin 1 %d' % len(small), 'done 1 1'])
+            # The UID comes after the body: begin does not know it yet.
+            self.assertEqual(events[2], 'begin 0 %d' % len(big))
+            self.assertRegex(events[3], r'^done 2 \d+$')
+            self.assertEqual(events[4], 'begin 4 %d' % len(big2))
+            self.assertRegex(events[5], r'^done 4 \d+$')
+            self.assertEqual(events[6:], ['begin 0 %d' % len(big2), 'abort'])
+            # Long bodies came in pieces, never whole.
+            self.assertGreater(int(events[3].split()[2]), 1)
+            largest = int(re.search(r'largest piece (\d+)', r.stdout).group(1))
+            self.assertLess(largest, len(big))
+            self.assertEqual(sorted(os.listdir(out)), ['1.eml', '2.eml', '4.eml'])
+            for name, want in (('1.eml', small), ('2.eml', big), ('4.eml', big2)):
+                with open(os.path.join(out, name), 'rb') as f:
+                    self.assertTrue(f.read() == want, name + ' differs from what was sent')
+
+    def test_07e_streamed_body_cut_short(self):
+        big = (b'Subject: big\r\n\r\n' + bytes(range(256)) * 1200)[:300000]
+        part = (b'Subject: cut\r\n\r\n' + bytes(range(256)) * 400)[:100000]
+        with tempfile.TemporaryDirectory() as out:
+            srv, r = self.converse('fetch_stream_cut.imap', 'fetchstream', 'INBOX', out,
+                                   data={'big': big, 'part': part}, notls=True)
+            self.assertIsNone(srv.failure, self.explain(srv, r))
+            self.assertFails(srv, r, 'CONNECT', 'PROTOCOL')
+            self.assertLess(r.elapsed, 5, self.explain(srv, r))
+            events = [l for l in r.stdout.splitlines()
+                      if l.split()[0] in ('begin', 'done', 'abort')]
+            self.assertEqual(len(events), 4, self.explain(srv, r))
+            self.assertRegex(events[1], r'^done 1 \d+$')
+            self.assertEqual(events[2:], ['begin 2 300000', 'abort'])
+            self.assertEqual(os.listdir(out), ['1.eml'])
+            with open(os.path.join(out, '1.eml'), 'rb') as f:
+                self.assertTrue(f.read() == big)
 
     # -------------------------------------------------------------------- BYE
 

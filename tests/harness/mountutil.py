@@ -24,6 +24,7 @@ $MAILFS_BUILD/mailfs.
 """
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -39,6 +40,20 @@ MAILFS = os.path.join(BUILD, 'mailfs')
 MOUNT_TIMEOUT = 30.0     # mailfs connects and lists before mounting
 UNMOUNT_TIMEOUT = 10.0
 EXIT_TIMEOUT = 10.0
+
+
+def sanitized():
+    """Is the mailfs under test built with a sanitizer (meson's b_sanitize)?
+    Its memory use then says nothing about mailfs's own."""
+    try:
+        with open(os.path.join(BUILD, 'meson-info', 'intro-buildoptions.json')) as f:
+            opts = json.load(f)
+    except (OSError, ValueError):
+        return False
+    for o in opts:
+        if o.get('name') == 'b_sanitize':
+            return o.get('value') not in ('none', '', [], None)
+    return False
 
 
 def fusermount():
