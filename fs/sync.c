@@ -1791,9 +1791,10 @@ static bool failed_recently(struct fs_sync *s, uint32_t id,
 
 /* The reaper: a waiter whose job has not begun within the timeout, or
  * whose connection has sent nothing for that long, gets -ETIMEDOUT; the
- * job itself goes on (a body then still reaches the cache).  A change
- * (JOB_CALL) that has begun is left to its connection's own timeouts: it
- * may happen on the server, and its context is in use. */
+ * job itself goes on (a body then still reaches the cache).  Changes
+ * (JOB_CALL) are left to their connection's own timeouts: one that has
+ * begun may happen on the server and its context is in use, and an
+ * upload's callback does not expect to be told "not run". */
 static int64_t waiter_deadline(struct fs_sync *s, const struct worker *w,
                                const struct waiter *wt)
 {
@@ -1830,7 +1831,7 @@ static struct waiter *take_expired(struct fs_sync *s, int64_t *next_r)
 		        job->running ? worker_of(s, job) : NULL;
 		struct waiter **pp = &job->waiters, *expired = NULL;
 
-		if (job->kind == JOB_CALL && job->running) {
+		if (job->kind == JOB_CALL) {
 			jp = &job->next;
 			continue;
 		}
@@ -1856,12 +1857,6 @@ static struct waiter *take_expired(struct fs_sync *s, int64_t *next_r)
 			expired->next = got;
 			got = expired;
 			expired = next;
-		}
-		/* A change nobody waits for any more never runs. */
-		if (job->kind == JOB_CALL && job->waiters == NULL) {
-			*jp = job->next;
-			free_job(job);
-			continue;
 		}
 		jp = &job->next;
 	}
@@ -2193,7 +2188,6 @@ int fs_sync_call(struct fs_sync *s, fs_sync_fn fn, void *fn_ctx, fs_sync_cb cb,
 	}
 	wt->cb = cb;
 	wt->ctx = ctx;
-	wt->since = now_ms();
 	job->kind = JOB_CALL;
 	job->fn = fn;
 	job->fn_ctx = fn_ctx;
@@ -2211,7 +2205,6 @@ int fs_sync_call(struct fs_sync *s, fs_sync_fn fn, void *fn_ctx, fs_sync_cb cb,
 		;
 	*tail = job;
 	pthread_cond_signal(&s->cond);
-	pthread_cond_signal(&s->reaper_cond);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }

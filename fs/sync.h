@@ -20,10 +20,11 @@
  * waiter whose job has not started within it, or whose connection has
  * sent nothing for that long (connecting, logging in or answering), gets
  * -ETIMEDOUT from a reaper thread while the job goes on (a body then still
- * reaches the cache).  A change (fs_sync_call) that has started is left to
- * its connection's timeouts: it may happen on the server.  So callbacks
- * run on a worker thread, or on the reaper thread with -ETIMEDOUT; they
- * must not block.  Kernel invalidations go through fs/inval.h. */
+ * reaches the cache).  A change (fs_sync_call) is left to its
+ * connection's timeouts (once started it may happen on the server).  So
+ * the callbacks of listings and bodies run on a worker thread, or on the
+ * reaper thread with -ETIMEDOUT; none may block.  Kernel invalidations go
+ * through fs/inval.h. */
 #ifndef MAILFS_FS_SYNC_H
 #define MAILFS_FS_SYNC_H
 
