@@ -12,7 +12,9 @@ SizeLie     the proxy announces RFC822.SIZE a few bytes off for some messages
             gives the true size, and the mount unmounts normally
 Stall       -o timeout=5, the proxy stalls in the middle of a body literal:
             the cat fails with EIO within timeout + 1 s; once the server
-            behaves, the mount reads every message byte-exact
+            behaves, the mount reads every message byte-exact.  The same
+            bound when the fetch needs a new connection to a frozen server,
+            and for a request queued behind a stalled fetch (connections=1)
 
 Every reader runs in a child process with a time bound; a reader that hangs
 fails its test, and the mount's FUSE connection is aborted (through the
@@ -345,6 +347,7 @@ class Stall(HangTest):
         cls.proxy.stop()
 
     def test_stall_mid_literal_fails_within_timeout(self):
+        self.proxy.rewrite.active = True
         m = self.mount('stall', self.proxy.url(self.USER),
                        options=['timeout=%d' % STALL_TIMEOUT])
         path = os.path.join(m.mountpoint, self.BOX)
@@ -368,6 +371,82 @@ class Stall(HangTest):
             rc, out, err, _ = self.bounded(['cat', os.path.join(path, '%d.eml' % uid)])
             self.assertEqual(rc, 0, err)
             self.assertEqual(out, bodies[uid], 'UID %d' % uid)
+        self.unmount_cleanly(m)
+
+    def test_queued_behind_a_stall_fails_within_timeout(self):
+        # One connection: a cat waits in the queue behind a fetch that
+        # stalls, then for a new connection to a frozen server.  The queue,
+        # the reconnect and the fetch are one wait of that request.
+        self.proxy.rewrite.active = True
+        m = self.mount('queued', self.proxy.url(self.USER),
+                       options=['timeout=%d' % STALL_TIMEOUT, 'connections=1'])
+        path = os.path.join(m.mountpoint, self.BOX)
+        bodies = dc.fetch_bodies(self.USER, self.BOX)
+        self.assertEqual(sorted(os.listdir(path)), sorted('%d.eml' % u for u in bodies))
+        stalled = os.path.join(path, '%d.eml' % self.uids[-1])
+        target = os.path.join(path, '%d.eml' % self.uids[0])
+        os.stat(stalled)
+        os.stat(target)
+        first = subprocess.Popen(['cat', stalled], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1)
+            dc.freeze()
+            try:
+                rc, out, err, took = self.bounded(['cat', target])
+            finally:
+                dc.thaw()
+        finally:
+            try:
+                first.wait(READ_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                first.kill()
+                first.wait(5)
+                self.fail('the cat of the stalled message hung')
+        self.assertNotEqual(rc, 0, 'cat succeeded against a frozen server')
+        self.assertIn(b'Input/output error', err)
+        self.assertLess(took, STALL_TIMEOUT + STALL_SLACK,
+                        'cat failed only after %.1f s (-o timeout=%d)' % (took, STALL_TIMEOUT))
+        self.proxy.rewrite.active = False
+        self.assertEqual(self.read_eventually(target), bodies[self.uids[0]])
+        self.unmount_cleanly(m)
+
+    def read_eventually(self, path, seconds=30):
+        """The bytes of PATH once a cat succeeds (the pool may be backing
+        off after the failures)."""
+        time.sleep(0.6)
+        deadline = time.monotonic() + seconds
+        while True:
+            rc, out, err, _ = self.bounded(['cat', path])
+            if rc == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        self.assertEqual(rc, 0, err)
+        return out
+
+    def test_reconnect_to_frozen_server_fails_within_timeout(self):
+        # The connections drop, then the server freezes: the fetch needs a
+        # new connection, whose greeting never comes.  Connecting, the
+        # greeting and the fetch are one wait of the request.
+        m = self.mount('frozen', self.proxy.url(self.USER),
+                       options=['timeout=%d' % STALL_TIMEOUT])
+        path = os.path.join(m.mountpoint, self.BOX)
+        bodies = dc.fetch_bodies(self.USER, self.BOX)
+        self.assertEqual(sorted(os.listdir(path)), sorted('%d.eml' % u for u in bodies))
+        target = os.path.join(path, '%d.eml' % self.uids[0])
+        os.stat(target)
+        self.proxy.drop()
+        dc.freeze()
+        try:
+            rc, out, err, took = self.bounded(['cat', target])
+        finally:
+            dc.thaw()
+        self.assertNotEqual(rc, 0, 'cat succeeded against a frozen server')
+        self.assertIn(b'Input/output error', err)
+        self.assertLess(took, STALL_TIMEOUT + STALL_SLACK,
+                        'cat failed only after %.1f s (-o timeout=%d)' % (took, STALL_TIMEOUT))
+        # Thawed: it reads byte-exact.
+        self.assertEqual(self.read_eventually(target), bodies[self.uids[0]])
         self.unmount_cleanly(m)
 
 
