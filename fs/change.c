@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <sys/xattr.h>
 
+#include "fs/inval.h"
 #include "fs/newfile.h"
 #include "fs/sync.h"
 #include "proto/log.h"
@@ -188,12 +189,10 @@ static void delete_done(void *ctx, int rc)
 
 	fuse_reply_err(ch->req, rc < 0 ? chg_errno(rc) : 0);
 	/* The kernel moved its entry to the name mv gave; the message
-	 * shows as NEWUID.eml instead.  Sent after the reply, from the
-	 * network side. */
+	 * shows as NEWUID.eml instead.  Queued after the reply: the rename
+	 * holds the directory's lock until it has its answer. */
 	if (rc == 0 && ch->op == C_MOVE && ch->newname != NULL)
-		fuse_lowlevel_notify_inval_entry(ch->fs->se, ch->newparent,
-		                                 ch->newname,
-		                                 strlen(ch->newname));
+		fs_inval_entry(ch->fs->inval, ch->newparent, ch->newname);
 	chg_free(ch);
 }
 

@@ -18,6 +18,7 @@
 struct fs_sync;
 struct fs_pop;
 struct fs_newfiles;
+struct fs_inval;
 
 struct mailfs {
 	struct fs_options opts;
@@ -33,6 +34,7 @@ struct mailfs {
 	struct fs_watch *watch;       /* owned; IMAP; NULL when offline */
 	struct fs_pop *pop;           /* owned; POP3; NULL when offline */
 	struct fs_newfiles *newfiles; /* owned; files being written */
+	struct fs_inval *inval;       /* owned; IMAP; NULL when offline */
 	struct fuse_session *se;      /* owned by main */
 	const char *mountpoint;       /* borrowed from main; absolute */
 	bool offline;                 /* no server: serve the cache */

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fs/inval.h"
 #include "fs/mailfs.h"
 #include "fs/newfile.h"
 #include "fs/pop.h"
@@ -352,6 +353,10 @@ int main(int argc, char *argv[])
 		log_notice("offline: serving the cache of %s@%s read-only",
 		           fs.url.user, fs.url.host);
 	} else if (!fs.is_pop) {
+		if (fs_inval_start(fs.se, &fs.inval) < 0)
+			log_warn("cannot start the invalidation thread: the "
+			         "kernel learns of changes when its caches "
+			         "expire");
 		if (fs_sync_start(&fs, first, &fs.sync) < 0)
 			goto out_tree;
 		first = NULL; /* owned by the sync side now */
@@ -396,6 +401,7 @@ out_sync:
 	fs_watch_free(&fs.watch);
 	fs_pop_stop(&fs.pop);
 out_tree:
+	fs_inval_stop(&fs.inval);
 	fs_newfiles_free(&fs.newfiles);
 	fs_tree_free(&fs.tree);
 	cache_close(&fs.cache);

@@ -17,6 +17,7 @@
 
 #include "fs/change.h"
 #include "fs/dirsnap.h"
+#include "fs/inval.h"
 #include "fs/mailfs.h"
 #include "fs/newfile.h"
 #include "fs/sync.h"
@@ -657,19 +658,22 @@ static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		if (d != NULL && fs->sync != NULL)
 			qrc = fs_sync_body(fs->sync, msg->key.mailbox_id,
 			                   msg->key.uidvalidity, msg->key.uid,
-			                   deferred_cb, d);
+			                   0, deferred_cb, d);
 		if (qrc == 0)
 			goto out;
 		free(d);
-		log_warn("message %s/%" PRIu32 ".eml is not in the cache and "
-		         "%s",
-		         mb->name, msg->key.uid,
-		         fs->sync == NULL ? "mailfs is offline (-o offline)"
-		         : !may_wait ? "could not be fetched from the server"
-		         : qrc == -ENOTCONN
-		                 ? "the server cannot be reached (mailfs "
-		                   "reconnects by itself)"
-		                 : "could not be queued for fetching");
+		/* -EAGAIN: its fetch failed just now, and that was logged. */
+		log_msg(qrc == -EAGAIN ? LOG_DEBUG : LOG_WARNING,
+		        "message %s/%" PRIu32 ".eml is not in the cache and "
+		        "%s",
+		        mb->name, msg->key.uid,
+		        fs->sync == NULL ? "mailfs is offline (-o offline)"
+		        : !may_wait ? "could not be fetched from the server"
+		        : qrc == -ENOTCONN
+		                ? "the server cannot be reached (mailfs "
+		                  "reconnects by itself)"
+		        : qrc == -EAGAIN ? "could not be fetched a moment ago"
+		                         : "could not be queued for fetching");
 		fuse_reply_err(req, EIO);
 		goto out;
 	}
@@ -708,10 +712,23 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	do_open(req, ino, fi, true);
 }
 
+struct read_reply {
+	fuse_req_t req;
+	struct fs_inval *inval;
+	fuse_ino_t ino;
+	uint64_t end;
+	bool after; /* invalidate the attributes after the reply */
+};
+
 static int reply_view(void *ctx, const void *data, size_t n)
 {
+	struct read_reply *r = ctx;
+
+	/* The body is in the cache: if its size was just corrected, the
+	 * kernel is told in the order fs/inval.h gives. */
+	r->after = fs_inval_read_begin(r->inval, r->ino, r->end);
 	/* The bytes go to the kernel straight from the cache's map. */
-	return fuse_reply_buf(ctx, data, n) == 0 ? 0 : -EIO;
+	return fuse_reply_buf(r->req, data, n) == 0 ? 0 : -EIO;
 }
 
 /* Read from the cache.  Once the kernel stopped sending opens (see
@@ -722,12 +739,16 @@ static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	struct mailfs *fs = fs_of(req);
 	struct cache_key key;
+	struct read_reply r = {req, fs->inval, ino, (uint64_t)off + size,
+	                       false};
 	int rc;
 
 	rc = msg_key(fs, ino, &key);
 	if (rc == 0)
 		rc = cache_body_view_once(fs->cache, key, (uint64_t)off, size,
-		                          reply_view, req);
+		                          reply_view, &r);
+	if (r.after)
+		fs_inval_read_end(fs->inval, ino);
 	if (rc == 0 && off == 0 && fs->opts.mark_seen)
 		fs_change_mark_seen(fs, key);
 	if (rc == -ENOENT && may_wait) {
@@ -740,6 +761,7 @@ static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			if (fs->sync != NULL)
 				qrc = fs_sync_body(fs->sync, key.mailbox_id,
 				                   key.uidvalidity, key.uid,
+				                   (uint64_t)off + size,
 				                   deferred_cb, d);
 			if (qrc == 0)
 				return;
@@ -749,15 +771,19 @@ static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			struct fs_mailbox *mb = NULL;
 
 			fs_tree_get(fs->tree, key.mailbox_id, &mb);
-			log_warn("message %s/%" PRIu32 ".eml is not in the "
-			         "cache and %s",
-			         mb ? mb->name : "?", key.uid,
-			         fs->sync == NULL
-			                 ? "mailfs is offline (-o offline)"
-			         : qrc == -ENOTCONN
-			                 ? "the server cannot be reached "
-			                   "(mailfs reconnects by itself)"
-			                 : "could not be queued for fetching");
+			/* -EAGAIN: its fetch failed just now (logged then). */
+			log_msg(qrc == -EAGAIN ? LOG_DEBUG : LOG_WARNING,
+			        "message %s/%" PRIu32 ".eml is not in the "
+			        "cache and %s",
+			        mb ? mb->name : "?", key.uid,
+			        fs->sync == NULL
+			                ? "mailfs is offline (-o offline)"
+			        : qrc == -ENOTCONN
+			                ? "the server cannot be reached "
+			                  "(mailfs reconnects by itself)"
+			        : qrc == -EAGAIN
+			                ? "could not be fetched a moment ago"
+			                : "could not be queued for fetching");
 			fs_mailbox_free(&mb);
 		}
 		fuse_reply_err(req, EIO);

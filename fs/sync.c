@@ -2,12 +2,14 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
+#include "fs/inval.h"
 #include "fs/newfile.h"
 #include "proto/log.h"
 #include "proto/mime.h"
@@ -23,6 +25,11 @@
 #define WALK_MS         10000
 #define BACKOFF_MIN_MS  1000
 #define BACKOFF_MAX_MS  60000
+/* A body whose fetch just failed fails again at once for this long: the
+ * kernel follows a failed read-ahead with a read of its first page, and
+ * one stalled server must cost the reader one timeout, not two. */
+#define FAILED_MS       500
+#define FAILED_MAX      64
 
 enum job_kind {
 	JOB_LIST,
@@ -34,7 +41,9 @@ enum job_kind {
 struct waiter {
 	fs_sync_cb cb;
 	void *ctx;
-	uint32_t uid; /* JOB_BODY: the message waited for */
+	uint32_t uid;   /* JOB_BODY: the message waited for */
+	uint64_t until; /* JOB_BODY: a READ of the bytes before this, or 0 */
+	int64_t since;  /* ms, monotonic: when it began to wait */
 	struct waiter *next;
 };
 
@@ -61,6 +70,13 @@ struct worker {
 	bool started;
 	struct imap_client *c; /* owned */
 	struct job *job;       /* running, or NULL */
+	/* ms, monotonic: when the server last sent this worker anything. */
+	_Atomic int64_t input_ms;
+};
+
+struct failed_body {
+	uint32_t id, uidvalidity, uid;
+	int64_t until; /* ms, monotonic */
 };
 
 struct fs_sync {
@@ -78,20 +94,13 @@ struct fs_sync {
 	/* The server advertises CONDSTORE but its MODSEQs cannot be trusted:
 	 * every resync fetches all flags from now on. */
 	bool condstore_broken;
-	/* Kernel invalidations, sent by a thread of their own: the kernel
-	 * may need a directory lock that a lookup waiting for a job holds,
-	 * so a worker must never block on one. */
-	pthread_t inval_thread;
-	bool inval_started;
-	pthread_cond_t inval_cond;
-	struct inval *invals, **inval_tail; /* owned queue */
-};
-
-struct inval {
-	fuse_ino_t parent;
-	bool inode; /* the directory's attributes, not a name */
-	char name[24];
-	struct inval *next;
+	/* The thread that gives up on waiters past their deadline. */
+	pthread_t reaper;
+	bool reaper_started;
+	pthread_cond_t reaper_cond;
+	int64_t timeout_ms;
+	struct failed_body failed[FAILED_MAX]; /* a ring */
+	unsigned nfailed;
 };
 
 static int64_t now_ms(void)
@@ -1355,7 +1364,8 @@ struct pending_body {
 	uint32_t uid;
 	struct cache_body_stream *body; /* owned: stored by store_bodies */
 	size_t len;
-	bool resized; /* the server's RFC822.SIZE was wrong */
+	bool resized;      /* the server's RFC822.SIZE was wrong */
+	uint64_t old_size; /* then: what it said (and the kernel may hold) */
 };
 
 struct body_batch {
@@ -1388,6 +1398,12 @@ static int store_bodies(struct cache_txn *txn, void *ctx)
 			continue;
 		}
 		b->v[i].resized = rc == 0 && old->size != b->v[i].len;
+		b->v[i].old_size = rc == 0 ? old->size : 0;
+		/* Before the body can be read: see fs/inval.h. */
+		if (b->v[i].resized)
+			fs_inval_resized(b->w->s->fs->inval,
+			                 fs_ino_msg(b->id, b->gen, b->v[i].uid),
+			                 old->size, b->v[i].len);
 		if (b->v[i].resized)
 			log_notice("message UID %u: server said %llu bytes, "
 			           "the body has %zu; size corrected",
@@ -1400,9 +1416,10 @@ static int store_bodies(struct cache_txn *txn, void *ctx)
 	return rc;
 }
 
-/* Detach the waiters of job for uid (all of them if uid is 0). */
+/* Detach the waiters of job for uid (all of them if uid is 0) that read
+ * up to at least until (0: every waiter, READ or not). */
 static struct waiter *take_waiters(struct fs_sync *s, struct job *job,
-                                   uint32_t uid)
+                                   uint32_t uid, uint64_t until)
 {
 	struct waiter *got = NULL, **pp;
 
@@ -1411,7 +1428,8 @@ static struct waiter *take_waiters(struct fs_sync *s, struct job *job,
 	while (*pp != NULL) {
 		struct waiter *wt = *pp;
 
-		if (uid == 0 || wt->uid == uid) {
+		if ((uid == 0 || wt->uid == uid) &&
+		    (until == 0 || wt->until >= until)) {
 			*pp = wt->next;
 			wt->next = got;
 			got = wt;
@@ -1447,6 +1465,23 @@ static bool has_waiter(struct fs_sync *s, struct job *job, uint32_t uid)
 	return found;
 }
 
+/* The kernel may hold the size the server announced (RFC822.SIZE), and
+ * READs of the message may be waiting for this body, their pages locked.
+ * The order of replies and invalidation is fs/inval.h's rule: a shorter
+ * body's READs that reach its end are answered first, then the kernel's
+ * attributes are invalidated (settled; at once for a longer body), then
+ * the other waiters answered (an open, a READ that stops earlier). */
+static void answer_resized(struct body_batch *b, const struct pending_body *p)
+{
+	struct fs_sync *s = b->w->s;
+
+	if (p->len < p->old_size)
+		run_waiters(take_waiters(s, b->job, p->uid,
+		                         p->len > 0 ? p->len : 1),
+		            0);
+	fs_inval_settle(s->fs->inval, fs_ino_msg(b->id, b->gen, p->uid));
+}
+
 static void flush_bodies(struct body_batch *b)
 {
 	struct mailfs *fs = b->w->s->fs;
@@ -1461,14 +1496,9 @@ static void flush_bodies(struct body_batch *b)
 		b->rc = rc;
 	}
 	for (size_t i = 0; i < b->n; i++) {
-		/* The kernel may hold the size the server announced; the
-		 * body is the truth.  Done here, on the sync path, before
-		 * the open that waits for this body is answered. */
-		if (rc == 0 && b->v[i].resized && fs->se != NULL)
-			fuse_lowlevel_notify_inval_inode(
-			        fs->se, fs_ino_msg(b->id, b->gen, b->v[i].uid),
-			        0, 0);
-		run_waiters(take_waiters(b->w->s, b->job, b->v[i].uid),
+		if (b->v[i].resized)
+			answer_resized(b, &b->v[i]);
+		run_waiters(take_waiters(b->w->s, b->job, b->v[i].uid, 0),
 		            rc < 0 ? -EIO : 0);
 		cache_body_stream_close(&b->v[i].body);
 	}
@@ -1798,6 +1828,13 @@ int fs_sync_connect(struct mailfs *fs, struct imap_client **c_r,
 	return rc;
 }
 
+static void worker_input(void *ctx)
+{
+	struct worker *w = ctx;
+
+	atomic_store(&w->input_ms, now_ms());
+}
+
 static int worker_connect(struct worker *w)
 {
 	struct fs_sync *s = w->s;
@@ -1834,6 +1871,7 @@ static int worker_connect(struct worker *w)
 		back = s->backoff != 0;
 		s->backoff = 0;
 		s->down_until = 0;
+		imap_set_input_hook(w->c, worker_input, w);
 	}
 	pthread_mutex_unlock(&s->lock);
 	/* The server is back: uploads that waited for it go now. */
@@ -1861,55 +1899,187 @@ static void unlink_job(struct fs_sync *s, struct job *job)
 	}
 }
 
-static void queue_inval(struct fs_sync *s, fuse_ino_t parent, const char *name)
+/* Remember that the bodies job's waiters wanted could not be had (for
+ * FAILED_MS; see there).  Called with s->lock held. */
+static void note_failed(struct fs_sync *s, const struct job *job,
+                        const struct waiter *wt)
 {
-	struct inval *iv;
+	int64_t until = now_ms() + FAILED_MS;
 
-	if (s->fs->se == NULL || !s->inval_started)
-		return;
-	iv = calloc(1, sizeof(*iv));
-	if (iv == NULL)
-		return; /* the kernel's timeouts will do */
-	iv->parent = parent;
-	iv->inode = name == NULL;
-	if (name != NULL)
-		snprintf(iv->name, sizeof(iv->name), "%s", name);
-	pthread_mutex_lock(&s->lock);
-	*s->inval_tail = iv;
-	s->inval_tail = &iv->next;
-	pthread_cond_signal(&s->inval_cond);
-	pthread_mutex_unlock(&s->lock);
+	for (; wt != NULL; wt = wt->next) {
+		struct failed_body *f = &s->failed[s->nfailed++ % FAILED_MAX];
+
+		*f = (struct failed_body){job->id, job->uidvalidity, wt->uid,
+		                          until};
+	}
 }
 
-static void *inval_main(void *arg)
+static bool failed_recently(struct fs_sync *s, uint32_t id,
+                            uint32_t uidvalidity, uint32_t uid)
+{
+	int64_t now = now_ms();
+
+	for (unsigned i = 0; i < FAILED_MAX; i++) {
+		const struct failed_body *f = &s->failed[i];
+
+		if (f->until > now && f->uid == uid && f->id == id &&
+		    f->uidvalidity == uidvalidity)
+			return true;
+	}
+	return false;
+}
+
+/* The reaper: a waiter whose job has not begun within the timeout, or
+ * whose connection has sent nothing for that long, gets -ETIMEDOUT; the
+ * job itself goes on (a body then still reaches the cache).  Changes
+ * (JOB_CALL) are left to their connection's own timeouts: one that has
+ * begun may happen on the server and its context is in use, and an
+ * upload's callback does not expect to be told "not run". */
+static int64_t waiter_deadline(struct fs_sync *s, const struct worker *w,
+                               const struct waiter *wt)
+{
+	int64_t from = wt->since;
+
+	if (w != NULL) {
+		int64_t input = atomic_load(&w->input_ms);
+
+		if (input > from)
+			from = input;
+	}
+	return from + s->timeout_ms;
+}
+
+static const struct worker *worker_of(struct fs_sync *s, const struct job *job)
+{
+	for (unsigned i = 0; i < s->nworkers; i++)
+		if (s->workers[i].job == job)
+			return &s->workers[i];
+	return NULL;
+}
+
+/* Detach the waiters past their deadline (all jobs); *next_r gets the
+ * earliest deadline still ahead.  Called with s->lock held. */
+static struct waiter *take_expired(struct fs_sync *s, int64_t *next_r)
+{
+	struct waiter *got = NULL;
+	int64_t now = now_ms();
+
+	*next_r = INT64_MAX;
+	for (struct job **jp = &s->jobs; *jp != NULL;) {
+		struct job *job = *jp;
+		const struct worker *w =
+		        job->running ? worker_of(s, job) : NULL;
+		struct waiter **pp = &job->waiters, *expired = NULL;
+
+		if (job->kind == JOB_CALL) {
+			jp = &job->next;
+			continue;
+		}
+		while (*pp != NULL) {
+			struct waiter *wt = *pp;
+			int64_t dl = waiter_deadline(s, w, wt);
+
+			if (dl > now) {
+				if (dl < *next_r)
+					*next_r = dl;
+				pp = &wt->next;
+				continue;
+			}
+			*pp = wt->next;
+			wt->next = expired;
+			expired = wt;
+		}
+		if (job->kind == JOB_BODY)
+			note_failed(s, job, expired);
+		while (expired != NULL) {
+			struct waiter *next = expired->next;
+
+			expired->next = got;
+			got = expired;
+			expired = next;
+		}
+		jp = &job->next;
+	}
+	return got;
+}
+
+static void *reaper_main(void *arg)
 {
 	struct fs_sync *s = arg;
 
 	pthread_mutex_lock(&s->lock);
-	for (;;) {
-		struct inval *iv;
+	while (!s->stop) {
+		int64_t next;
+		struct waiter *expired = take_expired(s, &next);
 
-		while (s->invals == NULL && !s->stop)
-			pthread_cond_wait(&s->inval_cond, &s->lock);
-		if (s->stop)
-			break;
-		iv = s->invals;
-		s->invals = iv->next;
-		if (s->invals == NULL)
-			s->inval_tail = &s->invals;
-		pthread_mutex_unlock(&s->lock);
-		if (iv->inode)
-			fuse_lowlevel_notify_inval_inode(s->fs->se, iv->parent,
-			                                 0, 0);
-		else
-			fuse_lowlevel_notify_inval_entry(s->fs->se, iv->parent,
-			                                 iv->name,
-			                                 strlen(iv->name));
-		free(iv);
-		pthread_mutex_lock(&s->lock);
+		if (expired != NULL) {
+			pthread_mutex_unlock(&s->lock);
+			log_debug("requests waited %lld s for the server; "
+			          "giving up on them",
+			          (long long)(s->timeout_ms / 1000));
+			run_waiters(expired, -ETIMEDOUT);
+			pthread_mutex_lock(&s->lock);
+			continue;
+		}
+		if (next == INT64_MAX) {
+			pthread_cond_wait(&s->reaper_cond, &s->lock);
+		} else {
+			/* Input pushes deadlines on without a signal: look
+			 * again at the earliest one. */
+			struct timespec ts;
+
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			next -= now_ms();
+			ts.tv_sec += next / 1000;
+			ts.tv_nsec += (next % 1000) * 1000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&s->reaper_cond, &s->lock, &ts);
+		}
 	}
 	pthread_mutex_unlock(&s->lock);
 	return NULL;
+}
+
+/* Waiters that joined job after their body was stored (between a READ's
+ * look at the cache and its enqueue) get it now.  job is unlinked. */
+static void answer_cached(struct fs_sync *s, struct job *job)
+{
+	struct waiter *cached = NULL, **pp = &job->waiters;
+
+	while (*pp != NULL) {
+		struct waiter *wt = *pp;
+		struct cache_key key = {job->id, job->uidvalidity, wt->uid};
+		uint64_t size;
+
+		if (cache_body_size_once(s->fs->cache, key, &size) == 0) {
+			*pp = wt->next;
+			wt->next = cached;
+			cached = wt;
+		} else {
+			pp = &wt->next;
+		}
+	}
+	run_waiters(cached, 0);
+}
+
+/* The next job to start: the oldest someone waits for, else the oldest
+ * (read-ahead).  Called with s->lock held. */
+static struct job *next_job(struct fs_sync *s)
+{
+	struct job *first = NULL;
+
+	for (struct job *job = s->jobs; job != NULL; job = job->next) {
+		if (job->running)
+			continue;
+		if (job->waiters != NULL)
+			return job;
+		if (first == NULL)
+			first = job;
+	}
+	return first;
 }
 
 static int run_job(struct worker *w, struct job *job)
@@ -1936,8 +2106,10 @@ static void *worker_main(void *arg)
 	struct fs_sync *s = w->s;
 
 	/* Log in now, in parallel, not when the first job needs it. */
-	if (w->c != NULL)
+	if (w->c != NULL) {
 		fs_sync_prepare(w->c); /* the mount's first connection */
+		imap_set_input_hook(w->c, worker_input, w);
+	}
 	worker_connect(w);
 
 	for (;;) {
@@ -1948,9 +2120,7 @@ static void *worker_main(void *arg)
 		for (;;) {
 			if (s->stop)
 				break;
-			for (job = s->jobs; job != NULL; job = job->next)
-				if (!job->running)
-					break;
+			job = next_job(s);
 			if (job != NULL)
 				break;
 			pthread_cond_wait(&s->cond, &s->lock);
@@ -1992,6 +2162,12 @@ static void *worker_main(void *arg)
 		unlink_job(s, job);
 		w->job = NULL;
 		pthread_mutex_unlock(&s->lock);
+		if (job->kind == JOB_BODY)
+			answer_cached(s, job);
+		pthread_mutex_lock(&s->lock);
+		if (job->kind == JOB_BODY)
+			note_failed(s, job, job->waiters);
+		pthread_mutex_unlock(&s->lock);
 		/* Whoever still waits (a body that did not come) gets the
 		 * error, or -EIO if the batch as a whole worked. */
 		run_waiters(job->waiters, rc < 0                  ? rc
@@ -2004,10 +2180,10 @@ static void *worker_main(void *arg)
 			char name[24];
 
 			snprintf(name, sizeof(name), "%u.eml", job->gone[i]);
-			queue_inval(s, fs_ino_dir(job->id), name);
+			fs_inval_entry(s->fs->inval, fs_ino_dir(job->id), name);
 		}
 		if (job->dir_changed)
-			queue_inval(s, fs_ino_dir(job->id), NULL);
+			fs_inval_dir(s->fs->inval, fs_ino_dir(job->id));
 		free_job(job);
 	}
 	imap_logout(&w->c);
@@ -2015,7 +2191,8 @@ static void *worker_main(void *arg)
 }
 
 static int enqueue(struct fs_sync *s, enum job_kind kind, uint32_t id,
-                   uint32_t uidvalidity, uint32_t uid, fs_sync_cb cb, void *ctx)
+                   uint32_t uidvalidity, uint32_t uid, uint64_t until,
+                   fs_sync_cb cb, void *ctx)
 {
 	struct waiter *wt = calloc(1, sizeof(*wt));
 	struct job *job = NULL, **tail;
@@ -2025,12 +2202,19 @@ static int enqueue(struct fs_sync *s, enum job_kind kind, uint32_t id,
 	wt->cb = cb;
 	wt->ctx = ctx;
 	wt->uid = uid;
+	wt->until = until;
+	wt->since = now_ms();
 
 	pthread_mutex_lock(&s->lock);
 	if (s->stop || s->down_until > now_ms()) {
 		pthread_mutex_unlock(&s->lock);
 		free(wt);
 		return s->stop ? -ESHUTDOWN : -ENOTCONN;
+	}
+	if (kind == JOB_BODY && failed_recently(s, id, uidvalidity, uid)) {
+		pthread_mutex_unlock(&s->lock);
+		free(wt);
+		return -EAGAIN;
 	}
 	for (tail = &s->jobs; *tail != NULL; tail = &(*tail)->next) {
 		struct job *j = *tail;
@@ -2078,6 +2262,7 @@ static int enqueue(struct fs_sync *s, enum job_kind kind, uint32_t id,
 	wt->next = job->waiters;
 	job->waiters = wt;
 	pthread_cond_signal(&s->cond);
+	pthread_cond_signal(&s->reaper_cond);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }
@@ -2122,12 +2307,12 @@ static void queue_prefetch(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,
 
 int fs_sync_mailboxes(struct fs_sync *s, fs_sync_cb cb, void *ctx)
 {
-	return enqueue(s, JOB_LIST, 0, 0, 0, cb, ctx);
+	return enqueue(s, JOB_LIST, 0, 0, 0, 0, cb, ctx);
 }
 
 int fs_sync_listing(struct fs_sync *s, uint32_t id, fs_sync_cb cb, void *ctx)
 {
-	return enqueue(s, JOB_LISTING, id, 0, 0, cb, ctx);
+	return enqueue(s, JOB_LISTING, id, 0, 0, 0, cb, ctx);
 }
 
 int fs_sync_call(struct fs_sync *s, fs_sync_fn fn, void *fn_ctx, fs_sync_cb cb,
@@ -2177,9 +2362,9 @@ void fs_sync_listings_unlisted(struct fs_sync *s)
 }
 
 int fs_sync_body(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,
-                 uint32_t uid, fs_sync_cb cb, void *ctx)
+                 uint32_t uid, uint64_t until, fs_sync_cb cb, void *ctx)
 {
-	return enqueue(s, JOB_BODY, id, uidvalidity, uid, cb, ctx);
+	return enqueue(s, JOB_BODY, id, uidvalidity, uid, until, cb, ctx);
 }
 
 int fs_sync_start(struct mailfs *fs, struct imap_client *first,
@@ -2199,10 +2384,20 @@ int fs_sync_start(struct mailfs *fs, struct imap_client *first,
 		return -ENOMEM;
 	}
 	s->nworkers = n;
-	pthread_cond_init(&s->inval_cond, NULL);
-	s->inval_tail = &s->invals;
-	s->inval_started =
-	        pthread_create(&s->inval_thread, NULL, inval_main, s) == 0;
+	s->timeout_ms = (int64_t)fs->opts.timeout * 1000;
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&s->reaper_cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
+	s->reaper_started =
+	        pthread_create(&s->reaper, NULL, reaper_main, s) == 0;
+	if (!s->reaper_started)
+		log_warn("cannot start the reaper thread: requests wait for "
+		         "the network's own timeouts");
 	for (unsigned i = 0; i < n; i++) {
 		s->workers[i].s = s;
 		if (i == 0)
@@ -2232,19 +2427,13 @@ void fs_sync_stop(struct fs_sync **sp)
 		if (s->workers[i].job != NULL && s->workers[i].c != NULL)
 			imap_shutdown(s->workers[i].c);
 	pthread_cond_broadcast(&s->cond);
-	pthread_cond_broadcast(&s->inval_cond);
+	pthread_cond_broadcast(&s->reaper_cond);
 	pthread_mutex_unlock(&s->lock);
 	for (unsigned i = 0; i < s->nworkers; i++)
 		if (s->workers[i].started)
 			pthread_join(s->workers[i].thread, NULL);
-	if (s->inval_started)
-		pthread_join(s->inval_thread, NULL);
-	while (s->invals != NULL) {
-		struct inval *next = s->invals->next;
-
-		free(s->invals);
-		s->invals = next;
-	}
+	if (s->reaper_started)
+		pthread_join(s->reaper, NULL);
 	queued = s->jobs;
 	s->jobs = NULL;
 	while (queued != NULL) {
@@ -2260,7 +2449,7 @@ void fs_sync_stop(struct fs_sync **sp)
 	free(s->workers);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cond);
-	pthread_cond_destroy(&s->inval_cond);
+	pthread_cond_destroy(&s->reaper_cond);
 	free(s);
 	*sp = NULL;
 }

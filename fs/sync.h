@@ -18,7 +18,17 @@
  *
  * When the server cannot be reached the pool backs off (1 s doubling to
  * 60 s); while it is backing off, new jobs are refused at once with
- * -ENOTCONN and the handlers answer from the cache. */
+ * -ENOTCONN and the handlers answer from the cache.
+ *
+ * No request waits longer than the timeout option for the server: a
+ * waiter whose job has not started within it, or whose connection has
+ * sent nothing for that long (connecting, logging in or answering), gets
+ * -ETIMEDOUT from a reaper thread while the job goes on (a body then still
+ * reaches the cache).  A change (fs_sync_call) is left to its
+ * connection's timeouts (once started it may happen on the server).  So
+ * the callbacks of listings and bodies run on a worker thread, or on the
+ * reaper thread with -ETIMEDOUT; none may block.  Kernel invalidations go
+ * through fs/inval.h. */
 #ifndef MAILFS_FS_SYNC_H
 #define MAILFS_FS_SYNC_H
 
@@ -82,8 +92,14 @@ int fs_sync_open_mailbox(struct mailfs *fs, struct imap_client *c, uint32_t id,
 void fs_sync_listings_unlisted(struct fs_sync *s);
 
 /* Queue a fetch of a message body into the cache; cb runs once it is
- * committed (rc 0) or could not be fetched. */
+ * committed (rc 0) or could not be fetched.  until: the waiter is a READ
+ * of the bytes before offset until (0: it is not a READ); when the body is
+ * shorter than the server announced, READs that reach its end are
+ * answered before the kernel's attributes are invalidated (fs/sync.c).
+ * -EAGAIN at once: this body's fetch failed less than half a second ago
+ * (the kernel follows a failed read-ahead with a read of its first page;
+ * one stalled server must cost the reader one timeout, not two). */
 int fs_sync_body(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,
-                 uint32_t uid, fs_sync_cb cb, void *ctx);
+                 uint32_t uid, uint64_t until, fs_sync_cb cb, void *ctx);
 
 #endif

@@ -104,6 +104,8 @@ struct imap_client {
 
 	void (*untagged_cb)(void *ctx, const struct imap_response *resp);
 	void *untagged_ctx;
+	void (*input_cb)(void *ctx);
+	void *input_ctx;
 
 	/* Streamed literals of the response being parsed, in order. */
 	struct streamed streamed[IMAP_MAX_STREAMED];
@@ -577,6 +579,8 @@ static int read_one(struct imap_client *c, struct imap_response **resp_r)
 			fail_all(c);
 			return rc;
 		}
+		if (c->input_cb != NULL)
+			c->input_cb(c->input_ctx);
 	}
 
 	switch (resp->kind) {
@@ -654,6 +658,13 @@ void imap_set_untagged_handler(struct imap_client *c,
 {
 	c->untagged_cb = cb;
 	c->untagged_ctx = ctx;
+}
+
+void imap_set_input_hook(struct imap_client *c, void (*cb)(void *ctx),
+                         void *ctx)
+{
+	c->input_cb = cb;
+	c->input_ctx = ctx;
 }
 
 /* --- sending ----------------------------------------------------------- */

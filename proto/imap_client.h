@@ -132,6 +132,12 @@ void imap_set_untagged_handler(struct imap_client *c,
                                           const struct imap_response *resp),
                                void *ctx);
 
+/* cb(ctx) runs (on the thread driving the client) each time bytes from
+ * the server arrive, so that a caller can tell a slow transfer from a
+ * stalled one.  NULL removes it. */
+void imap_set_input_hook(struct imap_client *c, void (*cb)(void *ctx),
+                         void *ctx);
+
 /* Number of commands in flight. */
 size_t imap_inflight(const struct imap_client *c);
 

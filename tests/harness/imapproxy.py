@@ -30,6 +30,16 @@ constant_modseq is the rewrite of a server that advertises CONDSTORE but
 breaks it: every "MODSEQ (n)" becomes "MODSEQ (1)" and every
 "HIGHESTMODSEQ n" (in [HIGHESTMODSEQ n] and in STATUS) becomes
 "HIGHESTMODSEQ 1", so the mailbox looks unchanged whatever happens to it.
+
+size_lie({uid: delta}) is the rewrite of a server whose RFC822.SIZE is not
+the size of the body it then sends (Exchange Online, hMailServer, WildDuck):
+the RFC822.SIZE of each UID given is announced DELTA bytes off (positive:
+more than the body, negative: less); the body itself is unchanged.
+
+stall_literal(uids) is the rewrite of a server that stops in the middle of
+a message: the BODY[] literal of each UID given is announced longer than
+the body it sends, so the client waits for bytes that never come.  Set
+.active = False on the returned function and the server behaves again.
 """
 
 import re
@@ -51,6 +61,55 @@ _LITERAL = re.compile(rb'~?\{(\d+)\+?\}\r\n\Z')
 def constant_modseq(text):
     """The rewrite of a server whose mod-sequences never change."""
     return _HIGHEST.sub(b'HIGHESTMODSEQ 1', _MODSEQ.sub(b'MODSEQ (1)', text))
+
+
+_FETCH = re.compile(rb'^\* \d+ FETCH \(', re.I)
+_UID = re.compile(rb'(?<![A-Za-z.])UID (\d+)', re.I)
+_SIZE = re.compile(rb'(?<![A-Za-z.])RFC822\.SIZE (\d+)', re.I)
+_BODY_LITERAL = re.compile(rb'(?<![A-Za-z.])BODY\[\] ~?\{(\d+)\}\r\n\Z', re.I)
+
+
+def _fetch_uid(text):
+    """The UID of a FETCH response's first piece, or None."""
+    if not _FETCH.match(text):
+        return None
+    m = _UID.search(text)
+    return int(m.group(1)) if m else None
+
+
+def size_lie(deltas):
+    """The rewrite of a server that announces RFC822.SIZE + DELTAS[uid] for
+    the UIDs in DELTAS (a dict uid -> int; the UID and RFC822.SIZE must be
+    in the same piece of the FETCH response, as every server sends them).
+    Returns the rewrite function."""
+    def rewrite(text):
+        uid = _fetch_uid(text)
+        m = _SIZE.search(text) if uid in deltas else None
+        if not m:
+            return text
+        size = max(0, int(m.group(1)) + deltas[uid])
+        return text[:m.start(1)] + b'%d' % size + text[m.end(1):]
+
+    return rewrite
+
+
+def stall_literal(uids, extra=65536):
+    """The rewrite of a server that stalls in the middle of the body of
+    each UID in UIDS: its BODY[] literal is announced EXTRA bytes longer
+    than the body that follows (the rest of the server's answer, shorter
+    than EXTRA, is taken as literal data; then nothing more comes).  The
+    returned function has an attribute .active (True); set it to False and
+    later answers are passed unchanged."""
+    uids = set(uids)
+
+    def rewrite(text):
+        m = _BODY_LITERAL.search(text) if rewrite.active else None
+        if not m or _fetch_uid(text) not in uids:
+            return text
+        return text[:m.start(1)] + b'%d' % (int(m.group(1)) + extra) + text[m.end(1):]
+
+    rewrite.active = True
+    return rewrite
 
 
 def hide_caps(*caps):
