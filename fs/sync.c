@@ -1711,6 +1711,11 @@ static int worker_connect(struct worker *w)
 	int64_t now = now_ms();
 	int rc;
 
+	/* A BYE that came while the connection sat idle (an idle timeout)
+	 * is read now: a change must not be sent into a closed
+	 * connection, where it could not be told whether it happened. */
+	if (w->c != NULL)
+		imap_poll(w->c);
 	if (w->c != NULL && imap_error(w->c) != NULL) {
 		log_info("connection lost: %s; reconnecting",
 		         imap_error(w->c)->text);

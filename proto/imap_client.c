@@ -1495,6 +1495,32 @@ void imap_logout(struct imap_client **cp)
 	imap_free(cp);
 }
 
+int imap_poll(struct imap_client *c)
+{
+	for (;;) {
+		struct proto_err e = {0};
+		size_t len;
+		int rc;
+
+		if (c->dead)
+			return c->err.code;
+		net_rbuf(c->net, &len);
+		if (len == 0) {
+			rc = net_fill_wait(c->net, 0, &e);
+			if (rc < 0) {
+				fail(c, &e);
+				fail_all(c);
+				return c->err.code;
+			}
+			if (rc == 0)
+				return 0;
+		}
+		rc = read_one(c, NULL);
+		if (rc < 0)
+			return c->dead ? c->err.code : rc;
+	}
+}
+
 void imap_shutdown(struct imap_client *c)
 {
 	if (c != NULL)

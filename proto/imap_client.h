@@ -120,6 +120,12 @@ void imap_logout(struct imap_client **client);
 /* Free without saying goodbye (the connection is dead or unwanted). */
 void imap_free(struct imap_client **client);
 
+/* Read and dispatch what the server sent on its own while the client was
+ * idle, without waiting for more: a server that closes idle connections
+ * (Gmail's BYE) is noticed here, before a command is sent into a dead
+ * connection.  Returns 0, or the connection's error. */
+int imap_poll(struct imap_client *c);
+
 /* Wake a thread blocked on this client; safe from another thread. */
 void imap_shutdown(struct imap_client *c);
 
