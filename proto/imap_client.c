@@ -587,8 +587,12 @@ static int handle_tagged(struct imap_client *c,
 		rc = -EPERM;
 	else if (resp->status == IMAP_STATUS_BAD)
 		rc = -EINVAL;
-	if (imap_busy_parse(resp->code, resp->text, &wait_ms) ==
-	    IMAP_BUSY_THROTTLED) {
+	/* Before the login, a refusal stays one (a STARTTLS refused is
+	 * final; a login refused for load is the caller's to judge). */
+	if ((c->state == IMAP_ST_AUTHENTICATED ||
+	     c->state == IMAP_ST_SELECTED) &&
+	    imap_busy_parse(resp->code, resp->text, &wait_ms) ==
+	            IMAP_BUSY_THROTTLED) {
 		if (rc < 0) {
 			/* It did not happen; the caller sends it again. */
 			rc = -EAGAIN;
@@ -1340,6 +1344,12 @@ static int authenticate(struct imap_client *c, const struct imap_config *cfg,
 		return proto_err_set(err, PERR_BUSY, -EUSERS,
 		                     "%s refused another connection for %s: %s",
 		                     c->host, cfg->user, e.text);
+	if ((rc == -EPERM || rc == -EINVAL) &&
+	    (imap_busy_parse(NULL, e.text, &(int){0}) == IMAP_BUSY_THROTTLED ||
+	     strncasecmp(e.text, "[UNAVAILABLE]", 13) == 0))
+		return proto_err_set(err, PERR_BUSY, -EAGAIN,
+		                     "%s cannot log %s in now: %s", c->host,
+		                     cfg->user, e.text);
 	if (rc == -EPERM || rc == -EINVAL)
 		return proto_err_set(err, PERR_AUTH, -EACCES,
 		                     "%s refused the login for %s: %s", c->host,

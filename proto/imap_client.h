@@ -36,7 +36,8 @@ struct imap_client;
  * that when one connection is told to back off, none of them sends
  * anything until the time is up.
  *
- * A command the server answers as throttled -- a NO or BAD saying
+ * A command the server answers as throttled after the login -- a NO or
+ * BAD saying
  * "Request is throttled. Suggested Backoff Time: N milliseconds"
  * (Exchange, Microsoft 365), or with [THROTTLED] or [UNAVAILABLE]
  * (RFC 5530) -- did not happen: the client waits as told (1 s when the
