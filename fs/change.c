@@ -69,6 +69,9 @@ static int chg_errno(int rc)
 	case -ESTALE: return ESTALE;
 	case -ENOENT: return ENOENT;
 	case -EEXIST: return EEXIST;
+	/* The server throttles and asks to wait longer than `timeout`:
+	 * nothing happened; try again later. */
+	case -EAGAIN: return EAGAIN;
 	default: return EIO;
 	}
 }

@@ -24,6 +24,8 @@ struct mailfs {
 	struct fs_options opts;
 	struct account_url url;
 	struct imap_config imap; /* borrows from url, opts and secret */
+	struct imap_pace pace;   /* the server's back-off, for every
+	                            connection of the mount (imap.pace) */
 	struct pop3_config pop3; /* the same, for a POP3 account */
 	bool is_pop;
 	char *secret;                 /* owned: password or token; wiped */

@@ -189,6 +189,7 @@ int main(int argc, char *argv[])
 	struct mailfs fs = {0};
 	int ret = 1, rc;
 
+	imap_pace_init(&fs.pace);
 	/* A dead TLS socket must give EPIPE, not kill the daemon. */
 	signal(SIGPIPE, SIG_IGN);
 	/* Many threads, little memory each: few malloc arenas keep the
@@ -243,6 +244,7 @@ int main(int argc, char *argv[])
 	fs.imap.user = fs.url.user;
 	fs.imap.cafile = fs.opts.cafile;
 	fs.imap.timeout_ms = (int)fs.opts.timeout * 1000;
+	fs.imap.pace = &fs.pace;
 	fs.imap.tls = fs.url.implicit_tls ? IMAP_TLS_IMPLICIT
 	              : fs.opts.notls     ? IMAP_TLS_NONE
 	                                  : IMAP_TLS_STARTTLS;
@@ -400,6 +402,7 @@ out_sync:
 	fs_sync_stop(&fs.sync);
 	fs_watch_free(&fs.watch);
 	fs_pop_stop(&fs.pop);
+	imap_pace_report(&fs.pace);
 out_tree:
 	fs_inval_stop(&fs.inval);
 	fs_newfiles_free(&fs.newfiles);
@@ -421,5 +424,6 @@ out_args:
 	fs_options_free(&fs.opts);
 	free(cmd.mountpoint);
 	fuse_opt_free_args(&args);
+	imap_pace_destroy(&fs.pace);
 	return ret;
 }

@@ -72,6 +72,7 @@ struct worker {
 	struct job *job;       /* running, or NULL */
 	/* ms, monotonic: when the server last sent this worker anything. */
 	_Atomic int64_t input_ms;
+	bool live;             /* counted in s->live (under s->lock) */
 };
 
 struct failed_body {
@@ -87,10 +88,15 @@ struct fs_sync {
 	bool stop;
 	struct worker *workers;
 	unsigned nworkers;
-	int64_t down_until; /* ms, monotonic; 0: not backing off */
-	uint32_t walk_id;   /* the mailbox being read file after file */
-	int64_t walk_until; /* ms, monotonic */
-	unsigned backoff;   /* ms */
+	/* The server caps the account's connections: workers it refused
+	 * leave the pool for the rest of the mount. */
+	unsigned active;        /* workers not retired */
+	unsigned live;          /* workers with a connection now */
+	unsigned retire_wanted; /* idle workers asked to leave */
+	int64_t down_until;     /* ms, monotonic; 0: not backing off */
+	uint32_t walk_id;       /* the mailbox being read file after file */
+	int64_t walk_until;     /* ms, monotonic */
+	unsigned backoff;       /* ms */
 	/* The server advertises CONDSTORE but its MODSEQs cannot be trusted:
 	 * every resync fetches all flags from now on. */
 	bool condstore_broken;
@@ -1835,6 +1841,45 @@ static void worker_input(void *ctx)
 	atomic_store(&w->input_ms, now_ms());
 }
 
+static void set_live(struct worker *w, bool live)
+{
+	pthread_mutex_lock(&w->s->lock);
+	if (w->live != live)
+		w->s->live += live ? 1 : (unsigned)-1;
+	w->live = live;
+	pthread_mutex_unlock(&w->s->lock);
+}
+
+/* Did the server refuse a new connection because the account has too
+ * many?  Gmail and Dovecot say so at login; a BYE instead of a greeting
+ * (Exchange) says nothing, but it is the same refusal. */
+static bool refused_for_cap(const struct proto_err *err)
+{
+	return (err->cls == PERR_BUSY && err->code == -EUSERS) ||
+	       (err->cls == PERR_BYE && err->code == -ECONNREFUSED);
+}
+
+/* A worker leaves the pool (under s->lock). */
+static void retire(struct worker *w, const char *why)
+{
+	struct fs_sync *s = w->s;
+
+	s->active--;
+	if (imap_pace_refused(&s->fs->pace))
+		log_warn("the server refused another connection (%s): using "
+		         "%u connection%s for the rest of the mount (logged "
+		         "once)",
+		         why, s->active, s->active == 1 ? "" : "s");
+	else
+		log_debug("the server refused another connection (%s): %u "
+		          "left",
+		          why, s->active);
+}
+
+/* Connect w if it has no connection.  -EUSERS: the server refused it
+ * for having too many while other workers have one, and w has left the
+ * pool; -EAGAIN: the login was throttled while others work (the job
+ * goes to them); -ENOTCONN: the server cannot be reached (back-off). */
 static int worker_connect(struct worker *w)
 {
 	struct fs_sync *s = w->s;
@@ -1843,10 +1888,16 @@ static int worker_connect(struct worker *w)
 	int64_t now = now_ms();
 	int rc;
 
+	/* A BYE that came while the connection sat idle (an idle timeout)
+	 * is read now: a change must not be sent into a closed
+	 * connection, where it could not be told whether it happened. */
+	if (w->c != NULL)
+		imap_poll(w->c);
 	if (w->c != NULL && imap_error(w->c) != NULL) {
 		log_info("connection lost: %s; reconnecting",
 		         imap_error(w->c)->text);
 		imap_free(&w->c);
+		set_live(w, false);
 	}
 	if (w->c != NULL)
 		return 0;
@@ -1859,6 +1910,15 @@ static int worker_connect(struct worker *w)
 
 	rc = fs_sync_connect(s->fs, &w->c, &err);
 	pthread_mutex_lock(&s->lock);
+	if (rc < 0 && refused_for_cap(&err) && s->live > 0 && s->active > 1) {
+		retire(w, err.text);
+		pthread_mutex_unlock(&s->lock);
+		return -EUSERS;
+	}
+	if (rc < 0 && err.cls == PERR_BUSY && s->live > 0) {
+		pthread_mutex_unlock(&s->lock);
+		return -EAGAIN;
+	}
 	if (rc < 0) {
 		s->backoff = s->backoff ? s->backoff * 2 : BACKOFF_MIN_MS;
 		if (s->backoff > BACKOFF_MAX_MS)
@@ -1872,6 +1932,8 @@ static int worker_connect(struct worker *w)
 		s->backoff = 0;
 		s->down_until = 0;
 		imap_set_input_hook(w->c, worker_input, w);
+		w->live = true;
+		s->live++;
 	}
 	pthread_mutex_unlock(&s->lock);
 	/* The server is back: uploads that waited for it go now. */
@@ -2100,6 +2162,21 @@ static int run_job(struct worker *w, struct job *job)
 	return rc;
 }
 
+/* Wait ms on s->cond (s->lock held), or less when woken. */
+static void nap(struct fs_sync *s, int64_t ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -2109,23 +2186,37 @@ static void *worker_main(void *arg)
 	if (w->c != NULL) {
 		fs_sync_prepare(w->c); /* the mount's first connection */
 		imap_set_input_hook(w->c, worker_input, w);
+		set_live(w, true);
 	}
-	worker_connect(w);
+	if (worker_connect(w) == -EUSERS)
+		goto out;
 
 	for (;;) {
 		struct job *job = NULL;
+		bool leave = false;
 		int rc;
 
 		pthread_mutex_lock(&s->lock);
 		for (;;) {
 			if (s->stop)
 				break;
+			/* Another connection of the mount was refused for
+			 * too many: an idle worker makes room. */
+			if (s->retire_wanted > 0 && s->active > 1 && w->live) {
+				s->retire_wanted--;
+				s->active--;
+				log_info("giving up a fetching connection to "
+				         "make room: %u left",
+				         s->active);
+				leave = true;
+				break;
+			}
 			job = next_job(s);
 			if (job != NULL)
 				break;
 			pthread_cond_wait(&s->cond, &s->lock);
 		}
-		if (s->stop) {
+		if (s->stop || leave) {
 			pthread_mutex_unlock(&s->lock);
 			break;
 		}
@@ -2153,6 +2244,20 @@ static void *worker_main(void *arg)
 				break;
 			log_info("connection lost: %s; trying again",
 			         dead->text);
+		}
+		if (rc == -EUSERS || rc == -EAGAIN) {
+			/* Not run: the job goes back to the queue, for the
+			 * workers that have a connection. */
+			pthread_mutex_lock(&s->lock);
+			job->running = false;
+			w->job = NULL;
+			pthread_cond_broadcast(&s->cond);
+			if (rc == -EAGAIN && !s->stop)
+				nap(s, BACKOFF_MIN_MS);
+			pthread_mutex_unlock(&s->lock);
+			if (rc == -EUSERS)
+				break;
+			continue;
 		}
 		if (rc < 0)
 			log_debug("%s job for mailbox %u failed: %s",
@@ -2186,7 +2291,9 @@ static void *worker_main(void *arg)
 			fs_inval_dir(s->fs->inval, fs_ino_dir(job->id));
 		free_job(job);
 	}
+out:
 	imap_logout(&w->c);
+	set_live(w, false);
 	return NULL;
 }
 
@@ -2349,6 +2456,20 @@ int fs_sync_call(struct fs_sync *s, fs_sync_fn fn, void *fn_ctx, fs_sync_cb cb,
 	return 0;
 }
 
+bool fs_sync_shrink(struct fs_sync *s)
+{
+	bool ok = false;
+
+	pthread_mutex_lock(&s->lock);
+	if (s->active > s->retire_wanted + 1 && s->live > 1) {
+		s->retire_wanted++;
+		ok = true;
+		pthread_cond_broadcast(&s->cond);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return ok;
+}
+
 void fs_sync_listings_unlisted(struct fs_sync *s)
 {
 	uint32_t *ids = NULL;
@@ -2384,6 +2505,7 @@ int fs_sync_start(struct mailfs *fs, struct imap_client *first,
 		return -ENOMEM;
 	}
 	s->nworkers = n;
+	s->active = n;
 	s->timeout_ms = (int64_t)fs->opts.timeout * 1000;
 	{
 		pthread_condattr_t ca;

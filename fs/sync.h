@@ -28,7 +28,15 @@
  * connection's timeouts (once started it may happen on the server).  So
  * the callbacks of listings and bodies run on a worker thread, or on the
  * reaper thread with -ETIMEDOUT; none may block.  Kernel invalidations go
- * through fs/inval.h. */
+ * through fs/inval.h.
+ *
+ * When the server refuses a worker's connection because the account has
+ * too many (Gmail's "Too many simultaneous connections", a BYE instead
+ * of a greeting) while other workers are connected, that worker leaves
+ * the pool for the rest of the mount and its job goes back to the queue
+ * (logged once).  A command the server throttles is waited for and sent
+ * again by the IMAP client (struct imap_pace), on every connection of the
+ * mount alike. */
 #ifndef MAILFS_FS_SYNC_H
 #define MAILFS_FS_SYNC_H
 
@@ -87,6 +95,11 @@ int fs_sync_call(struct fs_sync *s, fs_sync_fn fn, void *fn_ctx, fs_sync_cb cb,
  * skips the check).  For fs_sync_fn functions. */
 int fs_sync_open_mailbox(struct mailfs *fs, struct imap_client *c, uint32_t id,
                          uint32_t uidvalidity, bool writable);
+
+/* Another connection of the mount (the INBOX watch) was refused because
+ * the account has too many: an idle worker gives its connection up, if
+ * the pool has more than one.  True if one will. */
+bool fs_sync_shrink(struct fs_sync *s);
 
 /* Queue a listing of every mailbox never listed (no callbacks). */
 void fs_sync_listings_unlisted(struct fs_sync *s);

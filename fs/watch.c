@@ -169,6 +169,28 @@ static int connect_inbox(struct fs_watch *w, struct proto_err *err)
 	return 0;
 }
 
+/* The watch's connection was refused because the account has too many
+ * (see fs/sync.h)?  Then the pool gives one of its own up, if it can, so
+ * that INBOX stays watched.  0: not such a refusal; 1: it was, and a
+ * connection makes room (try again soon); 2: it was, and none can
+ * (back off).  Logged once per mount, whichever. */
+static int refused(struct fs_watch *w, const struct proto_err *err)
+{
+	bool room;
+
+	if (!((err->cls == PERR_BUSY && err->code == -EUSERS) ||
+	      (err->cls == PERR_BYE && err->code == -ECONNREFUSED)))
+		return 0;
+	room = fs_sync_shrink(w->fs->sync);
+	if (imap_pace_refused(&w->fs->pace))
+		log_warn("watching INBOX: the server refused another "
+		         "connection (%s); %s (logged once)",
+		         err->text,
+		         room ? "a fetching connection makes room"
+		              : "trying again from time to time");
+	return room ? 1 : 2;
+}
+
 static void set_live(struct fs_watch *w, bool live)
 {
 	pthread_mutex_lock(&w->lock);
@@ -227,9 +249,14 @@ static void *watch_main(void *arg)
 				        backoff ? backoff * 2 : BACKOFF_MIN_MS;
 				if (backoff > BACKOFF_MAX_MS)
 					backoff = BACKOFF_MAX_MS;
-				log_info(
-				        "watching INBOX: %s (retrying in %u s)",
-				        err.text, backoff / 1000);
+				switch (refused(w, &err)) {
+				case 1: backoff = BACKOFF_MIN_MS; break;
+				case 2: break;
+				default:
+					log_info("watching INBOX: %s (retrying "
+					         "in %u s)",
+					         err.text, backoff / 1000);
+				}
 				if (nap(w, backoff))
 					break;
 				continue;
@@ -261,7 +288,13 @@ static void *watch_main(void *arg)
 			    0)
 				set_live(w, false);
 		}
-		if (rc < 0 && !stopping(w)) {
+		if (rc == -EAGAIN && imap_error(w->c) == NULL) {
+			/* Throttled (the server asked to wait longer than the
+			 * timeout): the connection is fine; try again in a
+			 * while, sending nothing meanwhile. */
+			if (nap(w, BACKOFF_MIN_MS))
+				break;
+		} else if (rc < 0 && !stopping(w)) {
 			log_info("watching INBOX: %s; reconnecting", err.text);
 			drop(w);
 			/* A server that refuses IDLE or NOOP outright would

@@ -41,6 +41,7 @@ const char *proto_err_class_name(enum proto_err_class cls)
 	case PERR_BAD: return "server rejected command";
 	case PERR_AUTH: return "authentication";
 	case PERR_BYE: return "server closed connection";
+	case PERR_BUSY: return "server busy";
 	case PERR_LOCAL: return "local";
 	}
 	return "unknown";

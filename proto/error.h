@@ -23,6 +23,10 @@ enum proto_err_class {
 	PERR_AUTH,       /* authentication failed; server's text kept */
 	PERR_BYE,        /* server closed the session with BYE */
 	PERR_LOCAL, /* local failure: out of memory, a command that failed */
+	/* The server asks to come back later: a command throttled (code
+	 * -EAGAIN) or a connection refused because the account has too many
+	 * (-EUSERS); its text kept. */
+	PERR_BUSY,
 };
 
 struct proto_err {

@@ -2,7 +2,9 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,14 @@
  * exactly-sized buffers (one copy of a big body, not two). */
 #define IMAP_STREAM_THRESHOLD   (256 * 1024)
 #define IMAP_MAX_STREAMED       8 /* streamed literals in one response */
+/* A throttled command that names no back-off time waits this long; a
+ * named time shorter than PACE_MIN_MS is taken as PACE_MIN_MS. */
+#define PACE_DEFAULT_MS         1000
+#define PACE_MIN_MS             100
+/* Longest back-off taken from a server (it is bounded by the timeout
+ * anyway; this keeps the arithmetic sane). */
+#define PACE_MAX_MS             (24 * 3600 * 1000)
+#define PACE_SLICE_MS           100 /* a pacing wait looks at shutdown */
 
 enum imap_state {
 	IMAP_ST_CONNECTING,
@@ -113,9 +123,16 @@ struct imap_client {
 	bool stream_active;
 	struct route route;
 
+	int timeout_ms;
+	struct imap_pace *pace;    /* borrowed, or &own_pace */
+	struct imap_pace own_pace; /* when the config shares none */
+	atomic_bool stopping;      /* imap_shutdown() was called */
+
 	bool dead;
 	struct proto_err err; /* why the connection died */
 };
+
+static int64_t mono_ms(void);
 
 static void set_state(struct imap_client *c, enum imap_state st)
 {
@@ -166,6 +183,163 @@ static int dead_rc(struct imap_client *c, struct proto_err *err)
 const struct proto_err *imap_error(const struct imap_client *c)
 {
 	return c->dead ? &c->err : NULL;
+}
+
+/* --- pacing: what the server says about load --------------------------- */
+
+enum { PACE_LOG_THROTTLED = 1, PACE_LOG_SLOWED = 2, PACE_LOG_REFUSED = 4 };
+
+void imap_pace_init(struct imap_pace *p)
+{
+	memset(p, 0, sizeof(*p));
+	pthread_mutex_init(&p->lock, NULL);
+}
+
+void imap_pace_destroy(struct imap_pace *p)
+{
+	pthread_mutex_destroy(&p->lock);
+}
+
+bool imap_pace_refused(struct imap_pace *p)
+{
+	bool first;
+
+	pthread_mutex_lock(&p->lock);
+	p->refused++;
+	first = !(p->logged & PACE_LOG_REFUSED);
+	p->logged |= PACE_LOG_REFUSED;
+	pthread_mutex_unlock(&p->lock);
+	return first;
+}
+
+void imap_pace_report(struct imap_pace *p)
+{
+	unsigned t, s, r;
+
+	pthread_mutex_lock(&p->lock);
+	t = p->throttled;
+	s = p->slowed;
+	r = p->refused;
+	pthread_mutex_unlock(&p->lock);
+	if (t + s + r > 0)
+		log_notice("the server throttled %u command%s, slowed %u "
+		           "answer%s and refused %u connection%s (too many) "
+		           "during this mount",
+		           t, t == 1 ? "" : "s", s, s == 1 ? "" : "s", r,
+		           r == 1 ? "" : "s");
+}
+
+static bool has_word(const char *text, const char *word)
+{
+	return text != NULL && strcasestr(text, word) != NULL;
+}
+
+enum imap_busy imap_busy_parse(const char *code, const char *text,
+                               int *wait_ms_r)
+{
+	static const char backoff[] = "Suggested Backoff Time:";
+	const char *b = text ? strcasestr(text, backoff) : NULL;
+
+	*wait_ms_r = 0;
+	if (has_word(text, "Too many simultaneous connections") ||
+	    has_word(text, "Maximum number of connections") ||
+	    has_word(text, "Too many connections"))
+		return IMAP_BUSY_TOO_MANY;
+	if (b != NULL) {
+		char *end;
+		long ms;
+
+		errno = 0;
+		ms = strtol(b + sizeof(backoff) - 1, &end, 10);
+		if (errno == 0 && end != b + sizeof(backoff) - 1 && ms >= 0)
+			*wait_ms_r = ms > PACE_MAX_MS ? PACE_MAX_MS : (int)ms;
+		return IMAP_BUSY_THROTTLED;
+	}
+	if ((code != NULL && (strcasecmp(code, "THROTTLED") == 0 ||
+	                      strcasecmp(code, "UNAVAILABLE") == 0)) ||
+	    has_word(text, "[THROTTLED]") ||
+	    has_word(text, "Request is throttled"))
+		return IMAP_BUSY_THROTTLED;
+	return IMAP_BUSY_NONE;
+}
+
+/* The server throttled a command: nothing goes out on any connection of
+ * the account for ms. */
+static void pace_hold(struct imap_client *c, int ms, const char *text)
+{
+	struct imap_pace *p = c->pace;
+	int64_t until;
+	bool first;
+
+	if (ms <= 0)
+		ms = PACE_DEFAULT_MS;
+	else if (ms < PACE_MIN_MS)
+		ms = PACE_MIN_MS;
+	until = mono_ms() + ms;
+	pthread_mutex_lock(&p->lock);
+	if (p->until_ms < until)
+		p->until_ms = until;
+	p->throttled++;
+	first = !(p->logged & PACE_LOG_THROTTLED);
+	p->logged |= PACE_LOG_THROTTLED;
+	pthread_mutex_unlock(&p->lock);
+	if (first)
+		log_warn("imap %s: the server is throttling requests (%.200s): "
+		         "waiting %d ms as told before sending anything, then "
+		         "sending the command again (logged once; counted)",
+		         c->label, text, ms);
+	else
+		log_debug("imap %s: throttled, waiting %d ms", c->label, ms);
+}
+
+static void pace_slowed(struct imap_client *c, const char *text)
+{
+	struct imap_pace *p = c->pace;
+	bool first;
+
+	pthread_mutex_lock(&p->lock);
+	p->slowed++;
+	first = !(p->logged & PACE_LOG_SLOWED);
+	p->logged |= PACE_LOG_SLOWED;
+	pthread_mutex_unlock(&p->lock);
+	if (first)
+		log_notice("imap %s: the server says it slowed its answers "
+		           "down (%.200s) (logged once; counted)",
+		           c->label, text);
+}
+
+/* How long the account must still wait before sending, in ms (0: go). */
+static int64_t pace_left(struct imap_client *c)
+{
+	int64_t left;
+
+	pthread_mutex_lock(&c->pace->lock);
+	left = c->pace->until_ms - mono_ms();
+	pthread_mutex_unlock(&c->pace->lock);
+	return left > 0 ? left : 0;
+}
+
+/* Wait until the account may send again.  -EAGAIN, at once, when the
+ * wait would be longer than the timeout; -ESHUTDOWN when imap_shutdown()
+ * was called meanwhile. */
+static int pace_wait(struct imap_client *c)
+{
+	for (;;) {
+		int64_t left = pace_left(c);
+		struct timespec ts;
+
+		if (left == 0)
+			return 0;
+		if (left > c->timeout_ms)
+			return -EAGAIN;
+		if (atomic_load(&c->stopping))
+			return -ESHUTDOWN;
+		if (left > PACE_SLICE_MS)
+			left = PACE_SLICE_MS;
+		ts.tv_sec = 0;
+		ts.tv_nsec = (long)left * 1000000L;
+		nanosleep(&ts, NULL);
+	}
 }
 
 /* --- capabilities ---------------------------------------------------- */
@@ -466,7 +640,7 @@ static int handle_tagged(struct imap_client *c,
 {
 	struct pending *p;
 	unsigned tag;
-	int rc = 0;
+	int rc = 0, wait_ms;
 
 	if (!parse_tag(resp->tag, &tag) || (p = find_pending(c, tag)) == NULL ||
 	    p->done)
@@ -479,6 +653,20 @@ static int handle_tagged(struct imap_client *c,
 		rc = -EPERM;
 	else if (resp->status == IMAP_STATUS_BAD)
 		rc = -EINVAL;
+	/* Before the login, a refusal stays one (a STARTTLS refused is
+	 * final; a login refused for load is the caller's to judge). */
+	if ((c->state == IMAP_ST_AUTHENTICATED ||
+	     c->state == IMAP_ST_SELECTED) &&
+	    imap_busy_parse(resp->code, resp->text, &wait_ms) ==
+	            IMAP_BUSY_THROTTLED) {
+		if (rc < 0) {
+			/* It did not happen; the caller sends it again. */
+			rc = -EAGAIN;
+			pace_hold(c, wait_ms, resp->text);
+		} else {
+			pace_slowed(c, resp->text);
+		}
+	}
 	if (rc < 0 && resp->code != NULL)
 		snprintf(p->text, sizeof(p->text), "[%s] %s", resp->code,
 		         resp->text);
@@ -627,6 +815,9 @@ int imap_wait_code(struct imap_client *c, unsigned tag,
 		proto_err_set(err, PERR_NO, rc, "%s", p->text);
 	else if (rc == -EINVAL)
 		proto_err_set(err, PERR_BAD, rc, "%s", p->text);
+	else if (rc == -EAGAIN && !c->dead)
+		proto_err_set(err, PERR_BUSY, rc,
+		              "%s throttled the request: %s", c->host, p->text);
 	remove_pending(c, p);
 	if (rc < 0 && c->dead)
 		return dead_rc(c, err);
@@ -828,6 +1019,11 @@ static int submit_internal(struct imap_client *c, const struct imap_handler *h,
 
 	if (c->dead)
 		return c->err.code;
+	if (c->state != IMAP_ST_LOGOUT) {
+		rc = pace_wait(c);
+		if (rc < 0)
+			return rc;
+	}
 	p = add_pending(c, h);
 	if (p == NULL)
 		return -ENOMEM;
@@ -930,6 +1126,56 @@ int imap_submit(struct imap_client *c, const struct imap_handler *h,
 	return rc;
 }
 
+/* The error for a command that could not be sent. */
+static int submit_err(struct imap_client *c, int rc, struct proto_err *err)
+{
+	if (c->dead)
+		return dead_rc(c, err);
+	if (rc == -EAGAIN)
+		return proto_err_set(err, PERR_BUSY, rc,
+		                     "%s asks to wait %lld s before the next "
+		                     "request, longer than the timeout",
+		                     c->host, (long long)pace_left(c) / 1000);
+	return proto_err_set(err, PERR_LOCAL, rc, "cannot send command: %s",
+	                     strerror(-rc));
+}
+
+/* After a throttled answer (-EAGAIN) to a command first sent at start:
+ * may it go again?  Yes while the waiting it has cost, plus the wait
+ * still ahead, stays within the timeout.  The wait itself happens in
+ * pace_wait() when it is sent again. */
+static bool may_retry(struct imap_client *c, int rc, int64_t start)
+{
+	return rc == -EAGAIN && !c->dead && !atomic_load(&c->stopping) &&
+	       mono_ms() - start + pace_left(c) <= c->timeout_ms;
+}
+
+/* Send a command and wait for its answer (code_r may be NULL); a
+ * throttled command is sent again as may_retry() allows: it did not
+ * happen, so sending it again cannot do it twice. */
+static int exec(struct imap_client *c, const struct imap_handler *h,
+                const struct imap_arg *args, size_t nargs,
+                struct imap_code *code_r, struct proto_err *err)
+{
+	int64_t start = mono_ms();
+
+	for (;;) {
+		struct proto_err e = {0};
+		unsigned tag;
+		int rc = imap_submitv(c, h, args, nargs, &tag);
+
+		if (rc < 0)
+			rc = submit_err(c, rc, &e);
+		else
+			rc = imap_wait_code(c, tag, code_r, &e);
+		if (may_retry(c, rc, start))
+			continue;
+		if (rc < 0 && err != NULL && err->cls == PERR_NONE)
+			*err = e;
+		return rc;
+	}
+}
+
 /* Submit a simple command and wait for it; untagged responses on the way
  * go to untagged(ctx, resp) if given. */
 static int run_cmd(struct imap_client *c,
@@ -943,7 +1189,6 @@ static int run_cmd(struct imap_client *c,
 	struct imap_handler h = {.untagged = untagged, .ctx = ctx};
 	struct imap_arg arg = {.kind = IMAP_ARG_RAW};
 	char *line = NULL;
-	unsigned tag;
 	va_list ap;
 	int rc;
 
@@ -953,14 +1198,9 @@ static int run_cmd(struct imap_client *c,
 	if (rc < 0)
 		return proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
 	arg.data = line;
-	rc = imap_submitv(c, &h, &arg, 1, &tag);
+	rc = exec(c, &h, &arg, 1, NULL, err);
 	free(line);
-	if (rc < 0)
-		return c->dead ? dead_rc(c, err)
-		               : proto_err_set(err, PERR_LOCAL, rc,
-		                               "cannot send command: %s",
-		                               strerror(-rc));
-	return imap_wait(c, tag, err);
+	return rc;
 }
 
 /* --- connecting and authenticating ----------------------------------- */
@@ -985,7 +1225,11 @@ static int read_greeting(struct imap_client *c, bool *preauth_r,
 		return dead_rc(c, err);
 	}
 	if (resp->status == IMAP_STATUS_BYE) {
-		rc = failf(c, PERR_BYE, -ECONNREFUSED,
+		bool busy = imap_busy_parse(resp->code, resp->text,
+		                            &(int){0}) == IMAP_BUSY_TOO_MANY;
+
+		rc = failf(c, busy ? PERR_BUSY : PERR_BYE,
+		           busy ? -EUSERS : -ECONNREFUSED,
 		           "%s refused the connection: %.300s", c->host,
 		           resp->text);
 		imap_response_free(&resp);
@@ -1102,7 +1346,7 @@ static int authenticate_sasl(struct imap_client *c, struct auth_ctx *a,
 		rc = submit_internal(c, NULL, args, nargs, &tag, &p);
 	}
 	if (rc < 0)
-		return c->dead ? dead_rc(c, err) : rc;
+		return submit_err(c, rc, err);
 	p = find_pending(c, tag);
 	p->cont = auth_cont;
 	p->cont_ctx = a;
@@ -1159,8 +1403,8 @@ static int authenticate(struct imap_client *c, const struct imap_config *cfg,
 		rc = imap_submitv(c, NULL, args, 4, &tag);
 		if (rc == 0)
 			rc = imap_wait(c, tag, &e);
-		else if (c->dead)
-			dead_rc(c, &e);
+		else
+			rc = submit_err(c, rc, &e);
 	} else {
 		return proto_err_set(err, PERR_AUTH, -EPROTONOSUPPORT,
 		                     "%s allows neither AUTHENTICATE PLAIN nor "
@@ -1168,6 +1412,19 @@ static int authenticate(struct imap_client *c, const struct imap_config *cfg,
 		                     c->host);
 	}
 	sasl_free_secret(&a.initial);
+	if ((rc == -EPERM || rc == -EINVAL) &&
+	    imap_busy_parse(NULL, e.text, &(int){0}) == IMAP_BUSY_TOO_MANY)
+		/* Not the credentials: the account has too many
+		 * connections (Gmail, Dovecot).  Try again later. */
+		return proto_err_set(err, PERR_BUSY, -EUSERS,
+		                     "%s refused another connection for %s: %s",
+		                     c->host, cfg->user, e.text);
+	if ((rc == -EPERM || rc == -EINVAL) &&
+	    (imap_busy_parse(NULL, e.text, &(int){0}) == IMAP_BUSY_THROTTLED ||
+	     strncasecmp(e.text, "[UNAVAILABLE]", 13) == 0))
+		return proto_err_set(err, PERR_BUSY, -EAGAIN,
+		                     "%s cannot log %s in now: %s", c->host,
+		                     cfg->user, e.text);
 	if (rc == -EPERM || rc == -EINVAL)
 		return proto_err_set(err, PERR_AUTH, -EACCES,
 		                     "%s refused the login for %s: %s", c->host,
@@ -1196,6 +1453,10 @@ int imap_connect(struct imap_client **client_r, const struct imap_config *cfg,
 	c = calloc(1, sizeof(*c));
 	if (c == NULL)
 		return proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
+	imap_pace_init(&c->own_pace);
+	c->pace = cfg->pace != NULL ? cfg->pace : &c->own_pace;
+	c->timeout_ms = timeout;
+	atomic_init(&c->stopping, false);
 	c->host = strdup(cfg->host);
 	if (c->host == NULL ||
 	    asprintf(&c->label, "%s@%s", cfg->user ? cfg->user : "",
@@ -1295,6 +1556,7 @@ void imap_free(struct imap_client **cp)
 	free(c->selected);
 	free(c->label);
 	free(c->host);
+	imap_pace_destroy(&c->own_pace);
 	free(c);
 	*cp = NULL;
 }
@@ -1305,7 +1567,8 @@ void imap_logout(struct imap_client **cp)
 
 	if (c == NULL)
 		return;
-	if (!c->dead && c->net != NULL) {
+	/* Nothing goes out while the server asks to wait, not even this. */
+	if (!c->dead && c->net != NULL && pace_left(c) == 0) {
 		unsigned tag;
 
 		/* Best effort with a short wait: the server may be gone. */
@@ -1317,8 +1580,36 @@ void imap_logout(struct imap_client **cp)
 	imap_free(cp);
 }
 
+int imap_poll(struct imap_client *c)
+{
+	for (;;) {
+		struct proto_err e = {0};
+		size_t len;
+		int rc;
+
+		if (c->dead)
+			return c->err.code;
+		net_rbuf(c->net, &len);
+		if (len == 0) {
+			rc = net_fill_wait(c->net, 0, &e);
+			if (rc < 0) {
+				fail(c, &e);
+				fail_all(c);
+				return c->err.code;
+			}
+			if (rc == 0)
+				return 0;
+		}
+		rc = read_one(c, NULL);
+		if (rc < 0)
+			return c->dead ? c->err.code : rc;
+	}
+}
+
 void imap_shutdown(struct imap_client *c)
 {
+	if (c != NULL)
+		atomic_store(&c->stopping, true);
 	if (c != NULL && c->net != NULL)
 		net_shutdown(c->net);
 }
@@ -1868,9 +2159,9 @@ static void resync_untagged(void *ctx, const struct imap_response *resp)
 	free(flags);
 }
 
-int imap_resync(struct imap_client *c, const struct imap_resync_req *req,
-                const struct imap_resync_cb *cb,
-                struct imap_select_info *info_r, struct proto_err *err)
+static int resync_once(struct imap_client *c, const struct imap_resync_req *req,
+                       const struct imap_resync_cb *cb,
+                       struct imap_select_info *info_r, struct proto_err *err)
 {
 	struct resync_ctx r = {.c = c, .cb = cb, .info = info_r};
 	struct imap_handler h = {.untagged = resync_untagged, .ctx = &r};
@@ -1898,22 +2189,34 @@ int imap_resync(struct imap_client *c, const struct imap_resync_req *req,
 		         (unsigned long long)req->flags_since);
 
 	/* One round trip: everything is sent before anything is read. */
-	rc = imap_submit(c, &h, &tags[n++], "%s %s%s",
+	rc = imap_submit(c, &h, &tags[n], "%s %s%s",
 	                 req->readonly ? "EXAMINE" : "SELECT", q, param);
 	free(q);
-	if (rc == 0 && req->new_from != 0)
-		rc = imap_submit(c, &h, &tags[n++], "UID FETCH %u:* %s",
+	n += rc == 0;
+	if (rc == 0 && req->new_from != 0) {
+		rc = imap_submit(c, &h, &tags[n], "UID FETCH %u:* %s",
 		                 req->new_from, mitems);
-	if (rc == 0 && req->flags_set != NULL)
-		rc = imap_submit(c, &h, &tags[n++],
+		n += rc == 0;
+	}
+	if (rc == 0 && req->flags_set != NULL) {
+		rc = imap_submit(c, &h, &tags[n],
 		                 "UID FETCH %s (UID FLAGS%s)%s", req->flags_set,
 		                 condstore ? " MODSEQ" : "", since);
-	if (rc == 0 && req->check_set != NULL)
-		rc = imap_submit(c, &h, &tags[n++],
+		n += rc == 0;
+	}
+	if (rc == 0 && req->check_set != NULL) {
+		rc = imap_submit(c, &h, &tags[n],
 		                 "UID FETCH %s (UID FLAGS MODSEQ)",
 		                 req->check_set);
+		n += rc == 0;
+	}
 	if (rc < 0 && c->dead)
 		return dead_rc(c, err);
+	if (rc < 0) {
+		/* Not sent (told to back off meanwhile): collect what was,
+		 * then report it, so that the whole goes again. */
+		first = submit_err(c, rc, err);
+	}
 	for (size_t i = 0; i < n; i++) {
 		struct proto_err e = {0};
 
@@ -1926,7 +2229,7 @@ int imap_resync(struct imap_client *c, const struct imap_resync_req *req,
 		} else if (i == 0 && !c->dead) {
 			set_state(c, IMAP_ST_AUTHENTICATED);
 		}
-		if (rc < 0 && first == 0) {
+		if (rc < 0 && (first == 0 || c->dead)) {
 			first = rc;
 			if (err != NULL)
 				*err = e;
@@ -1935,6 +2238,26 @@ int imap_resync(struct imap_client *c, const struct imap_resync_req *req,
 	if (first == 0 && r.rc < 0)
 		first = proto_err_set(err, PERR_LOCAL, r.rc, "out of memory");
 	return first;
+}
+
+/* The pipeline as a whole goes again when a command of it was throttled:
+ * it only reads, so a part that was answered gives the same again. */
+int imap_resync(struct imap_client *c, const struct imap_resync_req *req,
+                const struct imap_resync_cb *cb,
+                struct imap_select_info *info_r, struct proto_err *err)
+{
+	int64_t start = mono_ms();
+
+	for (;;) {
+		struct proto_err e = {0};
+		int rc = resync_once(c, req, cb, info_r, &e);
+
+		if (may_retry(c, rc, start))
+			continue;
+		if (rc < 0 && err != NULL && err->cls == PERR_NONE)
+			*err = e;
+		return rc;
+	}
 }
 
 struct idle_ctx {
@@ -2155,16 +2478,8 @@ static int run_named(struct imap_client *c, const char *before,
 	        {IMAP_ARG_ASTRING, name, 0},
 	        {IMAP_ARG_RAW, after, 0},
 	};
-	unsigned tag;
-	int rc;
 
-	rc = imap_submitv(c, NULL, args, 3, &tag);
-	if (rc < 0)
-		return c->dead ? dead_rc(c, err)
-		               : proto_err_set(err, PERR_LOCAL, rc,
-		                               "cannot send command: %s",
-		                               strerror(-rc));
-	return imap_wait_code(c, tag, code_r, err);
+	return exec(c, NULL, args, 3, code_r, err);
 }
 
 int imap_create(struct imap_client *c, const char *name, struct proto_err *err)
@@ -2186,13 +2501,8 @@ int imap_rename(struct imap_client *c, const char *from, const char *to,
 	        {IMAP_ARG_RAW, " ", 0},
 	        {IMAP_ARG_ASTRING, to, 0},
 	};
-	unsigned tag;
-	int rc;
 
-	rc = imap_submitv(c, NULL, args, 4, &tag);
-	if (rc < 0)
-		return c->dead ? dead_rc(c, err) : rc;
-	return imap_wait(c, tag, err);
+	return exec(c, NULL, args, 4, NULL, err);
 }
 
 int imap_uid_store(struct imap_client *c, uint32_t uid, const char *op,
@@ -2245,7 +2555,6 @@ int imap_uid_move(struct imap_client *c, uint32_t uid, const char *dest,
 	uint32_t got[2] = {0, 0};
 	struct imap_code code;
 	char head[48];
-	unsigned tag;
 	int rc;
 
 	*uidvalidity_r = *uid_r = 0;
@@ -2257,10 +2566,7 @@ int imap_uid_move(struct imap_client *c, uint32_t uid, const char *dest,
 
 		snprintf(head, sizeof(head), "UID MOVE %u ", uid);
 		h.ctx = got;
-		rc = imap_submitv(c, &h, args, 2, &tag);
-		if (rc < 0)
-			return c->dead ? dead_rc(c, err) : rc;
-		rc = imap_wait_code(c, tag, &code, err);
+		rc = exec(c, &h, args, 2, &code, err);
 		if (rc == 0 && got[1] == 0)
 			parse_copyuid(&code, &got[0], &got[1]);
 	} else {
@@ -2301,7 +2607,6 @@ int imap_append(struct imap_client *c, const char *mailbox, const char *flags,
 	};
 	struct imap_code code;
 	unsigned long v = 0, u = 0;
-	unsigned tag;
 	int rc;
 
 	*uidvalidity_r = *uid_r = 0;
@@ -2320,10 +2625,7 @@ int imap_append(struct imap_client *c, const char *mailbox, const char *flags,
 		         tm.tm_hour, tm.tm_min, tm.tm_sec,
 		         tz_minutes < 0 ? '-' : '+', tz / 60, tz % 60);
 	}
-	rc = imap_submitv(c, NULL, args, 4, &tag);
-	if (rc < 0)
-		return c->dead ? dead_rc(c, err) : rc;
-	rc = imap_wait_code(c, tag, &code, err);
+	rc = exec(c, NULL, args, 4, &code, err);
 	if (rc == 0 && strcasecmp(code.code, "APPENDUID") == 0 &&
 	    sscanf(code.args, "%lu %lu", &v, &u) == 2 && v <= UINT32_MAX &&
 	    u <= UINT32_MAX) {
@@ -2376,16 +2678,12 @@ int imap_search_header(struct imap_client *c, const char *field,
 	        {IMAP_ARG_RAW, head, 0},
 	        {IMAP_ARG_ASTRING, value, 0},
 	};
-	unsigned tag;
 	int rc;
 
 	*uids_r = NULL;
 	*n_r = 0;
 	snprintf(head, sizeof(head), "UID SEARCH HEADER %s ", field);
-	rc = imap_submitv(c, &h, args, 2, &tag);
-	if (rc < 0)
-		return c->dead ? dead_rc(c, err) : rc;
-	rc = imap_wait(c, tag, err);
+	rc = exec(c, &h, args, 2, NULL, err);
 	if (rc == 0 && s.oom)
 		rc = proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
 	if (rc < 0) {

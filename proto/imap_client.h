@@ -20,6 +20,7 @@
 #ifndef MAILFS_IMAP_CLIENT_H
 #define MAILFS_IMAP_CLIENT_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -29,6 +30,55 @@
 #include "proto/imap_parse.h"
 
 struct imap_client;
+
+/* How fast the server lets an account go: shared by every connection of
+ * one account (servers throttle the account, not one connection), so
+ * that when one connection is told to back off, none of them sends
+ * anything until the time is up.
+ *
+ * A command the server answers as throttled after the login -- a NO or
+ * BAD saying
+ * "Request is throttled. Suggested Backoff Time: N milliseconds"
+ * (Exchange, Microsoft 365), or with [THROTTLED] or [UNAVAILABLE]
+ * (RFC 5530) -- did not happen: the client waits as told (1 s when the
+ * server names no time) and sends it again, as long as the waiting for
+ * that command stays within the connection's timeout.  A wait longer
+ * than that fails the command at once with -EAGAIN (class PERR_BUSY),
+ * and nothing is sent into the window.  An OK that says [THROTTLED]
+ * (Gmail: the answer was slowed down) is counted.  Each condition is
+ * logged the first time; imap_pace_report() logs the counts. */
+struct imap_pace {
+	pthread_mutex_t lock;
+	int64_t until_ms;   /* CLOCK_MONOTONIC ms; send nothing before */
+	unsigned throttled; /* commands answered "throttled" */
+	unsigned slowed;    /* OK answers that said [THROTTLED] */
+	unsigned refused;   /* connections refused: too many of them */
+	unsigned logged;    /* which of the three were logged (bits) */
+};
+
+void imap_pace_init(struct imap_pace *p);
+void imap_pace_destroy(struct imap_pace *p);
+
+/* Count a connection the server refused because the account has too
+ * many (imap_connect() failed with PERR_BUSY, -EUSERS); true the first
+ * time (the caller logs it then). */
+bool imap_pace_refused(struct imap_pace *p);
+
+/* Log what the server asked of this account, if anything (at unmount). */
+void imap_pace_report(struct imap_pace *p);
+
+/* What a server's answer says about load, from its response code (may
+ * be NULL) and text (pure; for tests):
+ *   IMAP_BUSY_NONE      nothing;
+ *   IMAP_BUSY_THROTTLED the command was throttled (in a NO/BAD) or
+ *                       slowed down (in an OK); *wait_ms_r gets the
+ *                       suggested back-off, 0 when none is named;
+ *   IMAP_BUSY_TOO_MANY  the account has too many connections (Gmail's
+ *                       "Too many simultaneous connections", Dovecot's
+ *                       "Maximum number of connections"). */
+enum imap_busy { IMAP_BUSY_NONE, IMAP_BUSY_THROTTLED, IMAP_BUSY_TOO_MANY };
+enum imap_busy imap_busy_parse(const char *code, const char *text,
+                               int *wait_ms_r);
 
 enum imap_tls_mode {
 	IMAP_TLS_IMPLICIT, /* imaps://: TLS from the first byte */
@@ -47,6 +97,9 @@ struct imap_config {
 	const char *password;
 	const char *oauth2_token;
 	int timeout_ms; /* every network wait; 0 means 30 s */
+	/* Shared by the connections of one account (see struct
+	 * imap_pace); borrowed; NULL: each client paces itself. */
+	struct imap_pace *pace;
 };
 
 /* Connect, run TLS (implicit or STARTTLS), read the greeting and the
@@ -54,7 +107,11 @@ struct imap_config {
  * On failure *err says why, with one of the classes of proto/error.h:
  * PERR_NOTLS when STARTTLS is not offered (or the server greets with
  * PREAUTH before TLS), PERR_AUTH with the server's text when the
- * credentials are refused, PERR_TLS_VERIFY with the reason, ... */
+ * credentials are refused, PERR_TLS_VERIFY with the reason, PERR_BUSY
+ * (-EUSERS) when the server refuses the login because the account has
+ * too many connections, PERR_BYE when it closes the connection at its
+ * greeting (-ECONNREFUSED), ...  An untagged CAPABILITY the server sends
+ * after the login replaces the list as the tagged OK's code would. */
 int imap_connect(struct imap_client **client_r, const struct imap_config *cfg,
                  struct proto_err *err);
 
@@ -63,6 +120,12 @@ void imap_logout(struct imap_client **client);
 
 /* Free without saying goodbye (the connection is dead or unwanted). */
 void imap_free(struct imap_client **client);
+
+/* Read and dispatch what the server sent on its own while the client was
+ * idle, without waiting for more: a server that closes idle connections
+ * (Gmail's BYE) is noticed here, before a command is sent into a dead
+ * connection.  Returns 0, or the connection's error. */
+int imap_poll(struct imap_client *c);
 
 /* Wake a thread blocked on this client; safe from another thread. */
 void imap_shutdown(struct imap_client *c);
@@ -81,7 +144,9 @@ struct imap_handler {
 	 * in flight with an untagged callback.  Borrowed response. */
 	void (*untagged)(void *ctx, const struct imap_response *resp);
 	/* The command completed: rc is 0 for OK, -EPERM for NO (class
-	 * PERR_NO), -EINVAL for BAD (PERR_BAD), or the connection's error.
+	 * PERR_NO), -EINVAL for BAD (PERR_BAD), -EAGAIN for a NO or BAD
+	 * that says the command was throttled (PERR_BUSY; see struct
+	 * imap_pace), or the connection's error.
 	 * tagged is the tagged response (NULL on connection failure). */
 	void (*done)(void *ctx, int rc, const struct imap_response *tagged);
 	void *ctx;
@@ -98,8 +163,11 @@ struct imap_arg {
 
 /* Send a command made of args (separated by nothing: put spaces in RAW
  * parts), with a fresh tag.  Returns at once unless a synchronising
- * literal must wait for the server's continuation.  *tag_r (may be NULL)
- * receives the tag number to pass to imap_wait().  h may be NULL. */
+ * literal must wait for the server's continuation (a literal is
+ * non-synchronising with LITERAL+, and with LITERAL- up to 4096 bytes),
+ * or the account is told to back off: then it waits first, or fails
+ * with -EAGAIN when the wait would be longer than the timeout.  *tag_r (may be
+ * NULL) receives the tag number to pass to imap_wait().  h may be NULL. */
 int imap_submitv(struct imap_client *c, const struct imap_handler *h,
                  const struct imap_arg *args, size_t nargs, unsigned *tag_r);
 
@@ -142,6 +210,11 @@ void imap_set_input_hook(struct imap_client *c, void (*cb)(void *ctx),
 size_t imap_inflight(const struct imap_client *c);
 
 /* --- commands the mount needs ---------------------------------------- */
+
+/* Every command below that the server answers as throttled is sent
+ * again after the wait it asks for (struct imap_pace); so is the whole
+ * pipeline of imap_resync().  A command that stays throttled longer than
+ * the timeout fails with -EAGAIN. */
 
 enum imap_mbox_attr {
 	IMAP_MBOX_NOSELECT = 1 << 0,

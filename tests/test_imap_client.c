@@ -1,6 +1,7 @@
 /* Tests of the IMAP client's helpers that need no server: UID sets as
- * servers send them (VANISHED, COPYUID) parsed into ranges, and the sets
- * the client formats parsed back. */
+ * servers send them (VANISHED, COPYUID) parsed into ranges, the sets the
+ * client formats parsed back, and what providers' answers say about load
+ * (throttling, connection caps). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -236,6 +237,64 @@ static void test_round_trip(void **state)
 	}
 }
 
+/* Answers as Exchange / Microsoft 365, Gmail and Dovecot send them. */
+static void test_busy(void **state)
+{
+	int ms = -1;
+
+	(void)state;
+	assert_int_equal(imap_busy_parse(NULL,
+	                                 "Request is throttled. Suggested "
+	                                 "Backoff Time: 2000 milliseconds",
+	                                 &ms),
+	                 IMAP_BUSY_THROTTLED);
+	assert_int_equal(ms, 2000);
+	assert_int_equal(imap_busy_parse(NULL,
+	                                 "Request is throttled. Suggested "
+	                                 "Backoff Time: 299910 milliseconds",
+	                                 &ms),
+	                 IMAP_BUSY_THROTTLED);
+	assert_int_equal(ms, 299910);
+	/* A silly time is bounded, a missing one is 0. */
+	assert_int_equal(imap_busy_parse(NULL,
+	                                 "Suggested Backoff Time: "
+	                                 "99999999999999 milliseconds",
+	                                 &ms),
+	                 IMAP_BUSY_THROTTLED);
+	assert_int_equal(ms, 24 * 3600 * 1000);
+	assert_int_equal(imap_busy_parse(NULL, "Request is throttled.", &ms),
+	                 IMAP_BUSY_THROTTLED);
+	assert_int_equal(ms, 0);
+	assert_int_equal(imap_busy_parse(NULL, "Success [THROTTLED]", &ms),
+	                 IMAP_BUSY_THROTTLED);
+	assert_int_equal(imap_busy_parse("THROTTLED", "Success", &ms),
+	                 IMAP_BUSY_THROTTLED);
+	assert_int_equal(imap_busy_parse("UNAVAILABLE", "Try later", &ms),
+	                 IMAP_BUSY_THROTTLED);
+	assert_int_equal(imap_busy_parse("ALERT",
+	                                 "Too many simultaneous connections. "
+	                                 "(Failure)",
+	                                 &ms),
+	                 IMAP_BUSY_TOO_MANY);
+	assert_int_equal(imap_busy_parse("UNAVAILABLE",
+	                                 "Maximum number of connections from "
+	                                 "user+IP exceeded "
+	                                 "(mail_max_userip_connections=16)",
+	                                 &ms),
+	                 IMAP_BUSY_TOO_MANY);
+	/* Ordinary answers say nothing about load. */
+	assert_int_equal(
+	        imap_busy_parse(NULL, "Fetch completed (0.001 secs).", &ms),
+	        IMAP_BUSY_NONE);
+	assert_int_equal(imap_busy_parse("AUTHENTICATIONFAILED",
+	                                 "Authentication failed.", &ms),
+	                 IMAP_BUSY_NONE);
+	assert_int_equal(
+	        imap_busy_parse("TRYCREATE", "Mailbox doesn't exist", &ms),
+	        IMAP_BUSY_NONE);
+	assert_int_equal(imap_busy_parse(NULL, NULL, &ms), IMAP_BUSY_NONE);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -246,6 +305,7 @@ int main(void)
 	        cmocka_unit_test(test_malformed),
 	        cmocka_unit_test(test_stop),
 	        cmocka_unit_test(test_round_trip),
+	        cmocka_unit_test(test_busy),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
