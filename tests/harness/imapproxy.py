@@ -17,6 +17,9 @@ bounded timeouts.  Client-to-server data is forwarded unchanged.
 Server-to-client data goes through a LineRewriter when REWRITE is given: a
 function (bytes -> bytes) applied to the protocol text between CRLFs and
 literals, never to literal data, so literal byte counts stay right.
+Client-to-server data goes through one when CLIENT_REWRITE is given (the
+same kind of function, for the client's commands), and is otherwise
+forwarded unchanged.
 
 stop() (or the context manager) closes the listener and every connection
 and joins the threads (bounded).
@@ -24,12 +27,16 @@ and joins the threads (bounded).
 hide_caps('QRESYNC', ...) makes a rewrite of a server that lacks those
 capabilities (for the CONDSTORE-only and plain resync paths).
 
+OAuth2Gate makes the proxy an OAuth2 server whose tokens expire on demand,
+in front of Dovecot's password login (see its docstring).
+
 constant_modseq is the rewrite of a server that advertises CONDSTORE but
 breaks it: every "MODSEQ (n)" becomes "MODSEQ (1)" and every
 "HIGHESTMODSEQ n" (in [HIGHESTMODSEQ n] and in STATUS) becomes
 "HIGHESTMODSEQ 1", so the mailbox looks unchanged whatever happens to it.
 """
 
+import base64
 import re
 import select
 import socket
@@ -63,6 +70,66 @@ def hide_caps(*caps):
         return m.group(1) + b' '.join(kept)
 
     return lambda text: cap_list.sub(strip, text)
+
+
+class OAuth2Gate:
+    """The proxy as an OAuth2 server whose tokens expire on demand, in front
+    of Dovecot's password login (the harness Dovecot has no OAuth2).
+
+        gate = OAuth2Gate('alice', 'alicepw', newest=lambda: N)
+        with TLSProxy(dc, rewrite=gate.server, client_rewrite=gate.client):
+            ...                 # mailfs -o oauth2_cmd=CMD, CMD prints tok-N
+            gate.expire()       # every token issued so far has expired
+            gate.presented      # [(monotonic time, token, accepted)]
+
+    AUTH=XOAUTH2 is added to every CAPABILITY list the server sends.  A
+    client's "TAG AUTHENTICATE XOAUTH2 <initial response>" (SASL-IR) is
+    checked here: its token is accepted when it is "tok-N" with N the newest
+    issued (NEWEST() says which) and not expired.  Dovecot then gets
+    "AUTHENTICATE PLAIN" with USER's real password, or with a wrong one, so
+    that the answer, OK or NO [AUTHENTICATIONFAILED], is Dovecot's own.  Any
+    other login command is made to fail the same way."""
+
+    _AUTH = re.compile(rb'(\S+) (AUTHENTICATE|LOGIN)( .*)?\r\n\Z', re.I | re.S)
+    _CAPS = re.compile(rb'((?:^\* |\[)CAPABILITY [^\]\r\n]*?)( AUTH=PLAIN)', re.I)
+
+    def __init__(self, user, password, newest):
+        self.user = user
+        self.password = password
+        self.newest = newest
+        self.expired_upto = 0
+        self.presented = []
+        self._lock = threading.Lock()
+
+    def expire(self):
+        """Every token issued so far is refused from now on."""
+        with self._lock:
+            self.expired_upto = self.newest()
+
+    def server(self, text):
+        return self._CAPS.sub(rb'\1 AUTH=XOAUTH2\2', text)
+
+    def client(self, text):
+        m = self._AUTH.match(text)
+        if not m:
+            return text
+        token, ok = None, False
+        args = (m.group(3) or b'').split()
+        if m.group(2).upper() == b'AUTHENTICATE' and len(args) == 2 \
+                and args[0].upper() == b'XOAUTH2':
+            try:
+                ir = base64.b64decode(args[1], validate=True)
+                token = re.search(rb'\x01auth=Bearer ([^\x01]*)\x01', ir).group(1).decode()
+            except (ValueError, AttributeError, UnicodeDecodeError):
+                token = None
+        with self._lock:
+            n = re.fullmatch(r'tok-(\d+)', token or '')
+            ok = bool(n) and int(n.group(1)) == self.newest() \
+                and int(n.group(1)) > self.expired_upto
+            self.presented.append((time.monotonic(), token, ok))
+        pw = self.password if ok else 'expired-%s' % token
+        plain = base64.b64encode(b'\0' + self.user.encode() + b'\0' + pw.encode())
+        return m.group(1) + b' AUTHENTICATE PLAIN ' + plain + b'\r\n'
 
 
 class LineRewriter:
@@ -114,11 +181,13 @@ class LineRewriter:
 class TLSProxy:
     """See the module docstring.  DC: a mailharness.Dovecot (its imaps port,
     server certificate and CA are used); REWRITE: None or bytes -> bytes for
-    server-to-client protocol text."""
+    server-to-client protocol text; CLIENT_REWRITE: the same for
+    client-to-server text."""
 
-    def __init__(self, dc, rewrite=None):
+    def __init__(self, dc, rewrite=None, client_rewrite=None):
         self.dc = dc
         self.rewrite = rewrite
+        self.client_rewrite = client_rewrite
         self.target = (dc.address, dc.ports['imaps'])
         self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.server_ctx.load_cert_chain(dc.pki['server'], dc.pki['server.key'])
@@ -185,9 +254,11 @@ class TLSProxy:
                 rw = LineRewriter(self.rewrite) if self.rewrite else None
                 if rw:
                     self._rewriters.append(rw)
+                crw = (LineRewriter(self.client_rewrite)
+                       if self.client_rewrite else None)
             client.setblocking(False)
             server.setblocking(False)
-            self._pump(client, server, rw)
+            self._pump(client, server, rw, crw)
         except (OSError, ssl.SSLError, ValueError, AttributeError):
             # AttributeError: drop() (another thread) shut the TLS socket
             # down while this one was using it.
@@ -202,7 +273,7 @@ class TLSProxy:
                     except OSError:
                         pass
 
-    def _pump(self, client, server, rw):
+    def _pump(self, client, server, rw, crw=None):
         """Move bytes both ways until either side closes or we stop.  One
         thread per connection: an SSL object must not be read and written
         by two threads at once.  The sockets are non-blocking, so a TLS
@@ -225,6 +296,8 @@ class TLSProxy:
                     return
                 if rw is not None and s is server:
                     data = rw.feed(data)
+                if crw is not None and s is client:
+                    data = crw.feed(data)
                 self._send(peer[s], data)
 
     def _send(self, s, data):
