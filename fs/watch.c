@@ -227,9 +227,10 @@ static void *watch_main(void *arg)
 				        backoff ? backoff * 2 : BACKOFF_MIN_MS;
 				if (backoff > BACKOFF_MAX_MS)
 					backoff = BACKOFF_MAX_MS;
-				log_info(
-				        "watching INBOX: %s (retrying in %u s)",
-				        err.text, backoff / 1000);
+				if (!login_reported(fs->login, &err))
+					log_info("watching INBOX: %s (retrying "
+					         "in %u s)",
+					         err.text, backoff / 1000);
 				if (nap(w, backoff))
 					break;
 				continue;
