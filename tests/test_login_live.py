@@ -339,9 +339,11 @@ class PasscmdWrong(LoginTest):
             self.assertInboxExact(m, 'mounted: ')
             cached = dc.fetch_bodies(self.USER, 'INBOX')
 
-            dc.add_user(self.USER, 'wrong-new-pw')     # passcmd still says the old one
+            # From the change on (the mount's own workers may still be
+            # logging in for the first time) ...
             t0 = time.monotonic()
             since = m.log_size()
+            dc.add_user(self.USER, 'wrong-new-pw')     # passcmd still says the old one
             self.assertGreater(proxy.drop(), 0, 'no connection through the proxy')
             uid = dc.append(self.USER, 'INBOX', message('while-refused'))
             # Ask for the server meanwhile: listings, a name not seen yet.
