@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <lmdb.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -48,7 +49,8 @@ static const char *const db_names[DB_COUNT] = {
 #define MBOX_REC_V1    1
 #define MSG_REC_V1     1
 #define POP_REC_V1     1
-#define PENDING_REC_V1 1
+#define PENDING_REC_V1 1 /* without the name */
+#define PENDING_REC_V2 2
 
 #define META_SCHEMA       "schema"
 #define META_NEXT_MAILBOX "cache.next_mailbox"
@@ -56,9 +58,13 @@ static const char *const db_names[DB_COUNT] = {
 #define META_NEXT_PENDING "cache.next_pending"
 #define META_NAME_MAX     64
 
-#define KEY_LEN     12 /* (mailbox id, UIDVALIDITY, UID) */
-#define GENS_MAX    65536
-#define GROW_WAIT_S 10
+#define KEY_LEN       12 /* (mailbox id, UIDVALIDITY, UID) */
+/* A mailbox name longer than a key is filed under at most NAME_KEY_MAX
+ * bytes: its first bytes, a NUL and the SHA-256 of the whole name. */
+#define NAME_KEY_MAX  511
+#define NAME_HASH_LEN 32
+#define GENS_MAX      65536
+#define GROW_WAIT_S   10
 
 struct cache {
 	MDB_env *env; /* owned */
@@ -1359,17 +1365,100 @@ static int mbox_load(struct cache_txn *t, uint32_t id,
 	return 0;
 }
 
+/* The mbox_name key of a mailbox name (see the schema in cache.h): the
+ * name itself when it fits in a key, else, in buf, its first bytes, a NUL
+ * (never part of a name) and the SHA-256 of the whole name. */
+struct name_key {
+	uint8_t buf[NAME_KEY_MAX];
+	const void *p;
+	size_t n;
+	bool hashed;
+};
+
+static int name_key(struct cache_txn *t, const char *name, struct name_key *k)
+{
+	size_t n = strlen(name), max = mdb_env_get_maxkeysize(t->cache->env);
+	size_t head;
+
+	if (n == 0)
+		return -EINVAL;
+	k->hashed = n > max;
+	if (!k->hashed) {
+		k->p = name;
+		k->n = n;
+		return 0;
+	}
+	if (max > NAME_KEY_MAX)
+		max = NAME_KEY_MAX;
+	head = max - 1 - NAME_HASH_LEN;
+	memcpy(k->buf, name, head);
+	k->buf[head] = '\0';
+	if (EVP_Digest(name, n, k->buf + head + 1, NULL, EVP_sha256(), NULL) !=
+	    1)
+		return -ENOMEM;
+	k->p = k->buf;
+	k->n = head + 1 + NAME_HASH_LEN;
+	return 0;
+}
+
+/* The id the index gives name.  -ENOENT if none; -EEXIST if name is filed
+ * under a hash that another name's record holds (never seen in practice,
+ * but then name is not that mailbox). */
 static int name_lookup(struct cache_txn *t, const char *name, uint32_t *id_r)
 {
+	struct cache_mailbox *mb = NULL;
+	struct name_key k;
 	MDB_val v;
-	int rc = db_get(t, DB_MBOX_NAME, name, strlen(name), &v);
+	int rc = name_key(t, name, &k);
 
+	if (rc)
+		return rc == -EINVAL ? -ENOENT : txn_fail(t, rc);
+	rc = db_get(t, DB_MBOX_NAME, k.p, k.n, &v);
 	if (rc)
 		return rc;
 	if (v.mv_size != 4)
 		return corrupt(t, "mailbox name", 0, 0, 0);
 	*id_r = be32_get(v.mv_data);
-	return 0;
+	if (!k.hashed)
+		return 0;
+	rc = mbox_load(t, *id_r, &mb);
+	if (rc == 0 && strcmp(mb->name, name) != 0) {
+		log_warn("cache %s: mailbox names %s and %s share a hash",
+		         t->cache->dir, name, mb->name);
+		rc = -EEXIST;
+	}
+	free(mb);
+	/* An entry without a record: as for a short name, the caller
+	 * decides. */
+	return rc == -ENOENT ? 0 : rc;
+}
+
+static int name_put(struct cache_txn *t, const char *name, uint32_t id)
+{
+	struct name_key k;
+	uint8_t idb[4];
+	int rc = name_key(t, name, &k);
+
+	if (rc)
+		return txn_fail(t, rc);
+	be32_put(idb, id);
+	return db_put(t, DB_MBOX_NAME, k.p, k.n, idb, 4, 0);
+}
+
+/* Drop name from the index if it names id. */
+static int name_del(struct cache_txn *t, const char *name, uint32_t id)
+{
+	struct name_key k;
+	uint32_t other;
+	int rc = name_lookup(t, name, &other);
+
+	if (rc == -ENOENT || rc == -EEXIST || (rc == 0 && other != id))
+		return 0;
+	if (rc == 0)
+		rc = name_key(t, name, &k);
+	if (rc == 0)
+		rc = db_del(t, DB_MBOX_NAME, k.p, k.n);
+	return rc;
 }
 
 /* Store rec under rec->id.  Its generation list is old's (NULL for a new
@@ -1382,15 +1471,13 @@ static int mbox_store(struct cache_txn *t, const struct cache_mailbox *rec,
 	struct cache_mailbox tmp = *rec;
 	uint32_t *gens = NULL;
 	uint32_t i, n = old ? old->ngenerations : 0, gen = UINT32_MAX;
-	uint8_t k[4], idb[4], *p = NULL;
+	uint8_t k[4], *p = NULL;
 	struct wr w = {NULL, 0};
 	int rc;
 
-	if (!str_ok(rec->attrs_raw))
+	if (!str_ok(rec->attrs_raw) || rec->name == NULL ||
+	    rec->name[0] == '\0' || !str_ok(rec->name))
 		return txn_fail(t, -EINVAL);
-	rc = key_name_check(t, rec->name, SIZE_MAX);
-	if (rc)
-		return txn_fail(t, rc);
 	tmp.uidvalidities = old ? old->uidvalidities : NULL;
 	for (i = 0; i < n; i++)
 		if (tmp.uidvalidities[i] == rec->uidvalidity)
@@ -1410,27 +1497,22 @@ static int mbox_store(struct cache_txn *t, const struct cache_mailbox *rec,
 	tmp.ngenerations = n;
 
 	be32_put(k, rec->id);
-	be32_put(idb, rec->id);
 	if (old == NULL || strcmp(old->name, rec->name) != 0) {
 		uint32_t other;
 
 		rc = name_lookup(t, rec->name, &other);
-		if (rc == 0 && other != rec->id) {
+		if ((rc == 0 && other != rec->id) || rc == -EEXIST) {
 			rc = txn_fail(t, -EEXIST);
 			goto out;
 		}
 		if (rc != 0 && rc != -ENOENT)
 			goto out;
 		if (old) {
-			rc = name_lookup(t, old->name, &other);
-			if (rc == 0 && other == rec->id)
-				rc = db_del(t, DB_MBOX_NAME, old->name,
-				            strlen(old->name));
-			if (rc != 0 && rc != -ENOENT)
+			rc = name_del(t, old->name, rec->id);
+			if (rc)
 				goto out;
 		}
-		rc = db_put(t, DB_MBOX_NAME, rec->name, strlen(rec->name), idb,
-		            4, 0);
+		rc = name_put(t, rec->name, rec->id);
 		if (rc)
 			goto out;
 	}
@@ -1460,11 +1542,10 @@ int cache_mailbox_add(struct cache_txn *txn, const struct cache_mailbox *mb,
 		return rc;
 	if (mb == NULL)
 		return txn_fail(txn, -EINVAL);
-	rc = key_name_check(txn, mb->name, SIZE_MAX);
-	if (rc)
-		return txn_fail(txn, rc);
+	if (mb->name == NULL || mb->name[0] == '\0')
+		return txn_fail(txn, -EINVAL);
 	rc = name_lookup(txn, mb->name, &other);
-	if (rc == 0)
+	if (rc == 0 || rc == -EEXIST)
 		return txn_fail(txn, -EEXIST);
 	if (rc != -ENOENT)
 		return rc;
@@ -1550,10 +1631,8 @@ int cache_mailbox_lookup(struct cache_txn *txn, const char *name,
 		return rc;
 	if (name == NULL || id_r == NULL)
 		return txn_fail(txn, -EINVAL);
-	/* A name too long to be a key cannot be in the index. */
-	if (key_name_check(txn, name, SIZE_MAX) != 0)
-		return -ENOENT;
-	return name_lookup(txn, name, id_r);
+	rc = name_lookup(txn, name, id_r);
+	return rc == -EEXIST ? -ENOENT : rc;
 }
 
 int cache_mailbox_get_by_name(struct cache_txn *txn, const char *name,
@@ -1650,7 +1729,6 @@ int cache_mailbox_remove(struct cache_txn *txn, uint32_t id)
 {
 	struct cache_mailbox *old = NULL;
 	uint8_t k[4];
-	uint32_t other;
 	int rc = txn_check(txn, true);
 
 	if (rc)
@@ -1663,10 +1741,8 @@ int cache_mailbox_remove(struct cache_txn *txn, uint32_t id)
 	if (rc)
 		return rc;
 	be32_put(k, id);
-	rc = name_lookup(txn, old->name, &other);
-	if (rc == 0 && other == id)
-		rc = db_del(txn, DB_MBOX_NAME, old->name, strlen(old->name));
-	if (rc == 0 || rc == -ENOENT)
+	rc = name_del(txn, old->name, id);
+	if (rc == 0)
 		rc = db_del(txn, DB_MBOX, k, 4);
 	if (rc == 0)
 		rc = db_del_prefix(txn, DB_MSG, k, 4, NULL);
@@ -1690,11 +1766,21 @@ static int mbox_iter_one(struct cache_txn *t, const MDB_val *k,
 	uint32_t id;
 	void *buf;
 
-	if (k->mv_size != 4)
-		return corrupt(t, "mailbox key", k->mv_size, 0, 0);
+	/* One damaged record must not hide every mailbox: it is left out of
+	 * the walk, with a log line, and the transaction goes on. */
+	if (k->mv_size != 4) {
+		log_err("cache %s: undecodable mailbox key of %zu bytes; "
+		        "left out",
+		        t->cache->dir, k->mv_size);
+		return 0;
+	}
 	id = be32_get(k->mv_data);
-	if (!mbox_parse(v, &mv))
-		return corrupt(t, "mailbox", id, 0, 0);
+	if (!mbox_parse(v, &mv)) {
+		log_err("cache %s: undecodable mailbox record %u; that "
+		        "mailbox is left out",
+		        t->cache->dir, id);
+		return 0;
+	}
 	buf = scratch_get(&it->sc, mbox_build_size(&mv));
 	if (buf == NULL)
 		return txn_fail(t, -ENOMEM);
@@ -2769,7 +2855,7 @@ struct pending_view {
 	uint32_t mailbox_id;
 	int64_t internaldate, created;
 	int16_t tz_minutes;
-	struct span flags;
+	struct span flags, name;
 	uint64_t size;
 	const uint8_t *data;
 };
@@ -2778,23 +2864,27 @@ struct pending_view {
  * fixed part. */
 static void pending_encode(struct wr *w, const struct cache_pending *p)
 {
-	wr_u8(w, PENDING_REC_V1);
+	wr_u8(w, PENDING_REC_V2);
 	wr_u8(w, (uint8_t)p->state);
 	wr_u32(w, p->mailbox_id);
 	wr_u64(w, (uint64_t)p->internaldate);
 	wr_u16(w, (uint16_t)p->tz_minutes);
 	wr_u64(w, (uint64_t)p->created);
 	wr_str(w, p->flags);
+	wr_str(w, p->name);
 	wr_u64(w, p->size);
 	wr_bytes(w, p->data, (size_t)p->size);
 }
 
+/* Version 1 records (no name) are read as having the name "". */
 static bool pending_parse(const MDB_val *v, struct pending_view *pv)
 {
 	struct rd r;
+	uint8_t version;
 
 	rd_init(&r, v);
-	if (rd_u8(&r) != PENDING_REC_V1)
+	version = rd_u8(&r);
+	if (version != PENDING_REC_V1 && version != PENDING_REC_V2)
 		return false;
 	pv->state = rd_u8(&r);
 	pv->mailbox_id = rd_u32(&r);
@@ -2802,6 +2892,9 @@ static bool pending_parse(const MDB_val *v, struct pending_view *pv)
 	pv->tz_minutes = (int16_t)rd_u16(&r);
 	pv->created = (int64_t)rd_u64(&r);
 	pv->flags = rd_blob(&r);
+	pv->name = (struct span){NULL, 0};
+	if (version == PENDING_REC_V2)
+		pv->name = rd_blob(&r);
 	pv->size = rd_u64(&r);
 	if (r.bad || pv->size != r.len - r.off)
 		return false;
@@ -2813,7 +2906,7 @@ static bool pending_parse(const MDB_val *v, struct pending_view *pv)
 static size_t pending_build_size(const struct pending_view *pv, uint64_t size,
                                  bool with_data)
 {
-	return sizeof(struct cache_pending) + pv->flags.n + 1 +
+	return sizeof(struct cache_pending) + pv->flags.n + 1 + pv->name.n + 1 +
 	       (with_data ? (size_t)size + 1 : 0);
 }
 
@@ -2835,6 +2928,7 @@ static struct cache_pending *pending_build(const struct pending_view *pv,
 	p->created = pv->created;
 	p->size = size;
 	p->flags = out_str(&cur, pv->flags);
+	p->name = out_str(&cur, pv->name);
 	if (with_data) {
 		p->data = cur;
 		if (pv->size)
@@ -2945,8 +3039,9 @@ int cache_pending_add(struct cache_txn *txn, const struct cache_pending *p,
 	if (rc)
 		return rc;
 	if (p == NULL || !mbox_id_ok(p->mailbox_id) ||
-	    p->state > CACHE_PENDING_FAILED || !str_ok(p->flags) ||
-	    (p->data == NULL && p->size) || p->size > SIZE_MAX / 2)
+	    p->state > CACHE_PENDING_CLOSED || !str_ok(p->flags) ||
+	    !str_ok(p->name) || (p->data == NULL && p->size) ||
+	    p->size > SIZE_MAX / 2)
 		return txn_fail(txn, -EINVAL);
 	rc = counter_next(txn, META_NEXT_PENDING, UINT64_MAX - 1, &seq);
 	if (rc)
@@ -3046,7 +3141,7 @@ int cache_pending_set_state(struct cache_txn *txn, uint64_t seq, uint32_t state)
 
 	if (rc)
 		return rc;
-	if (state > CACHE_PENDING_FAILED)
+	if (state > CACHE_PENDING_CLOSED)
 		return txn_fail(txn, -EINVAL);
 	be64_put(k, seq);
 	rc = db_get(txn, DB_PENDING, k, 8, &v);
@@ -3065,6 +3160,67 @@ int cache_pending_set_state(struct cache_txn *txn, uint64_t seq, uint32_t state)
 	copy[1] = (uint8_t)state;
 	rc = db_put(txn, DB_PENDING, k, 8, copy, v.mv_size, 0);
 	free(copy);
+	return rc;
+}
+
+int cache_pending_set_target(struct cache_txn *txn, uint64_t seq,
+                             uint32_t mailbox_id, const char *name)
+{
+	struct cache_pending p = {0};
+	struct pending_view pv;
+	struct wr w = {NULL, 0};
+	uint8_t k[8], *buf;
+	char *flags = NULL;
+	MDB_val v;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!mbox_id_ok(mailbox_id) || !str_ok(name))
+		return txn_fail(txn, -EINVAL);
+	be64_put(k, seq);
+	rc = db_get(txn, DB_PENDING, k, 8, &v);
+	if (rc == -ENOENT)
+		return txn_fail(txn, rc);
+	if (rc)
+		return rc;
+	if (!pending_parse(&v, &pv))
+		return corrupt(txn, "pending", seq, 0, 0);
+	/* Encoded from a heap copy: the old value's pages may be reused by
+	 * the put. */
+	buf = malloc(v.mv_size);
+	flags = malloc(pv.flags.n + 1);
+	if (buf == NULL || flags == NULL) {
+		free(buf);
+		free(flags);
+		return txn_fail(txn, -ENOMEM);
+	}
+	memcpy(buf, v.mv_data, v.mv_size);
+	if (pv.flags.n)
+		memcpy(flags, pv.flags.p, pv.flags.n);
+	flags[pv.flags.n] = '\0';
+	p.mailbox_id = mailbox_id;
+	p.state = pv.state;
+	p.flags = flags;
+	p.name = (char *)name;
+	p.internaldate = pv.internaldate;
+	p.tz_minutes = pv.tz_minutes;
+	p.created = pv.created;
+	p.size = pv.size;
+	p.data = buf + (pv.data - (const uint8_t *)v.mv_data);
+	pending_encode(&w, &p);
+	{
+		uint8_t *out = NULL;
+
+		rc = db_reserve(txn, DB_PENDING, k, 8, w.n, 0, &out);
+		if (rc == 0) {
+			w.p = out;
+			w.n = 0;
+			pending_encode(&w, &p);
+		}
+	}
+	free(buf);
+	free(flags);
 	return rc;
 }
 

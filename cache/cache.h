@@ -11,7 +11,14 @@
  *
  *   meta       ASCII name -> u64 BE: "schema" and the persistent counters
  *   mbox       mailbox id (u32 BE) -> mailbox record
- *   mbox_name  server name (raw modified UTF-7 bytes) -> mailbox id (u32 BE)
+ *   mbox_name  server name (raw modified UTF-7 bytes) -> mailbox id (u32 BE).
+ *              A name longer than LMDB's key limit (511 bytes in the usual
+ *              build: mdb_env_get_maxkeysize) is filed under its first 478
+ *              bytes, a NUL byte and the 32-byte SHA-256 of the whole name
+ *              (511 bytes in all); the mailbox record keeps the full name
+ *              and lookups compare it.  A name never holds a NUL, so the
+ *              two forms never meet; names that fit are their own key, as
+ *              in every cache before.
  *   msg        (mailbox id, UIDVALIDITY, UID), 3 x u32 BE -> message record
  *   body       same 12-byte key -> the raw message bytes, exactly
  *   pop        download number (u32 BE) -> POP3 record
@@ -228,9 +235,9 @@ struct cache_mailbox {
  * fields).  *mb set to NULL; safe with *mb == NULL. */
 void cache_mailbox_free(struct cache_mailbox **mb);
 
-/* Add a new mailbox: mb->name (required, 1 byte up to the LMDB key limit,
- * 511 bytes, else -EINVAL / -ENAMETOOLONG) and the other fields are
- * stored, mb->id and the generation list are ignored.  A new id is
+/* Add a new mailbox: mb->name (required, 1 byte or more, else -EINVAL; a
+ * long one is indexed under a hash, see mbox_name above) and the other
+ * fields are stored, mb->id and the generation list are ignored.  A new id is
  * assigned and returned in *id_r.  -EEXIST if the name is already in the
  * index (recorded as a failure: look the name up first). */
 int cache_mailbox_add(struct cache_txn *txn, const struct cache_mailbox *mb,
@@ -254,7 +261,8 @@ int cache_mailbox_set_state(struct cache_txn *txn, uint32_t id,
 int cache_mailbox_get(struct cache_txn *txn, uint32_t id,
                       struct cache_mailbox **mb_r);
 
-/* The id of the mailbox the server calls name (exact bytes). */
+/* The id of the mailbox the server calls name (exact bytes, any length;
+ * -ENOENT for "", which no mailbox has). */
 int cache_mailbox_lookup(struct cache_txn *txn, const char *name,
                          uint32_t *id_r);
 
@@ -285,10 +293,13 @@ int cache_mailbox_set_deleted(struct cache_txn *txn, uint32_t id, bool deleted);
  * user data).  The id is not reused.  0 if it did not exist. */
 int cache_mailbox_remove(struct cache_txn *txn, uint32_t id);
 
-/* Call cb for each mailbox in id order.  mb is borrowed, valid only during
- * the call.  cb returns 0 to go on, > 0 to stop (cache_mailbox_foreach
- * returns 0), < 0 to stop with that error (returned, not recorded in the
- * transaction).  cb may read through txn but must not write. */
+/* Call cb for each mailbox in id order.  A record that cannot be decoded
+ * is left out with a log line (the walk goes on and nothing is recorded in
+ * the transaction): one damaged mailbox never hides the others.  mb is
+ * borrowed, valid only during the call.  cb returns 0 to go on, > 0 to
+ * stop (cache_mailbox_foreach returns 0), < 0 to stop with that error
+ * (returned, not recorded in the transaction).  cb may read through txn
+ * but must not write. */
 int cache_mailbox_foreach(struct cache_txn *txn,
                           int (*cb)(const struct cache_mailbox *mb, void *ctx),
                           void *ctx);
@@ -507,9 +518,13 @@ int cache_pop_foreach(struct cache_txn *txn, uint32_t num_from,
  * confirmed it, so a crash or a dead server loses nothing. */
 
 enum cache_pending_state {
-	CACHE_PENDING_NEW = 0,    /* stored, not sent yet */
-	CACHE_PENDING_SENT = 1,   /* APPEND issued, no answer seen */
+	/* Being written: its close was never seen, so it may be cut short
+	 * (a crash); never to be sent as it is.  Records of caches written
+	 * before CACHE_PENDING_CLOSED existed say NEW for closed files too. */
+	CACHE_PENDING_NEW = 0,
+	CACHE_PENDING_SENT = 1,   /* closed; APPEND issued, no answer seen */
 	CACHE_PENDING_FAILED = 2, /* the server refused it; kept for the user */
+	CACHE_PENDING_CLOSED = 3, /* written and closed, not sent yet */
 };
 
 /* Pointer fields (strings, arrays, bytes): in a record returned by the
@@ -521,6 +536,8 @@ struct cache_pending {
 	uint32_t mailbox_id;  /* target mailbox */
 	uint32_t state;       /* enum cache_pending_state */
 	char *flags;          /* flags for the APPEND, "" for none */
+	char *name;           /* the name it was written under, "" if unknown
+	                       * (records of older caches) */
 	int64_t internaldate; /* 0 = let the server choose */
 	int16_t tz_minutes;
 	int64_t created; /* seconds since the epoch */
@@ -532,9 +549,10 @@ struct cache_pending {
  * safe with *p == NULL. */
 void cache_pending_free(struct cache_pending **p);
 
-/* Store an upload: p->mailbox_id, state, flags, internaldate, tz_minutes,
- * created, and p->size bytes at p->data (NULL allowed when size is 0).
- * p->seq is ignored; the new sequence number goes to *seq_r. */
+/* Store an upload: p->mailbox_id, state, flags, name (NULL: ""),
+ * internaldate, tz_minutes, created, and p->size bytes at p->data (NULL allowed
+ * when size is 0). p->seq is ignored; the new sequence number goes to *seq_r.
+ */
 int cache_pending_add(struct cache_txn *txn, const struct cache_pending *p,
                       uint64_t *seq_r);
 
@@ -554,6 +572,11 @@ int cache_pending_get(struct cache_txn *txn, uint64_t seq, bool with_data,
 /* Change the state of upload seq (-ENOENT, recorded, if there is none). */
 int cache_pending_set_state(struct cache_txn *txn, uint64_t seq,
                             uint32_t state);
+
+/* Move upload seq to mailbox_id under name (a rename), keeping its bytes
+ * and writes (-ENOENT, recorded, if there is none). */
+int cache_pending_set_target(struct cache_txn *txn, uint64_t seq,
+                             uint32_t mailbox_id, const char *name);
 
 /* Forget upload seq (and its writes) once the server has it. 0 if it was
  * not there. */

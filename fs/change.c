@@ -545,9 +545,13 @@ void fs_change_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 
 /* The server name of a new mailbox called file under parent (0: root):
  * the file name decoded (%2F, %25, %2E), encoded to modified UTF-7 and
- * joined with the parent's name by its delimiter. */
+ * joined with the parent's name by its delimiter.  raw (may be NULL): the
+ * component to use as it is instead (a mailbox moved under its own file
+ * name keeps its server component, even one shown shortened or empty).
+ * The empty name and shortened names ("%~") cannot be made from a file
+ * name: -EINVAL. */
 static int server_name(struct mailfs *fs, uint32_t parent, const char *file,
-                       char **name_r)
+                       const char *raw, char **name_r)
 {
 	struct fs_mailbox *p = NULL;
 	char *plain = malloc(strlen(file) + 1), *o = plain, *enc = NULL;
@@ -556,6 +560,15 @@ static int server_name(struct mailfs *fs, uint32_t parent, const char *file,
 
 	if (plain == NULL)
 		return -ENOMEM;
+	if (raw == NULL && (strcmp(file, FS_TREE_EMPTY_NAME) == 0 ||
+	                    strstr(file, "%~") != NULL)) {
+		log_info("mkdir: \"%s\" is the name of an empty or a "
+		         "shortened mailbox name; no mailbox can be made "
+		         "from it",
+		         file);
+		free(plain);
+		return -EINVAL;
+	}
 	for (const char *s = file; *s; s++) {
 		if (s[0] == '%' && strncasecmp(s, "%2F", 3) == 0) {
 			*o++ = '/';
@@ -583,14 +596,17 @@ static int server_name(struct mailfs *fs, uint32_t parent, const char *file,
 	} else {
 		delim = fs_tree_root_delim(fs->tree);
 	}
-	if (strchr(plain, delim) != NULL) {
+	if (raw != NULL) {
+		enc = strdup(raw);
+		rc = enc ? 0 : -ENOMEM;
+	} else if (strchr(plain, delim) != NULL) {
 		log_info("mkdir: \"%s\" contains the server's hierarchy "
 		         "delimiter '%c'",
 		         plain, delim);
 		rc = -EINVAL;
-		goto out;
+	} else {
+		rc = utf7_encode(plain, &enc);
 	}
-	rc = utf7_encode(plain, &enc);
 	if (rc < 0)
 		goto out;
 	if (p != NULL)
@@ -687,7 +703,7 @@ void fs_change_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	ch->req = req;
 	ch->op = C_MKDIR;
 	ch->parent_id = pid;
-	rc = server_name(fs, pid, name, &ch->name);
+	rc = server_name(fs, pid, name, NULL, &ch->name);
 	if (rc < 0) {
 		fuse_reply_err(req, chg_errno(rc));
 		chg_free(ch);
@@ -868,6 +884,7 @@ static void rename_dir(fuse_req_t req, uint32_t id, const char *name,
 	struct mailfs *fs = fs_of(req);
 	uint32_t newid = dir_id(newparent);
 	struct fs_mailbox *mb = NULL, *exists = NULL;
+	const char *raw = NULL;
 	struct chg *ch;
 	int rc;
 
@@ -897,11 +914,16 @@ static void rename_dir(fuse_req_t req, uint32_t id, const char *name,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	fs_mailbox_free(&mb);
+	if (strcmp(newname, mb->file) == 0 && mb->delim != 0 &&
+	    strrchr(mb->name, mb->delim) != NULL)
+		raw = strrchr(mb->name, mb->delim) + 1;
+	else if (strcmp(newname, mb->file) == 0)
+		raw = mb->name;
 	ch->fs = fs;
 	ch->req = req;
 	ch->op = C_RENAME_DIR;
-	rc = server_name(fs, newid, newname, &ch->name);
+	rc = server_name(fs, newid, newname, raw, &ch->name);
+	fs_mailbox_free(&mb);
 	if (rc < 0) {
 		fuse_reply_err(req, chg_errno(rc));
 		chg_free(ch);

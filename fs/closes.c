@@ -41,7 +41,8 @@ int fs_closes_new(const char *mountpoint, struct fs_closes **c_r)
 	c->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	if (c->fd < 0)
 		log_warn("inotify: %s; files written into the mount are "
-		         "uploaded once left alone for a moment",
+		         "uploaded at their last release if the kernel sends "
+		         "it, when renamed, or after the unmount",
 		         strerror(errno));
 	*c_r = c;
 	return 0;
@@ -122,62 +123,67 @@ static int watch_one(struct fs_closes *c, struct fs_tree *tree, uint32_t id)
 	return wd;
 }
 
-bool fs_closes_watch(struct fs_closes *c, struct fs_tree *tree)
-{
-	uint32_t *ids = NULL;
-	size_t n = 0;
-	bool go_on = true;
-
-	if (c->fd < 0 || fs_tree_selectable(tree, &ids, &n) < 0)
-		return true;
-	for (size_t i = 0; i < n && go_on; i++) {
-		bool tried, orphan = false;
-		int wd, err;
-
-		pthread_mutex_lock(&c->lock);
-		tried = find_id(c, ids[i]) != NULL;
-		go_on = !c->stop;
-		c->busy = go_on && !tried;
-		pthread_mutex_unlock(&c->lock);
-		if (!go_on || tried)
-			continue;
-
-		wd = watch_one(c, tree, ids[i]);
-		err = errno;
-
-		pthread_mutex_lock(&c->lock);
-		c->busy = false;
-		go_on = !c->stop;
-		orphan = c->orphan;
-		if (go_on)
-			add_locked(c, ids[i], wd);
-		if (go_on && wd < 0 && !c->warned) {
-			c->warned = true;
-			log_info("cannot watch a mailbox directory through %s "
-			         "(%s): files written there are uploaded once "
-			         "left alone for a moment",
-			         c->mountpoint, strerror(err));
-		}
-		pthread_mutex_unlock(&c->lock);
-		/* Stopped while we waited for the mount: touch nothing that
-		 * is not ours. */
-		if (orphan)
-			closes_destroy(c);
-	}
-	free(ids);
-	return go_on;
-}
-
-bool fs_closes_watched(struct fs_closes *c, uint32_t id)
+int fs_closes_watch(struct fs_closes *c, struct fs_tree *tree, uint32_t id)
 {
 	struct watch *w;
-	bool yes;
+	bool orphan, stop;
+	int wd, err, rc;
 
+	if (c->fd < 0)
+		return 0;
 	pthread_mutex_lock(&c->lock);
 	w = find_id(c, id);
-	yes = w != NULL && w->wd >= 0;
+	rc = w != NULL ? w->wd >= 0 : -1;
+	stop = c->stop;
+	c->busy = !stop && w == NULL;
 	pthread_mutex_unlock(&c->lock);
-	return yes;
+	if (stop)
+		return -ECANCELED;
+	if (rc >= 0) /* tried before */
+		return rc;
+
+	wd = watch_one(c, tree, id);
+	err = errno;
+
+	pthread_mutex_lock(&c->lock);
+	c->busy = false;
+	stop = c->stop;
+	orphan = c->orphan;
+	if (!stop)
+		add_locked(c, id, wd);
+	if (!stop && wd < 0 && !c->warned) {
+		c->warned = true;
+		log_warn("cannot watch a mailbox directory through %s (%s): "
+		         "files written there are uploaded at their last "
+		         "release if the kernel sends it, when renamed, or "
+		         "after the unmount",
+		         c->mountpoint, strerror(err));
+	}
+	pthread_mutex_unlock(&c->lock);
+	/* Stopped while we waited for the mount: touch nothing that is not
+	 * ours. */
+	if (orphan)
+		closes_destroy(c);
+	return stop ? -ECANCELED : wd >= 0;
+}
+
+int fs_closes_state(struct fs_closes *c, uint32_t id)
+{
+	struct watch *w;
+	int state;
+
+	if (c->fd < 0)
+		return -1;
+	pthread_mutex_lock(&c->lock);
+	w = find_id(c, id);
+	state = w == NULL ? 0 : w->wd >= 0 ? 1 : -1;
+	pthread_mutex_unlock(&c->lock);
+	return state;
+}
+
+int fs_closes_fd(const struct fs_closes *c)
+{
+	return c->fd;
 }
 
 void fs_closes_read(struct fs_closes *c,

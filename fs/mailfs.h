@@ -4,6 +4,7 @@
 #define MAILFS_FS_MAILFS_H
 
 #include <fuse_lowlevel.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/types.h>
 
@@ -38,6 +39,10 @@ struct mailfs {
 	bool offline;                 /* no server: serve the cache */
 	bool readonly;                /* -o ro, or offline */
 	bool no_open;                 /* the kernel can skip opens of files */
+	/* An open was answered ENOSYS (fs/ops.c): from then on the kernel
+	 * sends no OPEN and no RELEASE of files, not even of files it
+	 * creates (fs/newfile.c). */
+	atomic_bool opens_skipped;
 	uid_t uid;
 	gid_t gid;
 };

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <malloc.h>
+#include <mntent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -180,6 +181,23 @@ static bool unreachable(const struct proto_err *err)
 	       err->cls == PERR_TIMEOUT;
 }
 
+/* Is path a mount point in our mount table?  Read from /proc, never
+ * through the mount (a mount whose session ended would not answer).  When
+ * the table cannot be read, yes: the safe answer for the caller. */
+static bool mount_listed(const char *path)
+{
+	FILE *f = setmntent("/proc/self/mounts", "r");
+	struct mntent *m;
+	bool found = false;
+
+	if (f == NULL)
+		return true;
+	while (!found && (m = getmntent(f)) != NULL)
+		found = strcmp(m->mnt_dir, path) == 0;
+	endmntent(f);
+	return found;
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -187,7 +205,7 @@ int main(int argc, char *argv[])
 	struct fuse_loop_config *loop = NULL;
 	struct imap_client *first = NULL;
 	struct pop3_client *first_pop = NULL;
-	bool down = false;
+	bool down = false, unmounted = false;
 	struct proto_err err = {0};
 	struct mailfs fs = {0};
 	int ret = 1, rc;
@@ -386,10 +404,16 @@ int main(int argc, char *argv[])
 		ret = fuse_session_loop_mt(fs.se, loop);
 		fuse_loop_cfg_destroy(loop);
 	}
+	/* 0: the kernel ended the session (not a signal).  Gone from the
+	 * mount table too, it was unmounted (not aborted): no file of the
+	 * mount can still be open. */
+	unmounted = ret == 0 && !mount_listed(cmd.mountpoint);
 	ret = ret != 0 ? 1 : 0;
 out_sync:
 	fs_watch_stop(fs.watch);
 	fs_newfiles_stop(&fs);
+	if (unmounted)
+		fs_newfiles_unmounted(&fs);
 	fs_sync_stop(&fs.sync);
 	fs_watch_free(&fs.watch);
 	fs_pop_stop(&fs.pop);

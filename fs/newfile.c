@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,13 +17,34 @@
 #define NEW_TIMEOUT  1.0
 #define NEW_MAX_SIZE (1024ULL * 1024 * 1024)
 
+/* Changed only by set_state(), which keeps the cache record in step. */
 enum nf_state {
-	NF_WRITING,   /* being written (kept in the cache write by write) */
-	NF_STORED,    /* written: waits for its upload */
-	NF_UPLOADING, /* APPEND under way */
-	NF_DONE,      /* the server has it (uid, when it said) */
-	NF_FAILED,    /* the server refused it; kept in the cache */
+	NF_WRITING,    /* being written: its close not seen yet (kept in the
+	                * cache write by write) */
+	NF_STORED,     /* closed: waits for its upload */
+	NF_UPLOADING,  /* APPEND under way */
+	NF_DONE,       /* the server has it (uid, when it said) */
+	NF_FAILED,     /* the server refused it; kept in the cache */
+	NF_INCOMPLETE, /* found in the cache at mount time, its close never
+	                * seen (a crash cut its writer off): shown as
+	                * NAME.incomplete, sent only once renamed */
 };
+
+static const char *const nf_state_names[] = {
+        [NF_WRITING] = "writing",     [NF_STORED] = "closed",
+        [NF_UPLOADING] = "uploading", [NF_DONE] = "uploaded",
+        [NF_FAILED] = "refused",      [NF_INCOMPLETE] = "incomplete",
+};
+
+/* What a name shown for an incomplete file ends with. */
+#define INCOMPLETE_SUFFIX ".incomplete"
+
+/* The fh of a descriptor of a new file: FH_RELEASED when the kernel told
+ * us of it and will send its RELEASE (counted in opens); FH_NO_RELEASE
+ * when it created the file but sends no RELEASE; 0 when it opened the
+ * file without telling us (after it stopped sending opens). */
+#define FH_RELEASED   1
+#define FH_NO_RELEASE 2
 
 struct nf {
 	uint32_t num; /* inode: fs_ino_msg(id, FS_INO_MAX_GEN, num) */
@@ -34,11 +56,13 @@ struct nf {
 	bool maybe_sent; /* a crash may have left it on the server */
 	int64_t mtime;   /* 0: let the server choose the INTERNALDATE */
 	enum nf_state state;
-	uint64_t seq; /* the pending upload in the cache, 0 for none */
-	unsigned opens;
+	uint64_t seq;       /* the pending upload in the cache, 0 for none */
+	unsigned opens;     /* descriptors the kernel told us of (CREATE,
+	                     * OPEN), minus their RELEASEs */
+	bool untracked;     /* written through a descriptor the kernel did
+	                     * not tell us of: only inotify sees its close */
 	uint32_t ino_id;    /* the mailbox in its inode number (fixed) */
 	bool queued;        /* an upload job is queued or running */
-	bool watched;       /* its close will be seen (fs/closes.h) */
 	int64_t touched_ms; /* last change, close or rename (monotonic) */
 	int64_t done_ms;    /* when the server confirmed it */
 	struct nf *next;
@@ -52,10 +76,22 @@ struct fs_newfiles {
 	 * happened to it for a moment (see uploader_main). */
 	struct mailfs *fs;
 	pthread_t thread;
+	pthread_t closes_thread; /* records closes as soon as they come */
 	pthread_cond_t cond;
-	bool started, stop;
-	struct fs_closes *closes; /* owned; NULL: no closes are seen */
-	bool rewatch; /* a file was created in a mailbox not watched */
+	bool started, closes_started, stop;
+	struct fs_closes *closes;  /* owned; NULL: no closes are seen */
+	struct creating *creating; /* owned: CREATEs waiting for a watch */
+	bool rewatch; /* a file was moved into a mailbox not watched */
+};
+
+/* A CREATE in a mailbox not watched yet: answered by the uploader once
+ * the mailbox is watched (or cannot be), so that the file's close is
+ * seen however soon it comes. */
+struct creating {
+	fuse_req_t req;
+	uint32_t num; /* the file */
+	struct fuse_file_info fi;
+	struct creating *next;
 };
 
 static int64_t mono_ms(void)
@@ -67,11 +103,8 @@ static int64_t mono_ms(void)
 }
 
 /* How long a closed file waits before its upload starts: rsync sets the
- * time and renames right after closing.  The kernel tells mailfs nothing
- * when a file is closed (no FLUSH, and once files need no open, no
- * RELEASE): closes are seen through inotify (fs/closes.h).  A file whose
- * close cannot be seen (its mailbox is not watched) is taken as written
- * once nothing happened to it for as long. */
+ * time and renames right after closing.  A file is never taken as closed
+ * for being left alone: see fs/newfile.h for how closes are seen. */
 #define UPLOAD_DELAY_MS 1000
 /* How long the name of an uploaded file still resolves, so that a rename
  * that comes after the upload (rsync) finds it. */
@@ -163,13 +196,83 @@ static struct nf *find_ino(struct fs_newfiles *n, fuse_ino_t ino)
 	return NULL;
 }
 
-/* Will f's close be seen where it is?  If not, its mailbox is watched
- * for the next files (by the uploader). */
-static void set_watched(struct fs_newfiles *n, struct nf *f)
+/* f was moved into its mailbox: have the uploader watch it, if it is not
+ * watched and was never tried. */
+static void want_watch(struct fs_newfiles *n, struct nf *f)
 {
-	f->watched = n->closes != NULL && fs_closes_watched(n->closes, f->id);
-	if (!f->watched && n->closes != NULL)
+	if (n->closes != NULL && fs_closes_state(n->closes, f->id) == 0) {
 		n->rewatch = true;
+		pthread_cond_broadcast(&n->cond);
+	}
+}
+
+static bool writable(const struct nf *f)
+{
+	return f->state == NF_WRITING || f->state == NF_STORED ||
+	       f->state == NF_INCOMPLETE;
+}
+
+/* The state the cache records for f: whether its close was seen is what
+ * decides, after a crash, if it may be sent (fs_newfile_resume). */
+static uint32_t persisted(const struct nf *f)
+{
+	switch (f->state) {
+	case NF_STORED:
+		return f->maybe_sent ? CACHE_PENDING_SENT
+		                     : CACHE_PENDING_CLOSED;
+	case NF_UPLOADING: return CACHE_PENDING_SENT;
+	case NF_FAILED: return CACHE_PENDING_FAILED;
+	default: return CACHE_PENDING_NEW;
+	}
+}
+
+struct state_rec {
+	uint64_t seq;
+	uint32_t state;
+};
+
+static int pending_state(struct cache_txn *txn, void *ctx)
+{
+	struct state_rec *s = ctx;
+
+	return cache_pending_set_state(txn, s->seq, s->state);
+}
+
+/* The one place f->state changes (the lock is held): the transition is
+ * logged and the cache record follows.  If the record cannot follow, f
+ * is marked dirty: it is not uploaded, and its next change stores it
+ * whole, state included. */
+static void set_state(struct mailfs *fs, struct nf *f, enum nf_state state)
+{
+	uint32_t before = persisted(f);
+	struct state_rec ss;
+	int rc;
+
+	if (f->state == state)
+		return;
+	log_debug("new file %s: %s -> %s", f->name ? f->name : "(resumed)",
+	          nf_state_names[f->state], nf_state_names[state]);
+	f->state = state;
+	if (state == NF_STORED)
+		f->touched_ms = mono_ms();
+	ss = (struct state_rec){f->seq, persisted(f)};
+	if (f->seq == 0 || f->dirty || ss.state == before)
+		return;
+	rc = cache_run_write(fs->cache, pending_state, &ss);
+	if (rc < 0) {
+		log_err("cannot record the state of %s in the cache: %s",
+		        f->name ? f->name : "an upload", strerror(-rc));
+		f->dirty = true;
+	}
+}
+
+/* A close of f was seen (the lock is held).  With a descriptor still open
+ * that the kernel told us of, the last RELEASE decides. */
+static void close_seen(struct mailfs *fs, struct nf *f)
+{
+	if (f->state == NF_WRITING && !f->dirty && !f->untracked &&
+	    f->opens == 0)
+		set_state(fs, f, NF_STORED);
 }
 
 static void unlink_nf(struct fs_newfiles *n, struct nf *f)
@@ -187,7 +290,7 @@ static void nf_attr(struct mailfs *fs, const struct nf *f, struct stat *st)
 	memset(st, 0, sizeof(*st));
 	st->st_ino = nf_ino(f);
 	/* Writable by its owner until it is uploaded. */
-	st->st_mode = S_IFREG | (f->state <= NF_STORED ? 0644 : 0444);
+	st->st_mode = S_IFREG | (writable(f) ? 0644 : 0444);
 	st->st_nlink = 1;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
@@ -318,18 +421,6 @@ static int store_done(struct cache_txn *txn, void *ctx)
 	return rc;
 }
 
-struct set_state {
-	uint64_t seq;
-	uint32_t state;
-};
-
-static int pending_state(struct cache_txn *txn, void *ctx)
-{
-	struct set_state *s = ctx;
-
-	return cache_pending_set_state(txn, s->seq, s->state);
-}
-
 /* Is a message with this Message-ID and size already in the mailbox? (A
  * crash between APPEND and its answer.) */
 struct size_match {
@@ -383,20 +474,21 @@ static int upload_fn(struct imap_client *c, void *ctx)
 	char *converted = NULL, *name = NULL;
 	bool maybe_sent;
 	uint32_t uidv = 0, uid = 0;
-	struct set_state ss;
 	struct nf *f;
 	int rc;
 
 	pthread_mutex_lock(&n->lock);
 	for (f = n->list; f != NULL && f->num != u->num; f = f->next)
 		;
-	if (f == NULL || f->state != NF_STORED) {
+	if (f == NULL || f->state != NF_STORED || f->dirty) {
 		if (f != NULL)
 			f->queued = false;
 		pthread_mutex_unlock(&n->lock);
 		return 0;
 	}
-	f->state = NF_UPLOADING;
+	/* Recorded as sent before the APPEND: after a crash it is first
+	 * looked for on the server (already_there). */
+	set_state(fs, f, NF_UPLOADING);
 	st.id = f->id;
 	st.data = f->data;
 	st.len = f->len;
@@ -416,8 +508,6 @@ static int upload_fn(struct imap_client *c, void *ctx)
 		uid = 0;
 		goto done;
 	}
-	ss = (struct set_state){st.seq, CACHE_PENDING_SENT};
-	cache_run_write(fs->cache, pending_state, &ss);
 	rc = imap_append(c, mb->name, "", (time_t)st.date, 0, st.data, st.len,
 	                 &uidv, &uid, &err);
 	if (rc == -EPERM && has_bare_lf(st.data, st.len)) {
@@ -463,7 +553,8 @@ done:
 	log_info("uploaded %s to %s as UID %u", name ? name : "a message",
 	         mb->name, uid);
 	pthread_mutex_lock(&n->lock);
-	f->state = NF_DONE;
+	f->seq = 0; /* forgotten by store_done */
+	set_state(fs, f, NF_DONE);
 	f->queued = false;
 	f->done_ms = mono_ms();
 	free(f->data);
@@ -478,15 +569,14 @@ fail:
 	pthread_mutex_lock(&n->lock);
 	/* A refusal is final (kept for the user); a lost connection is
 	 * retried when the server is back. */
-	f->state = (rc == -EPERM || rc == -EINVAL || rc == -ENOENT) ? NF_FAILED
-	                                                            : NF_STORED;
-	f->maybe_sent = f->state == NF_STORED;
+	if (rc == -EPERM || rc == -EINVAL || rc == -ENOENT) {
+		set_state(fs, f, NF_FAILED);
+	} else {
+		f->maybe_sent = true;
+		set_state(fs, f, NF_STORED);
+	}
 	f->queued = false;
 	pthread_mutex_unlock(&n->lock);
-	ss = (struct set_state){st.seq, f->state == NF_FAILED
-	                                        ? CACHE_PENDING_FAILED
-	                                        : CACHE_PENDING_SENT};
-	cache_run_write(fs->cache, pending_state, &ss);
 out:
 	free(converted);
 	free(name);
@@ -547,17 +637,111 @@ static void closed(void *ctx, uint32_t id, const char *name)
 	struct nf *f;
 
 	if (name == NULL) {
-		/* Closes there (id 0: anywhere) may go unseen from now. */
-		for (f = n->list; f != NULL; f = f->next)
-			if (id == 0 || f->id == id)
-				f->watched = false;
+		/* Closes there (id 0: anywhere) may have gone unseen: such a
+		 * file is taken as closed at unmount (fs_newfiles_unmounted)
+		 * or when renamed. */
+		if (id != 0)
+			log_debug("mailbox %u is no longer watched", id);
+		else
+			log_warn("inotify dropped events: closes of files "
+			         "written into the mount may go unseen");
 		return;
 	}
 	f = find_name(n, id, name);
-	if (f != NULL && f->state == NF_WRITING && !f->dirty) {
-		f->state = NF_STORED;
-		f->touched_ms = mono_ms();
+	if (f != NULL) {
+		f->untracked = false;
+		close_seen(n->fs, f);
 	}
+}
+
+/* Take the closes inotify saw before going on (the lock is held): a
+ * handler that changes a file must not take an old close for a new one
+ * (a file closed, then opened again and written: `echo >>`). */
+static void drain_closes(struct fs_newfiles *n)
+{
+	if (n->closes != NULL)
+		fs_closes_read(n->closes, closed, n);
+}
+
+static void reply_create(struct mailfs *fs, fuse_req_t req, struct nf *f,
+                         struct fuse_file_info *fi)
+{
+	struct fuse_entry_param e = {0};
+
+	nf_attr(fs, f, &e.attr);
+	e.ino = e.attr.st_ino;
+	e.attr_timeout = e.entry_timeout = NEW_TIMEOUT;
+	fi->direct_io = 0;
+	fi->keep_cache = 0;
+	fuse_reply_create(req, &e, fi);
+}
+
+/* Answer the CREATEs that waited for mailbox id to be watched (the lock
+ * is held); all of them when id is 0. */
+static void answer_creates(struct fs_newfiles *n, uint32_t id)
+{
+	struct creating **pp = &n->creating;
+
+	while (*pp != NULL) {
+		struct creating *c = *pp;
+		struct nf *f;
+
+		for (f = n->list; f != NULL && f->num != c->num; f = f->next)
+			;
+		if (id != 0 && f != NULL && f->id != id) {
+			pp = &c->next;
+			continue;
+		}
+		*pp = c->next;
+		if (f == NULL)
+			fuse_reply_err(c->req, EIO);
+		else
+			reply_create(n->fs, c->req, f, &c->fi);
+		free(c);
+	}
+}
+
+/* Watch what needs watching, without the lock (it walks the mount: see
+ * fs/closes.h); false once stopped, when n may be gone. */
+static bool watch_needed(struct fs_newfiles *n)
+{
+	uint32_t id = 0;
+	int rc;
+
+	if (n->creating != NULL) {
+		struct creating *c = n->creating;
+		struct nf *f;
+
+		for (f = n->list; f != NULL && f->num != c->num; f = f->next)
+			;
+		if (f == NULL) {
+			n->creating = c->next;
+			fuse_reply_err(c->req, EIO);
+			free(c);
+			return true;
+		}
+		id = f->id;
+	} else if (n->rewatch) {
+		n->rewatch = false;
+		for (struct nf *f = n->list; f != NULL && id == 0; f = f->next)
+			if (f->name != NULL &&
+			    (f->state == NF_WRITING || f->state == NF_STORED) &&
+			    fs_closes_state(n->closes, f->id) == 0)
+				id = f->id;
+		if (id != 0)
+			n->rewatch = true; /* until none is left */
+	}
+	if (id == 0) {
+		answer_creates(n, 0);
+		return true;
+	}
+	pthread_mutex_unlock(&n->lock);
+	rc = fs_closes_watch(n->closes, n->fs->tree, id);
+	if (rc == -ECANCELED)
+		return false;
+	pthread_mutex_lock(&n->lock);
+	answer_creates(n, id);
+	return true;
 }
 
 static void *uploader_main(void *arg)
@@ -571,28 +755,19 @@ static void *uploader_main(void *arg)
 		size_t k = 0;
 		struct timespec ts;
 
-		if (n->closes != NULL)
-			fs_closes_read(n->closes, closed, n);
-		if (n->rewatch && n->closes != NULL) {
-			n->rewatch = false;
-			pthread_mutex_unlock(&n->lock);
-			/* Through the mount: without the lock, which its
-			 * lookups need.  Once stopped, n may be gone. */
-			if (!fs_closes_watch(n->closes, n->fs->tree))
+		drain_closes(n);
+		if (n->closes != NULL && (n->creating != NULL || n->rewatch)) {
+			/* Once stopped, n may be gone. */
+			if (!watch_needed(n))
 				return NULL;
-			pthread_mutex_lock(&n->lock);
 			continue;
 		}
+		/* Only a close seen makes a file STORED: one left alone is
+		 * not taken as written (its writer may be slow). */
 		for (struct nf *f = n->list; f != NULL && k < 64; f = f->next) {
 			if (f->len == 0 || f->dirty ||
 			    now - f->touched_ms < UPLOAD_DELAY_MS)
 				continue;
-			/* Not closed yet, or closed unseen: taken as
-			 * written now. */
-			if (f->state == NF_WRITING && f->watched)
-				continue;
-			if (f->state == NF_WRITING)
-				f->state = NF_STORED;
 			if (want_upload(f))
 				nums[k++] = f->num;
 		}
@@ -610,8 +785,30 @@ static void *uploader_main(void *arg)
 		}
 		pthread_cond_timedwait(&n->cond, &n->lock, &ts);
 	}
+	answer_creates(n, 0);
 	pthread_mutex_unlock(&n->lock);
 	return NULL;
+}
+
+/* Records each close as soon as inotify reports it, so that a crash
+ * right after a writer closed its file finds the close in the cache. */
+static void *closes_main(void *arg)
+{
+	struct fs_newfiles *n = arg;
+	struct pollfd p = {fs_closes_fd(n->closes), POLLIN, 0};
+
+	for (;;) {
+		bool stop;
+
+		pthread_mutex_lock(&n->lock);
+		stop = n->stop;
+		if (!stop)
+			drain_closes(n);
+		pthread_mutex_unlock(&n->lock);
+		if (stop)
+			return NULL;
+		poll(&p, 1, 100); /* and check for a stop */
+	}
 }
 
 int fs_newfiles_start(struct mailfs *fs)
@@ -620,10 +817,10 @@ int fs_newfiles_start(struct mailfs *fs)
 	pthread_condattr_t ca;
 
 	n->fs = fs;
-	/* Closes matter only where files can be written. */
-	if (!fs->readonly && fs->mountpoint != NULL &&
-	    fs_closes_new(fs->mountpoint, &n->closes) == 0)
-		n->rewatch = true;
+	/* Closes matter only where files can be written.  Nothing is
+	 * watched yet: a mailbox is when a file is created in it. */
+	if (!fs->readonly && fs->mountpoint != NULL)
+		fs_closes_new(fs->mountpoint, &n->closes);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&n->cond, &ca);
@@ -631,6 +828,9 @@ int fs_newfiles_start(struct mailfs *fs)
 	if (pthread_create(&n->thread, NULL, uploader_main, n) != 0)
 		return -EAGAIN;
 	n->started = true;
+	if (n->closes != NULL && fs_closes_fd(n->closes) >= 0 &&
+	    pthread_create(&n->closes_thread, NULL, closes_main, n) == 0)
+		n->closes_started = true;
 	return 0;
 }
 
@@ -644,11 +844,37 @@ void fs_newfiles_stop(struct mailfs *fs)
 	n->stop = true;
 	pthread_cond_broadcast(&n->cond);
 	pthread_mutex_unlock(&n->lock);
+	if (n->closes_started)
+		pthread_join(n->closes_thread, NULL);
+	n->closes_started = false;
 	if (fs_closes_stop(n->closes))
 		pthread_join(n->thread, NULL);
 	else /* waiting for the mount, perhaps for good: fs/closes.h */
 		pthread_detach(n->thread);
 	n->started = false;
+}
+
+void fs_newfiles_unmounted(struct mailfs *fs)
+{
+	struct fs_newfiles *n = fs->newfiles;
+
+	if (n == NULL)
+		return;
+	pthread_mutex_lock(&n->lock);
+	drain_closes(n);
+	for (struct nf *f = n->list; f != NULL; f = f->next) {
+		if (f->state != NF_WRITING || f->dirty || f->len == 0)
+			continue;
+		f->untracked = false;
+		f->opens = 0;
+		close_seen(fs, f);
+		if (f->state == NF_STORED)
+			log_info(
+			        "%s: its close was not seen, but the unmount "
+			        "means it is closed; uploaded at the next mount",
+			        f->name ? f->name : "a new file");
+	}
+	pthread_mutex_unlock(&n->lock);
 }
 
 struct resume_ctx {
@@ -693,6 +919,50 @@ static int get_pending(struct cache_txn *txn, void *ctx)
 	return cache_pending_get(txn, g->seq, true, &g->p);
 }
 
+/* The name an incomplete file is shown under in mailbox id (the lock is
+ * held): NAME.incomplete (NAME as it was written; upload-SEQ when the
+ * record is older than names), with .2, .3 ... if that is taken.
+ * Owned by the caller; NULL without memory. */
+static char *incomplete_name(struct fs_newfiles *n, uint32_t id,
+                             const char *name, uint64_t seq)
+{
+	char base[64], *out = NULL;
+
+	if (name == NULL || name[0] == '\0') {
+		snprintf(base, sizeof(base), "upload-%llu",
+		         (unsigned long long)seq);
+		name = base;
+	}
+	for (unsigned k = 1; k < 1000; k++) {
+		int rc = k == 1 ? asprintf(&out, "%s" INCOMPLETE_SUFFIX, name)
+		                : asprintf(&out, "%s" INCOMPLETE_SUFFIX ".%u",
+		                           name, k);
+
+		if (rc < 0)
+			return NULL;
+		if (find_name(n, id, out) == NULL)
+			break;
+		free(out);
+		out = NULL;
+	}
+	return out;
+}
+
+static void log_incomplete(struct mailfs *fs, uint32_t id, const char *name,
+                           uint64_t size)
+{
+	struct fs_mailbox *mb = NULL;
+
+	fs_tree_get(fs->tree, id, &mb);
+	log_warn("%s/%s: %llu bytes written before mailfs stopped, but never "
+	         "closed (its writer may have been cut off): not uploaded. "
+	         "It stays in the cache: rename it to upload it as it is, or "
+	         "remove it",
+	         mb != NULL ? mb->name : "?", name ? name : "?",
+	         (unsigned long long)size);
+	fs_mailbox_free(&mb);
+}
+
 void fs_newfile_resume(struct mailfs *fs)
 {
 	struct resume_ctx r = {.fs = fs};
@@ -703,6 +973,8 @@ void fs_newfile_resume(struct mailfs *fs)
 	for (size_t i = 0; i < r.n; i++) {
 		struct get_pending g = {.seq = r.seqs[i]};
 		struct nf *f, *have;
+		char *shown;
+		bool incomplete;
 		uint32_t num;
 
 		pthread_mutex_lock(&n->lock);
@@ -743,16 +1015,38 @@ void fs_newfile_resume(struct mailfs *fs)
 		f->seq = g.p->seq;
 		f->maybe_sent = g.p->state == CACHE_PENDING_SENT;
 		f->state = NF_STORED;
-		cache_pending_free(&g.p);
+		/* Its close was never seen: its writer may have been cut off
+		 * by the crash; what it holds may be a prefix. */
+		if (g.p->state == CACHE_PENDING_NEW) {
+			f->queued = false;
+			f->state = NF_INCOMPLETE;
+		}
 		pthread_mutex_lock(&n->lock);
 		f->num = ++n->next_num;
+		if (f->state == NF_INCOMPLETE &&
+		    (f->name = incomplete_name(n, f->id, g.p->name, f->seq)) ==
+		            NULL) {
+			pthread_mutex_unlock(&n->lock);
+			cache_pending_free(&g.p);
+			nf_free(f);
+			continue;
+		}
 		f->next = n->list;
 		n->list = f;
 		num = f->num;
+		incomplete = f->state == NF_INCOMPLETE;
+		shown = incomplete ? strdup(f->name) : NULL;
 		pthread_mutex_unlock(&n->lock);
-		log_info("resuming an upload left in the cache (%zu bytes)",
-		         f->len);
-		start_upload(fs, num);
+		if (incomplete)
+			log_incomplete(fs, g.p->mailbox_id, shown, g.p->size);
+		else
+			log_info("resuming an upload left in the cache (%llu "
+			         "bytes)",
+			         (unsigned long long)g.p->size);
+		free(shown);
+		cache_pending_free(&g.p);
+		if (!incomplete)
+			start_upload(fs, num);
 	}
 	free(r.seqs);
 }
@@ -770,8 +1064,9 @@ static int store_pending(struct cache_txn *txn, void *ctx)
 	struct store_ctx *s = ctx;
 	struct cache_pending p = {
 	        .mailbox_id = s->f->id,
-	        .state = CACHE_PENDING_NEW,
+	        .state = persisted(s->f),
 	        .flags = "",
+	        .name = s->f->name,
 	        .internaldate = s->f->mtime,
 	        .created = time(NULL),
 	        .size = s->f->len,
@@ -876,9 +1171,18 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	f->id = f->ino_id = id;
 	f->state = NF_WRITING;
-	f->opens = 1;
 	f->touched_ms = mono_ms();
+	/* Once the kernel skips opens it sends no RELEASE of this file
+	 * either: only inotify will see it closed. */
+	if (atomic_load(&fs->opens_skipped)) {
+		f->untracked = true;
+		fi->fh = FH_NO_RELEASE;
+	} else {
+		f->opens = 1;
+		fi->fh = FH_RELEASED;
+	}
 	pthread_mutex_lock(&n->lock);
+	drain_closes(n);
 	if (find_name(n, id, name) != NULL) {
 		pthread_mutex_unlock(&n->lock);
 		nf_free(f);
@@ -888,18 +1192,25 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	f->num = ++n->next_num;
 	f->next = n->list;
 	n->list = f;
-	set_watched(n, f);
-	pthread_mutex_unlock(&n->lock);
-	{
-		struct fuse_entry_param e = {0};
+	/* Its close must be seen, however soon it comes: the mailbox is
+	 * watched before the file exists for its writer. */
+	if (n->closes != NULL && n->started && !n->stop &&
+	    fs_closes_state(n->closes, id) == 0) {
+		struct creating *c = calloc(1, sizeof(*c));
 
-		nf_attr(fs, f, &e.attr);
-		e.ino = e.attr.st_ino;
-		e.attr_timeout = e.entry_timeout = NEW_TIMEOUT;
-		fi->direct_io = 0;
-		fi->keep_cache = 0;
-		fuse_reply_create(req, &e, fi);
+		if (c != NULL) {
+			c->req = req;
+			c->num = f->num;
+			c->fi = *fi;
+			c->next = n->creating;
+			n->creating = c;
+			pthread_cond_broadcast(&n->cond);
+			pthread_mutex_unlock(&n->lock);
+			return;
+		}
 	}
+	reply_create(fs, req, f, fi);
+	pthread_mutex_unlock(&n->lock);
 }
 
 void fs_newfile_getattr(fuse_req_t req, fuse_ino_t ino)
@@ -919,8 +1230,24 @@ void fs_newfile_getattr(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_attr(req, &st, NEW_TIMEOUT);
 }
 
+/* A change through descriptor fi (NULL: by path) is coming to f: from one
+ * the kernel did not tell us of, only inotify will see it closed (the
+ * lock is held). */
+static void written_through(struct nf *f, const struct fuse_file_info *fi)
+{
+	if (fi != NULL && fi->fh != FH_RELEASED)
+		f->untracked = true;
+}
+
+/* f is written again after its close was seen (the lock is held). */
+static void reopened(struct mailfs *fs, struct nf *f)
+{
+	if (f->state == NF_STORED && !f->queued)
+		set_state(fs, f, NF_WRITING);
+}
+
 void fs_newfile_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
-                        int to_set)
+                        int to_set, struct fuse_file_info *fi)
 {
 	struct mailfs *fs = fs_of(req);
 	struct nf *f;
@@ -928,26 +1255,28 @@ void fs_newfile_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	int err = 0;
 
 	pthread_mutex_lock(&fs->newfiles->lock);
+	drain_closes(fs->newfiles);
 	f = find_ino(fs->newfiles, ino);
 	if (f == NULL) {
 		err = ENOENT;
 	} else if (to_set & FUSE_SET_ATTR_SIZE) {
-		if (f->state > NF_STORED) {
+		if (!writable(f) || (f->state == NF_STORED && f->queued)) {
 			err = EPERM;
 		} else if ((uint64_t)attr->st_size > f->len) {
 			err = EPERM; /* no holes in mail */
 		} else if ((size_t)attr->st_size < f->len) {
+			/* O_TRUNC, or truncate(): being written again. */
+			written_through(f, fi);
+			reopened(fs, f);
 			f->len = (size_t)attr->st_size;
 			f->dirty = true;
-			if (f->state == NF_STORED)
-				f->state = NF_WRITING;
 		}
 	}
 	/* cp -p and rsync -t: the time becomes the INTERNALDATE, if the
 	 * upload has not started yet.  Modes and owners mean nothing to a
 	 * mail server: accepted and ignored. */
-	if (err == 0 && (to_set & FUSE_SET_ATTR_MTIME) &&
-	    f->state <= NF_STORED && f->mtime != attr->st_mtime) {
+	if (err == 0 && (to_set & FUSE_SET_ATTR_MTIME) && writable(f) &&
+	    f->mtime != attr->st_mtime) {
 		f->mtime = attr->st_mtime;
 		f->dirty = true;
 	}
@@ -971,23 +1300,31 @@ void fs_newfile_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	int err = 0;
 
 	pthread_mutex_lock(&fs->newfiles->lock);
+	drain_closes(fs->newfiles);
 	f = find_ino(fs->newfiles, ino);
 	if (f == NULL || f->state == NF_DONE) {
 		err = ENOENT;
 	} else if ((fi->flags & O_ACCMODE) != O_RDONLY) {
-		if (f->state > NF_STORED && f->state != NF_FAILED) {
+		if (f->state == NF_UPLOADING ||
+		    (f->state == NF_STORED && f->queued)) {
 			err = EPERM;
 		} else {
+			if (f->state == NF_FAILED)
+				set_state(fs, f, NF_WRITING);
+			reopened(fs, f);
 			if ((fi->flags & O_TRUNC) && f->len > 0) {
 				f->len = 0;
 				f->dirty = true;
 				err = keep(fs, f, NULL, 0, 0);
 			}
-			f->state = NF_WRITING;
 		}
 	}
-	if (err == 0)
+	/* An OPEN comes only while the kernel sends them: its RELEASE will
+	 * come too. */
+	if (err == 0) {
 		f->opens++;
+		fi->fh = FH_RELEASED;
+	}
 	pthread_mutex_unlock(&fs->newfiles->lock);
 	if (err)
 		fuse_reply_err(req, err);
@@ -1021,19 +1358,24 @@ void fs_newfile_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off)
 }
 
 void fs_newfile_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
-                      size_t size, off_t off)
+                      size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct mailfs *fs = fs_of(req);
 	struct nf *f;
 	int err = 0;
 
 	pthread_mutex_lock(&fs->newfiles->lock);
+	drain_closes(fs->newfiles);
 	f = find_ino(fs->newfiles, ino);
-	/* A file taken as written (closed, or left alone) may still have a
-	 * descriptor open: until the upload starts, it can be written. */
-	if (f != NULL && f->state == NF_STORED && !f->queued)
-		f->state = NF_WRITING;
-	if (f == NULL || f->state != NF_WRITING) {
+	/* A closed file may be opened and written again: until its upload
+	 * starts, it is being written again. */
+	if (f != NULL && (f->state == NF_WRITING || f->state == NF_STORED ||
+	                  f->state == NF_INCOMPLETE))
+		written_through(f, fi);
+	if (f != NULL)
+		reopened(fs, f);
+	if (f == NULL ||
+	    (f->state != NF_WRITING && f->state != NF_INCOMPLETE)) {
 		err = f == NULL ? ENOENT : EPERM;
 	} else if (off < 0 || (uint64_t)off + size > NEW_MAX_SIZE) {
 		err = EFBIG;
@@ -1070,23 +1412,21 @@ out:
 		fuse_reply_write(req, size);
 }
 
-void fs_newfile_release(fuse_req_t req, fuse_ino_t ino)
+void fs_newfile_release(fuse_req_t req, fuse_ino_t ino,
+                        struct fuse_file_info *fi)
 {
 	struct mailfs *fs = fs_of(req);
 	struct nf *f;
 
 	pthread_mutex_lock(&fs->newfiles->lock);
+	drain_closes(fs->newfiles);
 	f = find_ino(fs->newfiles, ino);
-	if (f != NULL) {
+	if (f != NULL && fi->fh == FH_RELEASED) {
 		if (f->opens > 0)
 			f->opens--;
-		/* The last descriptor we know of is closed (a RELEASE comes
-		 * only while files still need an open): as for a close
-		 * seen, the upload starts a second later. */
-		if (f->opens == 0 && f->state == NF_WRITING && !f->dirty) {
-			f->state = NF_STORED;
-			f->touched_ms = mono_ms();
-		}
+		/* The last descriptor we know of is closed: as for a close
+		 * seen by inotify, the upload starts a second later. */
+		close_seen(fs, f);
 	}
 	pthread_mutex_unlock(&fs->newfiles->lock);
 	fuse_reply_err(req, 0);
@@ -1129,6 +1469,40 @@ bool fs_newfile_unlink(fuse_req_t req, uint32_t id, const char *name)
 	return true;
 }
 
+struct target_ctx {
+	uint64_t seq;
+	uint32_t id;
+	const char *name;
+};
+
+static int pending_target(struct cache_txn *txn, void *ctx)
+{
+	struct target_ctx *t = ctx;
+
+	return cache_pending_set_target(txn, t->seq, t->id, t->name);
+}
+
+/* f was renamed (the lock is held): its record follows, so that a crash
+ * leaves it where and as the user last put it. */
+static void retarget(struct mailfs *fs, struct nf *f)
+{
+	struct target_ctx t = {f->seq, f->id, f->name};
+	int rc;
+
+	if (f->dirty && (f->seq != 0 || f->len > 0)) {
+		keep(fs, f, NULL, 0, 0); /* stored whole, name included */
+		return;
+	}
+	if (f->seq == 0)
+		return;
+	rc = cache_run_write(fs->cache, pending_target, &t);
+	if (rc < 0) {
+		log_err("cannot record the new name of %s in the cache: %s",
+		        f->name, strerror(-rc));
+		f->dirty = true;
+	}
+}
+
 bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
                        uint32_t newid, const char *newname)
 {
@@ -1144,8 +1518,7 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 	pthread_mutex_lock(&n->lock);
 	/* A close before this rename (rsync renames what it closed) is
 	 * reported under the old name: take it while that name holds. */
-	if (n->closes != NULL)
-		fs_closes_read(n->closes, closed, n);
+	drain_closes(n);
 	f = find_name(n, id, name);
 	if (f == NULL) {
 		/* Renamed into place after the upload finished (rsync):
@@ -1165,11 +1538,11 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 	}
 	if (nn == NULL) {
 		err = ENOMEM;
-	} else if (newid != id && f->state > NF_STORED) {
+	} else if (newid != id && !writable(f)) {
 		err = EBUSY;
 	} else {
 		old = find_name(n, newid, newname);
-		if (old != NULL && old != f && old->state <= NF_STORED) {
+		if (old != NULL && old != f && writable(old)) {
 			unlink_nf(n, old); /* replaced, as rename does */
 			if (old->seq != 0) {
 				struct drop_ctx d = {old->seq};
@@ -1185,13 +1558,17 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 			/* The pending upload now goes to newid, and its
 			 * close is seen there, if at all. */
 			f->id = newid;
-			set_watched(n, f);
-			if (f->seq != 0) {
-				f->dirty = true;
-				keep(fs, f, NULL, 0, 0);
-			}
+			want_watch(n, f);
 		}
+		retarget(fs, f);
 		f->touched_ms = mono_ms();
+		/* An incomplete file renamed: the user takes it as it is. */
+		if (f->state == NF_INCOMPLETE && !f->dirty) {
+			log_notice("%s: renamed, so taken as complete; "
+			           "uploading its %zu bytes",
+			           f->name, f->len);
+			set_state(fs, f, NF_STORED);
+		}
 		/* Renamed into place when written: that is the end of it. */
 		go = f->len > 0 && want_upload(f);
 		num = f->num;

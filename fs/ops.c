@@ -701,6 +701,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	 * fetch what is not cached (do_read). */
 	if (fs->no_open && (fi->flags & O_ACCMODE) == O_RDONLY &&
 	    !(fi->flags & O_TRUNC)) {
+		atomic_store(&fs->opens_skipped, true);
 		fuse_reply_err(req, ENOSYS);
 		return;
 	}
@@ -781,9 +782,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_release(fuse_req_t req, fuse_ino_t ino,
                        struct fuse_file_info *fi)
 {
-	(void)fi;
 	if (fs_ino_is_new(ino))
-		fs_newfile_release(req, ino);
+		fs_newfile_release(req, ino, fi);
 	else
 		fuse_reply_err(req, 0);
 }
@@ -901,9 +901,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
                        int to_set, struct fuse_file_info *fi)
 {
-	(void)fi;
 	if (fs_ino_is_new(ino)) {
-		fs_newfile_setattr(req, ino, attr, to_set);
+		fs_newfile_setattr(req, ino, attr, to_set, fi);
 		return;
 	}
 	/* A mailbox directory's times and mode mean nothing to the server:
@@ -923,9 +922,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
                      size_t size, off_t off, struct fuse_file_info *fi)
 {
-	(void)fi;
 	if (fs_ino_is_new(ino))
-		fs_newfile_write(req, ino, buf, size, off);
+		fs_newfile_write(req, ino, buf, size, off, fi);
 	else
 		fuse_reply_err(req, EPERM);
 }
@@ -953,6 +951,11 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_NO_OPEN_SUPPORT;
 		fs->no_open = true;
 	}
+	/* O_TRUNC as a SETATTR of the size, not a flag of OPEN: once the
+	 * kernel skips opens (op_open), a flag of an OPEN never sent is lost,
+	 * and `cat new > FILE` over a file being uploaded would keep the old
+	 * bytes past the new end. */
+	conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
 	/* Bigger reads mean fewer round trips through the kernel. */
 	conn->max_read = 0;
 }

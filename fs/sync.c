@@ -124,12 +124,19 @@ struct list_entry {
 	char delim;
 	uint32_t attrs;       /* CACHE_MBOX_* */
 	uint32_t uidvalidity; /* from STATUS when it may be a rename, or 0 */
+	bool skip;            /* could not be stored: left as it is */
 };
 
 struct list_result {
 	struct list_entry *v;
 	size_t n, cap;
 	bool oom;
+	/* Set by store_list when one step failed: the entry (index) or the
+	 * vanished mailbox (id) it was about. */
+	size_t failed;
+	uint32_t failed_id;
+	uint32_t *keep; /* owned: vanished ids not to be marked deleted */
+	size_t nkeep;
 };
 
 static uint32_t cache_attrs(unsigned a)
@@ -188,6 +195,7 @@ static void list_add(struct list_result *l, const char *name, char delim,
 	l->v[l->n].delim = delim;
 	l->v[l->n].attrs = attrs;
 	l->v[l->n].uidvalidity = 0;
+	l->v[l->n].skip = false;
 	l->n++;
 }
 
@@ -201,6 +209,7 @@ static void list_free(struct list_result *l)
 	for (size_t i = 0; i < l->n; i++)
 		free(l->v[i].name);
 	free(l->v);
+	free(l->keep);
 }
 
 struct vanish_ctx {
@@ -252,62 +261,151 @@ static uint32_t renamed_from(struct cache_txn *txn, struct vanish_ctx *v,
 	return 0;
 }
 
+/* Store what the list says of entry e. */
+static int store_entry(struct cache_txn *txn, struct vanish_ctx *v,
+                       const struct list_entry *e)
+{
+	struct cache_mailbox *old = NULL;
+	uint32_t from;
+	int rc;
+
+	rc = cache_mailbox_get_by_name(txn, e->name, &old);
+	if (rc == -ENOENT && (from = renamed_from(txn, v, e)) != 0) {
+		/* Renamed elsewhere: its id, cached messages and bodies go
+		 * with the new name. */
+		log_info("mailbox id %u was renamed to %s on the server; its "
+		         "cached mail goes with it",
+		         from, e->name);
+		rc = cache_mailbox_rename(txn, from, e->name);
+		if (rc == 0)
+			rc = cache_mailbox_get(txn, from, &old);
+	}
+	if (rc == -ENOENT) {
+		struct cache_mailbox mb = {
+		        .name = e->name,
+		        .delim = e->delim,
+		        .attrs = e->attrs,
+		};
+		uint32_t id;
+
+		return cache_mailbox_add(txn, &mb, &id);
+	}
+	if (rc == 0 && (old->deleted || old->delim != e->delim ||
+	                old->attrs != e->attrs)) {
+		struct cache_mailbox mb = *old;
+
+		mb.delim = e->delim;
+		mb.attrs = e->attrs;
+		mb.deleted = false;
+		rc = cache_mailbox_put(txn, &mb);
+	}
+	cache_mailbox_free(&old);
+	return rc;
+}
+
+static bool kept(const struct list_result *l, uint32_t id)
+{
+	for (size_t i = 0; i < l->nkeep; i++)
+		if (l->keep[i] == id)
+			return true;
+	return false;
+}
+
+/* One write transaction for the whole list.  A step that fails names its
+ * entry in l->failed (or its vanished mailbox in l->failed_id), so that
+ * fs_sync_list can leave that one out and store the rest. */
 static int store_list(struct cache_txn *txn, void *ctx)
 {
 	struct list_result *l = ctx;
 	struct vanish_ctx v = {.l = l};
 	int rc;
 
+	l->failed = SIZE_MAX;
+	l->failed_id = 0;
 	rc = cache_mailbox_foreach(txn, vanish_cb, &v);
 	for (size_t i = 0; i < l->n && rc == 0; i++) {
-		const struct list_entry *e = &l->v[i];
-		struct cache_mailbox *old = NULL;
-		uint32_t from;
-
-		rc = cache_mailbox_get_by_name(txn, e->name, &old);
-		if (rc == -ENOENT && (from = renamed_from(txn, &v, e)) != 0) {
-			/* Renamed elsewhere: its id, cached messages and
-			 * bodies go with the new name. */
-			log_info(
-			        "mailbox id %u was renamed to %s on the server; "
-			        "its cached mail goes with it",
-			        from, e->name);
-			rc = cache_mailbox_rename(txn, from, e->name);
-			if (rc == 0)
-				rc = cache_mailbox_get(txn, from, &old);
-		}
-		if (rc == -ENOENT) {
-			struct cache_mailbox mb = {
-			        .name = e->name,
-			        .delim = e->delim,
-			        .attrs = e->attrs,
-			};
-			uint32_t id;
-
-			rc = cache_mailbox_add(txn, &mb, &id);
+		if (l->v[i].skip)
 			continue;
-		}
+		rc = store_entry(txn, &v, &l->v[i]);
 		if (rc < 0)
-			break;
-		if (old->deleted || old->delim != e->delim ||
-		    old->attrs != e->attrs) {
-			struct cache_mailbox mb = *old;
-
-			mb.delim = e->delim;
-			mb.attrs = e->attrs;
-			mb.deleted = false;
-			rc = cache_mailbox_put(txn, &mb);
-		}
-		cache_mailbox_free(&old);
+			l->failed = i;
 	}
 	for (size_t i = 0; i < v.n && rc == 0; i++) {
+		if (kept(l, v.ids[i]))
+			continue;
 		log_info("mailbox id %u is gone from the server; its cached "
 		         "mail is kept but no longer shown",
 		         v.ids[i]);
 		rc = cache_mailbox_set_deleted(txn, v.ids[i], true);
+		if (rc < 0)
+			l->failed_id = v.ids[i];
 	}
 	free(v.ids);
 	return rc;
+}
+
+/* Errors that are about the cache as a whole, not about one mailbox:
+ * leaving a mailbox out would not help. */
+static bool cache_wide(int rc)
+{
+	return rc == -ENOSPC || rc == -ENOMEM || rc == -EAGAIN ||
+	       rc == -E2BIG || rc == -ECHILD || rc == -EROFS;
+}
+
+/* Whether the skip of mailbox name is news: a list is stored again and
+ * again, and the same damaged mailbox is worth one warning, not one per
+ * LIST.  Remembers a bounded number of names. */
+static bool skip_is_news(const char *name)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static char *seen[64];
+	static size_t nseen;
+	bool news = true;
+
+	pthread_mutex_lock(&lock);
+	for (size_t i = 0; i < nseen && news; i++)
+		news = strcmp(seen[i], name) != 0;
+	if (news && nseen < sizeof(seen) / sizeof(*seen) &&
+	    (seen[nseen] = strdup(name)) != NULL)
+		nseen++;
+	pthread_mutex_unlock(&lock);
+	return news;
+}
+
+/* Store the list; a mailbox that cannot be stored, for whatever reason,
+ * is left out with a log line (and keeps what the cache had of it), and
+ * the store is tried again without it: the rest always shows.  Each try
+ * leaves out one more, so this ends. */
+static int store_list_all(struct mailfs *fs, struct list_result *l)
+{
+	for (;;) {
+		int rc = cache_run_write(fs->cache, store_list, l);
+
+		if (rc >= 0 || cache_wide(rc))
+			return rc;
+		if (l->failed < l->n) {
+			const char *name = l->v[l->failed].name;
+
+			l->v[l->failed].skip = true;
+			log_msg(skip_is_news(name) ? LOG_WARNING : LOG_DEBUG,
+			        "mailbox %s cannot be stored in the cache (%s); "
+			        "it is left out of the mailbox list",
+			        name, strerror(-rc));
+		} else if (l->failed_id != 0 && !kept(l, l->failed_id)) {
+			uint32_t *nk =
+			        realloc(l->keep, (l->nkeep + 1) * sizeof(*nk));
+
+			if (nk == NULL)
+				return -ENOMEM;
+			l->keep = nk;
+			l->keep[l->nkeep++] = l->failed_id;
+			log_warn("mailbox id %u is gone from the server but "
+			         "cannot be marked so in the cache (%s)",
+			         l->failed_id, strerror(-rc));
+		} else {
+			return rc;
+		}
+	}
 }
 
 /* Which listed names are new to the cache, and are there mailboxes the
@@ -415,7 +513,7 @@ int fs_sync_list(struct mailfs *fs, struct imap_client *c,
 		                   imap_error(c)->text);
 		goto out;
 	}
-	rc = cache_run_write(fs->cache, store_list, &l);
+	rc = store_list_all(fs, &l);
 	if (rc < 0) {
 		proto_err_set(err, PERR_LOCAL, rc,
 		              "cannot store the mailbox list: %s",

@@ -49,7 +49,11 @@ void fs_sync_stop(struct fs_sync **sync);
 
 /* LIST the mailboxes with client c and store them in the cache (new ones
  * added, vanished ones marked deleted, missing parents created as
- * \Noselect), then reload fs->tree.  Used at mount time and by jobs. */
+ * \Noselect), then reload fs->tree.  A mailbox the cache cannot store
+ * (for whatever reason) is left out with a log line and keeps what the
+ * cache had of it; the rest is stored all the same.  Fails only when the
+ * cache as a whole cannot be written (full disk, out of memory).  Used at
+ * mount time and by jobs. */
 int fs_sync_list(struct mailfs *fs, struct imap_client *c,
                  struct proto_err *err);
 

@@ -8,6 +8,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include <openssl/evp.h>
+
 #include "proto/log.h"
 #include "proto/utf7.h"
 
@@ -69,7 +71,10 @@ char *fs_tree_component_name(const char *raw, size_t len)
 	if (out == NULL)
 		goto out;
 	o = out;
-	if (strcmp(src, ".") == 0 || strcmp(src, "..") == 0) {
+	if (*src == '\0') {
+		memcpy(o, FS_TREE_EMPTY_NAME, sizeof(FS_TREE_EMPTY_NAME) - 1);
+		o += sizeof(FS_TREE_EMPTY_NAME) - 1;
+	} else if (strcmp(src, ".") == 0 || strcmp(src, "..") == 0) {
 		memcpy(o, "%2E", 3);
 		o += 3;
 		src++;
@@ -90,6 +95,59 @@ out:
 	free(dec);
 	free(comp);
 	return out;
+}
+
+/* A file name too long for the kernel, cut to its first bytes (whole
+ * UTF-8 characters and whole escapes) and "%~" and 16 hex digits of the
+ * SHA-256 of the whole name. */
+static char *shorten(char *name)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	size_t len = strlen(name), k = FS_TREE_NAME_MAX - FS_TREE_HASH_SUFFIX;
+	char *out;
+
+	if (len <= FS_TREE_NAME_MAX)
+		return name;
+	while (k > 0 && ((unsigned char)name[k] & 0xC0) == 0x80)
+		k--;
+	if (name[k - 1] == '%')
+		k -= 1;
+	else if (name[k - 2] == '%')
+		k -= 2;
+	out = malloc(k + FS_TREE_HASH_SUFFIX + 1);
+	if (out == NULL ||
+	    EVP_Digest(name, len, md, &mdlen, EVP_sha256(), NULL) != 1) {
+		free(out);
+		free(name);
+		return NULL;
+	}
+	memcpy(out, name, k);
+	memcpy(out + k, "%~", 2);
+	for (int i = 0; i < 8; i++)
+		snprintf(out + k + 2 + 2 * i, 3, "%02x", md[i]);
+	free(name);
+	return out;
+}
+
+char *fs_tree_file_name(const char *name, char delim)
+{
+	const char *last = delim ? strrchr(name, delim) : NULL;
+	char *comp, *out;
+
+	if (last == NULL || last != name) {
+		last = last ? last + 1 : name;
+		return shorten(fs_tree_component_name(last, strlen(last)));
+	}
+	/* The name starts with its only delimiter ("/x"): there is no
+	 * mailbox called "" to be its parent, so it shows at the top with
+	 * the delimiter written as an escape. */
+	comp = fs_tree_component_name(name + 1, strlen(name + 1));
+	if (comp == NULL ||
+	    asprintf(&out, "%%%02X%s", (unsigned char)delim, comp) < 0)
+		out = NULL;
+	free(comp);
+	return out ? shorten(out) : NULL;
 }
 
 /* The directory mtime the last listing stored (its newest message). */
@@ -117,7 +175,6 @@ static int load_cb(const struct cache_mailbox *mb, void *ctx)
 {
 	struct load_ctx *l = ctx;
 	struct fs_mailbox *e;
-	const char *last;
 
 	if (mb->deleted)
 		return 0;
@@ -149,9 +206,7 @@ static int load_cb(const struct cache_mailbox *mb, void *ctx)
 		if (mb->uidvalidities[g] == mb->uidvalidity)
 			e->gen = g;
 	e->name = strdup(mb->name);
-	last = mb->delim ? strrchr(mb->name, mb->delim) : NULL;
-	last = last ? last + 1 : mb->name;
-	e->file = fs_tree_component_name(last, strlen(last));
+	e->file = fs_tree_file_name(mb->name, mb->delim);
 	if (e->name == NULL || e->file == NULL) {
 		free(e->name);
 		free(e->file);

@@ -14,8 +14,7 @@
  * The tree itself is an in-memory table of the mailboxes the cache knows,
  * reloaded from the cache after every LIST.  Each mailbox has a parent (a
  * mailbox id, or 0 for the root) and a file name: the last component of
- * its server name, decoded from modified UTF-7, with "%" shown as "%25"
- * and "/" as "%2F". */
+ * its server name, escaped as fs_tree_file_name says below. */
 #ifndef MAILFS_FS_TREE_H
 #define MAILFS_FS_TREE_H
 
@@ -135,9 +134,33 @@ int64_t fs_tree_loaded(struct fs_tree *tree);
 void fs_mailbox_free(struct fs_mailbox **mb);
 void fs_mailbox_vfree(struct fs_mailbox ***v, size_t n);
 
-/* The file name of one component of a server name: modified UTF-7
- * decoded (raw if invalid), "%" -> "%25", "/" -> "%2F", a leading "." of
- * "." or ".." -> "%2E".  New string. */
+/* File names.  A mailbox's directory is called after the last component
+ * of its server name (what follows the last delimiter):
+ *
+ * - decoded from modified UTF-7 (shown as is if invalid),
+ * - "%" -> "%25", "/" -> "%2F", and a leading "." of "." or ".." -> "%2E",
+ * - an empty component ("a/", "b//c") -> FS_TREE_EMPTY_NAME, a lone "%",
+ * - a name that starts with its only delimiter ("/x"), which has no parent
+ *   mailbox, is shown at the top as the delimiter's escape and the rest:
+ *   "/x" -> "%2Fx" ('.' -> "%2E", any delimiter d -> "%" and d in hex),
+ * - a file name over FS_TREE_NAME_MAX bytes is cut (whole characters,
+ *   whole escapes) and ends in "%~" and 16 hex digits of the SHA-256 of
+ *   the whole file name: the same on every mount.
+ *
+ * Every "%" of a file name of a real component starts "%25", "%2F" or
+ * "%2E", so the empty name, the delimiter escapes and the "%~" ending
+ * never stand for another mailbox's name. */
+#define FS_TREE_EMPTY_NAME  "%"
+#define FS_TREE_NAME_MAX    255 /* NAME_MAX */
+#define FS_TREE_HASH_SUFFIX 18  /* "%~" and 16 hex digits */
+
+/* The file name of one component of a server name (the rules above but
+ * the last two).  New string, NULL if out of memory. */
 char *fs_tree_component_name(const char *raw, size_t len);
+
+/* The file name of the mailbox called name (raw modified UTF-7) whose
+ * delimiter is delim ('\0' for none), by all the rules above.  New
+ * string, NULL if out of memory. */
+char *fs_tree_file_name(const char *name, char delim);
 
 #endif

@@ -702,7 +702,6 @@ static void test_mailbox_record(void **state)
 	struct cache *c = open_cache(f);
 	struct cache_mailbox in = {0}, *mb = NULL;
 	struct cache_txn *t;
-	char longname[600];
 	uint32_t id = 0, gen = 99;
 
 	in.name = "&AMQ-rger/Stra&AN8-e"; /* modified UTF-7, kept raw */
@@ -720,10 +719,8 @@ static void test_mailbox_record(void **state)
 	t = wtxn(c);
 	assert_int_equal(cache_mailbox_add(t, &in, &id), 0);
 	assert_int_equal(id, 1);
-	memset(longname, 'n', sizeof(longname) - 1);
-	longname[sizeof(longname) - 1] = '\0';
-	in.name = longname;
-	assert_int_equal(cache_mailbox_add(t, &in, &id), -ENAMETOOLONG);
+	in.name = "";
+	assert_int_equal(cache_mailbox_add(t, &in, &id), -EINVAL);
 	cache_txn_abort(&t);
 	t = wtxn(c);
 	in.name = "&AMQ-rger/Stra&AN8-e";
@@ -867,6 +864,295 @@ static void test_mailbox_rename(void **state)
 	cache_mailbox_free(&mb);
 	assert_int_equal(cache_mailbox_get(t, work, &mb), -ENOENT);
 	assert_int_equal(cache_txn_commit(&t), 0);
+}
+
+/* The largest key of this LMDB build (511 unless it was built otherwise). */
+static size_t max_key(void)
+{
+	MDB_env *env;
+	size_t n;
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	n = (size_t)mdb_env_get_maxkeysize(env);
+	mdb_env_close(env);
+	return n;
+}
+
+/* A name of len bytes: prefix, then 'a'..'z' repeated, then tail. */
+static char *long_name(const char *prefix, size_t len, const char *tail)
+{
+	char *s = malloc(len + 1);
+	size_t p = strlen(prefix), t = strlen(tail);
+
+	assert_non_null(s);
+	assert_true(p + t <= len);
+	memcpy(s, prefix, p);
+	for (size_t i = p; i < len - t; i++)
+		s[i] = (char)('a' + i % 26);
+	memcpy(s + len - t, tail, t);
+	s[len] = '\0';
+	return s;
+}
+
+/* Every key of the mbox_name database, read straight from the files: n
+ * keys into keys[] (copies) and their ids. */
+struct raw_keys {
+	size_t n;
+	char *key[16];
+	size_t len[16];
+	uint32_t id[16];
+};
+
+static void read_name_keys(const char *dir, struct raw_keys *r)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_cursor *cur;
+	MDB_val k, v;
+
+	memset(r, 0, sizeof(*r));
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
+	assert_int_equal(mdb_env_open(env, dir, MDB_RDONLY, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "mbox_name", 0, &dbi), 0);
+	assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+	while (mdb_cursor_get(cur, &k, &v, r->n ? MDB_NEXT : MDB_FIRST) == 0) {
+		assert_true(r->n < 16);
+		assert_int_equal(v.mv_size, 4);
+		r->key[r->n] = malloc(k.mv_size);
+		assert_non_null(r->key[r->n]);
+		memcpy(r->key[r->n], k.mv_data, k.mv_size);
+		r->len[r->n] = k.mv_size;
+		r->id[r->n] = (uint32_t)((const uint8_t *)v.mv_data)[0] << 24 |
+		              (uint32_t)((const uint8_t *)v.mv_data)[1] << 16 |
+		              (uint32_t)((const uint8_t *)v.mv_data)[2] << 8 |
+		              ((const uint8_t *)v.mv_data)[3];
+		r->n++;
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+}
+
+static void free_name_keys(struct raw_keys *r)
+{
+	for (size_t i = 0; i < r->n; i++)
+		free(r->key[i]);
+}
+
+/* The raw key that names id. */
+static size_t key_of(const struct raw_keys *r, uint32_t id, const char **k_r)
+{
+	for (size_t i = 0; i < r->n; i++) {
+		if (r->id[i] == id) {
+			*k_r = r->key[i];
+			return r->len[i];
+		}
+	}
+	fail_msg("no index entry names mailbox %u", id);
+	return 0;
+}
+
+static void assert_found(struct cache_txn *t, const char *name, uint32_t id)
+{
+	struct cache_mailbox *mb = NULL;
+	uint32_t got = 0;
+
+	assert_int_equal(cache_mailbox_lookup(t, name, &got), 0);
+	assert_int_equal(got, id);
+	assert_int_equal(cache_mailbox_get_by_name(t, name, &mb), 0);
+	assert_int_equal(mb->id, id);
+	assert_string_equal(mb->name, name);
+	cache_mailbox_free(&mb);
+}
+
+/* Names longer than an LMDB key (a nested name of 6 levels of 100
+ * characters is one) are filed under a hash; names that fit keep their
+ * key byte for byte. */
+static void test_mailbox_long_names(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	const size_t max = max_key();
+	char *at = long_name("At/", max, ""),
+	     *over = long_name("Ov/", max + 1, "");
+	char *shared[3], *nested, *moved, *gone;
+	uint32_t id_at, id_over, id_shared[3], id_nested, id = 0;
+	struct raw_keys r;
+	struct cache_txn *t;
+	char names[8192] = "";
+	const char *k = NULL;
+	size_t n;
+
+	/* Three names alike in their first 1000 bytes, so alike in any
+	 * prefix a key could hold. */
+	shared[0] = long_name("Sh/", 1002, "/A");
+	shared[1] = long_name("Sh/", 1002, "/B");
+	shared[2] = long_name("Sh/", 1500, "/A");
+	nested = long_name("", 605, "");
+	for (int i = 1; i < 6; i++)
+		nested[i * 101 - 1] = '/';
+	moved = long_name("Mv/", 900, "/moved");
+	gone = long_name("Gone/", 700, "");
+
+	t = wtxn(c);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	id_at = add_mailbox(t, at);
+	id_over = add_mailbox(t, over);
+	for (int i = 0; i < 3; i++)
+		id_shared[i] = add_mailbox(t, shared[i]);
+	id_nested = add_mailbox(t, nested);
+	assert_int_equal(
+	        cache_mailbox_add(t, &(struct cache_mailbox){.name = shared[1]},
+	                          &id),
+	        -EEXIST);
+	cache_txn_abort(&t);
+	t = wtxn(c);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	id_at = add_mailbox(t, at);
+	id_over = add_mailbox(t, over);
+	for (int i = 0; i < 3; i++)
+		id_shared[i] = add_mailbox(t, shared[i]);
+	id_nested = add_mailbox(t, nested);
+	assert_int_equal(add_mailbox(t, gone), id_nested + 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_found(t, "INBOX", 1);
+	assert_found(t, at, id_at);
+	assert_found(t, over, id_over);
+	for (int i = 0; i < 3; i++)
+		assert_found(t, shared[i], id_shared[i]);
+	assert_found(t, nested, id_nested);
+	/* A long name that was never added, alike the others up to its
+	 * last byte, is not found. */
+	shared[1][1001] = 'C';
+	assert_int_equal(cache_mailbox_lookup(t, shared[1], &id), -ENOENT);
+	shared[1][1001] = 'B';
+	assert_int_equal(cache_mailbox_foreach(t, collect_names, names), 0);
+	/* Each name and its comma. */
+	assert_int_equal(strlen(names), 6 + (max + 1) + (max + 2) + 1003 +
+	                                        1003 + 1501 + 606 + 701);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* On disk: a name that fits is its own key, as it always was; a
+	 * longer one is its first bytes, a NUL and 32 bytes of hash, no
+	 * longer than a key. */
+	cache_close(&f->cache);
+	read_name_keys(f->dir, &r);
+	assert_int_equal(r.n, 8);
+	n = key_of(&r, 1, &k);
+	assert_int_equal(n, 5);
+	assert_memory_equal(k, "INBOX", 5);
+	n = key_of(&r, id_at, &k);
+	assert_int_equal(n, max);
+	assert_memory_equal(k, at, max);
+	n = key_of(&r, id_over, &k);
+	assert_true(n <= max);
+	assert_int_equal(n, 511);
+	assert_memory_equal(k, over, 511 - 33);
+	assert_int_equal(k[511 - 33], '\0');
+	for (int i = 0; i < 3; i++) {
+		n = key_of(&r, id_shared[i], &k);
+		assert_int_equal(n, 511);
+		assert_memory_equal(k, shared[i], 511 - 33);
+		assert_int_equal(k[511 - 33], '\0');
+	}
+	free_name_keys(&r);
+	open_cache(f);
+	c = f->cache;
+
+	/* Rename: long to long, long to short, short to long; then remove. */
+	t = wtxn(c);
+	assert_int_equal(cache_mailbox_rename(t, id_shared[0], moved), 0);
+	assert_int_equal(cache_mailbox_rename(t, id_over, "Short"), 0);
+	assert_int_equal(cache_mailbox_rename(t, id_at, over), 0);
+	/* Onto a long name that is taken: refused. */
+	assert_int_equal(cache_mailbox_rename(t, id_nested, shared[1]),
+	                 -EEXIST);
+	cache_txn_abort(&t);
+	t = wtxn(c);
+	assert_int_equal(cache_mailbox_rename(t, id_shared[0], moved), 0);
+	assert_int_equal(cache_mailbox_rename(t, id_over, "Short"), 0);
+	assert_int_equal(cache_mailbox_rename(t, id_at, over), 0);
+	assert_int_equal(cache_mailbox_remove(t, id_nested + 1), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_lookup(t, shared[0], &id), -ENOENT);
+	assert_int_equal(cache_mailbox_lookup(t, at, &id), -ENOENT);
+	assert_int_equal(cache_mailbox_lookup(t, gone, &id), -ENOENT);
+	assert_found(t, moved, id_shared[0]);
+	assert_found(t, "Short", id_over);
+	assert_found(t, over, id_at);
+	assert_found(t, shared[1], id_shared[1]);
+	assert_found(t, shared[2], id_shared[2]);
+	assert_found(t, nested, id_nested);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	cache_close(&f->cache);
+	/* No stale index entry is left behind. */
+	read_name_keys(f->dir, &r);
+	assert_int_equal(r.n, 7);
+	free_name_keys(&r);
+
+	free(at);
+	free(over);
+	for (int i = 0; i < 3; i++)
+		free(shared[i]);
+	free(nested);
+	free(moved);
+	free(gone);
+}
+
+/* One damaged mailbox record is left out of a walk; the others are all
+ * there and the transaction stays usable. */
+static void test_mailbox_damaged_record(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_mailbox *mb = NULL;
+	struct cache_txn *t;
+	char names[256] = "";
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	uint8_t key[4] = {0, 0, 0, 2}, bad[3] = {0xff, 0, 0};
+	MDB_val k = {4, key}, v = {3, bad};
+	uint32_t id = 0;
+
+	t = wtxn(c);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	assert_int_equal(add_mailbox(t, "Damaged"), 2);
+	assert_int_equal(add_mailbox(t, "Work"), 3);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	cache_close(&f->cache);
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
+	assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "mbox", 0, &dbi), 0);
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+
+	c = open_cache(f);
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_foreach(t, collect_names, names), 0);
+	assert_string_equal(names, "INBOX,Work,");
+	assert_int_equal(cache_txn_error(t), 0);
+	assert_int_equal(cache_mailbox_get_by_name(t, "Work", &mb), 0);
+	assert_int_equal(mb->id, 3);
+	cache_mailbox_free(&mb);
+	/* Asking for the damaged one is an error, as before. */
+	assert_int_equal(cache_mailbox_lookup(t, "Damaged", &id), 0);
+	assert_int_equal(cache_mailbox_get(t, id, &mb), -EIO);
+	assert_int_equal(cache_txn_commit(&t), -EIO);
 }
 
 static void test_generations_stable(void **state)
@@ -1252,6 +1538,7 @@ static void test_pending(void **state)
 	in.mailbox_id = 3;
 	in.state = CACHE_PENDING_NEW;
 	in.flags = "\\Draft";
+	in.name = "draft.eml";
 	in.internaldate = 1600000000;
 	in.tz_minutes = 120;
 	in.created = 1700000000;
@@ -1261,6 +1548,7 @@ static void test_pending(void **state)
 	assert_int_equal(seq, 1);
 	in.mailbox_id = 4;
 	in.flags = NULL;
+	in.name = NULL;
 	in.size = 0;
 	in.data = NULL;
 	assert_int_equal(cache_pending_add_once(c, &in, &seq), 0);
@@ -1276,6 +1564,7 @@ static void test_pending(void **state)
 	assert_int_equal(p->seq, 1);
 	assert_int_equal(p->mailbox_id, 3);
 	assert_string_equal(p->flags, "\\Draft");
+	assert_string_equal(p->name, "draft.eml");
 	assert_true(p->internaldate == 1600000000);
 	assert_int_equal(p->tz_minutes, 120);
 	assert_true(p->created == 1700000000);
@@ -1290,11 +1579,45 @@ static void test_pending(void **state)
 	assert_int_equal(cache_txn_commit(&t), 0);
 
 	t = wtxn(c);
+	assert_int_equal(cache_pending_set_state(t, 1, CACHE_PENDING_CLOSED),
+	                 0);
+	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
+	assert_int_equal(p->state, CACHE_PENDING_CLOSED);
+	assert_string_equal(p->name, "draft.eml");
+	cache_pending_free(&p);
 	assert_int_equal(cache_pending_set_state(t, 1, CACHE_PENDING_SENT), 0);
 	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
 	assert_int_equal(p->state, CACHE_PENDING_SENT);
 	assert_memory_equal(p->data, msg, sizeof(msg) - 1);
 	cache_pending_free(&p);
+	assert_int_equal(
+	        cache_pending_set_state(t, 1, CACHE_PENDING_CLOSED + 1),
+	        -EINVAL);
+	cache_txn_abort(&t);
+
+	/* A rename: another mailbox and name, the rest kept. */
+	t = wtxn(c);
+	assert_int_equal(cache_pending_set_target(t, 1, 9, "moved.eml"), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	t = rtxn(c);
+	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
+	assert_int_equal(p->mailbox_id, 9);
+	assert_string_equal(p->name, "moved.eml");
+	assert_int_equal(p->state, CACHE_PENDING_NEW);
+	assert_string_equal(p->flags, "\\Draft");
+	assert_true(p->internaldate == 1600000000);
+	assert_int_equal(p->tz_minutes, 120);
+	assert_true(p->created == 1700000000);
+	assert_int_equal(p->size, sizeof(msg) - 1);
+	assert_memory_equal(p->data, msg, sizeof(msg) - 1);
+	cache_pending_free(&p);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	t = wtxn(c);
+	assert_int_equal(cache_pending_set_target(t, 7, 9, "x"), -ENOENT);
+	cache_txn_abort(&t);
+	t = wtxn(c);
+	assert_int_equal(cache_pending_set_target(t, 1, 3, "draft.eml"), 0);
+	assert_int_equal(cache_pending_set_state(t, 1, CACHE_PENDING_SENT), 0);
 	assert_int_equal(cache_txn_commit(&t), 0);
 
 	/* Confirmed by the server: forget it.  The sequence goes on. */
@@ -1688,6 +2011,10 @@ int main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_mailbox_rename, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_mailbox_long_names, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_mailbox_damaged_record,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_generations_stable, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_rematch, setup, teardown),

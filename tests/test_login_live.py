@@ -149,7 +149,7 @@ class Command:
 
 
 class AuthCounter:
-    """client_rewrite for a TLSProxy that counts the login commands."""
+    """rewrite_client for a TLSProxy that counts the login commands."""
 
     def __init__(self):
         self.times = []
@@ -253,7 +253,7 @@ class OAuth2Refresh(LoginTest):
         cmd = Command(base, 'token')
         gate = imapproxy.OAuth2Gate(self.USER, dc.users[self.USER], newest=cmd.runs)
         with imapproxy.TLSProxy(dc, rewrite=gate.server,
-                                client_rewrite=gate.client) as proxy:
+                                rewrite_client=gate.client) as proxy:
             m = self.mount(mnt, cache, cmd.option('oauth2_cmd'), url=proxy.url(self.USER))
             self.assertInboxExact(m, 'mounted: ')
             self.assertTrue(any(ok for _, _, ok in gate.presented), 'no token accepted')
@@ -334,7 +334,7 @@ class PasscmdWrong(LoginTest):
         base, mnt, cache = fresh('wrong')
         cmd = Command(base, 'password', dc.users[self.USER])
         logins = AuthCounter()
-        with imapproxy.TLSProxy(dc, client_rewrite=logins) as proxy:
+        with imapproxy.TLSProxy(dc, rewrite_client=logins) as proxy:
             m = self.mount(mnt, cache, cmd.option('passcmd'), url=proxy.url(self.USER))
             self.assertInboxExact(m, 'mounted: ')
             cached = dc.fetch_bodies(self.USER, 'INBOX')

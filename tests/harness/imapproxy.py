@@ -13,13 +13,12 @@ certificate (SAN localhost, signed by the harness CA), so a client that
 trusts dc.ca and connects to host "localhost" verifies it as it would
 Dovecot.  Each accepted connection gets its own TLS connection to Dovecot's
 IMAPS port, and one thread that moves bytes both ways with select() and
-bounded timeouts.  Client-to-server data is forwarded unchanged.
-Server-to-client data goes through a LineRewriter when REWRITE is given: a
-function (bytes -> bytes) applied to the protocol text between CRLFs and
-literals, never to literal data, so literal byte counts stay right.
-Client-to-server data goes through one when CLIENT_REWRITE is given (the
-same kind of function, for the client's commands), and is otherwise
-forwarded unchanged.
+bounded timeouts.  Server-to-client data goes through a LineRewriter when
+REWRITE is given: a function (bytes -> bytes) applied to the protocol text
+between CRLFs and literals, never to literal data, so literal byte counts
+stay right.  Client-to-server data is forwarded unchanged, or through a
+LineRewriter of REWRITE_CLIENT when that is given (a server whose names
+differ from what it stores: the client's names are mapped back).
 
 stop() (or the context manager) closes the listener and every connection
 and joins the threads (bounded).
@@ -77,7 +76,7 @@ class OAuth2Gate:
     of Dovecot's password login (the harness Dovecot has no OAuth2).
 
         gate = OAuth2Gate('alice', 'alicepw', newest=lambda: N)
-        with TLSProxy(dc, rewrite=gate.server, client_rewrite=gate.client):
+        with TLSProxy(dc, rewrite=gate.server, rewrite_client=gate.client):
             ...                 # mailfs -o oauth2_cmd=CMD, CMD prints tok-N
             gate.expire()       # every token issued so far has expired
             gate.presented      # [(monotonic time, token, accepted)]
@@ -181,13 +180,13 @@ class LineRewriter:
 class TLSProxy:
     """See the module docstring.  DC: a mailharness.Dovecot (its imaps port,
     server certificate and CA are used); REWRITE: None or bytes -> bytes for
-    server-to-client protocol text; CLIENT_REWRITE: the same for
+    server-to-client protocol text; REWRITE_CLIENT: the same for
     client-to-server text."""
 
-    def __init__(self, dc, rewrite=None, client_rewrite=None):
+    def __init__(self, dc, rewrite=None, rewrite_client=None):
         self.dc = dc
         self.rewrite = rewrite
-        self.client_rewrite = client_rewrite
+        self.rewrite_client = rewrite_client
         self.target = (dc.address, dc.ports['imaps'])
         self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.server_ctx.load_cert_chain(dc.pki['server'], dc.pki['server.key'])
@@ -254,8 +253,8 @@ class TLSProxy:
                 rw = LineRewriter(self.rewrite) if self.rewrite else None
                 if rw:
                     self._rewriters.append(rw)
-                crw = (LineRewriter(self.client_rewrite)
-                       if self.client_rewrite else None)
+                crw = (LineRewriter(self.rewrite_client)
+                       if self.rewrite_client else None)
             client.setblocking(False)
             server.setblocking(False)
             self._pump(client, server, rw, crw)
