@@ -12,6 +12,7 @@
 #include "fs/options.h"
 #include "fs/tree.h"
 #include "proto/imap_client.h"
+#include "proto/login.h"
 #include "proto/pop3.h"
 #include "proto/url.h"
 
@@ -23,12 +24,12 @@ struct fs_inval;
 struct mailfs {
 	struct fs_options opts;
 	struct account_url url;
-	struct imap_config imap; /* borrows from url, opts and secret */
+	struct imap_config imap; /* borrows from url and opts; no secret */
 	struct imap_pace pace;   /* the server's back-off, for every
 	                            connection of the mount (imap.pace) */
 	struct pop3_config pop3; /* the same, for a POP3 account */
 	bool is_pop;
-	char *secret;                 /* owned: password or token; wiped */
+	struct login *login;          /* owned; the secret of every login */
 	char *cache_path;             /* owned */
 	struct cache *cache;          /* owned */
 	struct fs_tree *tree;         /* owned */

@@ -103,19 +103,41 @@ static bool cache_exists(const char *dir)
 	return access(path, F_OK) == 0;
 }
 
+/* Read the secret once, in the foreground (the commands get the long
+ * limit of cred_from_cmd(): a passphrase may be typed), and make it the
+ * source of every login: later runs of the commands are bounded by
+ * -o timeout. */
 static int get_secret(struct mailfs *fs, struct proto_err *err)
 {
-	char prompt[512];
+	enum login_kind kind = LOGIN_FIXED;
+	const char *cmd = NULL;
+	char prompt[512], *secret = NULL;
+	int rc;
 
-	if (fs->opts.oauth2_cmd != NULL)
-		return cred_from_cmd(fs->opts.oauth2_cmd, &fs->secret, err);
-	if (fs->opts.passcmd != NULL)
-		return cred_from_cmd(fs->opts.passcmd, &fs->secret, err);
-	if (fs->opts.password_stdin)
-		return cred_from_stdin(&fs->secret, err);
-	snprintf(prompt, sizeof(prompt), "Password for %s@%s: ", fs->url.user,
-	         fs->url.host);
-	return cred_from_tty(prompt, &fs->secret, err);
+	if (fs->opts.oauth2_cmd != NULL) {
+		kind = LOGIN_OAUTH2;
+		cmd = fs->opts.oauth2_cmd;
+	} else if (fs->opts.passcmd != NULL) {
+		kind = LOGIN_PASSCMD;
+		cmd = fs->opts.passcmd;
+	}
+	if (cmd != NULL) {
+		rc = cred_from_cmd(cmd, &secret, err);
+	} else if (fs->opts.password_stdin) {
+		rc = cred_from_stdin(&secret, err);
+	} else {
+		snprintf(prompt, sizeof(prompt),
+		         "Password for %s@%s: ", fs->url.user, fs->url.host);
+		rc = cred_from_tty(prompt, &secret, err);
+	}
+	if (rc < 0)
+		return rc;
+	rc = login_new(&fs->login, kind, cmd, (int)fs->opts.timeout * 1000,
+	               &secret);
+	cred_free(&secret);
+	if (rc < 0)
+		return proto_err_set(err, PERR_LOCAL, rc, "out of memory");
+	return 0;
 }
 
 /* Deleting from a POP3 maildrop also deletes from the IMAP view of the
@@ -273,14 +295,10 @@ int main(int argc, char *argv[])
 			fprintf(stderr, "mailfs: %s\n", err.text);
 			goto out_args;
 		}
-		if (fs.opts.oauth2_cmd != NULL)
-			fs.imap.oauth2_token = fs.pop3.oauth2_token = fs.secret;
-		else
-			fs.imap.password = fs.pop3.password = fs.secret;
 		if (fs.is_pop)
-			rc = pop3_connect(&first_pop, &fs.pop3, &err);
+			rc = login_pop3(fs.login, &fs.pop3, &first_pop, &err);
 		else
-			rc = imap_connect(&first, &fs.imap, &err);
+			rc = login_imap(fs.login, &fs.imap, &first, &err);
 		if (rc < 0 && unreachable(&err) &&
 		    cache_exists(fs.cache_path)) {
 			fprintf(stderr,
@@ -306,6 +324,10 @@ int main(int argc, char *argv[])
 	/* A server down at mount time makes the mount read-only; reading
 	 * reconnects by itself when it comes back. */
 	fs.readonly = fs.opts.ro || fs.offline || down;
+	/* From here on a refused login is for the log (once), not for the
+	 * user at the terminal. */
+	if (fs.login != NULL)
+		login_set_reporting(fs.login, true);
 
 	/* The kernel checks permissions from the modes we report. */
 	fuse_opt_add_arg(&args, "-odefault_permissions,fsname=mailfs,"
@@ -418,7 +440,7 @@ out_conn:
 	imap_free(&first);
 	pop3_free(&first_pop);
 out_args:
-	cred_free(&fs.secret);
+	login_free(&fs.login);
 	free(fs.cache_path);
 	url_clear(&fs.url);
 	fs_options_free(&fs.opts);

@@ -1321,9 +1321,10 @@ static int session(struct fs_pop *p)
 		p->c = p->first;
 		p->first = NULL;
 	} else {
-		rc = pop3_connect(&p->c, &fs->pop3, &err);
+		rc = login_pop3(fs->login, &fs->pop3, &p->c, &err);
 		if (rc < 0) {
-			log_warn("POP3 check failed: %s", err.text);
+			if (!login_reported(fs->login, &err))
+				log_warn("POP3 check failed: %s", err.text);
 			return rc;
 		}
 	}

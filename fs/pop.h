@@ -5,6 +5,8 @@
  * The network side is one thread that runs short sessions (connect, UIDL,
  * RETR what is new, DELE what pop_keep allows, QUIT) every poll seconds
  * and when INBOX is listed, so other clients are not locked out for long.
+ * Each session logs in with login_pop3() and fs->login, so oauth2_cmd
+ * runs for it and passcmd after a refused login (proto/login.h).
  * Every message's bytes are committed to the cache, with its UIDL (and,
  * where the server reuses UIDLs, a hash of its size and header), before
  * anything else happens to it; a message is DELEted on the server only

@@ -72,7 +72,7 @@ struct worker {
 	struct job *job;       /* running, or NULL */
 	/* ms, monotonic: when the server last sent this worker anything. */
 	_Atomic int64_t input_ms;
-	bool live;             /* counted in s->live (under s->lock) */
+	bool live; /* counted in s->live (under s->lock) */
 };
 
 struct failed_body {
@@ -1827,7 +1827,7 @@ void fs_sync_prepare(struct imap_client *c)
 int fs_sync_connect(struct mailfs *fs, struct imap_client **c_r,
                     struct proto_err *err)
 {
-	int rc = imap_connect(c_r, &fs->imap, err);
+	int rc = login_imap(fs->login, &fs->imap, c_r, err);
 
 	if (rc == 0)
 		fs_sync_prepare(*c_r);
@@ -1924,8 +1924,10 @@ static int worker_connect(struct worker *w)
 		if (s->backoff > BACKOFF_MAX_MS)
 			s->backoff = BACKOFF_MAX_MS;
 		s->down_until = now_ms() + s->backoff;
-		log_warn("cannot reach the server: %s (retrying in %u s)",
-		         err.text, s->backoff / 1000);
+		if (!login_reported(s->fs->login, &err))
+			log_warn("cannot reach the server: %s (retrying in %u "
+			         "s)",
+			         err.text, s->backoff / 1000);
 		rc = -ENOTCONN;
 	} else {
 		back = s->backoff != 0;

@@ -16,9 +16,9 @@
  * message; a body is served, and its waiters answered, only once it is
  * complete and committed.
  *
- * When the server cannot be reached the pool backs off (1 s doubling to
- * 60 s); while it is backing off, new jobs are refused at once with
- * -ENOTCONN and the handlers answer from the cache.
+ * When the server cannot be reached, or refuses the login, the pool backs
+ * off (1 s doubling to 60 s); while it is backing off, new jobs are
+ * refused at once with -ENOTCONN and the handlers answer from the cache.
  *
  * No request waits longer than the timeout option for the server: a
  * waiter whose job has not started within it, or whose connection has
@@ -48,8 +48,12 @@
 /* rc is 0 on success or a negative errno. */
 typedef void (*fs_sync_cb)(void *ctx, int rc);
 
-/* Connect and log in as the mount does (imap_connect), then prepare the
- * connection for resyncs (ENABLE QRESYNC when offered). */
+/* Connect and log in as the mount does (login_imap() with fs->login: the
+ * secret is taken, or the credential command run, for this login), then
+ * prepare the connection for resyncs (ENABLE QRESYNC when offered).  Runs
+ * on network threads only: it may wait for oauth2_cmd or passcmd (at most
+ * the timeout option).  A refused login is logged by fs->login, once
+ * (login_reported()). */
 int fs_sync_connect(struct mailfs *fs, struct imap_client **c_r,
                     struct proto_err *err);
 

@@ -253,9 +253,12 @@ static void *watch_main(void *arg)
 				case 1: backoff = BACKOFF_MIN_MS; break;
 				case 2: break;
 				default:
-					log_info("watching INBOX: %s (retrying "
-					         "in %u s)",
-					         err.text, backoff / 1000);
+					if (!login_reported(fs->login, &err))
+						log_info(
+						        "watching INBOX: %s (retrying "
+						        "in %u s)",
+						        err.text,
+						        backoff / 1000);
 				}
 				if (nap(w, backoff))
 					break;

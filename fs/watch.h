@@ -10,7 +10,8 @@
  * mailboxes that were listed before, so that other mailboxes stay close
  * to the server even when nobody looks.
  *
- * A lost connection is reopened with back-off (1 s doubling to 60 s);
+ * A lost connection is reopened with back-off (1 s doubling to 60 s),
+ * logging in with fs->login as the workers do (fs_sync_connect());
  * INBOX is resynchronised after each reconnection. */
 #ifndef MAILFS_FS_WATCH_H
 #define MAILFS_FS_WATCH_H

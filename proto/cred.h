@@ -40,8 +40,11 @@
  * timeout kills only the shell.
  *
  * Uses fork(): safe in a threaded process (the child only makes
- * async-signal-safe calls before exec), but DESIGN.md wants it done before
- * LMDB is opened anyway.  Must not race with a SIGCHLD disposition of
+ * async-signal-safe calls before exec).  The first run is made before
+ * LMDB is opened; proto/login.c runs the command again from network
+ * threads of a mount, with the cache open: the child closes every
+ * descriptor above 2 and execs at once, so it never uses the environment
+ * (STYLE.md's fork rule).  Must not race with a SIGCHLD disposition of
  * SIG_IGN (the exit status would be lost). */
 int cred_from_cmd(const char *cmd, char **secret_r, struct proto_err *err);
 

@@ -26,6 +26,9 @@ and joins the threads (bounded).
 hide_caps('QRESYNC', ...) makes a rewrite of a server that lacks those
 capabilities (for the CONDSTORE-only and plain resync paths).
 
+OAuth2Gate makes the proxy an OAuth2 server whose tokens expire on demand,
+in front of Dovecot's password login (see its docstring).
+
 constant_modseq is the rewrite of a server that advertises CONDSTORE but
 breaks it: every "MODSEQ (n)" becomes "MODSEQ (1)" and every
 "HIGHESTMODSEQ n" (in [HIGHESTMODSEQ n] and in STATUS) becomes
@@ -42,6 +45,7 @@ the body it sends, so the client waits for bytes that never come.  Set
 .active = False on the returned function and the server behaves again.
 """
 
+import base64
 import re
 import select
 import socket
@@ -124,6 +128,66 @@ def hide_caps(*caps):
         return m.group(1) + b' '.join(kept)
 
     return lambda text: cap_list.sub(strip, text)
+
+
+class OAuth2Gate:
+    """The proxy as an OAuth2 server whose tokens expire on demand, in front
+    of Dovecot's password login (the harness Dovecot has no OAuth2).
+
+        gate = OAuth2Gate('alice', 'alicepw', newest=lambda: N)
+        with TLSProxy(dc, rewrite=gate.server, rewrite_client=gate.client):
+            ...                 # mailfs -o oauth2_cmd=CMD, CMD prints tok-N
+            gate.expire()       # every token issued so far has expired
+            gate.presented      # [(monotonic time, token, accepted)]
+
+    AUTH=XOAUTH2 is added to every CAPABILITY list the server sends.  A
+    client's "TAG AUTHENTICATE XOAUTH2 <initial response>" (SASL-IR) is
+    checked here: its token is accepted when it is "tok-N" with N the newest
+    issued (NEWEST() says which) and not expired.  Dovecot then gets
+    "AUTHENTICATE PLAIN" with USER's real password, or with a wrong one, so
+    that the answer, OK or NO [AUTHENTICATIONFAILED], is Dovecot's own.  Any
+    other login command is made to fail the same way."""
+
+    _AUTH = re.compile(rb'(\S+) (AUTHENTICATE|LOGIN)( .*)?\r\n\Z', re.I | re.S)
+    _CAPS = re.compile(rb'((?:^\* |\[)CAPABILITY [^\]\r\n]*?)( AUTH=PLAIN)', re.I)
+
+    def __init__(self, user, password, newest):
+        self.user = user
+        self.password = password
+        self.newest = newest
+        self.expired_upto = 0
+        self.presented = []
+        self._lock = threading.Lock()
+
+    def expire(self):
+        """Every token issued so far is refused from now on."""
+        with self._lock:
+            self.expired_upto = self.newest()
+
+    def server(self, text):
+        return self._CAPS.sub(rb'\1 AUTH=XOAUTH2\2', text)
+
+    def client(self, text):
+        m = self._AUTH.match(text)
+        if not m:
+            return text
+        token, ok = None, False
+        args = (m.group(3) or b'').split()
+        if m.group(2).upper() == b'AUTHENTICATE' and len(args) == 2 \
+                and args[0].upper() == b'XOAUTH2':
+            try:
+                ir = base64.b64decode(args[1], validate=True)
+                token = re.search(rb'\x01auth=Bearer ([^\x01]*)\x01', ir).group(1).decode()
+            except (ValueError, AttributeError, UnicodeDecodeError):
+                token = None
+        with self._lock:
+            n = re.fullmatch(r'tok-(\d+)', token or '')
+            ok = bool(n) and int(n.group(1)) == self.newest() \
+                and int(n.group(1)) > self.expired_upto
+            self.presented.append((time.monotonic(), token, ok))
+        pw = self.password if ok else 'expired-%s' % token
+        plain = base64.b64encode(b'\0' + self.user.encode() + b'\0' + pw.encode())
+        return m.group(1) + b' AUTHENTICATE PLAIN ' + plain + b'\r\n'
 
 
 class LineRewriter:

@@ -136,7 +136,8 @@ class Mount:
     """One mailfs mount of a harness Dovecot account (or of any URL)."""
 
     def __init__(self, dc, mountpoint, cache_dir, user='alice', mode='daemon',
-                 options=(), url=None, password=None, cafile=True, log_path=None):
+                 options=(), url=None, password=None, cafile=True, log_path=None,
+                 credential=None):
         self.dc = dc
         self.mountpoint = os.path.realpath(mountpoint)
         self.cache_dir = cache_dir
@@ -146,7 +147,9 @@ class Mount:
         opts = []
         if cafile:
             opts.append('cafile=' + (dc.ca if cafile is True else cafile))
-        opts.append('passcmd=echo ' + pw)
+        # CREDENTIAL: the option that gives the secret instead of
+        # "passcmd=echo PASSWORD", e.g. "oauth2_cmd=sh /path/token.sh".
+        opts.append(credential or 'passcmd=echo ' + pw)
         if cache_dir is not None:
             opts.append('cache_dir=' + cache_dir)
         opts += list(options)
