@@ -528,7 +528,7 @@ int cache_rematch(struct cache_txn *txn, uint32_t mailbox_id,
 /* ------------------------------------------------------------------ */
 /* POP3: the append-only download list of the account.  A "UIDL" here is
  * the name the caller files a message under: the server's UIDL, or what
- * fs/pop.c makes of it where the server's UIDLs do not tell messages
+ * fs/pop/poller.c makes of it where the server's UIDLs do not tell messages
  * apart. */
 
 /* Pointer fields (strings, arrays, bytes): in a record returned by the
@@ -575,7 +575,7 @@ int cache_pop_lookup(struct cache_txn *txn, const char *uidl, uint32_t *num_r);
 /* Let uidl (1..CACHE_POP_UIDL_MAX bytes) name download number num too,
  * so that cache_pop_lookup(uidl) finds it: for a message the caller has
  * come to know under another name than the one it was added under
- * (fs/pop.c).
+ * (fs/pop/poller.c).
  * 0 if uidl already names num; -EEXIST (recorded) if it names another
  * number; -ENOENT (recorded) if num has no record. */
 int cache_pop_alias(struct cache_txn *txn, const char *uidl, uint32_t num);

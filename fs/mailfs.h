@@ -1,5 +1,5 @@
-/* The state of one mount, shared by the FUSE handlers (fs/ops.c), the
- * network side (fs/sync.c) and main (fs/main.c). */
+/* The state of one mount, shared by the FUSE handlers (fs/imap/ops.c), the
+ * network side (fs/net/sync.c) and main (fs/main.c). */
 #ifndef MAILFS_FS_MAILFS_H
 #define MAILFS_FS_MAILFS_H
 
@@ -10,7 +10,7 @@
 
 #include "cache/cache.h"
 #include "fs/options.h"
-#include "fs/tree.h"
+#include "fs/imap/tree.h"
 #include "proto/imap_client.h"
 #include "proto/login.h"
 #include "proto/pop3.h"
@@ -43,15 +43,15 @@ struct mailfs {
 	bool offline;                 /* no server: serve the cache */
 	bool readonly;                /* -o ro, or offline */
 	bool no_open;                 /* the kernel can skip opens of files */
-	/* An open was answered ENOSYS (fs/ops.c): from then on the kernel
+	/* An open was answered ENOSYS (fs/imap/ops.c): from then on the kernel
 	 * sends no OPEN and no RELEASE of files, not even of files it
-	 * creates (fs/newfile.c). */
+	 * creates (fs/imap/newfile.c). */
 	atomic_bool opens_skipped;
 	uid_t uid;
 	gid_t gid;
 };
 
-/* The low-level operations table (fs/ops.c). */
+/* The low-level operations table (fs/imap/ops.c). */
 extern const struct fuse_lowlevel_ops fs_ops;
 
 #endif

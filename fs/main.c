@@ -21,10 +21,10 @@
 
 #include "fs/inval.h"
 #include "fs/mailfs.h"
-#include "fs/newfile.h"
-#include "fs/pop.h"
-#include "fs/sync.h"
-#include "fs/watch.h"
+#include "fs/imap/newfile.h"
+#include "fs/pop/poller.h"
+#include "fs/net/sync.h"
+#include "fs/net/watch.h"
 #include "proto/cred.h"
 #include "proto/log.h"
 

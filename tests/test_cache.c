@@ -1433,7 +1433,7 @@ static int collect_uidl(const char *uidl, uint32_t num, void *ctx)
 	return strcmp(uidl, "stop") == 0 ? 1 : 0;
 }
 
-/* A message known under a second name (fs/pop.c: a reused UIDL), and the
+/* A message known under a second name (fs/pop/poller.c: a reused UIDL), and the
  * names found by prefix. */
 static void test_pop_alias(void **state)
 {

@@ -78,7 +78,7 @@ def fresh(tag):
 
 
 def shorten(file):
-    """The documented rule (fs/tree.h) for a file name over NAME_MAX: cut
+    """The documented rule (fs/imap/tree.h) for a file name over NAME_MAX: cut
     to whole characters and escapes, then "%~" and 16 hex digits of the
     SHA-256 of the whole name."""
     b = file.encode()

@@ -636,7 +636,7 @@ class CopyIn(MountTest):
 
     def test_03_lf_message_reads_as_served(self):
         # Regression (fixed; was a bug): after uploading a message with bare LF line ends, mailfs
-        # caches the bytes it sent (store_done() in fs/newfile.c stores
+        # caches the bytes it sent (store_done() in fs/imap/newfile.c stores
         # s->data/s->len as the body and size of UID.eml), but Dovecot
         # stores and serves it with CRLF (BODY.PEEK[], RFC822.SIZE).  The
         # mount shows UID.eml with other bytes and another size than the
@@ -714,10 +714,10 @@ class CopyIn(MountTest):
     def test_07_upload_after_a_message_was_read(self):
         # Regression (fixed; was a bug): once any message has been read through the mount, files
         # written afterwards are never uploaded.  The first open of a
-        # message answers ENOSYS (op_open in fs/ops.c, "no open"
+        # message answers ENOSYS (op_open in fs/imap/ops.c, "no open"
         # support); from then on the kernel sends no OPEN and no RELEASE
         # for regular files, also not RELEASE for files made by CREATE.
-        # The upload only starts in fs_newfile_release() (fs/newfile.c),
+        # The upload only starts in fs_newfile_release() (fs/imap/newfile.c),
         # so it never starts: the data waits in the cache, listed under
         # the name it was written as, until the next mount resumes it.
         # (The FLUSH still comes, so nothing is lost.)  In practice: cat
@@ -736,7 +736,7 @@ class CopyIn(MountTest):
     def test_08_rsync_a_into_a_mailbox_exits_0(self):
         # Regression (fixed; was a bug): `rsync -a SRC/ MOUNT/Box/` (and -rt) uploads every message
         # but exits 23: "failed to set times on MOUNT/Box/.: Operation
-        # not permitted".  op_setattr() (fs/ops.c) refuses every setattr
+        # not permitted".  op_setattr() (fs/imap/ops.c) refuses every setattr
         # of a mailbox directory with EPERM, while times, modes and
         # owners of new files are accepted and ignored.  A restore with
         # the usual rsync -a reports failure although it succeeded; as a
@@ -809,7 +809,7 @@ class CopyIn(MountTest):
         self.wait_listed(b, eml([uid]))
 
     def test_11_rename_after_upload(self):
-        # Regression (fixed; was a bug): fs/newfile.h promises that a rename after the upload
+        # Regression (fixed; was a bug): fs/imap/newfile.h promises that a rename after the upload
         # succeeded "changes nothing" (rsync renames its temporary file
         # after closing it, when the upload may be done), and
         # fs_newfile_rename() has a branch for it.  But when the upload is
@@ -840,7 +840,7 @@ class CopyIn(MountTest):
         # holds UID 1 (restoring a backup, whose names are UIDs, into a
         # mailbox that hands out the same UIDs).
         # 1. rsync's receiver opens the existing 1.eml as the basis file:
-        #    that OPEN of a message gets ENOSYS ("no open", fs/ops.c) and
+        #    that OPEN of a message gets ENOSYS ("no open", fs/imap/ops.c) and
         #    from then on the kernel sends no RELEASE for new files, so
         #    neither this upload nor any later one of the mount starts
         #    (the bug of test_7, triggered by rsync itself).
@@ -872,7 +872,7 @@ class CopyIn(MountTest):
         # took the file as written, the upload started a second later and
         # the writer's next write() got EPERM.  Closing a file now sends
         # mailfs no request at all (no FLUSH; no RELEASE once files need no
-        # open); it sees the last close through inotify (fs/closes.h).
+        # open); it sees the last close through inotify (fs/imap/closes.h).
         dc.create(USER, 'HeldOpen')
         m = self.mount('held-open')
         boxdir = os.path.join(m.mountpoint, 'HeldOpen')
@@ -1039,10 +1039,10 @@ class Durability(MountTest):
 
     def test_03_server_back_while_mounted(self):
         # Regression (fixed; was a bug): an upload that failed because the server was down is only
-        # retried at the next mount.  fs/newfile.h promises "at mount time
+        # retried at the next mount.  fs/imap/newfile.h promises "at mount time
         # and whenever the server comes back, the cache's pending uploads
         # are sent", but fs_newfile_resume() is called only from main()
-        # (fs/main.c), never when a worker reconnects (fs/sync.c): a
+        # (fs/main.c), never when a worker reconnects (fs/net/sync.c): a
         # message copied in while the server is down stays in the cache,
         # shown under the name it was written as, until remounted -- even
         # after mailfs has reconnected (it shows mail that arrived since).

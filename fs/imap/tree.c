@@ -1,4 +1,4 @@
-#include "fs/tree.h"
+#include "fs/imap/tree.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -11,7 +11,7 @@
 #include <time.h>
 
 #include "fs/dirsnap.h"
-#include "fs/pop.h"
+#include "fs/pop/poller.h"
 #include "proto/log.h"
 #include "proto/mime.h"
 

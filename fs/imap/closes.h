@@ -2,7 +2,7 @@
  *
  * The kernel sends mailfs nothing when a file is closed: no FLUSH (mailfs
  * does not implement it, so that closing a message costs no round trip:
- * fs/ops.c) and, once it skips opens of files, no RELEASE, not even of
+ * fs/imap/ops.c) and, once it skips opens of files, no RELEASE, not even of
  * the files it creates.  But inotify reports IN_CLOSE_WRITE on every
  * filesystem, FUSE included, when the last descriptor of a file opened
  * for writing is closed.  So mailfs watches its own mailbox directories
@@ -12,20 +12,20 @@
  * Watching a directory resolves its path through the mount: the kernel
  * asks mailfs (LOOKUP, GETATTR) and waits for the answers, and the mount
  * is busy meanwhile (an unmount fails with EBUSY).  So a mailbox is
- * watched only when a file is written into it (fs/newfile.c), never at
+ * watched only when a file is written into it (fs/imap/newfile.c), never at
  * mount time and never on an idle mount; once watched it stays watched
  * (a watch does not keep the mount busy).  Only a thread that is not a
  * FUSE worker may call fs_closes_watch(), and it may block there until
  * the session serves requests, or for good if the session loop ended (a
  * signal) while the mount stays: fs_closes_stop() says so, and that
  * thread is then left to finish on its own. */
-#ifndef MAILFS_FS_CLOSES_H
-#define MAILFS_FS_CLOSES_H
+#ifndef MAILFS_FS_IMAP_CLOSES_H
+#define MAILFS_FS_IMAP_CLOSES_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "fs/tree.h"
+#include "fs/imap/tree.h"
 
 struct fs_closes;
 

@@ -1,4 +1,4 @@
-#include "fs/closes.h"
+#include "fs/imap/closes.h"
 
 #include <errno.h>
 #include <fcntl.h>

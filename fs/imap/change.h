@@ -1,8 +1,8 @@
 /* Changes through an IMAP mount that act on the server at once (see
- * fs/change.c): rm, mv, mkdir, rmdir, and the flags attribute.  New
- * messages (cp, rsync) are fs/newfile.h's. */
-#ifndef MAILFS_FS_CHANGE_H
-#define MAILFS_FS_CHANGE_H
+ * fs/imap/change.c): rm, mv, mkdir, rmdir, and the flags attribute.  New
+ * messages (cp, rsync) are fs/imap/newfile.h's. */
+#ifndef MAILFS_FS_IMAP_CHANGE_H
+#define MAILFS_FS_IMAP_CHANGE_H
 
 #include "fs/mailfs.h"
 

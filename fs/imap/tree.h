@@ -15,8 +15,8 @@
  * reloaded from the cache after every LIST.  Each mailbox has a parent (a
  * mailbox id, or 0 for the root) and a file name: the last component of
  * its server name, escaped as fs_tree_file_name says below. */
-#ifndef MAILFS_FS_TREE_H
-#define MAILFS_FS_TREE_H
+#ifndef MAILFS_FS_IMAP_TREE_H
+#define MAILFS_FS_IMAP_TREE_H
 
 #include <fuse_lowlevel.h>
 #include <stdbool.h>

@@ -9,7 +9,7 @@
  * after it (rsync sets the time and renames right after closing), or at
  * once when it is renamed into place after that.  A close is seen as the
  * RELEASE of the last descriptor the kernel told mailfs of (CREATE, OPEN),
- * or through inotify (fs/closes.h): the kernel sends no RELEASE once it
+ * or through inotify (fs/imap/closes.h): the kernel sends no RELEASE once it
  * skips opens of files (after mailfs answered an open with ENOSYS: a
  * message read), not even for the files it creates, and never tells
  * mailfs of the descriptors it opens then.  To see those closes, the
@@ -41,8 +41,8 @@
  *
  * Inode numbers of new files use the generation FS_INO_MAX_GEN, which no
  * mailbox reaches. */
-#ifndef MAILFS_FS_NEWFILE_H
-#define MAILFS_FS_NEWFILE_H
+#ifndef MAILFS_FS_IMAP_NEWFILE_H
+#define MAILFS_FS_IMAP_NEWFILE_H
 
 #include <stdbool.h>
 #include <sys/stat.h>

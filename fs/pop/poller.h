@@ -15,14 +15,14 @@
  * retrieved again and, if it differs in more than the header fields mbox
  * servers rewrite, kept as a new message.  Files never change and never
  * disappear. */
-#ifndef MAILFS_FS_POP_H
-#define MAILFS_FS_POP_H
+#ifndef MAILFS_FS_POP_POLLER_H
+#define MAILFS_FS_POP_POLLER_H
 
 #include "fs/mailfs.h"
-#include "fs/sync.h"
+#include "fs/net/sync.h"
 #include "proto/pop3.h"
 
-/* The INBOX directory's mailbox id in inode numbers (fs/tree.h). */
+/* The INBOX directory's mailbox id in inode numbers (fs/imap/tree.h). */
 #define FS_POP_INBOX_ID 1u
 
 struct fs_pop;
@@ -44,7 +44,7 @@ int fs_pop_check(struct fs_pop *pop, fs_sync_cb cb, void *ctx);
  * The first listing of an empty cache waits for the first session. */
 bool fs_pop_ready(struct fs_pop *pop);
 
-/* The FUSE operations of a POP3 mount (fs/pop_ops.c). */
+/* The FUSE operations of a POP3 mount (fs/pop/ops.c). */
 extern const struct fuse_lowlevel_ops fs_pop_ops;
 
 #endif

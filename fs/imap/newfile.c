@@ -1,4 +1,4 @@
-#include "fs/newfile.h"
+#include "fs/imap/newfile.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -9,8 +9,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "fs/closes.h"
-#include "fs/sync.h"
+#include "fs/imap/closes.h"
+#include "fs/net/sync.h"
 #include "proto/log.h"
 #include "proto/mime.h"
 
@@ -104,7 +104,7 @@ static int64_t mono_ms(void)
 
 /* How long a closed file waits before its upload starts: rsync sets the
  * time and renames right after closing.  A file is never taken as closed
- * for being left alone: see fs/newfile.h for how closes are seen. */
+ * for being left alone: see fs/imap/newfile.h for how closes are seen. */
 #define UPLOAD_DELAY_MS 1000
 /* How long the name of an uploaded file still resolves, so that a rename
  * that comes after the upload (rsync) finds it. */
@@ -702,7 +702,7 @@ static void answer_creates(struct fs_newfiles *n, uint32_t id)
 }
 
 /* Watch what needs watching, without the lock (it walks the mount: see
- * fs/closes.h); false once stopped, when n may be gone. */
+ * fs/imap/closes.h); false once stopped, when n may be gone. */
 static bool watch_needed(struct fs_newfiles *n)
 {
 	uint32_t id = 0;
@@ -849,7 +849,7 @@ void fs_newfiles_stop(struct mailfs *fs)
 	n->closes_started = false;
 	if (fs_closes_stop(n->closes))
 		pthread_join(n->thread, NULL);
-	else /* waiting for the mount, perhaps for good: fs/closes.h */
+	else /* waiting for the mount, perhaps for good: fs/imap/closes.h */
 		pthread_detach(n->thread);
 	n->started = false;
 }

@@ -4,7 +4,7 @@
  * the work to a network worker (fs_sync_call) and returns; the reply is
  * sent when the server has answered, after the cache and the tree have
  * been brought up to date, so that an ls right after shows the result. */
-#include "fs/change.h"
+#include "fs/imap/change.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -14,8 +14,8 @@
 #include <sys/xattr.h>
 
 #include "fs/inval.h"
-#include "fs/newfile.h"
-#include "fs/sync.h"
+#include "fs/imap/newfile.h"
+#include "fs/net/sync.h"
 #include "proto/log.h"
 #include "proto/utf7.h"
 

@@ -3,7 +3,7 @@
  * Every handler answers from the cache (fs->cache, fs->tree).  When the
  * cache lacks something only the server has (a mailbox never listed, a
  * body never fetched), the handler queues a job on the network side
- * (fs/sync.c) and returns; the job's callback sends the reply from a
+ * (fs/net/sync.c) and returns; the job's callback sends the reply from a
  * network thread.  So no FUSE worker ever waits for the network. */
 #include <errno.h>
 #include <fcntl.h>
@@ -15,13 +15,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fs/change.h"
+#include "fs/imap/change.h"
 #include "fs/dirsnap.h"
 #include "fs/inval.h"
 #include "fs/mailfs.h"
-#include "fs/newfile.h"
-#include "fs/sync.h"
-#include "fs/watch.h"
+#include "fs/imap/newfile.h"
+#include "fs/net/sync.h"
+#include "fs/net/watch.h"
 #include "proto/log.h"
 
 /* Directories change when mail arrives: keep the kernel's view short.
@@ -255,7 +255,7 @@ static bool defer_listing(struct mailfs *fs, const struct fs_mailbox *mb,
 }
 
 /* Is the view of mailbox mb (NULL: the mailbox list) older than poll?
- * Then the next look at it waits for a resync (fs/sync.c fetches only
+ * Then the next look at it waits for a resync (fs/net/sync.c fetches only
  * what changed), so that ls shows what the server has; when the server
  * cannot be reached the cache answers at once. */
 static bool stale(struct mailfs *fs, const struct fs_mailbox *mb)
@@ -892,7 +892,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &st);
 }
 
-/* --- changes: fs/change.c and fs/newfile.c ---------------------------- */
+/* --- changes: fs/imap/change.c and fs/imap/newfile.c ---------------------------- */
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
                      mode_t mode)
@@ -1014,5 +1014,5 @@ const struct fuse_lowlevel_ops fs_ops = {
         /* No .flush: the first FLUSH gets ENOSYS from libfuse and the
          * kernel sends no more, so closing a message costs no round trip.
          * New files are kept in the cache write by write instead
-         * (fs/newfile.c). */
+         * (fs/imap/newfile.c). */
 };

@@ -4,7 +4,7 @@
  * One thread with a connection of its own watches INBOX: IDLE (RFC 2177)
  * when the server offers it, else a NOOP every few seconds.  Whatever the
  * server reports there (new mail, flag changes, expunges) queues a resync
- * of INBOX on the network side (fs/sync.c), which fetches only what
+ * of INBOX on the network side (fs/net/sync.c), which fetches only what
  * changed and tells the kernel what went away.  The same thread also
  * resynchronises, every `poll` seconds, the mailbox list and the
  * mailboxes that were listed before, so that other mailboxes stay close
@@ -13,8 +13,8 @@
  * A lost connection is reopened with back-off (1 s doubling to 60 s),
  * logging in with fs->login as the workers do (fs_sync_connect());
  * INBOX is resynchronised after each reconnection. */
-#ifndef MAILFS_FS_WATCH_H
-#define MAILFS_FS_WATCH_H
+#ifndef MAILFS_FS_NET_WATCH_H
+#define MAILFS_FS_NET_WATCH_H
 
 #include <stdbool.h>
 #include <stdint.h>

@@ -1,4 +1,4 @@
-#include "fs/sync.h"
+#include "fs/net/sync.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -10,7 +10,7 @@
 #include <time.h>
 
 #include "fs/inval.h"
-#include "fs/newfile.h"
+#include "fs/imap/newfile.h"
 #include "proto/log.h"
 #include "proto/mime.h"
 

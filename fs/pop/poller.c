@@ -1,4 +1,4 @@
-#include "fs/pop.h"
+#include "fs/pop/poller.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -1,4 +1,4 @@
-#include "fs/watch.h"
+#include "fs/net/watch.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -6,8 +6,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "fs/sync.h"
-#include "fs/tree.h"
+#include "fs/net/sync.h"
+#include "fs/imap/tree.h"
 #include "proto/log.h"
 
 /* RFC 2177: re-issue IDLE at least every 29 minutes. */
@@ -170,7 +170,7 @@ static int connect_inbox(struct fs_watch *w, struct proto_err *err)
 }
 
 /* The watch's connection was refused because the account has too many
- * (see fs/sync.h)?  Then the pool gives one of its own up, if it can, so
+ * (see fs/net/sync.h)?  Then the pool gives one of its own up, if it can, so
  * that INBOX stays watched.  0: not such a refusal; 1: it was, and a
  * connection makes room (try again soon); 2: it was, and none can
  * (back off).  Logged once per mount, whichever. */
