@@ -122,32 +122,6 @@ class Tree:
         return {p: v for p, v in self.files.items() if v[0] == box}
 
 
-def server_meta(dcx, user, box):
-    """{uid: (RFC822.SIZE, INTERNALDATE as epoch seconds)} from the server."""
-    m = dcx.imap(user)
-    try:
-        typ, data = m.select(mailharness.imap_quote(mailharness.utf7_encode(box)),
-                             readonly=True)
-        assert typ == 'OK', data
-        typ, data = m.uid('FETCH', '1:*', '(UID RFC822.SIZE INTERNALDATE)')
-    finally:
-        m.logout()
-    out = {}
-    for item in data:
-        if isinstance(item, tuple):
-            item = item[0]
-        if not item:
-            continue
-        uid = re.search(rb'UID (\d+)', item)
-        size = re.search(rb'RFC822\.SIZE (\d+)', item)
-        date = re.search(rb'INTERNALDATE "([^"]+)"', item)
-        if uid and size and date:
-            when = datetime.datetime.strptime(date.group(1).decode().strip(),
-                                              '%d-%b-%Y %H:%M:%S %z')
-            out[int(uid.group(1))] = (int(size.group(1)), int(when.timestamp()))
-    return out
-
-
 def walk(root):
     """(set of directory relpaths, set of file relpaths) below root."""
     dirs, files = set(), set()
@@ -260,7 +234,7 @@ def setUpModule():
     TREE = Tree(dc, 'alice')
     for box in TREE.boxes:
         BODIES[box] = dc.fetch_bodies('alice', box)
-        META[box] = server_meta(dc, 'alice', box)
+        META[box] = dc.meta('alice', box)
 
 
 def tearDownModule():

@@ -54,7 +54,6 @@ $MAILFS_BUILD/mailfs), MAILFS_SOURCE, MAILFS_CORPUS.  Exit status 77 when
 Dovecot or FUSE is missing."""
 
 import collections
-import datetime
 import os
 import re
 import stat
@@ -169,27 +168,7 @@ def everywhere(data):
 
 def internaldates(box):
     """{uid: INTERNALDATE as epoch seconds}."""
-    m = dc.imap(USER)
-    try:
-        typ, data = m.select(mailharness.imap_quote(mailharness.utf7_encode(box)),
-                             readonly=True)
-        assert typ == 'OK', data
-        typ, data = m.uid('FETCH', '1:*', '(UID INTERNALDATE)')
-    finally:
-        m.logout()
-    out = {}
-    for item in data:
-        if isinstance(item, tuple):
-            item = item[0]
-        if not item:
-            continue
-        uid = re.search(rb'UID (\d+)', item)
-        date = re.search(rb'INTERNALDATE "([^"]+)"', item)
-        if uid and date:
-            when = datetime.datetime.strptime(date.group(1).decode().strip(),
-                                              '%d-%b-%Y %H:%M:%S %z')
-            out[int(uid.group(1))] = int(when.timestamp())
-    return out
+    return {uid: date for uid, (_, date) in dc.meta(USER, box).items()}
 
 
 def raw_list():

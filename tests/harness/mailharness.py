@@ -37,11 +37,14 @@ Dovecot(directory=None, users=None, separator='/', ipv6=None, start=True)
   .generate(user, mailbox, n, seed=0) -> [uid]
   .load_corpus(user) -> {mailbox: [uid]}
   .fetch_bodies(user, mailbox) -> {uid: bytes}   .flags(user, mailbox) -> {uid: set}
+  .meta(user, mailbox) -> {uid: (RFC822.SIZE, INTERNALDATE as epoch seconds)}
+  .fetch_items(user, mailbox, '(UID ...)') -> {uid: bytes of the FETCH response}
   .list_mailboxes(user) -> {name: set(attributes)}   .status(user, mailbox) -> {}
   .pop3_messages(user) -> {uidl: bytes}   .doveadm(*args) -> CompletedProcess
   .bad_cert_server(kind) -> TLSFakeServer   .ssl_context()   .url(scheme, user)
   .log(since=0) .log_size() .log_tail(n)   .info() -> dict
 utf7_encode(str) utf7_decode(str) served_form(bytes) generate_messages(n, seed)
+read_text(path, since=0) file_size(path)
 corpus_messages() -> {mailbox: [(label, bytes)]}  split_mbox(bytes)
 corpus_dir() require_dovecot() make_pki(dir) TLSFakeServer(cert, key, greeting)
 
@@ -217,6 +220,25 @@ def free_ports(n, ipv6=False):
 def served_form(data):
     """The bytes Dovecot serves (BODY[]) for a message appended as DATA."""
     return re.sub(rb'(?<!\r)\n', b'\r\n', data.replace(b'\r\n', b'\n'))
+
+
+def read_text(path, since=0):
+    """The text of file PATH (UTF-8, errors replaced) from byte offset
+    SINCE; '' when there is no such file."""
+    try:
+        with open(path, 'rb') as f:
+            f.seek(since)
+            return f.read().decode('utf-8', 'replace')
+    except FileNotFoundError:
+        return ''
+
+
+def file_size(path):
+    """The size of file PATH; 0 when there is no such file."""
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
 
 
 def imap_quote(s):
@@ -1083,19 +1105,11 @@ class Dovecot:
 
     def log(self, since=0):
         """Dovecot's log (str) from byte offset SINCE."""
-        try:
-            with open(self.log_path, 'rb') as f:
-                f.seek(since)
-                return f.read().decode('utf-8', 'replace')
-        except FileNotFoundError:
-            return ''
+        return read_text(self.log_path, since)
 
     def log_size(self):
         """Current size of the log, to pass as SINCE to log() later."""
-        try:
-            return os.path.getsize(self.log_path)
-        except FileNotFoundError:
-            return 0
+        return file_size(self.log_path)
 
     def log_tail(self, lines=30, since=0):
         text = self.log(since)
@@ -1370,12 +1384,13 @@ class Dovecot:
             out[int(uid.group(1))] = body
         return out
 
-    def flags(self, user, mailbox):
-        """{uid: set of flags} (e.g. {'\\\\Seen', '$Work'}); \\Recent, which
-        depends on the session, is left out."""
+    def fetch_items(self, user, mailbox, items):
+        """{uid: the FETCH response (bytes)} of UID FETCH 1:* ITEMS in an
+        EXAMINEd MAILBOX; ITEMS, e.g. '(UID FLAGS)', must not ask for a
+        literal."""
         m = self._examine(user, mailbox)
         try:
-            typ, data = m.uid('FETCH', '1:*', '(UID FLAGS)')
+            typ, data = m.uid('FETCH', '1:*', items)
         finally:
             m.logout()
         out = {}
@@ -1385,10 +1400,32 @@ class Dovecot:
             if not item:
                 continue
             uid = re.search(rb'UID (\d+)', item)
+            if uid:
+                out[int(uid.group(1))] = item
+        return out
+
+    def flags(self, user, mailbox):
+        """{uid: set of flags} (e.g. {'\\\\Seen', '$Work'}); \\Recent, which
+        depends on the session, is left out."""
+        out = {}
+        for uid, item in self.fetch_items(user, mailbox, '(UID FLAGS)').items():
             fl = re.search(rb'FLAGS \(([^)]*)\)', item)
-            if uid and fl:
-                out[int(uid.group(1))] = set(f.decode() for f in fl.group(1).split()
-                                             if f.upper() != b'\\RECENT')
+            if fl:
+                out[uid] = set(f.decode() for f in fl.group(1).split()
+                               if f.upper() != b'\\RECENT')
+        return out
+
+    def meta(self, user, mailbox):
+        """{uid: (RFC822.SIZE, INTERNALDATE as epoch seconds)}."""
+        out = {}
+        for uid, item in self.fetch_items(user, mailbox,
+                                          '(UID RFC822.SIZE INTERNALDATE)').items():
+            size = re.search(rb'RFC822\.SIZE (\d+)', item)
+            date = re.search(rb'INTERNALDATE "([^"]+)"', item)
+            if size and date:
+                when = datetime.datetime.strptime(date.group(1).decode().strip(),
+                                                  '%d-%b-%Y %H:%M:%S %z')
+                out[uid] = (int(size.group(1)), int(when.timestamp()))
         return out
 
     def pop3_messages(self, user):
