@@ -137,28 +137,16 @@ S: {word}
         self.assertFalse(srv.done)
 
 
-class FakeServerTest(unittest.TestCase):
+class FakeServerTest(imapfake.TranscriptChecks, unittest.TestCase):
     maxDiff = None
 
     def converse(self, transcript, command, *args, data=None, cert='server',
                  drip=0.0, **cli):
         """Play TRANSCRIPT to one imapcli run; return (server, result)."""
         t = imapfake.Transcript.load(transcript, data)
-        srv = imapfake.FakeServer(t, tls_context=server_context(cert), drip=drip)
-        try:
+        with imapfake.FakeServer(t, tls_context=server_context(cert), drip=drip) as srv:
             r = run_cli(srv.port, command, *args, **cli)
-            srv.wait(imapfake.STEP_TIMEOUT)
-        finally:
-            srv.close()
         return srv, r
-
-    def explain(self, srv, r):
-        return '\n%s\n%s' % (srv.dialogue(), r)
-
-    def assertPlayed(self, srv, r):
-        """The client followed the transcript to its end."""
-        self.assertIsNone(srv.failure, self.explain(srv, r))
-        self.assertTrue(srv.done, self.explain(srv, r))
 
     def assertFails(self, srv, r, *classes):
         """imapcli failed with one of CLASSES, quickly, in one line."""

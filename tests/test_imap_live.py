@@ -121,11 +121,7 @@ class Login(unittest.TestCase):
         self.assertIn('expired', r.stdout)
 
     def test_connection_refused_is_quick(self):
-        import socket
-        s = socket.socket()
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = mailharness.free_ports(1)[0]
         t = time.monotonic()
         r = cli('imaps://alice@127.0.0.1:%d' % port, 'caps')
         self.assertEqual(r.returncode, 12, r.stdout + r.stderr)

@@ -16,7 +16,6 @@ passed, 1 otherwise; the last line says "N passed, N failed"."""
 import base64
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -162,10 +161,7 @@ class Login(unittest.TestCase):
         self.assertIn('expired', r.message)
 
     def test_connection_refused_is_quick(self):
-        s = socket.socket()
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = mailharness.free_ports(1)[0]
         r = live('pop3s://alice@127.0.0.1:%d' % port, 'stat')
         self.assertEqual(r.rc, EXIT['CONNECT'], r)
         self.assertIn('refused', r.message)
@@ -364,7 +360,7 @@ def setUpFake():
         PKI = mailharness.make_pki(_pki_dir)
 
 
-class FakeServer(unittest.TestCase):
+class FakeServer(imapfake.TranscriptChecks, unittest.TestCase):
     maxDiff = None
 
     @classmethod
@@ -381,21 +377,10 @@ class FakeServer(unittest.TestCase):
         t = imapfake.Transcript.parse(text, source='pop3-' + self.id().split('.')[-1])
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(PKI['server'], PKI['server.key'])
-        srv = imapfake.FakeServer(t, tls_context=ctx)
-        try:
+        with imapfake.FakeServer(t, tls_context=ctx) as srv:
             r = cli('pop3://%s@localhost:%d' % (USER, srv.port), command, *args,
                     password=PASSWORD, cafile=PKI['ca'], timeout_ms=5000)
-            srv.wait(imapfake.STEP_TIMEOUT)
-        finally:
-            srv.close()
         return srv, r
-
-    def explain(self, srv, r):
-        return '\n%s\n%s' % (srv.dialogue(), r)
-
-    def assertPlayed(self, srv, r):
-        self.assertIsNone(srv.failure, self.explain(srv, r))
-        self.assertTrue(srv.done, self.explain(srv, r))
 
     def assertNoSecret(self, srv, r):
         self.assertNotIn(PASSWORD.encode(), srv.raw, self.explain(srv, r))
