@@ -390,6 +390,21 @@ static void pty_expect(int master, const char *want, int count, char *log,
 	}
 }
 
+/* A new pty T and a child asking for the password on it (pty_child());
+ * returns once the prompt is in LOG. */
+static pid_t pty_prompted(struct pty *t, char *log, size_t logsz)
+{
+	pid_t pid;
+
+	pty_open(t);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		pty_child(t);
+	pty_expect(t->master, "Password: ", 1, log, logsz);
+	return pid;
+}
+
 /* Everything until the child closes the terminal. */
 static void pty_drain(int master, char *log, size_t logsz)
 {
@@ -417,12 +432,7 @@ static void test_tty(void **state)
 	pid_t pid;
 
 	(void)state;
-	pty_open(&t);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0)
-		pty_child(&t);
-	pty_expect(t.master, "Password: ", 1, log, sizeof(log));
+	pid = pty_prompted(&t, log, sizeof(log));
 	assert_int_equal(write(t.master, "hunter2\n", 8), 8);
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	close(t.slave);
@@ -446,12 +456,7 @@ static void test_tty_interrupt(void **state)
 	pid_t pid;
 
 	(void)state;
-	pty_open(&t);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0)
-		pty_child(&t);
-	pty_expect(t.master, "Password: ", 1, log, sizeof(log));
+	pid = pty_prompted(&t, log, sizeof(log));
 	assert_int_equal(tcgetattr(t.slave, &tio), 0);
 	assert_false(tio.c_lflag & ECHO);
 	assert_int_equal(write(t.master, "hun\003", 4), 4);
@@ -474,12 +479,7 @@ static void test_tty_suspend(void **state)
 	pid_t pid;
 
 	(void)state;
-	pty_open(&t);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0)
-		pty_child(&t);
-	pty_expect(t.master, "Password: ", 1, log, sizeof(log));
+	pid = pty_prompted(&t, log, sizeof(log));
 	assert_int_equal(write(t.master, "xx\032", 3), 3);
 	pty_expect(t.master, "Password: ", 2, log, sizeof(log));
 	assert_int_equal(write(t.master, "hunter2\n", 8), 8);
