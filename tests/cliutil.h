@@ -45,6 +45,22 @@ int cli_parse(int argc, char **argv, const char *prog, enum url_proto proto,
 int cli_secret(const struct cli_args *a, char **secret_r,
                struct proto_err *err);
 
+/* Fills in the fields that struct imap_config and struct pop3_config share
+ * from A (struct cli_args): the CA file, the timeout, host, port and user,
+ * and SECRET (from cli_secret()) as the OAuth2 token or the password. */
+#define CLI_CONFIG(cfg, a, secret)                                             \
+	do {                                                                   \
+		(cfg).cafile = (a).cafile;                                     \
+		(cfg).timeout_ms = (a).timeout_ms;                             \
+		(cfg).host = (a).url.host;                                     \
+		(cfg).port = (a).url.port_str;                                 \
+		(cfg).user = (a).url.user;                                     \
+		if ((a).oauthcmd != NULL)                                      \
+			(cfg).oauth2_token = (secret);                         \
+		else                                                           \
+			(cfg).password = (secret);                             \
+	} while (0)
+
 /* A growing array of numbers (UIDs, message numbers); zero-initialise it,
  * free(v) when done. */
 struct cli_nums {

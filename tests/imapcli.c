@@ -444,21 +444,13 @@ int main(int argc, char **argv)
 	if (rc > 0)
 		return rc;
 	cmd = a.cmd;
-	cfg.cafile = a.cafile;
-	cfg.timeout_ms = a.timeout_ms;
-	cfg.host = a.url.host;
-	cfg.port = a.url.port_str;
-	cfg.user = a.url.user;
-	cfg.tls = a.url.implicit_tls ? IMAP_TLS_IMPLICIT
-	          : a.notls          ? IMAP_TLS_NONE
-	                             : IMAP_TLS_STARTTLS;
 	rc = cli_secret(&a, &secret, &err);
 	if (rc < 0)
 		goto out;
-	if (a.oauthcmd != NULL)
-		cfg.oauth2_token = secret;
-	else
-		cfg.password = secret;
+	CLI_CONFIG(cfg, a, secret);
+	cfg.tls = a.url.implicit_tls ? IMAP_TLS_IMPLICIT
+	          : a.notls          ? IMAP_TLS_NONE
+	                             : IMAP_TLS_STARTTLS;
 
 	rc = imap_connect(&c, &cfg, &err);
 	cred_free(&secret);

@@ -231,22 +231,14 @@ int main(int argc, char **argv)
 	cmd = a.cmd;
 	args = a.args;
 	nargs = a.nargs;
-	cfg.cafile = a.cafile;
-	cfg.timeout_ms = a.timeout_ms;
-	cfg.max_message = a.max_size;
-	cfg.host = a.url.host;
-	cfg.port = a.url.port_str;
-	cfg.user = a.url.user;
-	cfg.tls = a.url.implicit_tls ? POP3_TLS_IMPLICIT
-	          : a.notls          ? POP3_TLS_NONE
-	                             : POP3_TLS_STLS;
 	rc = cli_secret(&a, &secret, &err);
 	if (rc < 0)
 		goto out;
-	if (a.oauthcmd != NULL)
-		cfg.oauth2_token = secret;
-	else
-		cfg.password = secret;
+	CLI_CONFIG(cfg, a, secret);
+	cfg.max_message = a.max_size;
+	cfg.tls = a.url.implicit_tls ? POP3_TLS_IMPLICIT
+	          : a.notls          ? POP3_TLS_NONE
+	                             : POP3_TLS_STLS;
 
 	rc = pop3_connect(&c, &cfg, &err);
 	cred_free(&secret);
