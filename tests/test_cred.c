@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -424,23 +425,33 @@ static void pty_drain(int master, char *log, size_t logsz)
 	log[len] = '\0';
 }
 
+/* Waits for the child PID on pty T and closes T, after reading what is
+ * left on it into LOG when DRAIN; the child must have exited 0. */
+static void pty_reap_ok(struct pty *t, pid_t pid, bool drain, char *log,
+                        size_t logsz)
+{
+	int status;
+
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	close(t->slave);
+	if (drain)
+		pty_drain(t->master, log, logsz);
+	close(t->master);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		fail_msg("child status 0x%x, terminal said \"%s\"", status,
+		         log);
+}
+
 static void test_tty(void **state)
 {
 	char log[4096] = "";
 	struct pty t;
-	int status;
 	pid_t pid;
 
 	(void)state;
 	pid = pty_prompted(&t, log, sizeof(log));
 	assert_int_equal(write(t.master, "hunter2\n", 8), 8);
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	close(t.slave);
-	pty_drain(t.master, log, sizeof(log));
-	close(t.master);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		fail_msg("child status 0x%x, terminal said \"%s\"", status,
-		         log);
+	pty_reap_ok(&t, pid, true, log, sizeof(log));
 	/* not echoed, and a newline after the prompt */
 	assert_null(strstr(log, "hunter2"));
 	assert_non_null(strstr(log, "Password: \r\n"));
@@ -475,7 +486,6 @@ static void test_tty_suspend(void **state)
 {
 	char log[4096] = "";
 	struct pty t;
-	int status;
 	pid_t pid;
 
 	(void)state;
@@ -483,12 +493,7 @@ static void test_tty_suspend(void **state)
 	assert_int_equal(write(t.master, "xx\032", 3), 3);
 	pty_expect(t.master, "Password: ", 2, log, sizeof(log));
 	assert_int_equal(write(t.master, "hunter2\n", 8), 8);
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	close(t.slave);
-	close(t.master);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		fail_msg("child status 0x%x, terminal said \"%s\"", status,
-		         log);
+	pty_reap_ok(&t, pid, false, log, sizeof(log));
 }
 
 /* In the foreground of a terminal the command shares our process group,
@@ -497,7 +502,6 @@ static void test_cmd_tty_foreground(void **state)
 {
 	char log[4096] = "";
 	struct pty t;
-	int status;
 	pid_t pid;
 
 	(void)state;
@@ -521,12 +525,7 @@ static void test_cmd_tty_foreground(void **state)
 		_exit(strcmp(s, "got hello") == 0 ? 0 : 13);
 	}
 	assert_int_equal(write(t.master, "hello\n", 6), 6);
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	close(t.slave);
-	pty_drain(t.master, log, sizeof(log));
-	close(t.master);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		fail_msg("child status 0x%x", status);
+	pty_reap_ok(&t, pid, true, log, sizeof(log));
 }
 
 static void test_tty_none(void **state)
