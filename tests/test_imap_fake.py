@@ -33,10 +33,7 @@ import mailharness  # noqa: E402
 IMAPCLI = os.environ.get('MAILFS_IMAPCLI') or os.path.join(
     os.environ.get('MAILFS_BUILD', ''), 'tests', 'imapcli')
 
-# enum proto_err_class (proto/error.h); imapcli exits with 10 + the class.
-PERR = dict(RESOLVE=1, CONNECT=2, TIMEOUT=3, TLS=4, TLS_VERIFY=5, NOTLS=6,
-            PROTOCOL=7, NO=8, BAD=9, AUTH=10, BYE=11, LOCAL=12, BUSY=13)
-EXIT = {name: 10 + n for name, n in PERR.items()}
+EXIT = mailharness.CLI_EXIT   # imapcli's exit code for each error class
 
 USER, PASSWORD = 'alice', 'secret'
 SASL_PLAIN = base64.b64encode(b'\0alice\0secret').decode()  # AGFsaWNlAHNlY3JldA==

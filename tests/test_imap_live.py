@@ -384,8 +384,4 @@ class ResyncIdle(unittest.TestCase):
 
 
 if __name__ == '__main__':
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    failed = len(res.failures) + len(res.errors)
-    print('%d passed, %d failed' % (res.testsRun - failed - len(res.skipped), failed))
-    sys.exit(1 if failed else 0)
+    mailharness.run_tests()

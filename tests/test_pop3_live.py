@@ -32,10 +32,7 @@ import mailharness  # noqa: E402
 POP3CLI = os.environ.get('MAILFS_POP3CLI') or os.path.join(
     os.environ.get('MAILFS_BUILD', 'build'), 'tests', 'pop3cli')
 
-# enum proto_err_class (proto/error.h); pop3cli exits with 10 + the class.
-PERR = dict(RESOLVE=1, CONNECT=2, TIMEOUT=3, TLS=4, TLS_VERIFY=5, NOTLS=6,
-            PROTOCOL=7, NO=8, BAD=9, AUTH=10, BYE=11, LOCAL=12)
-EXIT = {name: 10 + n for name, n in PERR.items()}
+EXIT = mailharness.CLI_EXIT   # pop3cli's exit code for each error class
 CLI_TIMEOUT = 120
 
 HAVE_DOVECOT = all(mailharness.find_program(p) for p in ('dovecot', 'doveadm', 'openssl'))
@@ -516,8 +513,4 @@ S: +OK
 
 
 if __name__ == '__main__':
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    failed = len(res.failures) + len(res.errors)
-    print('%d passed, %d failed' % (res.testsRun - failed - len(res.skipped), failed))
-    sys.exit(1 if failed else 0)
+    mailharness.run_tests()

@@ -47,6 +47,8 @@ utf7_encode(str) utf7_decode(str) served_form(bytes) generate_messages(n, seed)
 read_text(path, since=0) file_size(path)
 corpus_messages() -> {mailbox: [(label, bytes)]}  split_mbox(bytes)
 corpus_dir() require_dovecot() make_pki(dir) TLSFakeServer(cert, key, greeting)
+run_tests(reports=()): unittest.main with a summary, for the test modules
+PERR, CLI_EXIT: the error classes of proto/error.h, imapcli's and pop3cli's exit codes
 
 What a Dovecot instance is
 --------------------------
@@ -137,6 +139,7 @@ import tempfile
 import threading
 import time
 import unicodedata
+import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.environ.get('MAILFS_SOURCE') or os.path.dirname(os.path.dirname(HERE))
@@ -154,6 +157,30 @@ class HarnessError(Exception):
 
 
 # ----------------------------------------------------------------- helpers
+
+# enum proto_err_class (proto/error.h); the test tools imapcli and pop3cli
+# exit with CLI_EXIT[class], 10 + the class.
+PERR = dict(RESOLVE=1, CONNECT=2, TIMEOUT=3, TLS=4, TLS_VERIFY=5, NOTLS=6,
+            PROTOCOL=7, NO=8, BAD=9, AUTH=10, BYE=11, LOCAL=12, BUSY=13)
+CLI_EXIT = {name: 10 + n for name, n in PERR.items()}
+
+
+def run_tests(reports=()):
+    """unittest.main, then a summary (a test with failing subtests counts
+    once; REPORTS: findings that are not failures); exits 1 on a failure."""
+    t0 = time.monotonic()
+    prog = unittest.main(exit=False, verbosity=2)
+    res = prog.result
+    failed = len({getattr(t, 'test_case', t).id() for t, _ in res.failures + res.errors}
+                 | {t.id() for t in res.unexpectedSuccesses})
+    passed = res.testsRun - failed - len(res.skipped) - len(res.expectedFailures)
+    for line in reports:
+        print('REPORT: ' + line)
+    print('%d expected failures, %d skipped, %.0f s'
+          % (len(res.expectedFailures), len(res.skipped), time.monotonic() - t0))
+    print('%d passed, %d failed' % (passed, failed))
+    sys.exit(1 if failed else 0)
+
 
 def find_program(name):
     """Path of NAME: $MAILFS_DOVECOT / $MAILFS_DOVEADM / $MAILFS_OPENSSL if

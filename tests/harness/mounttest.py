@@ -20,7 +20,7 @@ helpers.
             m = self.started(mountutil.Mount(dc, mnt, cache))
 
     if __name__ == '__main__':
-        mounttest.main()
+        mounttest.main()            # mailharness.run_tests()
 
 set_up_module() skips the module (exit 77) when Dovecot or FUSE is
 missing, installs mountutil's signal handlers and makes the scratch
@@ -79,21 +79,8 @@ def tear_down_module(dc, tmp):
     mountutil.remove_scratch(tmp)
 
 
-def main(reports=()):
-    """unittest.main, then a summary (a test with failing subtests counts
-    once; REPORTS: findings that are not failures); exits 1 on a failure."""
-    t0 = time.monotonic()
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    failed = len({getattr(t, 'test_case', t).id() for t, _ in res.failures + res.errors}
-                 | {t.id() for t in res.unexpectedSuccesses})
-    passed = res.testsRun - failed - len(res.skipped) - len(res.expectedFailures)
-    for line in reports:
-        print('REPORT: ' + line)
-    print('%d expected failures, %d skipped, %.0f s'
-          % (len(res.expectedFailures), len(res.skipped), time.monotonic() - t0))
-    print('%d passed, %d failed' % (passed, failed))
-    sys.exit(1 if failed else 0)
+# The summary at the end, as every integration test module prints it.
+main = mailharness.run_tests
 
 
 # ------------------------------------------------------------ the test case
