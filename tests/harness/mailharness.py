@@ -1167,54 +1167,45 @@ class Dovecot:
         """A client context that trusts only the test CA."""
         return ssl.create_default_context(cafile=self.ca)
 
+    def _secret(self, user, password):
+        return self.users[user] if password is None else password
+
     def imap(self, user, password=None):
         """A logged-in imaplib.IMAP4_SSL on the imaps port (host localhost,
         certificate verified)."""
         m = imaplib.IMAP4_SSL(self.host, self.ports['imaps'], ssl_context=self.ssl_context(),
                               timeout=IO_TIMEOUT)
-        try:
-            m.login(user, self.users[user] if password is None else password)
-        except BaseException:
-            m.shutdown()
-            raise
-        return m
+        return _set_up(m, m.shutdown, lambda: m.login(user, self._secret(user, password)))
 
     def imap_starttls(self, user=None, password=None):
         """imaplib.IMAP4 on the imap port after STARTTLS; logged in if USER."""
         m = imaplib.IMAP4(self.host, self.ports['imap'], timeout=IO_TIMEOUT)
-        try:
+
+        def steps():
             m.starttls(ssl_context=self.ssl_context())
             if user:
-                m.login(user, self.users[user] if password is None else password)
-        except BaseException:
-            m.shutdown()
-            raise
-        return m
+                m.login(user, self._secret(user, password))
+        return _set_up(m, m.shutdown, steps)
+
+    def _pop3_login(self, p, user, password):
+        p.user(user)
+        p.pass_(self._secret(user, password))
 
     def pop3(self, user, password=None):
         """A logged-in poplib.POP3_SSL on the pop3s port."""
         p = poplib.POP3_SSL(self.host, self.ports['pop3s'], context=self.ssl_context(),
                             timeout=IO_TIMEOUT)
-        try:
-            p.user(user)
-            p.pass_(self.users[user] if password is None else password)
-        except BaseException:
-            p.close()
-            raise
-        return p
+        return _set_up(p, p.close, lambda: self._pop3_login(p, user, password))
 
     def pop3_stls(self, user=None, password=None):
         """poplib.POP3 on the pop3 port after STLS; logged in if USER."""
         p = poplib.POP3(self.host, self.ports['pop3'], timeout=IO_TIMEOUT)
-        try:
+
+        def steps():
             p.stls(context=self.ssl_context())
             if user:
-                p.user(user)
-                p.pass_(self.users[user] if password is None else password)
-        except BaseException:
-            p.close()
-            raise
-        return p
+                self._pop3_login(p, user, password)
+        return _set_up(p, p.close, steps)
 
     def bad_cert_server(self, kind='expired', greeting=b'* OK fake\r\n'):
         """A TLSFakeServer presenting a bad certificate: kind 'expired'
@@ -1484,6 +1475,16 @@ class Dovecot:
             raise HarnessError('doveadm %s: exit %d: %s' % (' '.join(args), r.returncode,
                                                             r.stderr.strip()))
         return r
+
+
+def _set_up(conn, close, steps):
+    """CONN once STEPS() ran; if they fail, CLOSE() and raise."""
+    try:
+        steps()
+    except BaseException:
+        close()
+        raise
+    return conn
 
 
 def _appenduids(line):
