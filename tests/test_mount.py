@@ -25,8 +25,7 @@ MountErrors   one-line errors, non-zero exit, no mount left, within seconds
 UidValidity   a UIDVALIDITY change re-matches cached bodies, nothing re-fetched
 Writes        writes, creates and mkdir fail at once (EPERM; -o ro: EROFS)
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs), MAILFS_SOURCE, MAILFS_CORPUS.  Exit status 77 when
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
 Dovecot or FUSE is missing."""
 
 import concurrent.futures
@@ -192,6 +191,24 @@ class MountTest(mounttest.BoundedTest):
         self.assertEqual(bad, [], '%s%d of %d differ' % (what, len(bad), len(files)))
 
 
+class SharedMountTest(MountTest):
+    """One mount of alice (daemon mode) for every test of the class:
+    cls.m, mounted at cls.mnt; TAG names its directory."""
+
+    TAG = None
+
+    @classmethod
+    def setUpClass(cls):
+        mnt, cache = fresh(cls.TAG)
+        cls.m = mountutil.Mount(dc, mnt, cache)
+        cls.m.start()
+        cls.mnt = cls.m.mountpoint
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.m.unmount()
+
+
 # --------------------------------------------------------------- module set-up
 
 def setUpModule():
@@ -243,19 +260,10 @@ def tearDownModule():
 
 # ----------------------------------------------------------------- 1. browse
 
-class Browse(MountTest):
+class Browse(SharedMountTest):
     """ls, find, stat, cat, cp, grep, du and readdir on one mount."""
 
-    @classmethod
-    def setUpClass(cls):
-        mnt, cache = fresh('browse')
-        cls.m = mountutil.Mount(dc, mnt, cache)
-        cls.m.start()
-        cls.mnt = cls.m.mountpoint
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.m.unmount()
+    TAG = 'browse'
 
     def p(self, rel=''):
         return os.path.join(self.mnt, rel) if rel else self.mnt
@@ -467,17 +475,8 @@ class FirstRead(MountTest):
 
 # -------------------------------------------------------------- 4. xattrs
 
-class Xattrs(MountTest):
-    @classmethod
-    def setUpClass(cls):
-        mnt, cache = fresh('xattr')
-        cls.m = mountutil.Mount(dc, mnt, cache)
-        cls.m.start()
-        cls.mnt = cls.m.mountpoint
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.m.unmount()
+class Xattrs(SharedMountTest):
+    TAG = 'xattr'
 
     def get(self, uid, attr, box='INBOX'):
         return os.getxattr(os.path.join(self.mnt, box, '%d.eml' % uid),
@@ -559,17 +558,8 @@ class Rsync(MountTest):
 
 # ---------------------------------------------------------------- 6. names
 
-class Names(MountTest):
-    @classmethod
-    def setUpClass(cls):
-        mnt, cache = fresh('names')
-        cls.m = mountutil.Mount(dc, mnt, cache)
-        cls.m.start()
-        cls.mnt = cls.m.mountpoint
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.m.unmount()
+class Names(SharedMountTest):
+    TAG = 'names'
 
     def test_utf7_spaces_ampersand_nested(self):
         top = set(os.listdir(self.mnt))
