@@ -20,8 +20,8 @@ Every reader runs in a child process with a time bound; a reader that hangs
 fails its test, and the mount's FUSE connection is aborted (through the
 fusectl file system) so that nothing is left blocked.
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs).  Exit status 77 when Dovecot or FUSE is missing."""
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
+Dovecot or FUSE is missing."""
 
 import json
 import os

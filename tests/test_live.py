@@ -42,9 +42,7 @@ Stalled        a frozen server: ls of a mailbox whose view is older than
                poll answers from the cache within timeout + 3 s; thawed, the
                mount follows the server again
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs), MAILFS_SOURCE; MAILFS_TEST_LOG_LINES, how many of
-mailfs's own log lines a failing test shows (40).  Exit status 77 when
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
 Dovecot or FUSE is missing."""
 
 import base64

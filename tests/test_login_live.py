@@ -32,9 +32,7 @@ PopPasscmd     POP3: the password changed on the server and in passcmd's
                store: the next poll's login is refused, passcmd runs again
                and the new mail arrives byte-exact
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs), MAILFS_SOURCE; MAILFS_TEST_LOG_LINES, how many of
-mailfs's own log lines a failing test shows (40).  Exit status 77 when
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
 Dovecot or FUSE is missing."""
 
 import os

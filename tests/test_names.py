@@ -22,8 +22,8 @@ EmptyParts     "Odd/", "Mid//c" and "/x" (and the name "", which the log
 Damaged        one mailbox record damaged in the cache: a remount shows
                every other mailbox, and the log says which one is left out
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs).  Exit status 77 when Dovecot or FUSE is missing."""
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
+Dovecot or FUSE is missing."""
 
 import errno
 import hashlib

@@ -49,9 +49,8 @@ PopKeepWarn   pop_keep not forever and the IMAP cache of the same account
               XDG_CACHE_HOME, or -o cache_dir): a warning on stderr; none
               without that cache or with pop_keep=forever
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs).  Needs no Dovecot.  Exit status 77 when FUSE is
-missing.
+Environment: as tests/harness/mounttest.py says; needs no Dovecot.  Exit
+status 77 when FUSE is missing.
 The last line says "N passed, N failed"."""
 
 import os

@@ -42,8 +42,7 @@ session ends, "pop3(USER)...: Disconnected: ... retr=COUNT/BYTES,
 del=COUNT/..." (its default pop3_logout_format), which the tests add up over
 the sessions of one user since a log offset.
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs), MAILFS_SOURCE, MAILFS_CORPUS.  Exit status 77 when
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
 Dovecot or FUSE is missing."""
 
 import collections

@@ -32,8 +32,8 @@ Gmail             no QRESYNC; LITERAL- (a literal over 4096 bytes must be
 ICloud            no MOVE (UID MOVE refused with BAD): mv and rm work with
                   COPY + expunge.
 
-Environment as tests/test_live.py.  Exit status 77 when Dovecot or FUSE is
-missing."""
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
+Dovecot or FUSE is missing."""
 
 import json
 import os

@@ -49,8 +49,7 @@ A comment starting "Regression" names a mailfs bug these tests found (and
 how it showed); it is fixed, and the test keeps it fixed.  REPORT lines at
 the end are findings that are not failures (races allowed for, bonuses).
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs), MAILFS_SOURCE, MAILFS_CORPUS.  Exit status 77 when
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
 Dovecot or FUSE is missing."""
 
 import collections

@@ -30,8 +30,10 @@ requests still pending, and shows the end of its mounts' logs when a test
 fails.  try_op() runs one file operation in a child process, so that a
 hung request cannot hang the test.
 
-Environment: MAILFS_TEST_LOG_LINES, how many log lines a failing test
-shows (40); those of mountutil and mailharness.
+Environment of the test modules: MAILFS_BUILD, the build directory (the
+binary is $MAILFS_BUILD/mailfs); MAILFS_SOURCE, the source tree;
+MAILFS_CORPUS, the test corpus (tests/corpus); MAILFS_TEST_LOG_LINES, how
+many log lines a failing test shows (40).
 """
 
 import base64
