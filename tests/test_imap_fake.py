@@ -30,8 +30,7 @@ sys.path.insert(0, os.path.join(HERE, 'harness'))
 import imapfake  # noqa: E402
 import mailharness  # noqa: E402
 
-IMAPCLI = os.environ.get('MAILFS_IMAPCLI') or os.path.join(
-    os.environ.get('MAILFS_BUILD', ''), 'tests', 'imapcli')
+IMAPCLI = mailharness.test_tool('imapcli')
 
 EXIT = mailharness.CLI_EXIT   # imapcli's exit code for each error class
 

@@ -15,12 +15,10 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'harness'))
 import mailharness  # noqa: E402
 
-IMAPCLI = os.environ.get('MAILFS_IMAPCLI') or os.path.join(
-    os.environ.get('MAILFS_BUILD', 'build'), 'tests', 'imapcli')
+IMAPCLI = mailharness.test_tool('imapcli')
 
-# Exit status of imapcli: 10 + enum proto_err_class (proto/error.h).
-EXIT_TLS_VERIFY = 15
-EXIT_AUTH = 20
+EXIT_TLS_VERIFY = mailharness.CLI_EXIT['TLS_VERIFY']
+EXIT_AUTH = mailharness.CLI_EXIT['AUTH']
 
 dc = None
 

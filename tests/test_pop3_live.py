@@ -29,8 +29,7 @@ sys.path.insert(0, os.path.join(HERE, 'fake'))
 import imapfake  # noqa: E402
 import mailharness  # noqa: E402
 
-POP3CLI = os.environ.get('MAILFS_POP3CLI') or os.path.join(
-    os.environ.get('MAILFS_BUILD', 'build'), 'tests', 'pop3cli')
+POP3CLI = mailharness.test_tool('pop3cli')
 
 EXIT = mailharness.CLI_EXIT   # pop3cli's exit code for each error class
 CLI_TIMEOUT = 120

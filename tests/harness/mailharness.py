@@ -49,6 +49,7 @@ corpus_messages() -> {mailbox: [(label, bytes)]}  split_mbox(bytes)
 corpus_dir() require_dovecot() make_pki(dir) TLSFakeServer(cert, key, greeting)
 run_tests(reports=()): unittest.main with a summary, for the test modules
 PERR, CLI_EXIT: the error classes of proto/error.h, imapcli's and pop3cli's exit codes
+test_tool('imapcli') -> the path of that test tool
 
 What a Dovecot instance is
 --------------------------
@@ -163,6 +164,13 @@ class HarnessError(Exception):
 PERR = dict(RESOLVE=1, CONNECT=2, TIMEOUT=3, TLS=4, TLS_VERIFY=5, NOTLS=6,
             PROTOCOL=7, NO=8, BAD=9, AUTH=10, BYE=11, LOCAL=12, BUSY=13)
 CLI_EXIT = {name: 10 + n for name, n in PERR.items()}
+
+
+def test_tool(name):
+    """The path of the test tool NAME (imapcli, pop3cli): $MAILFS_<NAME>,
+    else $MAILFS_BUILD/tests/NAME (MAILFS_BUILD: "build")."""
+    return os.environ.get('MAILFS_' + name.upper()) or os.path.join(
+        os.environ.get('MAILFS_BUILD', 'build'), 'tests', name)
 
 
 def run_tests(reports=()):
