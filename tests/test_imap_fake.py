@@ -18,10 +18,8 @@ import re
 import shutil
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,20 +58,6 @@ def server_context(cert='server'):
     return ctx
 
 
-class Result:
-    def __init__(self, proc, elapsed):
-        self.rc = proc.returncode
-        self.stdout = proc.stdout.decode('utf-8', errors='replace')
-        self.stderr = proc.stderr.decode('utf-8', errors='replace')
-        self.elapsed = elapsed
-        last = [l for l in self.stdout.splitlines() if l.startswith('imapcli: ')]
-        self.message = last[-1] if last else ''
-
-    def __str__(self):
-        return 'exit %s after %.2f s\nstdout:\n%s\nstderr:\n%s' % (
-            self.rc, self.elapsed, self.stdout, self.stderr)
-
-
 def run_cli(port, command, *args, notls=False, timeout_ms=CLIENT_WAIT_MS,
             password=PASSWORD, host='localhost'):
     argv = [IMAPCLI, '--password-stdin', '--cafile', PKI['ca'],
@@ -81,10 +65,7 @@ def run_cli(port, command, *args, notls=False, timeout_ms=CLIENT_WAIT_MS,
     if notls:
         argv.append('--notls')
     argv += ['imap://%s@%s:%d' % (USER, host, port), command] + list(args)
-    start = time.monotonic()
-    proc = subprocess.run(argv, input=(password + '\n').encode('utf-8'),
-                          capture_output=True, timeout=CLI_TIMEOUT)
-    return Result(proc, time.monotonic() - start)
+    return mailharness.run_tool(argv, password, CLI_TIMEOUT, last=True)
 
 
 class TranscriptFormatTest(unittest.TestCase):

@@ -17,7 +17,6 @@ import base64
 import os
 import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,21 +49,6 @@ def tearDownModule():
         dc.close()
 
 
-class Result:
-    def __init__(self, proc, elapsed):
-        self.rc = proc.returncode
-        self.stdout = proc.stdout.decode('utf-8', errors='replace')
-        self.stderr = proc.stderr.decode('utf-8', errors='replace')
-        self.elapsed = elapsed
-        lines = [l for l in self.stdout.splitlines() if l.startswith('pop3cli: ')]
-        self.message = lines[0] if lines else ''
-        self.errno = lines[1].split()[-1] if len(lines) > 1 else ''
-
-    def __str__(self):
-        return 'exit %s after %.2f s\nstdout:\n%s\nstderr:\n%s' % (
-            self.rc, self.elapsed, self.stdout[-3000:], self.stderr[-6000:])
-
-
 def cli(url, *args, password, cafile, debug=False, timeout_ms=None, opts=()):
     cmd = [POP3CLI, '--password-stdin'] + list(opts)
     if cafile:
@@ -74,10 +58,7 @@ def cli(url, *args, password, cafile, debug=False, timeout_ms=None, opts=()):
     if timeout_ms:
         cmd += ['--timeout', str(timeout_ms)]
     cmd += [url] + list(args)
-    start = time.monotonic()
-    proc = subprocess.run(cmd, input=(password + '\n').encode(), capture_output=True,
-                          timeout=CLI_TIMEOUT)
-    return Result(proc, time.monotonic() - start)
+    return mailharness.run_tool(cmd, password, CLI_TIMEOUT)
 
 
 def live(url, *args, user=None, password=None, cafile=True, **kw):

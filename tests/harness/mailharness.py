@@ -50,6 +50,7 @@ corpus_dir() require_dovecot() make_pki(dir) TLSFakeServer(cert, key, greeting)
 run_tests(reports=()): unittest.main with a summary, for the test modules
 PERR, CLI_EXIT: the error classes of proto/error.h, imapcli's and pop3cli's exit codes
 test_tool('imapcli') -> the path of that test tool
+run_tool(argv, password, timeout) -> ToolResult: rc, stdout, message, elapsed
 
 What a Dovecot instance is
 --------------------------
@@ -171,6 +172,36 @@ def test_tool(name):
     else $MAILFS_BUILD/tests/NAME (MAILFS_BUILD: "build")."""
     return os.environ.get('MAILFS_' + name.upper()) or os.path.join(
         os.environ.get('MAILFS_BUILD', 'build'), 'tests', name)
+
+
+class ToolResult:
+    """One run of imapcli or pop3cli: rc, stdout and stderr (str), elapsed
+    (seconds); message, its line "TOOL: CLASS: TEXT" on standard output
+    (the first or, with LAST, the last line starting "TOOL: "); errno, the
+    NAME of a second such line "TOOL: errno NAME" (pop3cli), else ''."""
+
+    def __init__(self, proc, elapsed, tool, last=False):
+        self.rc = proc.returncode
+        self.stdout = proc.stdout.decode('utf-8', errors='replace')
+        self.stderr = proc.stderr.decode('utf-8', errors='replace')
+        self.elapsed = elapsed
+        lines = [l for l in self.stdout.splitlines() if l.startswith(tool + ': ')]
+        self.message = (lines[-1] if last else lines[0]) if lines else ''
+        self.errno = lines[1].split()[-1] if len(lines) > 1 else ''
+
+    def __str__(self):
+        return 'exit %s after %.2f s\nstdout:\n%s\nstderr:\n%s' % (
+            self.rc, self.elapsed, self.stdout[-3000:], self.stderr[-6000:])
+
+
+def run_tool(argv, password, timeout, last=False):
+    """Run the test tool ARGV (imapcli or pop3cli, given --password-stdin)
+    with PASSWORD on its standard input, for at most TIMEOUT seconds: a
+    ToolResult."""
+    start = time.monotonic()
+    proc = subprocess.run(argv, input=(password + '\n').encode('utf-8'),
+                          capture_output=True, timeout=timeout)
+    return ToolResult(proc, time.monotonic() - start, os.path.basename(argv[0]), last)
 
 
 def run_tests(reports=()):
