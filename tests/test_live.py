@@ -590,7 +590,7 @@ class Background(LiveTest):
             o.store([self.seeded[2]], '+FLAGS', ['$Background'])
         want = dc.flags(self.USER, self.BOX)[self.seeded[2]]
         self.assertIn('$Background', want)
-        self.assertTrue(wait_for(lambda: flags_of(path) == want, 3 * POLL + 2),
+        self.assertTrue(wait_for(lambda: flags_of(path) == want, 3 * POLL + 2)[0],
                         'flags not updated in the background: %s' % sorted(flags_of(path)))
 
 
