@@ -14,11 +14,15 @@
 #include <lmdb.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -79,9 +83,10 @@ static const char *const db_names[DB_COUNT] = {
 struct cache {
 	MDB_env *env; /* owned */
 	MDB_dbi dbi[DB_COUNT];
-	char *dir; /* owned; for log lines */
-	pid_t pid; /* the process that opened it */
-	dev_t dev; /* identity of dir, for the open-once check */
+	char *dir;   /* owned; for log lines */
+	pid_t pid;   /* the process that opened it */
+	int lock_fd; /* owned: dir, flock()ed while open; -1 if not */
+	dev_t dev;   /* identity of dir, for the open-once check */
 	ino_t ino;
 	size_t map_max;
 	/* Live transactions of this process.  LMDB lets the map size change
@@ -144,6 +149,47 @@ static int mdb_errno(int rc)
 		if (rc > 0)
 			return -rc;
 		return -EIO;
+	}
+}
+
+/* Where cache_open's failure goes: into msg (one line for the user, the
+ * first failure only) when the caller asked for it, else the log. */
+struct report {
+	char *msg;
+	size_t size;
+};
+
+#define RECOVER                                                                \
+	"; move it away to start a fresh cache, or restore it from a backup"
+
+__attribute__((format(printf, 3, 4))) static int
+report(struct report *r, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (r->msg == NULL || r->size == 0)
+		log_vmsg(LOG_ERR, fmt, ap);
+	else if (r->msg[0] == '\0')
+		vsnprintf(r->msg, r->size, fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+/* An LMDB failure at open: a file LMDB does not recognise is damaged. */
+static int report_mdb(struct report *r, const char *dir, int rc)
+{
+	switch (rc) {
+	case MDB_INVALID:
+	case MDB_CORRUPTED:
+	case MDB_PAGE_NOTFOUND:
+		return report(r, mdb_errno(rc),
+		              "cache %s/data.mdb is damaged (%s)%s", dir,
+		              mdb_strerror(rc), RECOVER);
+	default:
+		return report(r, mdb_errno(rc),
+		              "cannot open the cache in %s: %s", dir,
+		              mdb_strerror(rc));
 	}
 }
 
@@ -713,24 +759,20 @@ static int chmod_file(const char *dir, const char *file)
 }
 
 /* Open the databases and check the schema, in one write transaction. */
-static int cache_init_dbs(struct cache *c)
+static int cache_init_dbs(struct cache *c, struct report *r)
 {
 	struct cache_txn t = {.cache = c, .write = true};
 	uint64_t schema, from;
 	int i, rc;
 
 	rc = mdb_txn_begin(c->env, NULL, 0, &t.txn);
-	if (rc) {
-		log_err("cache %s: %s", c->dir, mdb_strerror(rc));
-		return mdb_errno(rc);
-	}
+	if (rc)
+		return report_mdb(r, c->dir, rc);
 	for (i = 0; i < DB_COUNT; i++) {
 		rc = mdb_dbi_open(t.txn, db_names[i], MDB_CREATE, &c->dbi[i]);
 		if (rc) {
-			log_err("cache %s: database %s: %s", c->dir,
-			        db_names[i], mdb_strerror(rc));
 			mdb_txn_abort(t.txn);
-			return mdb_errno(rc);
+			return report_mdb(r, c->dir, rc);
 		}
 	}
 	rc = meta_read(&t, META_SCHEMA, &schema);
@@ -739,13 +781,17 @@ static int cache_init_dbs(struct cache *c)
 		rc = meta_write(&t, META_SCHEMA, schema);
 	}
 	if (rc == 0 && schema > CACHE_SCHEMA_VERSION) {
-		log_err("cache %s: written by a newer mailfs (cache schema %llu, this mailfs knows up to %d); refusing to use it",
+		rc = report(
+		        r, -EPROTONOSUPPORT,
+		        "cache %s was written by a newer mailfs (cache schema %llu, this mailfs knows up to %d); refusing to use it",
 		        c->dir, (unsigned long long)schema,
 		        CACHE_SCHEMA_VERSION);
-		rc = -EPROTONOSUPPORT;
 	} else if (rc == 0 && schema == 0) {
-		log_err("cache %s: invalid schema version 0", c->dir);
-		rc = -EIO;
+		rc = report(r, -EIO,
+		            "cache %s/data.mdb is damaged (schema version 0)%s",
+		            c->dir, RECOVER);
+	} else if (rc) {
+		rc = report(r, rc, "cache %s: %s", c->dir, strerror(-rc));
 	}
 	/* Upgrades from older schemas, in this transaction.  1 -> 2: bodies
 	 * longer than CACHE_BODY_CHUNK are stored in pieces from now on, in
@@ -761,10 +807,8 @@ static int cache_init_dbs(struct cache *c)
 		return rc;
 	}
 	rc = mdb_txn_commit(t.txn);
-	if (rc) {
-		log_err("cache %s: %s", c->dir, mdb_strerror(rc));
-		return mdb_errno(rc);
-	}
+	if (rc)
+		return report_mdb(r, c->dir, rc);
 	if (from != schema)
 		log_notice(
 		        "cache %s: upgraded in place from schema %llu to %llu "
@@ -775,8 +819,175 @@ static int cache_init_dbs(struct cache *c)
 	return 0;
 }
 
-int cache_open_ex(const char *dir, const struct cache_options *opt,
-                  struct cache **cache_r)
+/* ------------------------------------------------------------------ */
+/* A data file shorter than its pages (see check_size) */
+
+static pthread_mutex_t probe_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Thread_local sigjmp_buf *probe_jmp;
+
+static void probe_sigbus(int sig)
+{
+	if (probe_jmp != NULL)
+		siglongjmp(*probe_jmp, 1);
+	/* Not a probe: the access faults again, with the default action. */
+	signal(sig, SIG_DFL);
+}
+
+/* Mark in bits the pages of [first, first + n) that one free-list record
+ * (an LMDB ID list: count, then page numbers) names; returns how many. */
+static size_t mark_free(const MDB_val *v, size_t first, size_t n, uint8_t *bits)
+{
+	const char *p = v->mv_data;
+	size_t count, i, pg, marked = 0;
+
+	if (v->mv_size < sizeof(size_t))
+		return 0;
+	memcpy(&count, p, sizeof(count));
+	if (count > v->mv_size / sizeof(size_t) - 1)
+		count = v->mv_size / sizeof(size_t) - 1;
+	for (i = 1; i <= count; i++) {
+		memcpy(&pg, p + i * sizeof(size_t), sizeof(pg));
+		if (pg < first || pg - first >= n)
+			continue;
+		pg -= first;
+		if (!(bits[pg / 8] & (1u << (pg % 8)))) {
+			bits[pg / 8] |= (uint8_t)(1u << (pg % 8));
+			marked++;
+		}
+	}
+	return marked;
+}
+
+/* 1 if every page from first to last is on LMDB's free list (so nothing
+ * ever reads it before writing it), 0 if not, or a negative errno.  The
+ * free list itself may lie in the missing part: reading it there raises
+ * SIGBUS, which is caught (only on this thread, only here) and means 0.
+ * Leaving LMDB by siglongjmp is safe here: a read transaction holds no
+ * lock, only its reader slot, which the abort releases. */
+static int pages_free(MDB_env *env, size_t first, size_t last)
+{
+	size_t n = last - first + 1;
+	uint8_t *bits = calloc(n / 8 + 1, 1);
+	MDB_txn *volatile txn = NULL;
+	MDB_cursor *volatile cur = NULL;
+	volatile size_t marked = 0;
+	volatile int rc = 0;
+	struct sigaction sa, old;
+	sigjmp_buf jb;
+
+	if (bits == NULL)
+		return -ENOMEM;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = probe_sigbus;
+	sigemptyset(&sa.sa_mask);
+	pthread_mutex_lock(&probe_lock);
+	sigaction(SIGBUS, &sa, &old);
+	if (sigsetjmp(jb, 1) == 0) {
+		MDB_txn *t = NULL;
+		MDB_cursor *c = NULL;
+		MDB_val k, v;
+
+		probe_jmp = &jb;
+		rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &t);
+		txn = t;
+		if (rc == 0)
+			rc = mdb_cursor_open(t, 0, &c); /* 0: the free list */
+		cur = c;
+		while (rc == 0 &&
+		       (rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) == 0)
+			marked += mark_free(&v, first, n, bits);
+		rc = rc == MDB_NOTFOUND ? 0 : mdb_errno(rc);
+	} else {
+		rc = 0;
+		marked = 0;
+	}
+	probe_jmp = NULL;
+	sigaction(SIGBUS, &old, NULL);
+	pthread_mutex_unlock(&probe_lock);
+	if (cur != NULL)
+		mdb_cursor_close(cur);
+	if (txn != NULL)
+		mdb_txn_abort(txn);
+	free(bits);
+	return rc < 0 ? rc : marked == n;
+}
+
+/* LMDB maps the data file and reads any page the database points to: a
+ * page past the end of a truncated file kills the process with SIGBUS.
+ * Every page below the last page number is either in use or on the free
+ * list, and pages in use have been written.  So the file is whole if it
+ * reaches the last page, or if the pages it lacks are all free (LMDB does
+ * not write pages it allocated and freed in one transaction). */
+static int check_size(struct cache *c, struct report *r)
+{
+	MDB_envinfo info;
+	MDB_stat ms;
+	struct stat st;
+	size_t need, have;
+	int fd, rc;
+
+	if (mdb_env_get_fd(c->env, &fd) != 0 || fstat(fd, &st) != 0 ||
+	    mdb_env_info(c->env, &info) != 0 || mdb_env_stat(c->env, &ms) != 0)
+		return report(r, -EIO, "cache %s: cannot read its size",
+		              c->dir);
+	need = ((size_t)info.me_last_pgno + 1) * ms.ms_psize;
+	if ((uint64_t)st.st_size >= need)
+		return 0;
+	have = (size_t)st.st_size / ms.ms_psize;
+	rc = pages_free(c->env, have, info.me_last_pgno);
+	if (rc == 1)
+		return 0;
+	if (rc < 0)
+		return report(r, rc,
+		              "cache %s: cannot check its free pages: %s",
+		              c->dir, strerror(-rc));
+	return report(
+	        r, -EUCLEAN,
+	        "cache %s/data.mdb is damaged (truncated: %lld of %zu bytes)%s",
+	        c->dir, (long long)st.st_size, need, RECOVER);
+}
+
+/* An empty data file would be made a fresh cache by LMDB: refuse it. */
+static int check_empty(const char *dir, struct report *r)
+{
+	char path[PATH_MAX];
+	struct stat st;
+
+	if ((size_t)snprintf(path, sizeof(path), "%s/data.mdb", dir) >=
+	    sizeof(path))
+		return report(r, -ENAMETOOLONG, "cache %s: %s", dir,
+		              strerror(ENAMETOOLONG));
+	if (stat(path, &st) != 0)
+		return 0; /* a new cache, or LMDB says why */
+	if (S_ISREG(st.st_mode) && st.st_size == 0)
+		return report(r, -EUCLEAN,
+		              "cache %s is damaged (truncated: 0 bytes)%s",
+		              path, RECOVER);
+	return 0;
+}
+
+/* One mailfs per cache: two would both resume the same uploads and both
+ * number POP3 downloads.  The lock lives as long as the descriptor, so a
+ * killed mailfs never leaves it behind. */
+static int lock_dir(struct cache *c, struct report *r)
+{
+	c->lock_fd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (c->lock_fd < 0)
+		return report(r, -errno, "cache directory %s: %s", c->dir,
+		              strerror(errno));
+	if (flock(c->lock_fd, LOCK_EX | LOCK_NB) == 0)
+		return 0;
+	if (errno == EWOULDBLOCK)
+		return report(
+		        r, -EBUSY,
+		        "cache %s is in use by another mailfs (one mount per cache: unmount it, or give this mount its own cache_dir)",
+		        c->dir);
+	return report(r, -errno, "cache directory %s: cannot lock it: %s",
+	              c->dir, strerror(errno));
+}
+
+static int open_cache(const char *dir, const struct cache_options *opt,
+                      struct cache **cache_r, struct report *r)
 {
 	struct cache *c, *o;
 	struct stat st;
@@ -785,23 +996,25 @@ int cache_open_ex(const char *dir, const struct cache_options *opt,
 	bool listed = false;
 
 	if (dir == NULL || *dir == '\0' || cache_r == NULL)
-		return -EINVAL;
+		return report(r, -EINVAL, "cache: no directory given");
 	*cache_r = NULL;
 	rc = mkdir_p(dir);
-	if (rc) {
-		log_err("cache %s: cannot create the directory: %s", dir,
-		        strerror(-rc));
-		return rc;
-	}
+	if (rc)
+		return report(r, rc, "cannot create the cache directory %s: %s",
+		              dir, strerror(-rc));
 	if (stat(dir, &st) != 0)
-		return -errno;
+		return report(r, -errno, "cache directory %s: %s", dir,
+		              strerror(errno));
 	c = calloc(1, sizeof(*c));
 	if (c == NULL)
-		return -ENOMEM;
+		return report(r, -ENOMEM, "cache %s: %s", dir,
+		              strerror(ENOMEM));
+	c->lock_fd = -1;
 	c->dir = strdup(dir);
 	if (c->dir == NULL) {
 		free(c);
-		return -ENOMEM;
+		return report(r, -ENOMEM, "cache %s: %s", dir,
+		              strerror(ENOMEM));
 	}
 	c->dev = st.st_dev;
 	c->ino = st.st_ino;
@@ -811,7 +1024,7 @@ int cache_open_ex(const char *dir, const struct cache_options *opt,
 	if (rc) {
 		free(c->dir);
 		free(c);
-		return rc;
+		return report(r, rc, "cache %s: %s", dir, strerror(-rc));
 	}
 
 	/* LMDB must not open the same environment twice in one process:
@@ -827,15 +1040,20 @@ int cache_open_ex(const char *dir, const struct cache_options *opt,
 	}
 	pthread_mutex_unlock(&open_lock);
 	if (!listed) {
-		log_err("cache %s: already open in this process", dir);
-		rc = -EBUSY;
+		rc = report(r, -EBUSY,
+		            "cache %s is already open in this process", dir);
 		goto fail;
 	}
+	rc = lock_dir(c, r);
+	if (rc == 0)
+		rc = check_empty(dir, r);
+	if (rc)
+		goto fail;
 
 	rc = mdb_env_create(&c->env);
 	if (rc) {
 		c->env = NULL;
-		rc = mdb_errno(rc);
+		rc = report_mdb(r, dir, rc);
 		goto fail;
 	}
 	map = opt && opt->map_size ? opt->map_size : MAP_DEFAULT;
@@ -845,17 +1063,20 @@ int cache_open_ex(const char *dir, const struct cache_options *opt,
 	if (rc == 0)
 		rc = mdb_env_open(c->env, dir, MDB_NOTLS, 0600);
 	if (rc) {
-		log_err("cache %s: %s", dir, mdb_strerror(rc));
-		rc = mdb_errno(rc);
+		rc = report_mdb(r, dir, rc);
 		goto fail;
 	}
+	/* Before anything reads a page through the map. */
+	rc = check_size(c, r);
+	if (rc)
+		goto fail;
 	/* Exact modes whatever the umask, and whatever an older run left. */
 	rc = chmod_file(dir, "data.mdb");
 	if (rc == 0)
 		rc = chmod_file(dir, "lock.mdb");
 	if (rc) {
-		log_err("cache %s: cannot set file modes: %s", dir,
-		        strerror(-rc));
+		rc = report(r, rc, "cache %s: cannot set file modes: %s", dir,
+		            strerror(-rc));
 		goto fail;
 	}
 	/* LMDB's other descriptors are close-on-exec, the data file's is
@@ -864,7 +1085,8 @@ int cache_open_ex(const char *dir, const struct cache_options *opt,
 		int fl = fcntl(fd, F_GETFD);
 
 		if (fl < 0 || fcntl(fd, F_SETFD, fl | FD_CLOEXEC) < 0) {
-			rc = -errno;
+			rc = report(r, -errno, "cache %s: %s", dir,
+			            strerror(errno));
 			goto fail;
 		}
 	}
@@ -873,7 +1095,7 @@ int cache_open_ex(const char *dir, const struct cache_options *opt,
 	if (dead > 0)
 		log_info("cache %s: cleared %d stale reader slot(s)", dir,
 		         dead);
-	rc = cache_init_dbs(c);
+	rc = cache_init_dbs(c, r);
 	if (rc)
 		goto fail;
 	stale_clean(c);
@@ -885,9 +1107,27 @@ fail:
 	return rc;
 }
 
+int cache_open_ex(const char *dir, const struct cache_options *opt,
+                  struct cache **cache_r)
+{
+	struct report r = {NULL, 0};
+
+	return open_cache(dir, opt, cache_r, &r);
+}
+
 int cache_open(const char *dir, struct cache **cache_r)
 {
 	return cache_open_ex(dir, NULL, cache_r);
+}
+
+int cache_open_msg(const char *dir, struct cache **cache_r, char *msg,
+                   size_t msg_size)
+{
+	struct report r = {msg, msg_size};
+
+	if (msg != NULL && msg_size > 0)
+		msg[0] = '\0';
+	return open_cache(dir, NULL, cache_r, &r);
 }
 
 void cache_close(struct cache **cache)
@@ -900,6 +1140,8 @@ void cache_close(struct cache **cache)
 	*cache = NULL;
 	if (c->env)
 		mdb_env_close(c->env);
+	if (c->lock_fd >= 0)
+		close(c->lock_fd);
 	pthread_mutex_lock(&open_lock);
 	for (pp = &open_list; *pp; pp = &(*pp)->next_open) {
 		if (*pp == c) {

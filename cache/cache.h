@@ -51,8 +51,9 @@
  *   child must not touch a struct cache of its parent (LMDB's locks and
  *   mappings do not survive fork).  Every transaction begin checks the
  *   process id and fails with -ECHILD in a forked child.  The descriptors
- *   are close-on-exec.  Open a given directory at most once per process
- *   (a second cache_open of it fails with -EBUSY).
+ *   are close-on-exec.  Open a given directory in one process at a time
+ *   (a second cache_open of it, in this process or another, fails with
+ *   -EBUSY).
  *
  * - Transactions are short.  Begin, read or write, end.  Never hold a
  *   transaction (read or write) across a network wait or any other
@@ -143,13 +144,36 @@ struct cache_options {
 /* Open (creating it if needed) the cache in directory dir.  Missing
  * directories are created with mode 0700, the database files get 0600.
  * opt may be NULL.  On success *cache_r is an owned handle for
- * cache_close().  Errors: -EPROTONOSUPPORT the cache was written by a newer
- * mailfs (schema version logged), -EBUSY dir is already open in this
- * process, -EIO the files are not a usable cache (logged), or the errno of
- * a failed mkdir/open. */
+ * cache_close().
+ *
+ * One process at a time: the directory is locked (flock) while it is open,
+ * and a cache open in another process, or already open in this one, is
+ * refused (-EBUSY).  The lock goes with the process, even a killed one.
+ *
+ * A damaged cache is refused and never modified, deleted or repaired: it
+ * may hold the only copy of POP3 mail or of unsent uploads.  Damaged means
+ * a data file shorter than the pages in use (-EUCLEAN: "truncated", e.g. a
+ * copy cut short; LMDB maps the file, and reading a page past its end would
+ * kill the process with SIGBUS), an empty data file (-EUCLEAN; LMDB would
+ * make it a fresh cache) or one LMDB does not recognise (-EIO).  Each of
+ * these failures is checked before anything reads the file through the
+ * map.
+ *
+ * Errors: -EPROTONOSUPPORT the cache was written by a newer mailfs, -EBUSY
+ * as above, -EUCLEAN or -EIO damaged as above, or the errno of a failed
+ * mkdir/open/lock.  Every failure is logged (LOG_ERR), one line that names
+ * the directory or the file. */
 int cache_open(const char *dir, struct cache **cache_r);
 int cache_open_ex(const char *dir, const struct cache_options *opt,
                   struct cache **cache_r);
+
+/* cache_open(), but the line that says why it failed is written into msg
+ * (msg_size bytes, NUL-terminated, no newline, "" on success) instead of
+ * the log: for a caller that shows it to the user itself.  A damaged cache
+ * reads "cache DIR/data.mdb is damaged (CAUSE); move it away to start a
+ * fresh cache, or restore it from a backup". */
+int cache_open_msg(const char *dir, struct cache **cache_r, char *msg,
+                   size_t msg_size);
 
 /* Close and free; *cache is set to NULL.  No transaction may be open.
  * Safe with *cache == NULL. */
