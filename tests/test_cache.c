@@ -2616,6 +2616,306 @@ static void test_pop_stream(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* The on-disk format, byte for byte: every database of a freshly written
+ * cache holding one of each kind of entry, dumped with LMDB itself and
+ * compared with the bytes the schema in cache.h prescribes (written out
+ * here by hand, hashes included), so that any change of a key or record
+ * layout fails here. */
+
+#define BYTES(s) s, sizeof(s) - 1
+
+/* A row of the dump: db, key, the first vcmp bytes of the value and the
+ * value's length. */
+struct disk_row {
+	const char *db;
+	const char *k;
+	size_t klen;
+	const char *v;
+	size_t vcmp;
+	size_t vlen;
+};
+
+#define ROW(db, k, v)                                                          \
+	{                                                                      \
+		db, BYTES(k), BYTES(v), sizeof(v) - 1                          \
+	}
+#define ROW_HEAD(db, k, v, n)                                                  \
+	{                                                                      \
+		db, BYTES(k), BYTES(v), n                                      \
+	}
+
+/* The value of a meta entry: u64 BE. */
+#define U64(v) "\x00\x00\x00\x00\x00\x00\x00" v
+
+#define MSG_REC_HEAD "\x01\x01\x00\x00\x00\x00\x00"
+#define MSG_REC_TAIL                                                           \
+	"\x00\x00\x00\x00\x65\x53\xf1\x00\x00\x3c\x00\x00\x00\x00"             \
+	"\x00\x00\x00\x07\x00\x00\x00\x05\x5c\x53\x65\x65"                     \
+	"\x6e\x00\x00\x00\x01\x73\x00\x00\x00\x01\x66\x00"                     \
+	"\x00\x00\x01\x64\x00\x00\x00\x05\x3c\x6d\x40\x78"                     \
+	"\x3e\x00\x00\x00\x08\x48\x3a\x20\x76\x0d\x0a\x0d"                     \
+	"\x0a"
+#define PIECE (1 + CHUNK)
+#define STREAM_PIECE(i)                                                        \
+	ROW_HEAD("chunk", "\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00" i,    \
+	         "\x00", PIECE)
+
+/* The mailbox named by disk_long_name (600 bytes) is filed under its
+ * first 478 bytes, a NUL and this SHA-256 of the whole name. */
+#define LONG_NAME_HASH                                                         \
+	"\xaf\x9f\x38\x64\x87\x8d\x29\xca\x14\x31\x3d\xc7"                     \
+	"\x1a\x7b\x78\xa3\x20\xcc\x36\xa5\x90\xec\xe9\xf5"                     \
+	"\xc6\xbc\x16\x2d\xf2\x98\x63\xea"
+
+static const struct disk_row disk_rows[] = {
+        /* meta: counters, schema, the values of fs/ and of tests */
+        ROW("meta", "cache.next_blob", U64("\x03")),
+        ROW("meta", "cache.next_mailbox", U64("\x03")),
+        ROW("meta", "cache.next_pending", U64("\x02")),
+        ROW("meta", "cache.next_pop", U64("\x02")),
+        ROW("meta", "mtime.1", "\x00\x00\x00\x00\x65\x53\xf1\x00"),
+        /* "popcmp." + SHA-256("uidl-a sha256:00"), first 8 bytes, hex */
+        ROW("meta", "popcmp.727a5bf1c8d9183c", U64("\x01")),
+        /* "popdup." + SHA-256("uidl-a"), first 8 bytes, hex */
+        ROW("meta", "popdup.12b26475137f0033", U64("\x01")),
+        ROW("meta", "popsize.12b26475137f0033", U64("\x09")),
+        ROW("meta", "schema", U64("\x02")),
+        ROW("meta", "user.value", U64("\x07")),
+        /* mbox: id u32 -> record; the long-named one by length only */
+        ROW("mbox", "\x00\x00\x00\x01",
+            "\x01\x2f\x00\x00\x00\x00\x10\x00\x00\x00\x09\x00"
+            "\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00\x64\x00"
+            "\x00\x00\x00\x65\x53\xf1\x01\x00\x00\x00\x05\x49"
+            "\x4e\x42\x4f\x58\x00\x00\x00\x0e\x5c\x48\x61\x73"
+            "\x4e\x6f\x43\x68\x69\x6c\x64\x72\x65\x6e\x00\x00"
+            "\x00\x01\x00\x00\x00\x09"),
+        ROW_HEAD("mbox", "\x00\x00\x00\x02", "\x01\x2f\x00", 643),
+        /* mbox_name: name -> id u32 (the long name: see test) */
+        ROW("mbox_name", "INBOX", "\x00\x00\x00\x01"),
+        {"mbox_name", NULL, 511, BYTES("\x00\x00\x00\x02"), 4},
+        /* msg: (mailbox, UIDVALIDITY, UID) -> record */
+        ROW("msg", "\x00\x00\x00\x01\x00\x00\x00\x09\x00\x00\x00\x02",
+            MSG_REC_HEAD "\x00\x00\x05" MSG_REC_TAIL),
+        ROW("msg", "\x00\x00\x00\x01\x00\x00\x00\x09\x00\x00\x00\x03",
+            MSG_REC_HEAD "\x04\x00\x01" MSG_REC_TAIL),
+        /* body: same key -> the bytes; POP3 under (UINT32_MAX, 0, n) */
+        ROW("body", "\x00\x00\x00\x01\x00\x00\x00\x09\x00\x00\x00\x02",
+            "hello"),
+        ROW("body", "\xff\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x01",
+            "pop body"),
+        /* pop: number u32 -> record; pop_uidl: UIDL -> number */
+        ROW("pop", "\x00\x00\x00\x01",
+            "\x01\x00\x00\x00\x00\x00\x00\x00\x00\x08\x00\x00"
+            "\x00\x00\x65\x53\xf1\x02\x00\x00\x00\x06\x75\x69"
+            "\x64\x6c\x2d\x61"),
+        ROW("pop_uidl", "uidl-a", "\x00\x00\x00\x01"),
+        ROW("pop_uidl", "uidl-b", "\x00\x00\x00\x01"),
+        /* pending: seq u64 -> record, (seq u64, part u32) -> off u64 +
+         * bytes */
+        ROW("pending", "\x00\x00\x00\x00\x00\x00\x00\x01",
+            "\x02\x03\x00\x00\x00\x01\x00\x00\x00\x00\x65\x53"
+            "\xf1\x03\xff\x88\x00\x00\x00\x00\x65\x53\xf1\x04"
+            "\x00\x00\x00\x05\x5c\x53\x65\x65\x6e\x00\x00\x00"
+            "\x07\x6e\x65\x77\x2e\x65\x6d\x6c\x00\x00\x00\x00"
+            "\x00\x00\x00\x04\x61\x62\x63\x64"),
+        ROW("pending", "\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00",
+            "\x00\x00\x00\x00\x00\x00\x00\x04"
+            "efg"),
+        /* body_big: message key -> version, length, chunk size, blob */
+        ROW("body_big", "\x00\x00\x00\x01\x00\x00\x00\x09\x00\x00\x00\x03",
+            "\x01\x00\x00\x00\x00\x00\x04\x00\x01\x00\x04\x00"
+            "\x00\x00\x00\x00\x00\x00\x00\x00\x01"),
+        /* chunk: (blob u64, piece u32) -> codec byte 0 + bytes */
+        ROW_HEAD("chunk", "\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00",
+                 "\x00", PIECE),
+        ROW_HEAD("chunk", "\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x01",
+                 "\x00", 2),
+        STREAM_PIECE("\x00"),
+        STREAM_PIECE("\x01"),
+        STREAM_PIECE("\x02"),
+        STREAM_PIECE("\x03"),
+        STREAM_PIECE("\x04"),
+        STREAM_PIECE("\x05"),
+        STREAM_PIECE("\x06"),
+        STREAM_PIECE("\x07"),
+        STREAM_PIECE("\x08"),
+        STREAM_PIECE("\x09"),
+        STREAM_PIECE("\x0a"),
+        STREAM_PIECE("\x0b"),
+        STREAM_PIECE("\x0c"),
+        STREAM_PIECE("\x0d"),
+        STREAM_PIECE("\x0e"),
+        STREAM_PIECE("\x0f"),
+        /* chunk_open: blob u64 -> version 1, start time u64 */
+        ROW_HEAD("chunk_open", "\x00\x00\x00\x00\x00\x00\x00\x02", "\x01", 9),
+};
+
+static const char *const disk_dbs[] = {
+        "body", "body_big", "chunk",   "chunk_open", "mbox",     "mbox_name",
+        "meta", "msg",      "pending", "pop",        "pop_uidl",
+};
+
+static void disk_long_name(char name[601])
+{
+	memcpy(name, "Long/", 5);
+	for (size_t i = 0; i < 595; i++)
+		name[5 + i] = (char)('a' + i % 26);
+	name[600] = '\0';
+}
+
+/* One of each entry, through the public calls only. */
+static void disk_write(struct fixture *f)
+{
+	struct cache_mailbox mb = {.name = "INBOX",
+	                           .delim = '/',
+	                           .attrs = CACHE_MBOX_HASNOCHILDREN,
+	                           .attrs_raw = "\\HasNoChildren"};
+	struct cache_msg m = {.size = 5,
+	                      .internaldate = 1700000000,
+	                      .tz_minutes = 60,
+	                      .modseq = 7,
+	                      .flags = "\\Seen",
+	                      .subject = "s",
+	                      .from = "f",
+	                      .date = "d",
+	                      .message_id = "<m@x>",
+	                      .header = (uint8_t *)"H: v\r\n\r\n",
+	                      .header_len = 8};
+	struct cache_pending p = {.mailbox_id = 1,
+	                          .state = CACHE_PENDING_CLOSED,
+	                          .flags = "\\Seen",
+	                          .name = "new.eml",
+	                          .internaldate = 1700000003,
+	                          .tz_minutes = -120,
+	                          .created = 1700000004,
+	                          .size = 4,
+	                          .data = (uint8_t *)"abcd"};
+	struct cache *c = open_cache(f);
+	char name[601];
+	uint8_t *big = pattern(CHUNK + 1, 3);
+	struct cache_txn *t = wtxn(c);
+	uint32_t id, num;
+	uint64_t seq;
+
+	disk_long_name(name);
+	assert_int_equal(cache_mailbox_add(t, &mb, &id), 0);
+	assert_int_equal(id, 1);
+	assert_int_equal(
+	        cache_mailbox_set_state(t, id, 9, 4, 100, 1700000001, NULL), 0);
+	mb = (struct cache_mailbox){.name = name, .delim = '/'};
+	assert_int_equal(cache_mailbox_add(t, &mb, &id), 0);
+	assert_int_equal(id, 2);
+	m.key = (struct cache_key){1, 9, 2};
+	assert_int_equal(cache_msg_put(t, &m), 0);
+	assert_int_equal(cache_body_put(t, m.key, "hello", 5), 0);
+	m.key.uid = 3;
+	assert_int_equal(cache_msg_put(t, &m), 0);
+	assert_int_equal(cache_body_put(t, m.key, big, CHUNK + 1), 0);
+	assert_int_equal(
+	        cache_pop_add(t, "uidl-a", "pop body", 8, 1700000002, &num), 0);
+	assert_int_equal(cache_pop_alias(t, "uidl-b", num), 0);
+	assert_int_equal(cache_pending_add(t, &p, &seq), 0);
+	assert_int_equal(cache_pending_write(t, seq, 4, "efg", 3), 0);
+	assert_int_equal(cache_meta_set(t, "user.value", 7), 0);
+	assert_int_equal(cache_meta_set(t, "mtime.1", 1700000000), 0);
+	assert_int_equal(cache_meta_set(t, "popdup.12b26475137f0033", 1), 0);
+	assert_int_equal(cache_meta_set(t, "popcmp.727a5bf1c8d9183c", 1), 0);
+	assert_int_equal(cache_meta_set(t, "popsize.12b26475137f0033", 9), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	cache_close(&f->cache);
+	free(big);
+}
+
+/* The pieces of a body whose download was cut off (left for the next
+ * cache_open to delete): written by a child that dies. */
+static void disk_write_unfinished(struct fixture *f)
+{
+	uint8_t *body = pattern(16 * CHUNK, 5);
+	pid_t pid;
+	int status;
+
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct cache_body_stream *s = NULL;
+		struct cache *cc = NULL;
+
+		if (cache_open(f->dir, &cc) != 0 ||
+		    cache_body_stream_new(cc, &s) != 0 ||
+		    cache_body_stream_write(s, body, 16 * CHUNK) != 0)
+			_exit(1);
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	free(body);
+}
+
+static void test_disk_format(void **state)
+{
+	struct fixture *f = *state;
+	const size_t nrows = sizeof(disk_rows) / sizeof(disk_rows[0]);
+	uint8_t long_key[511];
+	char name[601];
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_dbi dbi;
+	MDB_val k, v;
+	size_t i, row = 0;
+
+	disk_write(f);
+	disk_write_unfinished(f);
+	disk_long_name(name);
+	memcpy(long_key, name, 478);
+	long_key[478] = '\0';
+	memcpy(long_key + 479, LONG_NAME_HASH, 32);
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 32), 0);
+	assert_int_equal(mdb_env_open(env, f->dir, MDB_RDONLY, 0600), 0);
+	assert_int_equal(mdb_env_get_maxkeysize(env), 511);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	/* The main database names the databases, nothing else. */
+	assert_int_equal(mdb_dbi_open(txn, NULL, 0, &dbi), 0);
+	assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+	for (i = 0; mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0; i++) {
+		assert_true(i < sizeof(disk_dbs) / sizeof(disk_dbs[0]));
+		assert_int_equal(k.mv_size, strlen(disk_dbs[i]));
+		assert_memory_equal(k.mv_data, disk_dbs[i], k.mv_size);
+	}
+	assert_int_equal(i, sizeof(disk_dbs) / sizeof(disk_dbs[0]));
+	mdb_cursor_close(cur);
+	/* Each database in the order of the rows: its entries in key order. */
+	while (row < nrows) {
+		const char *db = disk_rows[row].db;
+
+		assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
+		assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+		while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
+			const struct disk_row *r = &disk_rows[row];
+			const void *want = r->k ? (const void *)r->k : long_key;
+
+			if (row >= nrows || strcmp(r->db, db) != 0 ||
+			    k.mv_size != r->klen ||
+			    memcmp(k.mv_data, want, r->klen) != 0 ||
+			    v.mv_size != r->vlen ||
+			    memcmp(v.mv_data, r->v, r->vcmp) != 0)
+				fail_msg(
+				        "%s: entry %zu is not row %zu of the "
+				        "table (key of %zu bytes, value of %zu)",
+				        db, row, row, k.mv_size, v.mv_size);
+			row++;
+		}
+		mdb_cursor_close(cur);
+		/* Every row of db was found. */
+		assert_true(row == nrows || strcmp(disk_rows[row].db, db) != 0);
+	}
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+}
+
+/* ------------------------------------------------------------------ */
 /* A cache written by the mailfs of schema 1 (tests/fixtures/cache-v1). */
 
 static void copy_fixture(struct fixture *f)
@@ -2877,6 +3177,8 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_body_pieces_lifecycle,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_pop_stream, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_disk_format, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_fixture_v1, setup,
 	                                        teardown),
