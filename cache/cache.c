@@ -71,6 +71,12 @@ static const char *const db_names[DB_COUNT] = {
 #define META_NEXT_POP     "cache.next_pop"
 #define META_NEXT_PENDING "cache.next_pending"
 #define META_NAME_MAX     64
+/* Names this module builds for other modules (see cache.h). */
+#define META_MTIME        "mtime."
+#define META_POP_DUP      "popdup."
+#define META_POP_CMP      "popcmp."
+#define META_POP_SIZE     "popsize."
+#define META_KEY_SIZE     32
 
 #define KEY_LEN       12 /* (mailbox id, UIDVALIDITY, UID) */
 /* A mailbox name longer than a key is filed under at most NAME_KEY_MAX
@@ -651,7 +657,11 @@ static bool meta_name_ok(const char *name)
 	for (i = 0; i < n; i++)
 		if (name[i] < 0x21 || name[i] > 0x7e)
 			return false;
-	return strncmp(name, "cache.", 6) != 0 && strcmp(name, META_SCHEMA);
+	return strncmp(name, "cache.", 6) != 0 && strcmp(name, META_SCHEMA) &&
+	       strncmp(name, META_MTIME, strlen(META_MTIME)) != 0 &&
+	       strncmp(name, META_POP_DUP, strlen(META_POP_DUP)) != 0 &&
+	       strncmp(name, META_POP_CMP, strlen(META_POP_CMP)) != 0 &&
+	       strncmp(name, META_POP_SIZE, strlen(META_POP_SIZE)) != 0;
 }
 
 int cache_meta_get(struct cache_txn *txn, const char *name, uint64_t *val_r)
@@ -673,6 +683,95 @@ int cache_meta_set(struct cache_txn *txn, const char *name, uint64_t val)
 		return rc;
 	if (!meta_name_ok(name))
 		return txn_fail(txn, -EINVAL);
+	return meta_write(txn, name, val);
+}
+
+/* The meta name of mailbox id's directory mtime: "mtime." and the id in
+ * decimal. */
+static void mtime_key(char name[META_KEY_SIZE], uint32_t id)
+{
+	snprintf(name, META_KEY_SIZE, META_MTIME "%u", id);
+}
+
+int cache_mailbox_mtime_get(struct cache_txn *txn, uint32_t id,
+                            int64_t *mtime_r)
+{
+	char name[META_KEY_SIZE];
+	uint64_t v;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (mtime_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	mtime_key(name, id);
+	rc = meta_read(txn, name, &v);
+	if (rc == 0)
+		*mtime_r = (int64_t)v;
+	return rc;
+}
+
+int cache_mailbox_mtime_set(struct cache_txn *txn, uint32_t id, int64_t mtime)
+{
+	char name[META_KEY_SIZE];
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	mtime_key(name, id);
+	return meta_write(txn, name, (uint64_t)mtime);
+}
+
+/* The meta name of a POP3 mark of s: the mark's prefix and the first 8
+ * bytes of the SHA-256 of s in lower-case hex. */
+static int pop_mark_key(char name[META_KEY_SIZE], enum cache_pop_mark mark,
+                        const char *s)
+{
+	static const char *const prefix[] = {
+	        [CACHE_POP_DUP] = META_POP_DUP,
+	        [CACHE_POP_CMP] = META_POP_CMP,
+	        [CACHE_POP_SIZE] = META_POP_SIZE,
+	};
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+
+	if ((unsigned)mark >= sizeof(prefix) / sizeof(*prefix) || s == NULL)
+		return -EINVAL;
+	if (EVP_Digest(s, strlen(s), md, &mdlen, EVP_sha256(), NULL) != 1)
+		return -ENOMEM;
+	snprintf(name, META_KEY_SIZE, "%s%02x%02x%02x%02x%02x%02x%02x%02x",
+	         prefix[mark], md[0], md[1], md[2], md[3], md[4], md[5], md[6],
+	         md[7]);
+	return 0;
+}
+
+int cache_pop_mark_get(struct cache_txn *txn, enum cache_pop_mark mark,
+                       const char *s, uint64_t *val_r)
+{
+	char name[META_KEY_SIZE];
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (val_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	rc = pop_mark_key(name, mark, s);
+	if (rc)
+		return txn_fail(txn, rc);
+	return meta_read(txn, name, val_r);
+}
+
+int cache_pop_mark_set(struct cache_txn *txn, enum cache_pop_mark mark,
+                       const char *s, uint64_t val)
+{
+	char name[META_KEY_SIZE];
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	rc = pop_mark_key(name, mark, s);
+	if (rc)
+		return txn_fail(txn, rc);
 	return meta_write(txn, name, val);
 }
 

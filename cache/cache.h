@@ -9,7 +9,19 @@
  * Databases inside the environment (named LMDB databases; the layout is
  * part of the on-disk format, guarded by CACHE_SCHEMA_VERSION):
  *
- *   meta       ASCII name -> u64 BE: "schema" and the persistent counters
+ *   meta       ASCII name -> u64 BE.  The names this module builds:
+ *                "schema"              the schema version
+ *                "cache.next_mailbox", "cache.next_pop",
+ *                "cache.next_pending", "cache.next_blob"
+ *                                      persistent counters: the next id
+ *                "mtime." + mailbox id in decimal ("mtime.12")
+ *                                      a mailbox directory's mtime
+ *                                      (cache_mailbox_mtime_*)
+ *                "popdup.", "popcmp.", "popsize." + 16 lower-case hex
+ *                digits, the first 8 bytes of the SHA-256 of a POP3
+ *                UIDL or identity ("popdup.12b26475137f0033")
+ *                                      POP3 marks (cache_pop_mark_*)
+ *              Any other name is a caller's own (cache_meta_*).
  *   mbox       mailbox id (u32 BE) -> mailbox record
  *   mbox_name  server name (raw modified UTF-7 bytes) -> mailbox id (u32 BE).
  *              A name longer than LMDB's key limit (511 bytes in the usual
@@ -217,8 +229,11 @@ int cache_run_read(struct cache *cache,
 
 /* ------------------------------------------------------------------ */
 /* Meta: persistent named counters and values for other modules.  Names
- * are 1..64 printable ASCII characters; names starting with "cache." and
- * the name "schema" are reserved for this module (-EINVAL). */
+ * are 1..64 printable ASCII characters; names starting with "cache.",
+ * "mtime.", "popdup.", "popcmp." or "popsize." and the name "schema" are
+ * reserved for this module (-EINVAL): the values of those names are read
+ * and written with the typed calls below (cache_mailbox_mtime_*,
+ * cache_pop_mark_*). */
 
 int cache_meta_get(struct cache_txn *txn, const char *name, uint64_t *val_r);
 int cache_meta_set(struct cache_txn *txn, const char *name, uint64_t val);
@@ -349,6 +364,15 @@ int cache_mailbox_remove(struct cache_txn *txn, uint32_t id);
 int cache_mailbox_foreach(struct cache_txn *txn,
                           int (*cb)(const struct cache_mailbox *mb, void *ctx),
                           void *ctx);
+
+/* The mtime of mailbox id's directory (seconds since the epoch), as the
+ * fs layer last stored it (the newest message of its last listing), kept
+ * in meta (see the schema above).  Any id may be given; the value stays
+ * when the mailbox is removed.  -ENOENT (not recorded) if none is
+ * stored. */
+int cache_mailbox_mtime_get(struct cache_txn *txn, uint32_t id,
+                            int64_t *mtime_r);
+int cache_mailbox_mtime_set(struct cache_txn *txn, uint32_t id, int64_t mtime);
 
 /* ------------------------------------------------------------------ */
 /* Messages */
@@ -619,6 +643,25 @@ int cache_pop_set_deleted(struct cache_txn *txn, uint32_t num, bool deleted);
 int cache_pop_foreach(struct cache_txn *txn, uint32_t num_from,
                       int (*cb)(const struct cache_pop *pop, void *ctx),
                       void *ctx);
+
+/* Marks that fs/pop/poller.c keeps about a UIDL or an identity s (any
+ * NUL-terminated string), kept in meta under a hash of s (see the schema
+ * above): */
+enum cache_pop_mark {
+	CACHE_POP_DUP = 0,  /* "popdup.": the server lists UIDL s for more
+	                     * than one message */
+	CACHE_POP_CMP = 1,  /* "popcmp.": copies of identity s were listed
+	                     * and not all cached: compare by bytes */
+	CACHE_POP_SIZE = 2, /* "popsize.": the size the server lists for
+	                     * the message filed as s */
+};
+
+/* The value of mark for s; -ENOENT (not recorded) if none is stored.
+ * -EINVAL for an unknown mark or a NULL s. */
+int cache_pop_mark_get(struct cache_txn *txn, enum cache_pop_mark mark,
+                       const char *s, uint64_t *val_r);
+int cache_pop_mark_set(struct cache_txn *txn, enum cache_pop_mark mark,
+                       const char *s, uint64_t val);
 
 /* ------------------------------------------------------------------ */
 /* Pending writes: uploads (APPEND) not yet confirmed by the server.  They

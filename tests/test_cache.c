@@ -1751,6 +1751,61 @@ static void test_meta(void **state)
 	cache_txn_abort(&t);
 }
 
+/* The meta values of other modules whose names this module builds: a
+ * mailbox's mtime and the POP3 marks.  Their names are reserved. */
+static void test_meta_typed(void **state)
+{
+	static const char *const reserved[] = {
+	        "mtime.1", "popdup.12b26475137f0033", "popcmp.x", "popsize.y"};
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f);
+	struct cache_txn *t;
+	int64_t when = 0;
+	uint64_t v = 0;
+
+	t = wtxn(c);
+	assert_int_equal(cache_mailbox_mtime_set(t, 7, -5), 0);
+	assert_int_equal(cache_mailbox_mtime_set(t, UINT32_MAX, 1ll << 40), 0);
+	assert_int_equal(cache_pop_mark_set(t, CACHE_POP_DUP, "a", 1), 0);
+	assert_int_equal(cache_pop_mark_set(t, CACHE_POP_CMP, "a", 0), 0);
+	assert_int_equal(cache_pop_mark_set(t, CACHE_POP_SIZE, "", 1ull << 60),
+	                 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	reopen(f);
+	c = f->cache;
+	t = rtxn(c);
+	assert_int_equal(cache_mailbox_mtime_get(t, 7, &when), 0);
+	assert_true(when == -5);
+	assert_int_equal(cache_mailbox_mtime_get(t, UINT32_MAX, &when), 0);
+	assert_true(when == 1ll << 40);
+	assert_int_equal(cache_mailbox_mtime_get(t, 8, &when), -ENOENT);
+	assert_int_equal(cache_pop_mark_get(t, CACHE_POP_DUP, "a", &v), 0);
+	assert_int_equal(v, 1);
+	assert_int_equal(cache_pop_mark_get(t, CACHE_POP_CMP, "a", &v), 0);
+	assert_int_equal(v, 0);
+	assert_int_equal(cache_pop_mark_get(t, CACHE_POP_SIZE, "", &v), 0);
+	assert_true(v == 1ull << 60);
+	/* Each mark has names of its own. */
+	assert_int_equal(cache_pop_mark_get(t, CACHE_POP_SIZE, "a", &v),
+	                 -ENOENT);
+	assert_int_equal(cache_pop_mark_get(t, CACHE_POP_DUP, "b", &v),
+	                 -ENOENT);
+	/* A miss is an answer, not a failure. */
+	assert_int_equal(cache_txn_error(t), 0);
+	for (size_t i = 0; i < sizeof(reserved) / sizeof(*reserved); i++)
+		assert_int_equal(cache_meta_get(t, reserved[i], &v), -EINVAL);
+	cache_txn_abort(&t);
+	t = wtxn(c);
+	assert_int_equal(cache_pop_mark_set(t, (enum cache_pop_mark)3, "a", 1),
+	                 -EINVAL);
+	assert_int_equal(cache_txn_commit(&t), -EINVAL);
+	for (size_t i = 0; i < sizeof(reserved) / sizeof(*reserved); i++) {
+		t = wtxn(c);
+		assert_int_equal(cache_meta_set(t, reserved[i], 1), -EINVAL);
+		cache_txn_abort(&t);
+	}
+}
+
 /* A cache written by a newer mailfs: edit the stored schema version the
  * way a newer build would have written it. */
 static void test_schema_refusal(void **state)
@@ -2817,10 +2872,11 @@ static void disk_write(struct fixture *f)
 	assert_int_equal(cache_pending_add(t, &p, &seq), 0);
 	assert_int_equal(cache_pending_write(t, seq, 4, "efg", 3), 0);
 	assert_int_equal(cache_meta_set(t, "user.value", 7), 0);
-	assert_int_equal(cache_meta_set(t, "mtime.1", 1700000000), 0);
-	assert_int_equal(cache_meta_set(t, "popdup.12b26475137f0033", 1), 0);
-	assert_int_equal(cache_meta_set(t, "popcmp.727a5bf1c8d9183c", 1), 0);
-	assert_int_equal(cache_meta_set(t, "popsize.12b26475137f0033", 9), 0);
+	assert_int_equal(cache_mailbox_mtime_set(t, 1, 1700000000), 0);
+	assert_int_equal(cache_pop_mark_set(t, CACHE_POP_DUP, "uidl-a", 1), 0);
+	assert_int_equal(
+	        cache_pop_mark_set(t, CACHE_POP_CMP, "uidl-a sha256:00", 1), 0);
+	assert_int_equal(cache_pop_mark_set(t, CACHE_POP_SIZE, "uidl-a", 9), 0);
 	assert_int_equal(cache_txn_commit(&t), 0);
 	cache_close(&f->cache);
 	free(big);
@@ -3160,6 +3216,8 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_pending_parts, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_meta_typed, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_schema_refusal, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_map_grow, setup, teardown),
