@@ -7,7 +7,11 @@
  * with the server unreachable.
  *
  * Databases inside the environment (named LMDB databases; the layout is
- * part of the on-disk format, guarded by CACHE_SCHEMA_VERSION):
+ * part of the on-disk format, guarded by CACHE_SCHEMA_VERSION).  Every key
+ * and record below is built inside cache/ only, each database by one file
+ * (cache_int.h says which), and callers never format a key: they use the
+ * calls of this header.  tests/test_cache.c holds the exact bytes of each
+ * kind of key and record, so that a change of layout cannot go unseen.
  *
  *   meta       ASCII name -> u64 BE.  The names this module builds:
  *                "schema"              the schema version
