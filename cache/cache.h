@@ -223,7 +223,9 @@ int cache_txn_error(const struct cache_txn *txn);
  * 0 or a negative errno; a negative return aborts the transaction and is
  * returned.  If the map is full, the map is grown and fn runs once more in
  * a new transaction, so fn must have no effects outside the transaction.
- * This is the path to use for writes, big batches included. */
+ * The map grows only while no other transaction of this process is live:
+ * if some stay live for 10 seconds, the write fails with -ENOSPC.  This is
+ * the path to use for writes, big batches included. */
 int cache_run_write(struct cache *cache,
                     int (*fn)(struct cache_txn *txn, void *ctx), void *ctx);
 

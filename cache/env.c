@@ -814,14 +814,15 @@ static int map_resize(struct cache *c, size_t size)
 	while (c->active > 0 && rc == 0)
 		rc = pthread_cond_timedwait(&c->active_zero, &c->active_lock,
 		                            &ts);
-	if (c->active > 0)
+	if (c->active > 0) {
 		rc = -EBUSY;
-	else if (size && size <= cache_map_size(c))
+	} else if (size && size <= cache_map_size(c)) {
 		rc = 0; /* a concurrent grower got there first */
-	else
+	} else {
 		atomic_store(&c->seen_lo, 0);
-	atomic_store(&c->seen_hi, 0);
-	rc = mdb_errno(mdb_env_set_mapsize(c->env, size));
+		atomic_store(&c->seen_hi, 0);
+		rc = mdb_errno(mdb_env_set_mapsize(c->env, size));
+	}
 	pthread_mutex_unlock(&c->active_lock);
 	return rc;
 }

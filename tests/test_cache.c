@@ -1879,6 +1879,83 @@ static void test_map_grow(void **state)
 	free(body);
 }
 
+/* A transaction of another thread that outlives the wait for the map to
+ * be grown: LMDB must not remap under it, so the grow is refused (the
+ * write fails with -ENOSPC, nothing written, the map as it was) and works
+ * once the transaction has ended. */
+struct held_reader {
+	struct cache *c;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool begun, release;
+	int rc;
+};
+
+static void *hold_reader(void *arg)
+{
+	struct held_reader *h = arg;
+	struct cache_msg *m = NULL;
+	struct cache_txn *t = NULL;
+
+	h->rc = cache_txn_begin(h->c, false, &t);
+	pthread_mutex_lock(&h->lock);
+	h->begun = true;
+	pthread_cond_broadcast(&h->cond);
+	while (!h->release)
+		pthread_cond_wait(&h->cond, &h->lock);
+	pthread_mutex_unlock(&h->lock);
+	if (h->rc == 0)
+		h->rc = cache_msg_get(t, (struct cache_key){1, 1, 1}, &m);
+	if (h->rc == 0 && m->size != 77)
+		h->rc = -EIO;
+	cache_msg_free(&m);
+	if (t != NULL && cache_txn_commit(&t) != 0 && h->rc == 0)
+		h->rc = -EIO;
+	return NULL;
+}
+
+static void test_map_grow_waits_for_readers(void **state)
+{
+	struct fixture *f = *state;
+	struct cache_options opt = {.map_size = 1u << 20};
+	struct held_reader h = {.lock = PTHREAD_MUTEX_INITIALIZER,
+	                        .cond = PTHREAD_COND_INITIALIZER};
+	const size_t len = 4u << 20;
+	uint8_t *body = pattern(len, 9);
+	struct cache_key k = {1, 1, 1};
+	struct cache_txn *t;
+	pthread_t th;
+	size_t before;
+
+	assert_int_equal(cache_open_ex(f->dir, &opt, &f->cache), 0);
+	h.c = f->cache;
+	t = wtxn(f->cache);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	put_msg(t, 1, 1, 1, "<m@x>", 77);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	before = cache_map_size(f->cache);
+
+	assert_int_equal(pthread_create(&th, NULL, hold_reader, &h), 0);
+	pthread_mutex_lock(&h.lock);
+	while (!h.begun)
+		pthread_cond_wait(&h.cond, &h.lock);
+	pthread_mutex_unlock(&h.lock);
+	assert_int_equal(cache_body_put_once(f->cache, k, body, len), -ENOSPC);
+	assert_int_equal(cache_map_size(f->cache), before);
+	pthread_mutex_lock(&h.lock);
+	h.release = true;
+	pthread_cond_broadcast(&h.cond);
+	pthread_mutex_unlock(&h.lock);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(h.rc, 0);
+	assert_int_equal(cache_body_size_once(f->cache, k, &(uint64_t){0}),
+	                 -ENOENT);
+
+	assert_int_equal(cache_body_put_once(f->cache, k, body, len), 0);
+	assert_true(cache_map_size(f->cache) > before);
+	free(body);
+}
+
 /* A real write failure from the file system (here: the file size limit,
  * which fails write() like a full disk does) leaves the database as it
  * was. */
@@ -3221,6 +3298,8 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_schema_refusal, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_map_grow, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_map_grow_waits_for_readers,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_write_failure_unchanged,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_fork_refused, setup,
