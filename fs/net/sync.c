@@ -785,13 +785,11 @@ static int store_listing(struct cache_txn *txn, void *ctx)
 		/* The directory's mtime: its newest message, so that it is
 		 * stable while nothing arrives (rsync -a sees no change). */
 		int64_t newest = 0;
-		char name[32];
 
 		for (size_t i = 0; i < l->n; i++)
 			if (l->v[i].internaldate > newest)
 				newest = l->v[i].internaldate;
-		snprintf(name, sizeof(name), "mtime.%u", l->id);
-		rc = cache_meta_set(txn, name, (uint64_t)newest);
+		rc = cache_mailbox_mtime_set(txn, l->id, newest);
 		l->newest = newest;
 	}
 	if (rc == 0 && l->old_uidvalidity != 0 &&
@@ -1010,8 +1008,7 @@ static int store_resync(struct cache_txn *txn, void *ctx)
 {
 	struct resync *r = ctx;
 	int64_t newest = 0;
-	uint64_t mtime = 0;
-	char name[32];
+	int64_t mtime = 0;
 	int rc;
 
 	r->changed = r->changed_base;
@@ -1071,13 +1068,12 @@ static int store_resync(struct cache_txn *txn, void *ctx)
 		rc = cache_msg_delete(
 		        txn,
 		        (struct cache_key){r->id, r->uidvalidity, r->gone[i]});
-	snprintf(name, sizeof(name), "mtime.%u", r->id);
 	if (rc == 0 && newest > 0) {
-		rc = cache_meta_get(txn, name, &mtime);
+		rc = cache_mailbox_mtime_get(txn, r->id, &mtime);
 		if (rc == -ENOENT)
 			rc = 0;
-		if (rc == 0 && (uint64_t)newest > mtime) {
-			rc = cache_meta_set(txn, name, (uint64_t)newest);
+		if (rc == 0 && newest > mtime) {
+			rc = cache_mailbox_mtime_set(txn, r->id, newest);
 			r->mtime = newest;
 		}
 	}
