@@ -112,7 +112,7 @@ void fs_sync_listings_unlisted(struct fs_sync *s);
  * committed (rc 0) or could not be fetched.  until: the waiter is a READ
  * of the bytes before offset until (0: it is not a READ); when the body is
  * shorter than the server announced, READs that reach its end are
- * answered before the kernel's attributes are invalidated (fs/net/sync.c).
+ * answered before the kernel's attributes are invalidated (fs/net/bodies.c).
  * -EAGAIN at once: this body's fetch failed less than half a second ago
  * (the kernel follows a failed read-ahead with a read of its first page;
  * one stalled server must cost the reader one timeout, not two). */
