@@ -37,7 +37,8 @@
  * writes them; others read them under the lock: fs_net_job_has_uid), each
  * worker's job and live fields, and every counter of struct fs_sync.  A
  * running job's gone, ngone and dir_changed are its worker's alone.
- * Waiters' callbacks never run with s->lock held: they may queue jobs. */
+ * Callbacks (waiters' and the reconnect callback) never run with s->lock
+ * held: they may queue jobs. */
 #ifndef MAILFS_FS_NET_NET_INT_H
 #define MAILFS_FS_NET_NET_INT_H
 
@@ -131,6 +132,10 @@ struct fs_sync {
 	int64_t timeout_ms;
 	struct failed_body failed[FAILED_MAX]; /* a ring */
 	unsigned nfailed;
+	/* Called when the server is reachable again (may be NULL); set
+	 * once at start. */
+	fs_sync_reconnect_fn on_reconnect;
+	void *reconnect_ctx; /* borrowed */
 };
 
 static inline int64_t now_ms(void)

@@ -12,7 +12,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "fs/imap/newfile.h"
 #include "fs/inval.h"
 #include "proto/log.h"
 
@@ -131,10 +130,11 @@ static int worker_connect(struct worker *w)
 		s->live++;
 	}
 	pthread_mutex_unlock(&s->lock);
-	/* The server is back: uploads that waited for it go now. */
+	/* The server is back: whatever waited for it (uploads) goes now. */
 	if (back) {
 		log_info("the server is reachable again");
-		fs_newfile_resume(s->fs);
+		if (s->on_reconnect != NULL)
+			s->on_reconnect(s->reconnect_ctx);
 	}
 	return rc;
 }
@@ -630,6 +630,7 @@ int fs_sync_body(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,
 }
 
 int fs_sync_start(struct mailfs *fs, struct imap_client *first,
+                  fs_sync_reconnect_fn on_reconnect, void *reconnect_ctx,
                   struct fs_sync **sync_r)
 {
 	struct fs_sync *s = calloc(1, sizeof(*s));
@@ -638,6 +639,8 @@ int fs_sync_start(struct mailfs *fs, struct imap_client *first,
 	if (s == NULL)
 		return -ENOMEM;
 	s->fs = fs;
+	s->on_reconnect = on_reconnect;
+	s->reconnect_ctx = reconnect_ctx;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	s->workers = calloc(n, sizeof(*s->workers));
