@@ -199,6 +199,14 @@ static bool mount_listed(const char *path)
 	return found;
 }
 
+/* The network side's reconnect callback (fs/net/sync.h), on a worker:
+ * uploads that waited for the server go now.  The network side knows
+ * nothing of uploads; the mount wires the two together here. */
+static void server_back(void *ctx)
+{
+	fs_newfile_resume(ctx);
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -381,7 +389,7 @@ int main(int argc, char *argv[])
 			log_warn("cannot start the invalidation thread: the "
 			         "kernel learns of changes when its caches "
 			         "expire");
-		if (fs_sync_start(&fs, first, &fs.sync) < 0)
+		if (fs_sync_start(&fs, first, server_back, &fs, &fs.sync) < 0)
 			goto out_tree;
 		first = NULL; /* owned by the sync side now */
 		/* List every mailbox never listed, in the background, so
