@@ -14,6 +14,7 @@
 #include "proto/log.h"
 #include "proto/net.h"
 #include "proto/sasl.h"
+#include "proto/strbuf.h"
 
 #define IMAP_DEFAULT_TIMEOUT_MS 30000
 /* Largest message we accept from a server.  Bigger than any mail system
@@ -128,8 +129,7 @@ struct imap_client {
 	struct imap_pace own_pace; /* when the config shares none */
 	atomic_bool stopping;      /* imap_shutdown() was called */
 
-	bool dead;
-	struct proto_err err; /* why the connection died */
+	struct proto_fate fate; /* alive, or dead and why */
 };
 
 static int64_t mono_ms(void);
@@ -143,46 +143,15 @@ static void set_state(struct imap_client *c, enum imap_state st)
 	c->state = st;
 }
 
-/* Mark the connection dead with the first error; later errors are kept
- * out so that the root cause is what the user sees. */
-static int fail(struct imap_client *c, const struct proto_err *e)
+/* The connection died (struct proto_fate). */
+static void died(void *ctx)
 {
-	if (!c->dead) {
-		c->dead = true;
-		c->err = *e;
-		if (c->err.code == 0)
-			c->err.code = -EIO;
-		log_debug("imap %s: connection failed: %s", c->label,
-		          c->err.text);
-		set_state(c, IMAP_ST_DEAD);
-	}
-	return c->err.code;
-}
-
-static int failf(struct imap_client *c, enum proto_err_class cls, int code,
-                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int failf(struct imap_client *c, enum proto_err_class cls, int code,
-                 const char *fmt, ...)
-{
-	struct proto_err e = {.cls = cls, .code = code};
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(e.text, sizeof(e.text), fmt, ap);
-	va_end(ap);
-	return fail(c, &e);
-}
-
-static int dead_rc(struct imap_client *c, struct proto_err *err)
-{
-	if (err != NULL && err->cls == PERR_NONE)
-		*err = c->err;
-	return c->err.code;
+	set_state(ctx, IMAP_ST_DEAD);
 }
 
 const struct proto_err *imap_error(const struct imap_client *c)
 {
-	return c->dead ? &c->err : NULL;
+	return proto_fate_error(&c->fate);
 }
 
 /* --- pacing: what the server says about load --------------------------- */
@@ -587,7 +556,7 @@ static void fail_all(struct imap_client *c)
 {
 	for (size_t i = 0; i < c->n_inflight; i++)
 		if (!c->inflight[i].done)
-			complete(c, &c->inflight[i], c->err.code, NULL);
+			complete(c, &c->inflight[i], c->fate.err.code, NULL);
 }
 
 static bool parse_tag(const char *s, unsigned *tag_r)
@@ -644,10 +613,11 @@ static int handle_tagged(struct imap_client *c,
 
 	if (!parse_tag(resp->tag, &tag) || (p = find_pending(c, tag)) == NULL ||
 	    p->done)
-		return failf(c, PERR_PROTOCOL, -EPROTO,
-		             "%s answered a command that was not sent (tag "
-		             "%.40s)",
-		             c->host, resp->tag);
+		return proto_fate_failf(
+		        &c->fate, PERR_PROTOCOL, -EPROTO,
+		        "%s answered a command that was not sent (tag "
+		        "%.40s)",
+		        c->host, resp->tag);
 	handle_code(c, resp);
 	if (resp->status == IMAP_STATUS_NO)
 		rc = -EPERM;
@@ -704,9 +674,9 @@ static int handle_untagged(struct imap_client *c,
 out:
 	if (resp->kind == IMAP_RESP_STATUS && resp->status == IMAP_STATUS_BYE &&
 	    c->state != IMAP_ST_LOGOUT && c->state != IMAP_ST_GREETING)
-		return failf(c, PERR_BYE, -ECONNRESET,
-		             "%s closed the connection: %.200s", c->host,
-		             resp->text);
+		return proto_fate_failf(&c->fate, PERR_BYE, -ECONNRESET,
+		                        "%s closed the connection: %.200s",
+		                        c->host, resp->text);
 	return 0;
 }
 
@@ -725,9 +695,9 @@ static int handle_continuation(struct imap_client *c,
 			return p->cont(c, p, resp);
 		}
 	}
-	return failf(c, PERR_PROTOCOL, -EPROTO,
-	             "%s sent a continuation request nobody asked for",
-	             c->host);
+	return proto_fate_failf(
+	        &c->fate, PERR_PROTOCOL, -EPROTO,
+	        "%s sent a continuation request nobody asked for", c->host);
 }
 
 /* Read one complete response (more input is fetched as needed) and
@@ -740,8 +710,8 @@ static int read_one(struct imap_client *c, struct imap_response **resp_r)
 
 	if (resp_r != NULL)
 		*resp_r = NULL;
-	if (c->dead)
-		return c->err.code;
+	if (c->fate.dead)
+		return c->fate.err.code;
 	for (;;) {
 		size_t len, used = 0;
 		const char *buf = net_rbuf(c->net, &len);
@@ -753,17 +723,17 @@ static int read_one(struct imap_client *c, struct imap_response **resp_r)
 			if (rc == IMAP_PARSE_DONE)
 				break;
 			if (rc == IMAP_PARSE_ERROR) {
-				rc = failf(c, PERR_PROTOCOL, -EPROTO,
-				           "malformed response from %s: %s",
-				           c->host,
-				           imap_parser_error(c->parser));
+				rc = proto_fate_failf(
+				        &c->fate, PERR_PROTOCOL, -EPROTO,
+				        "malformed response from %s: %s",
+				        c->host, imap_parser_error(c->parser));
 				fail_all(c);
 				return rc;
 			}
 		}
 		rc = net_fill(c->net, &e);
 		if (rc < 0) {
-			rc = fail(c, &e);
+			rc = proto_fate_fail(&c->fate, &e);
 			fail_all(c);
 			return rc;
 		}
@@ -805,7 +775,7 @@ int imap_wait_code(struct imap_client *c, unsigned tag,
 		if (p->done)
 			break;
 		rc = read_one(c, NULL);
-		if (rc < 0 && c->dead)
+		if (rc < 0 && c->fate.dead)
 			continue; /* fail_all() completed p */
 	}
 	rc = p->rc;
@@ -815,12 +785,12 @@ int imap_wait_code(struct imap_client *c, unsigned tag,
 		proto_err_set(err, PERR_NO, rc, "%s", p->text);
 	else if (rc == -EINVAL)
 		proto_err_set(err, PERR_BAD, rc, "%s", p->text);
-	else if (rc == -EAGAIN && !c->dead)
+	else if (rc == -EAGAIN && !c->fate.dead)
 		proto_err_set(err, PERR_BUSY, rc,
 		              "%s throttled the request: %s", c->host, p->text);
 	remove_pending(c, p);
-	if (rc < 0 && c->dead)
-		return dead_rc(c, err);
+	if (rc < 0 && c->fate.dead)
+		return proto_fate_rc(&c->fate, err);
 	return rc;
 }
 
@@ -859,65 +829,6 @@ void imap_set_input_hook(struct imap_client *c, void (*cb)(void *ctx),
 }
 
 /* --- sending ----------------------------------------------------------- */
-
-struct strbuf {
-	char *s;
-	size_t len, cap;
-	bool oom;
-};
-
-static void sb_add(struct strbuf *b, const char *s, size_t len)
-{
-	if (b->oom)
-		return;
-	if (b->cap - b->len < len + 1) {
-		size_t ncap = b->cap ? b->cap : 256;
-		char *n;
-
-		while (ncap - b->len < len + 1)
-			ncap *= 2;
-		n = realloc(b->s, ncap);
-		if (n == NULL) {
-			b->oom = true;
-			return;
-		}
-		b->s = n;
-		b->cap = ncap;
-	}
-	memcpy(b->s + b->len, s, len);
-	b->len += len;
-	b->s[b->len] = '\0';
-}
-
-static void sb_str(struct strbuf *b, const char *s)
-{
-	sb_add(b, s, strlen(s));
-}
-
-static void sb_printf(struct strbuf *b, const char *fmt, ...)
-        __attribute__((format(printf, 2, 3)));
-static void sb_printf(struct strbuf *b, const char *fmt, ...)
-{
-	char tmp[128];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	if (n >= 0 && (size_t)n < sizeof(tmp))
-		sb_add(b, tmp, (size_t)n);
-	else
-		b->oom = true;
-}
-
-static void sb_wipe(struct strbuf *b)
-{
-	if (b->s != NULL)
-		explicit_bzero(b->s, b->cap);
-	free(b->s);
-	memset(b, 0, sizeof(*b));
-}
 
 /* Can s be sent as a quoted string?  (Not if it has CR, LF, NUL or 8-bit
  * bytes; those go as a literal.) */
@@ -958,7 +869,7 @@ static int send_buf(struct imap_client *c, const char *buf, size_t len)
 	int rc = net_write(c->net, buf, len, &e);
 
 	if (rc < 0) {
-		rc = fail(c, &e);
+		rc = proto_fate_fail(&c->fate, &e);
 		fail_all(c);
 	}
 	return rc;
@@ -1001,7 +912,7 @@ static int wait_continuation(struct imap_client *c, struct pending *p)
 		if (!p->wants_cont)
 			return 0;
 		rc = read_one(c, NULL);
-		if (rc < 0 && !c->dead)
+		if (rc < 0 && !c->fate.dead)
 			return rc;
 	}
 }
@@ -1017,8 +928,8 @@ static int submit_internal(struct imap_client *c, const struct imap_handler *h,
 	unsigned tag;
 	int rc = 0;
 
-	if (c->dead)
-		return c->err.code;
+	if (c->fate.dead)
+		return c->fate.err.code;
 	if (c->state != IMAP_ST_LOGOUT) {
 		rc = pace_wait(c);
 		if (rc < 0)
@@ -1032,7 +943,7 @@ static int submit_internal(struct imap_client *c, const struct imap_handler *h,
 		*tag_r = tag;
 	if (p_r != NULL)
 		*p_r = p;
-	sb_printf(&b, "A%u ", tag);
+	strbuf_printf(&b, "A%u ", tag);
 
 	for (size_t i = 0; i < nargs; i++) {
 		const struct imap_arg *a = &args[i];
@@ -1042,22 +953,22 @@ static int submit_internal(struct imap_client *c, const struct imap_handler *h,
 		bool sync;
 
 		if (a->kind == IMAP_ARG_RAW) {
-			sb_add(&b, data, len);
+			strbuf_add(&b, data, len);
 			continue;
 		}
 		if (a->kind == IMAP_ARG_ASTRING && quotable(data)) {
-			sb_str(&b, "\"");
+			strbuf_str(&b, "\"");
 			for (size_t j = 0; j < len; j++) {
 				if (data[j] == '"' || data[j] == '\\')
-					sb_str(&b, "\\");
-				sb_add(&b, &data[j], 1);
+					strbuf_str(&b, "\\");
+				strbuf_add(&b, &data[j], 1);
 			}
-			sb_str(&b, "\"");
+			strbuf_str(&b, "\"");
 			continue;
 		}
 		/* A literal: non-synchronising when the server allows it. */
 		sync = !(literal_plus || (literal_minus && len <= 4096));
-		sb_printf(&b, "{%zu%s}\r\n", len, sync ? "" : "+");
+		strbuf_printf(&b, "{%zu%s}\r\n", len, sync ? "" : "+");
 		if (b.oom) {
 			rc = -ENOMEM;
 			goto out;
@@ -1082,7 +993,7 @@ static int submit_internal(struct imap_client *c, const struct imap_handler *h,
 		if (rc < 0)
 			goto out;
 	}
-	sb_str(&b, "\r\n");
+	strbuf_str(&b, "\r\n");
 	if (b.oom) {
 		rc = -ENOMEM;
 		goto out;
@@ -1090,9 +1001,10 @@ static int submit_internal(struct imap_client *c, const struct imap_handler *h,
 	log_command(c, b.s, b.len);
 	rc = send_buf(c, b.s, b.len);
 out:
-	sb_wipe(&b);
+	strbuf_wipe(&b);
 	if (rc == -ENOMEM)
-		rc = failf(c, PERR_LOCAL, -ENOMEM, "out of memory");
+		rc = proto_fate_failf(&c->fate, PERR_LOCAL, -ENOMEM,
+		                      "out of memory");
 	if (rc < 0) {
 		p = find_pending(c, tag);
 		if (p != NULL && !p->done)
@@ -1129,8 +1041,8 @@ int imap_submit(struct imap_client *c, const struct imap_handler *h,
 /* The error for a command that could not be sent. */
 static int submit_err(struct imap_client *c, int rc, struct proto_err *err)
 {
-	if (c->dead)
-		return dead_rc(c, err);
+	if (c->fate.dead)
+		return proto_fate_rc(&c->fate, err);
 	if (rc == -EAGAIN)
 		return proto_err_set(err, PERR_BUSY, rc,
 		                     "%s asks to wait %lld s before the next "
@@ -1146,7 +1058,7 @@ static int submit_err(struct imap_client *c, int rc, struct proto_err *err)
  * pace_wait() when it is sent again. */
 static bool may_retry(struct imap_client *c, int rc, int64_t start)
 {
-	return rc == -EAGAIN && !c->dead && !atomic_load(&c->stopping) &&
+	return rc == -EAGAIN && !c->fate.dead && !atomic_load(&c->stopping) &&
 	       mono_ms() - start + pace_left(c) <= c->timeout_ms;
 }
 
@@ -1214,26 +1126,27 @@ static int read_greeting(struct imap_client *c, bool *preauth_r,
 	set_state(c, IMAP_ST_GREETING);
 	rc = read_one(c, &resp);
 	if (rc < 0)
-		return dead_rc(c, err);
+		return proto_fate_rc(&c->fate, err);
 	if (resp->kind != IMAP_RESP_STATUS ||
 	    (resp->status != IMAP_STATUS_OK &&
 	     resp->status != IMAP_STATUS_PREAUTH &&
 	     resp->status != IMAP_STATUS_BYE)) {
 		imap_response_free(&resp);
-		rc = failf(c, PERR_PROTOCOL, -EPROTO,
-		           "%s did not greet like an IMAP server", c->host);
-		return dead_rc(c, err);
+		rc = proto_fate_failf(&c->fate, PERR_PROTOCOL, -EPROTO,
+		                      "%s did not greet like an IMAP server",
+		                      c->host);
+		return proto_fate_rc(&c->fate, err);
 	}
 	if (resp->status == IMAP_STATUS_BYE) {
 		bool busy = imap_busy_parse(resp->code, resp->text,
 		                            &(int){0}) == IMAP_BUSY_TOO_MANY;
 
-		rc = failf(c, busy ? PERR_BUSY : PERR_BYE,
-		           busy ? -EUSERS : -ECONNREFUSED,
-		           "%s refused the connection: %.300s", c->host,
-		           resp->text);
+		rc = proto_fate_failf(&c->fate, busy ? PERR_BUSY : PERR_BYE,
+		                      busy ? -EUSERS : -ECONNREFUSED,
+		                      "%s refused the connection: %.300s",
+		                      c->host, resp->text);
 		imap_response_free(&resp);
-		return dead_rc(c, err);
+		return proto_fate_rc(&c->fate, err);
 	}
 	*preauth_r = resp->status == IMAP_STATUS_PREAUTH;
 	imap_response_free(&resp);
@@ -1279,8 +1192,8 @@ static int do_starttls(struct imap_client *c, const struct imap_config *cfg,
 	caps_clear(c);
 	rc = net_start_tls(c->net, &tls, &e);
 	if (rc < 0) {
-		fail(c, &e);
-		return dead_rc(c, err);
+		proto_fate_fail(&c->fate, &e);
+		return proto_fate_rc(&c->fate, err);
 	}
 	set_state(c, IMAP_ST_NOT_AUTHENTICATED);
 	return refresh_caps(c, err);
@@ -1465,6 +1378,10 @@ int imap_connect(struct imap_client **client_r, const struct imap_config *cfg,
 		rc = proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
 		goto fail;
 	}
+	c->fate.proto = "imap";
+	c->fate.label = c->label;
+	c->fate.died = died;
+	c->fate.ctx = c;
 	imap_parser_limits_default(&lim);
 	lim.max_literal = IMAP_MAX_LITERAL;
 	lim.stream_threshold = IMAP_STREAM_THRESHOLD;
@@ -1536,8 +1453,8 @@ int imap_connect(struct imap_client **client_r, const struct imap_config *cfg,
 	*client_r = c;
 	return 0;
 fail:
-	if (c->dead && err != NULL && err->cls == PERR_NONE)
-		*err = c->err;
+	if (c->fate.dead)
+		proto_fate_rc(&c->fate, err);
 	imap_free(&c);
 	return rc;
 }
@@ -1568,7 +1485,7 @@ void imap_logout(struct imap_client **cp)
 	if (c == NULL)
 		return;
 	/* Nothing goes out while the server asks to wait, not even this. */
-	if (!c->dead && c->net != NULL && pace_left(c) == 0) {
+	if (!c->fate.dead && c->net != NULL && pace_left(c) == 0) {
 		unsigned tag;
 
 		/* Best effort with a short wait: the server may be gone. */
@@ -1587,22 +1504,22 @@ int imap_poll(struct imap_client *c)
 		size_t len;
 		int rc;
 
-		if (c->dead)
-			return c->err.code;
+		if (c->fate.dead)
+			return c->fate.err.code;
 		net_rbuf(c->net, &len);
 		if (len == 0) {
 			rc = net_fill_wait(c->net, 0, &e);
 			if (rc < 0) {
-				fail(c, &e);
+				proto_fate_fail(&c->fate, &e);
 				fail_all(c);
-				return c->err.code;
+				return c->fate.err.code;
 			}
 			if (rc == 0)
 				return 0;
 		}
 		rc = read_one(c, NULL);
 		if (rc < 0)
-			return c->dead ? c->err.code : rc;
+			return c->fate.dead ? c->fate.err.code : rc;
 	}
 }
 
@@ -1726,13 +1643,13 @@ static int quote_name(const char *name, char **out_r)
 {
 	struct strbuf b = {0};
 
-	sb_str(&b, "\"");
+	strbuf_str(&b, "\"");
 	for (const char *p = name; *p; p++) {
 		if (*p == '"' || *p == '\\')
-			sb_str(&b, "\\");
-		sb_add(&b, p, 1);
+			strbuf_str(&b, "\\");
+		strbuf_add(&b, p, 1);
 	}
-	sb_str(&b, "\"");
+	strbuf_str(&b, "\"");
 	if (b.oom || !quotable(name)) {
 		free(b.s);
 		return -EINVAL;
@@ -1758,7 +1675,7 @@ int imap_select(struct imap_client *c, const char *name, bool readonly,
 	             imap_has_cap(c, "CONDSTORE") ? " (CONDSTORE)" : "");
 	free(q);
 	if (rc < 0) {
-		if (!c->dead)
+		if (!c->fate.dead)
 			set_state(c, IMAP_ST_AUTHENTICATED);
 		return rc;
 	}
@@ -1824,21 +1741,16 @@ static char *join_flags(const struct imap_value *flags)
 {
 	struct strbuf b = {0};
 
-	sb_str(&b, "");
 	for (size_t i = 0; flags != NULL && i < flags->count; i++) {
 		const char *s = imap_value_str(&flags->list[i], NULL);
 
 		if (s == NULL)
 			continue;
 		if (b.len > 0)
-			sb_str(&b, " ");
-		sb_str(&b, s);
+			strbuf_str(&b, " ");
+		strbuf_str(&b, s);
 	}
-	if (b.oom) {
-		free(b.s);
-		return NULL;
-	}
-	return b.s;
+	return strbuf_take(&b);
 }
 
 static const struct imap_value *find_item_prefix(const struct imap_value *list,
@@ -2210,8 +2122,8 @@ static int resync_once(struct imap_client *c, const struct imap_resync_req *req,
 		                 req->check_set);
 		n += rc == 0;
 	}
-	if (rc < 0 && c->dead)
-		return dead_rc(c, err);
+	if (rc < 0 && c->fate.dead)
+		return proto_fate_rc(&c->fate, err);
 	if (rc < 0) {
 		/* Not sent (told to back off meanwhile): collect what was,
 		 * then report it, so that the whole goes again. */
@@ -2226,10 +2138,10 @@ static int resync_once(struct imap_client *c, const struct imap_resync_req *req,
 			c->selected = strdup(req->mailbox);
 			c->selected_writable = !req->readonly;
 			set_state(c, IMAP_ST_SELECTED);
-		} else if (i == 0 && !c->dead) {
+		} else if (i == 0 && !c->fate.dead) {
 			set_state(c, IMAP_ST_AUTHENTICATED);
 		}
-		if (rc < 0 && (first == 0 || c->dead)) {
+		if (rc < 0 && (first == 0 || c->fate.dead)) {
 			first = rc;
 			if (err != NULL)
 				*err = e;
@@ -2299,12 +2211,12 @@ int imap_idle(struct imap_client *c, int max_ms,
 	rc = submit_internal(c, &h, &(struct imap_arg){IMAP_ARG_RAW, "IDLE", 0},
 	                     1, &tag, &p);
 	if (rc < 0)
-		return c->dead ? dead_rc(c, err) : rc;
+		return c->fate.dead ? proto_fate_rc(&c->fate, err) : rc;
 	/* Wait for the server's "+ idling"; a refusal completes the
 	 * command instead. */
 	rc = wait_continuation(c, p);
 	if (rc < 0)
-		return dead_rc(c, err);
+		return proto_fate_rc(&c->fate, err);
 	if (rc > 0)
 		return imap_wait(c, tag, err);
 	while (!ic.wake && !find_pending(c, tag)->done) {
@@ -2318,22 +2230,22 @@ int imap_idle(struct imap_client *c, int max_ms,
 		if (len == 0) {
 			rc = net_fill_wait(c->net, (int)left, &e);
 			if (rc < 0) {
-				fail(c, &e);
+				proto_fate_fail(&c->fate, &e);
 				fail_all(c);
-				return dead_rc(c, err);
+				return proto_fate_rc(&c->fate, err);
 			}
 			if (rc == 0)
 				continue;
 		}
 		rc = read_one(c, NULL);
 		if (rc < 0)
-			return dead_rc(c, err);
+			return proto_fate_rc(&c->fate, err);
 	}
 	if (!find_pending(c, tag)->done) {
 		log_command(c, "DONE", 4);
 		rc = send_buf(c, "DONE\r\n", 6);
 		if (rc < 0)
-			return dead_rc(c, err);
+			return proto_fate_rc(&c->fate, err);
 	}
 	return imap_wait(c, tag, err);
 }
@@ -2344,25 +2256,20 @@ char *imap_uidset_format(const uint32_t *uids, size_t n)
 {
 	struct strbuf b = {0};
 
-	sb_str(&b, "");
 	for (size_t i = 0; i < n;) {
 		size_t j = i;
 
 		while (j + 1 < n && uids[j + 1] == uids[j] + 1)
 			j++;
 		if (b.len > 0)
-			sb_str(&b, ",");
+			strbuf_str(&b, ",");
 		if (j == i)
-			sb_printf(&b, "%u", uids[i]);
+			strbuf_printf(&b, "%u", uids[i]);
 		else
-			sb_printf(&b, "%u:%u", uids[i], uids[j]);
+			strbuf_printf(&b, "%u:%u", uids[i], uids[j]);
 		i = j + 1;
 	}
-	if (b.oom) {
-		free(b.s);
-		return NULL;
-	}
-	return b.s;
+	return strbuf_take(&b);
 }
 
 static int uid_parse(const char **pp, uint32_t *v_r)

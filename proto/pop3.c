@@ -12,6 +12,7 @@
 #include "proto/log.h"
 #include "proto/net.h"
 #include "proto/sasl.h"
+#include "proto/strbuf.h"
 
 #define POP3_DEFAULT_TIMEOUT_MS 30000
 /* Commands in flight with PIPELINING.  Each is a few bytes, so the
@@ -337,8 +338,7 @@ struct pop3_client {
 	char line[POP3_MAX_LINE + 1];
 	size_t line_len;
 
-	bool dead;
-	struct proto_err err; /* why the connection died */
+	struct proto_fate fate; /* alive, or dead and why */
 };
 
 static void set_state(struct pop3_client *c, enum pop3_state st)
@@ -348,6 +348,12 @@ static void set_state(struct pop3_client *c, enum pop3_state st)
 	log_debug("pop3 %s: %s -> %s", c->label, state_names[c->state],
 	          state_names[st]);
 	c->state = st;
+}
+
+/* The connection died (struct proto_fate). */
+static void died(void *ctx)
+{
+	set_state(ctx, POP3_ST_DEAD);
 }
 
 /* Server text made safe for an error message or a log line: control
@@ -364,47 +370,9 @@ static void clean_text(char *dst, size_t dst_size, const char *src, size_t len)
 	dst[n] = '\0';
 }
 
-static int fail(struct pop3_client *c, const struct proto_err *e)
-{
-	if (!c->dead) {
-		c->dead = true;
-		c->err = *e;
-		if (c->err.code == 0)
-			c->err.code = -EIO;
-		if (c->err.cls == PERR_NONE)
-			c->err.cls = PERR_LOCAL;
-		log_debug("pop3 %s: connection failed: %s", c->label,
-		          c->err.text);
-		set_state(c, POP3_ST_DEAD);
-	}
-	return c->err.code;
-}
-
-static int failf(struct pop3_client *c, enum proto_err_class cls, int code,
-                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int failf(struct pop3_client *c, enum proto_err_class cls, int code,
-                 const char *fmt, ...)
-{
-	struct proto_err e = {.cls = cls, .code = code};
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(e.text, sizeof(e.text), fmt, ap);
-	va_end(ap);
-	return fail(c, &e);
-}
-
-/* The connection's error into *err (unless one is set already). */
-static int dead_rc(struct pop3_client *c, struct proto_err *err)
-{
-	if (err != NULL && err->cls == PERR_NONE)
-		*err = c->err;
-	return c->err.code;
-}
-
 const struct proto_err *pop3_error(const struct pop3_client *c)
 {
-	return c->dead ? &c->err : NULL;
+	return proto_fate_error(&c->fate);
 }
 
 size_t pop3_max_inflight(const struct pop3_client *c)
@@ -469,17 +437,18 @@ static int read_line(struct pop3_client *c)
 {
 	struct proto_err e = {0};
 
-	if (c->dead)
-		return c->err.code;
+	if (c->fate.dead)
+		return c->fate.err.code;
 	for (;;) {
 		size_t len, ll = 0, used = 0;
 		const char *buf = net_rbuf(c->net, &len);
 		int rc = pop3_line_find(buf, len, POP3_MAX_LINE, &ll, &used);
 
 		if (rc < 0)
-			return failf(c, PERR_PROTOCOL, -EPROTO,
-			             "%s sent a line longer than %d bytes",
-			             c->host, POP3_MAX_LINE);
+			return proto_fate_failf(
+			        &c->fate, PERR_PROTOCOL, -EPROTO,
+			        "%s sent a line longer than %d bytes", c->host,
+			        POP3_MAX_LINE);
 		if (rc > 0) {
 			memcpy(c->line, buf, ll);
 			c->line[ll] = '\0';
@@ -489,7 +458,7 @@ static int read_line(struct pop3_client *c)
 		}
 		rc = net_fill(c->net, &e);
 		if (rc < 0)
-			return fail(c, &e);
+			return proto_fate_fail(&c->fate, &e);
 	}
 }
 
@@ -504,10 +473,11 @@ static int read_status(struct pop3_client *c, struct pop3_status_line *st)
 	clean_text(shown, sizeof(shown), c->line, c->line_len);
 	log_debug("pop3 %s: S: %s", c->label, shown);
 	if (pop3_status_parse(c->line, c->line_len, st) < 0)
-		return failf(c, PERR_PROTOCOL, -EPROTO,
-		             "%s sent something that is not a POP3 status "
-		             "line: \"%.80s\"",
-		             c->host, shown);
+		return proto_fate_failf(
+		        &c->fate, PERR_PROTOCOL, -EPROTO,
+		        "%s sent something that is not a POP3 status "
+		        "line: \"%.80s\"",
+		        c->host, shown);
 	return 0;
 }
 
@@ -588,19 +558,21 @@ static int read_body(struct pop3_client *c, pop3_out_fn out, void *ctx)
 			if (rc == 1)
 				return 0;
 			if (rc == -EMSGSIZE)
-				return failf(c, PERR_PROTOCOL, rc,
-				             "%s sent a response over the size "
-				             "limit",
-				             c->host);
+				return proto_fate_failf(
+				        &c->fate, PERR_PROTOCOL, rc,
+				        "%s sent a response over the size "
+				        "limit",
+				        c->host);
 			if (rc < 0)
-				return failf(c, PERR_LOCAL, rc,
-				             "cannot store the response from "
-				             "%s: %s",
-				             c->host, strerror(-rc));
+				return proto_fate_failf(
+				        &c->fate, PERR_LOCAL, rc,
+				        "cannot store the response from "
+				        "%s: %s",
+				        c->host, strerror(-rc));
 		}
 		rc = net_fill(c->net, &e);
 		if (rc < 0)
-			return fail(c, &e);
+			return proto_fate_fail(&c->fate, &e);
 	}
 }
 
@@ -611,7 +583,8 @@ static int read_lines(struct pop3_client *c,
 	int rc;
 
 	if (l == NULL)
-		return failf(c, PERR_LOCAL, -ENOMEM, "out of memory");
+		return proto_fate_failf(&c->fate, PERR_LOCAL, -ENOMEM,
+		                        "out of memory");
 	l->len = 0;
 	l->line = line;
 	l->ctx = ctx;
@@ -632,11 +605,11 @@ static int send_raw(struct pop3_client *c, const char *buf, size_t len)
 	struct proto_err e = {0};
 	int rc;
 
-	if (c->dead)
-		return c->err.code;
+	if (c->fate.dead)
+		return c->fate.err.code;
 	rc = net_write(c->net, buf, len, &e);
 	if (rc < 0)
-		return fail(c, &e);
+		return proto_fate_fail(&c->fate, &e);
 	return 0;
 }
 
@@ -654,7 +627,8 @@ static int send_cmd(struct pop3_client *c, const char *fmt, ...)
 	n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
 	va_end(ap);
 	if (n < 0 || (size_t)n >= sizeof(buf) - 2)
-		return failf(c, PERR_LOCAL, -EINVAL, "command too long");
+		return proto_fate_failf(&c->fate, PERR_LOCAL, -EINVAL,
+		                        "command too long");
 	log_debug("pop3 %s: C: %s", c->label, buf);
 	memcpy(buf + n, "\r\n", 2);
 	return send_raw(c, buf, (size_t)n + 2);
@@ -669,7 +643,8 @@ static int send_secret(struct pop3_client *c, const char *prefix,
 	int rc;
 
 	if (buf == NULL)
-		return failf(c, PERR_LOCAL, -ENOMEM, "out of memory");
+		return proto_fate_failf(&c->fate, PERR_LOCAL, -ENOMEM,
+		                        "out of memory");
 	memcpy(buf, prefix, plen);
 	memcpy(buf + plen, secret, slen);
 	memcpy(buf + plen + slen, "\r\n", 3);
@@ -695,13 +670,15 @@ static int command(struct pop3_client *c, struct pop3_status_line *st,
 	n = vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	if (n < 0 || (size_t)n >= sizeof(buf))
-		return failf(c, PERR_LOCAL, -EINVAL, "command too long");
+		return proto_fate_failf(&c->fate, PERR_LOCAL, -EINVAL,
+		                        "command too long");
 	rc = send_cmd(c, "%s", buf);
 	if (rc == 0)
 		rc = read_status(c, st);
 	if (rc == 0 && st->status == POP3_CONT)
-		return failf(c, PERR_PROTOCOL, -EPROTO,
-		             "%s sent a continuation to %s", c->host, buf);
+		return proto_fate_failf(&c->fate, PERR_PROTOCOL, -EPROTO,
+		                        "%s sent a continuation to %s", c->host,
+		                        buf);
 	return rc;
 }
 
@@ -748,8 +725,8 @@ static int run_pipeline(struct pop3_client *c, size_t n,
 	        pop3_has_cap(c, "PIPELINING") ? POP3_PIPELINE_WINDOW : 1;
 	size_t sent = 0, done = 0;
 
-	if (c->dead)
-		return dead_rc(c, err);
+	if (c->fate.dead)
+		return proto_fate_rc(&c->fate, err);
 	while (done < n) {
 		char buf[POP3_PIPELINE_WINDOW * 64];
 		struct pop3_status_line st;
@@ -761,9 +738,9 @@ static int run_pipeline(struct pop3_client *c, size_t n,
 			                    sizeof(buf) - blen - 2);
 
 			if (k < 0 || (size_t)k >= sizeof(buf) - blen - 2) {
-				failf(c, PERR_LOCAL, -EINVAL,
-				      "command too long");
-				return dead_rc(c, err);
+				proto_fate_failf(&c->fate, PERR_LOCAL, -EINVAL,
+				                 "command too long");
+				return proto_fate_rc(&c->fate, err);
 			}
 			log_debug("pop3 %s: C: %.*s", c->label, k, buf + blen);
 			memcpy(buf + blen + k, "\r\n", 2);
@@ -773,17 +750,18 @@ static int run_pipeline(struct pop3_client *c, size_t n,
 		if (sent - done > c->max_inflight)
 			c->max_inflight = sent - done;
 		if (blen > 0 && send_raw(c, buf, blen) < 0)
-			return dead_rc(c, err);
+			return proto_fate_rc(&c->fate, err);
 		if (read_status(c, &st) < 0)
-			return dead_rc(c, err);
+			return proto_fate_rc(&c->fate, err);
 		if (st.status == POP3_CONT) {
-			failf(c, PERR_PROTOCOL, -EPROTO,
-			      "%s sent a continuation outside AUTH", c->host);
-			return dead_rc(c, err);
+			proto_fate_failf(&c->fate, PERR_PROTOCOL, -EPROTO,
+			                 "%s sent a continuation outside AUTH",
+			                 c->host);
+			return proto_fate_rc(&c->fate, err);
 		}
 		rc = ops->reply(c, ctx, done, &st);
 		if (rc < 0)
-			return dead_rc(c, err);
+			return proto_fate_rc(&c->fate, err);
 		done++;
 	}
 	return 0;
@@ -820,11 +798,11 @@ static int ask_capa(struct pop3_client *c, struct proto_err *err)
 	caps_clear(c);
 	rc = command(c, &st, "CAPA");
 	if (rc < 0)
-		return dead_rc(c, err);
+		return proto_fate_rc(&c->fate, err);
 	if (st.status == POP3_OK) {
 		rc = read_lines(c, capa_line, c);
-		if (rc < 0 && c->dead)
-			return dead_rc(c, err);
+		if (rc < 0 && c->fate.dead)
+			return proto_fate_rc(&c->fate, err);
 		if (rc < 0)
 			return proto_err_set(err, PERR_LOCAL, rc,
 			                     "out of memory");
@@ -843,17 +821,19 @@ static int read_greeting(struct pop3_client *c, struct proto_err *err)
 
 	set_state(c, POP3_ST_GREETING);
 	if (read_status(c, &st) < 0)
-		return dead_rc(c, err);
+		return proto_fate_rc(&c->fate, err);
 	if (st.status == POP3_ERR) {
 		status_text(c, text, sizeof(text));
-		failf(c, PERR_BYE, -ECONNREFUSED,
-		      "%s refused the connection: %s", c->host, text);
-		return dead_rc(c, err);
+		proto_fate_failf(&c->fate, PERR_BYE, -ECONNREFUSED,
+		                 "%s refused the connection: %s", c->host,
+		                 text);
+		return proto_fate_rc(&c->fate, err);
 	}
 	if (st.status != POP3_OK) {
-		failf(c, PERR_PROTOCOL, -EPROTO,
-		      "%s did not greet like a POP3 server", c->host);
-		return dead_rc(c, err);
+		proto_fate_failf(&c->fate, PERR_PROTOCOL, -EPROTO,
+		                 "%s did not greet like a POP3 server",
+		                 c->host);
+		return proto_fate_rc(&c->fate, err);
 	}
 	free(c->timestamp);
 	c->timestamp = NULL;
@@ -887,7 +867,7 @@ static int do_stls(struct pop3_client *c, const struct pop3_config *cfg,
 	set_state(c, POP3_ST_STLS);
 	rc = command(c, &st, "STLS");
 	if (rc < 0)
-		return dead_rc(c, err);
+		return proto_fate_rc(&c->fate, err);
 	if (st.status != POP3_OK) {
 		status_text(c, text, sizeof(text));
 		return proto_err_set(err, PERR_NOTLS, -EPROTONOSUPPORT,
@@ -898,8 +878,8 @@ static int do_stls(struct pop3_client *c, const struct pop3_config *cfg,
 	set_state(c, POP3_ST_TLS_HANDSHAKE);
 	rc = net_start_tls(c->net, &tls, &e);
 	if (rc < 0) {
-		fail(c, &e);
-		return dead_rc(c, err);
+		proto_fate_fail(&c->fate, &e);
+		return proto_fate_rc(&c->fate, err);
 	}
 	return ask_capa(c, err);
 }
@@ -999,7 +979,7 @@ static int login_apop(struct pop3_client *c, const struct pop3_config *cfg,
 	if (rc == 0)
 		rc = read_status(c, st);
 	if (rc < 0)
-		return dead_rc(c, err);
+		return proto_fate_rc(&c->fate, err);
 	return 0;
 }
 
@@ -1041,7 +1021,7 @@ static int login(struct pop3_client *c, const struct pop3_config *cfg,
 		rc = auth_sasl(c, mech, ir, &st);
 		sasl_free_secret(&ir);
 		if (rc < 0)
-			return dead_rc(c, err);
+			return proto_fate_rc(&c->fate, err);
 		goto result;
 	}
 	if (cfg->password == NULL || cfg->password[0] == '\0')
@@ -1056,7 +1036,7 @@ static int login(struct pop3_client *c, const struct pop3_config *cfg,
 		rc = auth_sasl(c, "PLAIN", ir, &st);
 		sasl_free_secret(&ir);
 		if (rc < 0)
-			return dead_rc(c, err);
+			return proto_fate_rc(&c->fate, err);
 		goto result;
 	}
 	if (pop3_has_cap(c, "USER") || !c->capa_known) {
@@ -1067,7 +1047,7 @@ static int login(struct pop3_client *c, const struct pop3_config *cfg,
 		set_state(c, POP3_ST_USER);
 		rc = command(c, &st, "USER %s", cfg->user);
 		if (rc < 0)
-			return dead_rc(c, err);
+			return proto_fate_rc(&c->fate, err);
 		if (st.status != POP3_OK) {
 			/* Without CAPA, -ERR to USER may just mean that
 			 * the server does not do USER: APOP is what is
@@ -1083,7 +1063,7 @@ static int login(struct pop3_client *c, const struct pop3_config *cfg,
 		if (rc == 0)
 			rc = read_status(c, &st);
 		if (rc < 0)
-			return dead_rc(c, err);
+			return proto_fate_rc(&c->fate, err);
 		goto result;
 	}
 	if (c->timestamp == NULL)
@@ -1099,9 +1079,10 @@ result:
 	if (st.status == POP3_OK)
 		return 0;
 	if (st.status == POP3_CONT) {
-		failf(c, PERR_PROTOCOL, -EPROTO,
-		      "%s sent a continuation outside AUTH", c->host);
-		return dead_rc(c, err);
+		proto_fate_failf(&c->fate, PERR_PROTOCOL, -EPROTO,
+		                 "%s sent a continuation outside AUTH",
+		                 c->host);
+		return proto_fate_rc(&c->fate, err);
 	}
 	return login_refused(c, &st, cfg, err);
 }
@@ -1129,6 +1110,10 @@ int pop3_connect(struct pop3_client **client_r, const struct pop3_config *cfg,
 		rc = proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
 		goto fail;
 	}
+	c->fate.proto = "pop3";
+	c->fate.label = c->label;
+	c->fate.died = died;
+	c->fate.ctx = c;
 
 	set_state(c, POP3_ST_CONNECTING);
 	rc = net_connect(&c->net, cfg->host, cfg->port, timeout, err);
@@ -1181,8 +1166,8 @@ int pop3_connect(struct pop3_client **client_r, const struct pop3_config *cfg,
 	*client_r = c;
 	return 0;
 fail:
-	if (c->dead && err != NULL && err->cls == PERR_NONE)
-		*err = c->err;
+	if (c->fate.dead)
+		proto_fate_rc(&c->fate, err);
 	pop3_free(&c);
 	return rc;
 }
@@ -1211,15 +1196,15 @@ int pop3_quit(struct pop3_client **cp, struct proto_err *err)
 
 	if (c == NULL)
 		return 0;
-	if (c->dead) {
-		rc = dead_rc(c, err);
+	if (c->fate.dead) {
+		rc = proto_fate_rc(&c->fate, err);
 		pop3_free(cp);
 		return rc;
 	}
 	set_state(c, POP3_ST_QUIT);
 	rc = command(c, &st, "QUIT");
 	if (rc < 0) {
-		rc = dead_rc(c, err);
+		rc = proto_fate_rc(&c->fate, err);
 	} else if (st.status != POP3_OK) {
 		status_text(c, text, sizeof(text));
 		rc = proto_err_set(err, PERR_NO, -EIO,
@@ -1279,11 +1264,11 @@ static int simple(struct pop3_client *c, struct pop3_status_line *st, int dflt,
 {
 	int rc;
 
-	if (c->dead)
-		return dead_rc(c, err);
+	if (c->fate.dead)
+		return proto_fate_rc(&c->fate, err);
 	rc = command(c, st, "%s", what);
 	if (rc < 0)
-		return dead_rc(c, err);
+		return proto_fate_rc(&c->fate, err);
 	if (st->status != POP3_OK)
 		return refused(c, st, dflt, what, err);
 	return 0;
@@ -1391,11 +1376,11 @@ static int run_listing(struct pop3_client *c, struct listing *l,
 	struct pop3_status_line st;
 	int rc;
 
-	if (c->dead)
-		return dead_rc(c, err);
+	if (c->fate.dead)
+		return proto_fate_rc(&c->fate, err);
 	rc = command(c, &st, "%s", verb);
 	if (rc < 0)
-		return dead_rc(c, err);
+		return proto_fate_rc(&c->fate, err);
 	if (st.status != POP3_OK) {
 		if (l->uidl && !pop3_status_has_code(&st, "IN-USE") &&
 		    !pop3_status_has_code(&st, "SYS")) {
@@ -1409,8 +1394,8 @@ static int run_listing(struct pop3_client *c, struct listing *l,
 		return refused(c, &st, -EPERM, verb, err);
 	}
 	rc = read_lines(c, listing_line, l);
-	if (rc < 0 && c->dead)
-		return dead_rc(c, err);
+	if (rc < 0 && c->fate.dead)
+		return proto_fate_rc(&c->fate, err);
 	if (rc < 0)
 		return proto_err_set(err, PERR_PROTOCOL, rc,
 		                     "%s sent a malformed %s line: \"%s\"",
@@ -1511,7 +1496,7 @@ static int retr_reply(struct pop3_client *c, void *ctx, size_t i,
 		r->sink_rc = -EIO;
 	rc = read_body(c, retr_out, r);
 	if (rc < 0) {
-		retr_end(r, rc, &c->err);
+		retr_end(r, rc, &c->fate.err);
 		return rc;
 	}
 	if (r->sink_rc < 0) {
@@ -1610,60 +1595,37 @@ int pop3_top(struct pop3_client *c, unsigned msgnum, unsigned lines,
 	return retr_one(c, true, msgnum, lines, sink, err);
 }
 
-struct growbuf {
-	char *data;
-	size_t len, cap;
-};
-
+/* The bytes of a message, into a growing buffer. */
 static int grow_data(void *ctx, unsigned msgnum, const char *buf, size_t len)
 {
-	struct growbuf *g = ctx;
+	struct strbuf *g = ctx;
 
 	(void)msgnum;
-	if (len >= g->cap - g->len) {
-		size_t ncap = g->cap ? g->cap : 16384;
-		char *n;
-
-		while (len >= ncap - g->len) {
-			if (ncap > SIZE_MAX / 2)
-				return -ENOMEM;
-			ncap *= 2;
-		}
-		n = realloc(g->data, ncap);
-		if (n == NULL)
-			return -ENOMEM;
-		g->data = n;
-		g->cap = ncap;
-	}
-	memcpy(g->data + g->len, buf, len);
-	g->len += len;
-	return 0;
+	strbuf_add(g, buf, len);
+	return g->oom ? -ENOMEM : 0;
 }
 
 static int into_buf(struct pop3_client *c, bool top, unsigned msgnum,
                     unsigned lines, char **data_r, size_t *len_r,
                     struct proto_err *err)
 {
-	struct growbuf g = {0};
+	struct strbuf g = {0};
 	struct pop3_sink sink = {.data = grow_data, .ctx = &g};
+	size_t len;
 	int rc;
 
 	*data_r = NULL;
 	*len_r = 0;
 	rc = retr_one(c, top, msgnum, lines, &sink, err);
-	if (rc == 0 && g.data == NULL) {
-		g.data = malloc(1);
-		if (g.data == NULL)
-			rc = proto_err_set(err, PERR_LOCAL, -ENOMEM,
-			                   "out of memory");
-	}
 	if (rc < 0) {
-		free(g.data);
+		free(g.s);
 		return rc;
 	}
-	g.data[g.len] = '\0'; /* grow_data keeps a byte spare */
-	*data_r = g.data;
-	*len_r = g.len;
+	len = g.len;
+	*data_r = strbuf_take(&g); /* NUL-terminated */
+	if (*data_r == NULL)
+		return proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
+	*len_r = len;
 	return 0;
 }
 
