@@ -5,9 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-
-#include <openssl/evp.h>
 
 #include "proto/log.h"
 #include "proto/net.h"
@@ -25,267 +22,6 @@
 #define POP3_AUTH_LINE_MAX      255
 /* Challenges answered before the client gives up on a SASL exchange. */
 #define POP3_MAX_SASL_ROUNDS    3
-
-/* --- dot-unstuffing -------------------------------------------------- */
-
-enum dot_state {
-	DOT_BOL = 0, /* at the start of a line (nothing held) */
-	DOT_MID,     /* inside a line */
-	DOT_CR,      /* after a CR inside a line */
-	DOT_DOT,     /* "." at the start of a line, held */
-	DOT_DOT_CR,  /* "." CR at the start of a line, held */
-	DOT_DONE,    /* the terminator was consumed */
-};
-
-void pop3_dot_init(struct pop3_dotstate *s)
-{
-	s->st = DOT_BOL;
-}
-
-bool pop3_dot_done(const struct pop3_dotstate *s)
-{
-	return s->st == DOT_DONE;
-}
-
-/* The bytes are passed on in runs: [run, i) is pending output.  Held
- * bytes are never part of a run (run is moved past them), and when they
- * turn out to be content they are sent from constants. */
-int pop3_unstuff(struct pop3_dotstate *s, const char *in, size_t len,
-                 size_t *used_r, pop3_out_fn out, void *ctx)
-{
-	size_t i, run = 0;
-	int rc;
-
-#define EMIT(p, n)                                                             \
-	do {                                                                   \
-		if ((n) > 0 && out != NULL) {                                  \
-			rc = out(ctx, (p), (n));                               \
-			if (rc < 0) {                                          \
-				*used_r = i;                                   \
-				return rc;                                     \
-			}                                                      \
-		}                                                              \
-	} while (0)
-
-	if (s->st == DOT_DONE) {
-		*used_r = 0;
-		return 1;
-	}
-	for (i = 0; i < len; i++) {
-		unsigned char b = (unsigned char)in[i];
-
-		switch ((enum dot_state)s->st) {
-		case DOT_BOL:
-			if (b == '.') {
-				EMIT(in + run, i - run);
-				run = i + 1;
-				s->st = DOT_DOT;
-			} else {
-				s->st = b == '\r' ? DOT_CR : DOT_MID;
-			}
-			break;
-		case DOT_MID:
-			if (b == '\r')
-				s->st = DOT_CR;
-			break;
-		case DOT_CR:
-			if (b == '\n')
-				s->st = DOT_BOL;
-			else if (b != '\r')
-				s->st = DOT_MID;
-			break;
-		case DOT_DOT:
-			/* run == i here: the held dot was left out. */
-			if (b == '.') {
-				/* ".." -> "."; this second dot starts the run
-				 */
-				s->st = DOT_MID;
-			} else if (b == '\r') {
-				run = i + 1;
-				s->st = DOT_DOT_CR;
-			} else {
-				/* Not stuffed: the dot is content. */
-				EMIT(".", 1);
-				s->st = DOT_MID;
-			}
-			break;
-		case DOT_DOT_CR:
-			if (b == '\n') {
-				s->st = DOT_DONE;
-				*used_r = i + 1;
-				return 1;
-			}
-			/* "." CR then not LF: all of it is content, and b is
-			 * seen as the byte after a CR. */
-			EMIT(".\r", 2);
-			s->st = b == '\r' ? DOT_CR : DOT_MID;
-			break;
-		case DOT_DONE: break;
-		}
-	}
-	EMIT(in + run, len - run);
-	*used_r = len;
-	return 0;
-#undef EMIT
-}
-
-/* --- status lines ---------------------------------------------------- */
-
-int pop3_line_find(const char *buf, size_t len, size_t max_line,
-                   size_t *line_len_r, size_t *used_r)
-{
-	size_t lim = max_line + 2 < len ? max_line + 2 : len;
-	const char *lf = memchr(buf, '\n', lim);
-	size_t ll;
-
-	if (lf == NULL) {
-		if (len > max_line + 1 ||
-		    (len == max_line + 1 && buf[max_line] != '\r'))
-			return -EMSGSIZE;
-		return 0;
-	}
-	ll = (size_t)(lf - buf);
-	*used_r = ll + 1;
-	if (ll > 0 && buf[ll - 1] == '\r')
-		ll--;
-	if (ll > max_line)
-		return -EMSGSIZE;
-	*line_len_r = ll;
-	return 1;
-}
-
-/* RFC 2449: rchar = %x21-2E / %x30-5C / %x5E-7F, levels split by "/". */
-static bool valid_code(const char *p, size_t len)
-{
-	bool level_empty = true;
-
-	if (len == 0)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char ch = (unsigned char)p[i];
-
-		if (ch == '/') {
-			if (level_empty)
-				return false;
-			level_empty = true;
-		} else if (ch >= 0x21 && ch <= 0x7f && ch != ']') {
-			level_empty = false;
-		} else {
-			return false;
-		}
-	}
-	return !level_empty;
-}
-
-int pop3_status_parse(const char *line, size_t len, struct pop3_status_line *r)
-{
-	size_t p;
-
-	memset(r, 0, sizeof(*r));
-	if (memchr(line, '\0', len) != NULL)
-		return -EPROTO;
-	if (len >= 3 && strncasecmp(line, "+OK", 3) == 0 &&
-	    (len == 3 || line[3] == ' ')) {
-		r->status = POP3_OK;
-		p = 3;
-	} else if (len >= 4 && strncasecmp(line, "-ERR", 4) == 0 &&
-	           (len == 4 || line[4] == ' ')) {
-		r->status = POP3_ERR;
-		p = 4;
-	} else if (len >= 1 && line[0] == '+' && (len == 1 || line[1] == ' ')) {
-		r->status = POP3_CONT;
-		p = 1;
-	} else {
-		return -EPROTO;
-	}
-	while (p < len && line[p] == ' ')
-		p++;
-	if (r->status != POP3_CONT && p < len && line[p] == '[') {
-		const char *end = memchr(line + p + 1, ']', len - p - 1);
-
-		if (end != NULL &&
-		    valid_code(line + p + 1, (size_t)(end - line) - p - 1)) {
-			r->code = line + p + 1;
-			r->code_len = (size_t)(end - line) - p - 1;
-			p = (size_t)(end - line) + 1;
-			while (p < len && line[p] == ' ')
-				p++;
-		}
-	}
-	r->text = line + p;
-	r->text_len = len - p;
-	return 0;
-}
-
-bool pop3_status_has_code(const struct pop3_status_line *st, const char *code)
-{
-	size_t n = strlen(code);
-
-	if (st->code_len < n || strncasecmp(st->code, code, n) != 0)
-		return false;
-	return st->code_len == n || st->code[n] == '/';
-}
-
-/* --- APOP ------------------------------------------------------------ */
-
-int pop3_apop_timestamp(const char *text, size_t len, const char **ts_r,
-                        size_t *ts_len_r)
-{
-	for (size_t i = 0; i < len; i++) {
-		bool at = false, ok = true;
-		size_t j;
-
-		if (text[i] != '<')
-			continue;
-		for (j = i + 1; j < len && text[j] != '>'; j++) {
-			unsigned char ch = (unsigned char)text[j];
-
-			if (ch <= 0x20 || ch == 0x7f || ch == '<')
-				ok = false;
-			if (ch == '@')
-				at = true;
-		}
-		if (j == len)
-			break;
-		if (ok && at && j - i + 1 <= 255) {
-			*ts_r = text + i;
-			*ts_len_r = j - i + 1;
-			return 0;
-		}
-	}
-	return -ENOENT;
-}
-
-int pop3_apop_digest(const char *timestamp, size_t ts_len, const char *secret,
-                     char hex_r[33])
-{
-	static const char hex[] = "0123456789abcdef";
-	unsigned char md[EVP_MAX_MD_SIZE];
-	size_t slen = strlen(secret);
-	unsigned int mdlen = 0;
-	char *buf;
-	int ok;
-
-	if (ts_len > SIZE_MAX - slen - 1)
-		return -EINVAL;
-	buf = malloc(ts_len + slen + 1);
-	if (buf == NULL)
-		return -ENOMEM;
-	memcpy(buf, timestamp, ts_len);
-	memcpy(buf + ts_len, secret, slen);
-	ok = EVP_Digest(buf, ts_len + slen, md, &mdlen, EVP_md5(), NULL);
-	explicit_bzero(buf, ts_len + slen);
-	free(buf);
-	if (ok != 1 || mdlen != 16)
-		return -ENOTSUP;
-	for (unsigned i = 0; i < 16; i++) {
-		hex_r[2 * i] = hex[md[i] >> 4];
-		hex_r[2 * i + 1] = hex[md[i] & 15];
-	}
-	hex_r[32] = '\0';
-	explicit_bzero(md, sizeof(md));
-	return 0;
-}
 
 /* --- the client ------------------------------------------------------ */
 
@@ -390,38 +126,19 @@ static void caps_clear(struct pop3_client *c)
 	c->capa_known = false;
 }
 
-/* The first word of s, compared with name. */
-static bool word_is(const char *s, const char *name)
-{
-	size_t n = strlen(name);
-
-	return strncasecmp(s, name, n) == 0 && (s[n] == '\0' || s[n] == ' ');
-}
-
 bool pop3_has_cap(const struct pop3_client *c, const char *name)
 {
 	for (size_t i = 0; i < c->n_caps; i++)
-		if (word_is(c->caps[i], name))
+		if (pop3_capa_is(c->caps[i], name))
 			return true;
 	return false;
 }
 
 bool pop3_has_sasl(const struct pop3_client *c, const char *mech)
 {
-	for (size_t i = 0; i < c->n_caps; i++) {
-		const char *p = c->caps[i];
-
-		if (!word_is(p, "SASL"))
-			continue;
-		p += 4;
-		while (*p == ' ') {
-			while (*p == ' ')
-				p++;
-			if (word_is(p, mech))
-				return true;
-			p += strcspn(p, " ");
-		}
-	}
+	for (size_t i = 0; i < c->n_caps; i++)
+		if (pop3_capa_sasl(c->caps[i], mech))
+			return true;
 	return false;
 }
 
@@ -1223,40 +940,6 @@ void pop3_shutdown(struct pop3_client *c)
 
 /* --- simple commands ------------------------------------------------- */
 
-/* Parse a decimal number at *p (advanced past it). */
-static bool parse_u64(const char **p, uint64_t *v_r)
-{
-	const char *s = *p;
-	uint64_t v = 0;
-
-	if (*s < '0' || *s > '9')
-		return false;
-	for (; *s >= '0' && *s <= '9'; s++) {
-		if (v > (UINT64_MAX - (uint64_t)(*s - '0')) / 10)
-			return false;
-		v = v * 10 + (uint64_t)(*s - '0');
-	}
-	*p = s;
-	*v_r = v;
-	return true;
-}
-
-static bool parse_msgnum(const char **p, unsigned *n_r)
-{
-	uint64_t v;
-
-	if (!parse_u64(p, &v) || v == 0 || v > UINT32_MAX)
-		return false;
-	*n_r = (unsigned)v;
-	return true;
-}
-
-static void skip_spaces(const char **p)
-{
-	while (**p == ' ' || **p == '\t')
-		(*p)++;
-}
-
 /* A simple command in the TRANSACTION state: 0 for +OK, the -ERR
  * error (dflt as the errno), or the connection's error. */
 static int simple(struct pop3_client *c, struct pop3_status_line *st, int dflt,
@@ -1278,26 +961,16 @@ int pop3_stat(struct pop3_client *c, unsigned *count_r, uint64_t *size_r,
               struct proto_err *err)
 {
 	struct pop3_status_line st;
-	uint64_t count, size;
-	const char *p;
 	int rc;
 
 	rc = simple(c, &st, -EPERM, "STAT", err);
 	if (rc < 0)
 		return rc;
-	p = st.text;
-	if (!parse_u64(&p, &count) || count > UINT32_MAX ||
-	    (*p != ' ' && *p != '\t'))
-		goto bad;
-	skip_spaces(&p);
-	if (!parse_u64(&p, &size) || (*p != '\0' && *p != ' ' && *p != '\t'))
-		goto bad;
-	*count_r = (unsigned)count;
-	*size_r = size;
+	if (pop3_stat_parse(st.text, count_r, size_r) < 0)
+		return proto_err_set(err, PERR_PROTOCOL, -EPROTO,
+		                     "%s sent a malformed STAT answer",
+		                     c->host);
 	return 0;
-bad:
-	return proto_err_set(err, PERR_PROTOCOL, -EPROTO,
-	                     "%s sent a malformed STAT answer", c->host);
 }
 
 int pop3_noop(struct pop3_client *c, struct proto_err *err)
@@ -1329,35 +1002,22 @@ struct listing {
 static int listing_line(void *ctx, char *line, size_t len)
 {
 	struct listing *l = ctx;
-	const char *p = line;
 	unsigned msgnum;
 
 	if (len == 0 || l->failed)
 		return 0; /* an empty line carries nothing: tolerated */
-	if (strlen(line) != len || !parse_msgnum(&p, &msgnum) ||
-	    (*p != ' ' && *p != '\t'))
-		goto bad;
-	skip_spaces(&p);
 	if (l->uidl) {
-		const char *uid = p;
-		size_t n = 0;
+		const char *uid;
+		size_t n;
 
-		while (uid[n] > 0x20 && uid[n] < 0x7f)
-			n++;
-		if (n == 0 || n > POP3_MAX_UID)
-			goto bad;
-		p = uid + n;
-		skip_spaces(&p);
-		if (*p != '\0')
+		if (pop3_uidl_parse(line, len, &msgnum, &uid, &n) < 0)
 			goto bad;
 		line[uid + n - line] = '\0';
 		l->uid_cb(l->ctx, msgnum, uid);
 	} else {
 		uint64_t size;
 
-		/* RFC 1939 allows more after the size; it is ignored. */
-		if (!parse_u64(&p, &size) ||
-		    (*p != '\0' && *p != ' ' && *p != '\t'))
+		if (pop3_list_parse(line, len, &msgnum, &size) < 0)
 			goto bad;
 		l->size_cb(l->ctx, msgnum, size);
 	}
