@@ -17,9 +17,11 @@
  * pop3_free() drops the connection without QUIT, so the server forgets
  * the marks (RFC 1939: no UPDATE state without QUIT).
  *
- * The pure parts it is built on (the dot-unstuffing machine, the line
- * finder, the status-line and listing parsers, APOP) are in
- * proto/pop3_parse.h, which this header includes. */
+ * The code is in proto/pop3.c (the session and its commands) and
+ * proto/pop3_login.c (pop3_connect()), with proto/pop3_int.h, their
+ * shared insides.  The pure parts they are built on (the dot-unstuffing
+ * machine, the line finder, the status-line and listing parsers, APOP)
+ * are in proto/pop3_parse.h, which this header includes. */
 #ifndef MAILFS_POP3_H
 #define MAILFS_POP3_H
 
