@@ -174,22 +174,16 @@ static int authenticate(struct imap_client *c, const struct imap_config *cfg,
 	imap_conn_set_state(c, IMAP_ST_AUTHENTICATING);
 	if (cfg->oauth2_token != NULL) {
 		a.oauth = true;
-		if (imap_has_cap(c, "AUTH=OAUTHBEARER")) {
-			a.mech = "OAUTHBEARER";
-			rc = sasl_oauthbearer(cfg->user, cfg->host,
-			                      (unsigned)atoi(cfg->port),
-			                      cfg->oauth2_token, &a.initial);
-		} else if (imap_has_cap(c, "AUTH=XOAUTH2")) {
-			a.mech = "XOAUTH2";
-			rc = sasl_xoauth2(cfg->user, cfg->oauth2_token,
-			                  &a.initial);
-		} else {
+		rc = sasl_oauth2(imap_has_cap(c, "AUTH=OAUTHBEARER"),
+		                 imap_has_cap(c, "AUTH=XOAUTH2"), cfg->user,
+		                 cfg->host, (unsigned)atoi(cfg->port),
+		                 cfg->oauth2_token, &a.mech, &a.initial);
+		if (rc == -EPROTONOSUPPORT)
 			return proto_err_set(
-			        err, PERR_AUTH, -EPROTONOSUPPORT,
+			        err, PERR_AUTH, rc,
 			        "%s offers neither OAUTHBEARER nor "
 			        "XOAUTH2 for oauth2_cmd",
 			        c->host);
-		}
 		if (rc < 0)
 			return proto_err_set(err, PERR_LOCAL, rc,
 			                     "out of memory");

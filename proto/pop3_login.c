@@ -250,21 +250,17 @@ static int login(struct pop3_client *c, const struct pop3_config *cfg,
 		const char *mech;
 
 		pop3_conn_set_state(c, POP3_ST_AUTH);
-		if (pop3_has_sasl(c, "OAUTHBEARER")) {
-			mech = "OAUTHBEARER";
-			rc = sasl_oauthbearer(cfg->user, cfg->host,
-			                      (unsigned)atoi(cfg->port),
-			                      cfg->oauth2_token, &ir);
-		} else if (pop3_has_sasl(c, "XOAUTH2") || !c->capa_known) {
-			mech = "XOAUTH2";
-			rc = sasl_xoauth2(cfg->user, cfg->oauth2_token, &ir);
-		} else {
+		rc = sasl_oauth2(pop3_has_sasl(c, "OAUTHBEARER"),
+		                 pop3_has_sasl(c, "XOAUTH2") || !c->capa_known,
+		                 cfg->user, cfg->host,
+		                 (unsigned)atoi(cfg->port), cfg->oauth2_token,
+		                 &mech, &ir);
+		if (rc == -EPROTONOSUPPORT)
 			return proto_err_set(
-			        err, PERR_AUTH, -EPROTONOSUPPORT,
+			        err, PERR_AUTH, rc,
 			        "%s offers neither OAUTHBEARER nor "
 			        "XOAUTH2 for oauth2_cmd",
 			        c->host);
-		}
 		if (rc < 0)
 			return proto_err_set(err, PERR_LOCAL, rc,
 			                     "cannot encode the token: %s",

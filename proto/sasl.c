@@ -85,6 +85,21 @@ invalid:
 	return -EINVAL;
 }
 
+int sasl_oauth2(bool bearer, bool xoauth2, const char *user, const char *host,
+                unsigned int port, const char *token, const char **mech_r,
+                char **b64_r)
+{
+	if (bearer) {
+		*mech_r = "OAUTHBEARER";
+		return sasl_oauthbearer(user, host, port, token, b64_r);
+	}
+	if (xoauth2) {
+		*mech_r = "XOAUTH2";
+		return sasl_xoauth2(user, token, b64_r);
+	}
+	return -EPROTONOSUPPORT;
+}
+
 void sasl_free_secret(char **secret)
 {
 	if (*secret == NULL)
