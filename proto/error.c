@@ -57,6 +57,16 @@ const char *proto_err_class_name(enum proto_err_class cls)
 	return "unknown";
 }
 
+void proto_fate_init(struct proto_fate *f, const char *proto, const char *label,
+                     void (*died)(void *ctx), void *ctx)
+{
+	memset(f, 0, sizeof(*f));
+	f->proto = proto;
+	f->label = label;
+	f->died = died;
+	f->ctx = ctx;
+}
+
 int proto_fate_fail(struct proto_fate *f, const struct proto_err *e)
 {
 	if (!f->dead) {

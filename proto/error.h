@@ -69,7 +69,7 @@ const char *proto_err_class_name(enum proto_err_class cls);
 struct proto_fate {
 	bool dead;
 	struct proto_err err; /* why, once dead */
-	/* Set by the client before its first failure: */
+	/* Set by proto_fate_init(): */
 	const char *proto; /* "imap", "pop3": for the log */
 	const char *label; /* borrowed: "user@host", for the log */
 	/* Called once, when the client dies (its state machine moves to
@@ -77,6 +77,11 @@ struct proto_fate {
 	void (*died)(void *ctx);
 	void *ctx;
 };
+
+/* Make f alive, named proto and label for the log (both borrowed), with
+ * died(ctx) to call when it dies (may be NULL). */
+void proto_fate_init(struct proto_fate *f, const char *proto, const char *label,
+                     void (*died)(void *ctx), void *ctx);
 
 /* The connection failed with e: unless it is dead already, it is now,
  * with e (code 0 taken as -EIO, class PERR_NONE as PERR_LOCAL), logged

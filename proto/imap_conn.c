@@ -905,10 +905,7 @@ int imap_conn_new(struct imap_client **c_r, const struct imap_config *cfg,
 		rc = proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
 		goto fail;
 	}
-	c->fate.proto = "imap";
-	c->fate.label = c->label;
-	c->fate.died = died;
-	c->fate.ctx = c;
+	proto_fate_init(&c->fate, "imap", c->label, died, c);
 	imap_parser_limits_default(&lim);
 	lim.max_literal = IMAP_MAX_LITERAL;
 	lim.stream_threshold = IMAP_STREAM_THRESHOLD;

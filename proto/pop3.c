@@ -461,10 +461,7 @@ int pop3_conn_new(struct pop3_client **c_r, const struct pop3_config *cfg,
 		rc = proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
 		goto fail;
 	}
-	c->fate.proto = "pop3";
-	c->fate.label = c->label;
-	c->fate.died = died;
-	c->fate.ctx = c;
+	proto_fate_init(&c->fate, "pop3", c->label, died, c);
 	*c_r = c;
 	return 0;
 fail:
