@@ -5,14 +5,12 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #include "proto/log.h"
 #include "proto/net.h"
@@ -31,14 +29,6 @@ static const char *const state_names[] = {
         [IMAP_ST_LOGOUT] = "logout",
         [IMAP_ST_DEAD] = "dead",
 };
-
-int64_t imap_conn_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void imap_conn_set_state(struct imap_client *c, enum imap_state st)
 {

@@ -6,7 +6,8 @@
  *                 responses through proto/imap_parse (literals streamed
  *                 into buffers or a body sink), continuations, the
  *                 timeouts, making and freeing a client;
- *   imap_pace.c   what the server says about load (struct imap_pace);
+ *   imap_pace.c   what the server says about load (struct imap_pace), and
+ *                 the clock the waits are measured with;
  *   imap_login.c  the greeting, TLS and STARTTLS, AUTHENTICATE and LOGIN,
  *                 ENABLE, ID: imap_connect();
  *   imap_fetch.c  SELECT, EXAMINE and STATUS, FETCH of metadata and
@@ -16,9 +17,12 @@
  *                 date helpers.
  *
  * The calls named imap_conn_* are the engine's own (most defined in
- * imap_conn.c, the pacing ones in imap_pace.c).  Everything here runs on
- * the thread driving the client, as imap_client.h says; only
- * c->stopping is read and written across threads.  A connection that
+ * imap_conn.c, the clock and the pacing ones in imap_pace.c, which calls
+ * nothing of imap_conn.c: the files call each other in one direction).
+ * Everything here runs on the thread driving the client, as
+ * imap_client.h says; only imap_shutdown() comes from another thread (it
+ * sets c->stopping and shuts the socket down), and c->pace may be shared
+ * by the clients of one account, under its lock.  A connection that
  * failed is dead (c->fate): every call below then returns its error. */
 #ifndef MAILFS_IMAP_CONN_INT_H
 #define MAILFS_IMAP_CONN_INT_H
@@ -130,9 +134,6 @@ struct imap_client {
 
 /* --- the engine (imap_conn.c) ------------------------------------------ */
 
-/* CLOCK_MONOTONIC in ms. */
-int64_t imap_conn_now_ms(void);
-
 /* Move the session to st, logged at debug level. */
 void imap_conn_set_state(struct imap_client *c, enum imap_state st);
 
@@ -219,7 +220,10 @@ bool imap_conn_find_streamed(const struct imap_value *root,
 /* The body being routed to the sink will not complete: its abort, once. */
 void imap_conn_route_abort(struct imap_client *c);
 
-/* --- pacing (imap_pace.c) ---------------------------------------------- */
+/* --- pacing and time (imap_pace.c) ------------------------------------- */
+
+/* CLOCK_MONOTONIC in ms. */
+int64_t imap_conn_now_ms(void);
 
 /* The server throttled a command: nothing goes out on any connection of
  * the account for ms (0: the default). */

@@ -21,6 +21,14 @@
 #define PACE_MAX_MS     (24 * 3600 * 1000)
 #define PACE_SLICE_MS   100 /* a pacing wait looks at shutdown */
 
+int64_t imap_conn_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* --- pacing: what the server says about load --------------------------- */
 
 enum { PACE_LOG_THROTTLED = 1, PACE_LOG_SLOWED = 2, PACE_LOG_REFUSED = 4 };
