@@ -22,17 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_util.h"
 #include "proto/imap_client.h"
 #include "proto/imap_parse.h"
-
-#define CHECK(cond)                                                            \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, \
-			        __LINE__, #cond);                              \
-			abort();                                               \
-		}                                                              \
-	} while (0)
 
 struct event {
 	int rc;
@@ -48,12 +40,6 @@ struct events {
 	size_t cap;
 };
 
-struct buf {
-	unsigned char *data;
-	size_t len;
-	size_t cap;
-};
-
 /* Records streamed literals: their bytes one after another. */
 struct fsink {
 	struct buf bytes;
@@ -66,25 +52,6 @@ struct fsink {
 	size_t ends;
 	size_t aborts;
 };
-
-static void *xrealloc(void *p, size_t n)
-{
-	void *q = realloc(p, n);
-
-	CHECK(q != NULL);
-	return q;
-}
-
-static void buf_put(struct buf *b, const void *data, size_t len)
-{
-	if (b->len + len > b->cap) {
-		b->cap = (b->len + len) * 2 + 64;
-		b->data = xrealloc(b->data, b->cap);
-	}
-	if (len > 0)
-		memcpy(b->data + b->len, data, len);
-	b->len += len;
-}
 
 static void buf_puts(struct buf *b, const char *s)
 {
@@ -149,19 +116,6 @@ static const struct imap_literal_sink fuzz_sink = {
 };
 
 /* --- running ------------------------------------------------------------- */
-
-struct rng {
-	uint64_t s;
-};
-
-static uint64_t rng_next(struct rng *r)
-{
-	/* xorshift64*; never seeded with 0. */
-	r->s ^= r->s >> 12;
-	r->s ^= r->s << 25;
-	r->s ^= r->s >> 27;
-	return r->s * 2685821657736338717ULL;
-}
 
 enum split { SPLIT_WHOLE, SPLIT_BYTES, SPLIT_RANDOM };
 

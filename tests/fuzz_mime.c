@@ -19,16 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_util.h"
 #include "proto/mime.h"
-
-#define CHECK(cond)                                                            \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, \
-			        __LINE__, #cond);                              \
-			abort();                                               \
-		}                                                              \
-	} while (0)
 
 static const char *const names[] = {
         "Subject", "From", "Date", "Message-ID", "References", "X-Mailer",

@@ -18,33 +18,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "fuzz_util.h"
 #include "proto/pop3_parse.h"
-
-#define CHECK(cond)                                                            \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, \
-			        __LINE__, #cond);                              \
-			abort();                                               \
-		}                                                              \
-	} while (0)
-
-struct buf {
-	char *data;
-	size_t len, cap;
-};
-
-static void buf_put(struct buf *b, const char *data, size_t len)
-{
-	if (b->len + len > b->cap) {
-		b->cap = (b->len + len) * 2 + 64;
-		b->data = realloc(b->data, b->cap);
-		CHECK(b->data != NULL);
-	}
-	if (len > 0)
-		memcpy(b->data + b->len, data, len);
-	b->len += len;
-}
 
 static int out_cb(void *ctx, const char *data, size_t len)
 {
@@ -58,18 +33,6 @@ struct run {
 	size_t used;
 	bool done;
 };
-
-struct rng {
-	uint64_t s;
-};
-
-static uint64_t rng_next(struct rng *r)
-{
-	r->s ^= r->s >> 12;
-	r->s ^= r->s << 25;
-	r->s ^= r->s >> 27;
-	return r->s * 2685821657736338717ULL;
-}
 
 enum split { WHOLE, BYTES, RANDOM };
 

@@ -47,7 +47,6 @@
  * "imapcli: CLASS: TEXT" and exits with 10 + the error class. */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -55,9 +54,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cliutil.h"
 #include "proto/cred.h"
 #include "proto/imap_client.h"
-#include "proto/log.h"
 #include "proto/url.h"
 #include "proto/utf7.h"
 
@@ -102,25 +101,9 @@ static void meta_cb(void *ctx, const struct imap_msg_meta *m)
 	       (long long)m->internaldate, m->tz_minutes, m->flags);
 }
 
-struct uids {
-	uint32_t *v;
-	size_t n, cap;
-};
-
 static void collect_uid(void *ctx, const struct imap_msg_meta *m)
 {
-	struct uids *u = ctx;
-
-	if (u->n == u->cap) {
-		size_t ncap = u->cap ? u->cap * 2 : 256;
-		uint32_t *n = realloc(u->v, ncap * sizeof(*n));
-
-		if (n == NULL)
-			return;
-		u->v = n;
-		u->cap = ncap;
-	}
-	u->v[u->n++] = m->uid;
+	(void)cli_nums_add(ctx, m->uid);
 }
 
 struct fetch_ctx {
@@ -129,40 +112,7 @@ struct fetch_ctx {
 	int failed;
 };
 
-static void fetch_untagged(void *ctx, const struct imap_response *resp)
-{
-	struct fetch_ctx *f = ctx;
-	const struct imap_value *items = imap_list_get(&resp->args, 0);
-	const struct imap_value *body;
-	char path[4096];
-	const char *data;
-	uint32_t uid;
-	size_t len;
-	FILE *out;
-
-	if (!imap_response_is(resp, "FETCH") || items == NULL ||
-	    imap_value_u32(imap_fetch_item(items, "UID"), &uid) < 0 ||
-	    (body = imap_fetch_item(items, "BODY[]")) == NULL)
-		return;
-	data = imap_value_str(body, &len);
-	if (data == NULL) {
-		/* A streamed literal: fetch_bodies() handles those; this
-		 * tool's pipelined path keeps to in-memory literals. */
-		f->failed = 1;
-		return;
-	}
-	snprintf(path, sizeof(path), "%s/%u.eml", f->dir, uid);
-	out = fopen(path, "wb");
-	if (out == NULL || fwrite(data, 1, len, out) != len) {
-		f->failed = 1;
-		if (out)
-			fclose(out);
-		return;
-	}
-	fclose(out);
-	f->count++;
-}
-
+/* DATA as DIR/UID.eml. */
 static void write_body(void *ctx, uint32_t uid, const char *data, size_t len)
 {
 	struct fetch_ctx *f = ctx;
@@ -181,6 +131,29 @@ static void write_body(void *ctx, uint32_t uid, const char *data, size_t len)
 	f->count++;
 }
 
+static void fetch_untagged(void *ctx, const struct imap_response *resp)
+{
+	struct fetch_ctx *f = ctx;
+	const struct imap_value *items = imap_list_get(&resp->args, 0);
+	const struct imap_value *body;
+	const char *data;
+	uint32_t uid;
+	size_t len;
+
+	if (!imap_response_is(resp, "FETCH") || items == NULL ||
+	    imap_value_u32(imap_fetch_item(items, "UID"), &uid) < 0 ||
+	    (body = imap_fetch_item(items, "BODY[]")) == NULL)
+		return;
+	data = imap_value_str(body, &len);
+	if (data == NULL) {
+		/* A streamed literal: fetch_bodies() handles those; this
+		 * tool's pipelined path keeps to in-memory literals. */
+		f->failed = 1;
+		return;
+	}
+	write_body(f, uid, data, len);
+}
+
 /* Fetch all bodies: batches of `batch` UIDs, every batch's UID FETCH sent
  * before the first answer is read (pipelining).  Messages over the
  * client's streaming threshold are fetched again one at a time through
@@ -189,7 +162,7 @@ static int fetch_all(struct imap_client *c, const char *dir, size_t batch,
                      struct proto_err *err)
 {
 	struct fetch_ctx f = {.dir = dir};
-	struct uids u = {0};
+	struct cli_nums u = {0};
 	struct imap_handler h = {.untagged = fetch_untagged, .ctx = &f};
 	int rc;
 
@@ -456,89 +429,45 @@ static int resync_cmd(struct imap_client *c, const char *mbox, int argc,
 
 int main(int argc, char **argv)
 {
-	static const struct option opts[] = {
-	        {"cafile", required_argument, NULL, 'c'},
-	        {"passcmd", required_argument, NULL, 'p'},
-	        {"password-stdin", no_argument, NULL, 's'},
-	        {"oauth2-cmd", required_argument, NULL, 'o'},
-	        {"notls", no_argument, NULL, 'n'},
-	        {"timeout", required_argument, NULL, 't'},
-	        {"debug", no_argument, NULL, 'd'},
-	        {NULL, 0, NULL, 0},
-	};
-	struct imap_config cfg = {.timeout_ms = 10000};
-	const char *passcmd = NULL, *oauthcmd = NULL;
-	struct account_url url = {0};
+	struct imap_config cfg = {0};
+	struct cli_args a;
 	struct proto_err err = {0};
 	struct imap_client *c = NULL;
-	bool pw_stdin = false, notls = false;
 	char *secret = NULL, *mbox = NULL;
 	const char *cmd;
-	int opt, rc;
+	int rc;
 
 	signal(SIGPIPE, SIG_IGN);
-	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		switch (opt) {
-		case 'c': cfg.cafile = optarg; break;
-		case 'p': passcmd = optarg; break;
-		case 's': pw_stdin = true; break;
-		case 'o': oauthcmd = optarg; break;
-		case 'n': notls = true; break;
-		case 't': cfg.timeout_ms = atoi(optarg); break;
-		case 'd': log_set_level(LOG_DEBUG); break;
-		default: return 2;
-		}
-	}
-	if (argc - optind < 2) {
-		fprintf(stderr,
-		        "usage: imapcli [options] URL COMMAND [ARGS]\n");
-		return 2;
-	}
-	if (url_parse(argv[optind], &url, &err) < 0)
+	rc = cli_parse(argc, argv, "imapcli", URL_IMAP, false, &a, &err);
+	if (rc < 0)
 		return die(&err);
-	if (url.proto != URL_IMAP) {
-		fprintf(stderr, "imapcli: not an IMAP URL\n");
-		url_clear(&url);
-		return 2;
-	}
-	cmd = argv[optind + 1];
-	cfg.host = url.host;
-	cfg.port = url.port_str;
-	cfg.user = url.user;
-	cfg.tls = url.implicit_tls ? IMAP_TLS_IMPLICIT
-	          : notls          ? IMAP_TLS_NONE
-	                           : IMAP_TLS_STARTTLS;
-	if (oauthcmd != NULL)
-		rc = cred_from_cmd(oauthcmd, &secret, &err);
-	else if (passcmd != NULL)
-		rc = cred_from_cmd(passcmd, &secret, &err);
-	else if (pw_stdin)
-		rc = cred_from_stdin(&secret, &err);
-	else
-		rc = cred_from_tty("Password: ", &secret, &err);
+	if (rc > 0)
+		return rc;
+	cmd = a.cmd;
+	rc = cli_secret(&a, &secret, &err);
 	if (rc < 0)
 		goto out;
-	if (oauthcmd != NULL)
-		cfg.oauth2_token = secret;
-	else
-		cfg.password = secret;
+	CLI_CONFIG(cfg, a, secret);
+	cfg.tls = a.url.implicit_tls ? IMAP_TLS_IMPLICIT
+	          : a.notls          ? IMAP_TLS_NONE
+	                             : IMAP_TLS_STARTTLS;
 
 	rc = imap_connect(&c, &cfg, &err);
 	cred_free(&secret);
 	if (rc < 0)
 		goto out;
 
-	if (optind + 2 < argc && utf7_encode(argv[optind + 2], &mbox) < 0) {
+	if (a.nargs > 0 && utf7_encode(a.args[0], &mbox) < 0) {
 		rc = proto_err_set(&err, PERR_LOCAL, -EINVAL,
 		                   "invalid mailbox name");
 		goto out;
 	}
 	if (strcmp(cmd, "caps") == 0) {
 		print_caps(c);
-	} else if (strcmp(cmd, "enable") == 0 && optind + 2 < argc) {
+	} else if (strcmp(cmd, "enable") == 0 && a.nargs > 0) {
 		char got[256];
 
-		rc = imap_enable(c, argv[optind + 2], got, &err);
+		rc = imap_enable(c, a.args[0], got, &err);
 		if (rc == 0)
 			printf("enabled %s\n", got);
 	} else if (strcmp(cmd, "id") == 0) {
@@ -561,30 +490,23 @@ int main(int argc, char **argv)
 		rc = imap_select(c, mbox, true, &info, &err);
 		if (rc == 0 && info.exists > 0)
 			rc = imap_fetch_meta(c, "1:*", 0, meta_cb, NULL, &err);
-	} else if (strcmp(cmd, "fetch") == 0 && mbox != NULL &&
-	           optind + 3 < argc) {
+	} else if (strcmp(cmd, "fetch") == 0 && mbox != NULL && a.nargs > 1) {
 		struct imap_select_info info;
 		size_t batch =
-		        optind + 4 < argc
-		                ? (size_t)strtoul(argv[optind + 4], NULL, 10)
-		                : 50;
+		        a.nargs > 2 ? (size_t)strtoul(a.args[2], NULL, 10) : 50;
 
 		rc = imap_select(c, mbox, true, &info, &err);
 		if (rc == 0 && info.exists > 0)
-			rc = fetch_all(c, argv[optind + 3], batch ? batch : 1,
-			               &err);
+			rc = fetch_all(c, a.args[1], batch ? batch : 1, &err);
 		else if (rc == 0)
 			printf("fetched 0 of 0\n");
 	} else if (strcmp(cmd, "fetchstream") == 0 && mbox != NULL &&
-	           optind + 3 < argc) {
-		rc = fetch_stream(c, mbox, argv[optind + 3], &err);
-	} else if (strcmp(cmd, "idle") == 0 && mbox != NULL &&
-	           optind + 3 < argc) {
-		rc = idle_cmd(c, mbox, argv[optind + 3], &err);
-	} else if (strcmp(cmd, "resync") == 0 && mbox != NULL &&
-	           optind + 5 < argc) {
-		rc = resync_cmd(c, mbox, argc - optind - 2, argv + optind + 2,
-		                &err);
+	           a.nargs > 1) {
+		rc = fetch_stream(c, mbox, a.args[1], &err);
+	} else if (strcmp(cmd, "idle") == 0 && mbox != NULL && a.nargs > 1) {
+		rc = idle_cmd(c, mbox, a.args[1], &err);
+	} else if (strcmp(cmd, "resync") == 0 && mbox != NULL && a.nargs > 3) {
+		rc = resync_cmd(c, mbox, a.nargs, a.args, &err);
 	} else {
 		fprintf(stderr, "imapcli: unknown command or missing "
 		                "arguments\n");
@@ -594,7 +516,7 @@ int main(int argc, char **argv)
 	}
 out:
 	free(mbox);
-	url_clear(&url);
+	url_clear(&a.url);
 	if (rc < 0) {
 		if (err.cls == PERR_NONE)
 			proto_err_set(&err, PERR_LOCAL, rc, "%s",

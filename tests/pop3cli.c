@@ -26,14 +26,13 @@
  * "pop3cli: CLASS: TEXT" and "pop3cli: errno NAME" and exits with 10 + the
  * error class. */
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cliutil.h"
 #include "proto/cred.h"
-#include "proto/log.h"
 #include "proto/pop3.h"
 #include "proto/url.h"
 
@@ -142,29 +141,13 @@ static void file_end(void *ctx, unsigned msgnum, int rc,
 	}
 }
 
-struct nums {
-	unsigned *v;
-	size_t n, cap;
-};
-
 static void collect_num(void *ctx, unsigned msgnum, uint64_t size)
 {
-	struct nums *u = ctx;
-
 	(void)size;
-	if (u->n == u->cap) {
-		size_t ncap = u->cap ? u->cap * 2 : 256;
-		unsigned *n = realloc(u->v, ncap * sizeof(*n));
-
-		if (n == NULL)
-			return;
-		u->v = n;
-		u->cap = ncap;
-	}
-	u->v[u->n++] = msgnum;
+	(void)cli_nums_add(ctx, msgnum);
 }
 
-static int parse_nums(char **argv, int argc, struct nums *u)
+static int parse_nums(char **argv, int argc, struct cli_nums *u)
 {
 	for (int i = 0; i < argc; i++) {
 		char *end;
@@ -182,7 +165,7 @@ static int retr_all(struct pop3_client *c, const char *dir, char **argv,
 {
 	struct retr_ctx r = {.dir = dir};
 	struct pop3_sink sink = {file_begin, file_data, file_end, &r};
-	struct nums u = {0};
+	struct cli_nums u = {0};
 	int rc;
 
 	if (argc > 0)
@@ -229,77 +212,33 @@ static int top(struct pop3_client *c, char **argv, int argc,
 
 int main(int argc, char **argv)
 {
-	static const struct option opts[] = {
-	        {"cafile", required_argument, NULL, 'c'},
-	        {"passcmd", required_argument, NULL, 'p'},
-	        {"password-stdin", no_argument, NULL, 's'},
-	        {"oauth2-cmd", required_argument, NULL, 'o'},
-	        {"notls", no_argument, NULL, 'n'},
-	        {"timeout", required_argument, NULL, 't'},
-	        {"max-size", required_argument, NULL, 'm'},
-	        {"debug", no_argument, NULL, 'd'},
-	        {NULL, 0, NULL, 0},
-	};
-	struct pop3_config cfg = {.timeout_ms = 10000};
-	const char *passcmd = NULL, *oauthcmd = NULL;
-	struct account_url url = {0};
+	struct pop3_config cfg = {0};
+	struct cli_args a;
 	struct proto_err err = {0};
 	struct pop3_client *c = NULL;
-	bool pw_stdin = false, notls = false, quit = true;
+	bool quit = true;
 	char *secret = NULL;
 	const char *cmd;
-	int opt, rc, nargs;
+	int rc, nargs;
 	char **args;
 
 	signal(SIGPIPE, SIG_IGN);
-	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		switch (opt) {
-		case 'c': cfg.cafile = optarg; break;
-		case 'p': passcmd = optarg; break;
-		case 's': pw_stdin = true; break;
-		case 'o': oauthcmd = optarg; break;
-		case 'n': notls = true; break;
-		case 't': cfg.timeout_ms = atoi(optarg); break;
-		case 'm': cfg.max_message = strtoull(optarg, NULL, 10); break;
-		case 'd': log_set_level(LOG_DEBUG); break;
-		default: return 2;
-		}
-	}
-	if (argc - optind < 2) {
-		fprintf(stderr,
-		        "usage: pop3cli [options] URL COMMAND [ARGS]\n");
-		return 2;
-	}
-	if (url_parse(argv[optind], &url, &err) < 0)
+	rc = cli_parse(argc, argv, "pop3cli", URL_POP3, true, &a, &err);
+	if (rc < 0)
 		return die(&err);
-	if (url.proto != URL_POP3) {
-		fprintf(stderr, "pop3cli: not a POP3 URL\n");
-		url_clear(&url);
-		return 2;
-	}
-	cmd = argv[optind + 1];
-	args = argv + optind + 2;
-	nargs = argc - optind - 2;
-	cfg.host = url.host;
-	cfg.port = url.port_str;
-	cfg.user = url.user;
-	cfg.tls = url.implicit_tls ? POP3_TLS_IMPLICIT
-	          : notls          ? POP3_TLS_NONE
-	                           : POP3_TLS_STLS;
-	if (oauthcmd != NULL)
-		rc = cred_from_cmd(oauthcmd, &secret, &err);
-	else if (passcmd != NULL)
-		rc = cred_from_cmd(passcmd, &secret, &err);
-	else if (pw_stdin)
-		rc = cred_from_stdin(&secret, &err);
-	else
-		rc = cred_from_tty("Password: ", &secret, &err);
+	if (rc > 0)
+		return rc;
+	cmd = a.cmd;
+	args = a.args;
+	nargs = a.nargs;
+	rc = cli_secret(&a, &secret, &err);
 	if (rc < 0)
 		goto out;
-	if (oauthcmd != NULL)
-		cfg.oauth2_token = secret;
-	else
-		cfg.password = secret;
+	CLI_CONFIG(cfg, a, secret);
+	cfg.max_message = a.max_size;
+	cfg.tls = a.url.implicit_tls ? POP3_TLS_IMPLICIT
+	          : a.notls          ? POP3_TLS_NONE
+	                             : POP3_TLS_STLS;
 
 	rc = pop3_connect(&c, &cfg, &err);
 	cred_free(&secret);
@@ -326,7 +265,7 @@ int main(int argc, char **argv)
 	} else if ((strcmp(cmd, "dele") == 0 ||
 	            strcmp(cmd, "dele-drop") == 0) &&
 	           nargs >= 1) {
-		struct nums u = {0};
+		struct cli_nums u = {0};
 
 		quit = strcmp(cmd, "dele") == 0;
 		rc = parse_nums(args, nargs, &u);
@@ -341,7 +280,7 @@ int main(int argc, char **argv)
 	if (rc == -EINVAL && err.cls == PERR_NONE)
 		proto_err_set(&err, PERR_LOCAL, rc, "usage");
 out:
-	url_clear(&url);
+	url_clear(&a.url);
 	if (rc < 0) {
 		if (err.cls == PERR_NONE)
 			proto_err_set(&err, PERR_LOCAL, rc, "%s",

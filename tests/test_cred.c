@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -390,6 +391,21 @@ static void pty_expect(int master, const char *want, int count, char *log,
 	}
 }
 
+/* A new pty T and a child asking for the password on it (pty_child());
+ * returns once the prompt is in LOG. */
+static pid_t pty_prompted(struct pty *t, char *log, size_t logsz)
+{
+	pid_t pid;
+
+	pty_open(t);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		pty_child(t);
+	pty_expect(t->master, "Password: ", 1, log, logsz);
+	return pid;
+}
+
 /* Everything until the child closes the terminal. */
 static void pty_drain(int master, char *log, size_t logsz)
 {
@@ -409,28 +425,33 @@ static void pty_drain(int master, char *log, size_t logsz)
 	log[len] = '\0';
 }
 
+/* Waits for the child PID on pty T and closes T, after reading what is
+ * left on it into LOG when DRAIN; the child must have exited 0. */
+static void pty_reap_ok(struct pty *t, pid_t pid, bool drain, char *log,
+                        size_t logsz)
+{
+	int status;
+
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	close(t->slave);
+	if (drain)
+		pty_drain(t->master, log, logsz);
+	close(t->master);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		fail_msg("child status 0x%x, terminal said \"%s\"", status,
+		         log);
+}
+
 static void test_tty(void **state)
 {
 	char log[4096] = "";
 	struct pty t;
-	int status;
 	pid_t pid;
 
 	(void)state;
-	pty_open(&t);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0)
-		pty_child(&t);
-	pty_expect(t.master, "Password: ", 1, log, sizeof(log));
+	pid = pty_prompted(&t, log, sizeof(log));
 	assert_int_equal(write(t.master, "hunter2\n", 8), 8);
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	close(t.slave);
-	pty_drain(t.master, log, sizeof(log));
-	close(t.master);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		fail_msg("child status 0x%x, terminal said \"%s\"", status,
-		         log);
+	pty_reap_ok(&t, pid, true, log, sizeof(log));
 	/* not echoed, and a newline after the prompt */
 	assert_null(strstr(log, "hunter2"));
 	assert_non_null(strstr(log, "Password: \r\n"));
@@ -446,12 +467,7 @@ static void test_tty_interrupt(void **state)
 	pid_t pid;
 
 	(void)state;
-	pty_open(&t);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0)
-		pty_child(&t);
-	pty_expect(t.master, "Password: ", 1, log, sizeof(log));
+	pid = pty_prompted(&t, log, sizeof(log));
 	assert_int_equal(tcgetattr(t.slave, &tio), 0);
 	assert_false(tio.c_lflag & ECHO);
 	assert_int_equal(write(t.master, "hun\003", 4), 4);
@@ -470,25 +486,14 @@ static void test_tty_suspend(void **state)
 {
 	char log[4096] = "";
 	struct pty t;
-	int status;
 	pid_t pid;
 
 	(void)state;
-	pty_open(&t);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0)
-		pty_child(&t);
-	pty_expect(t.master, "Password: ", 1, log, sizeof(log));
+	pid = pty_prompted(&t, log, sizeof(log));
 	assert_int_equal(write(t.master, "xx\032", 3), 3);
 	pty_expect(t.master, "Password: ", 2, log, sizeof(log));
 	assert_int_equal(write(t.master, "hunter2\n", 8), 8);
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	close(t.slave);
-	close(t.master);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		fail_msg("child status 0x%x, terminal said \"%s\"", status,
-		         log);
+	pty_reap_ok(&t, pid, false, log, sizeof(log));
 }
 
 /* In the foreground of a terminal the command shares our process group,
@@ -497,7 +502,6 @@ static void test_cmd_tty_foreground(void **state)
 {
 	char log[4096] = "";
 	struct pty t;
-	int status;
 	pid_t pid;
 
 	(void)state;
@@ -521,12 +525,7 @@ static void test_cmd_tty_foreground(void **state)
 		_exit(strcmp(s, "got hello") == 0 ? 0 : 13);
 	}
 	assert_int_equal(write(t.master, "hello\n", 6), 6);
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	close(t.slave);
-	pty_drain(t.master, log, sizeof(log));
-	close(t.master);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		fail_msg("child status 0x%x", status);
+	pty_reap_ok(&t, pid, true, log, sizeof(log));
 }
 
 static void test_tty_none(void **state)

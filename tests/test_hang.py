@@ -20,22 +20,21 @@ Every reader runs in a child process with a time bound; a reader that hangs
 fails its test, and the mount's FUSE connection is aborted (through the
 fusectl file system) so that nothing is left blocked.
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs).  Exit status 77 when Dovecot or FUSE is missing."""
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
+Dovecot or FUSE is missing."""
 
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'harness'))
 import imapproxy  # noqa: E402
-import mailharness  # noqa: E402
+import mounttest  # noqa: E402
 import mountutil  # noqa: E402
 
 TEST_TIMEOUT = 120.0    # then our mailfs is killed and the connection aborted
@@ -44,7 +43,6 @@ STALL_TIMEOUT = 5       # -o timeout= against the stalling server
 STALL_SLACK = 1.0       # scheduling slack over the timeout
 UNMOUNT_SECONDS = 10.0  # fusermount3 -u must succeed within this
 FUSECTL = '/sys/fs/fuse/connections'
-LOG_LINES = int(os.environ.get('MAILFS_TEST_LOG_LINES', 40))  # shown on failure
 
 USERS = {u: u + 'pw' for u in ('sizes', 'staller')}
 
@@ -130,51 +128,28 @@ def abort_connection(conn):
         return False
 
 
-class HangTest(unittest.TestCase):
+class HangTest(mounttest.BoundedTest):
     """Bounds every test: past TEST_TIMEOUT our mailfs is killed by pid and
     its FUSE connection aborted.  A test's mounts are unmounted at its end
     (the connection aborted first if a reader hung)."""
 
+    TEST_TIMEOUT = TEST_TIMEOUT
     USER = None
 
     def setUp(self):
         self.hung = False
         self.conns = []
-        self._timer = threading.Timer(TEST_TIMEOUT, self._abort)
-        self._timer.daemon = True
-        self._timer.start()
+        super().setUp()
 
-    def tearDown(self):
-        self._timer.cancel()
-
-    def run(self, result=None):
-        self._mounts = []
-        before = len(result.failures) + len(result.errors) if result else 0
-        out = super().run(result)
-        if result and len(result.failures) + len(result.errors) > before:
-            for m in self._mounts:
-                lines = [l for l in m.log().splitlines()
-                         if l.startswith('mailfs') or ' C: ' in l]
-                print('\n--- mailfs log (last %d of its own lines):\n%s'
-                      % (LOG_LINES, '\n'.join(lines[-LOG_LINES:])), file=sys.stderr)
-        return out
-
-    def _abort(self):
-        print('\n%s: over %.0f s; aborting the mount' % (self.id(), TEST_TIMEOUT),
-              file=sys.stderr, flush=True)
+    def timed_out(self):
         self.hung = True
         for c in self.conns:
             abort_connection(c)
-        for m in list(mountutil._active):
-            m.kill()
 
     def mount(self, tag, url, options=()):
-        base = tempfile.mkdtemp(prefix=tag + '-', dir=TMP)
-        mnt = os.path.join(base, 'mnt')
-        os.mkdir(mnt)
-        m = mountutil.Mount(dc, mnt, os.path.join(base, 'cache'), user=self.USER,
-                            mode='debug', options=list(options), url=url)
-        self._mounts.append(m)
+        mnt, cache = mounttest.fresh(TMP, tag)
+        m = self.track(mountutil.Mount(dc, mnt, cache, user=self.USER,
+                                       mode='debug', options=list(options), url=url))
         m.start()
         self.conns.append(fuse_connection(m.mountpoint))
         self.addCleanup(self._unmount, m, self.conns[-1])
@@ -454,18 +429,11 @@ class Stall(HangTest):
 
 def setUpModule():
     global dc, TMP
-    mailharness.require_dovecot()
-    mountutil.require_fuse()
-    mountutil.install_signal_handlers()
-    TMP = mountutil.scratch_dir('mailfs-hang-test-')
-    dc = mailharness.Dovecot(users=USERS)
+    dc, TMP = mounttest.set_up_module('mailfs-hang-test-', users=USERS)
 
 
 def tearDownModule():
-    mountutil.unmount_all()
-    if dc is not None:
-        dc.close()
-    mountutil.remove_scratch(TMP)
+    mounttest.tear_down_module(dc, TMP)
 
 
 if __name__ == '__main__':

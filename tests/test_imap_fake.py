@@ -18,10 +18,8 @@ import re
 import shutil
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,13 +28,9 @@ sys.path.insert(0, os.path.join(HERE, 'harness'))
 import imapfake  # noqa: E402
 import mailharness  # noqa: E402
 
-IMAPCLI = os.environ.get('MAILFS_IMAPCLI') or os.path.join(
-    os.environ.get('MAILFS_BUILD', ''), 'tests', 'imapcli')
+IMAPCLI = mailharness.test_tool('imapcli')
 
-# enum proto_err_class (proto/error.h); imapcli exits with 10 + the class.
-PERR = dict(RESOLVE=1, CONNECT=2, TIMEOUT=3, TLS=4, TLS_VERIFY=5, NOTLS=6,
-            PROTOCOL=7, NO=8, BAD=9, AUTH=10, BYE=11, LOCAL=12, BUSY=13)
-EXIT = {name: 10 + n for name, n in PERR.items()}
+EXIT = mailharness.CLI_EXIT   # imapcli's exit code for each error class
 
 USER, PASSWORD = 'alice', 'secret'
 SASL_PLAIN = base64.b64encode(b'\0alice\0secret').decode()  # AGFsaWNlAHNlY3JldA==
@@ -64,20 +58,6 @@ def server_context(cert='server'):
     return ctx
 
 
-class Result:
-    def __init__(self, proc, elapsed):
-        self.rc = proc.returncode
-        self.stdout = proc.stdout.decode('utf-8', errors='replace')
-        self.stderr = proc.stderr.decode('utf-8', errors='replace')
-        self.elapsed = elapsed
-        last = [l for l in self.stdout.splitlines() if l.startswith('imapcli: ')]
-        self.message = last[-1] if last else ''
-
-    def __str__(self):
-        return 'exit %s after %.2f s\nstdout:\n%s\nstderr:\n%s' % (
-            self.rc, self.elapsed, self.stdout, self.stderr)
-
-
 def run_cli(port, command, *args, notls=False, timeout_ms=CLIENT_WAIT_MS,
             password=PASSWORD, host='localhost'):
     argv = [IMAPCLI, '--password-stdin', '--cafile', PKI['ca'],
@@ -85,10 +65,7 @@ def run_cli(port, command, *args, notls=False, timeout_ms=CLIENT_WAIT_MS,
     if notls:
         argv.append('--notls')
     argv += ['imap://%s@%s:%d' % (USER, host, port), command] + list(args)
-    start = time.monotonic()
-    proc = subprocess.run(argv, input=(password + '\n').encode('utf-8'),
-                          capture_output=True, timeout=CLI_TIMEOUT)
-    return Result(proc, time.monotonic() - start)
+    return mailharness.run_tool(argv, password, CLI_TIMEOUT, last=True)
 
 
 class TranscriptFormatTest(unittest.TestCase):
@@ -137,28 +114,16 @@ S: {word}
         self.assertFalse(srv.done)
 
 
-class FakeServerTest(unittest.TestCase):
+class FakeServerTest(imapfake.TranscriptChecks, unittest.TestCase):
     maxDiff = None
 
     def converse(self, transcript, command, *args, data=None, cert='server',
                  drip=0.0, **cli):
         """Play TRANSCRIPT to one imapcli run; return (server, result)."""
         t = imapfake.Transcript.load(transcript, data)
-        srv = imapfake.FakeServer(t, tls_context=server_context(cert), drip=drip)
-        try:
+        with imapfake.FakeServer(t, tls_context=server_context(cert), drip=drip) as srv:
             r = run_cli(srv.port, command, *args, **cli)
-            srv.wait(imapfake.STEP_TIMEOUT)
-        finally:
-            srv.close()
         return srv, r
-
-    def explain(self, srv, r):
-        return '\n%s\n%s' % (srv.dialogue(), r)
-
-    def assertPlayed(self, srv, r):
-        """The client followed the transcript to its end."""
-        self.assertIsNone(srv.failure, self.explain(srv, r))
-        self.assertTrue(srv.done, self.explain(srv, r))
 
     def assertFails(self, srv, r, *classes):
         """imapcli failed with one of CLASSES, quickly, in one line."""

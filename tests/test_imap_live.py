@@ -15,12 +15,10 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'harness'))
 import mailharness  # noqa: E402
 
-IMAPCLI = os.environ.get('MAILFS_IMAPCLI') or os.path.join(
-    os.environ.get('MAILFS_BUILD', 'build'), 'tests', 'imapcli')
+IMAPCLI = mailharness.test_tool('imapcli')
 
-# Exit status of imapcli: 10 + enum proto_err_class (proto/error.h).
-EXIT_TLS_VERIFY = 15
-EXIT_AUTH = 20
+EXIT_TLS_VERIFY = mailharness.CLI_EXIT['TLS_VERIFY']
+EXIT_AUTH = mailharness.CLI_EXIT['AUTH']
 
 dc = None
 
@@ -121,11 +119,7 @@ class Login(unittest.TestCase):
         self.assertIn('expired', r.stdout)
 
     def test_connection_refused_is_quick(self):
-        import socket
-        s = socket.socket()
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = mailharness.free_ports(1)[0]
         t = time.monotonic()
         r = cli('imaps://alice@127.0.0.1:%d' % port, 'caps')
         self.assertEqual(r.returncode, 12, r.stdout + r.stderr)
@@ -388,8 +382,4 @@ class ResyncIdle(unittest.TestCase):
 
 
 if __name__ == '__main__':
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    failed = len(res.failures) + len(res.errors)
-    print('%d passed, %d failed' % (res.testsRun - failed - len(res.skipped), failed))
-    sys.exit(1 if failed else 0)
+    mailharness.run_tests()

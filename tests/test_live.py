@@ -42,9 +42,7 @@ Stalled        a frozen server: ls of a mailbox whose view is older than
                poll answers from the cache within timeout + 3 s; thawed, the
                mount follows the server again
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs), MAILFS_SOURCE; MAILFS_TEST_LOG_LINES, how many of
-mailfs's own log lines a failing test shows (40).  Exit status 77 when
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
 Dovecot or FUSE is missing."""
 
 import base64
@@ -53,16 +51,15 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'harness'))
 import imapproxy  # noqa: E402
 import mailharness  # noqa: E402
+import mounttest  # noqa: E402
 import mountutil  # noqa: E402
+from mounttest import body_fetches, eml, fetched_uids, names, read  # noqa: E402
 
 TEST_TIMEOUT = 90.0     # a hung FUSE request fails the test instead of hanging it
 LIVE_SECONDS = 5.0      # INBOX: a change elsewhere shows within this (IDLE)
@@ -75,7 +72,6 @@ GREP_TIMEOUT = 5        # -o timeout= while the server goes away during grep
 GREP_BOUND = 60.0       # grep must end within this after the server stopped
 RECOVER_SECONDS = 75.0  # back-off grows to 60 s: a later grep works within this
 STALL_TIMEOUT = 3       # -o timeout= against a frozen server
-LOG_LINES = int(os.environ.get('MAILFS_TEST_LOG_LINES', 40))  # shown on failure
 
 WORD = 'Wombatxylophon'
 
@@ -85,11 +81,6 @@ USERS = {u: u + 'pw' for u in ('idle', 'poller', 'boxes', 'resync', 'broken',
 
 dc = None
 TMP = None
-
-# What a body fetch looks like among the commands sent (not RFC822.SIZE,
-# not BODY.PEEK[HEADER.FIELDS ...]).
-BODY_FETCH = re.compile(r'BODY(\.PEEK)?\[\]|BINARY(\.PEEK)?\[\]|\bRFC822(?![.\w])', re.I)
-
 
 # How mailfs's log says it stopped trusting a server's CONDSTORE.
 BROKEN_CONDSTORE = re.compile(r'condstore.*(broken|ignor|not (be )?trust|untrust)', re.I)
@@ -108,23 +99,7 @@ def message(tag, i=0, extra=''):
 
 
 def fresh(tag):
-    """A new empty mount point and a cache path (not created) for a scenario."""
-    base = tempfile.mkdtemp(prefix=tag + '-', dir=TMP)
-    os.mkdir(os.path.join(base, 'mnt'))
-    return os.path.join(base, 'mnt'), os.path.join(base, 'cache')
-
-
-def read(path):
-    with open(path, 'rb') as f:
-        return f.read()
-
-
-def names(path):
-    return set(os.listdir(path))
-
-
-def eml(uids):
-    return {'%d.eml' % u for u in uids}
+    return mounttest.fresh(TMP, tag)
 
 
 def flags_of(path):
@@ -144,17 +119,12 @@ def wait_for(fn, seconds, interval=LIVE_INTERVAL):
     """Call fn until it returns something true or seconds pass; return
     (last value, seconds waited)."""
     t0 = time.monotonic()
-    while True:
-        v = fn()
-        if v or time.monotonic() - t0 > seconds:
-            return v, time.monotonic() - t0
-        time.sleep(interval)
+    v = mounttest.wait_for(fn, seconds, interval)
+    return v, time.monotonic() - t0
 
 
 def run(argv, timeout=OP_TIMEOUT):
-    env = dict(os.environ, LC_ALL='C')
-    return subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=env,
-                          timeout=timeout)
+    return mounttest.run(argv, timeout)
 
 
 def uidset(uids):
@@ -207,28 +177,6 @@ def mailbox_command(user, command, *args):
         m.logout()
 
 
-def body_fetches(commands):
-    return [c for c in commands if BODY_FETCH.search(c)]
-
-
-def fetched_uids(commands):
-    """UIDs named by the body fetches among the commands sent (-1: a fetch
-    whose UIDs cannot be told)."""
-    uids = set()
-    for c in body_fetches(commands):
-        m = re.search(r'UID FETCH ([0-9:,*]+)', c)
-        if not m:
-            uids.add(-1)
-            continue
-        for part in m.group(1).split(','):
-            a, _, b = part.partition(':')
-            if '*' in (a, b):
-                uids.add(-1)
-            else:
-                uids.update(range(int(a), int(b or a) + 1))
-    return uids
-
-
 def opened(commands, box):
     """The SELECT / EXAMINE commands of mailbox BOX among COMMANDS."""
     pat = re.compile(r'^\S+ (SELECT|EXAMINE) "?%s"?(\s|$)' % re.escape(box), re.I)
@@ -237,51 +185,14 @@ def opened(commands, box):
 
 # ------------------------------------------------------------------ base
 
-class LiveTest(unittest.TestCase):
-    """Bounds every test: if one runs longer than its TEST_TIMEOUT (a FUSE
-    request that never gets an answer), our mailfs processes are killed by
-    pid, which makes the kernel fail the pending requests.  A failing test
-    shows the tail of its mounts' logs."""
-
+class LiveTest(mounttest.BoundedTest):
     TEST_TIMEOUT = TEST_TIMEOUT
     USER = None
 
-    def setUp(self):
-        self._timer = threading.Timer(self.TEST_TIMEOUT, self._abort)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def tearDown(self):
-        self._timer.cancel()
-
-    def _abort(self):
-        print('\n%s: over %.0f s; killing mailfs' % (self.id(), self.TEST_TIMEOUT),
-              file=sys.stderr, flush=True)
-        for m in list(mountutil._active):
-            m.kill()
-
-    def run(self, result=None):
-        self._mounts = []
-        before = len(result.failures) + len(result.errors) if result else 0
-        out = super().run(result)
-        if result and len(result.failures) + len(result.errors) > before:
-            for m in self._mounts:
-                # Without the FUSE request lines of -d: mailfs's own lines.
-                lines = [l for l in m.log().splitlines()
-                         if l.startswith('mailfs') or ' C: ' in l]
-                print('\n--- mailfs log of %s (last %d of its own lines):\n%s'
-                      % (os.path.basename(os.path.dirname(m.mountpoint)), LOG_LINES,
-                         '\n'.join(lines[-LOG_LINES:])), file=sys.stderr)
-        return out
-
     def mount(self, tag, mode='debug', options=(), url=None):
         mnt, cache = fresh(tag)
-        m = mountutil.Mount(dc, mnt, cache, user=self.USER, mode=mode,
-                            options=list(options), url=url)
-        self._mounts.append(m)
-        m.start()
-        self.addCleanup(m.unmount)
-        return m
+        return self.started(mountutil.Mount(dc, mnt, cache, user=self.USER, mode=mode,
+                                            options=list(options), url=url))
 
     def server_uids(self, box):
         return set(dc.flags(self.USER, box))
@@ -307,18 +218,11 @@ class LiveTest(unittest.TestCase):
 
 def setUpModule():
     global dc, TMP
-    mailharness.require_dovecot()
-    mountutil.require_fuse()
-    mountutil.install_signal_handlers()
-    TMP = mountutil.scratch_dir('mailfs-live-test-')
-    dc = mailharness.Dovecot(users=USERS)
+    dc, TMP = mounttest.set_up_module('mailfs-live-test-', users=USERS)
 
 
 def tearDownModule():
-    mountutil.unmount_all()
-    if dc is not None:
-        dc.close()
-    mountutil.remove_scratch(TMP)
+    mounttest.tear_down_module(dc, TMP)
 
 
 # ------------------------------------------------------- 1. INBOX with IDLE
@@ -686,7 +590,7 @@ class Background(LiveTest):
             o.store([self.seeded[2]], '+FLAGS', ['$Background'])
         want = dc.flags(self.USER, self.BOX)[self.seeded[2]]
         self.assertIn('$Background', want)
-        self.assertTrue(wait_for(lambda: flags_of(path) == want, 3 * POLL + 2),
+        self.assertTrue(wait_for(lambda: flags_of(path) == want, 3 * POLL + 2)[0],
                         'flags not updated in the background: %s' % sorted(flags_of(path)))
 
 
@@ -960,14 +864,4 @@ class Stalled(LiveTest):
 
 
 if __name__ == '__main__':
-    t0 = time.monotonic()
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    # A test with failing subtests counts once.
-    failed = len({getattr(t, 'test_case', t).id() for t, _ in res.failures + res.errors}
-                 | {t.id() for t in res.unexpectedSuccesses})
-    passed = res.testsRun - failed - len(res.skipped) - len(res.expectedFailures)
-    print('%d expected failures, %d skipped, %.0f s'
-          % (len(res.expectedFailures), len(res.skipped), time.monotonic() - t0))
-    print('%d passed, %d failed' % (passed, failed))
-    sys.exit(1 if failed else 0)
+    mounttest.main()

@@ -32,15 +32,12 @@ PopPasscmd     POP3: the password changed on the server and in passcmd's
                store: the next poll's login is refused, passcmd runs again
                and the new mail arrives byte-exact
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs), MAILFS_SOURCE; MAILFS_TEST_LOG_LINES, how many of
-mailfs's own log lines a failing test shows (40).  Exit status 77 when
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
 Dovecot or FUSE is missing."""
 
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 import unittest
@@ -48,8 +45,9 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'harness'))
 import imapproxy  # noqa: E402
-import mailharness  # noqa: E402
+import mounttest  # noqa: E402
 import mountutil  # noqa: E402
+from mounttest import read  # noqa: E402
 
 TEST_TIMEOUT = 120.0    # a hung FUSE request fails the test instead of hanging it
 FRESH = 5.0             # README: logins this close to a run share its token
@@ -58,7 +56,6 @@ POLL = 2                # -o poll=
 WRONG_WINDOW = 12.0     # PasscmdWrong: how long the refusals are watched
 WRONG_MAX_LOGINS = 16   # ... and how many logins may reach the server meanwhile
 RECOVER_SECONDS = 75.0  # back-off grows to 60 s: a fixed password works within this
-LOG_LINES = int(os.environ.get('MAILFS_TEST_LOG_LINES', 40))
 
 USERS = {u: u + 'pw' for u in ('oauth', 'changed', 'wrong', 'popchanged')}
 
@@ -84,14 +81,8 @@ def message(tag, i=0):
 
 
 def fresh(tag):
-    base = tempfile.mkdtemp(prefix=tag + '-', dir=TMP)
-    os.mkdir(os.path.join(base, 'mnt'))
+    base = mounttest.fresh_base(TMP, tag)
     return base, os.path.join(base, 'mnt'), os.path.join(base, 'cache')
-
-
-def read(path):
-    with open(path, 'rb') as f:
-        return f.read()
 
 
 def write(path, text):
@@ -101,15 +92,7 @@ def write(path, text):
 
 
 def wait_for(fn, seconds, interval=0.25):
-    t0 = time.monotonic()
-    while True:
-        try:
-            v = fn()
-        except OSError:
-            v = None
-        if v or time.monotonic() - t0 > seconds:
-            return v
-        time.sleep(interval)
+    return mounttest.wait_for(fn, seconds, interval, errors=OSError)
 
 
 class Command:
@@ -168,43 +151,14 @@ class AuthCounter:
 
 # ------------------------------------------------------------------ base
 
-class LoginTest(unittest.TestCase):
+class LoginTest(mounttest.BoundedTest):
+    TEST_TIMEOUT = TEST_TIMEOUT
     USER = None
 
-    def setUp(self):
-        self._timer = threading.Timer(TEST_TIMEOUT, self._abort)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def tearDown(self):
-        self._timer.cancel()
-
-    def _abort(self):
-        print('\n%s: over %.0f s; killing mailfs' % (self.id(), TEST_TIMEOUT),
-              file=sys.stderr, flush=True)
-        for m in list(mountutil._active):
-            m.kill()
-
-    def run(self, result=None):
-        self._mounts = []
-        before = len(result.failures) + len(result.errors) if result else 0
-        out = super().run(result)
-        if result and len(result.failures) + len(result.errors) > before:
-            for m in self._mounts:
-                lines = [l for l in m.log().splitlines()
-                         if l.startswith('mailfs') or ' C: ' in l]
-                print('\n--- mailfs log of %s (last %d of its own lines):\n%s'
-                      % (os.path.basename(os.path.dirname(m.mountpoint)), LOG_LINES,
-                         '\n'.join(lines[-LOG_LINES:])), file=sys.stderr)
-        return out
-
     def mount(self, mnt, cache, credential, url=None, options=('poll=%d' % POLL,)):
-        m = mountutil.Mount(dc, mnt, cache, user=self.USER, mode='debug',
-                            options=list(options), url=url, credential=credential)
-        self._mounts.append(m)
-        m.start()
-        self.addCleanup(m.unmount)
-        return m
+        return self.started(mountutil.Mount(dc, mnt, cache, user=self.USER, mode='debug',
+                                            options=list(options), url=url,
+                                            credential=credential))
 
     def assertInboxExact(self, m, what=''):
         """Every file of the mount's INBOX reads as the server serves it, and
@@ -227,20 +181,13 @@ class LoginTest(unittest.TestCase):
 
 def setUpModule():
     global dc, TMP
-    mailharness.require_dovecot()
-    mountutil.require_fuse()
-    mountutil.install_signal_handlers()
-    TMP = mountutil.scratch_dir('mailfs-login-test-')
-    dc = mailharness.Dovecot(users=USERS)
+    dc, TMP = mounttest.set_up_module('mailfs-login-test-', users=USERS)
     for u in USERS:
         dc.append_many(u, 'INBOX', [message(u + '-seed', i) for i in range(4)])
 
 
 def tearDownModule():
-    mountutil.unmount_all()
-    if dc is not None:
-        dc.close()
-    mountutil.remove_scratch(TMP)
+    mounttest.tear_down_module(dc, TMP)
 
 
 # ----------------------------------------------------- 1. OAuth2 tokens expire

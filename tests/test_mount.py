@@ -28,11 +28,9 @@ MountErrors   one-line errors, non-zero exit, no mount left, within seconds, for
 UidValidity   a UIDVALIDITY change re-matches cached bodies, nothing re-fetched
 Writes        writes, creates and mkdir fail at once (EPERM; -o ro: EROFS)
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs), MAILFS_SOURCE, MAILFS_CORPUS.  Exit status 77 when
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
 Dovecot or FUSE is missing."""
 
-import base64
 import concurrent.futures
 import ctypes
 import datetime
@@ -48,14 +46,15 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'harness'))
 import mailharness  # noqa: E402
+import mounttest  # noqa: E402
 import mountutil  # noqa: E402
+from mounttest import b64word, fetched_uids, read, run, vm_hwm  # noqa: E402
 
 TEST_TIMEOUT = 120.0    # a hung FUSE request fails the test instead of hanging it
 OP_TIMEOUT = 15.0       # one file operation in a child process
@@ -78,8 +77,12 @@ NAMED = ['Entwürfe', '台北/日本語', 'with space', 'A & B', 'Parent/Child']
 
 # ------------------------------------------------------------------ helpers
 
-def b64word(text):
-    return '=?UTF-8?B?' + base64.b64encode(text.encode()).decode() + '?='
+def fresh(tag):
+    return mounttest.fresh(TMP, tag)
+
+
+def try_op(op, path, arg=None):
+    return mounttest.try_op(op, path, arg, timeout=OP_TIMEOUT)
 
 
 def component(name):
@@ -123,32 +126,6 @@ class Tree:
         return {p: v for p, v in self.files.items() if v[0] == box}
 
 
-def server_meta(dcx, user, box):
-    """{uid: (RFC822.SIZE, INTERNALDATE as epoch seconds)} from the server."""
-    m = dcx.imap(user)
-    try:
-        typ, data = m.select(mailharness.imap_quote(mailharness.utf7_encode(box)),
-                             readonly=True)
-        assert typ == 'OK', data
-        typ, data = m.uid('FETCH', '1:*', '(UID RFC822.SIZE INTERNALDATE)')
-    finally:
-        m.logout()
-    out = {}
-    for item in data:
-        if isinstance(item, tuple):
-            item = item[0]
-        if not item:
-            continue
-        uid = re.search(rb'UID (\d+)', item)
-        size = re.search(rb'RFC822\.SIZE (\d+)', item)
-        date = re.search(rb'INTERNALDATE "([^"]+)"', item)
-        if uid and size and date:
-            when = datetime.datetime.strptime(date.group(1).decode().strip(),
-                                              '%d-%b-%Y %H:%M:%S %z')
-            out[int(uid.group(1))] = (int(size.group(1)), int(when.timestamp()))
-    return out
-
-
 def walk(root):
     """(set of directory relpaths, set of file relpaths) below root."""
     dirs, files = set(), set()
@@ -159,18 +136,6 @@ def walk(root):
         for n in names:
             files.add(os.path.normpath(os.path.join(rel, n)))
     return dirs, files
-
-
-def read(path):
-    with open(path, 'rb') as f:
-        return f.read()
-
-
-def fresh(tag):
-    """A new empty mount point and a cache path (not created) for a scenario."""
-    base = tempfile.mkdtemp(prefix=tag + '-', dir=TMP)
-    os.mkdir(os.path.join(base, 'mnt'))
-    return os.path.join(base, 'mnt'), os.path.join(base, 'cache')
 
 
 def file_digest(path):
@@ -255,80 +220,6 @@ def body_of(rel):
     return BODIES[box][uid]
 
 
-def fetched_uids(commands):
-    """UIDs named by the body fetches (BODY.PEEK[]) among the commands sent."""
-    uids = set()
-    for c in commands:
-        if 'BODY.PEEK[]' not in c:
-            continue
-        m = re.search(r'UID FETCH ([0-9:,*]+)', c)
-        if m:
-            for part in m.group(1).split(','):
-                a, _, b = part.partition(':')
-                uids.update(range(int(a), int(b or a) + 1))
-        else:
-            uids.add(-1)
-    return uids
-
-
-_OPS = r'''
-import errno, os, sys
-op, path = sys.argv[1], sys.argv[2]
-arg = sys.argv[3] if len(sys.argv) > 3 else None
-try:
-    if op == 'read':
-        with open(path, 'rb') as f:
-            f.read()
-    elif op == 'create':
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-    elif op == 'write':
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-        os.write(fd, b'x\n')
-        os.close(fd)
-    elif op == 'append':
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        os.write(fd, b'x\n')
-        os.close(fd)
-    elif op == 'truncate':
-        os.truncate(path, 0)
-    elif op == 'chmod':
-        os.chmod(path, 0o644)
-    elif op == 'utime':
-        os.utime(path, (0, 0))
-    elif op == 'mkdir':
-        os.mkdir(path)
-    elif op == 'rmdir':
-        os.rmdir(path)
-    elif op == 'unlink':
-        os.unlink(path)
-    elif op == 'rename':
-        os.rename(path, arg)
-    elif op == 'setxattr':
-        os.setxattr(path, 'user.mail.flags', arg.encode())
-    print('OK')
-except OSError as e:
-    print(errno.errorcode.get(e.errno, str(e.errno)))
-'''
-
-
-def try_op(op, path, arg=None):
-    """Run one file operation in a child process (so that a hang cannot
-    hang us): (errno name or 'OK' or 'TIMEOUT', seconds)."""
-    argv = [sys.executable, '-c', _OPS, op, path] + ([arg] if arg is not None else [])
-    t = time.monotonic()
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=OP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return 'TIMEOUT', time.monotonic() - t
-    return (r.stdout.strip() or 'ERR ' + r.stderr.strip()[-200:]), time.monotonic() - t
-
-
-def run(argv, **kw):
-    kw.setdefault('timeout', 120)
-    env = dict(os.environ, LC_ALL='C')
-    return subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=env, **kw)
-
-
 class _Dirent64(ctypes.Structure):
     _fields_ = [('d_ino', ctypes.c_uint64), ('d_off', ctypes.c_int64),
                 ('d_reclen', ctypes.c_ushort), ('d_type', ctypes.c_ubyte),
@@ -363,32 +254,13 @@ def raw_readdir(path):
     return out
 
 
-class MountTest(unittest.TestCase):
-    """Bounds every test: if one runs longer than TEST_TIMEOUT (a FUSE
-    request that never gets an answer), our mailfs processes are killed by
-    pid, which makes the kernel fail the pending requests."""
-
-    def setUp(self):
-        self._timer = threading.Timer(TEST_TIMEOUT, self._abort)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def tearDown(self):
-        self._timer.cancel()
-
-    def _abort(self):
-        print('\n%s: over %.0f s; killing mailfs' % (self.id(), TEST_TIMEOUT),
-              file=sys.stderr, flush=True)
-        for m in list(mountutil._active):
-            m.kill()
+class MountTest(mounttest.BoundedTest):
+    TEST_TIMEOUT = TEST_TIMEOUT
 
     def mount(self, tag='m', cache=None, mode='daemon', options=(), dcx=None, user='alice'):
         mnt, c = fresh(tag)
-        m = mountutil.Mount(dcx or dc, mnt, cache or c, user=user, mode=mode,
-                            options=options)
-        m.start()
-        self.addCleanup(m.unmount)
-        return m
+        return self.started(mountutil.Mount(dcx or dc, mnt, cache or c, user=user,
+                                            mode=mode, options=options))
 
     def assertBytesEqual(self, mnt, files, what=''):
         """Every file rel in FILES reads through MNT as the server serves it."""
@@ -401,15 +273,29 @@ class MountTest(unittest.TestCase):
         self.assertEqual(bad, [], '%s%d of %d differ' % (what, len(bad), len(files)))
 
 
+class SharedMountTest(MountTest):
+    """One mount of alice (daemon mode) for every test of the class:
+    cls.m, mounted at cls.mnt; TAG names its directory."""
+
+    TAG = None
+
+    @classmethod
+    def setUpClass(cls):
+        mnt, cache = fresh(cls.TAG)
+        cls.m = mountutil.Mount(dc, mnt, cache)
+        cls.m.start()
+        cls.mnt = cls.m.mountpoint
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.m.unmount()
+
+
 # --------------------------------------------------------------- module set-up
 
 def setUpModule():
     global dc, TMP, TREE
-    mailharness.require_dovecot()
-    mountutil.require_fuse()
-    mountutil.install_signal_handlers()
-    TMP = mountutil.scratch_dir('mailfs-mount-test-')
-    dc = mailharness.Dovecot()
+    dc, TMP = mounttest.set_up_module('mailfs-mount-test-')
     dc.load_corpus('alice')
     # Decoded headers and flags.
     xattr_msg = ('From: =?ISO-8859-1?Q?J=FCrgen_M=FCller?= <juergen@example.org>\r\n'
@@ -447,31 +333,19 @@ def setUpModule():
     TREE = Tree(dc, 'alice')
     for box in TREE.boxes:
         BODIES[box] = dc.fetch_bodies('alice', box)
-        META[box] = server_meta(dc, 'alice', box)
+        META[box] = dc.meta('alice', box)
 
 
 def tearDownModule():
-    mountutil.unmount_all()
-    if dc is not None:
-        dc.close()
-    mountutil.remove_scratch(TMP)
+    mounttest.tear_down_module(dc, TMP)
 
 
 # ----------------------------------------------------------------- 1. browse
 
-class Browse(MountTest):
+class Browse(SharedMountTest):
     """ls, find, stat, cat, cp, grep, du and readdir on one mount."""
 
-    @classmethod
-    def setUpClass(cls):
-        mnt, cache = fresh('browse')
-        cls.m = mountutil.Mount(dc, mnt, cache)
-        cls.m.start()
-        cls.mnt = cls.m.mountpoint
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.m.unmount()
+    TAG = 'browse'
 
     def p(self, rel=''):
         return os.path.join(self.mnt, rel) if rel else self.mnt
@@ -683,17 +557,8 @@ class FirstRead(MountTest):
 
 # -------------------------------------------------------------- 4. xattrs
 
-class Xattrs(MountTest):
-    @classmethod
-    def setUpClass(cls):
-        mnt, cache = fresh('xattr')
-        cls.m = mountutil.Mount(dc, mnt, cache)
-        cls.m.start()
-        cls.mnt = cls.m.mountpoint
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.m.unmount()
+class Xattrs(SharedMountTest):
+    TAG = 'xattr'
 
     def get(self, uid, attr, box='INBOX'):
         return os.getxattr(os.path.join(self.mnt, box, '%d.eml' % uid),
@@ -775,17 +640,8 @@ class Rsync(MountTest):
 
 # ---------------------------------------------------------------- 6. names
 
-class Names(MountTest):
-    @classmethod
-    def setUpClass(cls):
-        mnt, cache = fresh('names')
-        cls.m = mountutil.Mount(dc, mnt, cache)
-        cls.m.start()
-        cls.mnt = cls.m.mountpoint
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.m.unmount()
+class Names(SharedMountTest):
+    TAG = 'names'
 
     def test_utf7_spaces_ampersand_nested(self):
         top = set(os.listdir(self.mnt))
@@ -841,15 +697,6 @@ class Names(MountTest):
 
 
 CHUNK = 256 * 1024      # the cache's piece size (CACHE_BODY_CHUNK, cache/cache.h)
-
-
-def vm_hwm(pid):
-    """Peak resident set of process PID, bytes."""
-    with open('/proc/%d/status' % pid) as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) * 1024
-    raise AssertionError('no VmHWM for %d' % pid)
 
 
 class BigBody(MountTest):
@@ -1416,7 +1263,7 @@ class Writes(MountTest):
         m = self.mount('writes')
         msg = 'INBOX/%d.eml' % SPECIAL['plain']
         self.check_refused(m.mountpoint, ('EPERM',), [
-            ('write', msg, None),
+            ('write_trunc', msg, None),
             ('append', msg, None),
             ('truncate', msg, None),
             ('chmod', msg, None),
@@ -1438,7 +1285,7 @@ class Writes(MountTest):
         msg = 'INBOX/%d.eml' % SPECIAL['plain']
         self.check_refused(m.mountpoint, ('EROFS',), [
             ('create', 'INBOX/new', None),
-            ('write', msg, None),
+            ('write_trunc', msg, None),
             ('truncate', msg, None),
             ('chmod', msg, None),
             ('utime', msg, None),
@@ -1453,12 +1300,4 @@ class Writes(MountTest):
 
 
 if __name__ == '__main__':
-    t0 = time.monotonic()
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    failed = len(res.failures) + len(res.errors) + len(res.unexpectedSuccesses)
-    passed = res.testsRun - failed - len(res.skipped) - len(res.expectedFailures)
-    print('%d expected failures, %d skipped, %.0f s'
-          % (len(res.expectedFailures), len(res.skipped), time.monotonic() - t0))
-    print('%d passed, %d failed' % (passed, failed))
-    sys.exit(1 if failed else 0)
+    mounttest.main()

@@ -22,8 +22,8 @@ EmptyParts     "Odd/", "Mid//c" and "/x" (and the name "", which the log
 Damaged        one mailbox record damaged in the cache: a remount shows
                every other mailbox, and the log says which one is left out
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs).  Exit status 77 when Dovecot or FUSE is missing."""
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
+Dovecot or FUSE is missing."""
 
 import errno
 import hashlib
@@ -32,16 +32,15 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'harness'))
 import imapproxy  # noqa: E402
-import mailharness  # noqa: E402
+import mounttest  # noqa: E402
 import mountutil  # noqa: E402
+from mounttest import names, read  # noqa: E402
 
 TEST_TIMEOUT = 120.0    # a hung FUSE request fails the test instead of hanging it
 NAME_MAX = 255
@@ -61,21 +60,6 @@ TMP = None
 
 
 # ------------------------------------------------------------------ helpers
-
-def read(path):
-    with open(path, 'rb') as f:
-        return f.read()
-
-
-def names(path):
-    return set(os.listdir(path))
-
-
-def fresh(tag):
-    base = tempfile.mkdtemp(prefix=tag + '-', dir=TMP)
-    os.mkdir(os.path.join(base, 'mnt'))
-    return os.path.join(base, 'mnt'), os.path.join(base, 'cache')
-
 
 def shorten(file):
     """The documented rule (fs/imap/tree.h) for a file name over NAME_MAX: cut
@@ -152,30 +136,12 @@ def to_server(piece):
     return _QUOTED.sub(fix, piece)
 
 
-class NamesTest(unittest.TestCase):
-    """Bounds every test: after TEST_TIMEOUT our mailfs processes are
-    killed by pid, which makes the kernel fail the pending requests."""
-
-    def setUp(self):
-        self._timer = threading.Timer(TEST_TIMEOUT, self._abort)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def tearDown(self):
-        self._timer.cancel()
-
-    def _abort(self):
-        print('\n%s: over %.0f s; killing mailfs' % (self.id(), TEST_TIMEOUT),
-              file=sys.stderr, flush=True)
-        for m in list(mountutil._active):
-            m.kill()
+class NamesTest(mounttest.BoundedTest):
+    TEST_TIMEOUT = TEST_TIMEOUT
 
     def mount(self, tag, cache=None, url=None):
-        mnt, c = fresh(tag)
-        m = mountutil.Mount(dc, mnt, cache or c, mode='foreground', url=url)
-        m.start()
-        self.addCleanup(m.unmount)
-        return m
+        mnt, c = mounttest.fresh(TMP, tag)
+        return self.started(mountutil.Mount(dc, mnt, cache or c, mode='foreground', url=url))
 
     def assertMailbox(self, mnt, rel, server_name):
         """Directory REL lists exactly the server's messages of
@@ -192,11 +158,7 @@ class NamesTest(unittest.TestCase):
 
 def setUpModule():
     global dc, TMP
-    mailharness.require_dovecot()
-    mountutil.require_fuse()
-    mountutil.install_signal_handlers()
-    TMP = mountutil.scratch_dir('mailfs-names-test-')
-    dc = mailharness.Dovecot()
+    dc, TMP = mounttest.set_up_module('mailfs-names-test-')
     dc.append('alice', 'INBOX', b'Subject: inbox\r\n\r\nin the inbox\r\n')
     for i, box in enumerate([LONG] + WIDE + list(ODD) + PLAIN):
         dc.append_many('alice', box, [
@@ -206,10 +168,7 @@ def setUpModule():
 
 
 def tearDownModule():
-    mountutil.unmount_all()
-    if dc is not None:
-        dc.close()
-    mountutil.remove_scratch(TMP)
+    mounttest.tear_down_module(dc, TMP)
 
 
 class LongNames(NamesTest):

@@ -16,9 +16,7 @@ passed, 1 otherwise; the last line says "N passed, N failed"."""
 import base64
 import os
 import shutil
-import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,13 +28,9 @@ sys.path.insert(0, os.path.join(HERE, 'fake'))
 import imapfake  # noqa: E402
 import mailharness  # noqa: E402
 
-POP3CLI = os.environ.get('MAILFS_POP3CLI') or os.path.join(
-    os.environ.get('MAILFS_BUILD', 'build'), 'tests', 'pop3cli')
+POP3CLI = mailharness.test_tool('pop3cli')
 
-# enum proto_err_class (proto/error.h); pop3cli exits with 10 + the class.
-PERR = dict(RESOLVE=1, CONNECT=2, TIMEOUT=3, TLS=4, TLS_VERIFY=5, NOTLS=6,
-            PROTOCOL=7, NO=8, BAD=9, AUTH=10, BYE=11, LOCAL=12)
-EXIT = {name: 10 + n for name, n in PERR.items()}
+EXIT = mailharness.CLI_EXIT   # pop3cli's exit code for each error class
 CLI_TIMEOUT = 120
 
 HAVE_DOVECOT = all(mailharness.find_program(p) for p in ('dovecot', 'doveadm', 'openssl'))
@@ -55,21 +49,6 @@ def tearDownModule():
         dc.close()
 
 
-class Result:
-    def __init__(self, proc, elapsed):
-        self.rc = proc.returncode
-        self.stdout = proc.stdout.decode('utf-8', errors='replace')
-        self.stderr = proc.stderr.decode('utf-8', errors='replace')
-        self.elapsed = elapsed
-        lines = [l for l in self.stdout.splitlines() if l.startswith('pop3cli: ')]
-        self.message = lines[0] if lines else ''
-        self.errno = lines[1].split()[-1] if len(lines) > 1 else ''
-
-    def __str__(self):
-        return 'exit %s after %.2f s\nstdout:\n%s\nstderr:\n%s' % (
-            self.rc, self.elapsed, self.stdout[-3000:], self.stderr[-6000:])
-
-
 def cli(url, *args, password, cafile, debug=False, timeout_ms=None, opts=()):
     cmd = [POP3CLI, '--password-stdin'] + list(opts)
     if cafile:
@@ -79,10 +58,7 @@ def cli(url, *args, password, cafile, debug=False, timeout_ms=None, opts=()):
     if timeout_ms:
         cmd += ['--timeout', str(timeout_ms)]
     cmd += [url] + list(args)
-    start = time.monotonic()
-    proc = subprocess.run(cmd, input=(password + '\n').encode(), capture_output=True,
-                          timeout=CLI_TIMEOUT)
-    return Result(proc, time.monotonic() - start)
+    return mailharness.run_tool(cmd, password, CLI_TIMEOUT)
 
 
 def live(url, *args, user=None, password=None, cafile=True, **kw):
@@ -162,10 +138,7 @@ class Login(unittest.TestCase):
         self.assertIn('expired', r.message)
 
     def test_connection_refused_is_quick(self):
-        s = socket.socket()
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = mailharness.free_ports(1)[0]
         r = live('pop3s://alice@127.0.0.1:%d' % port, 'stat')
         self.assertEqual(r.rc, EXIT['CONNECT'], r)
         self.assertIn('refused', r.message)
@@ -364,7 +337,7 @@ def setUpFake():
         PKI = mailharness.make_pki(_pki_dir)
 
 
-class FakeServer(unittest.TestCase):
+class FakeServer(imapfake.TranscriptChecks, unittest.TestCase):
     maxDiff = None
 
     @classmethod
@@ -381,21 +354,10 @@ class FakeServer(unittest.TestCase):
         t = imapfake.Transcript.parse(text, source='pop3-' + self.id().split('.')[-1])
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(PKI['server'], PKI['server.key'])
-        srv = imapfake.FakeServer(t, tls_context=ctx)
-        try:
+        with imapfake.FakeServer(t, tls_context=ctx) as srv:
             r = cli('pop3://%s@localhost:%d' % (USER, srv.port), command, *args,
                     password=PASSWORD, cafile=PKI['ca'], timeout_ms=5000)
-            srv.wait(imapfake.STEP_TIMEOUT)
-        finally:
-            srv.close()
         return srv, r
-
-    def explain(self, srv, r):
-        return '\n%s\n%s' % (srv.dialogue(), r)
-
-    def assertPlayed(self, srv, r):
-        self.assertIsNone(srv.failure, self.explain(srv, r))
-        self.assertTrue(srv.done, self.explain(srv, r))
 
     def assertNoSecret(self, srv, r):
         self.assertNotIn(PASSWORD.encode(), srv.raw, self.explain(srv, r))
@@ -531,8 +493,4 @@ S: +OK
 
 
 if __name__ == '__main__':
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    failed = len(res.failures) + len(res.errors)
-    print('%d passed, %d failed' % (res.testsRun - failed - len(res.skipped), failed))
-    sys.exit(1 if failed else 0)
+    mailharness.run_tests()

@@ -49,9 +49,8 @@ PopKeepWarn   pop_keep not forever and the IMAP cache of the same account
               XDG_CACHE_HOME, or -o cache_dir): a warning on stderr; none
               without that cache or with pop_keep=forever
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs).  Needs no Dovecot.  Exit status 77 when FUSE is
-missing.
+Environment: as tests/harness/mounttest.py says; needs no Dovecot.  Exit
+status 77 when FUSE is missing.
 The last line says "N passed, N failed"."""
 
 import os
@@ -61,13 +60,14 @@ import sys
 import tempfile
 import threading
 import time
-import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'harness'))
 sys.path.insert(0, os.path.join(HERE, 'fake'))
 import imapfake  # noqa: E402
+import mounttest  # noqa: E402
 import mountutil  # noqa: E402
+from mounttest import inbox, mount_bytes, read, retr_sent, with_env  # noqa: E402
 
 USER, PASSWORD = 'alice', 'secret'   # popmount_login.inc: AUTH PLAIN of these
 TEST_TIMEOUT = 60.0     # a hung FUSE request fails the test instead of hanging it
@@ -333,78 +333,16 @@ class SessionServer:
 # ------------------------------------------------------------------ helpers
 
 def wait_until(pred, seconds, step=0.05):
-    deadline = time.monotonic() + seconds
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(step)
-
-
-def read(path):
-    with open(path, 'rb') as f:
-        return f.read()
-
-
-def inbox(m):
-    return os.path.join(m.mountpoint, 'INBOX')
-
-
-def mount_bytes(m):
-    """{name: bytes} of INBOX (one listing, which asks for a session)."""
-    d = inbox(m)
-    return {n: read(os.path.join(d, n)) for n in os.listdir(d)}
+    return mounttest.wait_for(pred, seconds, step)
 
 
 def numbered(*msgs):
     return {'%d.eml' % i: msg for i, msg in enumerate(msgs, 1)}
 
 
-def retr_sent(log):
-    """Message numbers of the RETR commands in a mailfs -d log."""
-    return [int(n) for n in re.findall(r' C: RETR (\d+)', log)]
-
-
-def fresh(tag):
-    base = tempfile.mkdtemp(prefix=tag + '-', dir=TMP)
-    os.mkdir(os.path.join(base, 'mnt'))
-    return base
-
-
-class with_env:
-    """Set environment variables for mailfs (which inherits ours)."""
-
-    def __init__(self, env):
-        self.env = env or {}
-
-    def __enter__(self):
-        self.saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-class FakeMountTest(unittest.TestCase):
+class FakeMountTest(mounttest.BoundedTest):
     maxDiff = None
-
-    def setUp(self):
-        self._timer = threading.Timer(TEST_TIMEOUT, self._abort)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def tearDown(self):
-        self._timer.cancel()
-
-    def _abort(self):
-        print('\n%s: over %.0f s; killing mailfs' % (self.id(), TEST_TIMEOUT),
-              file=sys.stderr, flush=True)
-        for m in list(mountutil._active):
-            m.kill()
+    TEST_TIMEOUT = TEST_TIMEOUT
 
     def server(self, names, data, gates=None):
         srv = SessionServer(names, data, gates)
@@ -412,7 +350,7 @@ class FakeMountTest(unittest.TestCase):
         return srv
 
     def new_mount(self, srv, tag, options=(), mode='debug', cache_dir=True):
-        base = fresh(tag)
+        base = mounttest.fresh_base(TMP, tag)
         cache = os.path.join(base, 'cache') if cache_dir is True else cache_dir
         m = mountutil.Mount(None, os.path.join(base, 'mnt'), cache, url=srv.url,
                             password=PASSWORD, cafile=False, mode=mode,
@@ -803,7 +741,8 @@ class InUse(FakeMountTest):
         self.finish(srv, m)
         # The same cache, and the login at mount time finds the lock.
         srv = self.server(['popmount_in_use.pop', 'popmount_three_again.pop'], data)
-        m2 = mountutil.Mount(None, os.path.join(fresh('inuse-cache2'), 'mnt'), m.cache_dir,
+        mnt2 = os.path.join(mounttest.fresh_base(TMP, 'inuse-cache2'), 'mnt')
+        m2 = mountutil.Mount(None, mnt2, m.cache_dir,
                              url=srv.url, password=PASSWORD, cafile=False, mode='debug',
                              options=['notls', 'timeout=5', 'poll=1'])
         self.addCleanup(m2.unmount)
@@ -942,23 +881,12 @@ class PopKeepWarn(FakeMountTest):
 
 def setUpModule():
     global TMP
-    mountutil.require_fuse()
-    mountutil.install_signal_handlers()
-    TMP = mountutil.scratch_dir('mailfs-pop-fake-')
+    _, TMP = mounttest.set_up_module('mailfs-pop-fake-', dovecot=False)
 
 
 def tearDownModule():
-    mountutil.unmount_all()
-    mountutil.remove_scratch(TMP)
+    mounttest.tear_down_module(None, TMP)
 
 
 if __name__ == '__main__':
-    t0 = time.monotonic()
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    failed = len(res.failures) + len(res.errors) + len(res.unexpectedSuccesses)
-    passed = res.testsRun - failed - len(res.skipped) - len(res.expectedFailures)
-    print('%d expected failures, %d skipped, %.0f s'
-          % (len(res.expectedFailures), len(res.skipped), time.monotonic() - t0))
-    print('%d passed, %d failed' % (passed, failed))
-    sys.exit(1 if failed else 0)
+    mounttest.main()

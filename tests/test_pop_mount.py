@@ -42,27 +42,26 @@ session ends, "pop3(USER)...: Disconnected: ... retr=COUNT/BYTES,
 del=COUNT/..." (its default pop3_logout_format), which the tests add up over
 the sessions of one user since a log offset.
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs), MAILFS_SOURCE, MAILFS_CORPUS.  Exit status 77 when
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
 Dovecot or FUSE is missing."""
 
-import base64
 import collections
 import os
 import re
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'harness'))
 import mailharness  # noqa: E402
+import mounttest  # noqa: E402
 import mountutil  # noqa: E402
+from mounttest import b64word, inbox, mount_bytes, read, retr_sent, run, vm_hwm  # noqa: E402
+from mounttest import with_env  # noqa: E402
 
 TEST_TIMEOUT = 90.0     # a hung FUSE request fails the test instead of hanging it
 OP_TIMEOUT = 15.0       # one file operation in a child process
@@ -85,34 +84,27 @@ TOKEN = 'pop-mount-needle-7f3a9c'
 
 # ------------------------------------------------------------------ helpers
 
-def b64word(text):
-    return '=?UTF-8?B?' + base64.b64encode(text.encode()).decode() + '?='
-
-
-def read(path):
-    with open(path, 'rb') as f:
-        return f.read()
-
-
 def fresh(tag):
-    """A new empty mount point and a cache path (not created) for a scenario."""
-    base = tempfile.mkdtemp(prefix=tag + '-', dir=TMP)
-    os.mkdir(os.path.join(base, 'mnt'))
-    return os.path.join(base, 'mnt'), os.path.join(base, 'cache')
+    return mounttest.fresh(TMP, tag)
+
+
+def try_op(op, path, arg=None):
+    return mounttest.try_op(op, path, arg, timeout=OP_TIMEOUT, xattr='user.mail.subject')
+
+
+def wait_until(pred, seconds, step=0.1):
+    return mounttest.wait_for(pred, seconds, step)
+
+
+def new_mount(user, tag, cache=None, mode='daemon', options=(), scheme='pop3s',
+              **kw):
+    mnt, c = fresh(tag)
+    return mountutil.Mount(dc, mnt, cache or c, user=user, mode=mode,
+                           options=options, url=dc.url(scheme, user), **kw)
 
 
 def names(n):
     return {'%d.eml' % i for i in range(1, n + 1)}
-
-
-def inbox(m):
-    return os.path.join(m.mountpoint, 'INBOX')
-
-
-def mount_bytes(m):
-    """{name: bytes} of every file in the mount's INBOX (one listing)."""
-    d = inbox(m)
-    return {n: read(os.path.join(d, n)) for n in os.listdir(d)}
 
 
 def numbered(files):
@@ -127,21 +119,6 @@ def server_uidls(user):
         return [e.split()[1].decode() for e in p.uidl()[1]]
     finally:
         p.quit()
-
-
-def wait_until(pred, seconds, step=0.1):
-    """Poll PRED until it is true or SECONDS have passed; its last value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(step)
-
-
-def retr_sent(log):
-    """Message numbers of the RETR commands in a mailfs -d log."""
-    return [int(n) for n in re.findall(r' C: RETR (\d+)', log)]
 
 
 def dele_sent(log):
@@ -171,113 +148,11 @@ def dovecot_sessions(user, since):
     return [(int(a), int(b)) for a, b in re.findall(_LOGOUT % re.escape(user), dc.log(since))]
 
 
-_OPS = r'''
-import errno, os, sys
-op, path = sys.argv[1], sys.argv[2]
-arg = sys.argv[3] if len(sys.argv) > 3 else None
-try:
-    if op == 'read':
-        with open(path, 'rb') as f:
-            f.read()
-    elif op == 'create':
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-    elif op == 'write':
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-        os.write(fd, b'x\n')
-        os.close(fd)
-    elif op == 'rdwr':
-        os.close(os.open(path, os.O_RDWR))
-    elif op == 'append':
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        os.write(fd, b'x\n')
-        os.close(fd)
-    elif op == 'truncate':
-        os.truncate(path, 0)
-    elif op == 'chmod':
-        os.chmod(path, 0o644)
-    elif op == 'utime':
-        os.utime(path, None)
-    elif op == 'mkdir':
-        os.mkdir(path)
-    elif op == 'rmdir':
-        os.rmdir(path)
-    elif op == 'unlink':
-        os.unlink(path)
-    elif op == 'rename':
-        os.rename(path, arg)
-    elif op == 'setxattr':
-        os.setxattr(path, 'user.mail.subject', arg.encode())
-    elif op == 'removexattr':
-        os.removexattr(path, 'user.mail.subject')
-    print('OK')
-except OSError as e:
-    print(errno.errorcode.get(e.errno, str(e.errno)))
-'''
-
-
-def try_op(op, path, arg=None):
-    """Run one file operation in a child process (so that a hang cannot
-    hang us): (errno name or 'OK' or 'TIMEOUT', seconds)."""
-    argv = [sys.executable, '-c', _OPS, op, path] + ([arg] if arg is not None else [])
-    t = time.monotonic()
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=OP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return 'TIMEOUT', time.monotonic() - t
-    return (r.stdout.strip() or 'ERR ' + r.stderr.strip()[-200:]), time.monotonic() - t
-
-
-def run(argv, **kw):
-    kw.setdefault('timeout', 120)
-    env = dict(os.environ, LC_ALL='C')
-    return subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=env, **kw)
-
-
-def start(m, env=None):
-    """m.start() with ENV added to mailfs's environment."""
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
-    try:
-        return m.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def new_mount(user, tag, cache=None, mode='daemon', options=(), scheme='pop3s',
-              **kw):
-    mnt, c = fresh(tag)
-    return mountutil.Mount(dc, mnt, cache or c, user=user, mode=mode,
-                           options=options, url=dc.url(scheme, user), **kw)
-
-
-class PopTest(unittest.TestCase):
-    """Bounds every test: if one runs longer than TEST_TIMEOUT (a FUSE
-    request that never gets an answer), our mailfs processes are killed by
-    pid, which makes the kernel fail the pending requests."""
-
-    def setUp(self):
-        self._timer = threading.Timer(TEST_TIMEOUT, self._abort)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def tearDown(self):
-        self._timer.cancel()
-
-    def _abort(self):
-        print('\n%s: over %.0f s; killing mailfs' % (self.id(), TEST_TIMEOUT),
-              file=sys.stderr, flush=True)
-        for m in list(mountutil._active):
-            m.kill()
+class PopTest(mounttest.BoundedTest):
+    TEST_TIMEOUT = TEST_TIMEOUT
 
     def mount(self, user, tag='m', env=None, **kw):
-        m = new_mount(user, tag, **kw)
-        self.addCleanup(m.unmount)
-        start(m, env)
-        return m
+        return self.started(new_mount(user, tag, **kw), env)
 
     def assertSameMail(self, files, served, what=''):
         """{N.eml: bytes} holds every message of SERVED ({uidl: bytes})
@@ -302,11 +177,7 @@ class PopTest(unittest.TestCase):
 
 def setUpModule():
     global dc, TMP
-    mailharness.require_dovecot()
-    mountutil.require_fuse()
-    mountutil.install_signal_handlers()
-    TMP = mountutil.scratch_dir('mailfs-pop-test-')
-    dc = mailharness.Dovecot(users=USERS)
+    dc, TMP = mounttest.set_up_module('mailfs-pop-test-', users=USERS)
     corpus = [b for msgs in mailharness.corpus_messages().values() for _, b in msgs]
     xattr_msg = ('From: =?ISO-8859-1?Q?J=FCrgen_M=FCller?= <juergen@example.org>\r\n'
                  'To: alice@example.org\r\n'
@@ -336,10 +207,7 @@ def setUpModule():
 
 
 def tearDownModule():
-    mountutil.unmount_all()
-    if dc is not None:
-        dc.close()
-    mountutil.remove_scratch(TMP)
+    mounttest.tear_down_module(dc, TMP)
 
 
 # ------------------------------------------------------------ 1. POP3S browse
@@ -350,7 +218,7 @@ class Browse(PopTest):
     @classmethod
     def setUpClass(cls):
         cls.m = new_mount('alice', 'browse')
-        start(cls.m)
+        cls.m.start()
         cls.mnt = cls.m.mountpoint
         cls.inbox = inbox(cls.m)
         # The first listing waits for the first session.
@@ -568,15 +436,6 @@ class BigMessage(PopTest):
         self.assertEqual(read(os.path.join(inbox(m2), '1.eml')), want)
 
 
-def vm_hwm(pid):
-    """Peak resident set of process PID, bytes."""
-    with open('/proc/%d/status' % pid) as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) * 1024
-    raise AssertionError('no VmHWM for %d' % pid)
-
-
 # ------------------------------------------------------- 3. server deletions
 
 class ServerDeletes(PopTest):
@@ -636,7 +495,7 @@ class Remount(PopTest):
         cls.served = dc.pop3_messages('erin')
         m = new_mount('erin', 'remount1', mode='debug')
         cls.cache = m.cache_dir
-        start(m)
+        m.start()
         try:
             cls.files = mount_bytes(m)
             cls.inodes = {n: os.stat(os.path.join(inbox(m), n)).st_ino for n in cls.files}
@@ -755,7 +614,8 @@ class PopKeep(PopTest):
         served = dc.pop3_messages('grace')
         m = new_mount('grace', 'crash', mode='foreground', options=['pop_keep=0'])
         self.addCleanup(m.unmount)
-        start(m, env={'MAILFS_TEST_PAUSE': 'pop_before_dele'})
+        with with_env({'MAILFS_TEST_PAUSE': 'pop_before_dele'}):
+            m.start()
         self.assertTrue(wait_until(lambda: 'pausing at pop_before_dele' in m.log(),
                                    SESSION_SECONDS),
                         'no pause in the log:\n' + m.log()[-2000:])
@@ -850,7 +710,7 @@ class CacheDir(PopTest):
         cwd = os.getcwd()
         os.chdir(base)
         try:
-            start(m)
+            m.start()
         finally:
             os.chdir(cwd)
         self.assertTrue(os.listdir(inbox(m)))
@@ -873,9 +733,9 @@ class Writes(PopTest):
         # user may get EACCES from the kernel first (modes 0444 and 0555).
         allowed = ('EPERM',) if os.geteuid() == 0 else ('EPERM', 'EACCES')
         ops = [('create', 'INBOX/new.eml', None), ('create', 'new.eml', None),
-               ('write', 'INBOX/1.eml', None), ('rdwr', 'INBOX/1.eml', None),
+               ('write_trunc', 'INBOX/1.eml', None), ('rdwr', 'INBOX/1.eml', None),
                ('append', 'INBOX/1.eml', None), ('truncate', 'INBOX/1.eml', None),
-               ('chmod', 'INBOX/1.eml', None), ('utime', 'INBOX/1.eml', None),
+               ('chmod', 'INBOX/1.eml', None), ('utime_now', 'INBOX/1.eml', None),
                ('unlink', 'INBOX/1.eml', None), ('rename', 'INBOX/1.eml', 'INBOX/99.eml'),
                ('rename', 'INBOX/1.eml', '1.eml'), ('rename', 'INBOX', 'Other'),
                ('mkdir', 'newdir', None), ('mkdir', 'INBOX/newdir', None),
@@ -938,12 +798,4 @@ class MountErrors(PopTest):
 
 
 if __name__ == '__main__':
-    t0 = time.monotonic()
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    failed = len(res.failures) + len(res.errors) + len(res.unexpectedSuccesses)
-    passed = res.testsRun - failed - len(res.skipped) - len(res.expectedFailures)
-    print('%d expected failures, %d skipped, %.0f s'
-          % (len(res.expectedFailures), len(res.skipped), time.monotonic() - t0))
-    print('%d passed, %d failed' % (passed, failed))
-    sys.exit(1 if failed else 0)
+    mounttest.main()

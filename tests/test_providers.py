@@ -32,13 +32,12 @@ Gmail             no QRESYNC; LITERAL- (a literal over 4096 bytes must be
 ICloud            no MOVE (UID MOVE refused with BAD): mv and rm work with
                   COPY + expunge.
 
-Environment as tests/test_live.py.  Exit status 77 when Dovecot or FUSE is
-missing."""
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
+Dovecot or FUSE is missing."""
 
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,7 +46,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'harness'))
-import mailharness  # noqa: E402
+import mounttest  # noqa: E402
 import mountutil  # noqa: E402
 import quirkproxy  # noqa: E402
 
@@ -55,7 +54,6 @@ CLASS_TIMEOUT = 150.0   # one class, mount to unmount: then mailfs is killed
 OP_TIMEOUT = 45.0       # one program run against the mount
 APPEAR_SECONDS = 20.0   # new mail shows (IDLE, or a reconnecting watch)
 UPLOAD_SECONDS = 20.0   # a file copied in reaches the server
-LOG_LINES = int(os.environ.get('MAILFS_TEST_LOG_LINES', 40))
 WORD = 'Quokkafeather'
 
 USERS = {u: u + 'pw' for u in ('exthrottle', 'exchange', 'gmail', 'icloud')}
@@ -92,9 +90,7 @@ def message(tag, i, size=0):
 
 
 def run(argv, timeout=OP_TIMEOUT):
-    env = dict(os.environ, LC_ALL='C')
-    return subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=env,
-                          timeout=timeout)
+    return mounttest.run(argv, timeout)
 
 
 def read_tree(path):
@@ -134,10 +130,8 @@ class Provider(unittest.TestCase):
         dc.create(u, 'Trash', special_use='\\Trash')
         dc.create(u, 'Other')
         cls.proxy = quirkproxy.QuirkProxy(dc, cls.MODE, **cls.QUIRKS)
-        base = tempfile.mkdtemp(prefix=u + '-', dir=TMP)
-        cls.mnt = os.path.join(base, 'mnt')
-        os.mkdir(cls.mnt)
-        cls.m = mountutil.Mount(dc, cls.mnt, os.path.join(base, 'cache'), user=u,
+        cls.mnt, cache = mounttest.fresh(TMP, u)
+        cls.m = mountutil.Mount(dc, cls.mnt, cache, user=u,
                                 mode=os.environ.get('MAILFS_TEST_MOUNT_MODE', 'foreground'),
                                 options=list(cls.OPTIONS),
                                 url=cls.proxy.url(u))
@@ -169,7 +163,8 @@ class Provider(unittest.TestCase):
         if result and len(result.failures) + len(result.errors) > before:
             lines = self.m.log().splitlines()
             print('\n--- mailfs log (last %d lines); proxy %s:\n%s'
-                  % (LOG_LINES, self.proxy.stats(), '\n'.join(lines[-LOG_LINES:])),
+                  % (mounttest.LOG_LINES, self.proxy.stats(),
+                     '\n'.join(lines[-mounttest.LOG_LINES:])),
                   file=sys.stderr)
         return out
 
@@ -194,12 +189,7 @@ class Provider(unittest.TestCase):
             self.assertIn(before, (announced, len(data)), '%s: st_size before the first read' % name)
 
     def wait_for(self, fn, seconds):
-        t0 = time.monotonic()
-        while True:
-            v = fn()
-            if v or time.monotonic() - t0 > seconds:
-                return v
-            time.sleep(0.3)
+        return mounttest.wait_for(fn, seconds, 0.3)
 
     def log_count(self, pattern):
         return len(re.findall(pattern, self.m.log(), re.I | re.M))
@@ -333,24 +323,12 @@ class ICloud(Provider):
 
 def setUpModule():
     global dc, TMP
-    mailharness.require_dovecot()
-    mountutil.require_fuse()
-    mountutil.install_signal_handlers()
-    TMP = mountutil.scratch_dir('mailfs-providers-test-')
-    dc = mailharness.Dovecot(users=USERS)
+    dc, TMP = mounttest.set_up_module('mailfs-providers-test-', users=USERS)
 
 
 def tearDownModule():
-    mountutil.unmount_all()
-    if dc is not None:
-        dc.close()
-    mountutil.remove_scratch(TMP)
+    mounttest.tear_down_module(dc, TMP)
 
 
 if __name__ == '__main__':
-    t0 = time.monotonic()
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    failed = len({t.id() for t, _ in res.failures + res.errors})
-    print('%.0f s; %d run, %d failed' % (time.monotonic() - t0, res.testsRun, failed))
-    sys.exit(1 if failed else 0)
+    mounttest.main()

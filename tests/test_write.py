@@ -49,26 +49,24 @@ A comment starting "Regression" names a mailfs bug these tests found (and
 how it showed); it is fixed, and the test keeps it fixed.  REPORT lines at
 the end are findings that are not failures (races allowed for, bonuses).
 
-Environment: MAILFS_BUILD (build directory; the binary is
-$MAILFS_BUILD/mailfs), MAILFS_SOURCE, MAILFS_CORPUS.  Exit status 77 when
+Environment: as tests/harness/mounttest.py says.  Exit status 77 when
 Dovecot or FUSE is missing."""
 
 import collections
-import datetime
 import os
 import re
 import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'harness'))
 import mailharness  # noqa: E402
+import mounttest  # noqa: E402
 import mountutil  # noqa: E402
+from mounttest import eml, fetched_uids, names, read, run, wait_for  # noqa: E402
 
 TEST_TIMEOUT = 120.0    # a hung FUSE request fails the test instead of hanging it
 OP_TIMEOUT = 15.0       # one file operation or program
@@ -118,11 +116,6 @@ def served(data):
     return mailharness.served_form(data)
 
 
-def read(path):
-    with open(path, 'rb') as f:
-        return f.read()
-
-
 def write_file(path, data, mtime=None):
     with open(path, 'wb') as f:
         f.write(data)
@@ -132,101 +125,15 @@ def write_file(path, data, mtime=None):
 
 
 def fresh(tag):
-    """A new empty mount point and a cache path (not created)."""
-    base = tempfile.mkdtemp(prefix=tag + '-', dir=TMP)
-    os.mkdir(os.path.join(base, 'mnt'))
-    return os.path.join(base, 'mnt'), os.path.join(base, 'cache')
+    return mounttest.fresh(TMP, tag)
 
 
 def local_dir(tag):
     return tempfile.mkdtemp(prefix=tag + '-', dir=TMP)
 
 
-def run(argv, **kw):
-    kw.setdefault('timeout', 120)
-    env = dict(os.environ, LC_ALL='C')
-    return subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=env, **kw)
-
-
-def names(path):
-    return set(os.listdir(path))
-
-
-def eml(uids):
-    return {'%d.eml' % u for u in uids}
-
-
-def wait_for(fn, seconds, interval=0.1):
-    """Call fn until it returns something true or seconds pass; return the
-    last value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        v = fn()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(interval)
-
-
-_OPS = r'''
-import errno, os, sys
-op, path = sys.argv[1], sys.argv[2]
-arg = sys.argv[3] if len(sys.argv) > 3 else None
-try:
-    if op == 'read':
-        with open(path, 'rb') as f:
-            f.read()
-    elif op == 'create':
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.write(fd, b'Subject: x\r\n\r\nx\r\n')
-        os.close(fd)
-    elif op == 'write':
-        fd = os.open(path, os.O_WRONLY)
-        os.write(fd, b'x\n')
-        os.close(fd)
-    elif op == 'write_trunc':
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-        os.write(fd, b'x\n')
-        os.close(fd)
-    elif op == 'append':
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        os.write(fd, b'x\n')
-        os.close(fd)
-    elif op == 'pwrite_rw':
-        fd = os.open(path, os.O_RDWR)
-        os.pwrite(fd, b'X', 0)
-        os.close(fd)
-    elif op == 'truncate':
-        os.truncate(path, 0)
-    elif op == 'chmod':
-        os.chmod(path, 0o644)
-    elif op == 'mkdir':
-        os.mkdir(path)
-    elif op == 'rmdir':
-        os.rmdir(path)
-    elif op == 'unlink':
-        os.unlink(path)
-    elif op == 'rename':
-        os.rename(path, arg)
-    elif op == 'setxattr':
-        os.setxattr(path, 'user.mail.flags', arg.encode())
-    elif op == 'removexattr':
-        os.removexattr(path, 'user.mail.flags')
-    print('OK')
-except OSError as e:
-    print(errno.errorcode.get(e.errno, str(e.errno)))
-'''
-
-
 def try_op(op, path, arg=None):
-    """Run one file operation in a child process (so that a hang cannot
-    hang us): (errno name or 'OK' or 'TIMEOUT', seconds)."""
-    argv = [sys.executable, '-c', _OPS, op, path] + ([arg] if arg is not None else [])
-    t = time.monotonic()
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=OP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return 'TIMEOUT', time.monotonic() - t
-    return (r.stdout.strip() or 'ERR ' + r.stderr.strip()[-200:]), time.monotonic() - t
+    return mounttest.try_op(op, path, arg, timeout=OP_TIMEOUT)
 
 
 # ------------------------------------------- the independent side (server)
@@ -260,27 +167,7 @@ def everywhere(data):
 
 def internaldates(box):
     """{uid: INTERNALDATE as epoch seconds}."""
-    m = dc.imap(USER)
-    try:
-        typ, data = m.select(mailharness.imap_quote(mailharness.utf7_encode(box)),
-                             readonly=True)
-        assert typ == 'OK', data
-        typ, data = m.uid('FETCH', '1:*', '(UID INTERNALDATE)')
-    finally:
-        m.logout()
-    out = {}
-    for item in data:
-        if isinstance(item, tuple):
-            item = item[0]
-        if not item:
-            continue
-        uid = re.search(rb'UID (\d+)', item)
-        date = re.search(rb'INTERNALDATE "([^"]+)"', item)
-        if uid and date:
-            when = datetime.datetime.strptime(date.group(1).decode().strip(),
-                                              '%d-%b-%Y %H:%M:%S %z')
-            out[int(uid.group(1))] = int(when.timestamp())
-    return out
+    return {uid: date for uid, (_, date) in dc.meta(USER, box).items()}
 
 
 def raw_list():
@@ -304,62 +191,18 @@ def server_state(*boxes):
             {b: (bodies(b), dc.flags(USER, b)) for b in boxes})
 
 
-def fetched_uids(commands):
-    """UIDs named by the body fetches (BODY.PEEK[]) among the commands sent."""
-    uids = set()
-    for c in commands:
-        if 'BODY.PEEK[]' not in c:
-            continue
-        m = re.search(r'UID FETCH ([0-9:,*]+)', c)
-        if m:
-            for part in m.group(1).split(','):
-                a, _, b = part.partition(':')
-                uids.update(range(int(a), int(b or a) + 1) if b != '*' else [-1])
-        else:
-            uids.add(-1)
-    return uids
-
-
 # ------------------------------------------------------------------ base
 
-class MountTest(unittest.TestCase):
-    """Bounds every test: if one runs longer than TEST_TIMEOUT (a FUSE
-    request that never gets an answer), our mailfs processes are killed by
-    pid, which makes the kernel fail the pending requests."""
+class MountTest(mounttest.BoundedTest):
+    """When a test fails, it shows every line its mounts logged last."""
 
-    def setUp(self):
-        self._timer = threading.Timer(TEST_TIMEOUT, self._abort)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def tearDown(self):
-        self._timer.cancel()
-
-    def _abort(self):
-        print('\n%s: over %.0f s; killing mailfs' % (self.id(), TEST_TIMEOUT),
-              file=sys.stderr, flush=True)
-        for m in list(mountutil._active):
-            m.kill()
-
-    def run(self, result=None):
-        # When a test fails, show what its mounts logged.
-        self._mounts = []
-        before = len(result.failures) + len(result.errors) if result else 0
-        out = super().run(result)
-        if result and len(result.failures) + len(result.errors) > before:
-            for m in self._mounts:
-                print('\n--- mailfs log of %s (last 40 lines):\n%s'
-                      % (os.path.basename(os.path.dirname(m.mountpoint)),
-                         '\n'.join(m.log().splitlines()[-40:])), file=sys.stderr)
-        return out
+    TEST_TIMEOUT = TEST_TIMEOUT
+    OWN_LOG_LINES = False
 
     def mount(self, tag='m', cache=None, mode='foreground', options=()):
         mnt, c = fresh(tag)
-        m = mountutil.Mount(dc, mnt, cache or c, user=USER, mode=mode, options=options)
-        self._mounts.append(m)
-        m.start()
-        self.addCleanup(m.unmount)
-        return m
+        return self.started(mountutil.Mount(dc, mnt, cache or c, user=USER, mode=mode,
+                                            options=options))
 
     def assertRuns(self, argv, what=None):
         r = run(argv, timeout=OP_TIMEOUT * 4)
@@ -437,20 +280,13 @@ class MountTest(unittest.TestCase):
 
 def setUpModule():
     global dc, TMP
-    mailharness.require_dovecot()
-    mountutil.require_fuse()
-    mountutil.install_signal_handlers()
-    TMP = mountutil.scratch_dir('mailfs-write-test-')
-    dc = mailharness.Dovecot()
+    dc, TMP = mounttest.set_up_module('mailfs-write-test-')
     # The special-use mailboxes (Trash) are created at the first login.
     assert 'Trash' in dc.list_mailboxes(USER)
 
 
 def tearDownModule():
-    mountutil.unmount_all()
-    if dc is not None:
-        dc.close()
-    mountutil.remove_scratch(TMP)
+    mounttest.tear_down_module(dc, TMP)
 
 
 # ------------------------------------------------------------------ 1. rm
@@ -1464,7 +1300,7 @@ class Refused(MountTest):
                 ('unlink', msg, None),
                 ('rename', msg, os.path.join(mnt, 'RoOther') + '/%d.eml' % uids[0]),
                 ('rename', msg, os.path.join(mnt, 'RoBox', 'renamed.eml')),
-                ('create', os.path.join(mnt, 'RoBox', 'new.eml'), None),
+                ('create_msg', os.path.join(mnt, 'RoBox', 'new.eml'), None),
                 ('write', msg, None),
                 ('write_trunc', msg, None),
                 ('truncate', msg, None),
@@ -1493,14 +1329,4 @@ class Refused(MountTest):
 
 
 if __name__ == '__main__':
-    t0 = time.monotonic()
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    failed = len(res.failures) + len(res.errors) + len(res.unexpectedSuccesses)
-    passed = res.testsRun - failed - len(res.skipped) - len(res.expectedFailures)
-    for line in REPORTS:
-        print('REPORT: ' + line)
-    print('%d expected failures, %d skipped, %.0f s'
-          % (len(res.expectedFailures), len(res.skipped), time.monotonic() - t0))
-    print('%d passed, %d failed' % (passed, failed))
-    sys.exit(1 if failed else 0)
+    mounttest.main(REPORTS)

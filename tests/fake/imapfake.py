@@ -10,6 +10,9 @@ standard library only.
         srv.wait(10)
     assert srv.failure is None and srv.done
 
+TranscriptChecks gives a unittest.TestCase assertPlayed(srv, result) and
+explain(srv, result), the dialogue for assertion messages.
+
 One FakeServer accepts one connection and plays the transcript on it, step
 by step.  After the last step it keeps reading (and recording) until the
 client closes, so that anything the client sends after the script ends is
@@ -454,3 +457,17 @@ class FakeServer:
                 line, _, self._buf = self._buf.partition(b'\r\n')
                 self.lines.append(line)
                 self.log.append(('C', line))
+
+
+class TranscriptChecks:
+    """Assertions for a unittest.TestCase whose client ran against a
+    FakeServer: SRV, the server after wait(); R, what the client run gave
+    (shown in messages)."""
+
+    def explain(self, srv, r):
+        return '\n%s\n%s' % (srv.dialogue(), r)
+
+    def assertPlayed(self, srv, r):
+        """The client followed the transcript to its end."""
+        self.assertIsNone(srv.failure, self.explain(srv, r))
+        self.assertTrue(srv.done, self.explain(srv, r))

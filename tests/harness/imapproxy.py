@@ -298,47 +298,64 @@ class TLSProxy:
         try:
             conn.settimeout(IO_TIMEOUT)
             client = self.server_ctx.wrap_socket(conn, server_side=True)
-            raw = socket.create_connection(self.target, timeout=IO_TIMEOUT)
-            try:
-                server = self.client_ctx.wrap_socket(raw, server_hostname=self.dc.host)
-            except BaseException:
-                raw.close()
-                raise
+            server = self._upstream(client)
+            if server is None:
+                return
             with self._lock:
-                if self._stop.is_set():
-                    return
-                self._conns.add((client, server))
-                self.connections += 1
                 rw = LineRewriter(self.rewrite) if self.rewrite else None
                 if rw:
                     self._rewriters.append(rw)
-                crw = (LineRewriter(self.rewrite_client)
-                       if self.rewrite_client else None)
-            client.setblocking(False)
-            server.setblocking(False)
+            crw = LineRewriter(self.rewrite_client) if self.rewrite_client else None
             self._pump(client, server, rw, crw)
         except (OSError, ssl.SSLError, ValueError, AttributeError):
             # AttributeError: drop() (another thread) shut the TLS socket
             # down while this one was using it.
             pass
         finally:
-            with self._lock:
-                self._conns.discard((client, server))
-            for s in (client, server, conn):
-                if s is not None:
-                    try:
-                        s.close()
-                    except OSError:
-                        pass
+            self._release(conn, client, server)
 
-    def _pump(self, client, server, rw, crw=None):
-        """Move bytes both ways until either side closes or we stop.  One
-        thread per connection: an SSL object must not be read and written
-        by two threads at once.  The sockets are non-blocking, so a TLS
-        record that is not complete yet (or one with no application data)
-        never holds the other direction up.  Data OpenSSL already
-        decrypted is not seen by select(), hence pending()."""
-        peer = {client: server, server: client}
+    def _upstream(self, client):
+        """A TLS connection to Dovecot for CLIENT, counted and registered
+        for drop(), both non-blocking; None (and nothing left open) once
+        we stop."""
+        raw = socket.create_connection(self.target, timeout=IO_TIMEOUT)
+        try:
+            server = self.client_ctx.wrap_socket(raw, server_hostname=self.dc.host)
+        except BaseException:
+            raw.close()
+            raise
+        with self._lock:
+            if self._stop.is_set():
+                server.close()
+                return None
+            self._conns.add((client, server))
+            self.connections += 1
+        client.setblocking(False)
+        server.setblocking(False)
+        return server
+
+    def _release(self, conn, client, server):
+        """Forget the connection of _upstream() and close the sockets of
+        _serve() (None: not opened)."""
+        with self._lock:
+            self._conns.discard((client, server))
+        for s in (client, server, conn):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _relay(self, client, server, on_data, on_round=None):
+        """Read what CLIENT and SERVER send until we stop or ON_DATA(socket,
+        bytes) or ON_ROUND() returns False: ON_DATA gets each piece read
+        (b'' when that side closed), ON_ROUND() runs after each round (at
+        most POLL apart).  One thread per connection: an SSL object must
+        not be read and written by two threads at once.  The sockets are
+        non-blocking, so a TLS record that is not complete yet (or one with
+        no application data) never holds the other direction up.  Data
+        OpenSSL already decrypted is not seen by select(), hence
+        pending()."""
         while not self._stop.is_set():
             ready = [s for s in (client, server) if s.pending()]
             if not ready:
@@ -348,15 +365,27 @@ class TLSProxy:
                     data = s.recv(65536)
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     continue
-                if not data:
-                    if rw is not None and s is server:
-                        self._send(client, rw.flush())
+                if not on_data(s, data):
                     return
+            if on_round is not None and not on_round():
+                return
+
+    def _pump(self, client, server, rw, crw=None):
+        """Move bytes both ways until either side closes or we stop."""
+        peer = {client: server, server: client}
+
+        def on_data(s, data):
+            if not data:
                 if rw is not None and s is server:
-                    data = rw.feed(data)
-                if crw is not None and s is client:
-                    data = crw.feed(data)
-                self._send(peer[s], data)
+                    self._send(client, rw.flush())
+                return False
+            if rw is not None and s is server:
+                data = rw.feed(data)
+            if crw is not None and s is client:
+                data = crw.feed(data)
+            self._send(peer[s], data)
+            return True
+        self._relay(client, server, on_data)
 
     def _send(self, s, data):
         """All of DATA on non-blocking S, or OSError within IO_TIMEOUT."""

@@ -37,13 +37,20 @@ Dovecot(directory=None, users=None, separator='/', ipv6=None, start=True)
   .generate(user, mailbox, n, seed=0) -> [uid]
   .load_corpus(user) -> {mailbox: [uid]}
   .fetch_bodies(user, mailbox) -> {uid: bytes}   .flags(user, mailbox) -> {uid: set}
+  .meta(user, mailbox) -> {uid: (RFC822.SIZE, INTERNALDATE as epoch seconds)}
+  .fetch_items(user, mailbox, '(UID ...)') -> {uid: bytes of the FETCH response}
   .list_mailboxes(user) -> {name: set(attributes)}   .status(user, mailbox) -> {}
   .pop3_messages(user) -> {uidl: bytes}   .doveadm(*args) -> CompletedProcess
   .bad_cert_server(kind) -> TLSFakeServer   .ssl_context()   .url(scheme, user)
   .log(since=0) .log_size() .log_tail(n)   .info() -> dict
 utf7_encode(str) utf7_decode(str) served_form(bytes) generate_messages(n, seed)
+read_text(path, since=0) file_size(path)
 corpus_messages() -> {mailbox: [(label, bytes)]}  split_mbox(bytes)
 corpus_dir() require_dovecot() make_pki(dir) TLSFakeServer(cert, key, greeting)
+run_tests(reports=()): unittest.main with a summary, for the test modules
+PERR, CLI_EXIT: the error classes of proto/error.h, imapcli's and pop3cli's exit codes
+test_tool('imapcli') -> the path of that test tool
+run_tool(argv, password, timeout) -> ToolResult: rc, stdout, message, elapsed
 
 What a Dovecot instance is
 --------------------------
@@ -134,6 +141,7 @@ import tempfile
 import threading
 import time
 import unicodedata
+import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.environ.get('MAILFS_SOURCE') or os.path.dirname(os.path.dirname(HERE))
@@ -151,6 +159,67 @@ class HarnessError(Exception):
 
 
 # ----------------------------------------------------------------- helpers
+
+# enum proto_err_class (proto/error.h); the test tools imapcli and pop3cli
+# exit with CLI_EXIT[class], 10 + the class.
+PERR = dict(RESOLVE=1, CONNECT=2, TIMEOUT=3, TLS=4, TLS_VERIFY=5, NOTLS=6,
+            PROTOCOL=7, NO=8, BAD=9, AUTH=10, BYE=11, LOCAL=12, BUSY=13)
+CLI_EXIT = {name: 10 + n for name, n in PERR.items()}
+
+
+def test_tool(name):
+    """The path of the test tool NAME (imapcli, pop3cli): $MAILFS_<NAME>,
+    else $MAILFS_BUILD/tests/NAME (MAILFS_BUILD: "build")."""
+    return os.environ.get('MAILFS_' + name.upper()) or os.path.join(
+        os.environ.get('MAILFS_BUILD', 'build'), 'tests', name)
+
+
+class ToolResult:
+    """One run of imapcli or pop3cli: rc, stdout and stderr (str), elapsed
+    (seconds); message, its line "TOOL: CLASS: TEXT" on standard output
+    (the first or, with LAST, the last line starting "TOOL: "); errno, the
+    NAME of a second such line "TOOL: errno NAME" (pop3cli), else ''."""
+
+    def __init__(self, proc, elapsed, tool, last=False):
+        self.rc = proc.returncode
+        self.stdout = proc.stdout.decode('utf-8', errors='replace')
+        self.stderr = proc.stderr.decode('utf-8', errors='replace')
+        self.elapsed = elapsed
+        lines = [l for l in self.stdout.splitlines() if l.startswith(tool + ': ')]
+        self.message = (lines[-1] if last else lines[0]) if lines else ''
+        self.errno = lines[1].split()[-1] if len(lines) > 1 else ''
+
+    def __str__(self):
+        return 'exit %s after %.2f s\nstdout:\n%s\nstderr:\n%s' % (
+            self.rc, self.elapsed, self.stdout[-3000:], self.stderr[-6000:])
+
+
+def run_tool(argv, password, timeout, last=False):
+    """Run the test tool ARGV (imapcli or pop3cli, given --password-stdin)
+    with PASSWORD on its standard input, for at most TIMEOUT seconds: a
+    ToolResult."""
+    start = time.monotonic()
+    proc = subprocess.run(argv, input=(password + '\n').encode('utf-8'),
+                          capture_output=True, timeout=timeout)
+    return ToolResult(proc, time.monotonic() - start, os.path.basename(argv[0]), last)
+
+
+def run_tests(reports=()):
+    """unittest.main, then a summary (a test with failing subtests counts
+    once; REPORTS: findings that are not failures); exits 1 on a failure."""
+    t0 = time.monotonic()
+    prog = unittest.main(exit=False, verbosity=2)
+    res = prog.result
+    failed = len({getattr(t, 'test_case', t).id() for t, _ in res.failures + res.errors}
+                 | {t.id() for t in res.unexpectedSuccesses})
+    passed = res.testsRun - failed - len(res.skipped) - len(res.expectedFailures)
+    for line in reports:
+        print('REPORT: ' + line)
+    print('%d expected failures, %d skipped, %.0f s'
+          % (len(res.expectedFailures), len(res.skipped), time.monotonic() - t0))
+    print('%d passed, %d failed' % (passed, failed))
+    sys.exit(1 if failed else 0)
+
 
 def find_program(name):
     """Path of NAME: $MAILFS_DOVECOT / $MAILFS_DOVEADM / $MAILFS_OPENSSL if
@@ -217,6 +286,25 @@ def free_ports(n, ipv6=False):
 def served_form(data):
     """The bytes Dovecot serves (BODY[]) for a message appended as DATA."""
     return re.sub(rb'(?<!\r)\n', b'\r\n', data.replace(b'\r\n', b'\n'))
+
+
+def read_text(path, since=0):
+    """The text of file PATH (UTF-8, errors replaced) from byte offset
+    SINCE; '' when there is no such file."""
+    try:
+        with open(path, 'rb') as f:
+            f.seek(since)
+            return f.read().decode('utf-8', 'replace')
+    except FileNotFoundError:
+        return ''
+
+
+def file_size(path):
+    """The size of file PATH; 0 when there is no such file."""
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
 
 
 def imap_quote(s):
@@ -1083,19 +1171,11 @@ class Dovecot:
 
     def log(self, since=0):
         """Dovecot's log (str) from byte offset SINCE."""
-        try:
-            with open(self.log_path, 'rb') as f:
-                f.seek(since)
-                return f.read().decode('utf-8', 'replace')
-        except FileNotFoundError:
-            return ''
+        return read_text(self.log_path, since)
 
     def log_size(self):
         """Current size of the log, to pass as SINCE to log() later."""
-        try:
-            return os.path.getsize(self.log_path)
-        except FileNotFoundError:
-            return 0
+        return file_size(self.log_path)
 
     def log_tail(self, lines=30, since=0):
         text = self.log(since)
@@ -1126,54 +1206,45 @@ class Dovecot:
         """A client context that trusts only the test CA."""
         return ssl.create_default_context(cafile=self.ca)
 
+    def _secret(self, user, password):
+        return self.users[user] if password is None else password
+
     def imap(self, user, password=None):
         """A logged-in imaplib.IMAP4_SSL on the imaps port (host localhost,
         certificate verified)."""
         m = imaplib.IMAP4_SSL(self.host, self.ports['imaps'], ssl_context=self.ssl_context(),
                               timeout=IO_TIMEOUT)
-        try:
-            m.login(user, self.users[user] if password is None else password)
-        except BaseException:
-            m.shutdown()
-            raise
-        return m
+        return _set_up(m, m.shutdown, lambda: m.login(user, self._secret(user, password)))
 
     def imap_starttls(self, user=None, password=None):
         """imaplib.IMAP4 on the imap port after STARTTLS; logged in if USER."""
         m = imaplib.IMAP4(self.host, self.ports['imap'], timeout=IO_TIMEOUT)
-        try:
+
+        def steps():
             m.starttls(ssl_context=self.ssl_context())
             if user:
-                m.login(user, self.users[user] if password is None else password)
-        except BaseException:
-            m.shutdown()
-            raise
-        return m
+                m.login(user, self._secret(user, password))
+        return _set_up(m, m.shutdown, steps)
+
+    def _pop3_login(self, p, user, password):
+        p.user(user)
+        p.pass_(self._secret(user, password))
 
     def pop3(self, user, password=None):
         """A logged-in poplib.POP3_SSL on the pop3s port."""
         p = poplib.POP3_SSL(self.host, self.ports['pop3s'], context=self.ssl_context(),
                             timeout=IO_TIMEOUT)
-        try:
-            p.user(user)
-            p.pass_(self.users[user] if password is None else password)
-        except BaseException:
-            p.close()
-            raise
-        return p
+        return _set_up(p, p.close, lambda: self._pop3_login(p, user, password))
 
     def pop3_stls(self, user=None, password=None):
         """poplib.POP3 on the pop3 port after STLS; logged in if USER."""
         p = poplib.POP3(self.host, self.ports['pop3'], timeout=IO_TIMEOUT)
-        try:
+
+        def steps():
             p.stls(context=self.ssl_context())
             if user:
-                p.user(user)
-                p.pass_(self.users[user] if password is None else password)
-        except BaseException:
-            p.close()
-            raise
-        return p
+                self._pop3_login(p, user, password)
+        return _set_up(p, p.close, steps)
 
     def bad_cert_server(self, kind='expired', greeting=b'* OK fake\r\n'):
         """A TLSFakeServer presenting a bad certificate: kind 'expired'
@@ -1370,12 +1441,13 @@ class Dovecot:
             out[int(uid.group(1))] = body
         return out
 
-    def flags(self, user, mailbox):
-        """{uid: set of flags} (e.g. {'\\\\Seen', '$Work'}); \\Recent, which
-        depends on the session, is left out."""
+    def fetch_items(self, user, mailbox, items):
+        """{uid: the FETCH response (bytes)} of UID FETCH 1:* ITEMS in an
+        EXAMINEd MAILBOX; ITEMS, e.g. '(UID FLAGS)', must not ask for a
+        literal."""
         m = self._examine(user, mailbox)
         try:
-            typ, data = m.uid('FETCH', '1:*', '(UID FLAGS)')
+            typ, data = m.uid('FETCH', '1:*', items)
         finally:
             m.logout()
         out = {}
@@ -1385,10 +1457,32 @@ class Dovecot:
             if not item:
                 continue
             uid = re.search(rb'UID (\d+)', item)
+            if uid:
+                out[int(uid.group(1))] = item
+        return out
+
+    def flags(self, user, mailbox):
+        """{uid: set of flags} (e.g. {'\\\\Seen', '$Work'}); \\Recent, which
+        depends on the session, is left out."""
+        out = {}
+        for uid, item in self.fetch_items(user, mailbox, '(UID FLAGS)').items():
             fl = re.search(rb'FLAGS \(([^)]*)\)', item)
-            if uid and fl:
-                out[int(uid.group(1))] = set(f.decode() for f in fl.group(1).split()
-                                             if f.upper() != b'\\RECENT')
+            if fl:
+                out[uid] = set(f.decode() for f in fl.group(1).split()
+                               if f.upper() != b'\\RECENT')
+        return out
+
+    def meta(self, user, mailbox):
+        """{uid: (RFC822.SIZE, INTERNALDATE as epoch seconds)}."""
+        out = {}
+        for uid, item in self.fetch_items(user, mailbox,
+                                          '(UID RFC822.SIZE INTERNALDATE)').items():
+            size = re.search(rb'RFC822\.SIZE (\d+)', item)
+            date = re.search(rb'INTERNALDATE "([^"]+)"', item)
+            if size and date:
+                when = datetime.datetime.strptime(date.group(1).decode().strip(),
+                                                  '%d-%b-%Y %H:%M:%S %z')
+                out[uid] = (int(size.group(1)), int(when.timestamp()))
         return out
 
     def pop3_messages(self, user):
@@ -1420,6 +1514,16 @@ class Dovecot:
             raise HarnessError('doveadm %s: exit %d: %s' % (' '.join(args), r.returncode,
                                                             r.stderr.strip()))
         return r
+
+
+def _set_up(conn, close, steps):
+    """CONN once STEPS() ran; if they fail, CLOSE() and raise."""
+    try:
+        steps()
+    except BaseException:
+        close()
+        raise
+    return conn
 
 
 def _appenduids(line):

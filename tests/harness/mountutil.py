@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 
+import mailharness
+
 SKIP = 77
 BUILD = os.environ.get('MAILFS_BUILD', 'build')
 MAILFS = os.path.join(BUILD, 'mailfs')
@@ -217,22 +219,13 @@ class Mount:
         """What a foreground mailfs wrote to stderr so far (str)."""
         if self.mode == 'daemon':
             return self.result.stderr if self.result else ''
-        try:
-            with open(self.log_path, 'rb') as f:
-                return f.read().decode('utf-8', 'replace')
-        except FileNotFoundError:
-            return ''
+        return mailharness.read_text(self.log_path)
 
     def log_size(self):
-        try:
-            return os.path.getsize(self.log_path)
-        except FileNotFoundError:
-            return 0
+        return mailharness.file_size(self.log_path)
 
     def log_since(self, offset):
-        with open(self.log_path, 'rb') as f:
-            f.seek(offset)
-            return f.read().decode('utf-8', 'replace')
+        return mailharness.read_text(self.log_path, offset)
 
     def sent_commands(self, since=0):
         """The IMAP commands the debug log shows as sent (text after " C: ")."""

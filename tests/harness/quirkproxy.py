@@ -63,8 +63,6 @@ skewed, OKs marked [THROTTLED], commands refused, TOOBIG literals.
 """
 
 import re
-import select
-import socket
 import ssl
 import threading
 import time
@@ -222,19 +220,9 @@ class QuirkProxy(imapproxy.TLSProxy):
             if full:
                 client.sendall(EXCHANGE_BYE)
                 return
-            raw = socket.create_connection(self.target, timeout=imapproxy.IO_TIMEOUT)
-            try:
-                server = self.client_ctx.wrap_socket(raw, server_hostname=self.dc.host)
-            except BaseException:
-                raw.close()
-                raise
-            with self._lock:
-                if self._stop.is_set():
-                    return
-                self._conns.add((client, server))
-                self.connections += 1
-            client.setblocking(False)
-            server.setblocking(False)
+            server = self._upstream(client)
+            if server is None:
+                return
             st = _Conn()
             rw = imapproxy.LineRewriter(lambda text: self._server_line(st, text))
             try:
@@ -246,37 +234,26 @@ class QuirkProxy(imapproxy.TLSProxy):
         except (OSError, ssl.SSLError, ValueError, AttributeError):
             pass
         finally:
-            with self._lock:
-                self._conns.discard((client, server))
-                if counted:
+            if counted:
+                with self._lock:
                     self.live -= 1
-            for s in (client, server, conn):
-                if s is not None:
-                    try:
-                        s.close()
-                    except OSError:
-                        pass
+            self._release(conn, client, server)
 
     def _pump2(self, client, server, rw, st):
-        while not self._stop.is_set():
-            ready = [s for s in (client, server) if s.pending()]
-            if not ready:
-                ready, _, _ = select.select([client, server], [], [], imapproxy.POLL)
-            for s in ready:
-                try:
-                    data = s.recv(65536)
-                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                    continue
-                if not data:
-                    if s is server:
-                        self._send(client, rw.flush())
-                    return
+        def on_data(s, data):
+            if not data:
                 if s is server:
-                    self._send(client, rw.feed(data))
-                else:
-                    fwd = self._client_data(st, data)
-                    if fwd:
-                        self._send(server, fwd)
+                    self._send(client, rw.flush())
+                return False
+            if s is server:
+                self._send(client, rw.feed(data))
+            else:
+                fwd = self._client_data(st, data)
+                if fwd:
+                    self._send(server, fwd)
+            return True
+
+        def on_round():
             # The proxy's own answers, between two server responses.
             if st.out and rw.literal == 0 and not rw.buf and not st.mid:
                 out, st.out = b''.join(st.out), []
@@ -285,7 +262,9 @@ class QuirkProxy(imapproxy.TLSProxy):
                     and not st.out and time.monotonic() - st.last > self.q.idle_bye):
                 self._count('idle_byes')
                 self._send(client, GMAIL_IDLE_BYE)
-                return
+                return False
+            return True
+        self._relay(client, server, on_data, on_round)
 
     # ----- server to client
 
