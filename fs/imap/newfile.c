@@ -47,7 +47,7 @@ static const char *const nf_state_names[] = {
 #define FH_NO_RELEASE 2
 
 struct nf {
-	uint32_t num; /* inode: fs_ino_msg(id, FS_INO_MAX_GEN, num) */
+	uint32_t num; /* inode: fs_ino_new(ino_id, num) */
 	uint32_t id;  /* target mailbox */
 	char *name;   /* owned; NULL for uploads resumed from the cache */
 	char *data;   /* owned; the message */
@@ -155,7 +155,7 @@ static struct mailfs *fs_of(fuse_req_t req)
 
 static fuse_ino_t nf_ino(const struct nf *f)
 {
-	return fs_ino_msg(f->ino_id, FS_INO_MAX_GEN, f->num);
+	return fs_ino_new(f->ino_id, f->num);
 }
 
 static bool visible(const struct nf *f)

@@ -15,11 +15,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fs/imap/change.h"
 #include "fs/dirsnap.h"
+#include "fs/imap/change.h"
+#include "fs/imap/newfile.h"
 #include "fs/inval.h"
 #include "fs/mailfs.h"
-#include "fs/imap/newfile.h"
 #include "fs/net/sync.h"
 #include "fs/net/watch.h"
 #include "proto/log.h"
@@ -51,11 +51,26 @@ static void dir_attr(struct mailfs *fs, uint32_t id, int64_t mtime,
 	st->st_mtime = st->st_ctime = st->st_atime = (time_t)mtime;
 }
 
-static void msg_attr(struct mailfs *fs, uint32_t gen, const struct cache_msg *m,
-                     struct stat *st)
+/* The attributes of message m of generation gen; -EIO (logged) when it
+ * has no inode number: its mailbox changed UIDVALIDITY too often
+ * (fs/ino.h). */
+static int msg_attr(struct mailfs *fs, uint32_t gen, const struct cache_msg *m,
+                    struct stat *st)
 {
+	fuse_ino_t ino = fs_ino_msg(m->key.mailbox_id, gen, m->key.uid);
+
+	if (ino == 0) {
+		struct fs_mailbox *mb = NULL;
+
+		fs_tree_get(fs->tree, m->key.mailbox_id, &mb);
+		log_err("mailbox %s has changed UIDVALIDITY too often (%u "
+		        "times): its messages cannot be shown",
+		        mb != NULL ? mb->name : "?", gen);
+		fs_mailbox_free(&mb);
+		return -EIO;
+	}
 	memset(st, 0, sizeof(*st));
-	st->st_ino = fs_ino_msg(m->key.mailbox_id, gen, m->key.uid);
+	st->st_ino = ino;
 	st->st_mode = S_IFREG | 0444;
 	st->st_nlink = 1;
 	st->st_uid = fs->uid;
@@ -64,6 +79,7 @@ static void msg_attr(struct mailfs *fs, uint32_t gen, const struct cache_msg *m,
 	st->st_blocks = (blkcnt_t)((m->size + 511) / 512);
 	st->st_blksize = 4096;
 	st->st_mtime = st->st_ctime = st->st_atime = (time_t)m->internaldate;
+	return 0;
 }
 
 /* The message behind an inode: its mailbox copy (current generation
@@ -108,7 +124,8 @@ static int get_msg(struct mailfs *fs, fuse_ino_t ino, struct fs_mailbox **mb_r,
 	struct fs_mailbox *mb = NULL;
 	int rc;
 
-	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0)
+	if (fs_ino_is_new(ino) || !fs_ino_split(ino, &id, &gen, &uid) ||
+	    uid == 0)
 		return -ENOENT;
 	rc = fs_tree_get(fs->tree, id, &mb);
 	if (rc < 0)
@@ -146,7 +163,8 @@ static int msg_key(struct mailfs *fs, fuse_ino_t ino, struct cache_key *key_r)
 {
 	uint32_t id, gen, uid, uidvalidity, cur;
 
-	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0)
+	if (fs_ino_is_new(ino) || !fs_ino_split(ino, &id, &gen, &uid) ||
+	    uid == 0)
 		return -ENOENT;
 	if (fs_tree_current(fs->tree, id, &uidvalidity, &cur) < 0)
 		return -ESTALE;
@@ -376,12 +394,15 @@ static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name,
 		fuse_reply_err(req, rc == -ENOENT ? ENOENT : EIO);
 		return;
 	}
-	msg_attr(fs, dir->gen, msg, &e.attr);
+	rc = msg_attr(fs, dir->gen, msg, &e.attr);
 	e.ino = e.attr.st_ino;
 	e.attr_timeout = e.entry_timeout = MSG_TIMEOUT;
 	cache_msg_free(&msg);
 	fs_mailbox_free(&dir);
-	fuse_reply_entry(req, &e);
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_entry(req, &e);
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -446,10 +467,13 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 		fuse_reply_err(req, rc == -ESTALE ? ESTALE : ENOENT);
 		return;
 	}
-	msg_attr(fs, mb->gen, msg, &st);
+	rc = msg_attr(fs, mb->gen, msg, &st);
 	cache_msg_free(&msg);
 	fs_mailbox_free(&mb);
-	fuse_reply_attr(req, &st, MSG_TIMEOUT);
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_attr(req, &st, MSG_TIMEOUT);
 }
 
 /* --- directories ------------------------------------------------------ */
@@ -467,7 +491,8 @@ static int snap_msg_cb(const struct cache_msg *msg, void *ctx)
 	struct stat st;
 
 	snprintf(name, sizeof(name), "%" PRIu32 ".eml", msg->key.uid);
-	msg_attr(m->fs, m->gen, msg, &st);
+	if (msg_attr(m->fs, m->gen, msg, &st) < 0)
+		return -EIO;
 	return fs_dirsnap_add(m->s, name, &st, MSG_TIMEOUT);
 }
 
@@ -892,7 +917,8 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &st);
 }
 
-/* --- changes: fs/imap/change.c and fs/imap/newfile.c ---------------------------- */
+/* --- changes: fs/imap/change.c and fs/imap/newfile.c
+ * ---------------------------- */
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
                      mode_t mode)

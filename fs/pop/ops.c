@@ -49,7 +49,7 @@ static void msg_attr(struct mailfs *fs, const struct cache_pop *p,
                      struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
-	st->st_ino = fs_ino_msg(FS_POP_INBOX_ID, 0, p->num);
+	st->st_ino = fs_ino_pop_msg(p->num);
 	st->st_mode = S_IFREG | 0444;
 	st->st_nlink = 1;
 	st->st_uid = fs->uid;
@@ -116,14 +116,14 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 			fuse_reply_err(req, ENOENT);
 			return;
 		}
-		dir_attr(fs, fs_ino_dir(FS_POP_INBOX_ID), 0, &e.attr);
+		dir_attr(fs, fs_ino_pop_inbox(), 0, &e.attr);
 		e.ino = e.attr.st_ino;
 		e.attr_timeout = e.entry_timeout = DIR_TIMEOUT;
 		fuse_reply_entry(req, &e);
 		return;
 	}
-	if (parent != fs_ino_dir(FS_POP_INBOX_ID) || !parse_name(name, &num) ||
-	    get_msg(fs, fs_ino_msg(FS_POP_INBOX_ID, 0, num), &p) < 0) {
+	if (parent != fs_ino_pop_inbox() || !parse_name(name, &num) ||
+	    get_msg(fs, fs_ino_pop_msg(num), &p) < 0) {
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
@@ -157,7 +157,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 	struct stat st;
 
 	(void)fi;
-	if (ino == FUSE_ROOT_ID || ino == fs_ino_dir(FS_POP_INBOX_ID)) {
+	if (ino == FUSE_ROOT_ID || ino == fs_ino_pop_inbox()) {
 		dir_attr(fs, ino, ino == FUSE_ROOT_ID ? 1 : 0, &st);
 		fuse_reply_attr(req, &st, DIR_TIMEOUT);
 		return;
@@ -218,7 +218,7 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
 	struct stat st;
 	int rc = 0;
 
-	if (ino != FUSE_ROOT_ID && ino != fs_ino_dir(FS_POP_INBOX_ID)) {
+	if (ino != FUSE_ROOT_ID && ino != fs_ino_pop_inbox()) {
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
@@ -252,7 +252,7 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
 		rc = fs_dirsnap_add(s, "..", &st, DIR_TIMEOUT);
 	}
 	if (rc == 0 && ino == FUSE_ROOT_ID) {
-		dir_attr(fs, fs_ino_dir(FS_POP_INBOX_ID), 0, &st);
+		dir_attr(fs, fs_ino_pop_inbox(), 0, &st);
 		rc = fs_dirsnap_add(s, "INBOX", &st, DIR_TIMEOUT);
 	} else if (rc == 0) {
 		struct snap_ctx c = {fs, s};
