@@ -9,8 +9,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "fs/attr.h"
 #include "fs/imap/closes.h"
 #include "fs/net/sync.h"
+#include "fs/reply.h"
 #include "proto/log.h"
 #include "proto/mime.h"
 
@@ -287,18 +289,9 @@ static void unlink_nf(struct fs_newfiles *n, struct nf *f)
 
 static void nf_attr(struct mailfs *fs, const struct nf *f, struct stat *st)
 {
-	memset(st, 0, sizeof(*st));
-	st->st_ino = nf_ino(f);
 	/* Writable by its owner until it is uploaded. */
-	st->st_mode = S_IFREG | (writable(f) ? 0644 : 0444);
-	st->st_nlink = 1;
-	st->st_uid = fs->uid;
-	st->st_gid = fs->gid;
-	st->st_size = (off_t)f->len;
-	st->st_blocks = (blkcnt_t)((f->len + 511) / 512);
-	st->st_blksize = 4096;
-	st->st_mtime = st->st_ctime = st->st_atime =
-	        (time_t)(f->mtime ? f->mtime : time(NULL));
+	fs_attr_file(fs, nf_ino(f), writable(f) ? 0644 : 0444, f->len,
+	             f->mtime ? f->mtime : time(NULL), st);
 }
 
 bool fs_newfile_lookup(struct mailfs *fs, uint32_t id, const char *name,
@@ -1102,7 +1095,8 @@ static int store_part(struct cache_txn *txn, void *ctx)
  * cache holds is added as one part; anything else (the first write, a
  * truncation, a new time, a commit that failed before) stores the whole
  * file again.  The lock is held across the (short, local) commit so that
- * no other change slips in between.  0, or the errno to answer. */
+ * no other change slips in between.  0, or the errno to answer
+ * (fs/reply.h: FS_ERR_KEEP). */
 static int keep(struct mailfs *fs, struct nf *f, const char *buf, size_t size,
                 off_t off)
 {
@@ -1124,7 +1118,7 @@ static int keep(struct mailfs *fs, struct nf *f, const char *buf, size_t size,
 	if (rc < 0) {
 		log_err("cannot keep %s in the cache: %s",
 		        f->name ? f->name : "a new file", strerror(-rc));
-		return rc == -ENOSPC ? ENOSPC : EIO;
+		return fs_errno(FS_ERR_KEEP, rc);
 	}
 	return 0;
 }
