@@ -823,6 +823,45 @@ class BigBody(MountTest):
         self.assertEqual(read(os.path.join(m2.mountpoint, rel)), want)
 
 
+    @unittest.skipUnless(shutil.which('mdb_dump') and shutil.which('mdb_load'),
+                         'lmdb-utils (mdb_dump, mdb_load) missing')
+    def test_damaged_cache_read_is_eio_not_a_hang(self):
+        """A body whose record in the cache cannot be decoded: a read of it
+        fails with EIO at once (it used to get no answer at all, and the
+        reader hung until mailfs was killed)."""
+        rel = 'Big/%d.eml' % SPECIAL['big']
+        want = body_of(rel)
+        plain = 'INBOX/%d.eml' % SPECIAL['plain']
+        m = self.mount('damagedbody')
+        self.assertEqual(read(os.path.join(m.mountpoint, rel)), want)
+        self.assertEqual(read(os.path.join(m.mountpoint, plain)), body_of(plain))
+        cache = m.cache_dir
+        m.unmount()
+        out = subprocess.run(['mdb_dump', '-s', 'body_big', cache],
+                             capture_output=True, check=True, timeout=30).stdout
+        body = out.split(b'HEADER=END\n', 1)[1].split(b'DATA=END', 1)[0]
+        keys = [ln[1:] for ln in body.split(b'\n') if ln.startswith(b' ')][0::2]
+        self.assertEqual(len(keys), 1, 'one long body in the cache')
+        key = bytes.fromhex(keys[0].decode())
+        # A record of an unknown version: undecodable.
+        dump = ('VERSION=3\nformat=bytevalue\ndatabase=body_big\ntype=btree\n'
+                'HEADER=END\n %s\n ff\nDATA=END\n' % key.hex()).encode()
+        subprocess.run(['mdb_load', '-s', 'body_big', cache], input=dump,
+                       check=True, timeout=30)
+        m2 = self.mount('damagedbody2', cache=cache, mode='foreground',
+                        options=('offline',))
+        path = os.path.join(m2.mountpoint, rel)
+        self.assertEqual(os.stat(path).st_size, len(want))
+        size = m2.log_size()
+        res, took = try_op('read', path)
+        self.assertEqual(res, 'EIO')
+        self.assertLess(took, ERROR_SECONDS)
+        time.sleep(0.2)
+        self.assertRegex(m2.log_since(size), r'undecodable big body record')
+        # The rest of the mount still answers.
+        self.assertEqual(read(os.path.join(m2.mountpoint, plain)), body_of(plain))
+
+
 class Large(MountTest):
     def test_mailbox_with_1000_messages(self):
         uids = dc.generate('bob', 'Many', 1000, seed=3)

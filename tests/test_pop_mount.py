@@ -568,6 +568,40 @@ class BigMessage(PopTest):
         self.assertEqual(read(os.path.join(inbox(m2), '1.eml')), want)
 
 
+    @unittest.skipUnless(shutil.which('mdb_dump') and shutil.which('mdb_load'),
+                         'lmdb-utils (mdb_dump, mdb_load) missing')
+    def test_damaged_cache_read_is_eio_not_a_hang(self):
+        """The message's record in the cache cannot be decoded: a read of it
+        fails with EIO at once (it used to get no answer at all, and the
+        reader hung until mailfs was killed)."""
+        m = self.mount('kim', 'big-damaged')
+        path = os.path.join(inbox(m), '1.eml')
+        self.assertTrue(wait_until(lambda: os.path.exists(path), SESSION_SECONDS))
+        self.assertEqual(read(path), self.want)
+        cache = m.cache_dir
+        m.unmount()
+        out = subprocess.run(['mdb_dump', '-s', 'body_big', cache],
+                             capture_output=True, check=True, timeout=30).stdout
+        body = out.split(b'HEADER=END\n', 1)[1].split(b'DATA=END', 1)[0]
+        keys = [ln[1:] for ln in body.split(b'\n') if ln.startswith(b' ')][0::2]
+        self.assertEqual(len(keys), 1, 'one long body in the cache')
+        # A record of an unknown version: undecodable.
+        dump = ('VERSION=3\nformat=bytevalue\ndatabase=body_big\ntype=btree\n'
+                'HEADER=END\n %s\n ff\nDATA=END\n' % keys[0].decode()).encode()
+        subprocess.run(['mdb_load', '-s', 'body_big', cache], input=dump,
+                       check=True, timeout=30)
+        m2 = self.mount('kim', 'big-damaged2', cache=cache, mode='foreground',
+                        options=['offline'])
+        path = os.path.join(inbox(m2), '1.eml')
+        self.assertEqual(os.stat(path).st_size, len(self.want))
+        size = m2.log_size()
+        res, took = try_op('read', path)
+        self.assertEqual(res, 'EIO')
+        self.assertLess(took, ERROR_SECONDS)
+        time.sleep(0.2)
+        self.assertRegex(m2.log_since(size), r'undecodable big body record')
+
+
 def vm_hwm(pid):
     """Peak resident set of process PID, bytes."""
     with open('/proc/%d/status' % pid) as f:

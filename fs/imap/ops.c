@@ -750,8 +750,9 @@ static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fs_mailbox_free(&mb);
 		return;
 	}
-	/* -EIO from reply_view means the reply was attempted: no second. */
-	if (rc < 0 && rc != -EIO)
+	/* A damaged cache fails without calling reply_view: the request
+	 * still needs its answer.  Once reply_view ran, it had one. */
+	if (rc < 0 && !r.v.sent)
 		fs_reply_fail(req, FS_ERR_READ, rc);
 }
 

@@ -268,8 +268,9 @@ static void pop_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	rc = cache_body_view_once(fs->cache, pop_key(num), (uint64_t)off, size,
 	                          fs_reply_view, &v);
-	/* -EIO from fs_reply_view means the reply was attempted. */
-	if (rc < 0 && rc != -EIO)
+	/* A damaged cache fails without calling fs_reply_view: the
+	 * request still needs its answer. */
+	if (rc < 0 && !v.sent)
 		fs_reply_fail(req, FS_ERR_READ, rc);
 }
 
