@@ -7,9 +7,25 @@
  * with the server unreachable.
  *
  * Databases inside the environment (named LMDB databases; the layout is
- * part of the on-disk format, guarded by CACHE_SCHEMA_VERSION):
+ * part of the on-disk format, guarded by CACHE_SCHEMA_VERSION).  Every key
+ * and record below is built inside cache/ only, each database by one file
+ * (cache_int.h says which), and callers never format a key: they use the
+ * calls of this header.  tests/test_cache.c holds the exact bytes of each
+ * kind of key and record, so that a change of layout cannot go unseen.
  *
- *   meta       ASCII name -> u64 BE: "schema" and the persistent counters
+ *   meta       ASCII name -> u64 BE.  The names this module builds:
+ *                "schema"              the schema version
+ *                "cache.next_mailbox", "cache.next_pop",
+ *                "cache.next_pending", "cache.next_blob"
+ *                                      persistent counters: the next id
+ *                "mtime." + mailbox id in decimal ("mtime.12")
+ *                                      a mailbox directory's mtime
+ *                                      (cache_mailbox_mtime_*)
+ *                "popdup.", "popcmp.", "popsize." + 16 lower-case hex
+ *                digits, the first 8 bytes of the SHA-256 of a POP3
+ *                UIDL or identity ("popdup.12b26475137f0033")
+ *                                      POP3 marks (cache_pop_mark_*)
+ *              Any other name is a caller's own (cache_meta_*).
  *   mbox       mailbox id (u32 BE) -> mailbox record
  *   mbox_name  server name (raw modified UTF-7 bytes) -> mailbox id (u32 BE).
  *              A name longer than LMDB's key limit (511 bytes in the usual
@@ -51,8 +67,9 @@
  *   child must not touch a struct cache of its parent (LMDB's locks and
  *   mappings do not survive fork).  Every transaction begin checks the
  *   process id and fails with -ECHILD in a forked child.  The descriptors
- *   are close-on-exec.  Open a given directory at most once per process
- *   (a second cache_open of it fails with -EBUSY).
+ *   are close-on-exec.  Open a given directory in one process at a time
+ *   (a second cache_open of it, in this process or another, fails with
+ *   -EBUSY).
  *
  * - Transactions are short.  Begin, read or write, end.  Never hold a
  *   transaction (read or write) across a network wait or any other
@@ -143,13 +160,36 @@ struct cache_options {
 /* Open (creating it if needed) the cache in directory dir.  Missing
  * directories are created with mode 0700, the database files get 0600.
  * opt may be NULL.  On success *cache_r is an owned handle for
- * cache_close().  Errors: -EPROTONOSUPPORT the cache was written by a newer
- * mailfs (schema version logged), -EBUSY dir is already open in this
- * process, -EIO the files are not a usable cache (logged), or the errno of
- * a failed mkdir/open. */
+ * cache_close().
+ *
+ * One process at a time: the directory is locked (flock) while it is open,
+ * and a cache open in another process, or already open in this one, is
+ * refused (-EBUSY).  The lock goes with the process, even a killed one.
+ *
+ * A damaged cache is refused and never modified, deleted or repaired: it
+ * may hold the only copy of POP3 mail or of unsent uploads.  Damaged means
+ * a data file shorter than the pages in use (-EUCLEAN: "truncated", e.g. a
+ * copy cut short; LMDB maps the file, and reading a page past its end would
+ * kill the process with SIGBUS), an empty data file (-EUCLEAN; LMDB would
+ * make it a fresh cache) or one LMDB does not recognise (-EIO).  Each of
+ * these failures is checked before anything reads the file through the
+ * map.
+ *
+ * Errors: -EPROTONOSUPPORT the cache was written by a newer mailfs, -EBUSY
+ * as above, -EUCLEAN or -EIO damaged as above, or the errno of a failed
+ * mkdir/open/lock.  Every failure is logged (LOG_ERR), one line that names
+ * the directory or the file. */
 int cache_open(const char *dir, struct cache **cache_r);
 int cache_open_ex(const char *dir, const struct cache_options *opt,
                   struct cache **cache_r);
+
+/* cache_open(), but the line that says why it failed is written into msg
+ * (msg_size bytes, NUL-terminated, no newline, "" on success) instead of
+ * the log: for a caller that shows it to the user itself.  A damaged cache
+ * reads "cache DIR/data.mdb is damaged (CAUSE); move it away to start a
+ * fresh cache, or restore it from a backup". */
+int cache_open_msg(const char *dir, struct cache **cache_r, char *msg,
+                   size_t msg_size);
 
 /* Close and free; *cache is set to NULL.  No transaction may be open.
  * Safe with *cache == NULL. */
@@ -183,7 +223,9 @@ int cache_txn_error(const struct cache_txn *txn);
  * 0 or a negative errno; a negative return aborts the transaction and is
  * returned.  If the map is full, the map is grown and fn runs once more in
  * a new transaction, so fn must have no effects outside the transaction.
- * This is the path to use for writes, big batches included. */
+ * The map grows only while no other transaction of this process is live:
+ * if some stay live for 10 seconds, the write fails with -ENOSPC.  This is
+ * the path to use for writes, big batches included. */
 int cache_run_write(struct cache *cache,
                     int (*fn)(struct cache_txn *txn, void *ctx), void *ctx);
 
@@ -193,8 +235,11 @@ int cache_run_read(struct cache *cache,
 
 /* ------------------------------------------------------------------ */
 /* Meta: persistent named counters and values for other modules.  Names
- * are 1..64 printable ASCII characters; names starting with "cache." and
- * the name "schema" are reserved for this module (-EINVAL). */
+ * are 1..64 printable ASCII characters; names starting with "cache.",
+ * "mtime.", "popdup.", "popcmp." or "popsize." and the name "schema" are
+ * reserved for this module (-EINVAL): the values of those names are read
+ * and written with the typed calls below (cache_mailbox_mtime_*,
+ * cache_pop_mark_*). */
 
 int cache_meta_get(struct cache_txn *txn, const char *name, uint64_t *val_r);
 int cache_meta_set(struct cache_txn *txn, const char *name, uint64_t val);
@@ -325,6 +370,15 @@ int cache_mailbox_remove(struct cache_txn *txn, uint32_t id);
 int cache_mailbox_foreach(struct cache_txn *txn,
                           int (*cb)(const struct cache_mailbox *mb, void *ctx),
                           void *ctx);
+
+/* The mtime of mailbox id's directory (seconds since the epoch), as the
+ * fs layer last stored it (the newest message of its last listing), kept
+ * in meta (see the schema above).  Any id may be given; the value stays
+ * when the mailbox is removed.  -ENOENT (not recorded) if none is
+ * stored. */
+int cache_mailbox_mtime_get(struct cache_txn *txn, uint32_t id,
+                            int64_t *mtime_r);
+int cache_mailbox_mtime_set(struct cache_txn *txn, uint32_t id, int64_t mtime);
 
 /* ------------------------------------------------------------------ */
 /* Messages */
@@ -595,6 +649,25 @@ int cache_pop_set_deleted(struct cache_txn *txn, uint32_t num, bool deleted);
 int cache_pop_foreach(struct cache_txn *txn, uint32_t num_from,
                       int (*cb)(const struct cache_pop *pop, void *ctx),
                       void *ctx);
+
+/* Marks that fs/pop/poller.c keeps about a UIDL or an identity s (any
+ * NUL-terminated string), kept in meta under a hash of s (see the schema
+ * above): */
+enum cache_pop_mark {
+	CACHE_POP_DUP = 0,  /* "popdup.": the server lists UIDL s for more
+	                     * than one message */
+	CACHE_POP_CMP = 1,  /* "popcmp.": copies of identity s were listed
+	                     * and not all cached: compare by bytes */
+	CACHE_POP_SIZE = 2, /* "popsize.": the size the server lists for
+	                     * the message filed as s */
+};
+
+/* The value of mark for s; -ENOENT (not recorded) if none is stored.
+ * -EINVAL for an unknown mark or a NULL s. */
+int cache_pop_mark_get(struct cache_txn *txn, enum cache_pop_mark mark,
+                       const char *s, uint64_t *val_r);
+int cache_pop_mark_set(struct cache_txn *txn, enum cache_pop_mark mark,
+                       const char *s, uint64_t val);
 
 /* ------------------------------------------------------------------ */
 /* Pending writes: uploads (APPEND) not yet confirmed by the server.  They

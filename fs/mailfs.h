@@ -1,5 +1,5 @@
 /* The state of one mount, shared by the FUSE handlers (fs/imap/ops.c), the
- * network side (fs/net/sync.c) and main (fs/main.c). */
+ * network side (fs/net/) and main (fs/main.c). */
 #ifndef MAILFS_FS_MAILFS_H
 #define MAILFS_FS_MAILFS_H
 

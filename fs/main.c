@@ -1,11 +1,18 @@
 /* mailfs: mount an email account.
  *
- * Order matters here (STYLE.md): everything that can fail in a way the
- * user must see (options, the account URL, the mount point, the password,
- * the server: TLS, login) is checked in the foreground, before mounting;
- * then the filesystem is mounted, the process daemonizes, and only then
- * are the cache opened and threads started (LMDB and threads do not
- * survive fork()). */
+ * Order matters here (STYLE.md).  Everything that can fail in a way the
+ * user must see is checked in the foreground first: options (paths made
+ * absolute), the account URL, the mount point, the password, the server
+ * (TLS, login).  Then the process forks (LMDB and threads do not survive
+ * fork(), so nothing of them exists yet).  The child starts a session of
+ * its own, opens the cache, mounts, lists and starts its threads, while
+ * the parent waits; only then does the child detach from the terminal and
+ * tell the parent, which exits 0.  If any of that fails, the child prints
+ * the reason on the standard error it still shares with the parent,
+ * unmounts if it had mounted, and the parent exits with a non-zero status;
+ * if the child dies instead (a signal), the parent says so, removes a mount
+ * the child left, and exits non-zero.  With -f there is no fork and the
+ * same steps run in the one process. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -13,10 +20,14 @@
 #include <malloc.h>
 #include <mntent.h>
 #include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fs/inval.h"
@@ -65,34 +76,13 @@ static int check_mountpoint(const char *path)
 
 static char *default_cache_dir(const struct account_url *url)
 {
-	const char *xdg = getenv("XDG_CACHE_HOME");
-	const char *home = getenv("HOME");
 	char *name = NULL, *path = NULL;
-	int rc;
+	int rc = url_cache_name(url, &name);
 
-	if (url_cache_name(url, &name) < 0)
-		return NULL;
-	if (xdg != NULL && xdg[0] == '/')
-		rc = asprintf(&path, "%s/mailfs/%s", xdg, name);
-	else if (home != NULL && home[0] == '/')
-		rc = asprintf(&path, "%s/.cache/mailfs/%s", home, name);
-	else
-		rc = -1;
+	if (rc == 0)
+		rc = fs_options_default_cache_dir(name, &path);
 	free(name);
 	return rc < 0 ? NULL : path;
-}
-
-static char *absolute(const char *path)
-{
-	char cwd[PATH_MAX];
-	char *out = NULL;
-
-	if (path[0] == '/')
-		return strdup(path);
-	if (getcwd(cwd, sizeof(cwd)) == NULL ||
-	    asprintf(&out, "%s/%s", cwd, path) < 0)
-		return NULL;
-	return out;
 }
 
 static bool cache_exists(const char *dir)
@@ -199,6 +189,165 @@ static bool mount_listed(const char *path)
 	return found;
 }
 
+/* The network side's reconnect callback (fs/net/sync.h), on a worker:
+ * uploads that waited for the server go now.  The network side knows
+ * nothing of uploads; the mount wires the two together here. */
+static void server_back(void *ctx)
+{
+	fs_newfile_resume(ctx);
+}
+
+/* ------------------------------------------------------------------ */
+/* Start-up in the background: the child reports to the waiting parent. */
+
+extern char **environ;
+
+struct startup {
+	int fd;      /* write end of the status pipe; -1: none */
+	bool daemon; /* this is the child of start_background() */
+};
+
+/* A start-up failure or warning: on the standard error the user sees
+ * (the child's is still the parent's until start-up ends), and in the log
+ * of the background process. */
+__attribute__((format(printf, 3, 4))) static void
+say(const struct startup *st, int level, const char *fmt, ...)
+{
+	char text[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "mailfs: %s%s\n",
+	        level == LOG_WARNING ? "warning: " : "", text);
+	if (st->daemon)
+		log_msg(level, "%s", text);
+}
+
+/* The child's mount is left behind by its death: remove it (lazily: the
+ * dead process answers nothing).  Only if the mount point is no longer
+ * the directory it was before the fork, so nothing else is unmounted. */
+static void remove_dead_mount(const char *mnt, dev_t before)
+{
+	char *argv[] = {"fusermount3", "-u", "-z", "--", (char *)mnt, NULL};
+	struct stat st;
+	pid_t pid;
+	int status;
+
+	if (stat(mnt, &st) == 0 && st.st_dev == before)
+		return;
+	if (umount2(mnt, MNT_DETACH) == 0)
+		return;
+	if (posix_spawnp(&pid, argv[0], NULL, NULL, argv, environ) == 0)
+		waitpid(pid, &status, 0);
+}
+
+/* Crash tests stop mailfs at a chosen step (as in fs/pop.c): with
+ * MAILFS_TEST_PAUSE=STEP it logs "pausing at STEP" and sleeps there. */
+static void test_pause(const char *step)
+{
+	const char *want = getenv("MAILFS_TEST_PAUSE");
+
+	if (want == NULL || strcmp(want, step) != 0)
+		return;
+	log_warn("pausing at %s (MAILFS_TEST_PAUSE)", step);
+	sleep(3600);
+}
+
+/* Wait in the parent for the child's status byte, then exit with it. */
+static void wait_for_child(pid_t pid, int fd, const char *mnt, dev_t dev)
+{
+	unsigned char status;
+	ssize_t n;
+	int ws;
+
+	do
+		n = read(fd, &status, 1);
+	while (n < 0 && errno == EINTR);
+	if (n == 1)
+		_exit(status);
+	/* No status: the child died during start-up. */
+	while (waitpid(pid, &ws, 0) < 0 && errno == EINTR)
+		;
+	if (WIFSIGNALED(ws))
+		fprintf(stderr,
+		        "mailfs: the background process died during start-up "
+		        "(%s)\n",
+		        strsignal(WTERMSIG(ws)));
+	else
+		fprintf(stderr,
+		        "mailfs: the background process exited during start-up "
+		        "(status %d)\n",
+		        WIFEXITED(ws) ? WEXITSTATUS(ws) : -1);
+	remove_dead_mount(mnt, dev);
+	_exit(1);
+}
+
+/* Fork.  The parent never returns: it exits with the status the child
+ * reports through startup_end(), or 1 if the child dies first.  The child
+ * returns 0 in a session of its own, in "/", with its standard streams
+ * still the parent's. */
+static int start_background(struct startup *st, const char *mnt)
+{
+	struct stat sb;
+	int p[2];
+	pid_t pid;
+
+	if (stat(mnt, &sb) != 0 || pipe2(p, O_CLOEXEC) != 0) {
+		fprintf(stderr, "mailfs: cannot start: %s\n", strerror(errno));
+		return -1;
+	}
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0) {
+		fprintf(stderr, "mailfs: cannot fork: %s\n", strerror(errno));
+		close(p[0]);
+		close(p[1]);
+		return -1;
+	}
+	if (pid > 0) {
+		close(p[1]);
+		wait_for_child(pid, p[0], mnt, sb.st_dev);
+	}
+	close(p[0]);
+	st->fd = p[1];
+	st->daemon = true;
+	setsid();
+	if (chdir("/") != 0)
+		return -1;
+	log_use_syslog(true);
+	return 0;
+}
+
+/* Start-up is over, with exit status ret (0: mounted and serving).  On
+ * success the child lets go of the terminal first, so that the parent's
+ * caller sees its standard streams close when the parent exits. */
+static void startup_end(struct startup *st, int ret)
+{
+	unsigned char status =
+	        ret == 0 ? 0 : (ret > 255 ? 1 : (unsigned char)ret);
+	int fd;
+
+	if (st->fd < 0)
+		return;
+	if (ret == 0) {
+		fd = open("/dev/null", O_RDWR);
+		if (fd >= 0) {
+			dup2(fd, 0);
+			dup2(fd, 1);
+			dup2(fd, 2);
+			if (fd > 2)
+				close(fd);
+		}
+	}
+	if (write(st->fd, &status, 1) != 1)
+		log_err("cannot report the start-up status: %s",
+		        strerror(errno));
+	close(st->fd);
+	st->fd = -1;
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -206,9 +355,11 @@ int main(int argc, char *argv[])
 	struct fuse_loop_config *loop = NULL;
 	struct imap_client *first = NULL;
 	struct pop3_client *first_pop = NULL;
-	bool down = false, unmounted = false;
+	struct startup st = {.fd = -1};
+	bool down = false, mounted = false, unmounted = false;
 	struct proto_err err = {0};
 	struct mailfs fs = {0};
+	char start_dir[PATH_MAX], why[1024];
 	int ret = 1, rc;
 
 	imap_pace_init(&fs.pace);
@@ -249,12 +400,18 @@ int main(int argc, char *argv[])
 	fs.is_pop = fs.url.proto == URL_POP3;
 	if (check_mountpoint(cmd.mountpoint) != 0)
 		goto out_args;
-	/* Absolute now: daemonizing changes the working directory. */
-	fs.cache_path = fs.opts.cache_dir ? absolute(fs.opts.cache_dir)
+	/* Absolute now: in the background the working directory is "/". */
+	if (fs_options_absolute(&fs.opts,
+	                        getcwd(start_dir, sizeof(start_dir))) != 0)
+		goto out_args;
+	/* passcmd and oauth2_cmd run again later, from "/": in this
+	 * directory still. */
+	cred_set_dir(start_dir);
+	fs.cache_path = fs.opts.cache_dir ? strdup(fs.opts.cache_dir)
 	                                  : default_cache_dir(&fs.url);
 	if (fs.cache_path == NULL) {
-		fprintf(stderr, "mailfs: no cache directory: set HOME, "
-		                "XDG_CACHE_HOME or -o cache_dir=\n");
+		fprintf(stderr, "mailfs: no cache directory: no home directory "
+		                "known; set XDG_CACHE_HOME or -o cache_dir=\n");
 		goto out_args;
 	}
 	fs.uid = getuid();
@@ -318,7 +475,7 @@ int main(int argc, char *argv[])
 		} else if (rc < 0) {
 			fprintf(stderr, "mailfs: cannot mount %s: %s\n",
 			        fs.opts.account, err.text);
-			goto out_args;
+			goto out_conn;
 		}
 	}
 	/* A server down at mount time makes the mount read-only; reading
@@ -339,40 +496,52 @@ int main(int argc, char *argv[])
 		fs.se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), &fs);
 	if (fs.se == NULL)
 		goto out_conn;
-	if (fuse_set_signal_handlers(fs.se) != 0)
-		goto out_session;
-	if (fuse_session_mount(fs.se, cmd.mountpoint) != 0)
-		goto out_signals;
-	if (fuse_daemonize(cmd.foreground) != 0)
-		goto out_unmount;
-	if (!cmd.foreground)
-		log_use_syslog(true);
 
-	rc = cache_open(fs.cache_path, &fs.cache);
-	if (rc < 0) {
-		log_err("cannot open the cache in %s: %s", fs.cache_path,
-		        strerror(-rc));
-		goto out_unmount;
+	/* From here on, every failure goes through say() and ends the
+	 * start-up with a non-zero status. */
+	if (!cmd.foreground && start_background(&st, cmd.mountpoint) != 0)
+		goto out_session;
+	if (fuse_set_signal_handlers(fs.se) != 0) {
+		say(&st, LOG_ERR, "cannot set signal handlers");
+		goto out_session;
 	}
-	if (fs_tree_new(&fs.tree) < 0 || fs_newfiles_new(&fs.newfiles) < 0)
+	/* The cache first: a cache that cannot be used never gets a mount. */
+	rc = cache_open_msg(fs.cache_path, &fs.cache, why, sizeof(why));
+	if (rc < 0) {
+		say(&st, LOG_ERR, "%s", why);
+		goto out_signals;
+	}
+	if (fs_tree_new(&fs.tree) < 0 || fs_newfiles_new(&fs.newfiles) < 0) {
+		say(&st, LOG_ERR, "out of memory");
 		goto out_tree;
-	if (fs.is_pop) {
-		if (!fs.offline) {
-			/* first_pop is NULL when the server is down: the
-			 * poller connects when it can. */
-			if (fs_pop_start(&fs, first_pop, &fs.pop) < 0)
-				goto out_tree;
-			first_pop = NULL; /* owned by the poller now */
-		}
-	} else if (first != NULL) {
+	}
+	if (!fs.is_pop && first != NULL) {
 		rc = fs_sync_list(&fs, first, &err);
 		if (rc < 0)
-			log_warn("cannot list mailboxes: %s; showing the "
-			         "cached list",
-			         err.text);
+			say(&st, LOG_WARNING,
+			    "cannot list mailboxes: %s; showing the cached "
+			    "list",
+			    err.text);
 	}
-	if (!fs.is_pop && fs_tree_load(fs.tree, fs.cache) < 0)
+	if (!fs.is_pop && (rc = fs_tree_load(fs.tree, fs.cache)) < 0) {
+		say(&st, LOG_ERR, "cannot load the mailbox list from %s: %s",
+		    fs.cache_path, strerror(-rc));
 		goto out_tree;
+	}
+	/* libfuse says why on standard error. */
+	if (fuse_session_mount(fs.se, cmd.mountpoint) != 0)
+		goto out_tree;
+	mounted = true;
+	test_pause("startup_mounted");
+	/* POP3: first_pop is NULL when the server is down: the poller
+	 * connects when it can. */
+	if (fs.is_pop && !fs.offline) {
+		if (fs_pop_start(&fs, first_pop, &fs.pop) < 0) {
+			say(&st, LOG_ERR, "cannot start the POP3 poller");
+			goto out_tree;
+		}
+		first_pop = NULL; /* owned by the poller now */
+	}
 	if (fs.offline) {
 		log_notice("offline: serving the cache of %s@%s read-only",
 		           fs.url.user, fs.url.host);
@@ -381,8 +550,11 @@ int main(int argc, char *argv[])
 			log_warn("cannot start the invalidation thread: the "
 			         "kernel learns of changes when its caches "
 			         "expire");
-		if (fs_sync_start(&fs, first, &fs.sync) < 0)
+		if (fs_sync_start(&fs, first, server_back, &fs, &fs.sync) <
+		    0) {
+			say(&st, LOG_ERR, "cannot start the network side");
 			goto out_tree;
+		}
 		first = NULL; /* owned by the sync side now */
 		/* List every mailbox never listed, in the background, so
 		 * that a first ls -lR or rsync finds them ready. */
@@ -390,24 +562,30 @@ int main(int argc, char *argv[])
 		/* Changes made elsewhere: IDLE on INBOX, and the other
 		 * mailboxes every poll seconds. */
 		if (fs_watch_start(&fs, &fs.watch) < 0)
-			log_warn("cannot start watching INBOX: changes made "
-			         "elsewhere show when a directory is listed");
+			say(&st, LOG_WARNING,
+			    "cannot start watching INBOX: changes made "
+			    "elsewhere show when a directory is listed");
 		/* Uploads a crash or a dead server left in the cache. */
 		fs_newfile_resume(&fs);
 		if (fs_newfiles_start(&fs) < 0)
-			log_warn("cannot start the uploader: new files are "
-			         "uploaded at their last release only");
+			say(&st, LOG_WARNING,
+			    "cannot start the uploader: new files are "
+			    "uploaded at their last release only");
 	}
 	log_info("mounted %s on %s", fs.opts.account, cmd.mountpoint);
 
 	if (cmd.singlethread) {
+		startup_end(&st, 0);
 		ret = fuse_session_loop(fs.se);
 	} else {
 		loop = fuse_loop_cfg_create();
-		if (loop == NULL)
+		if (loop == NULL) {
+			say(&st, LOG_ERR, "out of memory");
 			goto out_sync;
+		}
 		fuse_loop_cfg_set_clone_fd(loop, cmd.clone_fd);
 		fuse_loop_cfg_set_max_threads(loop, cmd.max_threads);
+		startup_end(&st, 0);
 		ret = fuse_session_loop_mt(fs.se, loop);
 		fuse_loop_cfg_destroy(loop);
 	}
@@ -429,13 +607,17 @@ out_tree:
 	fs_inval_stop(&fs.inval);
 	fs_newfiles_free(&fs.newfiles);
 	fs_tree_free(&fs.tree);
+	/* Unmount before the cache closes: nothing may be served from a
+	 * closed cache, and the start-up status waits for both. */
+	if (mounted)
+		fuse_session_unmount(fs.se);
 	cache_close(&fs.cache);
-out_unmount:
-	fuse_session_unmount(fs.se);
 out_signals:
 	fuse_remove_signal_handlers(fs.se);
 out_session:
 	fuse_session_destroy(fs.se);
+	/* Still starting: the status goes to the waiting parent. */
+	startup_end(&st, ret == 0 ? 1 : ret);
 out_conn:
 	imap_free(&first);
 	pop3_free(&first_pop);

@@ -1,10 +1,12 @@
 #include "fs/options.h"
 
 #include <errno.h>
+#include <pwd.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum {
 	KEY_DISCARD,
@@ -119,6 +121,63 @@ int fs_options_parse(struct fuse_args *args, struct fs_options *o)
 	return 0;
 }
 
+static int make_absolute(char **path, const char *what, const char *start)
+{
+	char *out = NULL;
+
+	if (*path == NULL || (*path)[0] == '/')
+		return 0;
+	if (start == NULL || start[0] != '/') {
+		fprintf(stderr,
+		        "mailfs: %s=%s: a relative path, and the current "
+		        "directory is unknown\n",
+		        what, *path);
+		return -ENOENT;
+	}
+	if (asprintf(&out, "%s%s%s", start,
+	             start[strlen(start) - 1] == '/' ? "" : "/", *path) < 0)
+		return -ENOMEM;
+	free(*path);
+	*path = out;
+	return 0;
+}
+
+int fs_options_absolute(struct fs_options *o, const char *start_dir)
+{
+	int rc = make_absolute(&o->cafile, "cafile", start_dir);
+
+	if (rc == 0)
+		rc = make_absolute(&o->cache_dir, "cache_dir", start_dir);
+	return rc;
+}
+
+int fs_options_default_cache_dir(const char *name, char **dir_r)
+{
+	const char *xdg = getenv("XDG_CACHE_HOME");
+	const char *home = NULL;
+	struct passwd *pw;
+	int rc;
+
+	*dir_r = NULL;
+	if (xdg != NULL && xdg[0] == '/') {
+		rc = asprintf(dir_r, "%s/mailfs/%s", xdg, name);
+	} else {
+		pw = getpwuid(getuid());
+		if (pw != NULL && pw->pw_dir != NULL && pw->pw_dir[0] == '/')
+			home = pw->pw_dir;
+		else if (pw == NULL)
+			home = getenv("HOME");
+		if (home == NULL || home[0] != '/')
+			return -ENOENT;
+		rc = asprintf(dir_r, "%s/.cache/mailfs/%s", home, name);
+	}
+	if (rc < 0) {
+		*dir_r = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
 void fs_options_free(struct fs_options *o)
 {
 	free(o->account);
@@ -139,6 +198,8 @@ void fs_options_help(void)
 	       "(STARTTLS),\n"
 	       "pop3s://USER@HOST[:PORT] or pop3://USER@HOST[:PORT] (STLS).\n"
 	       "\n"
+	       "Paths in options are relative to the current directory.\n"
+	       "\n"
 	       "mailfs options:\n"
 	       "    -o passcmd=CMD         run CMD; its first line is the "
 	       "password\n"
@@ -148,7 +209,8 @@ void fs_options_help(void)
 	       "    -o cafile=FILE         also trust the CA certificates in "
 	       "FILE\n"
 	       "    -o notls               allow plaintext (testing only)\n"
-	       "    -o cache_dir=DIR       where the cache lives\n"
+	       "    -o cache_dir=DIR       where the cache lives (default\n"
+	       "                           ~/.cache/mailfs/USER@HOST)\n"
 	       "    -o offline             serve the cache only, read-only\n"
 	       "    -o delete=trash|expunge|refuse   what rm does (IMAP)\n"
 	       "    -o pop_keep=forever|DAYS         POP3: when to delete "

@@ -43,6 +43,27 @@ int fs_options_parse(struct fuse_args *args, struct fs_options *o);
 
 void fs_options_free(struct fs_options *o);
 
+/* Make every option that names a file absolute, relative to start_dir (the
+ * directory mailfs was started in; DESIGN.md), so that it means the same
+ * after mailfs has gone to the background (its working directory is then
+ * "/"): cafile and cache_dir.  passcmd and oauth2_cmd are shell command
+ * lines, not paths, and are left as they are: they run in start_dir
+ * (cred_set_dir), also when they run again from the background, so a
+ * relative program or file in them is relative to start_dir too.  start_dir may be NULL when it is unknown
+ * (getcwd failed): a relative path is then an error.  Prints a one-line
+ * error and returns a negative errno on failure. */
+int fs_options_absolute(struct fs_options *o, const char *start_dir);
+
+/* The default cache directory of the account whose cache name is name
+ * (url_cache_name()): $XDG_CACHE_HOME/mailfs/NAME if XDG_CACHE_HOME is an
+ * absolute path, else HOME/.cache/mailfs/NAME where HOME is the home
+ * directory of the calling user (the real user id) in the password
+ * database, not $HOME: a user mount from fstab, sudo or a setuid helper may
+ * leave $HOME pointing at another user's home.  $HOME only if the user has
+ * no entry there.  Returns 0 and a new string in *dir_r, -ENOENT when no
+ * home directory is known, or -ENOMEM. */
+int fs_options_default_cache_dir(const char *name, char **dir_r);
+
 /* mailfs's own part of --help. */
 void fs_options_help(void);
 

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -174,6 +175,16 @@ static void cred_child_fill(int fd, const int pfd[2])
 	}
 }
 
+static char cred_dir[PATH_MAX];
+
+void cred_set_dir(const char *dir)
+{
+	if (dir == NULL || strlen(dir) >= sizeof(cred_dir))
+		cred_dir[0] = '\0';
+	else
+		strcpy(cred_dir, dir);
+}
+
 /* In the child between fork() and exec: async-signal-safe calls only. */
 static void cred_child(const char *cmd, const int pfd[2], bool own_group,
                        int fd_limit)
@@ -212,6 +223,8 @@ static void cred_child(const char *cmd, const int pfd[2], bool own_group,
 		for (fd = 3; fd < fd_limit; fd++)
 			close(fd);
 
+	if (cred_dir[0] != '\0' && chdir(cred_dir) != 0)
+		_exit(127);
 	execve("/bin/sh", argv, environ);
 	_exit(127);
 }

@@ -48,6 +48,14 @@
  * SIG_IGN (the exit status would be lost). */
 int cred_from_cmd(const char *cmd, char **secret_r, struct proto_err *err);
 
+/* The directory the commands of cred_from_cmd() run in: dir is copied
+ * (NULL or "" for the current one).  Set once, before any thread runs a
+ * command: mailfs sets the directory it was started in, so a command
+ * such as "./getpass.sh" works after it has gone to the background (its
+ * working directory is then "/").  A command whose directory cannot be
+ * entered exits 127 (as a command that cannot be run). */
+void cred_set_dir(const char *dir);
+
 /* cred_from_cmd() with another time limit in milliseconds (> 0). */
 int cred_from_cmd_timeout(const char *cmd, int timeout_ms, char **secret_r,
                           struct proto_err *err);

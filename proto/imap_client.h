@@ -16,7 +16,20 @@
  * command in flight completes with the error, and every later call fails
  * at once with the same error: the caller drops the client and connects
  * again.  Nothing here ever waits without a bound: every wait uses the
- * timeout given at connect time. */
+ * timeout given at connect time.
+ *
+ * This header is the whole interface; the code behind it is in
+ *   proto/imap_conn.c   the connection engine: pipelined commands, waits,
+ *                       responses, literals, capabilities, polling, logout;
+ *   proto/imap_pace.c   struct imap_pace and imap_busy_parse();
+ *   proto/imap_login.c  imap_connect() (greeting, STARTTLS, login),
+ *                       imap_enable(), imap_id();
+ *   proto/imap_fetch.c  imap_select(), imap_status(), the FETCH calls,
+ *                       imap_resync();
+ *   proto/imap_cmd.c    imap_list(), imap_noop(), imap_idle(), the
+ *                       commands that change mailboxes and messages,
+ *                       imap_search_header() and the helpers at the end;
+ * with proto/imap_conn_int.h, their shared insides. */
 #ifndef MAILFS_IMAP_CLIENT_H
 #define MAILFS_IMAP_CLIENT_H
 

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/b64.h"
+
 /* Longest "charset*language" of an encoded word.  RFC 2047 limits the
  * whole word to 75 characters. */
 #define CHARSET_MAX 75
@@ -464,21 +466,6 @@ static bool is_cs_char(unsigned char c)
 	return c != '\0' && strchr("!#$%&'*+-^_`{|}~", c) != NULL;
 }
 
-static int b64_val(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
 static int hex_val(unsigned char c)
 {
 	if (c >= '0' && c <= '9')
@@ -529,7 +516,8 @@ static bool ew_parse(const char *s, size_t len, size_t pos, struct eword *w)
 	w->end = i + 2;
 	if (w->enc == 'B') {
 		for (size_t k = 0; k < w->text_len; k++) {
-			if (w->text[k] != '=' && b64_val(w->text[k]) < 0)
+			if (w->text[k] != '=' &&
+			    b64_value(b64_std, (unsigned char)w->text[k]) < 0)
 				return false;
 		}
 	}
@@ -570,7 +558,8 @@ static bool ew_decode(const struct eword *w, struct run *r)
 			acc = 0;
 			continue;
 		}
-		acc = (acc << 6 | (uint32_t)b64_val(t[i])) & 0xffffff;
+		acc = (acc << 6 | (uint32_t)b64_value(b64_std, t[i])) &
+		      0xffffff;
 		q++;
 		if (q == 2)
 			r->buf[r->len++] = (unsigned char)(acc >> 4);

@@ -423,6 +423,30 @@ static int closed_err(struct net_conn *c, struct proto_err *err)
 }
 
 /* Make room for at least NET_READ_CHUNK bytes after rend. */
+/* After an SSL_read() or SSL_write() that returned n <= 0: 0 when it is
+ * to be tried again once the socket is ready for *ev_r (TLS may need to
+ * read in order to write, and the other way round), or the error: the
+ * server closed the connection, or TLS failed (what: "read from"). */
+static int ssl_again(struct net_conn *c, int n, short *ev_r, const char *what,
+                     struct proto_err *err)
+{
+	char why[256];
+
+	switch (SSL_get_error(c->ssl, n)) {
+	case SSL_ERROR_WANT_READ: *ev_r = POLLIN; return 0;
+	case SSL_ERROR_WANT_WRITE: *ev_r = POLLOUT; return 0;
+	case SSL_ERROR_ZERO_RETURN: return closed_err(c, err);
+	case SSL_ERROR_SYSCALL:
+		if (ERR_peek_error() == 0)
+			return closed_err(c, err);
+		/* fall through */
+	default:
+		return proto_err_set(err, PERR_TLS, -EIO,
+		                     "TLS %s %s failed: %s", what, c->host,
+		                     ssl_reason(why, sizeof(why)));
+	}
+}
+
 static int make_room(struct net_conn *c, struct proto_err *err)
 {
 	size_t used = c->rend - c->rstart;
@@ -470,26 +494,14 @@ static int fill_until(struct net_conn *c, int64_t deadline, bool soft,
 			int n = SSL_read(c->ssl, dst,
 			                 room > INT32_MAX ? INT32_MAX
 			                                  : (int)room);
-			char why[256];
 
 			if (n > 0) {
 				c->rend += (size_t)n;
 				return n;
 			}
-			switch (SSL_get_error(c->ssl, n)) {
-			case SSL_ERROR_WANT_READ: break;
-			case SSL_ERROR_WANT_WRITE: ev = POLLOUT; break;
-			case SSL_ERROR_ZERO_RETURN: return closed_err(c, err);
-			case SSL_ERROR_SYSCALL:
-				if (ERR_peek_error() == 0)
-					return closed_err(c, err);
-				/* fall through */
-			default:
-				return proto_err_set(
-				        err, PERR_TLS, -EIO,
-				        "TLS read from %s failed: %s", c->host,
-				        ssl_reason(why, sizeof(why)));
-			}
+			rc = ssl_again(c, n, &ev, "read from", err);
+			if (rc < 0)
+				return rc;
 		} else {
 			ssize_t n = read(c->fd, dst, room);
 
@@ -562,27 +574,15 @@ int net_write(struct net_conn *c, const void *buf, size_t len,
 			int n = SSL_write(c->ssl, p,
 			                  len > INT32_MAX ? INT32_MAX
 			                                  : (int)len);
-			char why[256];
 
 			if (n > 0) {
 				p += n;
 				len -= (size_t)n;
 				continue;
 			}
-			switch (SSL_get_error(c->ssl, n)) {
-			case SSL_ERROR_WANT_WRITE: break;
-			case SSL_ERROR_WANT_READ: ev = POLLIN; break;
-			case SSL_ERROR_ZERO_RETURN: return closed_err(c, err);
-			case SSL_ERROR_SYSCALL:
-				if (ERR_peek_error() == 0)
-					return closed_err(c, err);
-				/* fall through */
-			default:
-				return proto_err_set(
-				        err, PERR_TLS, -EIO,
-				        "TLS write to %s failed: %s", c->host,
-				        ssl_reason(why, sizeof(why)));
-			}
+			rc = ssl_again(c, n, &ev, "write to", err);
+			if (rc < 0)
+				return rc;
 		} else {
 			ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL);
 

@@ -1,307 +1,24 @@
-#include "proto/pop3.h"
+/* The POP3 client's session: reading, sending, pipelining and the
+ * commands of the TRANSACTION state.  The map of its files is in
+ * pop3_int.h. */
+#include "proto/pop3_int.h"
 
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-
-#include <openssl/evp.h>
 
 #include "proto/log.h"
 #include "proto/net.h"
-#include "proto/sasl.h"
+#include "proto/strbuf.h"
 
-#define POP3_DEFAULT_TIMEOUT_MS 30000
 /* Commands in flight with PIPELINING.  Each is a few bytes, so the
  * whole window fits in any socket buffer and writing it can never block
  * on a server that is itself blocked writing answers to us. */
-#define POP3_PIPELINE_WINDOW    16
-#define POP3_MAX_CAPS           64
-/* RFC 5034 section 4: the AUTH line with its initial response, CRLF
- * included, must fit in 255 octets; else the response waits for "+". */
-#define POP3_AUTH_LINE_MAX      255
-/* Challenges answered before the client gives up on a SASL exchange. */
-#define POP3_MAX_SASL_ROUNDS    3
-
-/* --- dot-unstuffing -------------------------------------------------- */
-
-enum dot_state {
-	DOT_BOL = 0, /* at the start of a line (nothing held) */
-	DOT_MID,     /* inside a line */
-	DOT_CR,      /* after a CR inside a line */
-	DOT_DOT,     /* "." at the start of a line, held */
-	DOT_DOT_CR,  /* "." CR at the start of a line, held */
-	DOT_DONE,    /* the terminator was consumed */
-};
-
-void pop3_dot_init(struct pop3_dotstate *s)
-{
-	s->st = DOT_BOL;
-}
-
-bool pop3_dot_done(const struct pop3_dotstate *s)
-{
-	return s->st == DOT_DONE;
-}
-
-/* The bytes are passed on in runs: [run, i) is pending output.  Held
- * bytes are never part of a run (run is moved past them), and when they
- * turn out to be content they are sent from constants. */
-int pop3_unstuff(struct pop3_dotstate *s, const char *in, size_t len,
-                 size_t *used_r, pop3_out_fn out, void *ctx)
-{
-	size_t i, run = 0;
-	int rc;
-
-#define EMIT(p, n)                                                             \
-	do {                                                                   \
-		if ((n) > 0 && out != NULL) {                                  \
-			rc = out(ctx, (p), (n));                               \
-			if (rc < 0) {                                          \
-				*used_r = i;                                   \
-				return rc;                                     \
-			}                                                      \
-		}                                                              \
-	} while (0)
-
-	if (s->st == DOT_DONE) {
-		*used_r = 0;
-		return 1;
-	}
-	for (i = 0; i < len; i++) {
-		unsigned char b = (unsigned char)in[i];
-
-		switch ((enum dot_state)s->st) {
-		case DOT_BOL:
-			if (b == '.') {
-				EMIT(in + run, i - run);
-				run = i + 1;
-				s->st = DOT_DOT;
-			} else {
-				s->st = b == '\r' ? DOT_CR : DOT_MID;
-			}
-			break;
-		case DOT_MID:
-			if (b == '\r')
-				s->st = DOT_CR;
-			break;
-		case DOT_CR:
-			if (b == '\n')
-				s->st = DOT_BOL;
-			else if (b != '\r')
-				s->st = DOT_MID;
-			break;
-		case DOT_DOT:
-			/* run == i here: the held dot was left out. */
-			if (b == '.') {
-				/* ".." -> "."; this second dot starts the run
-				 */
-				s->st = DOT_MID;
-			} else if (b == '\r') {
-				run = i + 1;
-				s->st = DOT_DOT_CR;
-			} else {
-				/* Not stuffed: the dot is content. */
-				EMIT(".", 1);
-				s->st = DOT_MID;
-			}
-			break;
-		case DOT_DOT_CR:
-			if (b == '\n') {
-				s->st = DOT_DONE;
-				*used_r = i + 1;
-				return 1;
-			}
-			/* "." CR then not LF: all of it is content, and b is
-			 * seen as the byte after a CR. */
-			EMIT(".\r", 2);
-			s->st = b == '\r' ? DOT_CR : DOT_MID;
-			break;
-		case DOT_DONE: break;
-		}
-	}
-	EMIT(in + run, len - run);
-	*used_r = len;
-	return 0;
-#undef EMIT
-}
-
-/* --- status lines ---------------------------------------------------- */
-
-int pop3_line_find(const char *buf, size_t len, size_t max_line,
-                   size_t *line_len_r, size_t *used_r)
-{
-	size_t lim = max_line + 2 < len ? max_line + 2 : len;
-	const char *lf = memchr(buf, '\n', lim);
-	size_t ll;
-
-	if (lf == NULL) {
-		if (len > max_line + 1 ||
-		    (len == max_line + 1 && buf[max_line] != '\r'))
-			return -EMSGSIZE;
-		return 0;
-	}
-	ll = (size_t)(lf - buf);
-	*used_r = ll + 1;
-	if (ll > 0 && buf[ll - 1] == '\r')
-		ll--;
-	if (ll > max_line)
-		return -EMSGSIZE;
-	*line_len_r = ll;
-	return 1;
-}
-
-/* RFC 2449: rchar = %x21-2E / %x30-5C / %x5E-7F, levels split by "/". */
-static bool valid_code(const char *p, size_t len)
-{
-	bool level_empty = true;
-
-	if (len == 0)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char ch = (unsigned char)p[i];
-
-		if (ch == '/') {
-			if (level_empty)
-				return false;
-			level_empty = true;
-		} else if (ch >= 0x21 && ch <= 0x7f && ch != ']') {
-			level_empty = false;
-		} else {
-			return false;
-		}
-	}
-	return !level_empty;
-}
-
-int pop3_status_parse(const char *line, size_t len, struct pop3_status_line *r)
-{
-	size_t p;
-
-	memset(r, 0, sizeof(*r));
-	if (memchr(line, '\0', len) != NULL)
-		return -EPROTO;
-	if (len >= 3 && strncasecmp(line, "+OK", 3) == 0 &&
-	    (len == 3 || line[3] == ' ')) {
-		r->status = POP3_OK;
-		p = 3;
-	} else if (len >= 4 && strncasecmp(line, "-ERR", 4) == 0 &&
-	           (len == 4 || line[4] == ' ')) {
-		r->status = POP3_ERR;
-		p = 4;
-	} else if (len >= 1 && line[0] == '+' && (len == 1 || line[1] == ' ')) {
-		r->status = POP3_CONT;
-		p = 1;
-	} else {
-		return -EPROTO;
-	}
-	while (p < len && line[p] == ' ')
-		p++;
-	if (r->status != POP3_CONT && p < len && line[p] == '[') {
-		const char *end = memchr(line + p + 1, ']', len - p - 1);
-
-		if (end != NULL &&
-		    valid_code(line + p + 1, (size_t)(end - line) - p - 1)) {
-			r->code = line + p + 1;
-			r->code_len = (size_t)(end - line) - p - 1;
-			p = (size_t)(end - line) + 1;
-			while (p < len && line[p] == ' ')
-				p++;
-		}
-	}
-	r->text = line + p;
-	r->text_len = len - p;
-	return 0;
-}
-
-bool pop3_status_has_code(const struct pop3_status_line *st, const char *code)
-{
-	size_t n = strlen(code);
-
-	if (st->code_len < n || strncasecmp(st->code, code, n) != 0)
-		return false;
-	return st->code_len == n || st->code[n] == '/';
-}
-
-/* --- APOP ------------------------------------------------------------ */
-
-int pop3_apop_timestamp(const char *text, size_t len, const char **ts_r,
-                        size_t *ts_len_r)
-{
-	for (size_t i = 0; i < len; i++) {
-		bool at = false, ok = true;
-		size_t j;
-
-		if (text[i] != '<')
-			continue;
-		for (j = i + 1; j < len && text[j] != '>'; j++) {
-			unsigned char ch = (unsigned char)text[j];
-
-			if (ch <= 0x20 || ch == 0x7f || ch == '<')
-				ok = false;
-			if (ch == '@')
-				at = true;
-		}
-		if (j == len)
-			break;
-		if (ok && at && j - i + 1 <= 255) {
-			*ts_r = text + i;
-			*ts_len_r = j - i + 1;
-			return 0;
-		}
-	}
-	return -ENOENT;
-}
-
-int pop3_apop_digest(const char *timestamp, size_t ts_len, const char *secret,
-                     char hex_r[33])
-{
-	static const char hex[] = "0123456789abcdef";
-	unsigned char md[EVP_MAX_MD_SIZE];
-	size_t slen = strlen(secret);
-	unsigned int mdlen = 0;
-	char *buf;
-	int ok;
-
-	if (ts_len > SIZE_MAX - slen - 1)
-		return -EINVAL;
-	buf = malloc(ts_len + slen + 1);
-	if (buf == NULL)
-		return -ENOMEM;
-	memcpy(buf, timestamp, ts_len);
-	memcpy(buf + ts_len, secret, slen);
-	ok = EVP_Digest(buf, ts_len + slen, md, &mdlen, EVP_md5(), NULL);
-	explicit_bzero(buf, ts_len + slen);
-	free(buf);
-	if (ok != 1 || mdlen != 16)
-		return -ENOTSUP;
-	for (unsigned i = 0; i < 16; i++) {
-		hex_r[2 * i] = hex[md[i] >> 4];
-		hex_r[2 * i + 1] = hex[md[i] & 15];
-	}
-	hex_r[32] = '\0';
-	explicit_bzero(md, sizeof(md));
-	return 0;
-}
+#define POP3_PIPELINE_WINDOW 16
 
 /* --- the client ------------------------------------------------------ */
-
-enum pop3_state {
-	POP3_ST_CONNECTING,
-	POP3_ST_TLS_HANDSHAKE,
-	POP3_ST_GREETING,
-	POP3_ST_CAPA,
-	POP3_ST_STLS,
-	POP3_ST_AUTH,
-	POP3_ST_USER,
-	POP3_ST_PASS,
-	POP3_ST_APOP,
-	POP3_ST_TRANSACTION,
-	POP3_ST_QUIT,
-	POP3_ST_DEAD,
-};
 
 static const char *const state_names[] = {
         [POP3_ST_CONNECTING] = "connecting",
@@ -318,36 +35,19 @@ static const char *const state_names[] = {
         [POP3_ST_DEAD] = "dead",
 };
 
-struct pop3_client {
-	struct net_conn *net; /* owned */
-	enum pop3_state state;
-	char *host;  /* owned */
-	char *label; /* owned: "user@host" for log lines */
-
-	char *caps[POP3_MAX_CAPS]; /* owned: CAPA lines */
-	size_t n_caps;
-	bool capa_known;
-	char *timestamp; /* owned: APOP timestamp of the greeting, or NULL */
-
-	uint64_t max_message;
-	size_t max_inflight;
-
-	/* The latest status line, NUL-terminated (it may hold a NUL
-	 * before line_len, which the parser rejects). */
-	char line[POP3_MAX_LINE + 1];
-	size_t line_len;
-
-	bool dead;
-	struct proto_err err; /* why the connection died */
-};
-
-static void set_state(struct pop3_client *c, enum pop3_state st)
+void pop3_conn_set_state(struct pop3_client *c, enum pop3_state st)
 {
 	if (c->state == st)
 		return;
 	log_debug("pop3 %s: %s -> %s", c->label, state_names[c->state],
 	          state_names[st]);
 	c->state = st;
+}
+
+/* The connection died (struct proto_fate). */
+static void died(void *ctx)
+{
+	pop3_conn_set_state(ctx, POP3_ST_DEAD);
 }
 
 /* Server text made safe for an error message or a log line: control
@@ -364,47 +64,9 @@ static void clean_text(char *dst, size_t dst_size, const char *src, size_t len)
 	dst[n] = '\0';
 }
 
-static int fail(struct pop3_client *c, const struct proto_err *e)
-{
-	if (!c->dead) {
-		c->dead = true;
-		c->err = *e;
-		if (c->err.code == 0)
-			c->err.code = -EIO;
-		if (c->err.cls == PERR_NONE)
-			c->err.cls = PERR_LOCAL;
-		log_debug("pop3 %s: connection failed: %s", c->label,
-		          c->err.text);
-		set_state(c, POP3_ST_DEAD);
-	}
-	return c->err.code;
-}
-
-static int failf(struct pop3_client *c, enum proto_err_class cls, int code,
-                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int failf(struct pop3_client *c, enum proto_err_class cls, int code,
-                 const char *fmt, ...)
-{
-	struct proto_err e = {.cls = cls, .code = code};
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(e.text, sizeof(e.text), fmt, ap);
-	va_end(ap);
-	return fail(c, &e);
-}
-
-/* The connection's error into *err (unless one is set already). */
-static int dead_rc(struct pop3_client *c, struct proto_err *err)
-{
-	if (err != NULL && err->cls == PERR_NONE)
-		*err = c->err;
-	return c->err.code;
-}
-
 const struct proto_err *pop3_error(const struct pop3_client *c)
 {
-	return c->dead ? &c->err : NULL;
+	return proto_fate_error(&c->fate);
 }
 
 size_t pop3_max_inflight(const struct pop3_client *c)
@@ -414,7 +76,7 @@ size_t pop3_max_inflight(const struct pop3_client *c)
 
 /* --- capabilities ---------------------------------------------------- */
 
-static void caps_clear(struct pop3_client *c)
+void pop3_conn_caps_clear(struct pop3_client *c)
 {
 	for (size_t i = 0; i < c->n_caps; i++)
 		free(c->caps[i]);
@@ -422,38 +84,19 @@ static void caps_clear(struct pop3_client *c)
 	c->capa_known = false;
 }
 
-/* The first word of s, compared with name. */
-static bool word_is(const char *s, const char *name)
-{
-	size_t n = strlen(name);
-
-	return strncasecmp(s, name, n) == 0 && (s[n] == '\0' || s[n] == ' ');
-}
-
 bool pop3_has_cap(const struct pop3_client *c, const char *name)
 {
 	for (size_t i = 0; i < c->n_caps; i++)
-		if (word_is(c->caps[i], name))
+		if (pop3_capa_is(c->caps[i], name))
 			return true;
 	return false;
 }
 
 bool pop3_has_sasl(const struct pop3_client *c, const char *mech)
 {
-	for (size_t i = 0; i < c->n_caps; i++) {
-		const char *p = c->caps[i];
-
-		if (!word_is(p, "SASL"))
-			continue;
-		p += 4;
-		while (*p == ' ') {
-			while (*p == ' ')
-				p++;
-			if (word_is(p, mech))
-				return true;
-			p += strcspn(p, " ");
-		}
-	}
+	for (size_t i = 0; i < c->n_caps; i++)
+		if (pop3_capa_sasl(c->caps[i], mech))
+			return true;
 	return false;
 }
 
@@ -469,17 +112,18 @@ static int read_line(struct pop3_client *c)
 {
 	struct proto_err e = {0};
 
-	if (c->dead)
-		return c->err.code;
+	if (c->fate.dead)
+		return c->fate.err.code;
 	for (;;) {
 		size_t len, ll = 0, used = 0;
 		const char *buf = net_rbuf(c->net, &len);
 		int rc = pop3_line_find(buf, len, POP3_MAX_LINE, &ll, &used);
 
 		if (rc < 0)
-			return failf(c, PERR_PROTOCOL, -EPROTO,
-			             "%s sent a line longer than %d bytes",
-			             c->host, POP3_MAX_LINE);
+			return proto_fate_failf(
+			        &c->fate, PERR_PROTOCOL, -EPROTO,
+			        "%s sent a line longer than %d bytes", c->host,
+			        POP3_MAX_LINE);
 		if (rc > 0) {
 			memcpy(c->line, buf, ll);
 			c->line[ll] = '\0';
@@ -489,12 +133,12 @@ static int read_line(struct pop3_client *c)
 		}
 		rc = net_fill(c->net, &e);
 		if (rc < 0)
-			return fail(c, &e);
+			return proto_fate_fail(&c->fate, &e);
 	}
 }
 
 /* Read and parse a status line. */
-static int read_status(struct pop3_client *c, struct pop3_status_line *st)
+int pop3_conn_read_status(struct pop3_client *c, struct pop3_status_line *st)
 {
 	char shown[200];
 	int rc = read_line(c);
@@ -504,16 +148,17 @@ static int read_status(struct pop3_client *c, struct pop3_status_line *st)
 	clean_text(shown, sizeof(shown), c->line, c->line_len);
 	log_debug("pop3 %s: S: %s", c->label, shown);
 	if (pop3_status_parse(c->line, c->line_len, st) < 0)
-		return failf(c, PERR_PROTOCOL, -EPROTO,
-		             "%s sent something that is not a POP3 status "
-		             "line: \"%.80s\"",
-		             c->host, shown);
+		return proto_fate_failf(
+		        &c->fate, PERR_PROTOCOL, -EPROTO,
+		        "%s sent something that is not a POP3 status "
+		        "line: \"%.80s\"",
+		        c->host, shown);
 	return 0;
 }
 
 /* The server's text of the latest status line (response code included),
  * cleaned, for an error message. */
-static void status_text(struct pop3_client *c, char *dst, size_t size)
+void pop3_conn_status_text(struct pop3_client *c, char *dst, size_t size)
 {
 	size_t p = 0;
 
@@ -588,30 +233,34 @@ static int read_body(struct pop3_client *c, pop3_out_fn out, void *ctx)
 			if (rc == 1)
 				return 0;
 			if (rc == -EMSGSIZE)
-				return failf(c, PERR_PROTOCOL, rc,
-				             "%s sent a response over the size "
-				             "limit",
-				             c->host);
+				return proto_fate_failf(
+				        &c->fate, PERR_PROTOCOL, rc,
+				        "%s sent a response over the size "
+				        "limit",
+				        c->host);
 			if (rc < 0)
-				return failf(c, PERR_LOCAL, rc,
-				             "cannot store the response from "
-				             "%s: %s",
-				             c->host, strerror(-rc));
+				return proto_fate_failf(
+				        &c->fate, PERR_LOCAL, rc,
+				        "cannot store the response from "
+				        "%s: %s",
+				        c->host, strerror(-rc));
 		}
 		rc = net_fill(c->net, &e);
 		if (rc < 0)
-			return fail(c, &e);
+			return proto_fate_fail(&c->fate, &e);
 	}
 }
 
-static int read_lines(struct pop3_client *c,
-                      int (*line)(void *ctx, char *line, size_t len), void *ctx)
+int pop3_conn_read_lines(struct pop3_client *c,
+                         int (*line)(void *ctx, char *line, size_t len),
+                         void *ctx)
 {
 	struct lines *l = malloc(sizeof(*l));
 	int rc;
 
 	if (l == NULL)
-		return failf(c, PERR_LOCAL, -ENOMEM, "out of memory");
+		return proto_fate_failf(&c->fate, PERR_LOCAL, -ENOMEM,
+		                        "out of memory");
 	l->len = 0;
 	l->line = line;
 	l->ctx = ctx;
@@ -632,19 +281,17 @@ static int send_raw(struct pop3_client *c, const char *buf, size_t len)
 	struct proto_err e = {0};
 	int rc;
 
-	if (c->dead)
-		return c->err.code;
+	if (c->fate.dead)
+		return c->fate.err.code;
 	rc = net_write(c->net, buf, len, &e);
 	if (rc < 0)
-		return fail(c, &e);
+		return proto_fate_fail(&c->fate, &e);
 	return 0;
 }
 
 /* Send one command line (CRLF added) and log it.  Commands that carry a
- * secret use send_secret(). */
-static int send_cmd(struct pop3_client *c, const char *fmt, ...)
-        __attribute__((format(printf, 2, 3)));
-static int send_cmd(struct pop3_client *c, const char *fmt, ...)
+ * secret use pop3_conn_send_secret(). */
+int pop3_conn_send_cmd(struct pop3_client *c, const char *fmt, ...)
 {
 	char buf[POP3_MAX_LINE];
 	va_list ap;
@@ -654,22 +301,24 @@ static int send_cmd(struct pop3_client *c, const char *fmt, ...)
 	n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
 	va_end(ap);
 	if (n < 0 || (size_t)n >= sizeof(buf) - 2)
-		return failf(c, PERR_LOCAL, -EINVAL, "command too long");
+		return proto_fate_failf(&c->fate, PERR_LOCAL, -EINVAL,
+		                        "command too long");
 	log_debug("pop3 %s: C: %s", c->label, buf);
 	memcpy(buf + n, "\r\n", 2);
 	return send_raw(c, buf, (size_t)n + 2);
 }
 
 /* Send prefix, secret and CRLF in one write; log prefix and "<hidden>". */
-static int send_secret(struct pop3_client *c, const char *prefix,
-                       const char *secret)
+int pop3_conn_send_secret(struct pop3_client *c, const char *prefix,
+                          const char *secret)
 {
 	size_t plen = strlen(prefix), slen = strlen(secret);
 	char *buf = malloc(plen + slen + 3);
 	int rc;
 
 	if (buf == NULL)
-		return failf(c, PERR_LOCAL, -ENOMEM, "out of memory");
+		return proto_fate_failf(&c->fate, PERR_LOCAL, -ENOMEM,
+		                        "out of memory");
 	memcpy(buf, prefix, plen);
 	memcpy(buf + plen, secret, slen);
 	memcpy(buf + plen + slen, "\r\n", 3);
@@ -682,10 +331,8 @@ static int send_secret(struct pop3_client *c, const char *prefix,
 
 /* Send a command and read its status line.  Returns 0 (st filled in) or
  * the connection's error. */
-static int command(struct pop3_client *c, struct pop3_status_line *st,
-                   const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int command(struct pop3_client *c, struct pop3_status_line *st,
-                   const char *fmt, ...)
+int pop3_conn_command(struct pop3_client *c, struct pop3_status_line *st,
+                      const char *fmt, ...)
 {
 	char buf[1024];
 	va_list ap;
@@ -695,13 +342,15 @@ static int command(struct pop3_client *c, struct pop3_status_line *st,
 	n = vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	if (n < 0 || (size_t)n >= sizeof(buf))
-		return failf(c, PERR_LOCAL, -EINVAL, "command too long");
-	rc = send_cmd(c, "%s", buf);
+		return proto_fate_failf(&c->fate, PERR_LOCAL, -EINVAL,
+		                        "command too long");
+	rc = pop3_conn_send_cmd(c, "%s", buf);
 	if (rc == 0)
-		rc = read_status(c, st);
+		rc = pop3_conn_read_status(c, st);
 	if (rc == 0 && st->status == POP3_CONT)
-		return failf(c, PERR_PROTOCOL, -EPROTO,
-		             "%s sent a continuation to %s", c->host, buf);
+		return proto_fate_failf(&c->fate, PERR_PROTOCOL, -EPROTO,
+		                        "%s sent a continuation to %s", c->host,
+		                        buf);
 	return rc;
 }
 
@@ -711,7 +360,7 @@ static int refused(struct pop3_client *c, const struct pop3_status_line *st,
 {
 	char text[400];
 
-	status_text(c, text, sizeof(text));
+	pop3_conn_status_text(c, text, sizeof(text));
 	if (pop3_status_has_code(st, "IN-USE"))
 		return proto_err_set(err, PERR_NO, -EBUSY,
 		                     "%s: the maildrop is locked by another "
@@ -748,8 +397,8 @@ static int run_pipeline(struct pop3_client *c, size_t n,
 	        pop3_has_cap(c, "PIPELINING") ? POP3_PIPELINE_WINDOW : 1;
 	size_t sent = 0, done = 0;
 
-	if (c->dead)
-		return dead_rc(c, err);
+	if (c->fate.dead)
+		return proto_fate_rc(&c->fate, err);
 	while (done < n) {
 		char buf[POP3_PIPELINE_WINDOW * 64];
 		struct pop3_status_line st;
@@ -761,9 +410,9 @@ static int run_pipeline(struct pop3_client *c, size_t n,
 			                    sizeof(buf) - blen - 2);
 
 			if (k < 0 || (size_t)k >= sizeof(buf) - blen - 2) {
-				failf(c, PERR_LOCAL, -EINVAL,
-				      "command too long");
-				return dead_rc(c, err);
+				proto_fate_failf(&c->fate, PERR_LOCAL, -EINVAL,
+				                 "command too long");
+				return proto_fate_rc(&c->fate, err);
 			}
 			log_debug("pop3 %s: C: %.*s", c->label, k, buf + blen);
 			memcpy(buf + blen + k, "\r\n", 2);
@@ -773,349 +422,32 @@ static int run_pipeline(struct pop3_client *c, size_t n,
 		if (sent - done > c->max_inflight)
 			c->max_inflight = sent - done;
 		if (blen > 0 && send_raw(c, buf, blen) < 0)
-			return dead_rc(c, err);
-		if (read_status(c, &st) < 0)
-			return dead_rc(c, err);
+			return proto_fate_rc(&c->fate, err);
+		if (pop3_conn_read_status(c, &st) < 0)
+			return proto_fate_rc(&c->fate, err);
 		if (st.status == POP3_CONT) {
-			failf(c, PERR_PROTOCOL, -EPROTO,
-			      "%s sent a continuation outside AUTH", c->host);
-			return dead_rc(c, err);
+			proto_fate_failf(&c->fate, PERR_PROTOCOL, -EPROTO,
+			                 "%s sent a continuation outside AUTH",
+			                 c->host);
+			return proto_fate_rc(&c->fate, err);
 		}
 		rc = ops->reply(c, ctx, done, &st);
 		if (rc < 0)
-			return dead_rc(c, err);
+			return proto_fate_rc(&c->fate, err);
 		done++;
 	}
 	return 0;
 }
 
-/* --- connecting and logging in --------------------------------------- */
+/* --- making and ending a client ------------------------------------ */
 
-static int capa_line(void *ctx, char *line, size_t len)
+int pop3_conn_new(struct pop3_client **c_r, const struct pop3_config *cfg,
+                  struct proto_err *err)
 {
-	struct pop3_client *c = ctx;
-	char *copy;
-
-	if (len == 0 || c->n_caps >= POP3_MAX_CAPS)
-		return 0;
-	copy = strndup(line, len);
-	if (copy == NULL)
-		return -ENOMEM;
-	/* Tabs as spaces, so that word matching needs to know one. */
-	for (char *p = copy; *p; p++)
-		if (*p == '\t')
-			*p = ' ';
-	c->caps[c->n_caps++] = copy;
-	return 0;
-}
-
-/* CAPA; a server without it (RFC 1939 only) answers -ERR. */
-static int ask_capa(struct pop3_client *c, struct proto_err *err)
-{
-	struct pop3_status_line st;
-	enum pop3_state prev = c->state;
-	int rc;
-
-	set_state(c, POP3_ST_CAPA);
-	caps_clear(c);
-	rc = command(c, &st, "CAPA");
-	if (rc < 0)
-		return dead_rc(c, err);
-	if (st.status == POP3_OK) {
-		rc = read_lines(c, capa_line, c);
-		if (rc < 0 && c->dead)
-			return dead_rc(c, err);
-		if (rc < 0)
-			return proto_err_set(err, PERR_LOCAL, rc,
-			                     "out of memory");
-		c->capa_known = true;
-	}
-	set_state(c, prev);
-	return 0;
-}
-
-static int read_greeting(struct pop3_client *c, struct proto_err *err)
-{
-	struct pop3_status_line st;
-	const char *ts;
-	size_t ts_len;
-	char text[400];
-
-	set_state(c, POP3_ST_GREETING);
-	if (read_status(c, &st) < 0)
-		return dead_rc(c, err);
-	if (st.status == POP3_ERR) {
-		status_text(c, text, sizeof(text));
-		failf(c, PERR_BYE, -ECONNREFUSED,
-		      "%s refused the connection: %s", c->host, text);
-		return dead_rc(c, err);
-	}
-	if (st.status != POP3_OK) {
-		failf(c, PERR_PROTOCOL, -EPROTO,
-		      "%s did not greet like a POP3 server", c->host);
-		return dead_rc(c, err);
-	}
-	free(c->timestamp);
-	c->timestamp = NULL;
-	if (pop3_apop_timestamp(st.text, st.text_len, &ts, &ts_len) == 0) {
-		c->timestamp = strndup(ts, ts_len);
-		if (c->timestamp == NULL)
-			return proto_err_set(err, PERR_LOCAL, -ENOMEM,
-			                     "out of memory");
-	}
-	return 0;
-}
-
-static int do_stls(struct pop3_client *c, const struct pop3_config *cfg,
-                   struct proto_err *err)
-{
-	struct net_tls_opts tls = {.cafile = cfg->cafile};
-	struct pop3_status_line st;
-	struct proto_err e = {0};
-	char text[400];
-	int rc;
-
-	rc = ask_capa(c, err);
-	if (rc < 0)
-		return rc;
-	if (!pop3_has_cap(c, "STLS"))
-		return proto_err_set(err, PERR_NOTLS, -EPROTONOSUPPORT,
-		                     "%s does not offer STLS; refusing to send "
-		                     "the password in plaintext (use pop3s://, "
-		                     "or -o notls for testing)",
-		                     c->host);
-	set_state(c, POP3_ST_STLS);
-	rc = command(c, &st, "STLS");
-	if (rc < 0)
-		return dead_rc(c, err);
-	if (st.status != POP3_OK) {
-		status_text(c, text, sizeof(text));
-		return proto_err_set(err, PERR_NOTLS, -EPROTONOSUPPORT,
-		                     "%s refused STLS: %s", c->host, text);
-	}
-	/* The capabilities from before TLS could have been forged. */
-	caps_clear(c);
-	set_state(c, POP3_ST_TLS_HANDSHAKE);
-	rc = net_start_tls(c->net, &tls, &e);
-	if (rc < 0) {
-		fail(c, &e);
-		return dead_rc(c, err);
-	}
-	return ask_capa(c, err);
-}
-
-/* The error for a refused login (the latest status line). */
-static int login_refused(struct pop3_client *c,
-                         const struct pop3_status_line *st,
-                         const struct pop3_config *cfg, struct proto_err *err)
-{
-	char text[400];
-
-	status_text(c, text, sizeof(text));
-	if (pop3_status_has_code(st, "IN-USE"))
-		return proto_err_set(err, PERR_NO, -EBUSY,
-		                     "%s: the maildrop of %s is locked by "
-		                     "another client (another POP3 session is "
-		                     "open); try again later: %s",
-		                     c->host, cfg->user, text);
-	if (pop3_status_has_code(st, "SYS/TEMP") ||
-	    pop3_status_has_code(st, "LOGIN-DELAY"))
-		return proto_err_set(err, PERR_NO, -EAGAIN,
-		                     "%s cannot log %s in now; try again "
-		                     "later: %s",
-		                     c->host, cfg->user, text);
-	return proto_err_set(err, PERR_AUTH, -EACCES,
-	                     "%s refused the login for %s: %s", c->host,
-	                     cfg->user, text);
-}
-
-/* AUTH mech with the initial response ir (base64, secret).  On return
- * *st is the final +OK or -ERR. */
-static int auth_sasl(struct pop3_client *c, const char *mech, const char *ir,
-                     struct pop3_status_line *st)
-{
-	bool sent = 5 + strlen(mech) + 1 + strlen(ir) + 2 <= POP3_AUTH_LINE_MAX;
-	char prefix[64];
-	int rc;
-
-	snprintf(prefix, sizeof(prefix), "AUTH %s ", mech);
-	if (sent)
-		rc = send_secret(c, prefix, ir);
-	else
-		rc = send_cmd(c, "AUTH %s", mech);
-	if (rc < 0)
-		return rc;
-	for (int round = 0;; round++) {
-		rc = read_status(c, st);
-		if (rc < 0)
-			return rc;
-		if (st->status != POP3_CONT)
-			return 0;
-		if (round >= POP3_MAX_SASL_ROUNDS) {
-			/* RFC 5034: "*" cancels; the server answers -ERR. */
-			rc = send_cmd(c, "*");
-		} else if (!sent) {
-			sent = true;
-			rc = send_secret(c, "", ir);
-		} else if (strcmp(mech, "OAUTHBEARER") == 0) {
-			/* RFC 7628 3.2.3: a lone ^A after the error. */
-			rc = send_cmd(c, "AQ==");
-		} else {
-			/* XOAUTH2: an empty response after the error. */
-			rc = send_cmd(c, "%s", "");
-		}
-		if (rc < 0)
-			return rc;
-	}
-}
-
-static bool sendable(const char *s)
-{
-	for (; *s; s++)
-		if (*s == '\r' || *s == '\n')
-			return false;
-	return true;
-}
-
-static int login_apop(struct pop3_client *c, const struct pop3_config *cfg,
-                      struct pop3_status_line *st, struct proto_err *err)
-{
-	char digest[33], prefix[POP3_MAX_LINE];
-	int rc;
-
-	set_state(c, POP3_ST_APOP);
-	rc = pop3_apop_digest(c->timestamp, strlen(c->timestamp), cfg->password,
-	                      digest);
-	if (rc < 0)
-		return proto_err_set(err, PERR_LOCAL, rc,
-		                     "cannot compute the APOP digest: %s",
-		                     strerror(-rc));
-	if (snprintf(prefix, sizeof(prefix), "APOP %s ", cfg->user) >=
-	    (int)sizeof(prefix))
-		return proto_err_set(err, PERR_LOCAL, -EINVAL,
-		                     "user name too long");
-	rc = send_secret(c, prefix, digest);
-	explicit_bzero(digest, sizeof(digest));
-	if (rc == 0)
-		rc = read_status(c, st);
-	if (rc < 0)
-		return dead_rc(c, err);
-	return 0;
-}
-
-static int login(struct pop3_client *c, const struct pop3_config *cfg,
-                 struct proto_err *err)
-{
-	struct pop3_status_line st;
-	char *ir = NULL;
-	int rc;
-
-	if (cfg->user == NULL || cfg->user[0] == '\0' || !sendable(cfg->user) ||
-	    strchr(cfg->user, ' ') != NULL)
-		return proto_err_set(err, PERR_LOCAL, -EINVAL,
-		                     "the user name cannot be sent to a POP3 "
-		                     "server");
-	if (cfg->oauth2_token != NULL) {
-		const char *mech;
-
-		set_state(c, POP3_ST_AUTH);
-		if (pop3_has_sasl(c, "OAUTHBEARER")) {
-			mech = "OAUTHBEARER";
-			rc = sasl_oauthbearer(cfg->user, cfg->host,
-			                      (unsigned)atoi(cfg->port),
-			                      cfg->oauth2_token, &ir);
-		} else if (pop3_has_sasl(c, "XOAUTH2") || !c->capa_known) {
-			mech = "XOAUTH2";
-			rc = sasl_xoauth2(cfg->user, cfg->oauth2_token, &ir);
-		} else {
-			return proto_err_set(
-			        err, PERR_AUTH, -EPROTONOSUPPORT,
-			        "%s offers neither OAUTHBEARER nor "
-			        "XOAUTH2 for oauth2_cmd",
-			        c->host);
-		}
-		if (rc < 0)
-			return proto_err_set(err, PERR_LOCAL, rc,
-			                     "cannot encode the token: %s",
-			                     strerror(-rc));
-		rc = auth_sasl(c, mech, ir, &st);
-		sasl_free_secret(&ir);
-		if (rc < 0)
-			return dead_rc(c, err);
-		goto result;
-	}
-	if (cfg->password == NULL || cfg->password[0] == '\0')
-		return proto_err_set(err, PERR_LOCAL, -EINVAL, "no password");
-	if (pop3_has_sasl(c, "PLAIN")) {
-		set_state(c, POP3_ST_AUTH);
-		rc = sasl_plain(NULL, cfg->user, cfg->password, &ir);
-		if (rc < 0)
-			return proto_err_set(err, PERR_LOCAL, rc,
-			                     "cannot encode the password: %s",
-			                     strerror(-rc));
-		rc = auth_sasl(c, "PLAIN", ir, &st);
-		sasl_free_secret(&ir);
-		if (rc < 0)
-			return dead_rc(c, err);
-		goto result;
-	}
-	if (pop3_has_cap(c, "USER") || !c->capa_known) {
-		if (!sendable(cfg->password))
-			return proto_err_set(err, PERR_LOCAL, -EINVAL,
-			                     "the password cannot be sent with "
-			                     "PASS");
-		set_state(c, POP3_ST_USER);
-		rc = command(c, &st, "USER %s", cfg->user);
-		if (rc < 0)
-			return dead_rc(c, err);
-		if (st.status != POP3_OK) {
-			/* Without CAPA, -ERR to USER may just mean that
-			 * the server does not do USER: APOP is what is
-			 * left. */
-			if (!c->capa_known && c->timestamp != NULL &&
-			    !pop3_status_has_code(&st, "IN-USE") &&
-			    !pop3_status_has_code(&st, "SYS"))
-				goto apop;
-			goto result;
-		}
-		set_state(c, POP3_ST_PASS);
-		rc = send_secret(c, "PASS ", cfg->password);
-		if (rc == 0)
-			rc = read_status(c, &st);
-		if (rc < 0)
-			return dead_rc(c, err);
-		goto result;
-	}
-	if (c->timestamp == NULL)
-		return proto_err_set(err, PERR_AUTH, -EPROTONOSUPPORT,
-		                     "%s offers no login mailfs can use "
-		                     "(neither SASL PLAIN nor USER nor APOP)",
-		                     c->host);
-apop:
-	rc = login_apop(c, cfg, &st, err);
-	if (rc < 0)
-		return rc;
-result:
-	if (st.status == POP3_OK)
-		return 0;
-	if (st.status == POP3_CONT) {
-		failf(c, PERR_PROTOCOL, -EPROTO,
-		      "%s sent a continuation outside AUTH", c->host);
-		return dead_rc(c, err);
-	}
-	return login_refused(c, &st, cfg, err);
-}
-
-int pop3_connect(struct pop3_client **client_r, const struct pop3_config *cfg,
-                 struct proto_err *err)
-{
-	struct net_tls_opts tls = {.cafile = cfg->cafile};
 	struct pop3_client *c;
-	int timeout =
-	        cfg->timeout_ms > 0 ? cfg->timeout_ms : POP3_DEFAULT_TIMEOUT_MS;
 	int rc;
 
-	*client_r = NULL;
+	*c_r = NULL;
 	c = calloc(1, sizeof(*c));
 	if (c == NULL)
 		return proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
@@ -1129,60 +461,10 @@ int pop3_connect(struct pop3_client **client_r, const struct pop3_config *cfg,
 		rc = proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
 		goto fail;
 	}
-
-	set_state(c, POP3_ST_CONNECTING);
-	rc = net_connect(&c->net, cfg->host, cfg->port, timeout, err);
-	if (rc < 0)
-		goto fail;
-	/* The body of a message is consumed as it arrives; only a status
-	 * line and a read's worth of data need to fit. */
-	net_set_max_buffer(c->net, 1024 * 1024);
-	if (cfg->tls == POP3_TLS_IMPLICIT) {
-		set_state(c, POP3_ST_TLS_HANDSHAKE);
-		rc = net_start_tls(c->net, &tls, err);
-		if (rc < 0)
-			goto fail;
-	}
-	rc = read_greeting(c, err);
-	if (rc < 0)
-		goto fail;
-	if (cfg->tls == POP3_TLS_STLS) {
-		rc = do_stls(c, cfg, err);
-	} else {
-		if (cfg->tls == POP3_TLS_NONE)
-			log_warn("pop3 %s: plaintext connection (notls): the "
-			         "password and all mail cross the network "
-			         "unencrypted",
-			         c->label);
-		rc = ask_capa(c, err);
-	}
-	if (rc < 0)
-		goto fail;
-	rc = login(c, cfg, err);
-	if (rc < 0)
-		goto fail;
-	set_state(c, POP3_ST_TRANSACTION);
-	/* RFC 2449: capabilities may change after login (EXPIRE,
-	 * LOGIN-DELAY, PIPELINING on some servers). */
-	if (c->capa_known) {
-		rc = ask_capa(c, err);
-		if (rc < 0)
-			goto fail;
-		if (!c->capa_known)
-			log_debug("pop3 %s: CAPA refused after login",
-			          c->label);
-	}
-	/* RFC 2449 EXPIRE 0: whatever is retrieved is gone from the
-	 * server, whatever pop_keep says. */
-	if (pop3_has_cap(c, "EXPIRE 0"))
-		log_warn("pop3 %s: the server deletes messages once they are "
-		         "retrieved (EXPIRE 0)",
-		         c->label);
-	*client_r = c;
+	proto_fate_init(&c->fate, "pop3", c->label, died, c);
+	*c_r = c;
 	return 0;
 fail:
-	if (c->dead && err != NULL && err->cls == PERR_NONE)
-		*err = c->err;
 	pop3_free(&c);
 	return rc;
 }
@@ -1194,7 +476,7 @@ void pop3_free(struct pop3_client **cp)
 	if (c == NULL)
 		return;
 	net_close(&c->net);
-	caps_clear(c);
+	pop3_conn_caps_clear(c);
 	free(c->timestamp);
 	free(c->label);
 	free(c->host);
@@ -1211,17 +493,17 @@ int pop3_quit(struct pop3_client **cp, struct proto_err *err)
 
 	if (c == NULL)
 		return 0;
-	if (c->dead) {
-		rc = dead_rc(c, err);
+	if (c->fate.dead) {
+		rc = proto_fate_rc(&c->fate, err);
 		pop3_free(cp);
 		return rc;
 	}
-	set_state(c, POP3_ST_QUIT);
-	rc = command(c, &st, "QUIT");
+	pop3_conn_set_state(c, POP3_ST_QUIT);
+	rc = pop3_conn_command(c, &st, "QUIT");
 	if (rc < 0) {
-		rc = dead_rc(c, err);
+		rc = proto_fate_rc(&c->fate, err);
 	} else if (st.status != POP3_OK) {
-		status_text(c, text, sizeof(text));
+		pop3_conn_status_text(c, text, sizeof(text));
 		rc = proto_err_set(err, PERR_NO, -EIO,
 		                   "%s did not commit the deletions: %s",
 		                   c->host, text);
@@ -1238,40 +520,6 @@ void pop3_shutdown(struct pop3_client *c)
 
 /* --- simple commands ------------------------------------------------- */
 
-/* Parse a decimal number at *p (advanced past it). */
-static bool parse_u64(const char **p, uint64_t *v_r)
-{
-	const char *s = *p;
-	uint64_t v = 0;
-
-	if (*s < '0' || *s > '9')
-		return false;
-	for (; *s >= '0' && *s <= '9'; s++) {
-		if (v > (UINT64_MAX - (uint64_t)(*s - '0')) / 10)
-			return false;
-		v = v * 10 + (uint64_t)(*s - '0');
-	}
-	*p = s;
-	*v_r = v;
-	return true;
-}
-
-static bool parse_msgnum(const char **p, unsigned *n_r)
-{
-	uint64_t v;
-
-	if (!parse_u64(p, &v) || v == 0 || v > UINT32_MAX)
-		return false;
-	*n_r = (unsigned)v;
-	return true;
-}
-
-static void skip_spaces(const char **p)
-{
-	while (**p == ' ' || **p == '\t')
-		(*p)++;
-}
-
 /* A simple command in the TRANSACTION state: 0 for +OK, the -ERR
  * error (dflt as the errno), or the connection's error. */
 static int simple(struct pop3_client *c, struct pop3_status_line *st, int dflt,
@@ -1279,11 +527,11 @@ static int simple(struct pop3_client *c, struct pop3_status_line *st, int dflt,
 {
 	int rc;
 
-	if (c->dead)
-		return dead_rc(c, err);
-	rc = command(c, st, "%s", what);
+	if (c->fate.dead)
+		return proto_fate_rc(&c->fate, err);
+	rc = pop3_conn_command(c, st, "%s", what);
 	if (rc < 0)
-		return dead_rc(c, err);
+		return proto_fate_rc(&c->fate, err);
 	if (st->status != POP3_OK)
 		return refused(c, st, dflt, what, err);
 	return 0;
@@ -1293,26 +541,16 @@ int pop3_stat(struct pop3_client *c, unsigned *count_r, uint64_t *size_r,
               struct proto_err *err)
 {
 	struct pop3_status_line st;
-	uint64_t count, size;
-	const char *p;
 	int rc;
 
 	rc = simple(c, &st, -EPERM, "STAT", err);
 	if (rc < 0)
 		return rc;
-	p = st.text;
-	if (!parse_u64(&p, &count) || count > UINT32_MAX ||
-	    (*p != ' ' && *p != '\t'))
-		goto bad;
-	skip_spaces(&p);
-	if (!parse_u64(&p, &size) || (*p != '\0' && *p != ' ' && *p != '\t'))
-		goto bad;
-	*count_r = (unsigned)count;
-	*size_r = size;
+	if (pop3_stat_parse(st.text, count_r, size_r) < 0)
+		return proto_err_set(err, PERR_PROTOCOL, -EPROTO,
+		                     "%s sent a malformed STAT answer",
+		                     c->host);
 	return 0;
-bad:
-	return proto_err_set(err, PERR_PROTOCOL, -EPROTO,
-	                     "%s sent a malformed STAT answer", c->host);
 }
 
 int pop3_noop(struct pop3_client *c, struct proto_err *err)
@@ -1344,35 +582,22 @@ struct listing {
 static int listing_line(void *ctx, char *line, size_t len)
 {
 	struct listing *l = ctx;
-	const char *p = line;
 	unsigned msgnum;
 
 	if (len == 0 || l->failed)
 		return 0; /* an empty line carries nothing: tolerated */
-	if (strlen(line) != len || !parse_msgnum(&p, &msgnum) ||
-	    (*p != ' ' && *p != '\t'))
-		goto bad;
-	skip_spaces(&p);
 	if (l->uidl) {
-		const char *uid = p;
-		size_t n = 0;
+		const char *uid;
+		size_t n;
 
-		while (uid[n] > 0x20 && uid[n] < 0x7f)
-			n++;
-		if (n == 0 || n > POP3_MAX_UID)
-			goto bad;
-		p = uid + n;
-		skip_spaces(&p);
-		if (*p != '\0')
+		if (pop3_uidl_parse(line, len, &msgnum, &uid, &n) < 0)
 			goto bad;
 		line[uid + n - line] = '\0';
 		l->uid_cb(l->ctx, msgnum, uid);
 	} else {
 		uint64_t size;
 
-		/* RFC 1939 allows more after the size; it is ignored. */
-		if (!parse_u64(&p, &size) ||
-		    (*p != '\0' && *p != ' ' && *p != '\t'))
+		if (pop3_list_parse(line, len, &msgnum, &size) < 0)
 			goto bad;
 		l->size_cb(l->ctx, msgnum, size);
 	}
@@ -1391,26 +616,26 @@ static int run_listing(struct pop3_client *c, struct listing *l,
 	struct pop3_status_line st;
 	int rc;
 
-	if (c->dead)
-		return dead_rc(c, err);
-	rc = command(c, &st, "%s", verb);
+	if (c->fate.dead)
+		return proto_fate_rc(&c->fate, err);
+	rc = pop3_conn_command(c, &st, "%s", verb);
 	if (rc < 0)
-		return dead_rc(c, err);
+		return proto_fate_rc(&c->fate, err);
 	if (st.status != POP3_OK) {
 		if (l->uidl && !pop3_status_has_code(&st, "IN-USE") &&
 		    !pop3_status_has_code(&st, "SYS")) {
 			char text[400];
 
-			status_text(c, text, sizeof(text));
+			pop3_conn_status_text(c, text, sizeof(text));
 			return proto_err_set(err, PERR_NO, -ENOTSUP,
 			                     "%s does not support UIDL: %s",
 			                     c->host, text);
 		}
 		return refused(c, &st, -EPERM, verb, err);
 	}
-	rc = read_lines(c, listing_line, l);
-	if (rc < 0 && c->dead)
-		return dead_rc(c, err);
+	rc = pop3_conn_read_lines(c, listing_line, l);
+	if (rc < 0 && c->fate.dead)
+		return proto_fate_rc(&c->fate, err);
 	if (rc < 0)
 		return proto_err_set(err, PERR_PROTOCOL, rc,
 		                     "%s sent a malformed %s line: \"%s\"",
@@ -1511,7 +736,7 @@ static int retr_reply(struct pop3_client *c, void *ctx, size_t i,
 		r->sink_rc = -EIO;
 	rc = read_body(c, retr_out, r);
 	if (rc < 0) {
-		retr_end(r, rc, &c->err);
+		retr_end(r, rc, &c->fate.err);
 		return rc;
 	}
 	if (r->sink_rc < 0) {
@@ -1610,60 +835,37 @@ int pop3_top(struct pop3_client *c, unsigned msgnum, unsigned lines,
 	return retr_one(c, true, msgnum, lines, sink, err);
 }
 
-struct growbuf {
-	char *data;
-	size_t len, cap;
-};
-
+/* The bytes of a message, into a growing buffer. */
 static int grow_data(void *ctx, unsigned msgnum, const char *buf, size_t len)
 {
-	struct growbuf *g = ctx;
+	struct strbuf *g = ctx;
 
 	(void)msgnum;
-	if (len >= g->cap - g->len) {
-		size_t ncap = g->cap ? g->cap : 16384;
-		char *n;
-
-		while (len >= ncap - g->len) {
-			if (ncap > SIZE_MAX / 2)
-				return -ENOMEM;
-			ncap *= 2;
-		}
-		n = realloc(g->data, ncap);
-		if (n == NULL)
-			return -ENOMEM;
-		g->data = n;
-		g->cap = ncap;
-	}
-	memcpy(g->data + g->len, buf, len);
-	g->len += len;
-	return 0;
+	strbuf_add(g, buf, len);
+	return g->oom ? -ENOMEM : 0;
 }
 
 static int into_buf(struct pop3_client *c, bool top, unsigned msgnum,
                     unsigned lines, char **data_r, size_t *len_r,
                     struct proto_err *err)
 {
-	struct growbuf g = {0};
+	struct strbuf g = {0};
 	struct pop3_sink sink = {.data = grow_data, .ctx = &g};
+	size_t len;
 	int rc;
 
 	*data_r = NULL;
 	*len_r = 0;
 	rc = retr_one(c, top, msgnum, lines, &sink, err);
-	if (rc == 0 && g.data == NULL) {
-		g.data = malloc(1);
-		if (g.data == NULL)
-			rc = proto_err_set(err, PERR_LOCAL, -ENOMEM,
-			                   "out of memory");
-	}
 	if (rc < 0) {
-		free(g.data);
+		free(g.s);
 		return rc;
 	}
-	g.data[g.len] = '\0'; /* grow_data keeps a byte spare */
-	*data_r = g.data;
-	*len_r = g.len;
+	len = g.len;
+	*data_r = strbuf_take(&g); /* NUL-terminated */
+	if (*data_r == NULL)
+		return proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
+	*len_r = len;
 	return 0;
 }
 

@@ -8,59 +8,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/b64.h"
+
 /* The base64 here is written out rather than taken from EVP_EncodeBlock /
  * EVP_DecodeBlock: EVP_DecodeBlock accepts whitespace, does not report how
  * much padding it removed, and does not reject bad padding, and the input
  * it decodes may come from a hostile server. */
 
-static const char sasl_b64enc[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static int sasl_b64val(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
 int sasl_b64_encode(const void *data, size_t len, char **b64_r)
 {
 	const unsigned char *in = data;
 	char *out, *o;
-	size_t i;
 
 	if (len > (SIZE_MAX - 1) / 4 * 3 - 2)
 		return -ENOMEM;
 	out = malloc((len + 2) / 3 * 4 + 1);
 	if (out == NULL)
 		return -ENOMEM;
-	o = out;
-	for (i = 0; i + 3 <= len; i += 3) {
-		*o++ = sasl_b64enc[in[i] >> 2];
-		*o++ = sasl_b64enc[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
-		*o++ = sasl_b64enc[((in[i + 1] & 0x0f) << 2) |
-		                   (in[i + 2] >> 6)];
-		*o++ = sasl_b64enc[in[i + 2] & 0x3f];
-	}
-	if (len - i == 1) {
-		*o++ = sasl_b64enc[in[i] >> 2];
-		*o++ = sasl_b64enc[(in[i] & 3) << 4];
-		*o++ = '=';
-		*o++ = '=';
-	} else if (len - i == 2) {
-		*o++ = sasl_b64enc[in[i] >> 2];
-		*o++ = sasl_b64enc[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
-		*o++ = sasl_b64enc[(in[i + 1] & 0x0f) << 2];
-		*o++ = '=';
-	}
+	o = b64_put(out, in, len, b64_std, true);
 	*o = '\0';
 	*b64_r = out;
 	return 0;
@@ -92,7 +57,7 @@ int sasl_b64_decode(const char *b64, size_t len, unsigned char **data_r,
 				v[k] = 0;
 				continue;
 			}
-			v[k] = sasl_b64val(in[i + k]);
+			v[k] = b64_value(b64_std, in[i + k]);
 			if (v[k] < 0)
 				goto invalid;
 		}
@@ -118,6 +83,21 @@ int sasl_b64_decode(const char *b64, size_t len, unsigned char **data_r,
 invalid:
 	free(out);
 	return -EINVAL;
+}
+
+int sasl_oauth2(bool bearer, bool xoauth2, const char *user, const char *host,
+                unsigned int port, const char *token, const char **mech_r,
+                char **b64_r)
+{
+	if (bearer) {
+		*mech_r = "OAUTHBEARER";
+		return sasl_oauthbearer(user, host, port, token, b64_r);
+	}
+	if (xoauth2) {
+		*mech_r = "XOAUTH2";
+		return sasl_xoauth2(user, token, b64_r);
+	}
+	return -EPROTONOSUPPORT;
 }
 
 void sasl_free_secret(char **secret)

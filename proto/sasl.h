@@ -15,6 +15,7 @@
 #ifndef MAILFS_SASL_H
 #define MAILFS_SASL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* Base64 of len bytes at data, "=" padded, no line breaks.  len == 0 gives
@@ -49,6 +50,15 @@ int sasl_xoauth2(const char *user, const char *token, char **b64_r);
  * free of control characters, token as for sasl_xoauth2(). */
 int sasl_oauthbearer(const char *user, const char *host, unsigned int port,
                      const char *token, char **b64_r);
+
+/* The OAuth2 mechanism for a server that offers OAUTHBEARER (bearer)
+ * and/or XOAUTH2 (xoauth2), with its initial response: OAUTHBEARER when
+ * offered (host and port as above), else XOAUTH2.  *mech_r gets the
+ * mechanism's name (a constant).  -EPROTONOSUPPORT when neither is
+ * offered; else as sasl_oauthbearer() and sasl_xoauth2(). */
+int sasl_oauth2(bool bearer, bool xoauth2, const char *user, const char *host,
+                unsigned int port, const char *token, const char **mech_r,
+                char **b64_r);
 
 /* Wipe the NUL-terminated string *secret, free it and set *secret to NULL.
  * Safe with *secret == NULL. */

@@ -6,24 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char utf7_b64enc[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
-
-/* Value of a modified BASE64 character, or -1. */
-static int utf7_b64val(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == ',')
-		return 63;
-	return -1;
-}
+#include "proto/b64.h"
 
 static bool utf7_is_direct(uint32_t c)
 {
@@ -65,7 +48,7 @@ static int utf7_decode_run(const char **pp, char **op)
 		uint32_t unit;
 
 		/* NUL (unterminated run) lands here too. */
-		v = utf7_b64val(*p);
+		v = b64_value(b64_imap, *p);
 		if (v < 0)
 			return -EINVAL;
 		bits = (bits << 6) | (uint32_t)v;
@@ -193,25 +176,9 @@ static int utf7_get_utf8(const unsigned char *s, uint32_t *cp_r)
 
 static char *utf7_flush_run(char *o, const uint8_t *u16, size_t n)
 {
-	size_t i;
-
 	*o++ = '&';
-	for (i = 0; i + 3 <= n; i += 3) {
-		*o++ = utf7_b64enc[u16[i] >> 2];
-		*o++ = utf7_b64enc[((u16[i] & 3) << 4) | (u16[i + 1] >> 4)];
-		*o++ = utf7_b64enc[((u16[i + 1] & 0x0f) << 2) |
-		                   (u16[i + 2] >> 6)];
-		*o++ = utf7_b64enc[u16[i + 2] & 0x3f];
-	}
 	/* No "=" padding: the unused low bits of the last character are 0. */
-	if (n - i == 1) {
-		*o++ = utf7_b64enc[u16[i] >> 2];
-		*o++ = utf7_b64enc[(u16[i] & 3) << 4];
-	} else if (n - i == 2) {
-		*o++ = utf7_b64enc[u16[i] >> 2];
-		*o++ = utf7_b64enc[((u16[i] & 3) << 4) | (u16[i + 1] >> 4)];
-		*o++ = utf7_b64enc[(u16[i + 1] & 0x0f) << 2];
-	}
+	o = b64_put(o, u16, n, b64_imap, false);
 	*o++ = '-';
 	return o;
 }

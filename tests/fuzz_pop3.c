@@ -1,6 +1,6 @@
 /* Fuzz target for the POP3 parsers of server input: the dot-unstuffing
- * machine, the line finder, the status-line parser and the APOP
- * timestamp finder.
+ * machine, the line finder, the status-line parser, the STAT, UIDL, LIST
+ * and CAPA parsers and the APOP timestamp finder.
  *
  * Unstuffing is differential: the input is fed whole, one byte at a time
  * and at split points drawn from its hash, and compared with a line-based
@@ -8,7 +8,7 @@
  * message must be empty or end in CRLF, and stuffed again and terminated
  * it must come back unchanged (nothing of the terminator leaked into it).
  * The input is then cut into lines with two limits, and every line's
- * status parse is checked against the grammar.  Any disagreement
+ * status and listing parses are checked against the grammar.  Any disagreement
  * abort()s. */
 #include <errno.h>
 #include <stdbool.h>
@@ -18,7 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "proto/pop3.h"
+#include "proto/pop3_parse.h"
 
 #define CHECK(cond)                                                            \
 	do {                                                                   \
@@ -274,6 +274,58 @@ static void check_timestamp(const char *line, size_t len)
 		      ts[i] != '<' && ts[i] != '>');
 }
 
+static bool is_space(char ch)
+{
+	return ch == ' ' || ch == '\t';
+}
+
+/* A decimal number without leading spaces, at p. */
+static size_t digits(const char *p)
+{
+	size_t n = 0;
+
+	while (p[n] >= '0' && p[n] <= '9')
+		n++;
+	return n;
+}
+
+/* The line as a UIDL, LIST, STAT and CAPA line. */
+static void check_listing(const char *line, size_t len)
+{
+	char *s = malloc(len + 1);
+	const char *uid;
+	unsigned msgnum, count;
+	uint64_t size;
+	size_t n;
+
+	CHECK(s != NULL);
+	memcpy(s, line, len);
+	s[len] = '\0';
+	if (pop3_uidl_parse(s, len, &msgnum, &uid, &n) == 0) {
+		CHECK(strlen(s) == len && msgnum > 0);
+		CHECK(digits(s) > 0 && is_space(s[digits(s)]));
+		CHECK(uid > s && uid + n <= s + len && is_space(uid[-1]));
+		CHECK(n > 0 && n <= POP3_MAX_UID);
+		for (size_t i = 0; i < n; i++)
+			CHECK(uid[i] > 0x20 && uid[i] < 0x7f);
+		for (const char *p = uid + n; p < s + len; p++)
+			CHECK(is_space(*p));
+	}
+	if (pop3_list_parse(s, len, &msgnum, &size) == 0) {
+		n = digits(s);
+		CHECK(strlen(s) == len && msgnum > 0 && n > 0 &&
+		      is_space(s[n]));
+		CHECK(strtoul(s, NULL, 10) == msgnum);
+	}
+	if (pop3_stat_parse(s, &count, &size) == 0) {
+		n = digits(s);
+		CHECK(n > 0 && is_space(s[n]) && strtoul(s, NULL, 10) == count);
+	}
+	if (pop3_capa_sasl(s, "PLAIN"))
+		CHECK(pop3_capa_is(s, "SASL") && strcasestr(s, "PLAIN"));
+	free(s);
+}
+
 /* Cut data into lines with limit max; each line is checked.  Also: the
  * answer for every prefix of the remaining input is "need more" until
  * the full answer is reached, and never contradicts it. */
@@ -302,6 +354,7 @@ static void lines(const uint8_t *data, size_t size, size_t max)
 		CHECK(memchr(p + pos, '\n', ll) == NULL);
 		check_status(p + pos, ll);
 		check_timestamp(p + pos, ll);
+		check_listing(p + pos, ll);
 		pos += used;
 	}
 }

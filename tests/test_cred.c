@@ -555,6 +555,37 @@ static void test_tty_none(void **state)
 	assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* A command runs in the directory given to cred_set_dir(), whatever the
+ * process's own working directory is: mailfs goes to "/" in the
+ * background, and passcmd='./pass.sh' must still work when it runs again
+ * there (a new login after a refusal, a fresh OAuth2 token). */
+static void test_cmd_dir(void **state)
+{
+	char dir[] = "/tmp/mailfs-test-cred-XXXXXX", path[64], old[4096];
+	FILE *f;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/pass", dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs("hunter3\n", f);
+	fclose(f);
+	assert_non_null(getcwd(old, sizeof(old)));
+	assert_int_equal(chdir("/"), 0);
+
+	check_fail("cat ./pass", -EIO, "status 1");
+	cred_set_dir(dir);
+	check_ok("cat ./pass", "hunter3");
+	check_ok("pwd", dir);
+	cred_set_dir(NULL);
+	check_ok("pwd", "/");
+
+	assert_int_equal(chdir(old), 0);
+	unlink(path);
+	rmdir(dir);
+}
+
 static void test_cred_free(void **state)
 {
 	char *s = NULL;
@@ -584,6 +615,7 @@ int main(void)
 	        cmocka_unit_test(test_tty_suspend),
 	        cmocka_unit_test(test_cmd_tty_foreground),
 	        cmocka_unit_test(test_tty_none),
+	        cmocka_unit_test(test_cmd_dir),
 	        cmocka_unit_test(test_cred_free),
 	};
 

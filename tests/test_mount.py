@@ -22,7 +22,10 @@ Remount       same cache: nothing fetched again, stable inodes; server down:
               served from the cache, EIO for a body never fetched
 ServerGone    the server stops or stalls while mounted: EIO within bounds,
               then mailfs reconnects by itself
-MountErrors   one-line errors, non-zero exit, no mount left, within seconds
+MountErrors   one-line errors, non-zero exit, no mount left, within seconds, for
+              every start-up failure also after mailfs forked (cache_dir
+              unusable, damaged or in use, mount refused, killed); relative
+              path options; the default cache dir of a non-root user
 UidValidity   a UIDVALIDITY change re-matches cached bodies, nothing re-fetched
 Writes        writes, creates and mkdir fail at once (EPERM; -o ro: EROFS)
 
@@ -40,6 +43,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -168,6 +172,83 @@ def fresh(tag):
     base = tempfile.mkdtemp(prefix=tag + '-', dir=TMP)
     os.mkdir(os.path.join(base, 'mnt'))
     return os.path.join(base, 'mnt'), os.path.join(base, 'cache')
+
+
+def file_digest(path):
+    import hashlib
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def user_gid(name):
+    import pwd
+    return pwd.getpwnam(name).pw_gid
+
+
+def pwd_uid(name):
+    import pwd
+    return pwd.getpwnam(name).pw_uid
+
+
+def kill_pids(pids):
+    """SIGKILL the processes PIDS() names (a callable: evaluated now)."""
+    for pid in pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def children_of(pid):
+    """Pids of the processes whose parent is PID."""
+    out = []
+    for name in os.listdir('/proc'):
+        if name.isdigit():
+            try:
+                with open('/proc/%s/stat' % name) as f:
+                    if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
+                        out.append(int(name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def mountinfo_points():
+    """Mount points in /proc/self/mountinfo (field 5, unescaped)."""
+    with open('/proc/self/mountinfo') as f:
+        return {mountutil._unescape_mount_field(l.split()[4]) for l in f if l.strip()}
+
+
+class started_in:
+    """Run a block in directory PATH (None: where we are)."""
+    def __init__(self, path):
+        self.path, self.old = path, None
+
+    def __enter__(self):
+        if self.path is not None:
+            self.old = os.getcwd()
+            os.chdir(self.path)
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            os.chdir(self.old)
+
+
+class environment:
+    """Run a block with os.environ replaced by ENV (None: unchanged)."""
+    def __init__(self, env):
+        self.env, self.old = env, None
+
+    def __enter__(self):
+        if self.env is not None:
+            self.old = dict(os.environ)
+            os.environ.clear()
+            os.environ.update(self.env)
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            os.environ.clear()
+            os.environ.update(self.old)
 
 
 def body_of(rel):
@@ -1024,23 +1105,38 @@ class ServerGone(MountTest):
 
 class MountErrors(MountTest):
     def attempt(self, *, url=None, password=None, cafile=True, mountpoint=None,
-                expect):
-        mnt, cache = fresh('err')
+                expect, cache=None, options=(), user=None, env=None, cwd=None,
+                one_line=True):
+        """Run mailfs in daemon mode (no -f): it must fail within seconds
+        with a non-zero exit, one line on stderr matching EXPECT, and no
+        mount left.  CACHE: the cache_dir (False: none, the default one);
+        USER: run it as that user (setpriv); ENV: its whole
+        environment; CWD: the directory it is started in."""
+        mnt, c = fresh('err')
         if mountpoint is not None:
             mnt = mountpoint
-        m = mountutil.Mount(dc, mnt, cache, url=url, password=password, cafile=cafile)
+        if cache is None:
+            cache = c
+        m = mountutil.Mount(dc, mnt, cache or None, url=url, password=password,
+                            cafile=cafile, options=options)
+        if user is not None:
+            m.argv[:0] = ['setpriv', '--reuid=' + user, '--regid=%d' % user_gid(user),
+                          '--clear-groups', '--']
         self.addCleanup(m.unmount)
         t = time.monotonic()
-        r = m.run()
+        with started_in(cwd), environment(env):
+            r = m.run()
         took = time.monotonic() - t
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         self.assertNotEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(len(lines), 1, 'not one line: %r' % r.stderr)
-        self.assertRegex(lines[0], expect)
+        if one_line:
+            self.assertEqual(len(lines), 1, 'not one line: %r' % r.stderr)
+        self.assertRegex(lines[-1] if lines else '', expect)
         self.assertFalse(mountutil.is_mounted(mnt), 'a mount was left behind')
         self.assertNotIn(os.path.realpath(mnt), mountutil.mounts())
+        self.assertNotIn(os.path.realpath(mnt), mountinfo_points())
         self.assertLess(took, ERROR_SECONDS)
-        return lines[0]
+        return lines[-1]
 
     def test_wrong_password(self):
         # Dovecot's text is "[AUTHENTICATIONFAILED] Authentication failed."
@@ -1074,6 +1170,175 @@ class MountErrors(MountTest):
         mnt, _ = fresh('missing')
         self.attempt(mountpoint=os.path.join(mnt, 'nonexistent'),
                      expect=r'(?i)(no such file|does not exist|missing)')
+
+    # Regression: a relative cafile worked for the connection made at mount
+    # time, then every connection made after mailfs went to the background
+    # (its working directory is /) failed: a cold rsync gave thousands of
+    # EIO.  Every path option is made absolute before that.
+    def test_relative_cafile_after_daemonizing(self):
+        base = tempfile.mkdtemp(prefix='relca-', dir=TMP)
+        shutil.copy(dc.ca, os.path.join(base, 'ca.pem'))
+        mnt, cache = fresh('relca')
+        m = mountutil.Mount(dc, mnt, cache, cafile='ca.pem')
+        self.addCleanup(m.unmount)
+        with started_in(base):
+            m.start()
+        dest = tempfile.mkdtemp(prefix='relca-copy-', dir=TMP)
+        r = subprocess.run(['rsync', '-a', m.mountpoint + '/', dest + '/'],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=90)
+        self.assertEqual((r.returncode, r.stderr.count('\n')), (0, 0), r.stderr[-2000:])
+        copied = {os.path.relpath(os.path.join(d, f), dest)
+                  for d, _, fs in os.walk(dest) for f in fs}
+        self.assertEqual(copied, set(TREE.files))
+        bad = [rel for rel in sorted(TREE.files)
+               if read(os.path.join(dest, rel)) != body_of(rel)]
+        self.assertEqual(bad, [])
+
+    # Regression: a cache_dir that cannot be created failed after mailfs
+    # had gone to the background: exit status 0, no mount, the reason only
+    # in syslog.
+    def test_cache_dir_under_a_file(self):
+        base = tempfile.mkdtemp(prefix='cachefile-', dir=TMP)
+        with open(os.path.join(base, 'file'), 'w') as f:
+            f.write('x')
+        cache = os.path.join(base, 'file', 'cache')
+        self.attempt(cache=cache, expect=r'(?i)cache.*%s.*not a directory' % re.escape(cache))
+
+    def test_relative_cache_dir_under_a_file(self):
+        base = tempfile.mkdtemp(prefix='cachefile-', dir=TMP)
+        with open(os.path.join(base, 'file'), 'w') as f:
+            f.write('x')
+        self.attempt(cache='file/cache', cwd=base,
+                     expect=r'(?i)cache.*%s.*not a directory'
+                     % re.escape(os.path.join(base, 'file', 'cache')))
+
+    def test_cache_dir_without_permission(self):
+        # A directory the (non-root) user may not write into.
+        base = self.nobody_dir()
+        locked = os.path.join(base, 'locked')
+        os.mkdir(locked, 0o700)
+        cache = os.path.join(locked, 'cache')
+        self.attempt(cache=cache, user='nobody', cafile=self.nobody_ca(base),
+                     mountpoint=self.nobody_mnt(base),
+                     expect=r'(?i)cache.*%s.*permission denied' % re.escape(cache))
+        self.assertFalse(os.path.exists(cache))
+
+    # Regression: the default cache directory came from $HOME, which a
+    # user mount (fstab "user", sudo) may point at another user's home:
+    # mailfs picked /root/.cache for a non-root user.  It is the calling
+    # user's home from the password database.
+    def test_default_cache_dir_is_the_users_home(self):
+        import pwd
+        home = pwd.getpwnam('nobody').pw_dir
+        if os.path.isdir(home):
+            self.skipTest('the home of nobody (%s) exists' % home)
+        base = self.nobody_dir()
+        fake_home = os.path.join(base, 'home')
+        os.mkdir(fake_home, 0o777)
+        env = {k: v for k, v in os.environ.items() if k != 'XDG_CACHE_HOME'}
+        env['HOME'] = fake_home
+        want = os.path.join(home, '.cache', 'mailfs', 'alice@localhost')
+        self.attempt(cache=False, user='nobody', env=env, cafile=self.nobody_ca(base),
+                     mountpoint=self.nobody_mnt(base),
+                     expect=r'(?i)cache.*%s.*(permission denied|no such file)'
+                     % re.escape(want))
+        self.assertEqual(os.listdir(fake_home), [])
+
+    # The mount itself fails after mailfs forked (here: a user who may not
+    # open /dev/fuse): the reason on stderr, non-zero exit, no mount.
+    def test_mount_refused_after_fork(self):
+        base = self.nobody_dir()
+        if subprocess.run(['setpriv', '--reuid=nobody', '--regid=%d' % user_gid('nobody'),
+                           '--clear-groups', '--', 'sh', '-c', 'exec 3<>/dev/fuse'],
+                          capture_output=True, timeout=10).returncode == 0:
+            self.skipTest('nobody may open /dev/fuse here')
+        cache = os.path.join(base, 'cache')
+        os.mkdir(cache, 0o700)
+        os.chown(cache, pwd_uid('nobody'), user_gid('nobody'))
+        self.attempt(cache=cache, user='nobody', cafile=self.nobody_ca(base),
+                     mountpoint=self.nobody_mnt(base), one_line=False,
+                     expect=r'(?i)/dev/fuse|mount')
+        # The cache was opened first, and closed again.
+        self.assertTrue(os.path.exists(os.path.join(cache, 'data.mdb')))
+
+    def test_cache_in_use_by_another_mount(self):
+        first = self.mount('inuse')
+        self.attempt(cache=first.cache_dir,
+                     expect=r'(?i)cache %s.* in use' % re.escape(first.cache_dir))
+        # The first mount goes on serving.
+        rel = sorted(TREE.files_in('INBOX'))[0]
+        self.assertEqual(read(os.path.join(first.mountpoint, rel)), body_of(rel))
+
+    # Regression: a data file truncated to half killed mailfs with SIGBUS
+    # and left "Transport endpoint is not connected".  It is refused at
+    # once, with one line naming the file, and left exactly as it was.
+    def test_damaged_cache(self):
+        m = self.mount('damaged')
+        for rel in sorted(TREE.files):
+            read(os.path.join(m.mountpoint, rel))
+        self.assertFalse(m.unmount())
+        data = os.path.join(m.cache_dir, 'data.mdb')
+        size = os.path.getsize(data)
+        self.assertGreater(size, 20 << 20)
+        os.truncate(data, size // 2)
+        before = file_digest(data)
+        line = self.attempt(cache=m.cache_dir,
+                            expect=r'(?i)cache %s is damaged \(truncated: %d of \d+ bytes\)'
+                            r'.*move it away' % (re.escape(data), size // 2))
+        self.assertIn('backup', line)
+        self.assertEqual(os.path.getsize(data), size // 2)
+        self.assertEqual(file_digest(data), before)
+
+    # The background process dies during start-up, after it mounted: the
+    # waiting parent says so, exits non-zero and leaves no mount.
+    def test_killed_during_start_up(self):
+        mnt, cache = fresh('killed')
+        real = os.path.realpath(mnt)
+        m = mountutil.Mount(dc, mnt, cache)
+        self.addCleanup(m.unmount)
+        env = dict(os.environ, MAILFS_TEST_PAUSE='startup_mounted')
+        p = subprocess.Popen(m.argv, env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Whatever happens, no paused mailfs of ours stays behind (the
+        # paused mount answers nothing: even a stat of it would hang).
+        self.addCleanup(kill_pids, lambda: children_of(p.pid) + [p.pid])
+        deadline = time.monotonic() + mountutil.MOUNT_TIMEOUT
+        while real not in mountutil.mounts() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn(real, mountutil.mounts(), 'no pause after mounting')
+        child = children_of(p.pid)
+        self.assertEqual(len(child), 1, child)
+        os.kill(child[0], signal.SIGKILL)
+        out, err = p.communicate(timeout=ERROR_SECONDS)
+        lines = [l for l in err.splitlines() if l.strip()]
+        self.assertNotEqual(p.returncode, 0, err)
+        self.assertEqual(len(lines), 1, err)
+        self.assertRegex(lines[0], r'(?i)died during start-up.*killed')
+        self.assertNotIn(real, mountutil.mounts(), 'a mount was left behind')
+        self.assertNotIn(real, mountinfo_points())
+
+    # ----- helpers for running mailfs as a user other than root
+
+    def nobody_dir(self):
+        if os.geteuid() != 0:
+            self.skipTest('needs root to run mailfs as another user')
+        if not shutil.which('setpriv'):
+            self.skipTest('setpriv is missing')
+        base = tempfile.mkdtemp(prefix='nobody-', dir=TMP)
+        os.chmod(base, 0o755)
+        return base
+
+    def nobody_ca(self, base):
+        ca = os.path.join(base, 'ca.pem')
+        shutil.copy(dc.ca, ca)
+        os.chmod(ca, 0o644)
+        return ca
+
+    def nobody_mnt(self, base):
+        mnt = os.path.join(base, 'mnt')
+        os.mkdir(mnt, 0o755)
+        return mnt
 
 
 # ----------------------------------------------------- 9. UIDVALIDITY change

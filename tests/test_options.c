@@ -1,20 +1,132 @@
-/* Option and fstab parsing (fs/options.h), through its public API: -o
- * lists as mount(8) passes an fstab line, backslash escapes, the fstab
- * words that are not options, what stays for libfuse, defaults, and the
- * numeric ranges.  The path options (cache_dir, cafile) are left to
- * their own tests. */
+/* Unit tests for fs/options.c: paths made absolute, the default cache
+ * directory; and parsing through fs_options_parse(): -o lists as mount(8)
+ * passes an fstab line, backslash escapes, the fstab words that are not
+ * options, what stays for libfuse, defaults, and the numeric ranges. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
+/* cmocka needs the headers above first. */
 #include <cmocka.h>
+
+#include "fs/options.h"
+
 #include <errno.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
-#include "fs/options.h"
+static void parse(struct fs_options *o, const char *opts)
+{
+	char *argv[] = {"mailfs",      "-o",   (char *)opts,
+	                "imaps://u@h", "/mnt", NULL};
+	struct fuse_args args = FUSE_ARGS_INIT(5, argv);
+
+	assert_int_equal(fs_options_parse(&args, o), 0);
+	fuse_opt_free_args(&args);
+}
+
+/* Regression: a relative cafile was read relative to "/" by every
+ * connection made after mailfs went to the background. */
+static void test_absolute(void **state)
+{
+	struct fs_options o;
+
+	(void)state;
+	parse(&o, "cafile=ca.pem,cache_dir=../c/d,passcmd=./pw x");
+	assert_int_equal(fs_options_absolute(&o, "/start/here"), 0);
+	assert_string_equal(o.cafile, "/start/here/ca.pem");
+	assert_string_equal(o.cache_dir, "/start/here/../c/d");
+	/* A shell command line, not a path: as given. */
+	assert_string_equal(o.passcmd, "./pw x");
+	fs_options_free(&o);
+
+	parse(&o, "cafile=/etc/ca.pem,cache_dir=/var/c");
+	assert_int_equal(fs_options_absolute(&o, "/"), 0);
+	assert_string_equal(o.cafile, "/etc/ca.pem");
+	assert_string_equal(o.cache_dir, "/var/c");
+	fs_options_free(&o);
+
+	parse(&o, "cache_dir=c");
+	assert_int_equal(fs_options_absolute(&o, "/"), 0);
+	assert_string_equal(o.cache_dir, "/c");
+	fs_options_free(&o);
+
+	/* No start directory known: a relative path is an error, an
+	 * absolute one is fine. */
+	parse(&o, "cafile=ca.pem");
+	assert_int_equal(fs_options_absolute(&o, NULL), -ENOENT);
+	fs_options_free(&o);
+	parse(&o, "cafile=/ca.pem");
+	assert_int_equal(fs_options_absolute(&o, NULL), 0);
+	fs_options_free(&o);
+}
+
+static void expect_default(const char *want)
+{
+	char *dir = NULL;
+
+	assert_int_equal(fs_options_default_cache_dir("u@h", &dir), 0);
+	assert_string_equal(dir, want);
+	free(dir);
+}
+
+/* Regression: the default came from $HOME, which a user mount may leave
+ * pointing at another user's home (/root/.cache for a non-root user). */
+static void test_default_cache_dir(void **state)
+{
+	struct passwd *pw = getpwuid(getuid());
+	char want[4096];
+
+	(void)state;
+	assert_non_null(pw);
+	setenv("XDG_CACHE_HOME", "/xdg", 1);
+	setenv("HOME", "/elsewhere", 1);
+	expect_default("/xdg/mailfs/u@h");
+	/* Not absolute: ignored (XDG base directory specification). */
+	setenv("XDG_CACHE_HOME", "rel", 1);
+	snprintf(want, sizeof(want), "%s/.cache/mailfs/u@h", pw->pw_dir);
+	expect_default(want);
+	unsetenv("XDG_CACHE_HOME");
+	expect_default(want);
+}
+
+/* The same for a non-root user, when we may become one: the home of that
+ * user, whatever $HOME says. */
+static void test_default_cache_dir_other_user(void **state)
+{
+	struct passwd *pw;
+	char want[4096];
+	int status = 0;
+	pid_t pid;
+
+	(void)state;
+	if (getuid() != 0 || (pw = getpwnam("nobody")) == NULL)
+		skip();
+	snprintf(want, sizeof(want), "%s/.cache/mailfs/u@h", pw->pw_dir);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		char *dir = NULL;
+
+		unsetenv("XDG_CACHE_HOME");
+		setenv("HOME", "/root", 1);
+		if (setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0)
+			_exit(2);
+		if (fs_options_default_cache_dir("u@h", &dir) != 0)
+			_exit(3);
+		_exit(strcmp(dir, want) == 0 ? 0 : 4);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* --- parsing ------------------------------------------------------- */
 
 struct parsed {
 	struct fuse_args args; /* what is left for libfuse */
@@ -23,7 +135,7 @@ struct parsed {
 };
 
 /* Parse "mailfs" and the NULL-terminated arguments. */
-static struct parsed *parse(const char *first, ...)
+static struct parsed *parse_args(const char *first, ...)
 {
 	struct parsed *p = calloc(1, sizeof(*p));
 	va_list ap;
@@ -74,7 +186,7 @@ static bool left(const struct parsed *p, const char *word)
 static void test_defaults(void **state)
 {
 	struct parsed *p =
-	        parse("imaps://alice@example.org", "/mnt/mail", NULL);
+	        parse_args("imaps://alice@example.org", "/mnt/mail", NULL);
 
 	(void)state;
 	assert_int_equal(p->rc, 0);
@@ -102,7 +214,7 @@ static void test_defaults(void **state)
  * (mount.fuse3 passes the options as one -o list). */
 static void test_fstab_line(void **state)
 {
-	struct parsed *p = parse(
+	struct parsed *p = parse_args(
 	        "imaps://alice@example.org", "/mnt/mail", "-o",
 	        "rw,_netdev,noauto,user,passcmd=pass\\040show\\040mail,"
 	        "poll=30,connections=5,timeout=9,mark_seen,delete=expunge,"
@@ -145,7 +257,7 @@ static void test_fstab_noise(void **state)
 		struct parsed *p;
 
 		snprintf(opt, sizeof(opt), "-o%s", noise[i]);
-		p = parse("imaps://a@h", "/m", opt, "-o", noise[i], NULL);
+		p = parse_args("imaps://a@h", "/m", opt, "-o", noise[i], NULL);
 		assert_int_equal(p->rc, 0);
 		assert_false(left(p, noise[i]));
 		parsed_free(p);
@@ -159,13 +271,14 @@ static void test_escapes(void **state)
 	struct parsed *p;
 
 	(void)state;
-	p = parse("imaps://a@h", "/m", "-o",
-	          "passcmd=gpg\\040-d\\040a\\054b\\134c,oauth2_cmd=x", NULL);
+	p = parse_args("imaps://a@h", "/m", "-o",
+	               "passcmd=gpg\\040-d\\040a\\054b\\134c,oauth2_cmd=x",
+	               NULL);
 	assert_int_equal(p->rc, -EINVAL); /* two secrets: one at a time */
 	parsed_free(p);
 
-	p = parse("imaps://a@h", "/m", "-o",
-	          "passcmd=gpg\\040-d\\040a\\054b\\134c\\,d,poll=5", NULL);
+	p = parse_args("imaps://a@h", "/m", "-o",
+	               "passcmd=gpg\\040-d\\040a\\054b\\134c\\,d,poll=5", NULL);
 	assert_int_equal(p->rc, 0);
 	assert_string_equal(p->o.passcmd, "gpg -d a,b\\c,d");
 	assert_int_equal(p->o.poll, 5);
@@ -173,8 +286,8 @@ static void test_escapes(void **state)
 
 	/* Given as its own -o, a value keeps its spaces and commas as they
 	 * are escaped. */
-	p = parse("-o", "oauth2_cmd=oauth\\040token", "imaps://a@h", "/m",
-	          NULL);
+	p = parse_args("-o", "oauth2_cmd=oauth\\040token", "imaps://a@h", "/m",
+	               NULL);
 	assert_int_equal(p->rc, 0);
 	assert_string_equal(p->o.oauth2_cmd, "oauth token");
 	assert_string_equal(p->o.account, "imaps://a@h");
@@ -184,7 +297,8 @@ static void test_escapes(void **state)
 /* ro is seen, and passed on to the kernel. */
 static void test_ro(void **state)
 {
-	struct parsed *p = parse("imaps://a@h", "/m", "-o", "ro,offline", NULL);
+	struct parsed *p =
+	        parse_args("imaps://a@h", "/m", "-o", "ro,offline", NULL);
 
 	(void)state;
 	assert_int_equal(p->rc, 0);
@@ -197,7 +311,7 @@ static void test_ro(void **state)
 
 static int rc_of(const char *opts)
 {
-	struct parsed *p = parse("imaps://a@h", "/m", "-o", opts, NULL);
+	struct parsed *p = parse_args("imaps://a@h", "/m", "-o", opts, NULL);
 	int rc = p->rc;
 
 	parsed_free(p);
@@ -227,14 +341,14 @@ static void test_ranges(void **state)
 	assert_int_equal(rc_of("passcmd=a,password_stdin"), -EINVAL);
 
 	/* 0 for poll and timeout means as short as can be: one second. */
-	p = parse("imaps://a@h", "/m", "-o", "poll=0,timeout=0", NULL);
+	p = parse_args("imaps://a@h", "/m", "-o", "poll=0,timeout=0", NULL);
 	assert_int_equal(p->rc, 0);
 	assert_int_equal(p->o.poll, 1);
 	assert_int_equal(p->o.timeout, 1);
 	parsed_free(p);
 
-	p = parse("imaps://a@h", "/m", "-o",
-	          "pop_keep=forever,delete=refuse,connections=16", NULL);
+	p = parse_args("imaps://a@h", "/m", "-o",
+	               "pop_keep=forever,delete=refuse,connections=16", NULL);
 	assert_int_equal(p->rc, 0);
 	assert_int_equal(p->o.pop_keep_days, -1);
 	assert_int_equal(p->o.delete_mode, FS_DELETE_REFUSE);
@@ -245,8 +359,8 @@ static void test_ranges(void **state)
 /* What is not ours stays for libfuse, in order. */
 static void test_rest_for_libfuse(void **state)
 {
-	struct parsed *p = parse("-f", "-s", "imaps://a@h", "-o",
-	                         "allow_other,poll=9", "/m", "-d", NULL);
+	struct parsed *p = parse_args("-f", "-s", "imaps://a@h", "-o",
+	                              "allow_other,poll=9", "/m", "-d", NULL);
 
 	(void)state;
 	assert_int_equal(p->rc, 0);
@@ -264,6 +378,9 @@ static void test_rest_for_libfuse(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_absolute),
+	        cmocka_unit_test(test_default_cache_dir),
+	        cmocka_unit_test(test_default_cache_dir_other_user),
 	        cmocka_unit_test(test_defaults),
 	        cmocka_unit_test(test_fstab_line),
 	        cmocka_unit_test(test_fstab_noise),

@@ -1,5 +1,6 @@
-/* Tests of the POP3 client: the dot-unstuffing machine, the status-line
- * parser, APOP, and the client itself against server transcripts.
+/* Tests of the POP3 client: the dot-unstuffing machine, the status-line,
+ * STAT, listing and CAPA parsers, APOP, and the client itself against
+ * server transcripts.
  *
  * Every unstuffing vector is fed whole, one byte at a time, split at every
  * point into two and three pieces, and in chunks of every size; the output
@@ -32,6 +33,7 @@
 
 #include "proto/log.h"
 #include "proto/pop3.h"
+#include "proto/pop3_parse.h"
 #include "proto/sasl.h"
 
 /* --- unstuffing ---------------------------------------------------------- */
@@ -611,6 +613,120 @@ static void test_apop(void **state)
 	assert_memory_equal(ts, "<1@h>", len);
 	/* The length limits the search, not a NUL. */
 	assert_int_equal(pop3_apop_timestamp("<1@h>", 4, &ts, &len), -ENOENT);
+}
+
+/* --- STAT, UIDL, LIST and CAPA ------------------------------------------ */
+
+static void test_stat_parse(void **state)
+{
+	unsigned count = 7;
+	uint64_t size = 7;
+
+	(void)state;
+	assert_int_equal(pop3_stat_parse("2 320", &count, &size), 0);
+	assert_int_equal(count, 2);
+	assert_int_equal(size, 320);
+	assert_int_equal(pop3_stat_parse("0 0 extra", &count, &size), 0);
+	assert_int_equal(count, 0);
+	assert_int_equal(pop3_stat_parse("4294967295\t\t18446744073709551615",
+	                                 &count, &size),
+	                 0);
+	assert_int_equal(count, UINT32_MAX);
+	assert_true(size == UINT64_MAX);
+	count = 7;
+	size = 7;
+	assert_int_equal(pop3_stat_parse("4294967296 1", &count, &size),
+	                 -EPROTO);
+	assert_int_equal(
+	        pop3_stat_parse("1 18446744073709551616", &count, &size),
+	        -EPROTO);
+	assert_int_equal(pop3_stat_parse("1", &count, &size), -EPROTO);
+	assert_int_equal(pop3_stat_parse("1 ", &count, &size), -EPROTO);
+	assert_int_equal(pop3_stat_parse("1 2x", &count, &size), -EPROTO);
+	assert_int_equal(pop3_stat_parse(" 1 2", &count, &size), -EPROTO);
+	assert_int_equal(pop3_stat_parse("", &count, &size), -EPROTO);
+	/* Untouched on error. */
+	assert_int_equal(count, 7);
+	assert_int_equal(size, 7);
+}
+
+static void test_listing_parse(void **state)
+{
+	char longuid[POP3_MAX_UID + 16];
+	const char *uid;
+	unsigned msgnum;
+	uint64_t size;
+	size_t n;
+
+	(void)state;
+	assert_int_equal(pop3_uidl_parse("1 whqtswO00WBw418f9t5JxYwZ", 26,
+	                                 &msgnum, &uid, &n),
+	                 0);
+	assert_int_equal(msgnum, 1);
+	assert_int_equal(n, 24);
+	assert_memory_equal(uid, "whqtswO00WBw418f9t5JxYwZ", n);
+	assert_int_equal(
+	        pop3_uidl_parse("12\t \tu-1 \t", 10, &msgnum, &uid, &n), 0);
+	assert_int_equal(msgnum, 12);
+	assert_int_equal(n, 3);
+	assert_memory_equal(uid, "u-1", 3);
+	assert_int_equal(pop3_uidl_parse("0 a", 3, &msgnum, &uid, &n), -EPROTO);
+	assert_int_equal(pop3_uidl_parse("4294967296 a", 12, &msgnum, &uid, &n),
+	                 -EPROTO);
+	assert_int_equal(pop3_uidl_parse("1 ", 2, &msgnum, &uid, &n), -EPROTO);
+	assert_int_equal(pop3_uidl_parse("1a b", 4, &msgnum, &uid, &n),
+	                 -EPROTO);
+	assert_int_equal(pop3_uidl_parse("1 a b", 5, &msgnum, &uid, &n),
+	                 -EPROTO);
+	assert_int_equal(pop3_uidl_parse("1 a\x7f", 4, &msgnum, &uid, &n),
+	                 -EPROTO);
+	assert_int_equal(pop3_uidl_parse("1 a\0b", 5, &msgnum, &uid, &n),
+	                 -EPROTO);
+	/* POP3_MAX_UID bytes are a unique-id, one more is not. */
+	memcpy(longuid, "1 ", 2);
+	memset(longuid + 2, 'u', POP3_MAX_UID + 1);
+	longuid[2 + POP3_MAX_UID] = '\0';
+	assert_int_equal(
+	        pop3_uidl_parse(longuid, strlen(longuid), &msgnum, &uid, &n),
+	        0);
+	assert_int_equal(n, POP3_MAX_UID);
+	longuid[2 + POP3_MAX_UID] = 'u';
+	longuid[3 + POP3_MAX_UID] = '\0';
+	assert_int_equal(
+	        pop3_uidl_parse(longuid, strlen(longuid), &msgnum, &uid, &n),
+	        -EPROTO);
+
+	assert_int_equal(pop3_list_parse("2 200", 5, &msgnum, &size), 0);
+	assert_int_equal(msgnum, 2);
+	assert_int_equal(size, 200);
+	/* RFC 1939: more after the size is allowed, and ignored. */
+	assert_int_equal(pop3_list_parse("3\t120 more", 10, &msgnum, &size), 0);
+	assert_int_equal(msgnum, 3);
+	assert_int_equal(size, 120);
+	assert_int_equal(pop3_list_parse("3 12x", 5, &msgnum, &size), -EPROTO);
+	assert_int_equal(pop3_list_parse("3", 1, &msgnum, &size), -EPROTO);
+	assert_int_equal(pop3_list_parse("x 1", 3, &msgnum, &size), -EPROTO);
+}
+
+static void test_capa_parse(void **state)
+{
+	(void)state;
+	assert_true(pop3_capa_is("UIDL", "UIDL"));
+	assert_true(pop3_capa_is("uidl", "UIDL"));
+	assert_true(pop3_capa_is("SASL PLAIN", "SASL"));
+	assert_false(pop3_capa_is("UIDLX", "UIDL"));
+	assert_false(pop3_capa_is("UID", "UIDL"));
+	assert_true(pop3_capa_is("EXPIRE 0", "EXPIRE 0"));
+	assert_true(pop3_capa_is("EXPIRE 0 USER", "EXPIRE 0"));
+	assert_false(pop3_capa_is("EXPIRE 0x", "EXPIRE 0"));
+	assert_false(pop3_capa_is("EXPIRE 30", "EXPIRE 0"));
+
+	assert_true(pop3_capa_sasl("SASL PLAIN XOAUTH2", "PLAIN"));
+	assert_true(pop3_capa_sasl("sasl  plain   xoauth2", "XOAUTH2"));
+	assert_false(pop3_capa_sasl("SASL PLAINX", "PLAIN"));
+	assert_false(pop3_capa_sasl("SASL", "PLAIN"));
+	assert_false(pop3_capa_sasl("SASLPLAIN", "PLAIN"));
+	assert_false(pop3_capa_sasl("USER PLAIN", "PLAIN"));
 }
 
 /* --- a scripted server ------------------------------------------------- */
@@ -1886,6 +2002,9 @@ int main(void)
 	        cmocka_unit_test(test_status_parse),
 	        cmocka_unit_test(test_status_codes),
 	        cmocka_unit_test(test_apop),
+	        cmocka_unit_test(test_stat_parse),
+	        cmocka_unit_test(test_listing_parse),
+	        cmocka_unit_test(test_capa_parse),
 	        cmocka_unit_test(test_login_plain_and_quit),
 	        cmocka_unit_test(test_login_user_pass),
 	        cmocka_unit_test(test_login_sasl_list),

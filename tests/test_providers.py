@@ -186,7 +186,12 @@ class Provider(unittest.TestCase):
             uid = int(os.path.basename(name).split('.')[0])
             self.assertEqual(data, server[uid], '%s: bytes differ from the server' % name)
             self.assertEqual(after, len(data), '%s: st_size after reading' % name)
-            self.assertEqual(before, len(data), '%s: st_size before the first read' % name)
+            # Before its first read st_size is what the server announced,
+            # or already the body's size when read-ahead fetched the body
+            # with an earlier message (a lying server's size is corrected
+            # once the body is in; after the read it is exact, above).
+            announced = quirkproxy.skewed_size(len(data)) if self.proxy.q.size_skew else len(data)
+            self.assertIn(before, (announced, len(data)), '%s: st_size before the first read' % name)
 
     def wait_for(self, fn, seconds):
         t0 = time.monotonic()

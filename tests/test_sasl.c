@@ -225,6 +225,46 @@ static void test_oauthbearer(void **state)
 	assert_ptr_equal(s, (char *)0x1);
 }
 
+/* The mechanism is chosen by what the server offers, OAUTHBEARER first,
+ * and its initial response is the one of that mechanism. */
+static void test_oauth2_choice(void **state)
+{
+	const char *mech = NULL;
+	char *s = NULL, *want = NULL;
+
+	(void)state;
+	assert_int_equal(
+	        sasl_oauth2(true, true, "u@x", "imap.x", 993, "tok", &mech, &s),
+	        0);
+	assert_string_equal(mech, "OAUTHBEARER");
+	assert_int_equal(sasl_oauthbearer("u@x", "imap.x", 993, "tok", &want),
+	                 0);
+	assert_string_equal(s, want);
+	sasl_free_secret(&s);
+	sasl_free_secret(&want);
+
+	assert_int_equal(sasl_oauth2(false, true, "u@x", "imap.x", 993, "tok",
+	                             &mech, &s),
+	                 0);
+	assert_string_equal(mech, "XOAUTH2");
+	assert_int_equal(sasl_xoauth2("u@x", "tok", &want), 0);
+	assert_string_equal(s, want);
+	sasl_free_secret(&s);
+	sasl_free_secret(&want);
+
+	mech = NULL;
+	assert_int_equal(sasl_oauth2(false, false, "u@x", "imap.x", 993, "tok",
+	                             &mech, &s),
+	                 -EPROTONOSUPPORT);
+	assert_null(mech);
+	assert_null(s);
+	/* The mechanism's own checks still apply. */
+	assert_int_equal(
+	        sasl_oauth2(false, true, "u", "h", 1, "to k", &mech, &s),
+	        -EINVAL);
+	assert_null(s);
+}
+
 static void test_free_secret(void **state)
 {
 	char *s = NULL;
@@ -248,6 +288,7 @@ int main(void)
 	        cmocka_unit_test(test_plain),
 	        cmocka_unit_test(test_xoauth2),
 	        cmocka_unit_test(test_oauthbearer),
+	        cmocka_unit_test(test_oauth2_choice),
 	        cmocka_unit_test(test_free_secret),
 	};
 

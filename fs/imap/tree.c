@@ -153,15 +153,13 @@ char *fs_tree_file_name(const char *name, char delim)
 /* The directory mtime the last listing stored (its newest message). */
 static int read_mtime(struct cache_txn *txn, struct fs_mailbox *e)
 {
-	uint64_t v = 0;
-	char name[32];
+	int64_t v = 0;
 	int rc;
 
-	snprintf(name, sizeof(name), "mtime.%u", e->id);
-	rc = cache_meta_get(txn, name, &v);
+	rc = cache_mailbox_mtime_get(txn, e->id, &v);
 	if (rc == -ENOENT)
 		return 0;
-	e->mtime = (int64_t)v;
+	e->mtime = v;
 	return rc;
 }
 

@@ -36,7 +36,34 @@
  * the pool for the rest of the mount and its job goes back to the queue
  * (logged once).  A command the server throttles is waited for and sent
  * again by the IMAP client (struct imap_pace), on every connection of the
- * mount alike. */
+ * mount alike.
+ *
+ * Threads.  Four kinds of thread meet here:
+ *  - FUSE threads (the handlers in fs/imap/) queue jobs: fs_sync_mailboxes,
+ *    fs_sync_listing, fs_sync_body, fs_sync_call.  These never wait for
+ *    the network; they return 0 (the callback will run, exactly once) or
+ *    a negative errno (it will not run: the handler answers itself).  The
+ *    INBOX watch (fs/net/watch.h) and main queue jobs the same way.
+ *  - Worker threads (one per connection) run the jobs, fs_sync_fn
+ *    functions included, and then the callbacks with the result.
+ *  - The reaper thread runs, with -ETIMEDOUT, the callbacks past their
+ *    deadline of every job but fs_sync_call's.
+ *  - The thread that calls fs_sync_stop (main, at unmount) runs the
+ *    callbacks of the jobs never started, with -ESHUTDOWN.
+ * So a callback (fs_sync_cb) runs on one of these threads, not on the
+ * caller's, and possibly before the call that queued its job has returned
+ * (the caller touches nothing it handed over once the job is queued); it
+ * never runs with a lock of this module held.  It sends the deferred FUSE
+ * reply itself (fuse_reply_*: libfuse allows it from any thread), may
+ * queue further jobs, and must not wait for the network or for another
+ * job (a short cache transaction is fine).  Kernel invalidations are not
+ * sent from a callback: they are queued through fs/inval.h, to be sent
+ * after the replies they relate to.
+ *
+ * The reconnect callback (fs_sync_start) runs on the worker that found the
+ * server reachable again after a back-off, before that worker runs its
+ * job, with no lock held: it may queue jobs (the uploads that waited) and
+ * must not wait for the network. */
 #ifndef MAILFS_FS_NET_SYNC_H
 #define MAILFS_FS_NET_SYNC_H
 
@@ -45,8 +72,13 @@
 #include "fs/mailfs.h"
 #include "proto/error.h"
 
-/* rc is 0 on success or a negative errno. */
+/* rc is 0 on success or a negative errno.  Runs on a worker, the reaper
+ * or fs_sync_stop's thread (see above). */
 typedef void (*fs_sync_cb)(void *ctx, int rc);
+
+/* The server is reachable again after a back-off.  Runs on a worker
+ * thread (see above). */
+typedef void (*fs_sync_reconnect_fn)(void *ctx);
 
 /* Connect and log in as the mount does (login_imap() with fs->login: the
  * secret is taken, or the credential command run, for this login), then
@@ -60,13 +92,20 @@ int fs_sync_connect(struct mailfs *fs, struct imap_client **c_r,
 /* The preparation alone, for a client connected elsewhere. */
 void fs_sync_prepare(struct imap_client *c);
 
-/* Start conns worker threads.  first (may be NULL) is a connected client
- * the first worker takes over (owned from now on). */
+/* Start conns worker threads and the reaper.  first (may be NULL) is a
+ * connected client the first worker takes over (owned from now on).
+ * on_reconnect(reconnect_ctx) (on_reconnect may be NULL) is called each
+ * time the server is reachable again after a back-off; reconnect_ctx is
+ * borrowed until fs_sync_stop.  Main thread, at mount. */
 int fs_sync_start(struct mailfs *fs, struct imap_client *first,
+                  fs_sync_reconnect_fn on_reconnect, void *reconnect_ctx,
                   struct fs_sync **sync_r);
 
 /* Stop the workers: jobs not started fail with -ESHUTDOWN (their callbacks
- * run), running ones are woken by shutting their connections down. */
+ * run on the calling thread), running ones are woken by shutting their
+ * connections down.  Main thread, at unmount, once nothing else can queue
+ * a job (the FUSE loop, the watch and the uploader have stopped): the
+ * pool is freed. */
 void fs_sync_stop(struct fs_sync **sync);
 
 /* LIST the mailboxes with client c and store them in the cache (new ones
@@ -75,7 +114,8 @@ void fs_sync_stop(struct fs_sync **sync);
  * (for whatever reason) is left out with a log line and keeps what the
  * cache had of it; the rest is stored all the same.  Fails only when the
  * cache as a whole cannot be written (full disk, out of memory).  Used at
- * mount time and by jobs. */
+ * mount time (main, before fs_sync_start) and on workers (jobs, and
+ * fs_sync_fn functions with their client). */
 int fs_sync_list(struct mailfs *fs, struct imap_client *c,
                  struct proto_err *err);
 
@@ -86,7 +126,9 @@ int fs_sync_mailboxes(struct fs_sync *s, fs_sync_cb cb, void *ctx);
 int fs_sync_listing(struct fs_sync *s, uint32_t id, fs_sync_cb cb, void *ctx);
 
 /* A change to run on a worker with its connected client (logged in, a
- * mailbox may or may not be selected).  Returns 0 or a negative errno. */
+ * mailbox may or may not be selected).  Returns 0 or a negative errno.
+ * Runs on that worker's thread; it may block on its client (the
+ * connection's timeouts bound it), not on anything else. */
 typedef int (*fs_sync_fn)(struct imap_client *c, void *fn_ctx);
 
 /* Queue fn(c, fn_ctx) on a worker; cb(ctx, rc) runs afterwards with fn's
@@ -96,7 +138,7 @@ int fs_sync_call(struct fs_sync *s, fs_sync_fn fn, void *fn_ctx, fs_sync_cb cb,
 
 /* Select mailbox id on c (read-write if writable) unless it already is,
  * checking that its UIDVALIDITY is still uidvalidity (-ESTALE if not; 0
- * skips the check).  For fs_sync_fn functions. */
+ * skips the check).  For fs_sync_fn functions, on their worker. */
 int fs_sync_open_mailbox(struct mailfs *fs, struct imap_client *c, uint32_t id,
                          uint32_t uidvalidity, bool writable);
 
@@ -112,7 +154,7 @@ void fs_sync_listings_unlisted(struct fs_sync *s);
  * committed (rc 0) or could not be fetched.  until: the waiter is a READ
  * of the bytes before offset until (0: it is not a READ); when the body is
  * shorter than the server announced, READs that reach its end are
- * answered before the kernel's attributes are invalidated (fs/net/sync.c).
+ * answered before the kernel's attributes are invalidated (fs/net/bodies.c).
  * -EAGAIN at once: this body's fetch failed less than half a second ago
  * (the kernel follows a failed read-ahead with a read of its first page;
  * one stalled server must cost the reader one timeout, not two). */

@@ -4,7 +4,7 @@
  * One thread with a connection of its own watches INBOX: IDLE (RFC 2177)
  * when the server offers it, else a NOOP every few seconds.  Whatever the
  * server reports there (new mail, flag changes, expunges) queues a resync
- * of INBOX on the network side (fs/net/sync.c), which fetches only what
+ * of INBOX on the network side (fs/net/sync.h), which fetches only what
  * changed and tells the kernel what went away.  The same thread also
  * resynchronises, every `poll` seconds, the mailbox list and the
  * mailboxes that were listed before, so that other mailboxes stay close

@@ -358,19 +358,6 @@ static int hash_ids(struct fs_pop *p, struct drop *d, struct proto_err *err)
 	return d->oom ? -ENOMEM : rc;
 }
 
-/* A meta name that remembers something of s: prefix and a hash of s.
- * "popdup.": UIDL s is reused; "popcmp.": identity s has had a copy
- * listed and not cached (see match_cache). */
-static void meta_name(const char *prefix, const char *s, char name[32])
-{
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned mdlen = 0;
-
-	EVP_Digest(s, strlen(s), md, &mdlen, EVP_sha256(), NULL);
-	snprintf(name, 32, "%s%02x%02x%02x%02x%02x%02x%02x%02x", prefix, md[0],
-	         md[1], md[2], md[3], md[4], md[5], md[6], md[7]);
-}
-
 static int cmp_id(const void *a, const void *b)
 {
 	const struct drop_msg *x = *(struct drop_msg *const *)a;
@@ -412,11 +399,10 @@ static int reused_read(struct cache_txn *txn, void *ctx)
 {
 	struct drop *d = ctx;
 	uint64_t flag;
-	char name[32];
 
 	for (size_t i = 0; i < d->n; i++) {
-		meta_name("popdup.", d->v[i].uidl, name);
-		if (cache_meta_get(txn, name, &flag) == 0)
+		if (cache_pop_mark_get(txn, CACHE_POP_DUP, d->v[i].uidl,
+		                       &flag) == 0)
 			d->v[i].reused = true;
 	}
 	return cache_txn_error(txn);
@@ -430,13 +416,10 @@ struct reused_new {
 static int reused_write(struct cache_txn *txn, void *ctx)
 {
 	struct reused_new *w = ctx;
-	char name[32];
 	int rc = 0;
 
-	for (size_t i = 0; i < w->n && rc == 0; i++) {
-		meta_name("popdup.", w->v[i]->uidl, name);
-		rc = cache_meta_set(txn, name, 1);
-	}
+	for (size_t i = 0; i < w->n && rc == 0; i++)
+		rc = cache_pop_mark_set(txn, CACHE_POP_DUP, w->v[i]->uidl, 1);
 	return rc;
 }
 
@@ -638,17 +621,16 @@ static int known_read(struct cache_txn *txn, void *ctx)
 	d->nc = 0;
 	for (size_t i = 0; i < d->ng; i++) {
 		uint64_t flag = 0;
-		char name[32];
 
-		meta_name("popcmp.", d->g[i].id, name);
 		d->g[i].cached = 0;
-		d->g[i].unsure = cache_meta_get(txn, name, &flag) == 0 && flag;
+		d->g[i].unsure = cache_pop_mark_get(txn, CACHE_POP_CMP,
+		                                    d->g[i].id, &flag) == 0 &&
+		                 flag;
 	}
 	for (size_t i = 0; i < d->nby && rc == 0; i++) {
 		struct drop_msg *m = d->by[i];
 		struct cache_pop *rec = NULL;
 		uint64_t known;
-		char name[32];
 
 		if (m->keyed)
 			continue;
@@ -666,9 +648,9 @@ static int known_read(struct cache_txn *txn, void *ctx)
 			rc = 0;
 		known = rec != NULL ? rec->size : m->size;
 		cache_pop_free(&rec);
-		meta_name("popsize.", m->id, name);
 		if (rc == 0)
-			rc = cache_meta_get(txn, name, &known);
+			rc = cache_pop_mark_get(txn, CACHE_POP_SIZE, m->id,
+			                        &known);
 		if (rc == -ENOENT)
 			rc = 0;
 		if (rc == 0 && m->cached && known != m->size) {
@@ -747,10 +729,7 @@ struct filing {
 /* Remember the size the server lists for the message filed as id. */
 static int remember_size(struct cache_txn *txn, const char *id, uint64_t size)
 {
-	char name[32];
-
-	meta_name("popsize.", id, name);
-	return cache_meta_set(txn, name, size);
+	return cache_pop_mark_set(txn, CACHE_POP_SIZE, id, size);
 }
 
 static int file_one(struct cache_txn *txn, struct filing *f)
@@ -807,12 +786,9 @@ static int prepare_fn(struct cache_txn *txn, void *ctx)
 		rc = file_one(txn, &f);
 	}
 	for (size_t i = 0; i < d->ng && rc == 0; i++) {
-		char name[32];
-
 		if (!d->g[i].note)
 			continue;
-		meta_name("popcmp.", d->g[i].id, name);
-		rc = cache_meta_set(txn, name, 1);
+		rc = cache_pop_mark_set(txn, CACHE_POP_CMP, d->g[i].id, 1);
 	}
 	return rc;
 }
@@ -834,12 +810,9 @@ static int settle_fn(struct cache_txn *txn, void *ctx)
 	int rc = 0;
 
 	for (size_t i = 0; i < d->ng && rc == 0; i++) {
-		char name[32];
-
 		if (!settled(d, &d->g[i]))
 			continue;
-		meta_name("popcmp.", d->g[i].id, name);
-		rc = cache_meta_set(txn, name, 0);
+		rc = cache_pop_mark_set(txn, CACHE_POP_CMP, d->g[i].id, 0);
 	}
 	return rc;
 }

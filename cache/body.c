@@ -1,0 +1,839 @@
+/* Schema: body, body_big, chunk and chunk_open: the cached bodies of
+ * IMAP messages and POP3 downloads, whole or in pieces, their moves, and
+ * the bodies that arrive in pieces (struct cache_body_stream). */
+#include "cache_int.h"
+
+#include "proto/log.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ */
+/* Bodies
+ *
+ * How a body is stored depends only on its length:
+ *
+ * - up to CACHE_BODY_CHUNK bytes: one value in "body" under the message
+ *   key, the raw bytes (the format of schema 1, which may also hold
+ *   longer bodies written before schema 2: they are read the same way);
+ * - longer: in pieces.  "body_big" maps the message key to a record
+ *   (version byte, length u64, chunk size u32, blob id u64); the pieces
+ *   live in "chunk" under (blob id u64, index u32), each a codec byte
+ *   (CHUNK_RAW: the bytes as they are) and chunk-size bytes (fewer in the
+ *   last one), so a read at offset X looks up piece X / chunk size
+ *   directly.  A body is in one of the two databases, never both.
+ *
+ * A body that arrives in pieces (struct cache_body_stream) is written
+ * under a new blob id in short write transactions; "chunk_open" lists the
+ * blob ids being written (blob id u64 -> version byte, start time u64).
+ * The body_big record, written last, in the transaction that also makes
+ * the message's size exact, is what makes the body exist: until then no
+ * reader finds it.  Pieces of a blob still listed in chunk_open when the
+ * cache is opened are the leftovers of an interrupted fetch, deleted. */
+
+#define BIGBODY_REC_V1  1
+#define CHUNK_OPEN_V1   1
+#define CHUNK_RAW       0 /* codec byte: the bytes as they are */
+#define BIGBODY_REC_LEN 21
+/* A stream commits what it has whenever it holds this much (a multiple
+ * of CACHE_BODY_CHUNK): its memory and that of the write transaction. */
+#define STREAM_FLUSH    (16u * CACHE_BODY_CHUNK)
+
+int body_find(struct cache_txn *t, const uint8_t k[KEY_LEN], struct body_loc *b)
+{
+	const uint8_t *p;
+	MDB_val v;
+	int rc = db_get(t, DB_BODY, k, KEY_LEN, &b->v);
+
+	if (rc == 0) {
+		b->big = false;
+		b->size = b->v.mv_size;
+		return 0;
+	}
+	if (rc != -ENOENT)
+		return rc;
+	rc = db_get(t, DB_BIGBODY, k, KEY_LEN, &v);
+	if (rc)
+		return rc;
+	p = v.mv_data;
+	if (v.mv_size != BIGBODY_REC_LEN || p[0] != BIGBODY_REC_V1)
+		return corrupt(t, "big body", be32_get(k), be32_get(k + 4),
+		               be32_get(k + 8));
+	b->big = true;
+	b->size = be64_get(p + 1);
+	b->chunk = be32_get(p + 9);
+	b->blob = be64_get(p + 13);
+	if (b->chunk == 0 || b->blob == 0 || b->size / b->chunk >= UINT32_MAX)
+		return corrupt(t, "big body", be32_get(k), be32_get(k + 4),
+		               be32_get(k + 8));
+	return 0;
+}
+
+/* Bytes in piece idx of b. */
+static size_t chunk_len(const struct body_loc *b, uint64_t idx)
+{
+	uint64_t left = b->size - idx * b->chunk;
+
+	return left < b->chunk ? (size_t)left : b->chunk;
+}
+
+/* The bytes of piece idx of b (a map pointer, valid until the next
+ * write).  A piece missing or of the wrong length is a damaged cache. */
+static int chunk_get(struct cache_txn *t, const struct body_loc *b,
+                     uint64_t idx, const uint8_t **p_r)
+{
+	uint8_t k[CHUNK_KEY_LEN];
+	const uint8_t *p;
+	MDB_val v;
+	int rc;
+
+	chunk_key(k, b->blob, idx);
+	rc = db_get(t, DB_CHUNK, k, CHUNK_KEY_LEN, &v);
+	if (rc == -ENOENT)
+		return corrupt(t, "body piece (missing)", b->blob, idx, 0);
+	if (rc)
+		return rc;
+	p = v.mv_data;
+	if (v.mv_size != 1 + chunk_len(b, idx) || p[0] != CHUNK_RAW)
+		return corrupt(t, "body piece", b->blob, idx, v.mv_size);
+	*p_r = p + 1;
+	return 0;
+}
+
+/* Drop the pages of [p, p + n) from this process's view of the map: they
+ * stay in the page cache (a later read finds them there), but they no
+ * longer count in the resident set, which otherwise grows by every body
+ * ever read.  The map is read-only and shared, so this loses nothing. */
+static void release_pages(const void *p, size_t n)
+{
+	static long pagesize;
+	uintptr_t start, end;
+
+	if (n == 0)
+		return;
+	if (pagesize == 0)
+		pagesize = sysconf(_SC_PAGESIZE);
+	start = (uintptr_t)p & ~((uintptr_t)pagesize - 1);
+	end = ((uintptr_t)p + n + (uintptr_t)pagesize - 1) &
+	      ~((uintptr_t)pagesize - 1);
+	madvise((void *)start, end - start, MADV_DONTNEED);
+}
+
+/* Copy [off, off + len) of the chunked body b (inside it) into buf. */
+static int big_copy(struct cache_txn *t, const struct body_loc *b, uint64_t off,
+                    uint8_t *buf, size_t len)
+{
+	while (len > 0) {
+		uint64_t idx = off / b->chunk;
+		size_t in = (size_t)(off % b->chunk),
+		       n = chunk_len(b, idx) - in;
+		const uint8_t *p;
+		int rc = chunk_get(t, b, idx, &p);
+
+		if (rc)
+			return rc;
+		if (n > len)
+			n = len;
+		memcpy(buf, p + in, n);
+		note_span(t, p + in, n);
+		release_pages(p + in, n);
+		buf += n;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* Write len bytes as the pieces of blob from piece first on. */
+static int chunks_put(struct cache_txn *t, uint64_t blob, uint64_t first,
+                      const uint8_t *data, size_t len)
+{
+	uint8_t k[CHUNK_KEY_LEN], *p;
+
+	/* The whole length up front: if the map fills up at some piece, the
+	 * retry must find room for all of them (see db_reserve). */
+	t->bytes += len;
+	for (uint64_t idx = first; len > 0; idx++) {
+		size_t n = len < CACHE_BODY_CHUNK ? len : CACHE_BODY_CHUNK;
+		int rc;
+
+		if (idx > UINT32_MAX)
+			return txn_fail(t, -EFBIG);
+		chunk_key(k, blob, idx);
+		rc = db_reserve(t, DB_CHUNK, k, CHUNK_KEY_LEN, 1 + n, 0, &p);
+		if (rc)
+			return rc;
+		p[0] = CHUNK_RAW;
+		memcpy(p + 1, data, n);
+		data += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static int bigbody_put(struct cache_txn *t, const uint8_t k[KEY_LEN],
+                       uint64_t size, uint32_t chunk, uint64_t blob)
+{
+	uint8_t rec[BIGBODY_REC_LEN];
+
+	rec[0] = BIGBODY_REC_V1;
+	be64_put(rec + 1, size);
+	be32_put(rec + 9, chunk);
+	be64_put(rec + 13, blob);
+	return db_put(t, DB_BIGBODY, k, KEY_LEN, rec, sizeof(rec), 0);
+}
+
+/* Delete the pieces of blob and its chunk_open entry. */
+static int blob_del(struct cache_txn *t, uint64_t blob)
+{
+	uint8_t k[8];
+	int rc;
+
+	be64_put(k, blob);
+	rc = db_del_prefix(t, DB_CHUNK, k, 8, NULL);
+	if (rc == 0)
+		rc = db_del(t, DB_CHUNK_OPEN, k, 8);
+	return rc;
+}
+
+static int blob_new(struct cache_txn *t, uint64_t *blob_r)
+{
+	return counter_next(t, META_NEXT_BLOB, UINT64_MAX - 1, blob_r);
+}
+
+/* Delete the body under k, whichever way it is stored. */
+int body_del(struct cache_txn *t, const uint8_t k[KEY_LEN])
+{
+	struct body_loc b;
+	int rc = db_del(t, DB_BODY, k, KEY_LEN);
+
+	if (rc)
+		return rc;
+	rc = db_get(t, DB_BIGBODY, k, KEY_LEN, &b.v);
+	if (rc == -ENOENT)
+		return 0;
+	if (rc == 0)
+		rc = body_find(t, k, &b);
+	if (rc == 0)
+		rc = blob_del(t, b.blob);
+	if (rc == 0)
+		rc = db_del(t, DB_BIGBODY, k, KEY_LEN);
+	return rc;
+}
+
+struct blob_list {
+	uint64_t *v;
+	size_t n, cap;
+};
+
+static int blob_collect(struct cache_txn *t, const MDB_val *k, const MDB_val *v,
+                        void *ctx)
+{
+	struct blob_list *l = ctx;
+	const uint8_t *p = v->mv_data;
+
+	if (v->mv_size != BIGBODY_REC_LEN || p[0] != BIGBODY_REC_V1)
+		return corrupt(t, "big body", k->mv_size, 0, 0);
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 16;
+		uint64_t *nv = realloc(l->v, cap * sizeof(*nv));
+
+		if (nv == NULL)
+			return txn_fail(t, -ENOMEM);
+		l->v = nv;
+		l->cap = cap;
+	}
+	l->v[l->n++] = be64_get(p + 13);
+	return 0;
+}
+
+/* Delete every body whose key starts with prefix[0..plen). */
+int body_del_prefix(struct cache_txn *t, const uint8_t *prefix, size_t plen)
+{
+	struct blob_list l = {NULL, 0, 0};
+	int rc = db_del_prefix(t, DB_BODY, prefix, plen, NULL);
+
+	if (rc == 0)
+		rc = db_scan(t, DB_BIGBODY, prefix, plen, plen, blob_collect,
+		             &l);
+	for (size_t i = 0; rc == 0 && i < l.n; i++)
+		rc = blob_del(t, l.v[i]);
+	if (rc == 0)
+		rc = db_del_prefix(t, DB_BIGBODY, prefix, plen, NULL);
+	free(l.v);
+	return rc;
+}
+
+/* Store len bytes as the body under k, replacing any. */
+int body_write(struct cache_txn *t, const uint8_t k[KEY_LEN], const void *data,
+               size_t len)
+{
+	uint64_t blob;
+	int rc = body_del(t, k);
+
+	if (rc)
+		return rc;
+	if (len <= CACHE_BODY_CHUNK)
+		return db_put(t, DB_BODY, k, KEY_LEN, data, len, 0);
+	rc = blob_new(t, &blob);
+	if (rc == 0)
+		rc = chunks_put(t, blob, 0, data, len);
+	if (rc == 0)
+		rc = bigbody_put(t, k, len, CACHE_BODY_CHUNK, blob);
+	return rc;
+}
+
+/* The body is now len bytes long: make its record's size exact.  The
+ * record must exist. */
+static int msg_set_verified(struct cache_txn *t, struct cache_key key,
+                            uint64_t len)
+{
+	struct cache_msg *m = NULL;
+	int rc = msg_load(t, key, &m);
+
+	if (rc == -ENOENT)
+		return txn_fail(t, rc);
+	if (rc == 0 && (m->size != len || !m->size_verified)) {
+		m->size = len;
+		m->size_verified = true;
+		rc = msg_store(t, m);
+	}
+	free(m);
+	return rc;
+}
+
+/* Store a body and make its record's size exact; the record must exist. */
+static int body_store(struct cache_txn *t, struct cache_key key,
+                      const void *data, size_t len)
+{
+	uint8_t k[KEY_LEN];
+	int rc;
+
+	msgkey_make(k, key);
+	rc = msg_set_verified(t, key, len);
+	if (rc == 0)
+		rc = body_write(t, k, data, len);
+	return rc;
+}
+
+int cache_body_put(struct cache_txn *txn, struct cache_key key,
+                   const void *data, size_t len)
+{
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!msg_key_ok(key) || (data == NULL && len))
+		return txn_fail(txn, -EINVAL);
+	return body_store(txn, key, data, len);
+}
+
+/* Body keys that may be read: IMAP messages and POP3 downloads. */
+static bool body_key_readable(struct cache_key k)
+{
+	if (k.mailbox_id == CACHE_POP_MAILBOX_ID)
+		return k.uidvalidity == CACHE_POP_UIDVALIDITY && k.uid != 0;
+	return msg_key_ok(k);
+}
+
+static int body_lookup(struct cache_txn *t, struct cache_key key,
+                       struct body_loc *b)
+{
+	uint8_t k[KEY_LEN];
+
+	if (!body_key_readable(key))
+		return -ENOENT;
+	msgkey_make(k, key);
+	return body_find(t, k, b);
+}
+
+int cache_body_has(struct cache_txn *txn, struct cache_key key)
+{
+	struct body_loc b;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	rc = body_lookup(txn, key, &b);
+	if (rc == -ENOENT)
+		return 0;
+	return rc ? rc : 1;
+}
+
+int cache_body_size(struct cache_txn *txn, struct cache_key key,
+                    uint64_t *size_r)
+{
+	struct body_loc b;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (size_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	rc = body_lookup(txn, key, &b);
+	if (rc == 0)
+		*size_r = b.size;
+	return rc;
+}
+
+int cache_body_read(struct cache_txn *txn, struct cache_key key,
+                    uint64_t offset, void *buf, size_t len, size_t *n_r)
+{
+	struct body_loc b;
+	size_t n = 0;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (n_r == NULL || (buf == NULL && len))
+		return txn_fail(txn, -EINVAL);
+	*n_r = 0;
+	rc = body_lookup(txn, key, &b);
+	if (rc)
+		return rc;
+	if (offset < b.size) {
+		n = b.size - offset < len ? (size_t)(b.size - offset) : len;
+		if (b.big) {
+			rc = big_copy(txn, &b, offset, buf, n);
+		} else {
+			const uint8_t *p =
+			        (const uint8_t *)b.v.mv_data + offset;
+
+			memcpy(buf, p, n);
+			note_span(txn, p, n);
+			release_pages(p, n);
+		}
+	}
+	note_read(txn->cache);
+	if (rc == 0)
+		*n_r = n;
+	return rc;
+}
+
+int cache_body_view(struct cache_txn *txn, struct cache_key key,
+                    uint64_t offset, size_t len,
+                    int (*fn)(void *ctx, const void *data, size_t n), void *ctx)
+{
+	const uint8_t *data = NULL;
+	uint8_t *copy = NULL;
+	struct body_loc b;
+	size_t n = 0;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (fn == NULL)
+		return txn_fail(txn, -EINVAL);
+	rc = body_lookup(txn, key, &b);
+	if (rc)
+		return rc;
+	if (offset < b.size)
+		n = b.size - offset < len ? (size_t)(b.size - offset) : len;
+	if (n > 0 && !b.big) {
+		data = (const uint8_t *)b.v.mv_data + offset;
+	} else if (n > 0 && offset % b.chunk + n <= b.chunk) {
+		/* Inside one piece: straight from the map too. */
+		rc = chunk_get(txn, &b, offset / b.chunk, &data);
+		if (rc)
+			return rc;
+		data += offset % b.chunk;
+	} else if (n > 0) {
+		copy = malloc(n);
+		if (copy == NULL)
+			return txn_fail(txn, -ENOMEM);
+		rc = big_copy(txn, &b, offset, copy, n);
+		if (rc) {
+			free(copy);
+			return rc;
+		}
+	}
+	rc = fn(ctx, copy ? copy : data ? (const void *)data : "", n);
+	free(copy);
+	note_span(txn, data, n);
+	release_pages(data, n);
+	note_read(txn->cache);
+	return rc;
+}
+
+int cache_body_get(struct cache_txn *txn, struct cache_key key, void **data_r,
+                   size_t *len_r)
+{
+	struct body_loc b;
+	void *p;
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (data_r == NULL || len_r == NULL)
+		return txn_fail(txn, -EINVAL);
+	*data_r = NULL;
+	*len_r = 0;
+	rc = body_lookup(txn, key, &b);
+	if (rc)
+		return rc;
+	if (b.size > SIZE_MAX - 1)
+		return txn_fail(txn, -EFBIG);
+	p = malloc(b.size ? (size_t)b.size : 1);
+	if (p == NULL)
+		return txn_fail(txn, -ENOMEM);
+	if (b.big) {
+		rc = big_copy(txn, &b, 0, p, (size_t)b.size);
+		if (rc) {
+			free(p);
+			return rc;
+		}
+	} else {
+		memcpy(p, b.v.mv_data, b.v.mv_size);
+	}
+	*data_r = p;
+	*len_r = (size_t)b.size;
+	return 0;
+}
+
+int cache_body_delete(struct cache_txn *txn, struct cache_key key)
+{
+	uint8_t k[KEY_LEN];
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!msg_key_ok(key))
+		return txn_fail(txn, -EINVAL);
+	msgkey_make(k, key);
+	return body_del(txn, k);
+}
+
+/* Give the body under from to the message to (whose record must exist),
+ * as cache_body_put would; keep from's copy if copy.  A body in pieces
+ * moves by its body_big record alone; a copy of it is made piece by
+ * piece. */
+int body_transfer(struct cache_txn *t, struct cache_key from,
+                  struct cache_key to, bool copy)
+{
+	uint8_t fk[KEY_LEN], tk[KEY_LEN];
+	struct body_loc b;
+	uint64_t blob;
+	void *buf;
+	int rc;
+
+	msgkey_make(fk, from);
+	msgkey_make(tk, to);
+	rc = body_find(t, fk, &b);
+	if (rc)
+		return rc;
+	if (!b.big) {
+		/* Through the heap: a map pointer does not survive a put. */
+		buf = malloc(b.v.mv_size ? b.v.mv_size : 1);
+		if (buf == NULL)
+			return txn_fail(t, -ENOMEM);
+		memcpy(buf, b.v.mv_data, b.v.mv_size);
+		rc = body_store(t, to, buf, b.v.mv_size);
+		free(buf);
+		if (rc == 0 && !copy)
+			rc = db_del(t, DB_BODY, fk, KEY_LEN);
+		return rc;
+	}
+	rc = msg_set_verified(t, to, b.size);
+	if (rc == 0)
+		rc = body_del(t, tk);
+	if (rc || !copy) {
+		if (rc == 0)
+			rc = bigbody_put(t, tk, b.size, b.chunk, b.blob);
+		if (rc == 0)
+			rc = db_del(t, DB_BIGBODY, fk, KEY_LEN);
+		return rc;
+	}
+	rc = blob_new(t, &blob);
+	buf = rc == 0 ? malloc(b.chunk) : NULL;
+	if (rc == 0 && buf == NULL)
+		rc = txn_fail(t, -ENOMEM);
+	for (uint64_t i = 0; rc == 0 && i * b.chunk < b.size; i++) {
+		uint8_t k[CHUNK_KEY_LEN], *p;
+		const uint8_t *src;
+		size_t n = chunk_len(&b, i);
+
+		rc = chunk_get(t, &b, i, &src);
+		if (rc)
+			break;
+		memcpy(buf, src, n);
+		chunk_key(k, blob, i);
+		rc = db_reserve(t, DB_CHUNK, k, CHUNK_KEY_LEN, 1 + n, 0, &p);
+		if (rc == 0) {
+			p[0] = CHUNK_RAW;
+			memcpy(p + 1, buf, n);
+		}
+	}
+	free(buf);
+	if (rc == 0)
+		rc = bigbody_put(t, tk, b.size, b.chunk, blob);
+	return rc;
+}
+
+int cache_body_move(struct cache_txn *txn, struct cache_key from,
+                    struct cache_key to)
+{
+	uint8_t k[KEY_LEN];
+	struct body_loc b;
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!msg_key_ok(from) || !msg_key_ok(to))
+		return txn_fail(txn, -EINVAL);
+	if (memcmp(&from, &to, sizeof(from)) == 0)
+		return 0;
+	msgkey_make(k, from);
+	rc = body_find(txn, k, &b);
+	if (rc)
+		return rc;
+	return body_transfer(txn, from, to, false);
+}
+
+/* --- bodies that arrive in pieces --- */
+
+int cache_body_stream_new(struct cache *cache, struct cache_body_stream **s_r)
+{
+	struct cache_body_stream *s;
+
+	if (cache == NULL || s_r == NULL)
+		return -EINVAL;
+	s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return -ENOMEM;
+	s->cache = cache;
+	*s_r = s;
+	return 0;
+}
+
+uint64_t cache_body_stream_size(const struct cache_body_stream *s)
+{
+	return s ? s->written + s->len : 0;
+}
+
+/* Is blob still being written (not discarded by a cache_open meanwhile)? */
+static int blob_open_check(struct cache_txn *t, uint64_t blob)
+{
+	uint8_t k[8];
+	MDB_val v;
+	int rc;
+
+	be64_put(k, blob);
+	rc = db_get(t, DB_CHUNK_OPEN, k, 8, &v);
+	if (rc == -ENOENT) {
+		log_warn("cache %s: the pieces of a body being stored were "
+		         "discarded meanwhile",
+		         t->cache->dir);
+		return txn_fail(t, -ESTALE);
+	}
+	return rc;
+}
+
+struct stream_flush {
+	struct cache_body_stream *s;
+	uint64_t blob;
+};
+
+static int stream_flush_fn(struct cache_txn *t, void *ctx)
+{
+	struct stream_flush *f = ctx;
+	struct cache_body_stream *s = f->s;
+	uint8_t k[8], rec[9];
+	int rc;
+
+	f->blob = s->blob;
+	if (f->blob != 0) {
+		rc = blob_open_check(t, f->blob);
+	} else {
+		rc = blob_new(t, &f->blob);
+		rec[0] = CHUNK_OPEN_V1;
+		be64_put(rec + 1, (uint64_t)time(NULL));
+		be64_put(k, f->blob);
+		if (rc == 0)
+			rc = db_put(t, DB_CHUNK_OPEN, k, 8, rec, sizeof(rec),
+			            MDB_NOOVERWRITE);
+	}
+	if (rc == 0)
+		rc = chunks_put(t, f->blob, s->written / CACHE_BODY_CHUNK,
+		                s->buf, s->len);
+	return rc;
+}
+
+int cache_body_stream_write(struct cache_body_stream *s, const void *data,
+                            size_t len)
+{
+	const uint8_t *d = data;
+
+	if (s == NULL || (data == NULL && len))
+		return -EINVAL;
+	if (s->err)
+		return s->err;
+	while (len > 0) {
+		size_t n;
+
+		if (s->len == s->cap) {
+			size_t cap = s->cap ? s->cap * 2 : 64 * 1024;
+			uint8_t *nb;
+
+			if (cap > STREAM_FLUSH)
+				cap = STREAM_FLUSH;
+			nb = realloc(s->buf, cap);
+			if (nb == NULL)
+				return s->err = -ENOMEM;
+			s->buf = nb;
+			s->cap = cap;
+		}
+		n = s->cap - s->len < len ? s->cap - s->len : len;
+		memcpy(s->buf + s->len, d, n);
+		s->len += n;
+		d += n;
+		len -= n;
+		if (s->len == STREAM_FLUSH) {
+			struct stream_flush f = {s, 0};
+			int rc = cache_run_write(s->cache, stream_flush_fn, &f);
+
+			if (rc)
+				return s->err = rc;
+			s->blob = f.blob;
+			s->written += s->len;
+			s->len = 0;
+		}
+	}
+	return 0;
+}
+
+/* Make what s holds the body under k, replacing any (in t, which the
+ * caller commits). */
+int stream_store(struct cache_txn *t, struct cache_body_stream *s,
+                 const uint8_t k[KEY_LEN])
+{
+	int rc;
+
+	if (s->err)
+		return txn_fail(t, s->err);
+	if (s->blob == 0)
+		return body_write(t, k, s->buf ? s->buf : (uint8_t *)"",
+		                  s->len);
+	rc = blob_open_check(t, s->blob);
+	if (rc == 0)
+		rc = body_del(t, k);
+	if (rc == 0)
+		rc = chunks_put(t, s->blob, s->written / CACHE_BODY_CHUNK,
+		                s->buf, s->len);
+	if (rc == 0)
+		rc = bigbody_put(t, k, cache_body_stream_size(s),
+		                 CACHE_BODY_CHUNK, s->blob);
+	if (rc == 0) {
+		uint8_t bk[8];
+
+		be64_put(bk, s->blob);
+		rc = db_del(t, DB_CHUNK_OPEN, bk, 8);
+	}
+	return rc;
+}
+
+int cache_body_stream_finish(struct cache_txn *txn, struct cache_body_stream *s,
+                             struct cache_key key)
+{
+	uint8_t k[KEY_LEN];
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (s == NULL || !msg_key_ok(key) || s->cache != txn->cache)
+		return txn_fail(txn, -EINVAL);
+	msgkey_make(k, key);
+	rc = msg_set_verified(txn, key, cache_body_stream_size(s));
+	if (rc == 0)
+		rc = stream_store(txn, s, k);
+	return rc;
+}
+
+static int stream_discard_fn(struct cache_txn *t, void *ctx)
+{
+	uint64_t blob = *(uint64_t *)ctx;
+	uint8_t k[8];
+	MDB_val v;
+	int rc;
+
+	/* Gone from chunk_open: its body was stored (or discarded). */
+	be64_put(k, blob);
+	rc = db_get(t, DB_CHUNK_OPEN, k, 8, &v);
+	if (rc == -ENOENT)
+		return 0;
+	return rc ? rc : blob_del(t, blob);
+}
+
+void cache_body_stream_close(struct cache_body_stream **s)
+{
+	struct cache_body_stream *st;
+
+	if (s == NULL || *s == NULL)
+		return;
+	st = *s;
+	*s = NULL;
+	if (st->blob != 0) {
+		int rc = cache_run_write(st->cache, stream_discard_fn,
+		                         &st->blob);
+
+		if (rc)
+			log_warn("cache %s: cannot delete the pieces of an "
+			         "unfinished body: %s (deleted at the next "
+			         "start)",
+			         st->cache->dir, strerror(-rc));
+	}
+	free(st->buf);
+	free(st);
+}
+
+/* At open: the pieces of bodies whose writing never finished. */
+static int stale_collect(struct cache_txn *t, const MDB_val *k,
+                         const MDB_val *v, void *ctx)
+{
+	struct blob_list *l = ctx;
+
+	(void)v;
+	if (k->mv_size != 8)
+		return corrupt(t, "chunk_open key", k->mv_size, 0, 0);
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 16;
+		uint64_t *nv = realloc(l->v, cap * sizeof(*nv));
+
+		if (nv == NULL)
+			return txn_fail(t, -ENOMEM);
+		l->v = nv;
+		l->cap = cap;
+	}
+	l->v[l->n++] = be64_get(k->mv_data);
+	return 0;
+}
+
+static int stale_clean_fn(struct cache_txn *t, void *ctx)
+{
+	struct blob_list l = {NULL, 0, 0};
+	int rc = db_scan(t, DB_CHUNK_OPEN, NULL, 0, 0, stale_collect, &l);
+
+	for (size_t i = 0; rc == 0 && i < l.n; i++)
+		rc = blob_del(t, l.v[i]);
+	*(size_t *)ctx = l.n;
+	free(l.v);
+	return rc;
+}
+
+void stale_clean(struct cache *c)
+{
+	size_t n = 0;
+	int rc = cache_run_write(c, stale_clean_fn, &n);
+
+	if (rc)
+		log_warn("cache %s: cannot delete the pieces of unfinished "
+		         "bodies: %s",
+		         c->dir, strerror(-rc));
+	else if (n > 0)
+		log_notice("cache %s: deleted the pieces of %zu body(ies) "
+		           "whose download was interrupted",
+		           c->dir, n);
+}
