@@ -59,22 +59,12 @@ int fs_dirsnap_add(struct fs_dirsnap *s, const char *name,
 	return 0;
 }
 
-void fs_dirsnap_reply(fuse_req_t req, const struct fs_dirsnap *s, size_t size,
-                      off_t off, bool plus)
+size_t fs_dirsnap_fill(const struct fs_dirsnap *s, fuse_req_t req, char *buf,
+                       size_t size, off_t off, bool plus)
 {
-	char *buf, *p;
+	char *p = buf;
 	size_t rem = size;
 
-	if (s == NULL) {
-		fuse_reply_err(req, EBADF);
-		return;
-	}
-	buf = malloc(size ? size : 1);
-	if (buf == NULL) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	p = buf;
 	for (size_t i = (size_t)off; i < s->n; i++) {
 		const struct entry *e = &s->e[i];
 		const char *name = e->long_name ? e->long_name : e->name;
@@ -99,7 +89,24 @@ void fs_dirsnap_reply(fuse_req_t req, const struct fs_dirsnap *s, size_t size,
 		p += n;
 		rem -= n;
 	}
-	fuse_reply_buf(req, buf, size - rem);
+	return size - rem;
+}
+
+void fs_dirsnap_reply(fuse_req_t req, const struct fs_dirsnap *s, size_t size,
+                      off_t off, bool plus)
+{
+	char *buf;
+
+	if (s == NULL) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	buf = malloc(size ? size : 1);
+	if (buf == NULL) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	fuse_reply_buf(req, buf, fs_dirsnap_fill(s, req, buf, size, off, plus));
 	free(buf);
 }
 

@@ -1,6 +1,9 @@
 /* A directory listing taken at opendir: names and attributes, served to
  * readdir and readdirplus by offset until releasedir.  Used by the IMAP
- * and the POP3 operations alike. */
+ * and the POP3 operations alike.  A snapshot is used by one request at a
+ * time (the kernel serialises the requests of one open directory); the
+ * functions here may run on any thread, also a network thread sending a
+ * deferred opendir's reply. */
 #ifndef MAILFS_FS_DIRSNAP_H
 #define MAILFS_FS_DIRSNAP_H
 
@@ -17,6 +20,14 @@ void fs_dirsnap_free(struct fs_dirsnap *s);
  * kernel to keep its entry and attributes.  0 or -ENOMEM. */
 int fs_dirsnap_add(struct fs_dirsnap *s, const char *name,
                    const struct stat *st, double timeout);
+
+/* Fill buf (size bytes) with the entries from offset off on, as readdir
+ * (plus false) or readdirplus answers them, as many as fit whole; each
+ * entry's offset is its index + 1.  Returns the bytes used (0: none
+ * fits, or off is past the end).  Only formats: req is handed to
+ * fuse_add_direntry*(), which do not use it. */
+size_t fs_dirsnap_fill(const struct fs_dirsnap *s, fuse_req_t req, char *buf,
+                       size_t size, off_t off, bool plus);
 
 /* Reply to readdir (plus false) or readdirplus from offset off. */
 void fs_dirsnap_reply(fuse_req_t req, const struct fs_dirsnap *s, size_t size,

@@ -15,7 +15,8 @@ Rsync         rsync -a, then rsync -ai transfers nothing; diff -r clean
 Names         modified UTF-7, spaces, "&", nesting, \Noselect, empty, 20 MB,
               separator "." with "%2F" and "%25"
 BigBody       a message longer than the cache's piece size: peak memory while
-              fetching it, reads at odd offsets across the pieces, offline
+              fetching it, reads at odd offsets across the pieces, offline;
+              its record in the cache damaged: EIO at once, not a hang
 Large         a mailbox of 1000 messages
 Remount       same cache: nothing fetched again, stable inodes; server down:
               served from the cache, EIO for a body never fetched
@@ -749,6 +750,35 @@ class BigBody(MountTest):
         # Complete and committed: served whole from the cache alone.
         m2 = self.mount('bigbody-offline', cache=cache, options=('offline',))
         self.assertEqual(read(os.path.join(m2.mountpoint, rel)), want)
+
+
+    @unittest.skipUnless(shutil.which('mdb_dump') and shutil.which('mdb_load'),
+                         'lmdb-utils (mdb_dump, mdb_load) missing')
+    def test_damaged_cache_read_is_eio_not_a_hang(self):
+        """A body whose record in the cache cannot be decoded: a read of it
+        fails with EIO at once (it used to get no answer at all, and the
+        reader hung until mailfs was killed)."""
+        rel = 'Big/%d.eml' % SPECIAL['big']
+        want = body_of(rel)
+        plain = 'INBOX/%d.eml' % SPECIAL['plain']
+        m = self.mount('damagedbody')
+        self.assertEqual(read(os.path.join(m.mountpoint, rel)), want)
+        self.assertEqual(read(os.path.join(m.mountpoint, plain)), body_of(plain))
+        cache = m.cache_dir
+        m.unmount()
+        mountutil.spoil_big_body(cache)
+        m2 = self.mount('damagedbody2', cache=cache, mode='foreground',
+                        options=('offline',))
+        path = os.path.join(m2.mountpoint, rel)
+        self.assertEqual(os.stat(path).st_size, len(want))
+        size = m2.log_size()
+        res, took = try_op('read', path)
+        self.assertEqual(res, 'EIO')
+        self.assertLess(took, ERROR_SECONDS)
+        time.sleep(0.2)
+        self.assertRegex(m2.log_since(size), r'undecodable big body record')
+        # The rest of the mount still answers.
+        self.assertEqual(read(os.path.join(m2.mountpoint, plain)), body_of(plain))
 
 
 class Large(MountTest):

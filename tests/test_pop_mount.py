@@ -34,7 +34,8 @@ Writes        create, write, truncate, rm, mv, mkdir, rmdir, touch, chmod,
 MountErrors   wrong password (the server's text quoted), unknown CA: one
               line, non-zero exit, no mount left
 BigMessage    a 20 MB message: bounded peak memory while downloading it, reads
-              at odd offsets across the cache's pieces, offline from the cache
+              at odd offsets across the cache's pieces, offline from the cache;
+              its record in the cache damaged: EIO at once, not a hang
 
 How downloads are counted: mailfs -d logs every POP3 command it sends as
 "pop3 USER@HOST: C: RETR N"; independently Dovecot logs, when each POP3
@@ -434,6 +435,31 @@ class BigMessage(PopTest):
         m.unmount()
         m2 = self.mount('kim', 'big-offline', cache=cache, options=['offline'])
         self.assertEqual(read(os.path.join(inbox(m2), '1.eml')), want)
+
+
+    @unittest.skipUnless(shutil.which('mdb_dump') and shutil.which('mdb_load'),
+                         'lmdb-utils (mdb_dump, mdb_load) missing')
+    def test_damaged_cache_read_is_eio_not_a_hang(self):
+        """The message's record in the cache cannot be decoded: a read of it
+        fails with EIO at once (it used to get no answer at all, and the
+        reader hung until mailfs was killed)."""
+        m = self.mount('kim', 'big-damaged')
+        path = os.path.join(inbox(m), '1.eml')
+        self.assertTrue(wait_until(lambda: os.path.exists(path), SESSION_SECONDS))
+        self.assertEqual(read(path), self.want)
+        cache = m.cache_dir
+        m.unmount()
+        mountutil.spoil_big_body(cache)
+        m2 = self.mount('kim', 'big-damaged2', cache=cache, mode='foreground',
+                        options=['offline'])
+        path = os.path.join(inbox(m2), '1.eml')
+        self.assertEqual(os.stat(path).st_size, len(self.want))
+        size = m2.log_size()
+        res, took = try_op('read', path)
+        self.assertEqual(res, 'EIO')
+        self.assertLess(took, ERROR_SECONDS)
+        time.sleep(0.2)
+        self.assertRegex(m2.log_since(size), r'undecodable big body record')
 
 
 # ------------------------------------------------------- 3. server deletions

@@ -13,9 +13,11 @@
 #include <strings.h>
 #include <sys/xattr.h>
 
-#include "fs/inval.h"
+#include "fs/attr.h"
 #include "fs/imap/newfile.h"
+#include "fs/inval.h"
 #include "fs/net/sync.h"
+#include "fs/reply.h"
 #include "proto/log.h"
 #include "proto/utf7.h"
 
@@ -58,24 +60,6 @@ static struct mailfs *fs_of(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
-/* errno for a failed change; the server's text has been logged. */
-static int chg_errno(int rc)
-{
-	switch (rc) {
-	case -EPERM: /* NO */
-	case -EOPNOTSUPP: /* the server cannot do it safely */ return EPERM;
-	case -EINVAL: return EINVAL;
-	case -ENOTEMPTY: return ENOTEMPTY;
-	case -ESTALE: return ESTALE;
-	case -ENOENT: return ENOENT;
-	case -EEXIST: return EEXIST;
-	/* The server throttles and asks to wait longer than `timeout`:
-	 * nothing happened; try again later. */
-	case -EAGAIN: return EAGAIN;
-	default: return EIO;
-	}
-}
-
 static bool can_change(fuse_req_t req)
 {
 	struct mailfs *fs = fs_of(req);
@@ -99,7 +83,7 @@ static void queue(struct chg *c, fs_sync_fn fn, fs_sync_cb cb)
 		log_warn("cannot change the mailbox: %s",
 		         rc == -ENOTCONN ? "the server cannot be reached"
 		                         : strerror(-rc));
-		fuse_reply_err(c->req, rc == -ENOTCONN ? EIO : -rc);
+		fs_reply_fail(c->req, FS_ERR_QUEUE, rc);
 		chg_free(c);
 	}
 }
@@ -190,7 +174,7 @@ static void delete_done(void *ctx, int rc)
 {
 	struct chg *ch = ctx;
 
-	fuse_reply_err(ch->req, rc < 0 ? chg_errno(rc) : 0);
+	fuse_reply_err(ch->req, rc < 0 ? fs_errno(FS_ERR_CHANGE, rc) : 0);
 	/* The kernel moved its entry to the name mv gave; the message
 	 * shows as NEWUID.eml instead.  Queued after the reply: the rename
 	 * holds the directory's lock until it has its answer. */
@@ -203,20 +187,15 @@ static void delete_done(void *ctx, int rc)
 static int find_msg(struct mailfs *fs, uint32_t id, const char *name,
                     struct cache_key *key_r)
 {
-	uint32_t uidv, gen;
-	unsigned long uid;
-	char *end;
+	uint32_t uidv, gen, uid;
 	struct cache_msg *m = NULL;
 	int rc;
 
-	if (name[0] < '1' || name[0] > '9')
-		return -ENOENT;
-	uid = strtoul(name, &end, 10);
-	if (strcmp(end, ".eml") != 0 || uid == 0 || uid > UINT32_MAX)
+	if (!fs_attr_parse_name(name, &uid))
 		return -ENOENT;
 	if (fs_tree_current(fs->tree, id, &uidv, &gen) < 0)
 		return -ENOENT;
-	*key_r = (struct cache_key){id, uidv, (uint32_t)uid};
+	*key_r = (struct cache_key){id, uidv, uid};
 	rc = cache_msg_get_once(fs->cache, *key_r, &m);
 	cache_msg_free(&m);
 	return rc;
@@ -413,7 +392,7 @@ static void flags_done(void *ctx, int rc)
 {
 	struct chg *ch = ctx;
 
-	fuse_reply_err(ch->req, rc < 0 ? chg_errno(rc) : 0);
+	fuse_reply_err(ch->req, rc < 0 ? fs_errno(FS_ERR_CHANGE, rc) : 0);
 	chg_free(ch);
 }
 
@@ -667,7 +646,8 @@ static void mkdir_done(void *ctx, int rc)
 		fuse_reply_entry(ch->req, &e);
 		fs_mailbox_free(&mb);
 	} else {
-		fuse_reply_err(ch->req, rc < 0 ? chg_errno(rc) : EIO);
+		fuse_reply_err(ch->req,
+		               rc < 0 ? fs_errno(FS_ERR_CHANGE, rc) : EIO);
 	}
 	chg_free(ch);
 }
@@ -707,7 +687,7 @@ void fs_change_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	ch->parent_id = pid;
 	rc = server_name(fs, pid, name, NULL, &ch->name);
 	if (rc < 0) {
-		fuse_reply_err(req, chg_errno(rc));
+		fs_reply_fail(req, FS_ERR_CHANGE, rc);
 		chg_free(ch);
 		return;
 	}
@@ -749,7 +729,7 @@ static void plain_done(void *ctx, int rc)
 {
 	struct chg *ch = ctx;
 
-	fuse_reply_err(ch->req, rc < 0 ? chg_errno(rc) : 0);
+	fuse_reply_err(ch->req, rc < 0 ? fs_errno(FS_ERR_CHANGE, rc) : 0);
 	chg_free(ch);
 }
 
@@ -927,7 +907,7 @@ static void rename_dir(fuse_req_t req, uint32_t id, const char *name,
 	rc = server_name(fs, newid, newname, raw, &ch->name);
 	fs_mailbox_free(&mb);
 	if (rc < 0) {
-		fuse_reply_err(req, chg_errno(rc));
+		fs_reply_fail(req, FS_ERR_CHANGE, rc);
 		chg_free(ch);
 		return;
 	}

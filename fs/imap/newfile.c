@@ -1,3 +1,8 @@
+/* Files being written into an IMAP mount: the FUSE operations on them
+ * (create, write, setattr, open, read, release, unlink, rename), the
+ * closes seen (RELEASE, inotify: fs/imap/closes.h) and the uploader
+ * thread.  What happens to a file once closed, and its record in the
+ * cache, is fs/imap/upload.c's. */
 #include "fs/imap/newfile.h"
 
 #include <errno.h>
@@ -9,35 +14,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "fs/attr.h"
 #include "fs/imap/closes.h"
-#include "fs/net/sync.h"
+#include "fs/imap/upload.h"
+#include "fs/reply.h"
 #include "proto/log.h"
-#include "proto/mime.h"
 
 #define NEW_TIMEOUT  1.0
 #define NEW_MAX_SIZE (1024ULL * 1024 * 1024)
-
-/* Changed only by set_state(), which keeps the cache record in step. */
-enum nf_state {
-	NF_WRITING,    /* being written: its close not seen yet (kept in the
-	                * cache write by write) */
-	NF_STORED,     /* closed: waits for its upload */
-	NF_UPLOADING,  /* APPEND under way */
-	NF_DONE,       /* the server has it (uid, when it said) */
-	NF_FAILED,     /* the server refused it; kept in the cache */
-	NF_INCOMPLETE, /* found in the cache at mount time, its close never
-	                * seen (a crash cut its writer off): shown as
-	                * NAME.incomplete, sent only once renamed */
-};
-
-static const char *const nf_state_names[] = {
-        [NF_WRITING] = "writing",     [NF_STORED] = "closed",
-        [NF_UPLOADING] = "uploading", [NF_DONE] = "uploaded",
-        [NF_FAILED] = "refused",      [NF_INCOMPLETE] = "incomplete",
-};
-
-/* What a name shown for an incomplete file ends with. */
-#define INCOMPLETE_SUFFIX ".incomplete"
 
 /* The fh of a descriptor of a new file: FH_RELEASED when the kernel told
  * us of it and will send its RELEASE (counted in opens); FH_NO_RELEASE
@@ -45,44 +29,6 @@ static const char *const nf_state_names[] = {
  * file without telling us (after it stopped sending opens). */
 #define FH_RELEASED   1
 #define FH_NO_RELEASE 2
-
-struct nf {
-	uint32_t num; /* inode: fs_ino_msg(id, FS_INO_MAX_GEN, num) */
-	uint32_t id;  /* target mailbox */
-	char *name;   /* owned; NULL for uploads resumed from the cache */
-	char *data;   /* owned; the message */
-	size_t len, cap;
-	bool dirty;      /* the cache lacks a change (its commit failed) */
-	bool maybe_sent; /* a crash may have left it on the server */
-	int64_t mtime;   /* 0: let the server choose the INTERNALDATE */
-	enum nf_state state;
-	uint64_t seq;       /* the pending upload in the cache, 0 for none */
-	unsigned opens;     /* descriptors the kernel told us of (CREATE,
-	                     * OPEN), minus their RELEASEs */
-	bool untracked;     /* written through a descriptor the kernel did
-	                     * not tell us of: only inotify sees its close */
-	uint32_t ino_id;    /* the mailbox in its inode number (fixed) */
-	bool queued;        /* an upload job is queued or running */
-	int64_t touched_ms; /* last change, close or rename (monotonic) */
-	int64_t done_ms;    /* when the server confirmed it */
-	struct nf *next;
-};
-
-struct fs_newfiles {
-	pthread_mutex_t lock;
-	struct nf *list; /* owned */
-	uint32_t next_num;
-	/* The uploader: starts the upload of a closed file once nothing
-	 * happened to it for a moment (see uploader_main). */
-	struct mailfs *fs;
-	pthread_t thread;
-	pthread_t closes_thread; /* records closes as soon as they come */
-	pthread_cond_t cond;
-	bool started, closes_started, stop;
-	struct fs_closes *closes;  /* owned; NULL: no closes are seen */
-	struct creating *creating; /* owned: CREATEs waiting for a watch */
-	bool rewatch; /* a file was moved into a mailbox not watched */
-};
 
 /* A CREATE in a mailbox not watched yet: answered by the uploader once
  * the mailbox is watched (or cannot be), so that the file's close is
@@ -93,14 +39,6 @@ struct creating {
 	struct fuse_file_info fi;
 	struct creating *next;
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* How long a closed file waits before its upload starts: rsync sets the
  * time and renames right after closing.  A file is never taken as closed
@@ -121,15 +59,6 @@ int fs_newfiles_new(struct fs_newfiles **nf_r)
 	return 0;
 }
 
-static void nf_free(struct nf *f)
-{
-	if (f == NULL)
-		return;
-	free(f->name);
-	free(f->data);
-	free(f);
-}
-
 void fs_newfiles_free(struct fs_newfiles **np)
 {
 	struct fs_newfiles *n = *np;
@@ -139,7 +68,7 @@ void fs_newfiles_free(struct fs_newfiles **np)
 	while (n->list != NULL) {
 		struct nf *next = n->list->next;
 
-		nf_free(n->list);
+		fs_upload_nf_free(n->list);
 		n->list = next;
 	}
 	fs_closes_free(&n->closes);
@@ -155,7 +84,7 @@ static struct mailfs *fs_of(fuse_req_t req)
 
 static fuse_ino_t nf_ino(const struct nf *f)
 {
-	return fs_ino_msg(f->ino_id, FS_INO_MAX_GEN, f->num);
+	return fs_ino_new(f->ino_id, f->num);
 }
 
 static bool visible(const struct nf *f)
@@ -163,22 +92,11 @@ static bool visible(const struct nf *f)
 	return f->name != NULL && f->state != NF_DONE;
 }
 
-/* Callers hold the lock. */
-static struct nf *find_name(struct fs_newfiles *n, uint32_t id,
-                            const char *name)
-{
-	for (struct nf *f = n->list; f != NULL; f = f->next)
-		if (f->id == id && f->name != NULL &&
-		    strcmp(f->name, name) == 0 && f->state != NF_DONE)
-			return f;
-	return NULL;
-}
-
 /* An uploaded file whose name still resolves (DONE_GRACE_MS). */
 static struct nf *find_done(struct fs_newfiles *n, uint32_t id,
                             const char *name)
 {
-	int64_t now = mono_ms();
+	int64_t now = fs_upload_now_ms();
 
 	for (struct nf *f = n->list; f != NULL; f = f->next)
 		if (f->id == id && f->name != NULL &&
@@ -212,67 +130,13 @@ static bool writable(const struct nf *f)
 	       f->state == NF_INCOMPLETE;
 }
 
-/* The state the cache records for f: whether its close was seen is what
- * decides, after a crash, if it may be sent (fs_newfile_resume). */
-static uint32_t persisted(const struct nf *f)
-{
-	switch (f->state) {
-	case NF_STORED:
-		return f->maybe_sent ? CACHE_PENDING_SENT
-		                     : CACHE_PENDING_CLOSED;
-	case NF_UPLOADING: return CACHE_PENDING_SENT;
-	case NF_FAILED: return CACHE_PENDING_FAILED;
-	default: return CACHE_PENDING_NEW;
-	}
-}
-
-struct state_rec {
-	uint64_t seq;
-	uint32_t state;
-};
-
-static int pending_state(struct cache_txn *txn, void *ctx)
-{
-	struct state_rec *s = ctx;
-
-	return cache_pending_set_state(txn, s->seq, s->state);
-}
-
-/* The one place f->state changes (the lock is held): the transition is
- * logged and the cache record follows.  If the record cannot follow, f
- * is marked dirty: it is not uploaded, and its next change stores it
- * whole, state included. */
-static void set_state(struct mailfs *fs, struct nf *f, enum nf_state state)
-{
-	uint32_t before = persisted(f);
-	struct state_rec ss;
-	int rc;
-
-	if (f->state == state)
-		return;
-	log_debug("new file %s: %s -> %s", f->name ? f->name : "(resumed)",
-	          nf_state_names[f->state], nf_state_names[state]);
-	f->state = state;
-	if (state == NF_STORED)
-		f->touched_ms = mono_ms();
-	ss = (struct state_rec){f->seq, persisted(f)};
-	if (f->seq == 0 || f->dirty || ss.state == before)
-		return;
-	rc = cache_run_write(fs->cache, pending_state, &ss);
-	if (rc < 0) {
-		log_err("cannot record the state of %s in the cache: %s",
-		        f->name ? f->name : "an upload", strerror(-rc));
-		f->dirty = true;
-	}
-}
-
 /* A close of f was seen (the lock is held).  With a descriptor still open
  * that the kernel told us of, the last RELEASE decides. */
 static void close_seen(struct mailfs *fs, struct nf *f)
 {
 	if (f->state == NF_WRITING && !f->dirty && !f->untracked &&
 	    f->opens == 0)
-		set_state(fs, f, NF_STORED);
+		fs_upload_set_state(fs->cache, f, NF_STORED);
 }
 
 static void unlink_nf(struct fs_newfiles *n, struct nf *f)
@@ -287,18 +151,9 @@ static void unlink_nf(struct fs_newfiles *n, struct nf *f)
 
 static void nf_attr(struct mailfs *fs, const struct nf *f, struct stat *st)
 {
-	memset(st, 0, sizeof(*st));
-	st->st_ino = nf_ino(f);
 	/* Writable by its owner until it is uploaded. */
-	st->st_mode = S_IFREG | (writable(f) ? 0644 : 0444);
-	st->st_nlink = 1;
-	st->st_uid = fs->uid;
-	st->st_gid = fs->gid;
-	st->st_size = (off_t)f->len;
-	st->st_blocks = (blkcnt_t)((f->len + 511) / 512);
-	st->st_blksize = 4096;
-	st->st_mtime = st->st_ctime = st->st_atime =
-	        (time_t)(f->mtime ? f->mtime : time(NULL));
+	fs_attr_file(fs, nf_ino(f), writable(f) ? 0644 : 0444, f->len,
+	             f->mtime ? f->mtime : time(NULL), st);
 }
 
 bool fs_newfile_lookup(struct mailfs *fs, uint32_t id, const char *name,
@@ -307,7 +162,7 @@ bool fs_newfile_lookup(struct mailfs *fs, uint32_t id, const char *name,
 	struct nf *f;
 
 	pthread_mutex_lock(&fs->newfiles->lock);
-	f = find_name(fs->newfiles, id, name);
+	f = fs_upload_find_name(fs->newfiles, id, name);
 	if (f == NULL)
 		f = find_done(fs->newfiles, id, name);
 	if (f != NULL)
@@ -337,299 +192,6 @@ int fs_newfile_list(struct mailfs *fs, uint32_t id,
 	return rc;
 }
 
-/* --- uploads ----------------------------------------------------------- */
-
-struct upload {
-	struct mailfs *fs;
-	uint32_t num;
-};
-
-static bool has_bare_lf(const char *p, size_t len)
-{
-	for (size_t i = 0; i < len; i++)
-		if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'))
-			return true;
-	return false;
-}
-
-static char *to_crlf(const char *p, size_t len, size_t *len_r)
-{
-	char *out = malloc(2 * len + 1), *o = out;
-
-	if (out == NULL)
-		return NULL;
-	for (size_t i = 0; i < len; i++) {
-		if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'))
-			*o++ = '\r';
-		*o++ = p[i];
-	}
-	*len_r = (size_t)(o - out);
-	return out;
-}
-
-struct stored {
-	uint32_t id, uidvalidity, uid;
-	const char *data;
-	size_t len;
-	int64_t date;
-	uint64_t seq;
-};
-
-static char *header(const char *data, size_t len, const char *name, bool decode)
-{
-	size_t hlen = len < 65536 ? len : 65536;
-	char *v = NULL;
-	int rc = decode ? mime_header_decoded(data, hlen, name, &v)
-	                : mime_header_field(data, hlen, name, &v);
-
-	return rc == 0 ? v : NULL;
-}
-
-/* The server has the message: show it as UID.eml at once (no re-list,
- * no re-fetch) and forget the pending upload, in one transaction. */
-static int store_done(struct cache_txn *txn, void *ctx)
-{
-	struct stored *s = ctx;
-	int rc = 0;
-
-	if (s->uid != 0) {
-		char *subject = header(s->data, s->len, "Subject", true);
-		char *from = header(s->data, s->len, "From", true);
-		char *date = header(s->data, s->len, "Date", true);
-		char *msgid = header(s->data, s->len, "Message-ID", false);
-		struct cache_msg m = {
-		        .key = {s->id, s->uidvalidity, s->uid},
-		        .size = s->len,
-		        .internaldate = s->date,
-		        .flags = "",
-		        .subject = subject,
-		        .from = from,
-		        .date = date,
-		        .message_id = msgid,
-		};
-
-		rc = cache_msg_put(txn, &m);
-		if (rc == 0)
-			rc = cache_body_put(txn, m.key, s->data, s->len);
-		free(subject);
-		free(from);
-		free(date);
-		free(msgid);
-	}
-	if (rc == 0 && s->seq != 0)
-		rc = cache_pending_delete(txn, s->seq);
-	return rc;
-}
-
-/* Is a message with this Message-ID and size already in the mailbox? (A
- * crash between APPEND and its answer.) */
-struct size_match {
-	size_t len;
-	bool found;
-};
-
-static void size_cb(void *ctx, const struct imap_msg_meta *m)
-{
-	struct size_match *s = ctx;
-
-	if (m->size == s->len)
-		s->found = true;
-}
-
-static bool already_there(struct mailfs *fs, struct imap_client *c, uint32_t id,
-                          const char *data, size_t len)
-{
-	char *msgid = header(data, len, "Message-ID", false);
-	struct size_match sm = {.len = len};
-	struct proto_err err = {0};
-	uint32_t *uids = NULL;
-	char *set = NULL;
-	size_t n = 0;
-
-	if (msgid == NULL || msgid[0] == '\0' ||
-	    fs_sync_open_mailbox(fs, c, id, 0, false) < 0 ||
-	    imap_search_header(c, "Message-ID", msgid, &uids, &n, &err) < 0)
-		goto out;
-	if (n > 0 && (set = imap_uidset_format(uids, n)) != NULL)
-		imap_fetch_meta(c, set, 0, size_cb, &sm, &err);
-	if (sm.found)
-		log_notice("upload %s was already on the server (sent before "
-		           "a crash); not sent again",
-		           msgid);
-out:
-	free(set);
-	free(uids);
-	free(msgid);
-	return sm.found;
-}
-
-static int upload_fn(struct imap_client *c, void *ctx)
-{
-	struct upload *u = ctx;
-	struct mailfs *fs = u->fs;
-	struct fs_newfiles *n = fs->newfiles;
-	struct stored st = {0};
-	struct proto_err err = {0};
-	struct fs_mailbox *mb = NULL;
-	char *converted = NULL, *name = NULL;
-	bool maybe_sent;
-	uint32_t uidv = 0, uid = 0;
-	struct nf *f;
-	int rc;
-
-	pthread_mutex_lock(&n->lock);
-	for (f = n->list; f != NULL && f->num != u->num; f = f->next)
-		;
-	if (f == NULL || f->state != NF_STORED || f->dirty) {
-		if (f != NULL)
-			f->queued = false;
-		pthread_mutex_unlock(&n->lock);
-		return 0;
-	}
-	/* Recorded as sent before the APPEND: after a crash it is first
-	 * looked for on the server (already_there). */
-	set_state(fs, f, NF_UPLOADING);
-	st.id = f->id;
-	st.data = f->data;
-	st.len = f->len;
-	st.date = f->mtime;
-	st.seq = f->seq;
-	maybe_sent = f->maybe_sent;
-	name = f->name ? strdup(f->name) : NULL;
-	pthread_mutex_unlock(&n->lock);
-
-	rc = fs_tree_get(fs->tree, st.id, &mb);
-	if (rc < 0) {
-		log_err("upload %s: its mailbox is gone; kept in the cache",
-		        name ? name : "(resumed)");
-		goto fail;
-	}
-	if (maybe_sent && already_there(fs, c, st.id, st.data, st.len)) {
-		uid = 0;
-		goto done;
-	}
-	rc = imap_append(c, mb->name, "", (time_t)st.date, 0, st.data, st.len,
-	                 &uidv, &uid, &err);
-	if (rc == -EPERM && has_bare_lf(st.data, st.len)) {
-		size_t clen;
-
-		/* Some servers refuse bare LF; only then is anything
-		 * changed, and it is logged. */
-		converted = to_crlf(st.data, st.len, &clen);
-		if (converted != NULL) {
-			log_notice("%s refused %s (%s); sending it again with "
-			           "CRLF line ends",
-			           fs->url.host, name ? name : "an upload",
-			           err.text);
-			proto_err_clear(&err);
-			st.data = converted;
-			st.len = clen;
-			rc = imap_append(c, mb->name, "", (time_t)st.date, 0,
-			                 st.data, st.len, &uidv, &uid, &err);
-		}
-	}
-	if (rc < 0) {
-		log_err("upload of %s to %s failed: %s",
-		        name ? name : "a message", mb->name,
-		        err.text[0] ? err.text : strerror(-rc));
-		goto fail;
-	}
-done:
-	st.uidvalidity = uidv;
-	st.uid = (mb->uidvalidity != 0 && uidv == mb->uidvalidity) ? uid : 0;
-	/* Bytes with bare LF line ends are stored by some servers with CRLF:
-	 * what the server serves is the truth, so such a message is not
-	 * cached from what was sent; the listing brings it. */
-	if (has_bare_lf(st.data, st.len))
-		st.uid = 0;
-	if (st.date == 0)
-		st.date = time(NULL);
-	rc = cache_run_write(fs->cache, store_done, &st);
-	if (rc < 0)
-		log_err("upload done, but the cache could not record it: %s",
-		        strerror(-rc));
-	if (st.uid == 0 && fs->sync != NULL)
-		fs_sync_listing(fs->sync, st.id, NULL, NULL);
-	log_info("uploaded %s to %s as UID %u", name ? name : "a message",
-	         mb->name, uid);
-	pthread_mutex_lock(&n->lock);
-	f->seq = 0; /* forgotten by store_done */
-	set_state(fs, f, NF_DONE);
-	f->queued = false;
-	f->done_ms = mono_ms();
-	free(f->data);
-	f->data = NULL;
-	f->cap = 0;
-	pthread_mutex_unlock(&n->lock);
-	/* The name it was written under leaves listings (UID.eml shows
-	 * instead) but still resolves for a while: see DONE_GRACE_MS. */
-	rc = 0;
-	goto out;
-fail:
-	pthread_mutex_lock(&n->lock);
-	/* A refusal is final (kept for the user); a lost connection is
-	 * retried when the server is back. */
-	if (rc == -EPERM || rc == -EINVAL || rc == -ENOENT) {
-		set_state(fs, f, NF_FAILED);
-	} else {
-		f->maybe_sent = true;
-		set_state(fs, f, NF_STORED);
-	}
-	f->queued = false;
-	pthread_mutex_unlock(&n->lock);
-out:
-	free(converted);
-	free(name);
-	fs_mailbox_free(&mb);
-	return rc;
-}
-
-static void upload_done(void *ctx, int rc)
-{
-	(void)rc;
-	free(ctx);
-}
-
-static void start_upload(struct mailfs *fs, uint32_t num)
-{
-	struct upload *u = malloc(sizeof(*u));
-
-	if (u == NULL)
-		return;
-	u->fs = fs;
-	u->num = num;
-	if (fs->sync == NULL ||
-	    fs_sync_call(fs->sync, upload_fn, u, upload_done, u) < 0) {
-		struct nf *f;
-		bool warn = false;
-
-		free(u);
-		pthread_mutex_lock(&fs->newfiles->lock);
-		for (f = fs->newfiles->list; f != NULL; f = f->next) {
-			if (f->num == num) {
-				f->queued = false;
-				/* Tried again when the server is back. */
-				f->touched_ms = INT64_MAX / 2;
-				warn = true;
-			}
-		}
-		pthread_mutex_unlock(&fs->newfiles->lock);
-		if (warn)
-			log_notice("the server cannot be reached: the upload "
-			           "waits in the cache until it is back");
-	}
-}
-
-/* Queue the upload of f (the lock is held); start_upload() is called
- * by the caller after unlocking. */
-static bool want_upload(struct nf *f)
-{
-	if (f->state != NF_STORED || f->queued)
-		return false;
-	f->queued = true;
-	return true;
-}
-
 /* fs_closes_read's callback (the lock is held). */
 static void closed(void *ctx, uint32_t id, const char *name)
 {
@@ -647,7 +209,7 @@ static void closed(void *ctx, uint32_t id, const char *name)
 			         "written into the mount may go unseen");
 		return;
 	}
-	f = find_name(n, id, name);
+	f = fs_upload_find_name(n, id, name);
 	if (f != NULL) {
 		f->untracked = false;
 		close_seen(n->fs, f);
@@ -750,7 +312,7 @@ static void *uploader_main(void *arg)
 
 	pthread_mutex_lock(&n->lock);
 	while (!n->stop) {
-		int64_t now = mono_ms();
+		int64_t now = fs_upload_now_ms();
 		uint32_t nums[64];
 		size_t k = 0;
 		struct timespec ts;
@@ -768,12 +330,12 @@ static void *uploader_main(void *arg)
 			if (f->len == 0 || f->dirty ||
 			    now - f->touched_ms < UPLOAD_DELAY_MS)
 				continue;
-			if (want_upload(f))
+			if (fs_upload_want(f))
 				nums[k++] = f->num;
 		}
 		pthread_mutex_unlock(&n->lock);
 		for (size_t i = 0; i < k; i++)
-			start_upload(n->fs, nums[i]);
+			fs_upload_start(n->fs, nums[i]);
 		pthread_mutex_lock(&n->lock);
 		if (k > 0)
 			continue;
@@ -877,258 +439,6 @@ void fs_newfiles_unmounted(struct mailfs *fs)
 	pthread_mutex_unlock(&n->lock);
 }
 
-struct resume_ctx {
-	struct mailfs *fs;
-	uint64_t *seqs;
-	size_t n, cap;
-};
-
-static int resume_cb(const struct cache_pending *p, void *ctx)
-{
-	struct resume_ctx *r = ctx;
-
-	if (p->state == CACHE_PENDING_FAILED)
-		return 0;
-	if (r->n == r->cap) {
-		size_t ncap = r->cap ? r->cap * 2 : 16;
-		uint64_t *nv = realloc(r->seqs, ncap * sizeof(*nv));
-
-		if (nv == NULL)
-			return -ENOMEM;
-		r->seqs = nv;
-		r->cap = ncap;
-	}
-	r->seqs[r->n++] = p->seq;
-	return 0;
-}
-
-static int resume_read(struct cache_txn *txn, void *ctx)
-{
-	return cache_pending_foreach(txn, resume_cb, ctx);
-}
-
-struct get_pending {
-	uint64_t seq;
-	struct cache_pending *p;
-};
-
-static int get_pending(struct cache_txn *txn, void *ctx)
-{
-	struct get_pending *g = ctx;
-
-	return cache_pending_get(txn, g->seq, true, &g->p);
-}
-
-/* The name an incomplete file is shown under in mailbox id (the lock is
- * held): NAME.incomplete (NAME as it was written; upload-SEQ when the
- * record is older than names), with .2, .3 ... if that is taken.
- * Owned by the caller; NULL without memory. */
-static char *incomplete_name(struct fs_newfiles *n, uint32_t id,
-                             const char *name, uint64_t seq)
-{
-	char base[64], *out = NULL;
-
-	if (name == NULL || name[0] == '\0') {
-		snprintf(base, sizeof(base), "upload-%llu",
-		         (unsigned long long)seq);
-		name = base;
-	}
-	for (unsigned k = 1; k < 1000; k++) {
-		int rc = k == 1 ? asprintf(&out, "%s" INCOMPLETE_SUFFIX, name)
-		                : asprintf(&out, "%s" INCOMPLETE_SUFFIX ".%u",
-		                           name, k);
-
-		if (rc < 0)
-			return NULL;
-		if (find_name(n, id, out) == NULL)
-			break;
-		free(out);
-		out = NULL;
-	}
-	return out;
-}
-
-static void log_incomplete(struct mailfs *fs, uint32_t id, const char *name,
-                           uint64_t size)
-{
-	struct fs_mailbox *mb = NULL;
-
-	fs_tree_get(fs->tree, id, &mb);
-	log_warn("%s/%s: %llu bytes written before mailfs stopped, but never "
-	         "closed (its writer may have been cut off): not uploaded. "
-	         "It stays in the cache: rename it to upload it as it is, or "
-	         "remove it",
-	         mb != NULL ? mb->name : "?", name ? name : "?",
-	         (unsigned long long)size);
-	fs_mailbox_free(&mb);
-}
-
-void fs_newfile_resume(struct mailfs *fs)
-{
-	struct resume_ctx r = {.fs = fs};
-	struct fs_newfiles *n = fs->newfiles;
-
-	if (cache_run_read(fs->cache, resume_read, &r) < 0)
-		return;
-	for (size_t i = 0; i < r.n; i++) {
-		struct get_pending g = {.seq = r.seqs[i]};
-		struct nf *f, *have;
-		char *shown;
-		bool incomplete;
-		uint32_t num;
-
-		pthread_mutex_lock(&n->lock);
-		for (have = n->list; have != NULL; have = have->next)
-			if (have->seq == r.seqs[i])
-				break;
-		if (have != NULL) {
-			bool go;
-
-			if (have->touched_ms == INT64_MAX / 2)
-				have->touched_ms = 0;
-			go = want_upload(have);
-			num = have->num;
-			pthread_mutex_unlock(&n->lock);
-			if (go)
-				start_upload(fs, num);
-			continue;
-		}
-		pthread_mutex_unlock(&n->lock);
-		if (cache_run_read(fs->cache, get_pending, &g) < 0)
-			continue;
-		f = calloc(1, sizeof(*f));
-		if (f == NULL) {
-			cache_pending_free(&g.p);
-			continue;
-		}
-		f->id = f->ino_id = g.p->mailbox_id;
-		f->queued = true;
-		f->len = f->cap = g.p->size;
-		f->data = malloc(f->len ? f->len : 1);
-		if (f->data == NULL) {
-			free(f);
-			cache_pending_free(&g.p);
-			continue;
-		}
-		memcpy(f->data, g.p->data, f->len);
-		f->mtime = g.p->internaldate;
-		f->seq = g.p->seq;
-		f->maybe_sent = g.p->state == CACHE_PENDING_SENT;
-		f->state = NF_STORED;
-		/* Its close was never seen: its writer may have been cut off
-		 * by the crash; what it holds may be a prefix. */
-		if (g.p->state == CACHE_PENDING_NEW) {
-			f->queued = false;
-			f->state = NF_INCOMPLETE;
-		}
-		pthread_mutex_lock(&n->lock);
-		f->num = ++n->next_num;
-		if (f->state == NF_INCOMPLETE &&
-		    (f->name = incomplete_name(n, f->id, g.p->name, f->seq)) ==
-		            NULL) {
-			pthread_mutex_unlock(&n->lock);
-			cache_pending_free(&g.p);
-			nf_free(f);
-			continue;
-		}
-		f->next = n->list;
-		n->list = f;
-		num = f->num;
-		incomplete = f->state == NF_INCOMPLETE;
-		shown = incomplete ? strdup(f->name) : NULL;
-		pthread_mutex_unlock(&n->lock);
-		if (incomplete)
-			log_incomplete(fs, g.p->mailbox_id, shown, g.p->size);
-		else
-			log_info("resuming an upload left in the cache (%llu "
-			         "bytes)",
-			         (unsigned long long)g.p->size);
-		free(shown);
-		cache_pending_free(&g.p);
-		if (!incomplete)
-			start_upload(fs, num);
-	}
-	free(r.seqs);
-}
-
-/* --- keeping it in the cache ------------------------------------------ */
-
-struct store_ctx {
-	struct nf *f; /* borrowed under the lock */
-	uint64_t old_seq;
-	uint64_t seq;
-};
-
-static int store_pending(struct cache_txn *txn, void *ctx)
-{
-	struct store_ctx *s = ctx;
-	struct cache_pending p = {
-	        .mailbox_id = s->f->id,
-	        .state = persisted(s->f),
-	        .flags = "",
-	        .name = s->f->name,
-	        .internaldate = s->f->mtime,
-	        .created = time(NULL),
-	        .size = s->f->len,
-	        .data = (uint8_t *)s->f->data,
-	};
-	int rc = 0;
-
-	if (s->old_seq != 0)
-		rc = cache_pending_delete(txn, s->old_seq);
-	if (rc == 0)
-		rc = cache_pending_add(txn, &p, &s->seq);
-	return rc;
-}
-
-struct part_ctx {
-	uint64_t seq;
-	off_t off;
-	const char *buf;
-	size_t size;
-};
-
-static int store_part(struct cache_txn *txn, void *ctx)
-{
-	struct part_ctx *pc = ctx;
-
-	return cache_pending_write(txn, pc->seq, (uint64_t)pc->off, pc->buf,
-	                           pc->size);
-}
-
-/* Commit f's change to the cache before it is answered: close() brings no
- * request (see UPLOAD_DELAY_MS), so what write() accepted must already be
- * safe when it returns.  A write (buf, size at off) that follows what the
- * cache holds is added as one part; anything else (the first write, a
- * truncation, a new time, a commit that failed before) stores the whole
- * file again.  The lock is held across the (short, local) commit so that
- * no other change slips in between.  0, or the errno to answer. */
-static int keep(struct mailfs *fs, struct nf *f, const char *buf, size_t size,
-                off_t off)
-{
-	int rc;
-
-	if (f->seq != 0 && !f->dirty && buf != NULL) {
-		struct part_ctx pc = {f->seq, off, buf, size};
-
-		rc = cache_run_write(fs->cache, store_part, &pc);
-	} else {
-		struct store_ctx s = {.f = f, .old_seq = f->seq};
-
-		rc = cache_run_write(fs->cache, store_pending, &s);
-		if (rc == 0)
-			f->seq = s.seq;
-	}
-	f->touched_ms = mono_ms();
-	f->dirty = rc < 0;
-	if (rc < 0) {
-		log_err("cannot keep %s in the cache: %s",
-		        f->name ? f->name : "a new file", strerror(-rc));
-		return rc == -ENOSPC ? ENOSPC : EIO;
-	}
-	return 0;
-}
-
 /* --- FUSE operations --------------------------------------------------- */
 
 void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -1171,7 +481,7 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	f->id = f->ino_id = id;
 	f->state = NF_WRITING;
-	f->touched_ms = mono_ms();
+	f->touched_ms = fs_upload_now_ms();
 	/* Once the kernel skips opens it sends no RELEASE of this file
 	 * either: only inotify will see it closed. */
 	if (atomic_load(&fs->opens_skipped)) {
@@ -1183,9 +493,9 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	pthread_mutex_lock(&n->lock);
 	drain_closes(n);
-	if (find_name(n, id, name) != NULL) {
+	if (fs_upload_find_name(n, id, name) != NULL) {
 		pthread_mutex_unlock(&n->lock);
-		nf_free(f);
+		fs_upload_nf_free(f);
 		fuse_reply_err(req, EEXIST);
 		return;
 	}
@@ -1243,7 +553,7 @@ static void written_through(struct nf *f, const struct fuse_file_info *fi)
 static void reopened(struct mailfs *fs, struct nf *f)
 {
 	if (f->state == NF_STORED && !f->queued)
-		set_state(fs, f, NF_WRITING);
+		fs_upload_set_state(fs->cache, f, NF_WRITING);
 }
 
 void fs_newfile_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
@@ -1283,7 +593,7 @@ void fs_newfile_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	/* Kept like a write (a truncation, the time of the pending upload),
 	 * unless nothing was ever written. */
 	if (err == 0 && f->dirty && (f->seq != 0 || f->len > 0))
-		err = keep(fs, f, NULL, 0, 0);
+		err = fs_upload_keep(fs, f, NULL, 0, 0);
 	if (err == 0)
 		nf_attr(fs, f, &st);
 	pthread_mutex_unlock(&fs->newfiles->lock);
@@ -1310,12 +620,12 @@ void fs_newfile_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			err = EPERM;
 		} else {
 			if (f->state == NF_FAILED)
-				set_state(fs, f, NF_WRITING);
+				fs_upload_set_state(fs->cache, f, NF_WRITING);
 			reopened(fs, f);
 			if ((fi->flags & O_TRUNC) && f->len > 0) {
 				f->len = 0;
 				f->dirty = true;
-				err = keep(fs, f, NULL, 0, 0);
+				err = fs_upload_keep(fs, f, NULL, 0, 0);
 			}
 		}
 	}
@@ -1402,7 +712,7 @@ void fs_newfile_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		if (end > f->len)
 			f->len = end;
 		if (size > 0 || f->dirty)
-			err = keep(fs, f, buf, size, off);
+			err = fs_upload_keep(fs, f, buf, size, off);
 	}
 out:
 	pthread_mutex_unlock(&fs->newfiles->lock);
@@ -1432,24 +742,15 @@ void fs_newfile_release(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_err(req, 0);
 }
 
-struct drop_ctx {
-	uint64_t seq;
-};
-
-static int drop_pending(struct cache_txn *txn, void *ctx)
-{
-	return cache_pending_delete(txn, ((struct drop_ctx *)ctx)->seq);
-}
-
 bool fs_newfile_unlink(fuse_req_t req, uint32_t id, const char *name)
 {
 	struct mailfs *fs = fs_of(req);
-	struct drop_ctx d = {0};
+	uint64_t seq = 0;
 	struct nf *f;
 	int err = 0;
 
 	pthread_mutex_lock(&fs->newfiles->lock);
-	f = find_name(fs->newfiles, id, name);
+	f = fs_upload_find_name(fs->newfiles, id, name);
 	if (f == NULL) {
 		pthread_mutex_unlock(&fs->newfiles->lock);
 		return false;
@@ -1457,50 +758,15 @@ bool fs_newfile_unlink(fuse_req_t req, uint32_t id, const char *name)
 	if (f->state == NF_UPLOADING) {
 		err = EBUSY;
 	} else {
-		d.seq = f->seq;
+		seq = f->seq;
 		unlink_nf(fs->newfiles, f);
-		nf_free(f);
+		fs_upload_nf_free(f);
 	}
 	pthread_mutex_unlock(&fs->newfiles->lock);
-	if (err == 0 && d.seq != 0 &&
-	    cache_run_write(fs->cache, drop_pending, &d) < 0)
+	if (err == 0 && seq != 0 && fs_upload_drop(fs, seq) < 0)
 		err = EIO;
 	fuse_reply_err(req, err);
 	return true;
-}
-
-struct target_ctx {
-	uint64_t seq;
-	uint32_t id;
-	const char *name;
-};
-
-static int pending_target(struct cache_txn *txn, void *ctx)
-{
-	struct target_ctx *t = ctx;
-
-	return cache_pending_set_target(txn, t->seq, t->id, t->name);
-}
-
-/* f was renamed (the lock is held): its record follows, so that a crash
- * leaves it where and as the user last put it. */
-static void retarget(struct mailfs *fs, struct nf *f)
-{
-	struct target_ctx t = {f->seq, f->id, f->name};
-	int rc;
-
-	if (f->dirty && (f->seq != 0 || f->len > 0)) {
-		keep(fs, f, NULL, 0, 0); /* stored whole, name included */
-		return;
-	}
-	if (f->seq == 0)
-		return;
-	rc = cache_run_write(fs->cache, pending_target, &t);
-	if (rc < 0) {
-		log_err("cannot record the new name of %s in the cache: %s",
-		        f->name, strerror(-rc));
-		f->dirty = true;
-	}
 }
 
 bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
@@ -1519,7 +785,7 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 	/* A close before this rename (rsync renames what it closed) is
 	 * reported under the old name: take it while that name holds. */
 	drain_closes(n);
-	f = find_name(n, id, name);
+	f = fs_upload_find_name(n, id, name);
 	if (f == NULL) {
 		/* Renamed into place after the upload finished (rsync):
 		 * the message is already in, as UID.eml. */
@@ -1541,15 +807,12 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 	} else if (newid != id && !writable(f)) {
 		err = EBUSY;
 	} else {
-		old = find_name(n, newid, newname);
+		old = fs_upload_find_name(n, newid, newname);
 		if (old != NULL && old != f && writable(old)) {
 			unlink_nf(n, old); /* replaced, as rename does */
-			if (old->seq != 0) {
-				struct drop_ctx d = {old->seq};
-
-				cache_run_write(fs->cache, drop_pending, &d);
-			}
-			nf_free(old);
+			if (old->seq != 0)
+				fs_upload_drop(fs, old->seq);
+			fs_upload_nf_free(old);
 		}
 		free(f->name);
 		f->name = nn;
@@ -1560,23 +823,23 @@ bool fs_newfile_rename(fuse_req_t req, uint32_t id, const char *name,
 			f->id = newid;
 			want_watch(n, f);
 		}
-		retarget(fs, f);
-		f->touched_ms = mono_ms();
+		fs_upload_retarget(fs, f);
+		f->touched_ms = fs_upload_now_ms();
 		/* An incomplete file renamed: the user takes it as it is. */
 		if (f->state == NF_INCOMPLETE && !f->dirty) {
 			log_notice("%s: renamed, so taken as complete; "
 			           "uploading its %zu bytes",
 			           f->name, f->len);
-			set_state(fs, f, NF_STORED);
+			fs_upload_set_state(fs->cache, f, NF_STORED);
 		}
 		/* Renamed into place when written: that is the end of it. */
-		go = f->len > 0 && want_upload(f);
+		go = f->len > 0 && fs_upload_want(f);
 		num = f->num;
 	}
 	pthread_mutex_unlock(&n->lock);
 	free(nn);
 	fuse_reply_err(req, err);
 	if (go)
-		start_upload(fs, num);
+		fs_upload_start(fs, num);
 	return true;
 }

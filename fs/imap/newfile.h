@@ -39,8 +39,8 @@
  * answer seen) is first looked for by Message-ID and size, so that each
  * message arrives exactly once.
  *
- * Inode numbers of new files use the generation FS_INO_MAX_GEN, which no
- * mailbox reaches. */
+ * A new file's inode number is fs_ino_new() of its mailbox and a number
+ * of the mount (fs/ino.h). */
 #ifndef MAILFS_FS_IMAP_NEWFILE_H
 #define MAILFS_FS_IMAP_NEWFILE_H
 
@@ -65,12 +65,6 @@ void fs_newfiles_stop(struct mailfs *fs);
  * every file being written is closed; recorded as such, it is uploaded at
  * the next mount. */
 void fs_newfiles_unmounted(struct mailfs *fs);
-
-static inline bool fs_ino_is_new(fuse_ino_t ino)
-{
-	return ino != FUSE_ROOT_ID &&
-	       ((ino >> 32) & FS_INO_MAX_GEN) == FS_INO_MAX_GEN;
-}
 
 /* Queue the upload of every pending upload in the cache that is closed
  * and not already under way (mount time, and when the server is back);

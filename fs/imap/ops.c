@@ -15,19 +15,19 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fs/imap/change.h"
+#include "fs/attr.h"
 #include "fs/dirsnap.h"
+#include "fs/imap/change.h"
+#include "fs/imap/newfile.h"
 #include "fs/inval.h"
 #include "fs/mailfs.h"
-#include "fs/imap/newfile.h"
 #include "fs/net/sync.h"
 #include "fs/net/watch.h"
+#include "fs/reply.h"
 #include "proto/log.h"
 
-/* Directories change when mail arrives: keep the kernel's view short.
- * A message's attributes never change (its content is immutable). */
-#define DIR_TIMEOUT 1.0
-#define MSG_TIMEOUT 3600.0
+#define DIR_TIMEOUT FS_ATTR_DIR_TIMEOUT
+#define MSG_TIMEOUT FS_ATTR_MSG_TIMEOUT
 
 static struct mailfs *fs_of(fuse_req_t req)
 {
@@ -39,31 +39,30 @@ static struct mailfs *fs_of(fuse_req_t req)
 static void dir_attr(struct mailfs *fs, uint32_t id, int64_t mtime,
                      struct stat *st)
 {
-	memset(st, 0, sizeof(*st));
-	st->st_ino = fs_ino_dir(id);
-	st->st_mode = S_IFDIR | 0755;
-	st->st_nlink = 2 + fs_tree_nsubdirs(fs->tree, id);
-	st->st_uid = fs->uid;
-	st->st_gid = fs->gid;
-	st->st_size = 4096;
-	st->st_blocks = 8;
-	st->st_blksize = 4096;
-	st->st_mtime = st->st_ctime = st->st_atime = (time_t)mtime;
+	fs_attr_dir(fs, fs_ino_dir(id), 0755,
+	            2 + fs_tree_nsubdirs(fs->tree, id), mtime, st);
 }
 
-static void msg_attr(struct mailfs *fs, uint32_t gen, const struct cache_msg *m,
-                     struct stat *st)
+/* The attributes of message m of generation gen; -EIO (logged) when it
+ * has no inode number: its mailbox changed UIDVALIDITY too often
+ * (fs/ino.h). */
+static int msg_attr(struct mailfs *fs, uint32_t gen, const struct cache_msg *m,
+                    struct stat *st)
 {
-	memset(st, 0, sizeof(*st));
-	st->st_ino = fs_ino_msg(m->key.mailbox_id, gen, m->key.uid);
-	st->st_mode = S_IFREG | 0444;
-	st->st_nlink = 1;
-	st->st_uid = fs->uid;
-	st->st_gid = fs->gid;
-	st->st_size = (off_t)m->size;
-	st->st_blocks = (blkcnt_t)((m->size + 511) / 512);
-	st->st_blksize = 4096;
-	st->st_mtime = st->st_ctime = st->st_atime = (time_t)m->internaldate;
+	fuse_ino_t ino = fs_ino_msg(m->key.mailbox_id, gen, m->key.uid);
+
+	if (ino == 0) {
+		struct fs_mailbox *mb = NULL;
+
+		fs_tree_get(fs->tree, m->key.mailbox_id, &mb);
+		log_err("mailbox %s has changed UIDVALIDITY too often (%u "
+		        "times): its messages cannot be shown",
+		        mb != NULL ? mb->name : "?", gen);
+		fs_mailbox_free(&mb);
+		return -EIO;
+	}
+	fs_attr_file(fs, ino, 0444, m->size, m->internaldate, st);
+	return 0;
 }
 
 /* The message behind an inode: its mailbox copy (current generation
@@ -108,7 +107,8 @@ static int get_msg(struct mailfs *fs, fuse_ino_t ino, struct fs_mailbox **mb_r,
 	struct fs_mailbox *mb = NULL;
 	int rc;
 
-	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0)
+	if (fs_ino_is_new(ino) || !fs_ino_split(ino, &id, &gen, &uid) ||
+	    uid == 0)
 		return -ENOENT;
 	rc = fs_tree_get(fs->tree, id, &mb);
 	if (rc < 0)
@@ -146,7 +146,8 @@ static int msg_key(struct mailfs *fs, fuse_ino_t ino, struct cache_key *key_r)
 {
 	uint32_t id, gen, uid, uidvalidity, cur;
 
-	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0)
+	if (fs_ino_is_new(ino) || !fs_ino_split(ino, &id, &gen, &uid) ||
+	    uid == 0)
 		return -ENOENT;
 	if (fs_tree_current(fs->tree, id, &uidvalidity, &cur) < 0)
 		return -ESTALE;
@@ -192,18 +193,6 @@ static void deferred_cb(void *ctx, int rc)
 	case D_LOOKUP: do_lookup(d->req, d->ino, d->name, false); break;
 	case D_OPENDIR: do_opendir(d->req, d->ino, &d->fi, false); break;
 	case D_READ:
-		if (rc < 0) {
-			log_warn("message (inode %llu) could not be fetched: "
-			         "%s",
-			         (unsigned long long)d->ino,
-			         rc == -ENOTCONN ? "the server cannot be "
-			                           "reached"
-			                         : strerror(-rc));
-			fuse_reply_err(d->req, EIO);
-		} else {
-			do_read(d->req, d->ino, d->size, d->off, false);
-		}
-		break;
 	case D_OPEN:
 		if (rc < 0) {
 			log_warn("message (inode %llu) could not be fetched: "
@@ -212,9 +201,12 @@ static void deferred_cb(void *ctx, int rc)
 			         rc == -ENOTCONN ? "the server cannot be "
 			                           "reached"
 			                         : strerror(-rc));
-			fuse_reply_err(d->req, EIO);
-		} else
+			fs_reply_fail(d->req, FS_ERR_FETCH, rc);
+		} else if (d->op == D_READ) {
+			do_read(d->req, d->ino, d->size, d->off, false);
+		} else {
 			do_open(d->req, d->ino, &d->fi, false);
+		}
 		break;
 	}
 	free(d);
@@ -284,20 +276,6 @@ static bool defer_list(struct mailfs *fs, struct deferred *d)
 
 /* --- lookup / getattr ----------------------------------------------- */
 
-static bool parse_msg_name(const char *name, uint32_t *uid_r)
-{
-	unsigned long v;
-	char *end;
-
-	if (name[0] < '1' || name[0] > '9')
-		return false;
-	v = strtoul(name, &end, 10);
-	if (strcmp(end, ".eml") != 0 || v == 0 || v > UINT32_MAX)
-		return false;
-	*uid_r = (uint32_t)v;
-	return true;
-}
-
 static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name,
                       bool may_wait)
 {
@@ -326,7 +304,7 @@ static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name,
 		fuse_reply_entry(req, &e);
 		return;
 	}
-	if (pid == 0 || !parse_msg_name(name, &uid)) {
+	if (pid == 0 || !fs_attr_parse_name(name, &uid)) {
 		/* Perhaps a mailbox created elsewhere since the list was
 		 * read. */
 		if (may_wait && stale(fs, NULL) &&
@@ -338,7 +316,7 @@ static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	rc = fs_tree_get(fs->tree, pid, &dir);
 	if (rc < 0) {
-		fuse_reply_err(req, -rc);
+		fs_reply_fail(req, FS_ERR_LOCAL, rc);
 		return;
 	}
 	if (dir->last_sync == 0 && dir->selectable) {
@@ -373,37 +351,23 @@ static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	if (rc < 0) {
 		fs_mailbox_free(&dir);
-		fuse_reply_err(req, rc == -ENOENT ? ENOENT : EIO);
+		fs_reply_fail(req, FS_ERR_LOOKUP, rc);
 		return;
 	}
-	msg_attr(fs, dir->gen, msg, &e.attr);
+	rc = msg_attr(fs, dir->gen, msg, &e.attr);
 	e.ino = e.attr.st_ino;
 	e.attr_timeout = e.entry_timeout = MSG_TIMEOUT;
 	cache_msg_free(&msg);
 	fs_mailbox_free(&dir);
-	fuse_reply_entry(req, &e);
+	if (rc < 0)
+		fs_reply_fail(req, FS_ERR_LOCAL, rc);
+	else
+		fuse_reply_entry(req, &e);
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	do_lookup(req, parent, name, true);
-}
-
-static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
-{
-	/* Inode numbers are computed from the cache key; nothing is held
-	 * per inode, so there is nothing to free. */
-	(void)ino;
-	(void)nlookup;
-	fuse_reply_none(req);
-}
-
-static void op_forget_multi(fuse_req_t req, size_t count,
-                            struct fuse_forget_data *forgets)
-{
-	(void)count;
-	(void)forgets;
-	fuse_reply_none(req);
 }
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino,
@@ -443,13 +407,16 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 	}
 	rc = get_msg(fs, ino, &mb, &msg);
 	if (rc < 0) {
-		fuse_reply_err(req, rc == -ESTALE ? ESTALE : ENOENT);
+		fs_reply_fail(req, FS_ERR_FIND, rc);
 		return;
 	}
-	msg_attr(fs, mb->gen, msg, &st);
+	rc = msg_attr(fs, mb->gen, msg, &st);
 	cache_msg_free(&msg);
 	fs_mailbox_free(&mb);
-	fuse_reply_attr(req, &st, MSG_TIMEOUT);
+	if (rc < 0)
+		fs_reply_fail(req, FS_ERR_LOCAL, rc);
+	else
+		fuse_reply_attr(req, &st, MSG_TIMEOUT);
 }
 
 /* --- directories ------------------------------------------------------ */
@@ -463,11 +430,12 @@ struct snap_msgs {
 static int snap_msg_cb(const struct cache_msg *msg, void *ctx)
 {
 	struct snap_msgs *m = ctx;
-	char name[24];
+	char name[FS_ATTR_NAME_SIZE];
 	struct stat st;
 
-	snprintf(name, sizeof(name), "%" PRIu32 ".eml", msg->key.uid);
-	msg_attr(m->fs, m->gen, msg, &st);
+	fs_attr_msg_name(msg->key.uid, name);
+	if (msg_attr(m->fs, m->gen, msg, &st) < 0)
+		return -EIO;
 	return fs_dirsnap_add(m->s, name, &st, MSG_TIMEOUT);
 }
 
@@ -498,7 +466,7 @@ static int snap_new_cb(void *ctx, const char *name, const struct stat *st)
 
 	/* A new file renamed onto a message's name (a restore): the
 	 * message is listed, once. */
-	if (parse_msg_name(name, &uid) && sn->uidvalidity != 0 &&
+	if (fs_attr_parse_name(name, &uid) && sn->uidvalidity != 0 &&
 	    cache_msg_get_once(sn->fs->cache,
 	                       (struct cache_key){sn->id, sn->uidvalidity, uid},
 	                       &m) == 0) {
@@ -601,7 +569,7 @@ answer:
 	rc = build_snap(fs, id, mb, &snap);
 	fs_mailbox_free(&mb);
 	if (rc < 0) {
-		fuse_reply_err(req, -rc);
+		fs_reply_fail(req, FS_ERR_LOCAL, rc);
 		return;
 	}
 	fi->fh = (uintptr_t)snap;
@@ -619,6 +587,26 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 }
 
 /* --- files ------------------------------------------------------------ */
+
+/* The body of message uid of mailbox box is not in the cache and its
+ * fetch could not be queued (qrc; may_wait false: it was fetched and
+ * failed): say why, and answer EIO. */
+static void reply_not_cached(fuse_req_t req, struct mailfs *fs, const char *box,
+                             uint32_t uid, int qrc, bool may_wait)
+{
+	/* -EAGAIN: its fetch failed just now, and that was logged. */
+	log_msg(qrc == -EAGAIN ? LOG_DEBUG : LOG_WARNING,
+	        "message %s/%" PRIu32 ".eml is not in the cache and %s", box,
+	        uid,
+	        fs->sync == NULL ? "mailfs is offline (-o offline)"
+	        : !may_wait      ? "could not be fetched from the server"
+	        : qrc == -ENOTCONN
+	                ? "the server cannot be reached (mailfs reconnects by "
+	                  "itself)"
+	        : qrc == -EAGAIN ? "could not be fetched a moment ago"
+	                         : "could not be queued for fetching");
+	fs_reply_fail(req, FS_ERR_FETCH, qrc);
+}
 
 static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
                     bool may_wait)
@@ -644,7 +632,7 @@ static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	}
 	rc = get_msg(fs, ino, &mb, &msg);
 	if (rc < 0) {
-		fuse_reply_err(req, rc == -ESTALE ? ESTALE : ENOENT);
+		fs_reply_fail(req, FS_ERR_FIND, rc);
 		return;
 	}
 	rc = cache_body_size_once(fs->cache, msg->key, &size);
@@ -662,23 +650,12 @@ static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		if (qrc == 0)
 			goto out;
 		free(d);
-		/* -EAGAIN: its fetch failed just now, and that was logged. */
-		log_msg(qrc == -EAGAIN ? LOG_DEBUG : LOG_WARNING,
-		        "message %s/%" PRIu32 ".eml is not in the cache and "
-		        "%s",
-		        mb->name, msg->key.uid,
-		        fs->sync == NULL ? "mailfs is offline (-o offline)"
-		        : !may_wait ? "could not be fetched from the server"
-		        : qrc == -ENOTCONN
-		                ? "the server cannot be reached (mailfs "
-		                  "reconnects by itself)"
-		        : qrc == -EAGAIN ? "could not be fetched a moment ago"
-		                         : "could not be queued for fetching");
-		fuse_reply_err(req, EIO);
+		reply_not_cached(req, fs, mb->name, msg->key.uid, qrc,
+		                 may_wait);
 		goto out;
 	}
 	if (rc < 0) {
-		fuse_reply_err(req, EIO);
+		fs_reply_fail(req, FS_ERR_READ, rc);
 		goto out;
 	}
 	/* A message never changes: let the page cache keep it. */
@@ -713,7 +690,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 }
 
 struct read_reply {
-	fuse_req_t req;
+	struct fs_view_reply v;
 	struct fs_inval *inval;
 	fuse_ino_t ino;
 	uint64_t end;
@@ -727,8 +704,7 @@ static int reply_view(void *ctx, const void *data, size_t n)
 	/* The body is in the cache: if its size was just corrected, the
 	 * kernel is told in the order fs/inval.h gives. */
 	r->after = fs_inval_read_begin(r->inval, r->ino, r->end);
-	/* The bytes go to the kernel straight from the cache's map. */
-	return fuse_reply_buf(r->req, data, n) == 0 ? 0 : -EIO;
+	return fs_reply_view(&r->v, data, n);
 }
 
 /* Read from the cache.  Once the kernel stopped sending opens (see
@@ -739,8 +715,8 @@ static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	struct mailfs *fs = fs_of(req);
 	struct cache_key key;
-	struct read_reply r = {req, fs->inval, ino, (uint64_t)off + size,
-	                       false};
+	struct read_reply r = {
+	        {req, false}, fs->inval, ino, (uint64_t)off + size, false};
 	int rc;
 
 	rc = msg_key(fs, ino, &key);
@@ -753,6 +729,7 @@ static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fs_change_mark_seen(fs, key);
 	if (rc == -ENOENT && may_wait) {
 		struct deferred *d = deferred_new(D_READ, req, ino, NULL, NULL);
+		struct fs_mailbox *mb = NULL;
 		int qrc = -ENOTCONN;
 
 		if (d != NULL) {
@@ -767,31 +744,16 @@ static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				return;
 			free(d);
 		}
-		{
-			struct fs_mailbox *mb = NULL;
-
-			fs_tree_get(fs->tree, key.mailbox_id, &mb);
-			/* -EAGAIN: its fetch failed just now (logged then). */
-			log_msg(qrc == -EAGAIN ? LOG_DEBUG : LOG_WARNING,
-			        "message %s/%" PRIu32 ".eml is not in the "
-			        "cache and %s",
-			        mb ? mb->name : "?", key.uid,
-			        fs->sync == NULL
-			                ? "mailfs is offline (-o offline)"
-			        : qrc == -ENOTCONN
-			                ? "the server cannot be reached "
-			                  "(mailfs reconnects by itself)"
-			        : qrc == -EAGAIN
-			                ? "could not be fetched a moment ago"
-			                : "could not be queued for fetching");
-			fs_mailbox_free(&mb);
-		}
-		fuse_reply_err(req, EIO);
+		fs_tree_get(fs->tree, key.mailbox_id, &mb);
+		reply_not_cached(req, fs, mb ? mb->name : "?", key.uid, qrc,
+		                 true);
+		fs_mailbox_free(&mb);
 		return;
 	}
-	/* -EIO from reply_view means the reply was attempted: no second. */
-	if (rc < 0 && rc != -EIO)
-		fuse_reply_err(req, rc == -ESTALE ? ESTALE : EIO);
+	/* A damaged cache fails without calling reply_view: the request
+	 * still needs its answer.  Once reply_view ran, it had one. */
+	if (rc < 0 && !r.v.sent)
+		fs_reply_fail(req, FS_ERR_READ, rc);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -824,19 +786,11 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	uint32_t id, gen, uid;
 
-	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0) {
-		if (size == 0)
-			fuse_reply_xattr(req, 0);
-		else
-			fuse_reply_buf(req, NULL, 0);
-		return;
-	}
-	if (size == 0)
-		fuse_reply_xattr(req, sizeof(xattr_names) - 1);
-	else if (size < sizeof(xattr_names) - 1)
-		fuse_reply_err(req, ERANGE);
+	/* Directories have none. */
+	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0)
+		fs_reply_xattr(req, size, NULL, 0);
 	else
-		fuse_reply_buf(req, xattr_names, sizeof(xattr_names) - 1);
+		fs_reply_xattr(req, size, xattr_names, sizeof(xattr_names) - 1);
 }
 
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
@@ -845,12 +799,11 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	struct mailfs *fs = fs_of(req);
 	struct cache_msg *msg = NULL;
 	const char *val = NULL;
-	size_t len;
 	int rc;
 
 	rc = get_msg(fs, ino, NULL, &msg);
 	if (rc < 0) {
-		fuse_reply_err(req, ENODATA);
+		fs_reply_fail(req, FS_ERR_XATTR, rc);
 		return;
 	}
 	if (strcmp(name, "user.mail.flags") == 0)
@@ -863,36 +816,15 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		val = msg->date;
 	else if (strcmp(name, "user.mail.message_id") == 0)
 		val = msg->message_id;
-	if (val == NULL) {
+	if (val == NULL)
 		fuse_reply_err(req, ENODATA);
-		goto out;
-	}
-	len = strlen(val);
-	if (size == 0)
-		fuse_reply_xattr(req, len);
-	else if (size < len)
-		fuse_reply_err(req, ERANGE);
 	else
-		fuse_reply_buf(req, val, len);
-out:
+		fs_reply_xattr(req, size, val, strlen(val));
 	cache_msg_free(&msg);
 }
 
-/* --- the rest ---------------------------------------------------------- */
-
-static void op_statfs(fuse_req_t req, fuse_ino_t ino)
-{
-	struct statvfs st = {
-	        .f_bsize = 4096,
-	        .f_frsize = 4096,
-	        .f_namemax = 255,
-	};
-
-	(void)ino;
-	fuse_reply_statfs(req, &st);
-}
-
-/* --- changes: fs/imap/change.c and fs/imap/newfile.c ---------------------------- */
+/* --- changes: fs/imap/change.c and fs/imap/newfile.c
+ * ---------------------------- */
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
                      mode_t mode)
@@ -989,8 +921,8 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 const struct fuse_lowlevel_ops fs_ops = {
         .init = op_init,
         .lookup = op_lookup,
-        .forget = op_forget,
-        .forget_multi = op_forget_multi,
+        .forget = fs_op_forget,
+        .forget_multi = fs_op_forget_multi,
         .getattr = op_getattr,
         .setattr = op_setattr,
         .opendir = op_opendir,
@@ -1004,7 +936,7 @@ const struct fuse_lowlevel_ops fs_ops = {
         .getxattr = op_getxattr,
         .setxattr = op_setxattr,
         .removexattr = op_removexattr,
-        .statfs = op_statfs,
+        .statfs = fs_op_statfs,
         .mkdir = op_mkdir,
         .unlink = op_unlink,
         .rmdir = op_rmdir,

@@ -1,15 +1,7 @@
-/* The directory tree of an IMAP mount, and inode numbers.
+/* The directory tree of an IMAP mount.
  *
- * Inode numbers are computed from the cache key, never from a counter, so
- * they are stable across remounts:
- *
- *   root                      FUSE_ROOT_ID (1)
- *   mailbox directory         id << 44
- *   message UID.eml           id << 44 | generation << 32 | UID
- *
- * where id is the mailbox's permanent cache id (< 2^20) and generation the
- * cache's number for the UIDVALIDITY (< 2^12).  UID 0 is never valid, so a
- * directory and a message never share a number.
+ * Inode numbers (a mailbox's directory: its id; a message: its id,
+ * generation and UID) are made and split by fs/ino.h only.
  *
  * The tree itself is an in-memory table of the mailboxes the cache knows,
  * reloaded from the cache after every LIST.  Each mailbox has a parent (a
@@ -23,37 +15,7 @@
 #include <stdint.h>
 
 #include "cache/cache.h"
-
-#define FS_INO_ID_BITS  20
-#define FS_INO_GEN_BITS 12
-#define FS_INO_MAX_ID   ((1u << FS_INO_ID_BITS) - 1)
-#define FS_INO_MAX_GEN  ((1u << FS_INO_GEN_BITS) - 1)
-
-static inline fuse_ino_t fs_ino_dir(uint32_t id)
-{
-	return id == 0 ? FUSE_ROOT_ID : (fuse_ino_t)id << 44;
-}
-
-static inline fuse_ino_t fs_ino_msg(uint32_t id, uint32_t gen, uint32_t uid)
-{
-	return (fuse_ino_t)id << 44 | (fuse_ino_t)gen << 32 | uid;
-}
-
-/* Split an inode number.  Returns false for numbers we never hand out. */
-static inline bool fs_ino_split(fuse_ino_t ino, uint32_t *id_r, uint32_t *gen_r,
-                                uint32_t *uid_r)
-{
-	if (ino == FUSE_ROOT_ID) {
-		*id_r = *gen_r = *uid_r = 0;
-		return true;
-	}
-	*id_r = (uint32_t)(ino >> 44);
-	*gen_r = (uint32_t)(ino >> 32) & FS_INO_MAX_GEN;
-	*uid_r = (uint32_t)ino;
-	if (*id_r == 0)
-		return false;
-	return *uid_r != 0 || *gen_r == 0;
-}
+#include "fs/ino.h"
 
 /* One mailbox as the tree shows it.  Copies handed out are owned by the
  * caller (fs_mailbox_free). */

@@ -10,13 +10,15 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "fs/attr.h"
 #include "fs/dirsnap.h"
 #include "fs/pop/poller.h"
+#include "fs/reply.h"
 #include "proto/log.h"
 #include "proto/mime.h"
 
-#define DIR_TIMEOUT 1.0
-#define MSG_TIMEOUT 3600.0
+#define DIR_TIMEOUT FS_ATTR_DIR_TIMEOUT
+#define MSG_TIMEOUT FS_ATTR_MSG_TIMEOUT
 /* Headers for the attributes are looked for in the first bytes. */
 #define HEADER_PEEK (64 * 1024)
 
@@ -34,30 +36,14 @@ static struct cache_key pop_key(uint32_t num)
 static void dir_attr(struct mailfs *fs, fuse_ino_t ino, unsigned subdirs,
                      struct stat *st)
 {
-	memset(st, 0, sizeof(*st));
-	st->st_ino = ino;
-	st->st_mode = S_IFDIR | 0555;
-	st->st_nlink = 2 + subdirs;
-	st->st_uid = fs->uid;
-	st->st_gid = fs->gid;
-	st->st_size = 4096;
-	st->st_blocks = 8;
-	st->st_blksize = 4096;
+	fs_attr_dir(fs, ino, 0555, 2 + subdirs, 0, st);
 }
 
 static void msg_attr(struct mailfs *fs, const struct cache_pop *p,
                      struct stat *st)
 {
-	memset(st, 0, sizeof(*st));
-	st->st_ino = fs_ino_msg(FS_POP_INBOX_ID, 0, p->num);
-	st->st_mode = S_IFREG | 0444;
-	st->st_nlink = 1;
-	st->st_uid = fs->uid;
-	st->st_gid = fs->gid;
-	st->st_size = (off_t)p->size;
-	st->st_blocks = (blkcnt_t)((p->size + 511) / 512);
-	st->st_blksize = 4096;
-	st->st_mtime = st->st_ctime = st->st_atime = (time_t)p->downloaded;
+	fs_attr_file(fs, fs_ino_pop_msg(p->num), 0444, p->size, p->downloaded,
+	             st);
 }
 
 struct get_ctx {
@@ -90,21 +76,7 @@ static int get_msg(struct mailfs *fs, fuse_ino_t ino, struct cache_pop **p_r)
 	return 0;
 }
 
-static bool parse_name(const char *name, uint32_t *num_r)
-{
-	unsigned long v;
-	char *end;
-
-	if (name[0] < '1' || name[0] > '9')
-		return false;
-	v = strtoul(name, &end, 10);
-	if (strcmp(end, ".eml") != 0 || v == 0 || v > UINT32_MAX)
-		return false;
-	*num_r = (uint32_t)v;
-	return true;
-}
-
-static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+static void pop_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct mailfs *fs = fs_of(req);
 	struct fuse_entry_param e = {0};
@@ -116,14 +88,14 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 			fuse_reply_err(req, ENOENT);
 			return;
 		}
-		dir_attr(fs, fs_ino_dir(FS_POP_INBOX_ID), 0, &e.attr);
+		dir_attr(fs, fs_ino_pop_inbox(), 0, &e.attr);
 		e.ino = e.attr.st_ino;
 		e.attr_timeout = e.entry_timeout = DIR_TIMEOUT;
 		fuse_reply_entry(req, &e);
 		return;
 	}
-	if (parent != fs_ino_dir(FS_POP_INBOX_ID) || !parse_name(name, &num) ||
-	    get_msg(fs, fs_ino_msg(FS_POP_INBOX_ID, 0, num), &p) < 0) {
+	if (parent != fs_ino_pop_inbox() || !fs_attr_parse_name(name, &num) ||
+	    get_msg(fs, fs_ino_pop_msg(num), &p) < 0) {
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
@@ -134,30 +106,15 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	fuse_reply_entry(req, &e);
 }
 
-static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
-{
-	(void)ino;
-	(void)nlookup;
-	fuse_reply_none(req);
-}
-
-static void op_forget_multi(fuse_req_t req, size_t count,
-                            struct fuse_forget_data *forgets)
-{
-	(void)count;
-	(void)forgets;
-	fuse_reply_none(req);
-}
-
-static void op_getattr(fuse_req_t req, fuse_ino_t ino,
-                       struct fuse_file_info *fi)
+static void pop_getattr(fuse_req_t req, fuse_ino_t ino,
+                        struct fuse_file_info *fi)
 {
 	struct mailfs *fs = fs_of(req);
 	struct cache_pop *p = NULL;
 	struct stat st;
 
 	(void)fi;
-	if (ino == FUSE_ROOT_ID || ino == fs_ino_dir(FS_POP_INBOX_ID)) {
+	if (ino == FUSE_ROOT_ID || ino == fs_ino_pop_inbox()) {
 		dir_attr(fs, ino, ino == FUSE_ROOT_ID ? 1 : 0, &st);
 		fuse_reply_attr(req, &st, DIR_TIMEOUT);
 		return;
@@ -179,10 +136,10 @@ struct snap_ctx {
 static int snap_cb(const struct cache_pop *p, void *ctx)
 {
 	struct snap_ctx *c = ctx;
-	char name[24];
+	char name[FS_ATTR_NAME_SIZE];
 	struct stat st;
 
-	snprintf(name, sizeof(name), "%" PRIu32 ".eml", p->num);
+	fs_attr_msg_name(p->num, name);
 	msg_attr(c->fs, p, &st);
 	return fs_dirsnap_add(c->s, name, &st, MSG_TIMEOUT);
 }
@@ -218,7 +175,7 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
 	struct stat st;
 	int rc = 0;
 
-	if (ino != FUSE_ROOT_ID && ino != fs_ino_dir(FS_POP_INBOX_ID)) {
+	if (ino != FUSE_ROOT_ID && ino != fs_ino_pop_inbox()) {
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
@@ -252,7 +209,7 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
 		rc = fs_dirsnap_add(s, "..", &st, DIR_TIMEOUT);
 	}
 	if (rc == 0 && ino == FUSE_ROOT_ID) {
-		dir_attr(fs, fs_ino_dir(FS_POP_INBOX_ID), 0, &st);
+		dir_attr(fs, fs_ino_pop_inbox(), 0, &st);
 		rc = fs_dirsnap_add(s, "INBOX", &st, DIR_TIMEOUT);
 	} else if (rc == 0) {
 		struct snap_ctx c = {fs, s};
@@ -261,7 +218,7 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
 	}
 	if (rc < 0) {
 		fs_dirsnap_free(s);
-		fuse_reply_err(req, -rc);
+		fs_reply_fail(req, FS_ERR_LOCAL, rc);
 		return;
 	}
 	fi->fh = (uintptr_t)s;
@@ -270,13 +227,13 @@ static void do_opendir(fuse_req_t req, fuse_ino_t ino,
 	}
 }
 
-static void op_opendir(fuse_req_t req, fuse_ino_t ino,
-                       struct fuse_file_info *fi)
+static void pop_opendir(fuse_req_t req, fuse_ino_t ino,
+                        struct fuse_file_info *fi)
 {
 	do_opendir(req, ino, fi, true);
 }
 
-static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void pop_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct mailfs *fs = fs_of(req);
 	struct cache_pop *p = NULL;
@@ -296,15 +253,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_open(req, fi);
 }
 
-static int reply_view(void *ctx, const void *data, size_t n)
-{
-	return fuse_reply_buf(ctx, data, n) == 0 ? 0 : -EIO;
-}
-
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                    struct fuse_file_info *fi)
+static void pop_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                     struct fuse_file_info *fi)
 {
 	struct mailfs *fs = fs_of(req);
+	struct fs_view_reply v = {req, false};
 	uint32_t id, gen, num;
 	int rc;
 
@@ -314,13 +267,15 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		return;
 	}
 	rc = cache_body_view_once(fs->cache, pop_key(num), (uint64_t)off, size,
-	                          reply_view, req);
-	if (rc < 0 && rc != -EIO)
-		fuse_reply_err(req, EIO);
+	                          fs_reply_view, &v);
+	/* A damaged cache fails without calling fs_reply_view: the
+	 * request still needs its answer. */
+	if (rc < 0 && !v.sent)
+		fs_reply_fail(req, FS_ERR_READ, rc);
 }
 
-static void op_release(fuse_req_t req, fuse_ino_t ino,
-                       struct fuse_file_info *fi)
+static void pop_release(fuse_req_t req, fuse_ino_t ino,
+                        struct fuse_file_info *fi)
 {
 	(void)ino;
 	(void)fi;
@@ -330,23 +285,19 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 static const char xattr_names[] = "user.mail.subject\0user.mail.from\0"
                                   "user.mail.date\0user.mail.message_id\0";
 
-static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+static void pop_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	uint32_t id, gen, num;
 	size_t len = sizeof(xattr_names) - 1;
 
+	/* Directories have none. */
 	if (!fs_ino_split(ino, &id, &gen, &num) || num == 0)
 		len = 0;
-	if (size == 0)
-		fuse_reply_xattr(req, len);
-	else if (size < len)
-		fuse_reply_err(req, ERANGE);
-	else
-		fuse_reply_buf(req, xattr_names, len);
+	fs_reply_xattr(req, size, xattr_names, len);
 }
 
-static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
-                        size_t size)
+static void pop_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+                         size_t size)
 {
 	static const struct {
 		const char *attr, *field;
@@ -360,7 +311,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	const char *field = NULL;
 	char *head, *val = NULL;
 	uint32_t id, gen, num;
-	size_t n = 0, len;
+	size_t n = 0;
 	int rc;
 
 	for (size_t i = 0; i < sizeof(map) / sizeof(*map); i++)
@@ -381,26 +332,11 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		val = NULL;
 	free(head);
 	if (rc < 0) {
-		fuse_reply_err(req, ENODATA);
+		fs_reply_fail(req, FS_ERR_XATTR, rc);
 		return;
 	}
-	len = val ? strlen(val) : 0;
-	if (size == 0)
-		fuse_reply_xattr(req, len);
-	else if (size < len)
-		fuse_reply_err(req, ERANGE);
-	else
-		fuse_reply_buf(req, val ? val : "", len);
+	fs_reply_xattr(req, size, val ? val : "", val ? strlen(val) : 0);
 	free(val);
-}
-
-static void op_statfs(fuse_req_t req, fuse_ino_t ino)
-{
-	struct statvfs st = {
-	        .f_bsize = 4096, .f_frsize = 4096, .f_namemax = 255};
-
-	(void)ino;
-	fuse_reply_statfs(req, &st);
 }
 
 /* The inbox is append-only: nothing in it can be changed or removed. */
@@ -410,8 +346,8 @@ static void refuse(fuse_req_t req, const char *what)
 	fuse_reply_err(req, EPERM);
 }
 
-static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
-                     mode_t mode)
+static void pop_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+                      mode_t mode)
 {
 	(void)parent;
 	(void)name;
@@ -419,23 +355,23 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 	refuse(req, "mkdir");
 }
 
-static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+static void pop_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	(void)parent;
 	(void)name;
 	refuse(req, "rm");
 }
 
-static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+static void pop_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	(void)parent;
 	(void)name;
 	refuse(req, "rmdir");
 }
 
-static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
-                      fuse_ino_t newparent, const char *newname,
-                      unsigned int flags)
+static void pop_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+                       fuse_ino_t newparent, const char *newname,
+                       unsigned int flags)
 {
 	(void)parent;
 	(void)name;
@@ -445,8 +381,8 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	refuse(req, "mv");
 }
 
-static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
-                      mode_t mode, struct fuse_file_info *fi)
+static void pop_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+                       mode_t mode, struct fuse_file_info *fi)
 {
 	(void)parent;
 	(void)name;
@@ -455,8 +391,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	refuse(req, "creating a file");
 }
 
-static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
-                       int to_set, struct fuse_file_info *fi)
+static void pop_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+                        int to_set, struct fuse_file_info *fi)
 {
 	(void)ino;
 	(void)attr;
@@ -465,8 +401,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	refuse(req, "changing a message");
 }
 
-static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
-                        const char *value, size_t size, int flags)
+static void pop_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+                         const char *value, size_t size, int flags)
 {
 	(void)ino;
 	(void)name;
@@ -476,7 +412,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	refuse(req, "setfattr");
 }
 
-static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+static void pop_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
 	(void)ino;
 	(void)name;
@@ -484,26 +420,26 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 }
 
 const struct fuse_lowlevel_ops fs_pop_ops = {
-        .lookup = op_lookup,
-        .forget = op_forget,
-        .forget_multi = op_forget_multi,
-        .getattr = op_getattr,
-        .setattr = op_setattr,
-        .opendir = op_opendir,
+        .lookup = pop_lookup,
+        .forget = fs_op_forget,
+        .forget_multi = fs_op_forget_multi,
+        .getattr = pop_getattr,
+        .setattr = pop_setattr,
+        .opendir = pop_opendir,
         .readdir = fs_dirsnap_op_readdir,
         .readdirplus = fs_dirsnap_op_readdirplus,
         .releasedir = fs_dirsnap_op_releasedir,
-        .open = op_open,
-        .read = op_read,
-        .release = op_release,
-        .listxattr = op_listxattr,
-        .getxattr = op_getxattr,
-        .setxattr = op_setxattr,
-        .removexattr = op_removexattr,
-        .statfs = op_statfs,
-        .mkdir = op_mkdir,
-        .unlink = op_unlink,
-        .rmdir = op_rmdir,
-        .rename = op_rename,
-        .create = op_create,
+        .open = pop_open,
+        .read = pop_read,
+        .release = pop_release,
+        .listxattr = pop_listxattr,
+        .getxattr = pop_getxattr,
+        .setxattr = pop_setxattr,
+        .removexattr = pop_removexattr,
+        .statfs = fs_op_statfs,
+        .mkdir = pop_mkdir,
+        .unlink = pop_unlink,
+        .rmdir = pop_rmdir,
+        .rename = pop_rename,
+        .create = pop_create,
 };

@@ -22,8 +22,8 @@
 #include "fs/net/sync.h"
 #include "proto/pop3.h"
 
-/* The INBOX directory's mailbox id in inode numbers (fs/imap/tree.h). */
-#define FS_POP_INBOX_ID 1u
+/* Inode numbers of INBOX and its messages: fs_ino_pop_inbox() and
+ * fs_ino_pop_msg() (fs/ino.h). */
 
 struct fs_pop;
 

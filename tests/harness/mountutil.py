@@ -379,3 +379,22 @@ def install_signal_handlers():
     hooks, exit 128 + signal."""
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, _on_signal)
+
+
+def spoil_big_body(cache_dir):
+    """Damage the one long body of the cache of an unmounted mount: its
+    record in body_big becomes one byte of an unknown version, which the
+    cache cannot decode (the bytes of its pieces stay).  Needs mdb_dump and
+    mdb_load (lmdb-utils).  Returns the record's key (hex)."""
+    out = subprocess.run(['mdb_dump', '-s', 'body_big', cache_dir],
+                         capture_output=True, check=True, timeout=30).stdout
+    body = out.split(b'HEADER=END\n', 1)[1].split(b'DATA=END', 1)[0]
+    keys = [ln[1:] for ln in body.split(b'\n') if ln.startswith(b' ')][0::2]
+    if len(keys) != 1:
+        raise AssertionError('%d long bodies in %s, expected one' % (len(keys), cache_dir))
+    key = keys[0].decode()
+    dump = ('VERSION=3\nformat=bytevalue\ndatabase=body_big\ntype=btree\n'
+            'HEADER=END\n %s\n ff\nDATA=END\n' % key).encode()
+    subprocess.run(['mdb_load', '-s', 'body_big', cache_dir], input=dump,
+                   check=True, timeout=30)
+    return key
