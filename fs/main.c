@@ -119,6 +119,7 @@ static int get_secret(struct mailfs *fs, struct proto_err *err)
 		if (rc < 0 && strncmp(err->text, "command: ", 9) == 0) {
 			struct proto_err e = *err;
 
+			proto_err_clear(err);
 			proto_err_set(err, e.cls, rc, "%s: %s",
 			              kind == LOGIN_OAUTH2 ? "oauth2_cmd"
 			                                   : "passcmd",
@@ -182,6 +183,7 @@ struct startup {
 	bool daemon;            /* this is the child of start_background() */
 	enum log_target bg_log; /* the log of the background process */
 	bool keep_stderr;       /* it logs to standard error: keep it */
+	bool no_syslog;         /* it logs to syslog, and there is none */
 };
 
 /* A start-up failure or warning: on the standard error the user sees
@@ -308,6 +310,11 @@ static void startup_end(struct startup *st, int ret)
 
 	if (st->fd < 0)
 		return;
+	if (ret == 0 && st->no_syslog)
+		fprintf(stderr,
+		        "mailfs: warning: no syslog on this machine "
+		        "(/dev/log): what mailfs logs in the background "
+		        "is lost; use -o log=FILE\n");
 	if (ret == 0) {
 		fd = open("/dev/null", O_RDWR);
 		if (fd >= 0) {
@@ -326,6 +333,25 @@ static void startup_end(struct startup *st, int ret)
 	st->fd = -1;
 }
 
+/* Create the missing directories above path (0700), as for the cache. */
+static int make_parents(const char *path)
+{
+	char *p = strdup(path), *s;
+	int rc = 0;
+
+	if (p == NULL)
+		return -ENOMEM;
+	for (s = strchr(p + 1, '/'); s != NULL && rc == 0;
+	     s = strchr(s + 1, '/')) {
+		*s = '\0';
+		if (mkdir(p, 0700) != 0 && errno != EEXIST)
+			rc = -errno;
+		*s = '/';
+	}
+	free(p);
+	return rc;
+}
+
 /* ------------------------------------------------------------------ */
 /* Where messages go: -o log=, else stderr in the foreground, else the
  * journal when systemd gave us one, else syslog.  Returns -1 (after
@@ -342,7 +368,9 @@ static int choose_log(const struct fs_options *o, bool foreground,
 		st->bg_log = LOG_TARGET_SYSLOG;
 		log_set_target(LOG_TARGET_SYSLOG);
 	} else if (o->log != NULL) {
-		rc = log_open_file(o->log);
+		rc = make_parents(o->log);
+		if (rc == 0)
+			rc = log_open_file(o->log);
 		if (rc < 0) {
 			fprintf(stderr, "mailfs: log=%s: %s\n", o->log,
 			        strerror(-rc));
@@ -356,11 +384,7 @@ static int choose_log(const struct fs_options *o, bool foreground,
 		st->keep_stderr = true;
 	} else {
 		st->bg_log = LOG_TARGET_SYSLOG;
-		if (access("/dev/log", F_OK) != 0)
-			fprintf(stderr,
-			        "mailfs: warning: no syslog on this machine "
-			        "(/dev/log): what mailfs logs once it runs in "
-			        "the background is lost; use -o log=FILE\n");
+		st->no_syslog = access("/dev/log", F_OK) != 0;
 	}
 	return 0;
 }

@@ -18,6 +18,7 @@ struct repeat {
 	char *text; /* owned; NULL: a free slot */
 	int level;
 	int64_t shown_ms; /* when it was last written */
+	uint64_t seq;     /* order of writing: the lowest goes first */
 	unsigned count;   /* repeats since then, not written */
 };
 
@@ -27,6 +28,7 @@ static bool syslog_open;
 static int log_fd = -1;
 static unsigned repeat_window_s = 600;
 static struct repeat repeats[REPEAT_SLOTS];
+static uint64_t repeat_seq;
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *const names[] = {
@@ -182,7 +184,7 @@ static bool repeated(int level, const char *text)
 		}
 		if (r->level == level && strcmp(r->text, text) == 0)
 			break;
-		if (oldest == NULL || r->shown_ms < oldest->shown_ms)
+		if (oldest == NULL || r->seq < oldest->seq)
 			oldest = r;
 	}
 	if (i < REPEAT_SLOTS) {
@@ -195,6 +197,7 @@ static bool repeated(int level, const char *text)
 		else
 			emit(level, text);
 		r->shown_ms = now;
+		r->seq = ++repeat_seq;
 		r->count = 0;
 		return true;
 	}
@@ -207,6 +210,7 @@ static bool repeated(int level, const char *text)
 	r->text = strdup(text);
 	r->level = level;
 	r->shown_ms = now;
+	r->seq = ++repeat_seq;
 	r->count = 0;
 	return false;
 }
