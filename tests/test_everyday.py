@@ -311,6 +311,36 @@ class IdentityAndLogs(Test):
                          % (url, re.escape(m.mountpoint)))
         self.assertEqual(os.stat(log).st_mode & 0o777, 0o600)
 
+    def test_journal_stream(self):
+        """Under systemd (JOURNAL_STREAM names standard error), the
+        background process keeps logging there, "<PRIORITY>text"."""
+        mnt, cache = fresh('journal')
+        m = mountutil.Mount(dc, mnt, cache)
+        self.addCleanup(m.unmount)
+        err_path = os.path.join(os.path.dirname(mnt), 'journal')
+        with open(err_path, 'wb') as err:
+            st = os.fstat(err.fileno())
+            env = dict(os.environ, JOURNAL_STREAM='%d:%d' % (st.st_dev, st.st_ino))
+            r = subprocess.run(m.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=err, timeout=RUN_TIMEOUT, env=env)
+        self.assertEqual(r.returncode, 0)
+        m.mounted = mountutil.is_mounted(mnt)
+        self.assertTrue(m.mounted)
+        mountutil._active.append(m)
+        os.listdir(os.path.join(mnt, 'INBOX'))
+        m.unmount()
+        deadline = time.monotonic() + 10
+        text = ''
+        while time.monotonic() < deadline and 'unmounted' not in text:
+            time.sleep(0.1)
+            with open(err_path) as f:
+                text = f.read()
+        self.assertRegex(text, r'(?m)^<6>mounted %s \(%s\) on %s$' % (
+            re.escape(m.url), re.escape(m.url), re.escape(m.mountpoint)))
+        self.assertRegex(text, r'(?m)^<6>unmounted %s from %s$' % (
+            re.escape(m.url), re.escape(m.mountpoint)))
+        self.assertNotIn('no syslog', text)
+
     def test_log_stderr_in_foreground_and_bad_log_file(self):
         mnt, cache = fresh('badlog')
         m = mountutil.Mount(dc, mnt, cache, options=['log=/proc/nonexistent/x.log'])
