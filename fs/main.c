@@ -377,11 +377,14 @@ static int choose_log(const struct fs_options *o, bool foreground,
 			return -1;
 		}
 		st->bg_log = LOG_TARGET_FILE;
-	} else if (foreground) {
-		st->bg_log = LOG_TARGET_STDERR;
 	} else if (log_stderr_is_journal()) {
+		/* Under systemd, also with -f: lines with their priority. */
+		if (foreground)
+			log_set_target(LOG_TARGET_JOURNAL);
 		st->bg_log = LOG_TARGET_JOURNAL;
 		st->keep_stderr = true;
+	} else if (foreground) {
+		st->bg_log = LOG_TARGET_STDERR;
 	} else {
 		st->bg_log = LOG_TARGET_SYSLOG;
 		st->no_syslog = access("/dev/log", F_OK) != 0;
