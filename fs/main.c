@@ -30,12 +30,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fs/cmd.h"
+#include "fs/config.h"
+#include "fs/imap/newfile.h"
 #include "fs/inval.h"
 #include "fs/mailfs.h"
-#include "fs/imap/newfile.h"
-#include "fs/pop/poller.h"
+#include "fs/mixing.h"
 #include "fs/net/sync.h"
 #include "fs/net/watch.h"
+#include "fs/pop/poller.h"
 #include "proto/cred.h"
 #include "proto/log.h"
 
@@ -113,6 +116,15 @@ static int get_secret(struct mailfs *fs, struct proto_err *err)
 	}
 	if (cmd != NULL) {
 		rc = cred_from_cmd(cmd, &secret, err);
+		if (rc < 0 && strncmp(err->text, "command: ", 9) == 0) {
+			struct proto_err e = *err;
+
+			proto_err_clear(err);
+			proto_err_set(err, e.cls, rc, "%s: %s",
+			              kind == LOGIN_OAUTH2 ? "oauth2_cmd"
+			                                   : "passcmd",
+			              e.text + 9);
+		}
 	} else if (fs->opts.password_stdin) {
 		rc = cred_from_stdin(&secret, err);
 	} else {
@@ -128,42 +140,6 @@ static int get_secret(struct mailfs *fs, struct proto_err *err)
 	if (rc < 0)
 		return proto_err_set(err, PERR_LOCAL, rc, "out of memory");
 	return 0;
-}
-
-/* Deleting from a POP3 maildrop also deletes from the IMAP view of the
- * same account: say so once, if that account is mounted over IMAP too. */
-static void warn_pop_keep(struct mailfs *fs)
-{
-	struct account_url imap = fs->url;
-	char *name = NULL, *dir = NULL, *path, *slash;
-	struct stat st;
-
-	if (fs->opts.pop_keep_days < 0)
-		return;
-	imap.proto = URL_IMAP;
-	imap.port = URL_PORT_IMAPS;
-	imap.port_explicit = false;
-	snprintf(imap.port_str, sizeof(imap.port_str), "%u", URL_PORT_IMAPS);
-	if (url_cache_name(&imap, &name) < 0 ||
-	    (dir = strdup(fs->cache_path)) == NULL)
-		goto out;
-	slash = strrchr(dir, '/');
-	if (slash != NULL)
-		*slash = '\0';
-	if (slash != NULL && asprintf(&path, "%s/%s", dir, name) >= 0) {
-		if (stat(path, &st) == 0)
-			fprintf(stderr,
-			        "mailfs: warning: %s@%s is also cached over "
-			        "IMAP (%s); with pop_keep=%ld, messages "
-			        "deleted from the POP3 maildrop vanish for "
-			        "IMAP clients too\n",
-			        fs->url.user, fs->url.host, path,
-			        fs->opts.pop_keep_days);
-		free(path);
-	}
-out:
-	free(name);
-	free(dir);
 }
 
 static bool unreachable(const struct proto_err *err)
@@ -203,8 +179,11 @@ static void server_back(void *ctx)
 extern char **environ;
 
 struct startup {
-	int fd;      /* write end of the status pipe; -1: none */
-	bool daemon; /* this is the child of start_background() */
+	int fd;                 /* write end of the status pipe; -1: none */
+	bool daemon;            /* this is the child of start_background() */
+	enum log_target bg_log; /* the log of the background process */
+	bool keep_stderr;       /* it logs to standard error: keep it */
+	bool no_syslog;         /* it logs to syslog, and there is none */
 };
 
 /* A start-up failure or warning: on the standard error the user sees
@@ -316,7 +295,7 @@ static int start_background(struct startup *st, const char *mnt)
 	setsid();
 	if (chdir("/") != 0)
 		return -1;
-	log_use_syslog(true);
+	log_set_target(st->bg_log);
 	return 0;
 }
 
@@ -331,12 +310,18 @@ static void startup_end(struct startup *st, int ret)
 
 	if (st->fd < 0)
 		return;
+	if (ret == 0 && st->no_syslog)
+		fprintf(stderr,
+		        "mailfs: warning: no syslog on this machine "
+		        "(/dev/log): what mailfs logs in the background "
+		        "is lost; use -o log=FILE\n");
 	if (ret == 0) {
 		fd = open("/dev/null", O_RDWR);
 		if (fd >= 0) {
 			dup2(fd, 0);
 			dup2(fd, 1);
-			dup2(fd, 2);
+			if (!st->keep_stderr)
+				dup2(fd, 2);
 			if (fd > 2)
 				close(fd);
 		}
@@ -348,10 +333,193 @@ static void startup_end(struct startup *st, int ret)
 	st->fd = -1;
 }
 
-int main(int argc, char *argv[])
+/* Create the missing directories above path (0700), as for the cache. */
+static int make_parents(const char *path)
+{
+	char *p = strdup(path), *s;
+	int rc = 0;
+
+	if (p == NULL)
+		return -ENOMEM;
+	for (s = strchr(p + 1, '/'); s != NULL && rc == 0;
+	     s = strchr(s + 1, '/')) {
+		*s = '\0';
+		if (mkdir(p, 0700) != 0 && errno != EEXIST)
+			rc = -errno;
+		*s = '/';
+	}
+	free(p);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Where messages go: -o log=, else stderr in the foreground, else the
+ * journal when systemd gave us one, else syslog.  Returns -1 (after
+ * saying why) when the log file cannot be opened. */
+static int choose_log(const struct fs_options *o, bool foreground,
+                      struct startup *st)
+{
+	int rc;
+
+	if (o->log != NULL && strcmp(o->log, "stderr") == 0) {
+		st->bg_log = LOG_TARGET_STDERR;
+		st->keep_stderr = true;
+	} else if (o->log != NULL && strcmp(o->log, "syslog") == 0) {
+		st->bg_log = LOG_TARGET_SYSLOG;
+		log_set_target(LOG_TARGET_SYSLOG);
+	} else if (o->log != NULL) {
+		rc = make_parents(o->log);
+		if (rc == 0)
+			rc = log_open_file(o->log);
+		if (rc < 0) {
+			fprintf(stderr, "mailfs: log=%s: %s\n", o->log,
+			        strerror(-rc));
+			return -1;
+		}
+		st->bg_log = LOG_TARGET_FILE;
+	} else if (log_stderr_is_journal()) {
+		/* Under systemd, also with -f: lines with their priority. */
+		if (foreground)
+			log_set_target(LOG_TARGET_JOURNAL);
+		st->bg_log = LOG_TARGET_JOURNAL;
+		st->keep_stderr = true;
+	} else if (foreground) {
+		st->bg_log = LOG_TARGET_STDERR;
+	} else {
+		st->bg_log = LOG_TARGET_SYSLOG;
+		st->no_syslog = access("/dev/log", F_OK) != 0;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Named accounts (fs/config.h). */
+
+/* The index in argv of the first plain argument, as fuse_opt_parse()
+ * sees it, or -1. */
+static int first_plain_arg(int argc, char **argv)
+{
+	bool plain = false;
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		if (plain)
+			return i;
+		if (strcmp(argv[i], "--") == 0) {
+			plain = true;
+		} else if (argv[i][0] == '-' && argv[i][1] != '\0') {
+			if (strcmp(argv[i], "-o") == 0)
+				i++;
+		} else {
+			return i;
+		}
+	}
+	return -1;
+}
+
+static int load_config(struct fs_config **cfg_r)
+{
+	char *path = NULL, why[1024];
+	int rc = fs_config_default_path(&path);
+
+	if (rc < 0) {
+		fprintf(stderr, "mailfs: no configuration file: no home "
+		                "directory known (set XDG_CONFIG_HOME)\n");
+		return rc;
+	}
+	rc = fs_config_load(path, cfg_r, why, sizeof(why));
+	if (rc == -ENOENT)
+		fprintf(stderr, "mailfs: no configuration file %s\n", path);
+	else if (rc < 0)
+		fprintf(stderr, "mailfs: %s\n", why);
+	free(path);
+	return rc;
+}
+
+/* The command line of a mount of account NAME: its options first (the
+ * command line's come after them and win), NAME replaced by its URL, its
+ * mount point added if none was given.  *argv_r is a new array whose
+ * strings are borrowed from argv and a. */
+static int account_argv(const struct fs_account *a, int argc, char **argv,
+                        int at, bool have_mnt, int *argc_r, char ***argv_r)
+{
+	char **out = calloc((size_t)argc + 4, sizeof(*out));
+	int n = 0, i;
+
+	if (out == NULL)
+		return -ENOMEM;
+	out[n++] = argv[0];
+	if (a->options != NULL) {
+		out[n++] = "-o";
+		out[n++] = a->options;
+	}
+	for (i = 1; i < argc; i++)
+		out[n++] = i == at ? a->url : argv[i];
+	if (!have_mnt)
+		out[n++] = a->mountpoint;
+	out[n] = NULL;
+	*argc_r = n;
+	*argv_r = out;
+	return 0;
+}
+
+/* mailfs --list */
+static int list_accounts(void)
+{
+	struct fs_config *cfg = NULL;
+	size_t i;
+
+	if (load_config(&cfg) < 0)
+		return 1;
+	printf("# %s\n", cfg->path);
+	for (i = 0; i < cfg->n; i++) {
+		const struct fs_account *a = &cfg->accounts[i];
+
+		printf("%-12s %-44s %s%s\n", a->name, a->url,
+		       a->mountpoint ? a->mountpoint : "-",
+		       a->mountpoint && mount_listed(a->mountpoint)
+		               ? "  (mounted)"
+		               : "");
+	}
+	fs_config_free(&cfg);
+	return 0;
+}
+
+/* mailfs --unmount NAME|MOUNTPOINT: fusermount3 -u of the account's
+ * mount point (or of the directory given). */
+static int unmount_account(const char *what)
+{
+	struct fs_account *a = NULL;
+	char *argv[] = {"fusermount3", "-u", "--", NULL, NULL};
+	int rc = fs_config_find(what, &a);
+
+	if (rc < 0 && rc != -ENOENT)
+		return 1;
+	if (a != NULL && a->mountpoint == NULL) {
+		fprintf(stderr, "mailfs: account %s has no mountpoint\n",
+		        a->name);
+		fs_account_free(&a);
+		return 1;
+	}
+	if (a == NULL && strchr(what, '/') == NULL) {
+		fprintf(stderr, "mailfs: no account %s\n", what);
+		return 1;
+	}
+	argv[3] = a != NULL ? a->mountpoint : (char *)what;
+	fflush(NULL);
+	execvp(argv[0], argv);
+	fprintf(stderr, "mailfs: cannot run fusermount3: %s\n",
+	        strerror(errno));
+	fs_account_free(&a);
+	return 1;
+}
+
+static int mount_main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cmd = {0};
+	struct fs_account *acct = NULL;
+	char **acct_argv = NULL, *mount_opts = NULL, *source = NULL;
 	struct fuse_loop_config *loop = NULL;
 	struct imap_client *first = NULL;
 	struct pop3_client *first_pop = NULL;
@@ -370,6 +538,59 @@ int main(int argc, char *argv[])
 	mallopt(M_ARENA_MAX, 2);
 	if (fs_options_parse(&args, &fs.opts) != 0)
 		goto out_args;
+	if (fs.opts.list) {
+		ret = list_accounts();
+		goto out_args;
+	}
+	if (fs.opts.unmount) {
+		if (fs.opts.account == NULL) {
+			fprintf(stderr, "usage: mailfs --unmount "
+			                "NAME|MOUNTPOINT\n");
+			goto out_args;
+		}
+		ret = unmount_account(fs.opts.account);
+		goto out_args;
+	}
+	/* Not a URL: the name of an account of the configuration file. */
+	if (fs.opts.account != NULL && strstr(fs.opts.account, "://") == NULL) {
+		struct fs_config *cfg = NULL;
+		const struct fs_account *a;
+		bool have_mnt = fs.opts.mountpoint != NULL;
+		int n;
+
+		if (load_config(&cfg) < 0)
+			goto out_args;
+		a = fs_config_get(cfg, fs.opts.account);
+		if (a == NULL) {
+			fprintf(stderr,
+			        "mailfs: %s: not an account URL, and no account "
+			        "of that name in %s (mailfs --list)\n",
+			        fs.opts.account, cfg->path);
+			fs_config_free(&cfg);
+			goto out_args;
+		}
+		if (!have_mnt && a->mountpoint == NULL) {
+			fprintf(stderr,
+			        "mailfs: account %s has no mountpoint in %s: "
+			        "give one (mailfs %s MOUNTPOINT)\n",
+			        a->name, cfg->path, a->name);
+			fs_config_free(&cfg);
+			goto out_args;
+		}
+		acct = fs_account_dup(a);
+		fs_config_free(&cfg);
+		if (acct == NULL ||
+		    account_argv(acct, argc, argv, first_plain_arg(argc, argv),
+		                 have_mnt, &n, &acct_argv) < 0) {
+			fprintf(stderr, "mailfs: out of memory\n");
+			goto out_args;
+		}
+		fs_options_free(&fs.opts);
+		fuse_opt_free_args(&args);
+		args = (struct fuse_args)FUSE_ARGS_INIT(n, acct_argv);
+		if (fs_options_parse(&args, &fs.opts) != 0)
+			goto out_args;
+	}
 	if (fuse_parse_cmdline(&args, &cmd) != 0)
 		goto out_args;
 	if (cmd.show_help) {
@@ -387,12 +608,19 @@ int main(int argc, char *argv[])
 		goto out_args;
 	}
 	if (fs.opts.account == NULL || cmd.mountpoint == NULL) {
-		fprintf(stderr, "usage: mailfs [options] ACCOUNT MOUNTPOINT "
+		fprintf(stderr, "usage: mailfs [options] ACCOUNT MOUNTPOINT, "
+		                "or mailfs [options] NAME [MOUNTPOINT] "
 		                "(mailfs -h for help)\n");
 		goto out_args;
 	}
 	if (cmd.debug)
 		log_set_level(LOG_DEBUG);
+	/* The mount's source, as mount, findmnt and df show it. */
+	source = strdup(fs.opts.fsname ? fs.opts.fsname
+	                : acct         ? acct->name
+	                               : fs.opts.account);
+	if (source == NULL)
+		goto out_args;
 	if (url_parse(fs.opts.account, &fs.url, &err) < 0) {
 		fprintf(stderr, "mailfs: %s\n", err.text);
 		goto out_args;
@@ -403,6 +631,8 @@ int main(int argc, char *argv[])
 	/* Absolute now: in the background the working directory is "/". */
 	if (fs_options_absolute(&fs.opts,
 	                        getcwd(start_dir, sizeof(start_dir))) != 0)
+		goto out_args;
+	if (choose_log(&fs.opts, cmd.foreground, &st) != 0)
 		goto out_args;
 	/* passcmd and oauth2_cmd run again later, from "/": in this
 	 * directory still. */
@@ -435,8 +665,7 @@ int main(int argc, char *argv[])
 	fs.pop3.tls = fs.url.implicit_tls ? POP3_TLS_IMPLICIT
 	              : fs.opts.notls     ? POP3_TLS_NONE
 	                                  : POP3_TLS_STLS;
-	if (fs.is_pop)
-		warn_pop_keep(&fs);
+	fs_mixing_warn(&fs, stderr);
 
 	if (fs.opts.offline) {
 		if (!cache_exists(fs.cache_path)) {
@@ -487,8 +716,19 @@ int main(int argc, char *argv[])
 		login_set_reporting(fs.login, true);
 
 	/* The kernel checks permissions from the modes we report. */
-	fuse_opt_add_arg(&args, "-odefault_permissions,fsname=mailfs,"
-	                        "subtype=mailfs");
+	{
+		char *kv = NULL;
+
+		if (asprintf(&kv, "fsname=%s", source) < 0)
+			goto out_conn;
+		rc = fuse_opt_add_opt(&mount_opts, "-odefault_permissions,"
+		                                   "subtype=mailfs");
+		if (rc == 0)
+			rc = fuse_opt_add_opt_escaped(&mount_opts, kv);
+		free(kv);
+		if (rc != 0 || fuse_opt_add_arg(&args, mount_opts) != 0)
+			goto out_conn;
+	}
 	if (fs.is_pop)
 		fs.se = fuse_session_new(&args, &fs_pop_ops, sizeof(fs_pop_ops),
 		                         &fs);
@@ -550,8 +790,7 @@ int main(int argc, char *argv[])
 			log_warn("cannot start the invalidation thread: the "
 			         "kernel learns of changes when its caches "
 			         "expire");
-		if (fs_sync_start(&fs, first, server_back, &fs, &fs.sync) <
-		    0) {
+		if (fs_sync_start(&fs, first, server_back, &fs, &fs.sync) < 0) {
 			say(&st, LOG_ERR, "cannot start the network side");
 			goto out_tree;
 		}
@@ -572,7 +811,9 @@ int main(int argc, char *argv[])
 			    "cannot start the uploader: new files are "
 			    "uploaded at their last release only");
 	}
-	log_info("mounted %s on %s", fs.opts.account, cmd.mountpoint);
+	fs_mixing_register(&fs);
+	log_info("mounted %s (%s) on %s", source, fs.opts.account,
+	         cmd.mountpoint);
 
 	if (cmd.singlethread) {
 		startup_end(&st, 0);
@@ -593,6 +834,11 @@ int main(int argc, char *argv[])
 	 * mount table too, it was unmounted (not aborted): no file of the
 	 * mount can still be open. */
 	unmounted = ret == 0 && !mount_listed(cmd.mountpoint);
+	if (unmounted)
+		log_info("unmounted %s from %s", source, cmd.mountpoint);
+	else
+		log_info("stopped serving %s on %s%s", source, cmd.mountpoint,
+		         ret != 0 ? " (the session failed)" : "");
 	ret = ret != 0 ? 1 : 0;
 out_sync:
 	fs_watch_stop(fs.watch);
@@ -603,6 +849,8 @@ out_sync:
 	fs_watch_free(&fs.watch);
 	fs_pop_stop(&fs.pop);
 	imap_pace_report(&fs.pace);
+	fs_mixing_unregister();
+	log_flush_repeats();
 out_tree:
 	fs_inval_stop(&fs.inval);
 	fs_newfiles_free(&fs.newfiles);
@@ -628,6 +876,19 @@ out_args:
 	fs_options_free(&fs.opts);
 	free(cmd.mountpoint);
 	fuse_opt_free_args(&args);
+	free(acct_argv);
+	fs_account_free(&acct);
+	free(mount_opts);
+	free(source);
 	imap_pace_destroy(&fs.pace);
 	return ret;
+}
+
+int main(int argc, char *argv[])
+{
+	if (argc >= 2 && strcmp(argv[1], "status") == 0)
+		return fs_cmd_status(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "fetch") == 0)
+		return fs_cmd_fetch(argc - 1, argv + 1);
+	return mount_main(argc, argv);
 }

@@ -11,6 +11,7 @@
 enum {
 	KEY_DISCARD,
 	KEY_RO,
+	KEY_FSNAME,
 };
 
 #define OPT(t, p)                                                              \
@@ -28,10 +29,16 @@ static const struct fuse_opt fs_opts[] = {
         OPT("offline", offline),
         OPT("delete=%s", delete_str),
         OPT("pop_keep=%s", pop_keep),
-        OPT("poll=%u", poll),
+        OPT("poll=%s", poll_str),
         OPT("mark_seen", mark_seen),
-        OPT("connections=%u", connections),
-        OPT("timeout=%u", timeout),
+        OPT("connections=%s", connections_str),
+        OPT("timeout=%s", timeout_str),
+        OPT("log=%s", log),
+        OPT("--list", list),
+        OPT("--unmount", unmount),
+        /* The mount's source: ours to set (fs/main.c), so that a default
+         * of ours never overrides the user's. */
+        FUSE_OPT_KEY("fsname=", KEY_FSNAME),
         /* fstab noise: accepted and ignored so that an fstab line works. */
         FUSE_OPT_KEY("_netdev", KEY_DISCARD),
         FUSE_OPT_KEY("noauto", KEY_DISCARD),
@@ -54,16 +61,46 @@ static int opt_proc(void *data, const char *arg, int key,
 	switch (key) {
 	case KEY_DISCARD: return 0;
 	case KEY_RO: o->ro = 1; return 1;
+	case KEY_FSNAME:
+		free(o->fsname);
+		o->fsname = strdup(arg + strlen("fsname="));
+		return o->fsname ? 0 : -1;
 	case FUSE_OPT_KEY_NONOPT:
 		/* The first plain argument is the account; the second, the
-		 * mount point, is left for fuse_parse_cmdline(). */
+		 * mount point, is left for fuse_parse_cmdline() too. */
 		if (o->account == NULL) {
 			o->account = strdup(arg);
 			return o->account ? 0 : -1;
 		}
+		if (o->mountpoint == NULL) {
+			o->mountpoint = strdup(arg);
+			return o->mountpoint ? 1 : -1;
+		}
 		return 1;
 	default: return 1;
 	}
+}
+
+/* A decimal number in [min, max], or the default when not given. */
+static int number(const char *name, const char *s, unsigned min, unsigned max,
+                  unsigned *out)
+{
+	unsigned long v;
+	char *end;
+
+	if (s == NULL)
+		return 0;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (s[0] < '0' || s[0] > '9' || *end != '\0' || errno != 0 || v < min ||
+	    v > max) {
+		fprintf(stderr,
+		        "mailfs: %s=%s: expected a number from %u to %u\n",
+		        name, s, min, max);
+		return -EINVAL;
+	}
+	*out = (unsigned)v;
+	return 0;
 }
 
 int fs_options_parse(struct fuse_args *args, struct fs_options *o)
@@ -74,6 +111,16 @@ int fs_options_parse(struct fuse_args *args, struct fs_options *o)
 	o->timeout = 30;
 	if (fuse_opt_parse(args, o, fs_opts, opt_proc) != 0)
 		return -EINVAL;
+	if (number("poll", o->poll_str, 1, 86400, &o->poll) < 0 ||
+	    number("connections", o->connections_str, 1, 16, &o->connections) <
+	            0 ||
+	    number("timeout", o->timeout_str, 1, 3600, &o->timeout) < 0)
+		return -EINVAL;
+	if (o->log != NULL && o->log[0] == '\0') {
+		fprintf(stderr, "mailfs: log=: expected syslog, stderr or a "
+		                "file\n");
+		return -EINVAL;
+	}
 
 	if (o->delete_str == NULL || strcmp(o->delete_str, "trash") == 0)
 		o->delete_mode = FS_DELETE_TRASH;
@@ -104,15 +151,6 @@ int fs_options_parse(struct fuse_args *args, struct fs_options *o)
 			return -EINVAL;
 		}
 	}
-	if (o->poll == 0)
-		o->poll = 1;
-	if (o->connections == 0 || o->connections > 16) {
-		fprintf(stderr, "mailfs: connections=%u: expected 1 to 16\n",
-		        o->connections);
-		return -EINVAL;
-	}
-	if (o->timeout == 0)
-		o->timeout = 1;
 	if (!!o->passcmd + !!o->password_stdin + !!o->oauth2_cmd > 1) {
 		fprintf(stderr, "mailfs: give only one of passcmd, "
 		                "password_stdin and oauth2_cmd\n");
@@ -148,6 +186,9 @@ int fs_options_absolute(struct fs_options *o, const char *start_dir)
 
 	if (rc == 0)
 		rc = make_absolute(&o->cache_dir, "cache_dir", start_dir);
+	if (rc == 0 && o->log != NULL && strcmp(o->log, "syslog") != 0 &&
+	    strcmp(o->log, "stderr") != 0)
+		rc = make_absolute(&o->log, "log", start_dir);
 	return rc;
 }
 
@@ -187,16 +228,27 @@ void fs_options_free(struct fs_options *o)
 	free(o->cache_dir);
 	free(o->delete_str);
 	free(o->pop_keep);
+	free(o->log);
+	free(o->fsname);
+	free(o->mountpoint);
+	free(o->poll_str);
+	free(o->connections_str);
+	free(o->timeout_str);
 	memset(o, 0, sizeof(*o));
 }
 
 void fs_options_help(void)
 {
 	printf("usage: mailfs [options] ACCOUNT MOUNTPOINT\n"
+	       "       mailfs [options] NAME [MOUNTPOINT]\n"
+	       "       mailfs --list | --unmount NAME|MOUNTPOINT\n"
+	       "       mailfs status [NAME|MOUNTPOINT] | fetch PATH\n"
 	       "\n"
 	       "ACCOUNT is imaps://USER@HOST[:PORT], imap://USER@HOST[:PORT] "
 	       "(STARTTLS),\n"
 	       "pop3s://USER@HOST[:PORT] or pop3://USER@HOST[:PORT] (STLS).\n"
+	       "NAME is an account of ~/.config/mailfs/config (see "
+	       "mailfs(1)).\n"
 	       "\n"
 	       "Paths in options are relative to the current directory.\n"
 	       "\n"
@@ -219,5 +271,10 @@ void fs_options_help(void)
 	       "    -o mark_seen           reading sets \\Seen\n"
 	       "    -o connections=N       parallel IMAP connections (3)\n"
 	       "    -o timeout=SECONDS     bound on every network wait (30)\n"
+	       "    -o log=syslog|stderr|FILE   where messages go (default:\n"
+	       "                           stderr with -f, else the journal\n"
+	       "                           under systemd, else syslog)\n"
+	       "    -o fsname=NAME         the mount's source (default: the\n"
+	       "                           account name or URL)\n"
 	       "\n");
 }

@@ -242,6 +242,29 @@ static int authenticate(struct imap_client *c, const struct imap_config *cfg,
 	return 0;
 }
 
+/* A server that says nothing for a while after connecting may be
+ * waiting for a TLS handshake (an implicit-TLS port, 993): ask it on a
+ * connection of its own, so that the user hears "use imaps://" within a
+ * second or two instead of a timeout. */
+static int tls_port_hint(struct net_conn *net, const struct imap_config *cfg,
+                         struct proto_err *err)
+{
+	int wait = net_get_timeout(net) < TLS_HINT_AFTER_MS
+	                   ? net_get_timeout(net)
+	                   : TLS_HINT_AFTER_MS;
+	int rc = net_fill_wait(net, wait, err);
+
+	if (rc != 0)
+		return rc < 0 ? rc : 0;
+	if (net_probe_tls(cfg->host, cfg->port, TLS_HINT_PROBE_MS) != 1)
+		return 0;
+	return proto_err_set(
+	        err, PERR_PROTOCOL, -EPROTO,
+	        "%s port %s expects TLS from the first byte, not "
+	        "plain IMAP: use imaps:// (the usual imaps port is 993)",
+	        cfg->host, cfg->port);
+}
+
 int imap_connect(struct imap_client **client_r, const struct imap_config *cfg,
                  struct proto_err *err)
 {
@@ -260,6 +283,11 @@ int imap_connect(struct imap_client **client_r, const struct imap_config *cfg,
 		goto fail;
 	if (cfg->tls == IMAP_TLS_IMPLICIT) {
 		rc = net_start_tls(c->net, &tls, err);
+		if (rc < 0)
+			goto fail;
+	}
+	if (cfg->tls != IMAP_TLS_IMPLICIT) {
+		rc = tls_port_hint(c->net, cfg, err);
 		if (rc < 0)
 			goto fail;
 	}

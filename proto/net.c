@@ -398,6 +398,48 @@ nomem:
 	                     "cannot set up TLS: out of memory");
 }
 
+int net_probe_tls(const char *host, const char *port, int timeout_ms)
+{
+	int64_t deadline = now_ms() + timeout_ms;
+	struct proto_err e = {0};
+	struct net_conn *c = NULL;
+	int ret = 0, wrc = 0;
+
+	if (net_connect(&c, host, port, timeout_ms, &e) < 0)
+		return e.code == -ENOMEM ? -ENOMEM : 0;
+	c->ctx = SSL_CTX_new(TLS_client_method());
+	if (c->ctx != NULL) {
+		SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL);
+		c->ssl = SSL_new(c->ctx);
+	}
+	if (c->ssl == NULL || SSL_set_fd(c->ssl, c->fd) != 1) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	SSL_set_tlsext_host_name(c->ssl, host);
+	while (wrc == 0) {
+		int rc = SSL_connect(c->ssl);
+
+		if (rc == 1) {
+			ret = 1;
+			break;
+		}
+		switch (SSL_get_error(c->ssl, rc)) {
+		case SSL_ERROR_WANT_READ:
+			wrc = wait_fd(c->fd, POLLIN, deadline);
+			break;
+		case SSL_ERROR_WANT_WRITE:
+			wrc = wait_fd(c->fd, POLLOUT, deadline);
+			break;
+		default: wrc = -EPROTO; break;
+		}
+	}
+out:
+	ERR_clear_error();
+	net_close(&c);
+	return ret;
+}
+
 void net_set_timeout(struct net_conn *c, int timeout_ms)
 {
 	c->timeout_ms = timeout_ms;

@@ -40,6 +40,21 @@ int net_connect(struct net_conn **conn_r, const char *host, const char *port,
 int net_start_tls(struct net_conn *c, const struct net_tls_opts *opts,
                   struct proto_err *err);
 
+/* Does host:port speak TLS from the first byte?  A connection of its own
+ * sends a TLS ClientHello and waits at most timeout_ms for the handshake
+ * to complete (the certificate is not checked: nothing is sent over it;
+ * the connection is closed at once).  For a hint when a plaintext
+ * greeting does not come: a client pointed at an implicit-TLS port waits
+ * for a greeting the server never sends.  Returns 1 (TLS), 0 (no answer,
+ * not TLS, cannot connect) or -ENOMEM. */
+int net_probe_tls(const char *host, const char *port, int timeout_ms);
+
+/* The IMAP and POP3 clients probe (net_probe_tls()) when a plaintext
+ * connection has had no greeting for TLS_HINT_AFTER_MS, and give the
+ * probe TLS_HINT_PROBE_MS. */
+#define TLS_HINT_AFTER_MS 1000
+#define TLS_HINT_PROBE_MS 2000
+
 /* Change the timeout used by every following wait. */
 void net_set_timeout(struct net_conn *c, int timeout_ms);
 int net_get_timeout(const struct net_conn *c);

@@ -334,6 +334,29 @@ result:
 	return login_refused(c, &st, cfg, err);
 }
 
+/* A server that says nothing for a while after connecting may be
+ * waiting for a TLS handshake (an implicit-TLS port, 995): ask it on a
+ * connection of its own, so that the user hears "use pop3s://" within a
+ * second or two instead of a timeout. */
+static int tls_port_hint(struct net_conn *net, const struct pop3_config *cfg,
+                         struct proto_err *err)
+{
+	int wait = net_get_timeout(net) < TLS_HINT_AFTER_MS
+	                   ? net_get_timeout(net)
+	                   : TLS_HINT_AFTER_MS;
+	int rc = net_fill_wait(net, wait, err);
+
+	if (rc != 0)
+		return rc < 0 ? rc : 0;
+	if (net_probe_tls(cfg->host, cfg->port, TLS_HINT_PROBE_MS) != 1)
+		return 0;
+	return proto_err_set(
+	        err, PERR_PROTOCOL, -EPROTO,
+	        "%s port %s expects TLS from the first byte, not "
+	        "plain POP3: use pop3s:// (the usual pop3s port is 995)",
+	        cfg->host, cfg->port);
+}
+
 int pop3_connect(struct pop3_client **client_r, const struct pop3_config *cfg,
                  struct proto_err *err)
 {
@@ -357,6 +380,11 @@ int pop3_connect(struct pop3_client **client_r, const struct pop3_config *cfg,
 	if (cfg->tls == POP3_TLS_IMPLICIT) {
 		pop3_conn_set_state(c, POP3_ST_TLS_HANDSHAKE);
 		rc = net_start_tls(c->net, &tls, err);
+		if (rc < 0)
+			goto fail;
+	}
+	if (cfg->tls != POP3_TLS_IMPLICIT) {
+		rc = tls_port_hint(c->net, cfg, err);
 		if (rc < 0)
 			goto fail;
 	}

@@ -66,6 +66,82 @@ static void test_absolute(void **state)
 	fs_options_free(&o);
 }
 
+static int parse_rc(struct fs_options *o, const char *opts)
+{
+	char *argv[] = {"mailfs",      "-o",   (char *)opts,
+	                "imaps://u@h", "/mnt", NULL};
+	struct fuse_args args = FUSE_ARGS_INIT(5, argv);
+	int rc = fs_options_parse(&args, o);
+
+	fuse_opt_free_args(&args);
+	fs_options_free(o);
+	return rc;
+}
+
+/* Regression: timeout=-1 was taken as 4294967295 s (%u), poll=0 and
+ * timeout=0 silently as 1. */
+static void test_numbers(void **state)
+{
+	static const char *const bad[] = {
+	        "timeout=-1",
+	        "timeout=0",
+	        "timeout=3601",
+	        "timeout=",
+	        "timeout=1x",
+	        "timeout= 5",
+	        "timeout=+5",
+	        "poll=0",
+	        "poll=86401",
+	        "poll=-60",
+	        "connections=0",
+	        "connections=17",
+	        "connections=-1",
+	        "log=",
+	        "timeout=99999999999999999999",
+	};
+	struct fs_options o;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (parse_rc(&o, bad[i]) != -EINVAL)
+			fail_msg("%s was accepted", bad[i]);
+	parse(&o, "timeout=3600,poll=86400,connections=16");
+	assert_int_equal(o.timeout, 3600);
+	assert_int_equal(o.poll, 86400);
+	assert_int_equal(o.connections, 16);
+	fs_options_free(&o);
+	parse(&o, "timeout=1,poll=1,connections=1");
+	assert_int_equal(o.timeout, 1);
+	assert_int_equal(o.poll, 1);
+	assert_int_equal(o.connections, 1);
+	fs_options_free(&o);
+	parse(&o, "ro");
+	assert_int_equal(o.timeout, 30);
+	assert_int_equal(o.poll, 60);
+	assert_int_equal(o.connections, 3);
+	fs_options_free(&o);
+}
+
+/* fsname= is ours (the mount's source); log= a path made absolute. */
+static void test_fsname_log_mountpoint(void **state)
+{
+	struct fs_options o;
+
+	(void)state;
+	parse(&o, "fsname=a\\,b,log=x/m.log");
+	assert_string_equal(o.fsname, "a,b");
+	assert_string_equal(o.account, "imaps://u@h");
+	assert_string_equal(o.mountpoint, "/mnt");
+	assert_int_equal(fs_options_absolute(&o, "/s"), 0);
+	assert_string_equal(o.log, "/s/x/m.log");
+	fs_options_free(&o);
+	parse(&o, "log=syslog");
+	assert_int_equal(fs_options_absolute(&o, "/s"), 0);
+	assert_string_equal(o.log, "syslog");
+	fs_options_free(&o);
+}
+
 static void expect_default(const char *want)
 {
 	char *dir = NULL;
@@ -340,8 +416,10 @@ static void test_ranges(void **state)
 	assert_int_equal(rc_of("delete=shred"), -EINVAL);
 	assert_int_equal(rc_of("passcmd=a,password_stdin"), -EINVAL);
 
-	/* 0 for poll and timeout means as short as can be: one second. */
-	p = parse_args("imaps://a@h", "/m", "-o", "poll=0,timeout=0", NULL);
+	/* 0 for poll or timeout is out of range (it once meant one second). */
+	assert_int_equal(rc_of("poll=0"), -EINVAL);
+	assert_int_equal(rc_of("timeout=0"), -EINVAL);
+	p = parse_args("imaps://a@h", "/m", "-o", "poll=1,timeout=1", NULL);
 	assert_int_equal(p->rc, 0);
 	assert_int_equal(p->o.poll, 1);
 	assert_int_equal(p->o.timeout, 1);
@@ -388,6 +466,8 @@ int main(void)
 	        cmocka_unit_test(test_ro),
 	        cmocka_unit_test(test_ranges),
 	        cmocka_unit_test(test_rest_for_libfuse),
+	        cmocka_unit_test(test_numbers),
+	        cmocka_unit_test(test_fsname_log_mountpoint),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

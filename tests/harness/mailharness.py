@@ -70,7 +70,9 @@ imap (STARTTLS), imaps, pop3 (STLS), pop3s.  TLS is required for every login.
 
 PKI (pki/, made with the openssl CLI, EC P-256):
   ca.pem              the test CA; trust it (`cafile=`), host name `localhost`
-  server.pem/.key     what Dovecot presents: SAN DNS:localhost only, no IP SAN,
+  server.pem/.key     what Dovecot presents: SAN DNS:localhost, and
+                      imap.mail.test and pop.mail.test (one provider under two
+                      names, for tests that map them to 127.0.0.1); no IP SAN,
                       so connecting to host 127.0.0.1 fails the host-name check
   expired.pem/.key    signed by the CA, valid 2020-01-01..2020-02-01
   wronghost.pem/.key  signed by the CA, SAN DNS:wrong.example
@@ -383,7 +385,7 @@ unique_subject = no
 [anything]
 commonName = supplied
 [server]
-subjectAltName = DNS:localhost
+subjectAltName = DNS:localhost, DNS:imap.mail.test, DNS:pop.mail.test
 basicConstraints = CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
