@@ -36,7 +36,7 @@ static void make_entry(size_t i, struct ent *e)
 		strcpy(e->name, "..");
 	} else if (i % 50 == 7) {
 		memset(e->name, 'L', 255);
-		snprintf(e->name + 250, 6, "%05zu", i);
+		snprintf(e->name + 250, 6, "%05u", (unsigned)(i % 100000));
 	} else {
 		size_t len = 15 + i % 15; /* 15 .. 29 bytes */
 
