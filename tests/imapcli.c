@@ -4,10 +4,13 @@
  *   imapcli [options] URL COMMAND [ARGS]
  *
  * Options: --cafile FILE, --passcmd CMD, --password-stdin, --oauth2-cmd CMD,
- * --notls, --timeout MS, --debug.
+ * --notls, --timeout MS, --debug, --no-compress (no COMPRESS=DEFLATE even
+ * when the server offers it).
  *
  * Commands:
  *   caps                     capabilities, one per line
+ *   compressed               "compressed yes|no" (COMPRESS=DEFLATE on?),
+ *                            then a NOOP
  *   enable EXTS              ENABLE EXTS; prints what was enabled
  *   id                       ID; prints the server's answer
  *   list                     "ATTRS<TAB>DELIM<TAB>RAW<TAB>DECODED" per mailbox
@@ -464,6 +467,7 @@ int main(int argc, char **argv)
 	        {"notls", no_argument, NULL, 'n'},
 	        {"timeout", required_argument, NULL, 't'},
 	        {"debug", no_argument, NULL, 'd'},
+	        {"no-compress", no_argument, NULL, 'z'},
 	        {NULL, 0, NULL, 0},
 	};
 	struct imap_config cfg = {.timeout_ms = 10000};
@@ -486,6 +490,7 @@ int main(int argc, char **argv)
 		case 'n': notls = true; break;
 		case 't': cfg.timeout_ms = atoi(optarg); break;
 		case 'd': log_set_level(LOG_DEBUG); break;
+		case 'z': cfg.no_compress = true; break;
 		default: return 2;
 		}
 	}
@@ -535,6 +540,10 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "caps") == 0) {
 		print_caps(c);
+	} else if (strcmp(cmd, "compressed") == 0) {
+		/* Compressed or not, then a NOOP that must get through. */
+		printf("compressed %s\n", imap_compressed(c) ? "yes" : "no");
+		rc = imap_noop(c, &err);
 	} else if (strcmp(cmd, "enable") == 0 && optind + 2 < argc) {
 		char got[256];
 
