@@ -30,6 +30,7 @@ static const struct fuse_opt fs_opts[] = {
         OPT("mark_seen", mark_seen),
         OPT("connections=%u", connections),
         OPT("timeout=%u", timeout),
+        OPT("compress=%s", compress_str),
         /* fstab noise: accepted and ignored so that an fstab line works. */
         FUSE_OPT_KEY("_netdev", KEY_DISCARD),
         FUSE_OPT_KEY("noauto", KEY_DISCARD),
@@ -102,6 +103,15 @@ int fs_options_parse(struct fuse_args *args, struct fs_options *o)
 			return -EINVAL;
 		}
 	}
+	o->compress = true;
+	if (o->compress_str != NULL && strcmp(o->compress_str, "no") == 0)
+		o->compress = false;
+	else if (o->compress_str != NULL &&
+	         strcmp(o->compress_str, "yes") != 0) {
+		fprintf(stderr, "mailfs: compress=%s: expected yes or no\n",
+		        o->compress_str);
+		return -EINVAL;
+	}
 	if (o->poll == 0)
 		o->poll = 1;
 	if (o->connections == 0 || o->connections > 16) {
@@ -128,6 +138,7 @@ void fs_options_free(struct fs_options *o)
 	free(o->cache_dir);
 	free(o->delete_str);
 	free(o->pop_keep);
+	free(o->compress_str);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -157,5 +168,7 @@ void fs_options_help(void)
 	       "    -o mark_seen           reading sets \\Seen\n"
 	       "    -o connections=N       parallel IMAP connections (3)\n"
 	       "    -o timeout=SECONDS     bound on every network wait (30)\n"
+	       "    -o compress=yes|no     COMPRESS=DEFLATE when the server "
+	       "offers it (yes)\n"
 	       "\n");
 }

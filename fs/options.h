@@ -30,11 +30,13 @@ struct fs_options {
 	int mark_seen;
 	unsigned connections; /* parallel IMAP connections */
 	unsigned timeout;     /* seconds, every network wait */
+	char *compress_str;   /* owned: "yes" or "no", or NULL */
 	int ro;               /* -o ro was given */
 
 	/* Derived by fs_options_parse(). */
 	enum fs_delete_mode delete_mode;
 	long pop_keep_days; /* -1 for forever */
+	bool compress;      /* COMPRESS=DEFLATE when offered (default) */
 };
 
 /* Parse our options out of args (the rest stays for libfuse).  Prints a
