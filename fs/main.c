@@ -654,6 +654,7 @@ static int mount_main(int argc, char *argv[])
 	fs.imap.cafile = fs.opts.cafile;
 	fs.imap.timeout_ms = (int)fs.opts.timeout * 1000;
 	fs.imap.pace = &fs.pace;
+	fs.imap.no_compress = !fs.opts.compress;
 	fs.imap.tls = fs.url.implicit_tls ? IMAP_TLS_IMPLICIT
 	              : fs.opts.notls     ? IMAP_TLS_NONE
 	                                  : IMAP_TLS_STARTTLS;

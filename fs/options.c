@@ -39,6 +39,7 @@ static const struct fuse_opt fs_opts[] = {
         /* The mount's source: ours to set (fs/main.c), so that a default
          * of ours never overrides the user's. */
         FUSE_OPT_KEY("fsname=", KEY_FSNAME),
+        OPT("compress=%s", compress_str),
         /* fstab noise: accepted and ignored so that an fstab line works. */
         FUSE_OPT_KEY("_netdev", KEY_DISCARD),
         FUSE_OPT_KEY("noauto", KEY_DISCARD),
@@ -151,6 +152,15 @@ int fs_options_parse(struct fuse_args *args, struct fs_options *o)
 			return -EINVAL;
 		}
 	}
+	o->compress = true;
+	if (o->compress_str != NULL && strcmp(o->compress_str, "no") == 0)
+		o->compress = false;
+	else if (o->compress_str != NULL &&
+	         strcmp(o->compress_str, "yes") != 0) {
+		fprintf(stderr, "mailfs: compress=%s: expected yes or no\n",
+		        o->compress_str);
+		return -EINVAL;
+	}
 	if (!!o->passcmd + !!o->password_stdin + !!o->oauth2_cmd > 1) {
 		fprintf(stderr, "mailfs: give only one of passcmd, "
 		                "password_stdin and oauth2_cmd\n");
@@ -234,6 +244,7 @@ void fs_options_free(struct fs_options *o)
 	free(o->poll_str);
 	free(o->connections_str);
 	free(o->timeout_str);
+	free(o->compress_str);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -276,5 +287,7 @@ void fs_options_help(void)
 	       "                           under systemd, else syslog)\n"
 	       "    -o fsname=NAME         the mount's source (default: the\n"
 	       "                           account name or URL)\n"
+	       "    -o compress=yes|no     COMPRESS=DEFLATE when the server "
+	       "offers it (yes)\n"
 	       "\n");
 }

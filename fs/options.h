@@ -36,6 +36,7 @@ struct fs_options {
 	int mark_seen;
 	unsigned connections; /* parallel IMAP connections, 1..16 */
 	unsigned timeout;     /* seconds, every network wait, 1..3600 */
+	char *compress_str;   /* owned: "yes" or "no", or NULL */
 	int ro;               /* -o ro was given */
 	char *log;            /* owned: "syslog", "stderr", a file, or NULL
 	                         for the default (fs/main.c) */
@@ -55,6 +56,7 @@ struct fs_options {
 	/* Derived by fs_options_parse(). */
 	enum fs_delete_mode delete_mode;
 	long pop_keep_days; /* -1 for forever */
+	bool compress;      /* COMPRESS=DEFLATE when offered (default) */
 };
 
 /* Parse our options out of args (the rest stays for libfuse).  Prints a

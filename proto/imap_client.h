@@ -22,7 +22,8 @@
  *   proto/imap_conn.c   the connection engine: pipelined commands, waits,
  *                       responses, literals, capabilities, polling, logout;
  *   proto/imap_pace.c   struct imap_pace and imap_busy_parse();
- *   proto/imap_login.c  imap_connect() (greeting, STARTTLS, login),
+ *   proto/imap_login.c  imap_connect() (greeting, STARTTLS, login,
+ *                       COMPRESS), imap_compressed(),
  *                       imap_enable(), imap_id();
  *   proto/imap_fetch.c  imap_select(), imap_status(), the FETCH calls,
  *                       imap_resync();
@@ -113,10 +114,18 @@ struct imap_config {
 	/* Shared by the connections of one account (see struct
 	 * imap_pace); borrowed; NULL: each client paces itself. */
 	struct imap_pace *pace;
+	/* true: never compress.  By default a server that offers
+	 * COMPRESS=DEFLATE (RFC 4978) gets "COMPRESS DEFLATE" right after
+	 * the login, and both directions are deflated from then on. */
+	bool no_compress;
 };
 
 /* Connect, run TLS (implicit or STARTTLS), read the greeting and the
- * capabilities, authenticate, and read the capabilities again.
+ * capabilities, authenticate, read the capabilities again, and turn
+ * compression on when the server offers COMPRESS=DEFLATE (unless
+ * cfg->no_compress; a server that refuses it is used uncompressed, and
+ * compressed data that does not inflate later is a PERR_PROTOCOL error
+ * of the connection).
  * On failure *err says why, with one of the classes of proto/error.h:
  * PERR_NOTLS when STARTTLS is not offered (or the server greets with
  * PREAUTH before TLS), PERR_AUTH with the server's text when the
@@ -142,6 +151,9 @@ int imap_poll(struct imap_client *c);
 
 /* Wake a thread blocked on this client; safe from another thread. */
 void imap_shutdown(struct imap_client *c);
+
+/* Is the connection compressed (COMPRESS=DEFLATE accepted)? */
+bool imap_compressed(const struct imap_client *c);
 
 /* Is the capability advertised (case-insensitive, e.g. "IDLE",
  * "AUTH=PLAIN")?  The list is the latest one the server sent. */

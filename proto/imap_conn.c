@@ -912,6 +912,21 @@ fail:
 	return rc;
 }
 
+/* What compression saved on this connection, at debug level. */
+static void log_compress_stats(struct imap_client *c)
+{
+	struct compress_stats st;
+
+	if (c->net == NULL || !net_compress_stats(c->net, &st))
+		return;
+	log_debug("imap %s: compressed: read %llu bytes as %llu, wrote %llu "
+	          "bytes as %llu",
+	          c->label, (unsigned long long)st.in_plain,
+	          (unsigned long long)st.in_raw,
+	          (unsigned long long)st.out_plain,
+	          (unsigned long long)st.out_raw);
+}
+
 void imap_free(struct imap_client **cp)
 {
 	struct imap_client *c = *cp;
@@ -920,6 +935,7 @@ void imap_free(struct imap_client **cp)
 		return;
 	imap_parser_free(&c->parser);
 	streamed_clear(c);
+	log_compress_stats(c);
 	net_close(&c->net);
 	imap_conn_caps_clear(c);
 	free(c->inflight);

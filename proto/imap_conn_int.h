@@ -9,7 +9,7 @@
  *   imap_pace.c   what the server says about load (struct imap_pace), and
  *                 the clock the waits are measured with;
  *   imap_login.c  the greeting, TLS and STARTTLS, AUTHENTICATE and LOGIN,
- *                 ENABLE, ID: imap_connect();
+ *                 COMPRESS: imap_connect(); ENABLE, ID;
  *   imap_fetch.c  SELECT, EXAMINE and STATUS, FETCH of metadata and
  *                 bodies (the streaming body sink), resynchronisation;
  *   imap_cmd.c    LIST, NOOP, CREATE/DELETE/RENAME, STORE, EXPUNGE,

@@ -1,5 +1,5 @@
 /* The IMAP client's login: greeting, TLS and STARTTLS, AUTHENTICATE and
- * LOGIN (imap_connect), ENABLE and ID. */
+ * LOGIN, COMPRESS (imap_connect), ENABLE and ID. */
 #include "proto/imap_conn_int.h"
 
 #include <errno.h>
@@ -265,6 +265,32 @@ static int tls_port_hint(struct net_conn *net, const struct imap_config *cfg,
 	        cfg->host, cfg->port);
 }
 
+/* COMPRESS DEFLATE (RFC 4978), with nothing else in flight (the server
+ * compresses from the byte after its OK, so nothing may be read between
+ * that OK and the switch).  A refusal leaves the connection as it was. */
+static int start_compress(struct imap_client *c, struct proto_err *err)
+{
+	struct proto_err e = {0};
+	int rc;
+
+	rc = imap_conn_run(c, NULL, NULL, &e, "COMPRESS DEFLATE");
+	if (rc < 0 && !c->fate.dead) {
+		log_info("imap %s: %s refused COMPRESS DEFLATE (%s); going on "
+		         "uncompressed",
+		         c->label, c->host, e.text);
+		return 0;
+	}
+	if (rc < 0)
+		return proto_fate_rc(&c->fate, err);
+	rc = net_start_compress(c->net, &e);
+	if (rc < 0) {
+		proto_fate_fail(&c->fate, &e);
+		return proto_fate_rc(&c->fate, err);
+	}
+	log_debug("imap %s: COMPRESS DEFLATE OK: compression on", c->label);
+	return 0;
+}
+
 int imap_connect(struct imap_client **client_r, const struct imap_config *cfg,
                  struct proto_err *err)
 {
@@ -340,6 +366,11 @@ int imap_connect(struct imap_client **client_r, const struct imap_config *cfg,
 		}
 	}
 	imap_conn_set_state(c, IMAP_ST_AUTHENTICATED);
+	if (!cfg->no_compress && imap_has_cap(c, "COMPRESS=DEFLATE")) {
+		rc = start_compress(c, err);
+		if (rc < 0)
+			goto fail;
+	}
 	*client_r = c;
 	return 0;
 fail:
@@ -389,6 +420,11 @@ int imap_enable(struct imap_client *c, const char *exts, char enabled_r[256],
 		free(dup);
 	}
 	return rc;
+}
+
+bool imap_compressed(const struct imap_client *c)
+{
+	return c->net != NULL && net_is_compressed(c->net);
 }
 
 bool imap_qresync_enabled(const struct imap_client *c)

@@ -21,6 +21,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "proto/compress.h"
 #include "proto/log.h"
 
 #define NET_READ_CHUNK     (64 * 1024)
@@ -34,6 +35,7 @@ struct net_conn {
 	int timeout_ms;
 	char *rbuf; /* owned; unconsumed input is rbuf[rstart, rend) */
 	size_t rstart, rend, rcap, max_buffer;
+	struct compress *z; /* owned; NULL until net_start_compress() */
 	atomic_bool shut;
 };
 
@@ -517,7 +519,62 @@ static int make_room(struct net_conn *c, struct proto_err *err)
 	return 0;
 }
 
-/* One read attempt loop until data, EOF, error or the deadline. */
+/* With compression: inflate what the layer holds into the input buffer
+ * (at most NET_READ_CHUNK bytes: the expansion of one fill is bounded
+ * whatever the server sent).  The bytes made (> 0), 0 when the layer
+ * needs more input, or the error of a corrupt stream. */
+static int inflate_some(struct net_conn *c, struct proto_err *err)
+{
+	size_t room = c->rcap - c->rend, made = 0;
+	int rc;
+
+	if (room > NET_READ_CHUNK)
+		room = NET_READ_CHUNK;
+	rc = compress_inflate(c->z, c->rbuf + c->rend, room, &made);
+	if (rc == -ENOMEM)
+		return proto_err_set(err, PERR_LOCAL, rc, "out of memory");
+	if (rc < 0)
+		return proto_err_set(err, PERR_PROTOCOL, rc,
+		                     "%s sent bad compressed data: %s", c->host,
+		                     compress_error(c->z));
+	c->rend += made;
+	return (int)made;
+}
+
+/* Where the next raw bytes from the socket go: the input buffer, or the
+ * compression layer's queue.  0, or the error (the queue is full: it
+ * cannot be, since the layer is emptied before each read; or OOM). */
+static int raw_space(struct net_conn *c, char **dst_r, size_t *room_r,
+                     struct proto_err *err)
+{
+	if (c->z == NULL) {
+		*room_r = c->rcap - c->rend;
+		*dst_r = c->rbuf + c->rend;
+		return 0;
+	}
+	*dst_r = compress_in_space(c->z, NET_READ_CHUNK, room_r);
+	if (*dst_r == NULL)
+		return proto_err_set(err, PERR_LOCAL, -ENOMEM, "%s",
+		                     compress_error(c->z));
+	if (*room_r > NET_READ_CHUNK)
+		*room_r = NET_READ_CHUNK;
+	return 0;
+}
+
+/* n raw bytes arrived at raw_space(): > 0 when the caller has them. */
+static int raw_arrived(struct net_conn *c, size_t n)
+{
+	if (c->z != NULL) {
+		compress_in_commit(c->z, n);
+		return 0; /* inflate_some() next time round */
+	}
+	c->rend += n;
+	return (int)n;
+}
+
+/* Read until data, EOF, error or the deadline.  With compression the
+ * layer is asked first, before the socket is read or waited for: bytes
+ * it already holds are input waiting (net_fill_wait(c, 0) finds them). */
 static int fill_until(struct net_conn *c, int64_t deadline, bool soft,
                       struct proto_err *err)
 {
@@ -526,20 +583,30 @@ static int fill_until(struct net_conn *c, int64_t deadline, bool soft,
 	if (rc < 0)
 		return rc;
 	for (;;) {
-		char *dst = c->rbuf + c->rend;
-		size_t room = c->rcap - c->rend;
+		size_t room;
+		char *dst;
 		short ev = POLLIN;
 
 		if (atomic_load(&c->shut))
 			return closed_err(c, err);
+		if (c->z != NULL) {
+			rc = inflate_some(c, err);
+			if (rc != 0)
+				return rc;
+		}
+		rc = raw_space(c, &dst, &room, err);
+		if (rc < 0)
+			return rc;
 		if (c->ssl != NULL) {
 			int n = SSL_read(c->ssl, dst,
 			                 room > INT32_MAX ? INT32_MAX
 			                                  : (int)room);
 
 			if (n > 0) {
-				c->rend += (size_t)n;
-				return n;
+				rc = raw_arrived(c, (size_t)n);
+				if (rc > 0)
+					return rc;
+				continue;
 			}
 			rc = ssl_again(c, n, &ev, "read from", err);
 			if (rc < 0)
@@ -548,8 +615,10 @@ static int fill_until(struct net_conn *c, int64_t deadline, bool soft,
 			ssize_t n = read(c->fd, dst, room);
 
 			if (n > 0) {
-				c->rend += (size_t)n;
-				return (int)n;
+				rc = raw_arrived(c, (size_t)n);
+				if (rc > 0)
+					return rc;
+				continue;
 			}
 			if (n == 0)
 				return closed_err(c, err);
@@ -600,10 +669,10 @@ void net_consume(struct net_conn *c, size_t n)
 		c->rstart = c->rend = 0;
 }
 
-int net_write(struct net_conn *c, const void *buf, size_t len,
-              struct proto_err *err)
+/* Send all of buf as it is, within the deadline. */
+static int write_raw(struct net_conn *c, const void *buf, size_t len,
+                     int64_t deadline, struct proto_err *err)
 {
-	int64_t deadline = now_ms() + c->timeout_ms;
 	const char *p = buf;
 
 	while (len > 0) {
@@ -656,6 +725,69 @@ int net_write(struct net_conn *c, const void *buf, size_t len,
 	return 0;
 }
 
+struct deflate_sink {
+	struct net_conn *c;
+	int64_t deadline;
+	struct proto_err *err;
+};
+
+static int deflate_sink(void *ctx, const void *buf, size_t len)
+{
+	struct deflate_sink *d = ctx;
+
+	return write_raw(d->c, buf, len, d->deadline, d->err);
+}
+
+int net_write(struct net_conn *c, const void *buf, size_t len,
+              struct proto_err *err)
+{
+	int64_t deadline = now_ms() + c->timeout_ms;
+	struct deflate_sink d = {c, deadline, err};
+	int rc;
+
+	if (c->z == NULL)
+		return write_raw(c, buf, len, deadline, err);
+	rc = compress_deflate(c->z, buf, len, deflate_sink, &d);
+	if (rc < 0) /* the sink's own errors are set already */
+		proto_err_set(err, PERR_LOCAL, rc, "cannot compress: %s",
+		              compress_error(c->z));
+	return rc;
+}
+
+int net_start_compress(struct net_conn *c, struct proto_err *err)
+{
+	size_t left = c->rend - c->rstart;
+	int rc;
+
+	if (c->z != NULL)
+		return proto_err_set(err, PERR_PROTOCOL, -EALREADY,
+		                     "compression is already on");
+	rc = compress_new(&c->z);
+	if (rc < 0)
+		return proto_err_set(err, PERR_LOCAL, rc, "out of memory");
+	/* What the server sent after its OK is already compressed. */
+	rc = compress_feed(c->z, c->rbuf + c->rstart, left);
+	if (rc < 0) {
+		compress_free(&c->z);
+		return proto_err_set(err, PERR_LOCAL, rc, "out of memory");
+	}
+	c->rstart = c->rend = 0;
+	return 0;
+}
+
+bool net_is_compressed(const struct net_conn *c)
+{
+	return c->z != NULL;
+}
+
+bool net_compress_stats(const struct net_conn *c, struct compress_stats *st)
+{
+	if (c->z == NULL)
+		return false;
+	compress_stats(c->z, st);
+	return true;
+}
+
 bool net_is_tls(const struct net_conn *c)
 {
 	return c->ssl != NULL;
@@ -685,6 +817,7 @@ void net_close(struct net_conn **cp)
 		SSL_free(c->ssl);
 	}
 	SSL_CTX_free(c->ctx);
+	compress_free(&c->z);
 	if (c->fd >= 0)
 		close(c->fd);
 	free(c->rbuf);

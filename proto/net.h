@@ -11,13 +11,24 @@
  * Input is buffered: net_fill() appends what the server sent to an internal
  * buffer, net_rbuf() shows it and net_consume() drops what the caller has
  * parsed.  Protocol parsers consume exactly what they understood, so bytes
- * that arrive early (after a STARTTLS OK, say) stay visible to the caller. */
+ * that arrive early (after a STARTTLS OK, say) stay visible to the caller.
+ *
+ * Compression (RFC 4978, proto/compress.h): after net_start_compress()
+ * every byte written is deflated (and flushed at the end of each
+ * net_write()), and every byte read is inflated before it reaches the
+ * input buffer; the calls below work as before on the plain bytes.  Input
+ * the layer holds (compressed bytes not inflated yet, or inflated ones
+ * that did not fit) counts as input waiting: net_fill() and
+ * net_fill_wait() take it before they read or wait on the socket, so
+ * "net_rbuf() is empty and net_fill_wait(c, 0) returns 0" means nothing
+ * is waiting anywhere.  Nothing else may poll the socket. */
 #ifndef MAILFS_NET_H
 #define MAILFS_NET_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "proto/compress.h"
 #include "proto/error.h"
 
 struct net_conn;
@@ -60,10 +71,12 @@ void net_set_timeout(struct net_conn *c, int timeout_ms);
 int net_get_timeout(const struct net_conn *c);
 
 /* Wait (up to the timeout) for more bytes and append them to the input
- * buffer.  Returns the number of bytes added (> 0) or a negative errno:
+ * buffer.  Returns the number of bytes added (> 0; at most 64 KiB, also
+ * when they were inflated from fewer) or a negative errno:
  * -ECONNRESET (class PERR_CONNECT) when the server closed the connection,
  * -ETIMEDOUT, -EIO for TLS failures, -ENOBUFS when the buffer would grow
- * past max_buffer (see net_set_max_buffer). */
+ * past max_buffer (see net_set_max_buffer), -EPROTO (PERR_PROTOCOL) for
+ * compressed data that does not inflate. */
 int net_fill(struct net_conn *c, struct proto_err *err);
 
 /* Like net_fill() but waits at most timeout_ms (0: do not wait) and returns
@@ -79,9 +92,23 @@ void net_consume(struct net_conn *c, size_t n);
  * parsers consume as they go, so only one line needs to fit). */
 void net_set_max_buffer(struct net_conn *c, size_t max);
 
-/* Send all of buf, waiting up to the timeout for room. */
+/* Send all of buf, waiting up to the timeout for room.  With
+ * compression, buf is deflated and flushed (Z_SYNC_FLUSH): what one call
+ * wrote reaches the server whole.  A failure leaves the stream broken:
+ * the caller drops the connection. */
 int net_write(struct net_conn *c, const void *buf, size_t len,
               struct proto_err *err);
+
+/* Compress both directions from the next byte on (COMPRESS=DEFLATE): call
+ * it right after parsing the server's OK to "COMPRESS DEFLATE" (RFC 4978:
+ * the server compresses from the byte after that line).  Unconsumed
+ * input, which the server sent after the OK, is compressed data and moves
+ * into the layer.  0, -EALREADY, or -ENOMEM. */
+int net_start_compress(struct net_conn *c, struct proto_err *err);
+bool net_is_compressed(const struct net_conn *c);
+
+/* The layer's byte counts (*st); false (and nothing) without it. */
+bool net_compress_stats(const struct net_conn *c, struct compress_stats *st);
 
 bool net_is_tls(const struct net_conn *c);
 const char *net_host(const struct net_conn *c);

@@ -21,6 +21,7 @@ int cli_parse(int argc, char **argv, const char *prog, enum url_proto proto,
 	        {"timeout", required_argument, NULL, 't'},
 	        {"max-size", required_argument, NULL, 'm'},
 	        {"debug", no_argument, NULL, 'd'},
+	        {"no-compress", no_argument, NULL, 'z'},
 	        {NULL, 0, NULL, 0},
 	};
 	int opt;
@@ -44,6 +45,16 @@ int cli_parse(int argc, char **argv, const char *prog, enum url_proto proto,
 			a->max_size = strtoull(optarg, NULL, 10);
 			break;
 		case 'd': log_set_level(LOG_DEBUG); break;
+		case 'z':
+			if (proto != URL_IMAP) {
+				fprintf(stderr,
+				        "%s: unrecognized option "
+				        "'--no-compress'\n",
+				        prog);
+				return 2;
+			}
+			a->no_compress = true;
+			break;
 		default: return 2;
 		}
 	}

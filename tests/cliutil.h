@@ -23,6 +23,7 @@ struct cli_args {
 	                         * token (borrowed) */
 	bool pw_stdin;          /* --password-stdin */
 	bool notls;             /* --notls */
+	bool no_compress;       /* --no-compress (IMAP: no COMPRESS=DEFLATE) */
 	int timeout_ms;         /* --timeout; 10000 when not given */
 	uint64_t max_size;      /* --max-size; 0 when not given */
 	struct account_url url; /* URL (owned: url_clear()) */

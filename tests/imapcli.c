@@ -4,10 +4,13 @@
  *   imapcli [options] URL COMMAND [ARGS]
  *
  * Options: --cafile FILE, --passcmd CMD, --password-stdin, --oauth2-cmd CMD,
- * --notls, --timeout MS, --debug.
+ * --notls, --timeout MS, --debug, --no-compress (no COMPRESS=DEFLATE even
+ * when the server offers it).
  *
  * Commands:
  *   caps                     capabilities, one per line
+ *   compressed               "compressed yes|no" (COMPRESS=DEFLATE on?),
+ *                            then a NOOP
  *   enable EXTS              ENABLE EXTS; prints what was enabled
  *   id                       ID; prints the server's answer
  *   list                     "ATTRS<TAB>DELIM<TAB>RAW<TAB>DECODED" per mailbox
@@ -448,6 +451,7 @@ int main(int argc, char **argv)
 	if (rc < 0)
 		goto out;
 	CLI_CONFIG(cfg, a, secret);
+	cfg.no_compress = a.no_compress;
 	cfg.tls = a.url.implicit_tls ? IMAP_TLS_IMPLICIT
 	          : a.notls          ? IMAP_TLS_NONE
 	                             : IMAP_TLS_STARTTLS;
@@ -464,6 +468,10 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "caps") == 0) {
 		print_caps(c);
+	} else if (strcmp(cmd, "compressed") == 0) {
+		/* Compressed or not, then a NOOP that must get through. */
+		printf("compressed %s\n", imap_compressed(c) ? "yes" : "no");
+		rc = imap_noop(c, &err);
 	} else if (strcmp(cmd, "enable") == 0 && a.nargs > 0) {
 		char got[256];
 

@@ -20,7 +20,10 @@ import socket
 import ssl
 import sys
 import tempfile
+import resource
+import time
 import unittest
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'fake'))
@@ -59,9 +62,9 @@ def server_context(cert='server'):
 
 
 def run_cli(port, command, *args, notls=False, timeout_ms=CLIENT_WAIT_MS,
-            password=PASSWORD, host='localhost'):
+            password=PASSWORD, host='localhost', options=()):
     argv = [IMAPCLI, '--password-stdin', '--cafile', PKI['ca'],
-            '--timeout', str(timeout_ms)]
+            '--timeout', str(timeout_ms)] + list(options)
     if notls:
         argv.append('--notls')
     argv += ['imap://%s@%s:%d' % (USER, host, port), command] + list(args)
@@ -706,6 +709,66 @@ class FakeServerTest(imapfake.TranscriptChecks, unittest.TestCase):
             'highestmodseq 0',
             'qresync off',
         ])
+
+    # ---------------------------------------------------- COMPRESS=DEFLATE
+
+    def test_15_compress_accepted(self):
+        # Byte by byte too: the compressed stream split at every byte.
+        for drip in (0.0, 0.001):
+            srv, r = self.converse('compress_ok.imap', 'compressed', notls=True,
+                                   drip=drip)
+            # Dripping, the client has the LOGOUT's answer before the last
+            # bytes of its flush, and may close while they are sent.
+            self.assertIsNone(srv.failure, self.explain(srv, r))
+            self.assertEqual(r.rc, 0, self.explain(srv, r))
+            self.assertEqual(r.stdout.splitlines()[0], 'compressed yes')
+            self.assertEqual(srv.lines[-2:], [b'A3 NOOP', b'A4 LOGOUT'])
+
+    def test_15b_compress_data_with_the_ok(self):
+        srv, r = self.converse('compress_same_write.imap', 'compressed', notls=True)
+        self.assertPlayed(srv, r)
+        self.assertEqual(r.rc, 0, self.explain(srv, r))
+        self.assertEqual(r.stdout.splitlines()[0], 'compressed yes')
+
+    def test_15c_compress_refused_goes_on_plain(self):
+        srv, r = self.converse('compress_refused.imap', 'compressed', notls=True)
+        self.assertPlayed(srv, r)
+        self.assertEqual(r.rc, 0, self.explain(srv, r))
+        self.assertEqual(r.stdout.splitlines()[0], 'compressed no')
+        # Plain text on the wire after the refusal.
+        self.assertIn(b'A3 NOOP\r\nA4 LOGOUT\r\n', srv.raw)
+
+    def test_15d_compress_off(self):
+        srv, r = self.converse('compress_off.imap', 'compressed', notls=True,
+                               options=['--no-compress'])
+        self.assertPlayed(srv, r)
+        self.assertEqual(r.rc, 0, self.explain(srv, r))
+        self.assertEqual(r.stdout.splitlines()[0], 'compressed no')
+
+    def test_15e_compress_corrupt_stream(self):
+        srv, r = self.converse('compress_corrupt.imap', 'compressed', notls=True)
+        self.assertIsNone(srv.failure, self.explain(srv, r))
+        self.assertFails(srv, r, 'PROTOCOL')
+        self.assertIn('bad compressed data', r.message)
+        self.assertLess(r.elapsed, 3, self.explain(srv, r))
+
+    def test_15f_compress_bomb(self):
+        # About 1 MB on the wire; 1 GB once inflated, in one line.
+        z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
+        chunk = b'a' * (1 << 20)
+        bomb = [z.compress(b'* OK ')] + [z.compress(chunk) for _ in range(1024)]
+        bomb = b''.join(bomb) + z.flush(zlib.Z_SYNC_FLUSH)
+        self.assertLess(len(bomb), 1100 * 1024)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        srv, r = self.converse('compress_bomb.imap', 'compressed', notls=True,
+                               data={'bomb': bomb})
+        self.assertIsNone(srv.failure, self.explain(srv, r))
+        self.assertFails(srv, r, 'PROTOCOL')
+        self.assertLess(r.elapsed, 3, self.explain(srv, r))
+        # imapcli's peak memory (KB); the bomb would be 1 GB.
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if peak > before:
+            self.assertLess(peak, 100 * 1024)
 
 
 def main():

@@ -29,6 +29,12 @@ One step per line; blank lines and lines starting with "#" are ignored.
   C~ REGEX     expect one line from the client that REGEX matches in full
                (named groups are captured, see below)
   TLS          run the server side of the TLS handshake now (STARTTLS)
+  DEFLATE      from here on both directions are raw deflate (COMPRESS=
+               DEFLATE, RFC 4978): what the client sends is inflated before
+               it is matched, and each S step goes out compressed, flushed
+               (Z_SYNC_FLUSH)
+  RAW TEXT     send TEXT as it stands, not compressed even after DEFLATE
+               (corrupt data; a blob made by the test, e.g. a bomb)
   STALL [S]    answer nothing: read and record until the client closes, or
                S seconds pass (default: the step timeout)
   SLEEP S      pause S seconds
@@ -36,8 +42,11 @@ One step per line; blank lines and lines starting with "#" are ignored.
   DATA NAME TEXT   define a named blob (not a step; may be anywhere)
   INCLUDE FILE     the steps and data of FILE (relative to this file)
 
-Consecutive S: and S. lines go out in a single write, so "TAG OK" and the
-bytes injected after it arrive together.
+Consecutive S:, S., RAW and DEFLATE lines go out in a single write, so
+"TAG OK" and the bytes injected after it arrive together (also when they
+are compressed: "S: A2 OK", DEFLATE, "S: * 1 EXISTS" is one write, the OK
+in plain text and the rest compressed).  The raw bytes sent are in
+.sent_raw; .log holds them before compression.
 
 In S and DATA text, escapes \\r \\n \\t \\0 \\xNN and \\\\ give those bytes;
 everything else is sent as UTF-8.  In S text, {NAME} is replaced by a
@@ -58,6 +67,7 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -140,6 +150,10 @@ class Transcript:
                     raise TranscriptError('%s: bad regex: %s' % (where, e))
             elif op == 'TLS':
                 steps.append(Step('tls', None, where))
+            elif op == 'DEFLATE':
+                steps.append(Step('deflate', None, where))
+            elif op == 'RAW':
+                steps.append(Step('raw', cls._parse_send(rest), where))
             elif op == 'STALL':
                 steps.append(Step('stall', float(rest) if rest else None, where))
             elif op == 'SLEEP':
@@ -174,7 +188,8 @@ class FakeServer:
     Results, valid after wait():
       failure   None, or why the client did not follow the transcript
       done      every step was played
-      raw       all bytes the client sent (after TLS: the decrypted ones)
+      raw       all bytes the client sent (after TLS: the decrypted ones;
+                after DEFLATE: the inflated ones)
       lines     the client's lines (bytes, CRLF removed), in order
       after     the bytes the client sent after the last step
       captures  the values captured by C and C~ lines
@@ -203,6 +218,9 @@ class FakeServer:
         self._buf = b''
         self._conn = None
         self._eof = False
+        self._deflate = None     # zlib objects once DEFLATE was played
+        self._inflate = None
+        self.sent_raw = 0        # bytes on the wire (compressed or not)
         self._lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._lsock.bind((host, 0))
@@ -285,12 +303,21 @@ class FakeServer:
         i = 0
         while i < len(steps):
             step = steps[i]
-            if step.kind == 'send':
-                out = b''
-                while i < len(steps) and steps[i].kind == 'send':
-                    out += self._render(steps[i])
+            if step.kind in ('send', 'raw', 'deflate'):
+                out, wire = b'', b''
+                while i < len(steps) and steps[i].kind in ('send', 'raw', 'deflate'):
+                    st = steps[i]
                     i += 1
-                if not self._send(out):
+                    if st.kind == 'deflate':
+                        self._start_deflate()
+                        continue
+                    data = self._render(st)
+                    out += data
+                    if st.kind == 'send' and self._deflate is not None:
+                        data = (self._deflate.compress(data)
+                                + self._deflate.flush(zlib.Z_SYNC_FLUSH))
+                    wire += data
+                if not self._send(out, wire):
                     self._hangup()
                     return
                 continue
@@ -343,10 +370,22 @@ class FakeServer:
             out += value
         return out
 
-    def _send(self, data):
-        """Send data; False if the client hung up meanwhile (it may: a
-        client that gives up on a bad response closes while we write)."""
+    def _start_deflate(self):
+        self.log.append(('*', b'deflate'))
+        self._deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self._inflate = zlib.decompressobj(-15)
+        # Anything the client sent after its command is compressed too.
+        rest, self._buf = self._buf, b''
+        if rest:
+            self._buf = self._inflate.decompress(rest)
+
+    def _send(self, data, wire=None):
+        """Send data (WIRE: what goes on the wire for it, if not the
+        same); False if the client hung up meanwhile (it may: a client that
+        gives up on a bad response closes while we write)."""
         self.log.append(('S', data))
+        data = data if wire is None else wire
+        self.sent_raw += len(data)
         try:
             if self.drip <= 0:
                 self._conn.sendall(data)
@@ -373,6 +412,13 @@ class FakeServer:
             self._eof = True
             self.log.append(('*', b'client closed'))
             return False
+        if self._inflate is not None:
+            try:
+                data = self._inflate.decompress(data)
+            except zlib.error as e:
+                self._fail('the client sent bad compressed data: %s' % e)
+                self._eof = True
+                return False
         self.raw += data
         self._buf += data
         return True

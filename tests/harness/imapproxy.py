@@ -23,8 +23,17 @@ differ from what it stores: the client's names are mapped back).
 stop() (or the context manager) closes the listener and every connection
 and joins the threads (bounded).
 
+Compression: a line rewrite cannot look into a COMPRESS=DEFLATE stream
+(RFC 4978: after "COMPRESS DEFLATE" both directions are raw deflate), so
+when REWRITE or REWRITE_CLIENT is given the proxy hides COMPRESS=DEFLATE
+from the server's capability lists (not counted in .rewrites), and the
+client stays uncompressed; TLSProxy(..., compress=True) passes it on, for
+a rewrite meant to act before the login only.  Without a rewrite the bytes
+pass unchanged, compressed or not.
+
 hide_caps('QRESYNC', ...) makes a rewrite of a server that lacks those
-capabilities (for the CONDSTORE-only and plain resync paths).
+capabilities (for the CONDSTORE-only and plain resync paths); a name also
+hides its NAME=VALUE forms (COMPRESS hides COMPRESS=DEFLATE).
 
 OAuth2Gate makes the proxy an OAuth2 server whose tokens expire on demand,
 in front of Dovecot's password login (see its docstring).
@@ -124,7 +133,8 @@ def hide_caps(*caps):
     cap_list = re.compile(rb'((?:^\* |\[)CAPABILITY )([^\]\r\n]*)', re.I)
 
     def strip(m):
-        kept = [w for w in m.group(2).split(b' ') if w.upper() not in words]
+        kept = [w for w in m.group(2).split(b' ')
+                if w.upper().split(b'=')[0] not in words]
         return m.group(1) + b' '.join(kept)
 
     return lambda text: cap_list.sub(strip, text)
@@ -196,10 +206,12 @@ class LineRewriter:
     piece at a time (a piece ends at CRLF; a piece ending in a literal
     announcement {n} is followed by n bytes of literal data, which are
     passed through untouched, and the line goes on after them).  Counts the
-    pieces FN changed in .changed."""
+    pieces FN changed in .changed.  PRE, if given, is applied before FN and
+    its changes are not counted."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, pre=None):
         self.fn = fn
+        self.pre = pre
         self.buf = b''
         self.literal = 0         # literal bytes still to pass through
         self.changed = 0
@@ -221,11 +233,13 @@ class LineRewriter:
                     self.buf = b''
                 break
             piece, self.buf = self.buf[:end + 2], self.buf[end + 2:]
+            m = _LITERAL.search(piece)
+            if self.pre is not None:
+                piece = self.pre(piece)
             new = self.fn(piece)
             if new != piece:
                 self.changed += 1
             out.append(new)
-            m = _LITERAL.search(piece)
             if m:
                 self.literal = int(m.group(1))
         return b''.join(out)
@@ -240,12 +254,15 @@ class TLSProxy:
     """See the module docstring.  DC: a mailharness.Dovecot (its imaps port,
     server certificate and CA are used); REWRITE: None or bytes -> bytes for
     server-to-client protocol text; REWRITE_CLIENT: the same for
-    client-to-server text."""
+    client-to-server text; COMPRESS: pass COMPRESS=DEFLATE on even with a
+    rewrite (see the module docstring)."""
 
-    def __init__(self, dc, rewrite=None, rewrite_client=None):
+    def __init__(self, dc, rewrite=None, rewrite_client=None, compress=False):
         self.dc = dc
         self.rewrite = rewrite
         self.rewrite_client = rewrite_client
+        # Lines can be rewritten only while they are not compressed.
+        self.hide_compress = bool(rewrite or rewrite_client) and not compress
         self.target = (dc.address, dc.ports['imaps'])
         self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.server_ctx.load_cert_chain(dc.pki['server'], dc.pki['server.key'])
@@ -302,7 +319,9 @@ class TLSProxy:
             if server is None:
                 return
             with self._lock:
-                rw = LineRewriter(self.rewrite) if self.rewrite else None
+                pre = hide_caps('COMPRESS') if self.hide_compress else None
+                rw = (LineRewriter(self.rewrite or (lambda text: text), pre)
+                      if self.rewrite or pre else None)
                 if rw:
                     self._rewriters.append(rw)
             crw = LineRewriter(self.rewrite_client) if self.rewrite_client else None

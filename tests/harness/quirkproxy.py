@@ -48,6 +48,14 @@ idle_bye          seconds: a logged-in connection that sent no command for
                   that long (and has none in flight, and is not in IDLE) gets
                   "* BYE" and is closed (Gmail)
 
+Compression: the proxy reads and rewrites both directions line by line,
+and cannot look into a COMPRESS=DEFLATE stream (RFC 4978), so it always
+hides COMPRESS (whatever `hide` says) and answers a COMPRESS command itself
+with NO, never passing it on.  Exchange lacks COMPRESS anyway; Gmail does
+offer COMPRESS=DEFLATE, and the proxy strips it: the provider modes test
+the uncompressed path, and the compressed one is tested against the
+harness Dovecot directly (its imap_zlib plugin).
+
 The texts are those public reports quote from the providers (Gmail's
 connection refusal, Exchange's throttling), where one was found; Exchange's
 connection cap and iCloud's refusal of MOVE are modelled on the wording
@@ -177,6 +185,9 @@ class QuirkProxy(imapproxy.TLSProxy):
             kw.update(overrides)
             quirks = Quirks(**kw)
         self.q = quirks
+        # Lines can be rewritten only while they are not compressed.
+        if not any(h.upper() == 'COMPRESS' for h in quirks.hide):
+            quirks.hide = tuple(quirks.hide) + ('COMPRESS',)
         self.mode = mode
         self._stats = dict(commands=0, windows=0, in_window=0, ignored_backoff=0,
                            refused_connections=0, idle_byes=0, size_skews=0,
@@ -373,6 +384,10 @@ class QuirkProxy(imapproxy.TLSProxy):
             if re.search(pat, rest, re.I):
                 self._count('refused_commands')
                 return self._answer(st, tag, answer)
+        if name == b'COMPRESS':
+            # Hidden, and never passed on: the proxy would lose the lines.
+            self._count('refused_commands')
+            return self._answer(st, tag, 'NO [CANNOT] Compression is not available')
         if name in (b'LOGIN', b'AUTHENTICATE'):
             with self._lock:
                 full = (q.max_connections and q.cap_style == 'gmail'
