@@ -243,21 +243,16 @@ static int authenticate(struct imap_client *c, const struct imap_config *cfg,
 }
 
 /* A server that says nothing for a while after connecting may be
- * waiting for a TLS handshake (an implicit-TLS port, 993): ask it on a
- * connection of its own, so that the user hears "use imaps://" within a
- * second or two instead of a timeout. */
+ * waiting for a TLS handshake (an implicit-TLS port, 993): the user hears
+ * "use imaps://" within a second or two instead of a timeout.  Returns 0
+ * once the greeting's first bytes are in, or a negative errno. */
 static int tls_port_hint(struct net_conn *net, const struct imap_config *cfg,
                          struct proto_err *err)
 {
-	int wait = net_get_timeout(net) < TLS_HINT_AFTER_MS
-	                   ? net_get_timeout(net)
-	                   : TLS_HINT_AFTER_MS;
-	int rc = net_fill_wait(net, wait, err);
+	int rc = net_fill_greeting(net, cfg->host, cfg->port, err);
 
 	if (rc != 0)
 		return rc < 0 ? rc : 0;
-	if (net_probe_tls(cfg->host, cfg->port, TLS_HINT_PROBE_MS) != 1)
-		return 0;
 	return proto_err_set(
 	        err, PERR_PROTOCOL, -EPROTO,
 	        "%s port %s expects TLS from the first byte, not "

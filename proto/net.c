@@ -654,6 +654,26 @@ int net_fill_wait(struct net_conn *c, int timeout_ms, struct proto_err *err)
 	return fill_until(c, now_ms() + timeout_ms, true, err);
 }
 
+int net_fill_greeting(struct net_conn *c, const char *host, const char *port,
+                      struct proto_err *err)
+{
+	int64_t deadline = now_ms() + c->timeout_ms;
+	int64_t first = now_ms() + TLS_HINT_AFTER_MS;
+	int64_t left;
+	int rc;
+
+	rc = fill_until(c, first < deadline ? first : deadline, true, err);
+	if (rc != 0)
+		return rc;
+	left = deadline - now_ms();
+	if (left > 0 &&
+	    net_probe_tls(host, port,
+	                  left < TLS_HINT_PROBE_MS ? (int)left
+	                                           : TLS_HINT_PROBE_MS) == 1)
+		return 0;
+	return fill_until(c, deadline, false, err);
+}
+
 const char *net_rbuf(const struct net_conn *c, size_t *len_r)
 {
 	*len_r = c->rend - c->rstart;

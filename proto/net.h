@@ -62,9 +62,19 @@ int net_probe_tls(const char *host, const char *port, int timeout_ms);
 
 /* The IMAP and POP3 clients probe (net_probe_tls()) when a plaintext
  * connection has had no greeting for TLS_HINT_AFTER_MS, and give the
- * probe TLS_HINT_PROBE_MS. */
+ * probe TLS_HINT_PROBE_MS (less if less of the timeout is left). */
 #define TLS_HINT_AFTER_MS 1000
 #define TLS_HINT_PROBE_MS 2000
+
+/* Wait for the first bytes of a plaintext greeting from host:port, all
+ * within the connection's one timeout: after TLS_HINT_AFTER_MS without
+ * any, ask net_probe_tls() whether the port wants TLS from the first
+ * byte, then wait for the rest of the timeout.  Returns the number of
+ * bytes that arrived (> 0), 0 when the port speaks TLS (no plaintext
+ * greeting will come: the caller says which URL to use), or a negative
+ * errno as net_fill() (-ETIMEDOUT when nothing came at all). */
+int net_fill_greeting(struct net_conn *c, const char *host, const char *port,
+                      struct proto_err *err);
 
 /* Change the timeout used by every following wait. */
 void net_set_timeout(struct net_conn *c, int timeout_ms);
