@@ -692,7 +692,8 @@ struct cache_pending {
 	uint64_t seq;         /* assigned by cache_pending_add; 1, 2, ... */
 	uint32_t mailbox_id;  /* target mailbox */
 	uint32_t state;       /* enum cache_pending_state */
-	char *flags;          /* flags for the APPEND, "" for none */
+	char *flags;          /* flags for the APPEND (user.mail.flags set
+	                       * on the file being written), "" for none */
 	char *name;           /* the name it was written under, "" if unknown
 	                       * (records of older caches) */
 	int64_t internaldate; /* 0 = let the server choose */
@@ -734,6 +735,12 @@ int cache_pending_set_state(struct cache_txn *txn, uint64_t seq,
  * and writes (-ENOENT, recorded, if there is none). */
 int cache_pending_set_target(struct cache_txn *txn, uint64_t seq,
                              uint32_t mailbox_id, const char *name);
+
+/* Set the flags upload seq is to be sent with (the attribute
+ * user.mail.flags set on the file), keeping everything else (-ENOENT,
+ * recorded, if there is none). */
+int cache_pending_set_flags(struct cache_txn *txn, uint64_t seq,
+                            const char *flags);
 
 /* Forget upload seq (and its writes) once the server has it. 0 if it was
  * not there. */
