@@ -362,7 +362,10 @@ static int flags_fn(struct imap_client *c, void *ctx)
 		         err.text[0] ? err.text : strerror(-rc));
 		return rc;
 	}
-	return cache_msg_set_flags_once(ch->fs->cache, ch->key, ch->flags, 0);
+	rc = cache_msg_set_flags_once(ch->fs->cache, ch->key, ch->flags, 0);
+	/* A message just uploaded into a mailbox never listed is not cached
+	 * yet: its listing brings it, flags and all. */
+	return rc == -ENOENT ? 0 : rc;
 }
 
 static void flags_done(void *ctx, int rc)

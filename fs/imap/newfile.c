@@ -602,15 +602,15 @@ static bool set_attr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	f = find_ino(fs->newfiles, ino);
 	if (f == NULL) {
 		err = ENOENT;
-	} else if (f->state == NF_DONE && uploaded_as(f, key_r)) {
-		/* The server has it: the attribute is the message's. */
-		pthread_mutex_unlock(&fs->newfiles->lock);
-		free(norm);
-		return false;
 	} else if (!flags) {
 		/* A header attribute shows the bytes, which say it already:
 		 * a restore (rsync -X, cp -a, tar --xattrs) sets it back. */
 		err = 0;
+	} else if (uploaded_as(f, key_r)) {
+		/* The server has it: the flags are the message's. */
+		pthread_mutex_unlock(&fs->newfiles->lock);
+		free(norm);
+		return false;
 	} else if (f->state == NF_DONE) {
 		log_warn("%s: uploaded, but the server did not say its UID; "
 		         "set the flags on the message (UID.eml) instead",

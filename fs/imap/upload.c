@@ -482,9 +482,14 @@ done:
 		char *want = NULL;
 
 		pthread_mutex_lock(&n->lock);
-		if (f->flags != NULL && strcmp(f->flags, asked) != 0 &&
+		if (strcmp(f->flags != NULL ? f->flags : "", asked) != 0 &&
 		    uid != 0 && tries < 8)
-			want = strdup(f->flags);
+			want = strdup(f->flags != NULL ? f->flags : "");
+		else if (strcmp(f->flags != NULL ? f->flags : "", asked) != 0)
+			log_warn("%s: its flags changed during its upload, "
+			         "but the server did not say its UID: set them "
+			         "on the message (UID.eml)",
+			         name ? name : "an upload");
 		if (want == NULL) {
 			st.flags = sent;
 			rc = cache_run_write(fs->cache, store_done, &st);
