@@ -19,7 +19,8 @@
  *                "cache.next_pending", "cache.next_blob"
  *                                      persistent counters: the next id
  *                "mtime." + mailbox id in decimal ("mtime.12")
- *                                      a mailbox directory's mtime
+ *                                      a mailbox directory's mtime,
+ *                                      "mtime.0" the root's
  *                                      (cache_mailbox_mtime_*)
  *                "popdup.", "popcmp.", "popsize." + 16 lower-case hex
  *                digits, the first 8 bytes of the SHA-256 of a POP3
@@ -371,9 +372,9 @@ int cache_mailbox_foreach(struct cache_txn *txn,
                           int (*cb)(const struct cache_mailbox *mb, void *ctx),
                           void *ctx);
 
-/* The mtime of mailbox id's directory (seconds since the epoch), as the
- * fs layer last stored it (the newest message of its last listing), kept
- * in meta (see the schema above).  Any id may be given; the value stays
+/* The mtime of mailbox id's directory (seconds since the epoch; id 0: the
+ * root), as the fs layer last stored it (the last change of its entries:
+ * fs/imap/dirtime.h), kept in meta (see the schema above).  Any id may be given; the value stays
  * when the mailbox is removed.  -ENOENT (not recorded) if none is
  * stored. */
 int cache_mailbox_mtime_get(struct cache_txn *txn, uint32_t id,
