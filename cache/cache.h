@@ -19,7 +19,8 @@
  *                "cache.next_pending", "cache.next_blob"
  *                                      persistent counters: the next id
  *                "mtime." + mailbox id in decimal ("mtime.12")
- *                                      a mailbox directory's mtime
+ *                                      a mailbox directory's mtime,
+ *                                      "mtime.0" the root's
  *                                      (cache_mailbox_mtime_*)
  *                "popdup.", "popcmp.", "popsize." + 16 lower-case hex
  *                digits, the first 8 bytes of the SHA-256 of a POP3
@@ -371,9 +372,9 @@ int cache_mailbox_foreach(struct cache_txn *txn,
                           int (*cb)(const struct cache_mailbox *mb, void *ctx),
                           void *ctx);
 
-/* The mtime of mailbox id's directory (seconds since the epoch), as the
- * fs layer last stored it (the newest message of its last listing), kept
- * in meta (see the schema above).  Any id may be given; the value stays
+/* The mtime of mailbox id's directory (seconds since the epoch; id 0: the
+ * root), as the fs layer last stored it (the last change of its entries:
+ * fs/imap/dirtime.h), kept in meta (see the schema above).  Any id may be given; the value stays
  * when the mailbox is removed.  -ENOENT (not recorded) if none is
  * stored. */
 int cache_mailbox_mtime_get(struct cache_txn *txn, uint32_t id,
@@ -692,7 +693,8 @@ struct cache_pending {
 	uint64_t seq;         /* assigned by cache_pending_add; 1, 2, ... */
 	uint32_t mailbox_id;  /* target mailbox */
 	uint32_t state;       /* enum cache_pending_state */
-	char *flags;          /* flags for the APPEND, "" for none */
+	char *flags;          /* flags for the APPEND (user.mail.flags set
+	                       * on the file being written), "" for none */
 	char *name;           /* the name it was written under, "" if unknown
 	                       * (records of older caches) */
 	int64_t internaldate; /* 0 = let the server choose */
@@ -734,6 +736,12 @@ int cache_pending_set_state(struct cache_txn *txn, uint64_t seq,
  * and writes (-ENOENT, recorded, if there is none). */
 int cache_pending_set_target(struct cache_txn *txn, uint64_t seq,
                              uint32_t mailbox_id, const char *name);
+
+/* Set the flags upload seq is to be sent with (the attribute
+ * user.mail.flags set on the file), keeping everything else (-ENOENT,
+ * recorded, if there is none). */
+int cache_pending_set_flags(struct cache_txn *txn, uint64_t seq,
+                            const char *flags);
 
 /* Forget upload seq (and its writes) once the server has it. 0 if it was
  * not there. */

@@ -315,21 +315,21 @@ int cache_pending_set_state(struct cache_txn *txn, uint64_t seq, uint32_t state)
 	return rc;
 }
 
-int cache_pending_set_target(struct cache_txn *txn, uint64_t seq,
-                             uint32_t mailbox_id, const char *name)
+/* Rewrite upload seq's record with a new target (mailbox_id 0: the same)
+ * and name (NULL: the same), or new flags (NULL: the same), keeping its
+ * bytes and state. */
+static int pending_rewrite(struct cache_txn *txn, uint64_t seq,
+                           uint32_t mailbox_id, const char *name,
+                           const char *flags)
 {
 	struct cache_pending p = {0};
 	struct pending_view pv;
 	struct wr w = {NULL, 0};
 	uint8_t k[8], *buf;
-	char *flags = NULL;
+	char *oflags = NULL, *oname = NULL;
 	MDB_val v;
-	int rc = txn_check(txn, true);
+	int rc;
 
-	if (rc)
-		return rc;
-	if (!mbox_id_ok(mailbox_id) || !str_ok(name))
-		return txn_fail(txn, -EINVAL);
 	be64_put(k, seq);
 	rc = db_get(txn, DB_PENDING, k, 8, &v);
 	if (rc == -ENOENT)
@@ -341,20 +341,20 @@ int cache_pending_set_target(struct cache_txn *txn, uint64_t seq,
 	/* Encoded from a heap copy: the old value's pages may be reused by
 	 * the put. */
 	buf = malloc(v.mv_size);
-	flags = malloc(pv.flags.n + 1);
-	if (buf == NULL || flags == NULL) {
+	oflags =
+	        strndup(pv.flags.n ? (const char *)pv.flags.p : "", pv.flags.n);
+	oname = strndup(pv.name.n ? (const char *)pv.name.p : "", pv.name.n);
+	if (buf == NULL || oflags == NULL || oname == NULL) {
 		free(buf);
-		free(flags);
+		free(oflags);
+		free(oname);
 		return txn_fail(txn, -ENOMEM);
 	}
 	memcpy(buf, v.mv_data, v.mv_size);
-	if (pv.flags.n)
-		memcpy(flags, pv.flags.p, pv.flags.n);
-	flags[pv.flags.n] = '\0';
-	p.mailbox_id = mailbox_id;
+	p.mailbox_id = mailbox_id != 0 ? mailbox_id : pv.mailbox_id;
 	p.state = pv.state;
-	p.flags = flags;
-	p.name = (char *)name;
+	p.flags = flags != NULL ? (char *)flags : oflags;
+	p.name = name != NULL ? (char *)name : oname;
 	p.internaldate = pv.internaldate;
 	p.tz_minutes = pv.tz_minutes;
 	p.created = pv.created;
@@ -372,8 +372,33 @@ int cache_pending_set_target(struct cache_txn *txn, uint64_t seq,
 		}
 	}
 	free(buf);
-	free(flags);
+	free(oflags);
+	free(oname);
 	return rc;
+}
+
+int cache_pending_set_target(struct cache_txn *txn, uint64_t seq,
+                             uint32_t mailbox_id, const char *name)
+{
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (!mbox_id_ok(mailbox_id) || !str_ok(name))
+		return txn_fail(txn, -EINVAL);
+	return pending_rewrite(txn, seq, mailbox_id, name, NULL);
+}
+
+int cache_pending_set_flags(struct cache_txn *txn, uint64_t seq,
+                            const char *flags)
+{
+	int rc = txn_check(txn, true);
+
+	if (rc)
+		return rc;
+	if (flags == NULL || !str_ok(flags))
+		return txn_fail(txn, -EINVAL);
+	return pending_rewrite(txn, seq, 0, NULL, flags);
 }
 
 int cache_pending_delete(struct cache_txn *txn, uint64_t seq)

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 void fs_attr_msg_name(uint32_t uid, char name[FS_ATTR_NAME_SIZE])
 {
@@ -52,4 +53,56 @@ void fs_attr_file(const struct mailfs *fs, fuse_ino_t ino, mode_t perm,
 	st->st_blocks = (blkcnt_t)((size + 511) / 512);
 	st->st_blksize = 4096;
 	st->st_mtime = st->st_ctime = st->st_atime = (time_t)mtime;
+}
+
+char *fs_attr_flags_normalise(const char *value, size_t size)
+{
+	static const char *const system[] = {
+	        "\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"};
+	char *out = malloc(size + 1), *o = out;
+	size_t i = 0;
+
+	if (out == NULL)
+		return NULL;
+	while (i < size) {
+		size_t start, len;
+		bool ok = true;
+
+		while (i < size && (value[i] == ' ' || value[i] == '\t' ||
+		                    value[i] == '\n'))
+			i++;
+		if (i >= size)
+			break;
+		start = i;
+		while (i < size && value[i] != ' ' && value[i] != '\t' &&
+		       value[i] != '\n')
+			i++;
+		len = i - start;
+		if (value[start] == '\\') {
+			ok = false;
+			for (size_t k = 0; k < 5; k++)
+				if (strlen(system[k]) == len &&
+				    strncasecmp(system[k], value + start,
+				                len) == 0)
+					ok = true;
+		} else {
+			for (size_t k = start; k < i; k++) {
+				unsigned char ch = (unsigned char)value[k];
+
+				if (ch <= 0x20 || ch >= 0x7f ||
+				    strchr("(){%*\"\\]", ch) != NULL)
+					ok = false;
+			}
+		}
+		if (!ok) {
+			free(out);
+			return NULL;
+		}
+		if (o != out)
+			*o++ = ' ';
+		memcpy(o, value + start, len);
+		o += len;
+	}
+	*o = '\0';
+	return out;
 }

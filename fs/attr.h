@@ -38,4 +38,10 @@ void fs_attr_dir(const struct mailfs *fs, fuse_ino_t ino, mode_t perm,
 void fs_attr_file(const struct mailfs *fs, fuse_ino_t ino, mode_t perm,
                   uint64_t size, int64_t mtime, struct stat *st);
 
+/* Check and normalise an IMAP flag list (user.mail.flags): system flags
+ * (\Seen \Answered \Flagged \Deleted \Draft, any case) and keywords
+ * (atoms), separated by spaces, tabs or newlines; returned separated by
+ * one space.  New string; NULL if it is not valid (or out of memory). */
+char *fs_attr_flags_normalise(const char *value, size_t size);
+
 #endif

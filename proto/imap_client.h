@@ -447,9 +447,10 @@ int imap_uid_move(struct imap_client *c, uint32_t uid, const char *dest,
                   uint32_t *uidvalidity_r, uint32_t *uid_r,
                   struct proto_err *err);
 
-/* APPEND data to mailbox, with flags ("" or NULL for none) and, when date
- * is not 0, that INTERNALDATE in zone tz_minutes.  The new UID comes
- * from APPENDUID (0 when the server does not say). */
+/* APPEND data to mailbox, with flags (a flag list of any length; "" or
+ * NULL for none) and, when date is not 0, that INTERNALDATE in zone
+ * tz_minutes.  The new UID comes from APPENDUID (0 when the server does
+ * not say). */
 int imap_append(struct imap_client *c, const char *mailbox, const char *flags,
                 time_t date, int tz_minutes, const char *data, size_t len,
                 uint32_t *uidvalidity_r, uint32_t *uid_r,

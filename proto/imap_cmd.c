@@ -234,7 +234,10 @@ int imap_append(struct imap_client *c, const char *mailbox, const char *flags,
                 time_t date, int tz_minutes, const char *data, size_t len,
                 uint32_t *uidvalidity_r, uint32_t *uid_r, struct proto_err *err)
 {
-	char opts[128] = " ";
+	/* " (" flags ") " and a date: the flags are not bounded. */
+	size_t flen = flags != NULL ? strlen(flags) : 0;
+	size_t osize = flen + 64;
+	char *opts = malloc(osize);
 	struct imap_arg args[] = {
 	        {IMAP_ARG_RAW, "APPEND ", 0},
 	        {IMAP_ARG_ASTRING, mailbox, 0},
@@ -246,8 +249,11 @@ int imap_append(struct imap_client *c, const char *mailbox, const char *flags,
 	int rc;
 
 	*uidvalidity_r = *uid_r = 0;
-	if (flags != NULL && flags[0] != '\0')
-		snprintf(opts, sizeof(opts), " (%s) ", flags);
+	if (opts == NULL)
+		return proto_err_set(err, PERR_LOCAL, -ENOMEM, "out of memory");
+	snprintf(opts, osize, " ");
+	if (flen > 0)
+		snprintf(opts, osize, " (%s) ", flags);
 	if (date > 0) {
 		time_t local = date + (time_t)tz_minutes * 60;
 		struct tm tm;
@@ -255,13 +261,14 @@ int imap_append(struct imap_client *c, const char *mailbox, const char *flags,
 		int tz = tz_minutes < 0 ? -tz_minutes : tz_minutes;
 
 		gmtime_r(&local, &tm);
-		snprintf(opts + used, sizeof(opts) - used,
+		snprintf(opts + used, osize - used,
 		         "\"%02d-%s-%04d %02d:%02d:%02d %c%02d%02d\" ",
 		         tm.tm_mday, month_names[tm.tm_mon], tm.tm_year + 1900,
 		         tm.tm_hour, tm.tm_min, tm.tm_sec,
 		         tz_minutes < 0 ? '-' : '+', tz / 60, tz % 60);
 	}
 	rc = imap_conn_exec(c, NULL, args, 4, &code, err);
+	free(opts);
 	if (rc == 0 && strcasecmp(code.code, "APPENDUID") == 0 &&
 	    sscanf(code.args, "%lu %lu", &v, &u) == 2 && v <= UINT32_MAX &&
 	    u <= UINT32_MAX) {

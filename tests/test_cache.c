@@ -1616,6 +1616,30 @@ static void test_pending(void **state)
 	t = wtxn(c);
 	assert_int_equal(cache_pending_set_target(t, 7, 9, "x"), -ENOENT);
 	cache_txn_abort(&t);
+	/* Flags set on the file (user.mail.flags): replaced, the rest
+	 * kept; none is "". */
+	t = wtxn(c);
+	assert_int_equal(cache_pending_set_flags(t, 1, "\\Seen $Work"), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	t = rtxn(c);
+	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
+	assert_string_equal(p->flags, "\\Seen $Work");
+	assert_string_equal(p->name, "moved.eml");
+	assert_int_equal(p->mailbox_id, 9);
+	assert_true(p->internaldate == 1600000000);
+	assert_int_equal(p->size, sizeof(msg) - 1);
+	assert_memory_equal(p->data, msg, sizeof(msg) - 1);
+	cache_pending_free(&p);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	t = wtxn(c);
+	assert_int_equal(cache_pending_set_flags(t, 1, ""), 0);
+	assert_int_equal(cache_pending_get(t, 1, false, &p), 0);
+	assert_string_equal(p->flags, "");
+	cache_pending_free(&p);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	t = wtxn(c);
+	assert_int_equal(cache_pending_set_flags(t, 7, "\\Seen"), -ENOENT);
+	cache_txn_abort(&t);
 	t = wtxn(c);
 	assert_int_equal(cache_pending_set_target(t, 1, 3, "draft.eml"), 0);
 	assert_int_equal(cache_pending_set_state(t, 1, CACHE_PENDING_SENT), 0);

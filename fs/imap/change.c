@@ -12,8 +12,10 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/xattr.h>
+#include <time.h>
 
 #include "fs/attr.h"
+#include "fs/imap/dirtime.h"
 #include "fs/imap/newfile.h"
 #include "fs/inval.h"
 #include "fs/net/sync.h"
@@ -44,6 +46,9 @@ struct chg {
 	char *name;           /* server name: C_MKDIR (new), C_RMDIR */
 	char *oldname;        /* C_RENAME_DIR */
 	char *flags;          /* C_FLAGS */
+	char delim;           /* C_RENAME_DIR: the mailbox's delimiter */
+	int64_t src_mtime;    /* C_DELETE, C_MOVE: new mtimes of the */
+	int64_t dst_mtime;    /* directories (0: unchanged) */
 };
 
 static void chg_free(struct chg *c)
@@ -91,7 +96,8 @@ static void queue(struct chg *c, fs_sync_fn fn, fs_sync_cb cb)
 /* --- messages ------------------------------------------------------- */
 
 struct move_cache {
-	struct cache_key from, to; /* to.uid 0: just forget from */
+	struct cache_key from, to;    /* to.uid 0: just forget from */
+	int64_t from_mtime, to_mtime; /* out: the directories' new mtimes */
 };
 
 /* After a move: the message shows under its new key at once (with its
@@ -119,8 +125,18 @@ static int move_in_cache(struct cache_txn *txn, void *ctx)
 		}
 		if (rc < 0)
 			return rc;
+		/* A name came (fs/imap/dirtime.h); when the new UID is not
+		 * known, the destination's listing finds it. */
+		rc = fs_dirtime_changed(txn, m->to.mailbox_id, time(NULL),
+		                        &m->to_mtime);
+		if (rc < 0)
+			return rc;
 	}
-	return cache_msg_delete(txn, m->from);
+	rc = cache_msg_delete(txn, m->from);
+	if (rc == 0)
+		rc = fs_dirtime_changed(txn, m->from.mailbox_id, time(NULL),
+		                        &m->from_mtime);
+	return rc;
 }
 
 static int delete_fn(struct imap_client *c, void *ctx)
@@ -159,9 +175,18 @@ static int delete_fn(struct imap_client *c, void *ctx)
 		return rc;
 	}
 	rc = cache_run_write(fs->cache, move_in_cache, &mc);
-	if (rc < 0)
+	if (rc < 0) {
 		log_warn("the cache could not record the change: %s",
 		         strerror(-rc));
+	} else {
+		fs_tree_set_mtime(fs->tree, mc.from.mailbox_id, mc.from_mtime);
+		ch->src_mtime = mc.from_mtime;
+		if (mc.to.uid != 0) {
+			fs_tree_set_mtime(fs->tree, mc.to.mailbox_id,
+			                  mc.to_mtime);
+			ch->dst_mtime = mc.to_mtime;
+		}
+	}
 	if (mc.to.uid == 0 && dst != NULL)
 		fs_sync_listing(fs->sync, dst->id, NULL, NULL);
 	log_info("%s UID %u%s%s", ch->expunge ? "expunged" : "moved",
@@ -180,6 +205,12 @@ static void delete_done(void *ctx, int rc)
 	 * holds the directory's lock until it has its answer. */
 	if (rc == 0 && ch->op == C_MOVE && ch->newname != NULL)
 		fs_inval_entry(ch->fs->inval, ch->newparent, ch->newname);
+	/* Their mtimes moved (rm to Trash: the kernel knows nothing of
+	 * Trash's). */
+	if (rc == 0 && ch->src_mtime != 0)
+		fs_inval_dir(ch->fs->inval, fs_ino_dir(ch->key.mailbox_id));
+	if (rc == 0 && ch->dst_mtime != 0)
+		fs_inval_dir(ch->fs->inval, fs_ino_dir(ch->dst_id));
 	chg_free(ch);
 }
 
@@ -316,60 +347,6 @@ static void move_message(fuse_req_t req, uint32_t id, const char *name,
 
 /* --- flags ----------------------------------------------------------- */
 
-/* Check and normalise an IMAP flag list: system flags and keywords
- * (atoms), space separated.  NULL if it is not valid. */
-static char *normalise_flags(const char *value, size_t size)
-{
-	static const char *const system[] = {
-	        "\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"};
-	char *out = malloc(size + 1), *o = out;
-	size_t i = 0;
-
-	if (out == NULL)
-		return NULL;
-	while (i < size) {
-		size_t start, len;
-		bool ok = true;
-
-		while (i < size && (value[i] == ' ' || value[i] == '\t' ||
-		                    value[i] == '\n'))
-			i++;
-		if (i >= size)
-			break;
-		start = i;
-		while (i < size && value[i] != ' ' && value[i] != '\t' &&
-		       value[i] != '\n')
-			i++;
-		len = i - start;
-		if (value[start] == '\\') {
-			ok = false;
-			for (size_t k = 0; k < 5; k++)
-				if (strlen(system[k]) == len &&
-				    strncasecmp(system[k], value + start,
-				                len) == 0)
-					ok = true;
-		} else {
-			for (size_t k = start; k < i; k++) {
-				unsigned char ch = (unsigned char)value[k];
-
-				if (ch <= 0x20 || ch >= 0x7f ||
-				    strchr("(){%*\"\\]", ch) != NULL)
-					ok = false;
-			}
-		}
-		if (!ok) {
-			free(out);
-			return NULL;
-		}
-		if (o != out)
-			*o++ = ' ';
-		memcpy(o, value + start, len);
-		o += len;
-	}
-	*o = '\0';
-	return out;
-}
-
 static int flags_fn(struct imap_client *c, void *ctx)
 {
 	struct chg *ch = ctx;
@@ -385,7 +362,10 @@ static int flags_fn(struct imap_client *c, void *ctx)
 		         err.text[0] ? err.text : strerror(-rc));
 		return rc;
 	}
-	return cache_msg_set_flags_once(ch->fs->cache, ch->key, ch->flags, 0);
+	rc = cache_msg_set_flags_once(ch->fs->cache, ch->key, ch->flags, 0);
+	/* A message just uploaded into a mailbox never listed is not cached
+	 * yet: its listing brings it, flags and all. */
+	return rc == -ENOENT ? 0 : rc;
 }
 
 static void flags_done(void *ctx, int rc)
@@ -396,24 +376,27 @@ static void flags_done(void *ctx, int rc)
 	chg_free(ch);
 }
 
-static void set_flags(fuse_req_t req, fuse_ino_t ino, const char *value,
+/* The message behind inode ino, if it is of its mailbox's current
+ * UIDVALIDITY. */
+static bool msg_of(struct mailfs *fs, fuse_ino_t ino, struct cache_key *key_r)
+{
+	uint32_t id, gen, uid, uidv, cur;
+
+	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0 ||
+	    fs_tree_current(fs->tree, id, &uidv, &cur) < 0 || cur != gen)
+		return false;
+	*key_r = (struct cache_key){id, uidv, uid};
+	return true;
+}
+
+static void set_flags(fuse_req_t req, struct cache_key key, const char *value,
                       size_t size)
 {
 	struct mailfs *fs = fs_of(req);
-	uint32_t id, gen, uid, uidv, cur;
 	struct chg *ch;
 	char *flags;
 
-	if (fs->readonly) {
-		fuse_reply_err(req, EROFS);
-		return;
-	}
-	if (!fs_ino_split(ino, &id, &gen, &uid) || uid == 0 ||
-	    fs_tree_current(fs->tree, id, &uidv, &cur) < 0 || cur != gen) {
-		fuse_reply_err(req, ENOTSUP);
-		return;
-	}
-	flags = normalise_flags(value, size);
+	flags = fs_attr_flags_normalise(value, size);
 	if (flags == NULL) {
 		log_info("user.mail.flags: not a list of IMAP flags");
 		fuse_reply_err(req, EINVAL);
@@ -432,9 +415,72 @@ static void set_flags(fuse_req_t req, fuse_ino_t ino, const char *value,
 	ch->fs = fs;
 	ch->req = req;
 	ch->op = C_FLAGS;
-	ch->key = (struct cache_key){id, uidv, uid};
+	ch->key = key;
 	ch->flags = flags;
 	queue(ch, flags_fn, flags_done);
+}
+
+/* The value of header attribute name of message m; NULL if it has none,
+ * and *known_r false if name is no such attribute. */
+static const char *header_attr(const struct cache_msg *m, const char *name,
+                               bool *known_r)
+{
+	static const char *const names[] = {"user.mail.subject",
+	                                    "user.mail.from", "user.mail.date",
+	                                    "user.mail.message_id"};
+	const char *const vals[] = {m->subject, m->from, m->date,
+	                            m->message_id};
+
+	for (size_t i = 0; i < 4; i++) {
+		if (strcmp(name, names[i]) == 0) {
+			*known_r = true;
+			return vals[i];
+		}
+	}
+	*known_r = false;
+	return NULL;
+}
+
+/* A header attribute shows the message, which never changes: setting it
+ * to what it is changes nothing and succeeds (rsync -X, cp -a and tar
+ * --xattrs copy it back with the message); anything else is EPERM. */
+static void set_header(fuse_req_t req, struct cache_key key, const char *name,
+                       const char *value, size_t size, bool remove)
+{
+	struct mailfs *fs = fs_of(req);
+	struct cache_msg *m = NULL;
+	const char *cur = NULL;
+	bool known = false;
+	int err = EPERM;
+	int rc = cache_msg_get_once(fs->cache, key, &m);
+
+	if (rc < 0) {
+		fs_reply_fail(req, FS_ERR_XATTR, rc);
+		return;
+	}
+	cur = header_attr(m, name, &known);
+	if (known && remove && cur == NULL)
+		err = ENODATA;
+	else if (known && !remove && cur != NULL && strlen(cur) == size &&
+	         memcmp(cur, value, size) == 0)
+		err = 0;
+	cache_msg_free(&m);
+	fuse_reply_err(req, err);
+}
+
+void fs_change_setxattr_msg(fuse_req_t req, struct cache_key key,
+                            const char *name, const char *value, size_t size)
+{
+	if (fs_of(req)->readonly) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (strcmp(name, "user.mail.flags") == 0)
+		set_flags(req, key, value, size);
+	else if (strncmp(name, "user.mail.", 10) == 0)
+		set_header(req, key, name, value, size, false);
+	else
+		fuse_reply_err(req, ENOTSUP);
 }
 
 /* -o mark_seen: a message read through the mount gets \Seen, as a mail
@@ -502,24 +548,50 @@ void fs_change_mark_seen(struct mailfs *fs, struct cache_key key)
 void fs_change_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
                         const char *value, size_t size, int flags)
 {
+	struct mailfs *fs = fs_of(req);
+	struct cache_key key;
+
 	(void)flags;
-	if (strcmp(name, "user.mail.flags") == 0) {
-		set_flags(req, ino, value, size);
+	if (fs->readonly && strncmp(name, "user.mail.", 10) == 0) {
+		fuse_reply_err(req, EROFS);
 		return;
 	}
-	/* The header attributes show the message, which never changes. */
-	fuse_reply_err(req,
-	               strncmp(name, "user.mail.", 10) == 0 ? EPERM : ENOTSUP);
+	if (!msg_of(fs, ino, &key)) {
+		/* A directory, or a message of an older UIDVALIDITY. */
+		fuse_reply_err(
+		        req,
+		        strncmp(name, "user.mail.", 10) == 0 &&
+		                        strcmp(name, "user.mail.flags") != 0
+		                ? EPERM
+		                : ENOTSUP);
+		return;
+	}
+	fs_change_setxattr_msg(req, key, name, value, size);
 }
 
 void fs_change_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	if (strcmp(name, "user.mail.flags") == 0) {
-		set_flags(req, ino, "", 0);
+	struct mailfs *fs = fs_of(req);
+	struct cache_key key;
+
+	if (strncmp(name, "user.mail.", 10) != 0) {
+		fuse_reply_err(req, ENODATA);
 		return;
 	}
-	fuse_reply_err(req,
-	               strncmp(name, "user.mail.", 10) == 0 ? EPERM : ENODATA);
+	if (fs->readonly) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (!msg_of(fs, ino, &key)) {
+		fuse_reply_err(req, strcmp(name, "user.mail.flags") == 0
+		                            ? ENOTSUP
+		                            : EPERM);
+		return;
+	}
+	if (strcmp(name, "user.mail.flags") == 0)
+		set_flags(req, key, "", 0);
+	else
+		set_header(req, key, name, NULL, 0, true);
 }
 
 /* --- mailboxes ------------------------------------------------------- */
@@ -635,13 +707,11 @@ static void mkdir_done(void *ctx, int rc)
 	                              &mb) == 0) {
 		struct fuse_entry_param e = {0};
 
+		/* Its mtime: the time it was first seen (never 1970). */
 		e.ino = fs_ino_dir(mb->id);
-		e.attr.st_ino = e.ino;
-		e.attr.st_mode = S_IFDIR | 0755;
-		e.attr.st_nlink = 2;
-		e.attr.st_uid = ch->fs->uid;
-		e.attr.st_gid = ch->fs->gid;
-		e.attr.st_size = 4096;
+		fs_attr_dir(ch->fs, e.ino, 0755,
+		            2 + fs_tree_nsubdirs(ch->fs->tree, mb->id),
+		            mb->mtime, &e.attr);
 		e.attr_timeout = e.entry_timeout = 1.0;
 		fuse_reply_entry(ch->req, &e);
 		fs_mailbox_free(&mb);
@@ -783,12 +853,14 @@ void fs_change_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 struct rename_cache {
 	const char *from, *to;
+	char delim;
 	struct {
 		uint32_t id;
 		char *name;
 	} * v;
 	size_t n;
 	int rc;
+	struct fs_dirtime_parents parents; /* the old and the new parent */
 };
 
 static int collect_renamed(const struct cache_mailbox *mb, void *ctx)
@@ -824,17 +896,26 @@ static int rename_in_cache(struct cache_txn *txn, void *ctx)
 	free(r->v);
 	r->v = NULL;
 	r->n = 0;
+	fs_dirtime_parents_clear(&r->parents);
 	/* Collect first: no writes inside a foreach. */
 	rc = cache_mailbox_foreach(txn, collect_renamed, r);
 	for (size_t i = 0; i < r->n && rc == 0; i++)
 		rc = cache_mailbox_rename(txn, r->v[i].id, r->v[i].name);
+	/* One name left the old parent, one came to the new. */
+	if (rc == 0)
+		rc = fs_dirtime_parents_add(&r->parents, r->from, r->delim);
+	if (rc == 0)
+		rc = fs_dirtime_parents_add(&r->parents, r->to, r->delim);
+	if (rc == 0)
+		rc = fs_dirtime_parents_bump(&r->parents, txn, time(NULL));
 	return rc;
 }
 
 static int rename_fn(struct imap_client *c, void *ctx)
 {
 	struct chg *ch = ctx;
-	struct rename_cache r = {.from = ch->oldname, .to = ch->name};
+	struct rename_cache r = {
+	        .from = ch->oldname, .to = ch->name, .delim = ch->delim};
 	struct imap_select_info info;
 	struct proto_err err = {0};
 	int rc;
@@ -857,6 +938,7 @@ static int rename_fn(struct imap_client *c, void *ctx)
 	for (size_t i = 0; i < r.n; i++)
 		free(r.v[i].name);
 	free(r.v);
+	fs_dirtime_parents_clear(&r.parents);
 	return refresh_list(ch->fs, c);
 }
 
@@ -904,6 +986,7 @@ static void rename_dir(fuse_req_t req, uint32_t id, const char *name,
 	ch->fs = fs;
 	ch->req = req;
 	ch->op = C_RENAME_DIR;
+	ch->delim = mb->delim;
 	rc = server_name(fs, newid, newname, raw, &ch->name);
 	fs_mailbox_free(&mb);
 	if (rc < 0) {

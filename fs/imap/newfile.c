@@ -37,6 +37,7 @@ struct creating {
 	fuse_req_t req;
 	uint32_t num; /* the file */
 	struct fuse_file_info fi;
+	bool mknod; /* answered with an entry, not an open file */
 	struct creating *next;
 };
 
@@ -225,6 +226,7 @@ static void drain_closes(struct fs_newfiles *n)
 		fs_closes_read(n->closes, closed, n);
 }
 
+/* fi NULL: a MKNOD's answer. */
 static void reply_create(struct mailfs *fs, fuse_req_t req, struct nf *f,
                          struct fuse_file_info *fi)
 {
@@ -233,6 +235,10 @@ static void reply_create(struct mailfs *fs, fuse_req_t req, struct nf *f,
 	nf_attr(fs, f, &e.attr);
 	e.ino = e.attr.st_ino;
 	e.attr_timeout = e.entry_timeout = NEW_TIMEOUT;
+	if (fi == NULL) {
+		fuse_reply_entry(req, &e);
+		return;
+	}
 	fi->direct_io = 0;
 	fi->keep_cache = 0;
 	fuse_reply_create(req, &e, fi);
@@ -258,7 +264,8 @@ static void answer_creates(struct fs_newfiles *n, uint32_t id)
 		if (f == NULL)
 			fuse_reply_err(c->req, EIO);
 		else
-			reply_create(n->fs, c->req, f, &c->fi);
+			reply_create(n->fs, c->req, f,
+			             c->mknod ? NULL : &c->fi);
 		free(c);
 	}
 }
@@ -441,8 +448,10 @@ void fs_newfiles_unmounted(struct mailfs *fs)
 
 /* --- FUSE operations --------------------------------------------------- */
 
-void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
-                       mode_t mode, struct fuse_file_info *fi)
+/* CREATE (fi) or MKNOD of a regular file (fi NULL: tar makes the file
+ * first, sets its attributes, then opens it to write). */
+static void new_file(fuse_req_t req, fuse_ino_t parent, const char *name,
+                     struct fuse_file_info *fi)
 {
 	struct mailfs *fs = fs_of(req);
 	struct fs_newfiles *n = fs->newfiles;
@@ -450,7 +459,6 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fs_mailbox *mb = NULL, *sub = NULL;
 	struct nf *f;
 
-	(void)mode;
 	if (fs->readonly) {
 		fuse_reply_err(req, EROFS);
 		return;
@@ -483,8 +491,12 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	f->state = NF_WRITING;
 	f->touched_ms = fs_upload_now_ms();
 	/* Once the kernel skips opens it sends no RELEASE of this file
-	 * either: only inotify will see it closed. */
-	if (atomic_load(&fs->opens_skipped)) {
+	 * either: only inotify will see it closed.  A MKNOD opens nothing:
+	 * its opens come later (fs_newfile_open, or writes through
+	 * descriptors we are not told of). */
+	if (fi == NULL) {
+		f->opens = 0;
+	} else if (atomic_load(&fs->opens_skipped)) {
 		f->untracked = true;
 		fi->fh = FH_NO_RELEASE;
 	} else {
@@ -511,7 +523,9 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		if (c != NULL) {
 			c->req = req;
 			c->num = f->num;
-			c->fi = *fi;
+			c->mknod = fi == NULL;
+			if (fi != NULL)
+				c->fi = *fi;
 			c->next = n->creating;
 			n->creating = c;
 			pthread_cond_broadcast(&n->cond);
@@ -521,6 +535,145 @@ void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	reply_create(fs, req, f, fi);
 	pthread_mutex_unlock(&n->lock);
+}
+
+void fs_newfile_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+                       mode_t mode, struct fuse_file_info *fi)
+{
+	(void)mode;
+	new_file(req, parent, name, fi);
+}
+
+void fs_newfile_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+                      mode_t mode)
+{
+	if (!S_ISREG(mode)) {
+		/* Mail holds no devices, pipes or sockets. */
+		fuse_reply_err(req, fs_of(req)->readonly ? EROFS : EPERM);
+		return;
+	}
+	new_file(req, parent, name, NULL);
+}
+
+/* --- extended attributes of new files --------------------------------- */
+
+/* The message an uploaded file became, if the server said. */
+static bool uploaded_as(const struct nf *f, struct cache_key *key_r)
+{
+	if (f->state != NF_DONE || f->uid == 0)
+		return false;
+	*key_r = (struct cache_key){f->id, f->uidvalidity, f->uid};
+	return true;
+}
+
+static bool is_header_attr(const char *name)
+{
+	return strcmp(name, "user.mail.subject") == 0 ||
+	       strcmp(name, "user.mail.from") == 0 ||
+	       strcmp(name, "user.mail.date") == 0 ||
+	       strcmp(name, "user.mail.message_id") == 0;
+}
+
+/* remove: removexattr (value NULL). */
+static bool set_attr(fuse_req_t req, fuse_ino_t ino, const char *name,
+                     const char *value, size_t size, bool remove,
+                     struct cache_key *key_r)
+{
+	struct mailfs *fs = fs_of(req);
+	bool flags = strcmp(name, "user.mail.flags") == 0;
+	char *norm = NULL;
+	struct nf *f;
+	int err = 0;
+
+	if (!flags && !is_header_attr(name)) {
+		fuse_reply_err(req, strncmp(name, "user.mail.", 10) == 0 ? EPERM
+		                    : remove ? ENODATA
+		                             : ENOTSUP);
+		return true;
+	}
+	if (flags && !remove &&
+	    (norm = fs_attr_flags_normalise(value, size)) == NULL) {
+		log_info("user.mail.flags: not a list of IMAP flags");
+		fuse_reply_err(req, EINVAL);
+		return true;
+	}
+	pthread_mutex_lock(&fs->newfiles->lock);
+	drain_closes(fs->newfiles);
+	f = find_ino(fs->newfiles, ino);
+	if (f == NULL) {
+		err = ENOENT;
+	} else if (!flags) {
+		/* A header attribute shows the bytes, which say it already:
+		 * a restore (rsync -X, cp -a, tar --xattrs) sets it back. */
+		err = 0;
+	} else if (uploaded_as(f, key_r)) {
+		/* The server has it: the flags are the message's. */
+		pthread_mutex_unlock(&fs->newfiles->lock);
+		free(norm);
+		return false;
+	} else if (f->state == NF_DONE) {
+		log_warn("%s: uploaded, but the server did not say its UID; "
+		         "set the flags on the message (UID.eml) instead",
+		         f->name ? f->name : "a new file");
+		err = EIO;
+	} else {
+		/* Sent with its APPEND, or stored right after it. */
+		err = fs_upload_set_flags(fs, f, norm != NULL ? norm : "");
+	}
+	pthread_mutex_unlock(&fs->newfiles->lock);
+	free(norm);
+	fuse_reply_err(req, err);
+	return true;
+}
+
+bool fs_newfile_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+                         const char *value, size_t size,
+                         struct cache_key *key_r)
+{
+	return set_attr(req, ino, name, value, size, false, key_r);
+}
+
+bool fs_newfile_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+                            struct cache_key *key_r)
+{
+	return set_attr(req, ino, name, NULL, 0, true, key_r);
+}
+
+int fs_newfile_getxattr(struct mailfs *fs, fuse_ino_t ino, const char *name,
+                        char **val_r, struct cache_key *key_r)
+{
+	static const struct {
+		const char *attr, *field;
+		bool decode;
+	} headers[] = {
+	        {"user.mail.subject", "Subject", true},
+	        {"user.mail.from", "From", true},
+	        {"user.mail.date", "Date", true},
+	        {"user.mail.message_id", "Message-ID", false},
+	};
+	struct nf *f;
+	int rc = 0;
+
+	*val_r = NULL;
+	pthread_mutex_lock(&fs->newfiles->lock);
+	f = find_ino(fs->newfiles, ino);
+	if (f == NULL) {
+		rc = -ENOENT;
+	} else if (uploaded_as(f, key_r)) {
+		rc = 1;
+	} else if (strcmp(name, "user.mail.flags") == 0) {
+		*val_r = strdup(f->flags != NULL ? f->flags : "");
+		rc = *val_r == NULL ? -ENOMEM : 0;
+	} else {
+		for (size_t i = 0; i < sizeof(headers) / sizeof(*headers); i++)
+			if (strcmp(name, headers[i].attr) == 0 &&
+			    f->data != NULL)
+				*val_r = fs_upload_header(f->data, f->len,
+				                          headers[i].field,
+				                          headers[i].decode);
+	}
+	pthread_mutex_unlock(&fs->newfiles->lock);
+	return rc;
 }
 
 void fs_newfile_getattr(fuse_req_t req, fuse_ino_t ino)

@@ -94,6 +94,40 @@ void fs_newfile_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 void fs_newfile_release(fuse_req_t req, fuse_ino_t ino,
                         struct fuse_file_info *fi);
 
+/* MKNOD of a regular file (tar makes the file, sets its attributes, then
+ * opens it to write): a new file like a CREATE's, not open.  Other kinds
+ * of file: EPERM. */
+void fs_newfile_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+                      mode_t mode);
+
+/* Extended attributes of a new file, so that restores (rsync -X, cp -a,
+ * tar --xattrs) keep them:
+ *
+ * - user.mail.flags replaces the flags it is uploaded with (kept in the
+ *   cache with its bytes): before its upload starts they go with the
+ *   APPEND; while it is under way, they are stored on the new message
+ *   right after it (fs/imap/upload.c).  Same syntax as on a message
+ *   (EINVAL otherwise).
+ * - the header attributes (user.mail.subject, from, date, message_id)
+ *   are what its bytes say: setting or removing one succeeds and changes
+ *   nothing.
+ *
+ * Once the server has the file (its name still resolves for a while),
+ * setxattr and removexattr answer nothing and return false with the
+ * message it became in *key_r: the caller acts on that message
+ * (fs_change_setxattr_msg).  Otherwise they answer and return true. */
+bool fs_newfile_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+                         const char *value, size_t size,
+                         struct cache_key *key_r);
+bool fs_newfile_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+                            struct cache_key *key_r);
+
+/* The value of attribute name of new file ino: 0 with *val_r (a new
+ * string; NULL when it has none: ENODATA), 1 with *key_r when the server
+ * has it (read the message's), or a negative errno. */
+int fs_newfile_getxattr(struct mailfs *fs, fuse_ino_t ino, const char *name,
+                        char **val_r, struct cache_key *key_r);
+
 /* unlink and rename of a name that is a new file; false if it is not
  * one (the caller goes on with messages). */
 bool fs_newfile_unlink(fuse_req_t req, uint32_t id, const char *name);

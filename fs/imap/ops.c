@@ -801,7 +801,30 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	const char *val = NULL;
 	int rc;
 
-	rc = get_msg(fs, ino, NULL, &msg);
+	if (fs_ino_is_new(ino)) {
+		struct cache_key key;
+		char *v = NULL;
+
+		/* A file being written: what its bytes and flags say; once
+		 * uploaded, the message's. */
+		rc = fs_newfile_getxattr(fs, ino, name, &v, &key);
+		if (rc == 1)
+			rc = cache_msg_get_once(fs->cache, key, &msg);
+		if (rc < 0) {
+			fs_reply_fail(req, FS_ERR_XATTR, rc);
+			return;
+		}
+		if (msg == NULL) {
+			if (v == NULL)
+				fuse_reply_err(req, ENODATA);
+			else
+				fs_reply_xattr(req, size, v, strlen(v));
+			free(v);
+			return;
+		}
+	} else {
+		rc = get_msg(fs, ino, NULL, &msg);
+	}
 	if (rc < 0) {
 		fs_reply_fail(req, FS_ERR_XATTR, rc);
 		return;
@@ -850,6 +873,13 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fs_change_rename(req, parent, name, newparent, newname, flags);
 }
 
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+                     mode_t mode, dev_t rdev)
+{
+	(void)rdev;
+	fs_newfile_mknod(req, parent, name, mode);
+}
+
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
                       mode_t mode, struct fuse_file_info *fi)
 {
@@ -889,11 +919,27 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
                         const char *value, size_t size, int flags)
 {
+	struct cache_key key;
+
+	/* A file being written (a restore sets its flags), or the message
+	 * it became. */
+	if (fs_ino_is_new(ino)) {
+		if (!fs_newfile_setxattr(req, ino, name, value, size, &key))
+			fs_change_setxattr_msg(req, key, name, value, size);
+		return;
+	}
 	fs_change_setxattr(req, ino, name, value, size, flags);
 }
 
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
+	struct cache_key key;
+
+	if (fs_ino_is_new(ino)) {
+		if (!fs_newfile_removexattr(req, ino, name, &key))
+			fs_change_setxattr_msg(req, key, name, "", 0);
+		return;
+	}
 	fs_change_removexattr(req, ino, name);
 }
 
@@ -937,6 +983,7 @@ const struct fuse_lowlevel_ops fs_ops = {
         .setxattr = op_setxattr,
         .removexattr = op_removexattr,
         .statfs = fs_op_statfs,
+        .mknod = op_mknod,
         .mkdir = op_mkdir,
         .unlink = op_unlink,
         .rmdir = op_rmdir,

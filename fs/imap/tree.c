@@ -10,6 +10,7 @@
 
 #include <openssl/evp.h>
 
+#include "fs/imap/dirtime.h"
 #include "proto/log.h"
 #include "proto/utf7.h"
 
@@ -18,7 +19,7 @@ struct fs_tree {
 	struct fs_mailbox *v; /* owned array, sorted by id */
 	size_t n;
 	int64_t loaded;
-	int64_t mtime; /* the newest of the mailboxes' mtimes */
+	int64_t mtime; /* the root's (fs/imap/dirtime.h) */
 };
 
 int fs_tree_new(struct fs_tree **tree_r)
@@ -150,7 +151,7 @@ char *fs_tree_file_name(const char *name, char delim)
 	return out ? shorten(out) : NULL;
 }
 
-/* The directory mtime the last listing stored (its newest message). */
+/* The directory mtime the cache holds (fs/imap/dirtime.h). */
 static int read_mtime(struct cache_txn *txn, struct fs_mailbox *e)
 {
 	int64_t v = 0;
@@ -167,6 +168,7 @@ struct load_ctx {
 	struct fs_mailbox *v;
 	size_t n, cap;
 	int rc;
+	int64_t root_mtime; /* 0: none stored (a cache of an older mailfs) */
 };
 
 static int load_cb(const struct cache_mailbox *mb, void *ctx)
@@ -221,6 +223,12 @@ static int load_read(struct cache_txn *txn, void *ctx)
 
 	for (size_t i = 0; i < l->n && rc == 0; i++)
 		rc = read_mtime(txn, &l->v[i]);
+	if (rc == 0) {
+		rc = cache_mailbox_mtime_get(txn, FS_DIRTIME_ROOT,
+		                             &l->root_mtime);
+		if (rc == -ENOENT)
+			rc = 0;
+	}
 	return rc;
 }
 
@@ -271,15 +279,19 @@ int fs_tree_load(struct fs_tree *t, struct cache *cache)
 			l.v[i].uidvalidity = old->uidvalidity;
 			l.v[i].gen = old->gen;
 			l.v[i].last_sync = old->last_sync;
-			l.v[i].mtime = old->mtime;
 		}
+		if (old != NULL && old->mtime > l.v[i].mtime)
+			l.v[i].mtime = old->mtime;
 	}
 	clear_entries(t->v, t->n);
 	t->v = l.v;
 	t->n = l.n;
 	t->loaded = time(NULL);
-	t->mtime = 0;
-	for (size_t i = 0; i < l.n; i++)
+	/* Without a root mtime of its own (an older cache, offline): the
+	 * newest mailbox's, as older versions showed. */
+	if (l.root_mtime > t->mtime)
+		t->mtime = l.root_mtime;
+	for (size_t i = 0; i < l.n && l.root_mtime == 0; i++)
 		if (l.v[i].mtime > t->mtime)
 			t->mtime = l.v[i].mtime;
 	pthread_rwlock_unlock(&t->lock);
@@ -563,8 +575,20 @@ void fs_tree_set_state(struct fs_tree *t, uint32_t id, uint32_t uidvalidity,
 		e->last_sync = last_sync;
 		if (mtime > 0)
 			e->mtime = mtime;
+	}
+	pthread_rwlock_unlock(&t->lock);
+}
+
+void fs_tree_set_mtime(struct fs_tree *t, uint32_t id, int64_t mtime)
+{
+	struct fs_mailbox *e;
+
+	pthread_rwlock_wrlock(&t->lock);
+	if (id == FS_DIRTIME_ROOT) {
 		if (mtime > t->mtime)
 			t->mtime = mtime;
+	} else if ((e = find_locked(t, id)) != NULL && mtime > e->mtime) {
+		e->mtime = mtime;
 	}
 	pthread_rwlock_unlock(&t->lock);
 }

@@ -31,7 +31,8 @@ struct fs_mailbox {
 	uint32_t uidvalidity; /* 0 until first listed */
 	uint32_t gen;         /* generation of uidvalidity */
 	int64_t last_sync;    /* 0: never listed */
-	int64_t mtime;        /* st_mtime: INTERNALDATE of the newest message */
+	int64_t mtime;        /* st_mtime: when its entries last changed
+	                       * (fs/imap/dirtime.h) */
 };
 
 struct fs_tree;
@@ -87,7 +88,12 @@ uint32_t fs_tree_nsubdirs(struct fs_tree *tree, uint32_t parent);
 void fs_tree_set_state(struct fs_tree *tree, uint32_t id, uint32_t uidvalidity,
                        uint32_t gen, int64_t last_sync, int64_t mtime);
 
-/* The root directory's mtime: the newest mailbox mtime. */
+/* The mtime of directory id (0: the root) moved forward to mtime, as the
+ * cache now holds it (fs/imap/dirtime.h); an older value is ignored. */
+void fs_tree_set_mtime(struct fs_tree *tree, uint32_t id, int64_t mtime);
+
+/* The root directory's mtime (fs/imap/dirtime.h; with a cache of an older
+ * mailfs that holds none, the newest mailbox mtime). */
 int64_t fs_tree_mtime(struct fs_tree *tree);
 
 /* Time the mailbox list was last loaded (to know when it is stale). */

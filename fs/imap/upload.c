@@ -4,11 +4,15 @@
 #include "fs/imap/upload.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
+#include "fs/imap/dirtime.h"
+#include "fs/inval.h"
 #include "fs/net/sync.h"
 #include "fs/reply.h"
 #include "proto/log.h"
@@ -37,6 +41,7 @@ void fs_upload_nf_free(struct nf *f)
 		return;
 	free(f->name);
 	free(f->data);
+	free(f->flags);
 	free(f);
 }
 
@@ -167,9 +172,12 @@ struct stored {
 	size_t len;
 	int64_t date;
 	uint64_t seq;
+	char *flags;   /* borrowed: what the message has on the server */
+	int64_t mtime; /* out: its directory's new mtime, 0 if not */
 };
 
-static char *header(const char *data, size_t len, const char *name, bool decode)
+char *fs_upload_header(const char *data, size_t len, const char *name,
+                       bool decode)
 {
 	size_t hlen = len < 65536 ? len : 65536;
 	char *v = NULL;
@@ -187,15 +195,17 @@ static int store_done(struct cache_txn *txn, void *ctx)
 	int rc = 0;
 
 	if (s->uid != 0) {
-		char *subject = header(s->data, s->len, "Subject", true);
-		char *from = header(s->data, s->len, "From", true);
-		char *date = header(s->data, s->len, "Date", true);
-		char *msgid = header(s->data, s->len, "Message-ID", false);
+		char *subject =
+		        fs_upload_header(s->data, s->len, "Subject", true);
+		char *from = fs_upload_header(s->data, s->len, "From", true);
+		char *date = fs_upload_header(s->data, s->len, "Date", true);
+		char *msgid =
+		        fs_upload_header(s->data, s->len, "Message-ID", false);
 		struct cache_msg m = {
 		        .key = {s->id, s->uidvalidity, s->uid},
 		        .size = s->len,
 		        .internaldate = s->date,
-		        .flags = "",
+		        .flags = s->flags != NULL ? s->flags : "",
 		        .subject = subject,
 		        .from = from,
 		        .date = date,
@@ -205,6 +215,10 @@ static int store_done(struct cache_txn *txn, void *ctx)
 		rc = cache_msg_put(txn, &m);
 		if (rc == 0)
 			rc = cache_body_put(txn, m.key, s->data, s->len);
+		/* A name came: the directory changed (fs/imap/dirtime.h). */
+		if (rc == 0)
+			rc = fs_dirtime_changed(txn, s->id, time(NULL),
+			                        &s->mtime);
 		free(subject);
 		free(from);
 		free(date);
@@ -233,7 +247,7 @@ static void size_cb(void *ctx, const struct imap_msg_meta *m)
 static bool already_there(struct mailfs *fs, struct imap_client *c, uint32_t id,
                           const char *data, size_t len)
 {
-	char *msgid = header(data, len, "Message-ID", false);
+	char *msgid = fs_upload_header(data, len, "Message-ID", false);
 	struct size_match sm = {.len = len};
 	struct proto_err err = {0};
 	uint32_t *uids = NULL;
@@ -257,6 +271,139 @@ out:
 	return sm.found;
 }
 
+/* The flags an APPEND carries for the flags set on a file (user.mail.flags).
+ * \Deleted is left out: a restored message marked for deletion would be
+ * expunged by the next client that expunges the mailbox, and a backup is
+ * restored to keep mail, not to lose it (logged).  New string. */
+static char *append_flags(const char *flags, const char *name)
+{
+	char *out = malloc(strlen(flags) + 1), *o = out;
+	bool dropped = false;
+
+	if (out == NULL)
+		return NULL;
+	for (const char *p = flags; *p;) {
+		size_t len = strcspn(p, " ");
+
+		if (len == 8 && strncasecmp(p, "\\Deleted", 8) == 0) {
+			dropped = true;
+		} else if (len > 0) {
+			if (o != out)
+				*o++ = ' ';
+			memcpy(o, p, len);
+			o += len;
+		}
+		p += len;
+		p += strspn(p, " ");
+	}
+	*o = '\0';
+	if (dropped)
+		log_info(
+		        "%s: \\Deleted is not carried by its upload (a restored "
+		        "message would be expunged with the next expunge)",
+		        name ? name : "an upload");
+	return out;
+}
+
+/* flags without its keywords (the system flags only); new string. */
+static char *system_flags(const char *flags)
+{
+	char *out = malloc(strlen(flags) + 1), *o = out;
+
+	if (out == NULL)
+		return NULL;
+	for (const char *p = flags; *p;) {
+		size_t len = strcspn(p, " ");
+
+		if (len > 0 && p[0] == '\\') {
+			if (o != out)
+				*o++ = ' ';
+			memcpy(o, p, len);
+			o += len;
+		}
+		p += len;
+		p += strspn(p, " ");
+	}
+	*o = '\0';
+	return out;
+}
+
+/* A server that refused the keywords of an APPEND (no PERMANENTFLAGS \*)
+ * is logged once per mount, not once per message. */
+static atomic_bool keywords_refused_logged;
+
+/* APPEND st to mailbox box with flags; when the server refuses it, once
+ * more without the keywords (if any: a server without PERMANENTFLAGS \*
+ * may refuse unknown ones; the message matters more), then with CRLF line
+ * ends (if it has bare LF: some servers refuse those).  *flags_r: the
+ * flags it was sent with at last (owned by the caller).  *converted_r:
+ * the converted bytes, if it came to that (st->data then points there). */
+static int append_tries(struct mailfs *fs, struct imap_client *c,
+                        const char *box, const char *name, struct stored *st,
+                        char **flags_r, char **converted_r, uint32_t *uidv_r,
+                        uint32_t *uid_r, struct proto_err *err)
+{
+	int rc = imap_append(c, box, *flags_r, (time_t)st->date, 0, st->data,
+	                     st->len, uidv_r, uid_r, err);
+
+	if (rc == -EPERM) {
+		char *sys = system_flags(*flags_r);
+
+		if (sys != NULL && strcmp(sys, *flags_r) != 0) {
+			if (!atomic_exchange(&keywords_refused_logged, true))
+				log_warn("%s refused an upload with keywords "
+				         "(%s: %s); sent again without them "
+				         "(logged once)",
+				         fs->url.host, *flags_r, err->text);
+			proto_err_clear(err);
+			free(*flags_r);
+			*flags_r = sys;
+			sys = NULL;
+			rc = imap_append(c, box, *flags_r, (time_t)st->date, 0,
+			                 st->data, st->len, uidv_r, uid_r, err);
+		}
+		free(sys);
+	}
+	if (rc == -EPERM && has_bare_lf(st->data, st->len)) {
+		size_t clen;
+
+		/* Some servers refuse bare LF; only then is anything
+		 * changed, and it is logged. */
+		*converted_r = to_crlf(st->data, st->len, &clen);
+		if (*converted_r != NULL) {
+			log_notice("%s refused %s (%s); sending it again with "
+			           "CRLF line ends",
+			           fs->url.host, name ? name : "an upload",
+			           err->text);
+			proto_err_clear(err);
+			st->data = *converted_r;
+			st->len = clen;
+			rc = imap_append(c, box, *flags_r, (time_t)st->date, 0,
+			                 st->data, st->len, uidv_r, uid_r, err);
+		}
+	}
+	return rc;
+}
+
+/* Set flags on the message an upload became (flags set on the file while
+ * its APPEND was under way). */
+static int store_flags_after(struct mailfs *fs, struct imap_client *c,
+                             uint32_t id, uint32_t uidv, uint32_t uid,
+                             const char *flags, const char *name)
+{
+	struct proto_err err = {0};
+	int rc = fs_sync_open_mailbox(fs, c, id, uidv, true);
+
+	if (rc == 0)
+		rc = imap_uid_store(c, uid, "FLAGS", flags, &err);
+	if (rc < 0)
+		log_warn("%s: uploaded as UID %u, but its flags (%s) could not "
+		         "be set: %s",
+		         name ? name : "an upload", uid, flags,
+		         err.text[0] ? err.text : strerror(-rc));
+	return rc;
+}
+
 static int upload_fn(struct imap_client *c, void *ctx)
 {
 	struct upload *u = ctx;
@@ -265,7 +412,7 @@ static int upload_fn(struct imap_client *c, void *ctx)
 	struct stored st = {0};
 	struct proto_err err = {0};
 	struct fs_mailbox *mb = NULL;
-	char *converted = NULL, *name = NULL;
+	char *converted = NULL, *name = NULL, *asked = NULL, *sent = NULL;
 	bool maybe_sent;
 	uint32_t uidv = 0, uid = 0;
 	struct nf *f;
@@ -290,8 +437,13 @@ static int upload_fn(struct imap_client *c, void *ctx)
 	st.seq = f->seq;
 	maybe_sent = f->maybe_sent;
 	name = f->name ? strdup(f->name) : NULL;
+	asked = strdup(f->flags != NULL ? f->flags : "");
 	pthread_mutex_unlock(&n->lock);
 
+	if (asked == NULL || (sent = append_flags(asked, name)) == NULL) {
+		rc = -ENOMEM;
+		goto fail;
+	}
 	rc = fs_tree_get(fs->tree, st.id, &mb);
 	if (rc < 0) {
 		log_err("upload %s: its mailbox is gone; kept in the cache",
@@ -302,26 +454,8 @@ static int upload_fn(struct imap_client *c, void *ctx)
 		uid = 0;
 		goto done;
 	}
-	rc = imap_append(c, mb->name, "", (time_t)st.date, 0, st.data, st.len,
-	                 &uidv, &uid, &err);
-	if (rc == -EPERM && has_bare_lf(st.data, st.len)) {
-		size_t clen;
-
-		/* Some servers refuse bare LF; only then is anything
-		 * changed, and it is logged. */
-		converted = to_crlf(st.data, st.len, &clen);
-		if (converted != NULL) {
-			log_notice("%s refused %s (%s); sending it again with "
-			           "CRLF line ends",
-			           fs->url.host, name ? name : "an upload",
-			           err.text);
-			proto_err_clear(&err);
-			st.data = converted;
-			st.len = clen;
-			rc = imap_append(c, mb->name, "", (time_t)st.date, 0,
-			                 st.data, st.len, &uidv, &uid, &err);
-		}
-	}
+	rc = append_tries(fs, c, mb->name, name, &st, &sent, &converted, &uidv,
+	                  &uid, &err);
 	if (rc < 0) {
 		log_err("upload of %s to %s failed: %s",
 		        name ? name : "a message", mb->name,
@@ -338,23 +472,62 @@ done:
 		st.uid = 0;
 	if (st.date == 0)
 		st.date = time(NULL);
-	rc = cache_run_write(fs->cache, store_done, &st);
-	if (rc < 0)
-		log_err("upload done, but the cache could not record it: %s",
-		        strerror(-rc));
+	log_info("uploaded %s to %s as UID %u%s%s", name ? name : "a message",
+	         mb->name, uid, sent[0] ? " with flags " : "", sent);
+	/* Flags set on the file while the APPEND was under way are stored
+	 * now; the state becomes DONE in the same hold of the lock as the
+	 * last look at them, so that a later change finds the message
+	 * (fs/imap/newfile.c). */
+	for (int tries = 0;; tries++) {
+		char *want = NULL;
+
+		pthread_mutex_lock(&n->lock);
+		if (strcmp(f->flags != NULL ? f->flags : "", asked) != 0 &&
+		    uid != 0 && tries < 8)
+			want = strdup(f->flags != NULL ? f->flags : "");
+		else if (strcmp(f->flags != NULL ? f->flags : "", asked) != 0)
+			log_warn("%s: its flags changed during its upload, "
+			         "but the server did not say its UID: set them "
+			         "on the message (UID.eml)",
+			         name ? name : "an upload");
+		if (want == NULL) {
+			st.flags = sent;
+			rc = cache_run_write(fs->cache, store_done, &st);
+			if (rc < 0)
+				log_err("upload done, but the cache could not "
+				        "record it: %s",
+				        strerror(-rc));
+			f->seq = 0; /* forgotten by store_done */
+			f->uidvalidity = uidv;
+			f->uid = uid;
+			fs_upload_set_state(fs->cache, f, NF_DONE);
+			f->queued = false;
+			f->done_ms = fs_upload_now_ms();
+			free(f->data);
+			f->data = NULL;
+			f->cap = 0;
+			pthread_mutex_unlock(&n->lock);
+			break;
+		}
+		pthread_mutex_unlock(&n->lock);
+		free(asked);
+		asked = want;
+		if (store_flags_after(fs, c, st.id, uidv, uid, want, name) ==
+		    0) {
+			free(sent);
+			sent = strdup(want);
+			if (sent == NULL)
+				sent = strdup("");
+		}
+		if (sent == NULL)
+			break; /* out of memory: the listing will tell */
+	}
 	if (st.uid == 0 && fs->sync != NULL)
 		fs_sync_listing(fs->sync, st.id, NULL, NULL);
-	log_info("uploaded %s to %s as UID %u", name ? name : "a message",
-	         mb->name, uid);
-	pthread_mutex_lock(&n->lock);
-	f->seq = 0; /* forgotten by store_done */
-	fs_upload_set_state(fs->cache, f, NF_DONE);
-	f->queued = false;
-	f->done_ms = fs_upload_now_ms();
-	free(f->data);
-	f->data = NULL;
-	f->cap = 0;
-	pthread_mutex_unlock(&n->lock);
+	else if (st.mtime != 0) {
+		fs_tree_set_mtime(fs->tree, st.id, st.mtime);
+		fs_inval_dir(fs->inval, fs_ino_dir(st.id));
+	}
 	/* The name it was written under leaves listings (UID.eml shows
 	 * instead) but still resolves for a while: see DONE_GRACE_MS. */
 	rc = 0;
@@ -374,6 +547,8 @@ fail:
 out:
 	free(converted);
 	free(name);
+	free(asked);
+	free(sent);
 	fs_mailbox_free(&mb);
 	return rc;
 }
@@ -558,6 +733,12 @@ void fs_newfile_resume(struct mailfs *fs)
 		memcpy(f->data, g.p->data, f->len);
 		f->mtime = g.p->internaldate;
 		f->seq = g.p->seq;
+		if (g.p->flags[0] != '\0')
+			f->flags = strdup(g.p->flags); /* NULL: none, logged */
+		if (g.p->flags[0] != '\0' && f->flags == NULL)
+			log_err("upload %llu: out of memory for its flags; "
+			        "sent without them",
+			        (unsigned long long)g.p->seq);
 		f->maybe_sent = g.p->state == CACHE_PENDING_SENT;
 		f->state = NF_STORED;
 		/* Its close was never seen: its writer may have been cut off
@@ -610,7 +791,7 @@ static int store_pending(struct cache_txn *txn, void *ctx)
 	struct cache_pending p = {
 	        .mailbox_id = s->f->id,
 	        .state = persisted(s->f),
-	        .flags = "",
+	        .flags = s->f->flags != NULL ? s->f->flags : "",
 	        .name = s->f->name,
 	        .internaldate = s->f->mtime,
 	        .created = time(NULL),
@@ -702,6 +883,41 @@ static int pending_target(struct cache_txn *txn, void *ctx)
 	struct target_ctx *t = ctx;
 
 	return cache_pending_set_target(txn, t->seq, t->id, t->name);
+}
+
+struct flags_ctx {
+	uint64_t seq;
+	const char *flags;
+};
+
+static int pending_flags(struct cache_txn *txn, void *ctx)
+{
+	struct flags_ctx *fc = ctx;
+
+	return cache_pending_set_flags(txn, fc->seq, fc->flags);
+}
+
+/* Kept like the bytes: a crash or a remount sends the file with them. */
+int fs_upload_set_flags(struct mailfs *fs, struct nf *f, const char *flags)
+{
+	char *copy = flags[0] != '\0' ? strdup(flags) : NULL;
+	struct flags_ctx fc = {f->seq, flags};
+	int rc;
+
+	if (flags[0] != '\0' && copy == NULL)
+		return ENOMEM;
+	free(f->flags);
+	f->flags = copy;
+	if (f->seq == 0 || f->dirty)
+		return 0; /* stored with the file when it is (store_pending) */
+	rc = cache_run_write(fs->cache, pending_flags, &fc);
+	if (rc < 0) {
+		log_err("cannot keep the flags of %s in the cache: %s",
+		        f->name ? f->name : "a new file", strerror(-rc));
+		f->dirty = true;
+		return fs_errno(FS_ERR_KEEP, rc);
+	}
+	return 0;
 }
 
 /* A crash leaves a renamed file where and as the user last put it. */

@@ -64,6 +64,11 @@ struct nf {
 	bool dirty;      /* the cache lacks a change (its commit failed) */
 	bool maybe_sent; /* a crash may have left it on the server */
 	int64_t mtime;   /* 0: let the server choose the INTERNALDATE */
+	char *flags;     /* owned: user.mail.flags set on it (normalised);
+	                  * NULL for none.  Sent with the APPEND; set while
+	                  * it is under way, stored right after it */
+	uint32_t uidvalidity, uid; /* DONE: what the server made of it (uid
+	                            * 0: it did not say) */
 	enum nf_state state;
 	uint64_t seq;       /* the pending upload in the cache, 0 for none */
 	unsigned opens;     /* descriptors the kernel told us of (CREATE,
@@ -129,6 +134,16 @@ void fs_upload_start(struct mailfs *fs, uint32_t num);
  * file.  0, or the errno to answer (fs/reply.h: FS_ERR_KEEP), logged. */
 int fs_upload_keep(struct mailfs *fs, struct nf *f, const char *buf,
                    size_t size, off_t off);
+
+/* user.mail.flags was set on f (the lock is held): flags (normalised,
+ * "" for none) replace what it had, in memory and in its record in the
+ * cache.  0, or the errno to answer (logged). */
+int fs_upload_set_flags(struct mailfs *fs, struct nf *f, const char *flags);
+
+/* Header field name of the message data (the first 64 KB), decoded from
+ * MIME words if decode; new string, NULL if there is none. */
+char *fs_upload_header(const char *data, size_t len, const char *name,
+                       bool decode);
 
 /* f was renamed (the lock is held): its record follows. */
 void fs_upload_retarget(struct mailfs *fs, struct nf *f);

@@ -7,7 +7,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "fs/imap/dirtime.h"
+#include "fs/inval.h"
 #include "proto/log.h"
 
 struct list_entry {
@@ -28,6 +31,9 @@ struct list_result {
 	uint32_t failed_id;
 	uint32_t *keep; /* owned: vanished ids not to be marked deleted */
 	size_t nkeep;
+	/* Directories whose subdirectories changed (fs/imap/dirtime.h). */
+	struct fs_dirtime_parents parents;
+	int64_t now;
 };
 
 static uint32_t cache_attrs(unsigned a)
@@ -101,6 +107,7 @@ static void list_free(struct list_result *l)
 		free(l->v[i].name);
 	free(l->v);
 	free(l->keep);
+	fs_dirtime_parents_clear(&l->parents);
 }
 
 struct vanish_ctx {
@@ -156,6 +163,7 @@ static uint32_t renamed_from(struct cache_txn *txn, struct vanish_ctx *v,
 static int store_entry(struct cache_txn *txn, struct vanish_ctx *v,
                        const struct list_entry *e)
 {
+	struct fs_dirtime_parents *parents = &v->l->parents;
 	struct cache_mailbox *old = NULL;
 	uint32_t from;
 	int rc;
@@ -167,7 +175,15 @@ static int store_entry(struct cache_txn *txn, struct vanish_ctx *v,
 		log_info("mailbox id %u was renamed to %s on the server; its "
 		         "cached mail goes with it",
 		         from, e->name);
-		rc = cache_mailbox_rename(txn, from, e->name);
+		rc = cache_mailbox_get(txn, from, &old);
+		if (rc == 0)
+			rc = fs_dirtime_parents_add(parents, old->name,
+			                            old->delim);
+		cache_mailbox_free(&old);
+		if (rc == 0)
+			rc = fs_dirtime_parents_add(parents, e->name, e->delim);
+		if (rc == 0)
+			rc = cache_mailbox_rename(txn, from, e->name);
 		if (rc == 0)
 			rc = cache_mailbox_get(txn, from, &old);
 	}
@@ -179,8 +195,18 @@ static int store_entry(struct cache_txn *txn, struct vanish_ctx *v,
 		};
 		uint32_t id;
 
-		return cache_mailbox_add(txn, &mb, &id);
+		rc = cache_mailbox_add(txn, &mb, &id);
+		if (rc == 0)
+			rc = fs_dirtime_parents_add(parents, e->name, e->delim);
+		if (rc == 0)
+			rc = fs_dirtime_seen(txn, id, v->l->now, NULL, NULL);
+		return rc;
 	}
+	/* Never shown 1970: the time it was first seen (fs/imap/dirtime.h). */
+	if (rc == 0)
+		rc = fs_dirtime_seen(txn, old->id, v->l->now, NULL, NULL);
+	if (rc == 0 && old->deleted)
+		rc = fs_dirtime_parents_add(parents, e->name, e->delim);
 	if (rc == 0 && (old->deleted || old->delim != e->delim ||
 	                old->attrs != e->attrs)) {
 		struct cache_mailbox mb = *old;
@@ -202,6 +228,19 @@ static bool kept(const struct list_result *l, uint32_t id)
 	return false;
 }
 
+/* Mailbox id went away: its parent's entries changed. */
+static int gone_parent(struct cache_txn *txn, struct list_result *l,
+                       uint32_t id)
+{
+	struct cache_mailbox *mb = NULL;
+	int rc = cache_mailbox_get(txn, id, &mb);
+
+	if (rc == 0)
+		rc = fs_dirtime_parents_add(&l->parents, mb->name, mb->delim);
+	cache_mailbox_free(&mb);
+	return rc;
+}
+
 /* One write transaction for the whole list.  A step that fails names its
  * entry in l->failed (or its vanished mailbox in l->failed_id), so that
  * fs_sync_list can leave that one out and store the rest. */
@@ -213,6 +252,7 @@ static int store_list(struct cache_txn *txn, void *ctx)
 
 	l->failed = SIZE_MAX;
 	l->failed_id = 0;
+	fs_dirtime_parents_clear(&l->parents);
 	rc = cache_mailbox_foreach(txn, vanish_cb, &v);
 	for (size_t i = 0; i < l->n && rc == 0; i++) {
 		if (l->v[i].skip)
@@ -228,10 +268,17 @@ static int store_list(struct cache_txn *txn, void *ctx)
 		         "mail is kept but no longer shown",
 		         v.ids[i]);
 		rc = cache_mailbox_set_deleted(txn, v.ids[i], true);
+		if (rc == 0)
+			rc = gone_parent(txn, l, v.ids[i]);
 		if (rc < 0)
 			l->failed_id = v.ids[i];
 	}
 	free(v.ids);
+	/* The directories whose subdirectories came, went or moved. */
+	if (rc == 0)
+		rc = fs_dirtime_seen(txn, FS_DIRTIME_ROOT, l->now, NULL, NULL);
+	if (rc == 0)
+		rc = fs_dirtime_parents_bump(&l->parents, txn, l->now);
 	return rc;
 }
 
@@ -404,6 +451,7 @@ int fs_sync_list(struct mailfs *fs, struct imap_client *c,
 		                   imap_error(c)->text);
 		goto out;
 	}
+	l.now = time(NULL);
 	rc = store_list_all(fs, &l);
 	if (rc < 0) {
 		proto_err_set(err, PERR_LOCAL, rc,
@@ -412,6 +460,9 @@ int fs_sync_list(struct mailfs *fs, struct imap_client *c,
 		goto out;
 	}
 	rc = fs_tree_load(fs->tree, fs->cache);
+	/* Their mtimes moved: the kernel asks again (fs/inval.h). */
+	for (size_t i = 0; i < l.parents.nids; i++)
+		fs_inval_dir(fs->inval, fs_ino_dir(l.parents.ids[i]));
 	log_debug("mailbox list: %zu mailboxes", l.n);
 out:
 	list_free(&l);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs/imap/dirtime.h"
 #include "proto/log.h"
 
 struct old_uids {
@@ -66,17 +67,45 @@ static int stale_cb(const struct cache_msg *msg, void *ctx)
 	return 0;
 }
 
+/* The directory's mtime after this listing (fs/imap/dirtime.h), into
+ * l->newest: the first listing only makes known what was there (the time
+ * first seen, or the newest message when none is stored); a new
+ * UIDVALIDITY renames everything; a listing in full of a known mailbox
+ * (before: the messages cached until now) changes it only when messages
+ * came or went. */
+static int listing_mtime(struct cache_txn *txn, struct listing *l,
+                         size_t before)
+{
+	int64_t newest = 0;
+
+	for (size_t i = 0; i < l->n; i++)
+		if (l->v[i].internaldate > newest)
+			newest = l->v[i].internaldate;
+	if (l->old_uidvalidity == 0)
+		return fs_dirtime_seen(txn, l->id, newest > 0 ? newest : l->now,
+		                       &l->newest, NULL);
+	if (l->old_uidvalidity != l->info.uidvalidity || l->deleted > 0 ||
+	    l->n > before - l->deleted)
+		return fs_dirtime_changed(txn, l->id, l->now, &l->newest);
+	l->newest = 0; /* unchanged */
+	return 0;
+}
+
 static int store_listing(struct cache_txn *txn, void *ctx)
 {
 	struct listing *l = ctx;
 	struct stale_ctx s = {.l = l};
-	int rc;
+	size_t before = 0;
+	int rc = 0;
 
 	l->deleted = 0;
 	memset(&l->rematch, 0, sizeof(l->rematch));
-	rc = cache_mailbox_set_state(txn, l->id, l->info.uidvalidity,
-	                             l->info.uidnext, l->info.highestmodseq,
-	                             l->now, &l->gen);
+	if (l->old_uidvalidity == l->info.uidvalidity)
+		rc = cache_msg_count(txn, l->id, l->info.uidvalidity, &before);
+	if (rc == 0)
+		rc = cache_mailbox_set_state(
+		        txn, l->id, l->info.uidvalidity, l->info.uidnext,
+		        l->info.highestmodseq, l->now, &l->gen);
 	for (size_t i = 0; i < l->n && rc == 0; i++) {
 		const struct meta *e = &l->v[i];
 		rc = fs_net_put_meta(txn, l->id, l->info.uidvalidity, e);
@@ -94,17 +123,8 @@ static int store_listing(struct cache_txn *txn, void *ctx)
 	free(l->gone);
 	l->gone = s.uids;
 	l->ngone = s.n;
-	if (rc == 0 && l->n > 0) {
-		/* The directory's mtime: its newest message, so that it is
-		 * stable while nothing arrives (rsync -a sees no change). */
-		int64_t newest = 0;
-
-		for (size_t i = 0; i < l->n; i++)
-			if (l->v[i].internaldate > newest)
-				newest = l->v[i].internaldate;
-		rc = cache_mailbox_mtime_set(txn, l->id, newest);
-		l->newest = newest;
-	}
+	if (rc == 0)
+		rc = listing_mtime(txn, l, before);
 	if (rc == 0 && l->old_uidvalidity != 0 &&
 	    l->old_uidvalidity != l->info.uidvalidity)
 		/* Copied, not moved: inodes of the old numbering that are

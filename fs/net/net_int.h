@@ -211,7 +211,7 @@ struct listing {
 	size_t deleted;
 	struct cache_rematch_stats rematch;
 	int64_t now;
-	int64_t newest; /* INTERNALDATE of the newest message */
+	int64_t newest; /* the directory's new mtime, 0: unchanged */
 	uint32_t *gone; /* UIDs removed from the listing */
 	size_t ngone;
 	uint32_t *old; /* UIDs of the previous UIDVALIDITY */

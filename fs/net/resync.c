@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "fs/imap/dirtime.h"
 #include "proto/log.h"
 
 static int cmp_u32_key(const void *a, const void *b)
@@ -206,11 +207,25 @@ static int range_cb(const struct cache_msg *msg, void *ctx)
 	return add_gone(rc->r, msg->key.uid);
 }
 
+/* Is message uid new to the cache (not uploaded or moved in through the
+ * mount, which cached it at once)?  Then *came is set. */
+static int arrived(struct cache_txn *txn, const struct resync *r, uint32_t uid,
+                   bool *came)
+{
+	struct cache_msg *m = NULL;
+	int rc = cache_msg_get(
+	        txn, (struct cache_key){r->id, r->uidvalidity, uid}, &m);
+
+	cache_msg_free(&m);
+	if (rc == -ENOENT)
+		*came = true;
+	return rc == -ENOENT ? 0 : rc;
+}
+
 static int store_resync(struct cache_txn *txn, void *ctx)
 {
 	struct resync *r = ctx;
-	int64_t newest = 0;
-	int64_t mtime = 0;
+	bool came = false;
 	int rc;
 
 	r->changed = r->changed_base;
@@ -220,9 +235,11 @@ static int store_resync(struct cache_txn *txn, void *ctx)
 	                             r->now, &r->gen);
 	for (size_t i = 0; i < r->fresh.n && rc == 0 && !r->fresh_stored; i++) {
 		const struct meta *e = &r->fresh.v[i];
-		rc = fs_net_put_meta(txn, r->id, r->uidvalidity, e);
-		if (e->internaldate > newest)
-			newest = e->internaldate;
+
+		if (!came)
+			rc = arrived(txn, r, e->uid, &came);
+		if (rc == 0)
+			rc = fs_net_put_meta(txn, r->id, r->uidvalidity, e);
 	}
 	for (size_t i = 0; i < r->nfl && rc == 0; i++) {
 		const struct flag_change *f = &r->fl[i];
@@ -270,15 +287,9 @@ static int store_resync(struct cache_txn *txn, void *ctx)
 		rc = cache_msg_delete(
 		        txn,
 		        (struct cache_key){r->id, r->uidvalidity, r->gone[i]});
-	if (rc == 0 && newest > 0) {
-		rc = cache_mailbox_mtime_get(txn, r->id, &mtime);
-		if (rc == -ENOENT)
-			rc = 0;
-		if (rc == 0 && newest > mtime) {
-			rc = cache_mailbox_mtime_set(txn, r->id, newest);
-			r->mtime = newest;
-		}
-	}
+	/* Names came or went: the directory changed (fs/imap/dirtime.h). */
+	if (rc == 0 && (came || r->ngone > r->gone_base))
+		rc = fs_dirtime_changed(txn, r->id, r->now, &r->mtime);
 	if (rc == 0)
 		rc = cache_msg_count(txn, r->id, r->uidvalidity, &r->count);
 	return rc;
@@ -446,7 +457,7 @@ int fs_net_resync(struct worker *w, struct job *job,
 	}
 	job->gone = r.gone;
 	job->ngone = r.ngone;
-	job->dir_changed = r.ngone > 0 || r.fresh.n > 0;
+	job->dir_changed = r.ngone > 0 || r.fresh.n > 0 || r.mtime != 0;
 	r.gone = NULL;
 	fs_tree_set_state(fs->tree, mb->id, cached->uidvalidity, r.gen, r.now,
 	                  r.mtime);
