@@ -136,9 +136,9 @@ static int do_stls(struct pop3_client *c, const struct pop3_config *cfg,
 }
 
 /* The error for a refused login (the latest status line). */
-static int login_refused(struct pop3_client *c,
-                         const struct pop3_status_line *st,
-                         const struct pop3_config *cfg, struct proto_err *err)
+static int auth_refused(struct pop3_client *c,
+                        const struct pop3_status_line *st,
+                        const struct pop3_config *cfg, struct proto_err *err)
 {
 	char text[400];
 
@@ -331,7 +331,7 @@ result:
 		                 c->host);
 		return proto_fate_rc(&c->fate, err);
 	}
-	return login_refused(c, &st, cfg, err);
+	return auth_refused(c, &st, cfg, err);
 }
 
 /* A server that says nothing for a while after connecting may be
