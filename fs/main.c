@@ -30,6 +30,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fs/cmd.h"
 #include "fs/inval.h"
 #include "fs/mailfs.h"
 #include "fs/imap/newfile.h"
@@ -361,6 +362,11 @@ int main(int argc, char *argv[])
 	struct mailfs fs = {0};
 	char start_dir[PATH_MAX], why[1024];
 	int ret = 1, rc;
+
+	if (argc > 1 && strcmp(argv[1], "status") == 0)
+		return fs_cmd_status(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "fetch") == 0)
+		return fs_cmd_fetch(argc - 1, argv + 1);
 
 	imap_pace_init(&fs.pace);
 	/* A dead TLS socket must give EPIPE, not kill the daemon. */

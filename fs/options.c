@@ -32,6 +32,7 @@ static const struct fuse_opt fs_opts[] = {
         OPT("mark_seen", mark_seen),
         OPT("connections=%u", connections),
         OPT("timeout=%u", timeout),
+        OPT("prefetch=%s", prefetch),
         /* fstab noise: accepted and ignored so that an fstab line works. */
         FUSE_OPT_KEY("_netdev", KEY_DISCARD),
         FUSE_OPT_KEY("noauto", KEY_DISCARD),
@@ -103,6 +104,13 @@ int fs_options_parse(struct fuse_args *args, struct fs_options *o)
 			        o->pop_keep);
 			return -EINVAL;
 		}
+	}
+	if (o->prefetch != NULL && strcmp(o->prefetch, "all") == 0) {
+		o->prefetch_all = true;
+	} else if (o->prefetch != NULL && strcmp(o->prefetch, "none") != 0) {
+		fprintf(stderr, "mailfs: prefetch=%s: expected all or none\n",
+		        o->prefetch);
+		return -EINVAL;
 	}
 	if (o->poll == 0)
 		o->poll = 1;
@@ -187,6 +195,7 @@ void fs_options_free(struct fs_options *o)
 	free(o->cache_dir);
 	free(o->delete_str);
 	free(o->pop_keep);
+	free(o->prefetch);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -219,5 +228,7 @@ void fs_options_help(void)
 	       "    -o mark_seen           reading sets \\Seen\n"
 	       "    -o connections=N       parallel IMAP connections (3)\n"
 	       "    -o timeout=SECONDS     bound on every network wait (30)\n"
+	       "    -o prefetch=all        keep every body cached, in the "
+	       "background\n"
 	       "\n");
 }

@@ -31,10 +31,12 @@ struct fs_options {
 	unsigned connections; /* parallel IMAP connections */
 	unsigned timeout;     /* seconds, every network wait */
 	int ro;               /* -o ro was given */
+	char *prefetch;       /* owned: "none" or "all" */
 
 	/* Derived by fs_options_parse(). */
 	enum fs_delete_mode delete_mode;
 	long pop_keep_days; /* -1 for forever */
+	bool prefetch_all;  /* keep every body cached (prefetch=all) */
 };
 
 /* Parse our options out of args (the rest stays for libfuse).  Prints a
@@ -49,9 +51,9 @@ void fs_options_free(struct fs_options *o);
  * "/"): cafile and cache_dir.  passcmd and oauth2_cmd are shell command
  * lines, not paths, and are left as they are: they run in start_dir
  * (cred_set_dir), also when they run again from the background, so a
- * relative program or file in them is relative to start_dir too.  start_dir may be NULL when it is unknown
- * (getcwd failed): a relative path is then an error.  Prints a one-line
- * error and returns a negative errno on failure. */
+ * relative program or file in them is relative to start_dir too.  start_dir may
+ * be NULL when it is unknown (getcwd failed): a relative path is then an error.
+ * Prints a one-line error and returns a negative errno on failure. */
 int fs_options_absolute(struct fs_options *o, const char *start_dir);
 
 /* The default cache directory of the account whose cache name is name

@@ -19,6 +19,7 @@
 #include "fs/dirsnap.h"
 #include "fs/imap/change.h"
 #include "fs/imap/newfile.h"
+#include "fs/imap/status.h"
 #include "fs/inval.h"
 #include "fs/mailfs.h"
 #include "fs/net/sync.h"
@@ -798,9 +799,35 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 {
 	struct mailfs *fs = fs_of(req);
 	struct cache_msg *msg = NULL;
+	struct cache_key key;
 	const char *val = NULL;
+	uint32_t id, gen, uid;
 	int rc;
 
+	/* Backup tools and ls ask every file for security.*, system.* (ACLs)
+	 * and trusted.* attributes: none here, answered without a look at
+	 * the cache.  (Not ENOSYS/EOPNOTSUPP: ENOSYS would stop the kernel
+	 * from asking for any attribute again, user.mail.* included.) */
+	if (strncmp(name, "user.", 5) != 0 ||
+	    !fs_ino_split(ino, &id, &gen, &uid)) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
+	if (uid == 0) {
+		if (fs_status_is_name(name))
+			fs_status_dir_getxattr(req, fs, id, name, size);
+		else
+			fuse_reply_err(req, ENODATA);
+		return;
+	}
+	if (fs_status_is_name(name)) {
+		rc = msg_key(fs, ino, &key);
+		if (rc < 0)
+			fs_reply_fail(req, FS_ERR_XATTR, rc);
+		else
+			fs_status_msg_getxattr(req, fs, key, name, size);
+		return;
+	}
 	rc = get_msg(fs, ino, NULL, &msg);
 	if (rc < 0) {
 		fs_reply_fail(req, FS_ERR_XATTR, rc);
@@ -936,7 +963,7 @@ const struct fuse_lowlevel_ops fs_ops = {
         .getxattr = op_getxattr,
         .setxattr = op_setxattr,
         .removexattr = op_removexattr,
-        .statfs = fs_op_statfs,
+        .statfs = fs_status_op_statfs,
         .mkdir = op_mkdir,
         .unlink = op_unlink,
         .rmdir = op_rmdir,
