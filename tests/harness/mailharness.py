@@ -830,7 +830,7 @@ mail_gid = {gid}
 mail_location = maildir:~/Maildir:LAYOUT={layout}
 mail_fsync = never
 mailbox_list_index = yes
-
+{quota_conf}
 ssl = required
 ssl_cert = <{pki}/server.pem
 ssl_key = <{pki}/server.key
@@ -866,6 +866,7 @@ namespace inbox {{
 
 protocol imap {{
   mail_max_userip_connections = 100
+{imap_plugins}
 }}
 protocol pop3 {{
   mail_max_userip_connections = 100
@@ -911,6 +912,9 @@ class Dovecot:
     separator   hierarchy separator, "/" (default) or ".".
     ipv6        also listen on ::1; default: if the machine has it.
     start       start the server now (default True).
+    quota       None, or the quota plugin's rule for every user (QUOTA,
+                RFC 9208, in IMAP): e.g. 'storage=100M' or
+                'storage=10M:messages=50' (Dovecot's quota_rule after "*:")
 
     Attributes: dir, host ("localhost"), address ("127.0.0.1"), ipv6 (bool),
     ports {"imap", "imaps", "pop3", "pop3s": int}, ca (path of the CA
@@ -918,7 +922,8 @@ class Dovecot:
     log_path, pid (the master's, None when stopped).
     """
 
-    def __init__(self, directory=None, users=None, separator='/', ipv6=None, start=True):
+    def __init__(self, directory=None, users=None, separator='/', ipv6=None, start=True,
+                 quota=None):
         if separator not in ('/', '.'):
             raise ValueError('separator must be "/" or "."')
         for p in ('dovecot', 'doveadm', 'openssl'):
@@ -929,6 +934,7 @@ class Dovecot:
         os.makedirs(self.dir, exist_ok=True)
         self.users = dict(users or DEFAULT_USERS)
         self.separator = separator
+        self.quota = quota
         self.ipv6 = have_ipv6_loopback() if ipv6 is None else ipv6
         self.host, self.address = 'localhost', '127.0.0.1'
         self.config = os.path.join(self.dir, 'dovecot.conf')
@@ -1017,7 +1023,13 @@ class Dovecot:
                           'service anvil {\n  chroot =\n}\n'
                           'service imap-login {\n  chroot =\n}\n'
                           'service pop3-login {\n  chroot =\n}\n' % (me, me, group))
-        conf = _CONF.format(
+        imap_plugins = quota_conf = ''
+        if self.quota:
+            imap_plugins = '  mail_plugins = $mail_plugins imap_quota'
+            quota_conf = ('mail_plugins = $mail_plugins quota\n'
+                          'plugin {\n  quota = count:User quota\n'
+                          '  quota_rule = *:%s\n  quota_vsizes = yes\n}\n' % self.quota)
+        conf = _CONF.format(imap_plugins=imap_plugins, quota_conf=quota_conf,
             name='mailfs-test-' + os.path.basename(self.dir), dir=self.dir,
             listen='127.0.0.1, ::1' if self.ipv6 else '127.0.0.1',
             users_conf=users_conf, uid=self.mail_uid, gid=self.mail_gid,
