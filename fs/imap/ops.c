@@ -820,15 +820,15 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			fuse_reply_err(req, ENODATA);
 		return;
 	}
-	if (fs_status_is_name(name)) {
-		rc = msg_key(fs, ino, &key);
-		if (rc < 0)
-			fs_reply_fail(req, FS_ERR_XATTR, rc);
-		else
-			fs_status_msg_getxattr(req, fs, key, name, size);
+	/* The key alone (no copy of the mailbox, as get_msg makes): a
+	 * backup tool asks each file for every attribute, one request each. */
+	rc = msg_key(fs, ino, &key);
+	if (rc == 0 && fs_status_is_name(name)) {
+		fs_status_msg_getxattr(req, fs, key, name, size);
 		return;
 	}
-	rc = get_msg(fs, ino, NULL, &msg);
+	if (rc == 0)
+		rc = cache_msg_get_once(fs->cache, key, &msg);
 	if (rc < 0) {
 		fs_reply_fail(req, FS_ERR_XATTR, rc);
 		return;
