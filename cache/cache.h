@@ -447,6 +447,29 @@ int cache_msg_foreach(struct cache_txn *txn, uint32_t mailbox_id,
 int cache_msg_count(struct cache_txn *txn, uint32_t mailbox_id,
                     uint32_t uidvalidity, size_t *count_r);
 
+/* What generation (mailbox_id, uidvalidity) holds: its message records
+ * and the sum of their sizes (exact for a message whose body was stored,
+ * RFC822.SIZE otherwise), and how many of them have their body cached
+ * and the bodies' lengths.  One walk of the generation's records (with a
+ * body lookup each): for status reports, not for hot paths. */
+struct cache_usage {
+	uint64_t messages;
+	uint64_t bytes;
+	uint64_t cached;
+	uint64_t cached_bytes;
+};
+
+int cache_mailbox_usage(struct cache_txn *txn, uint32_t mailbox_id,
+                        uint32_t uidvalidity, struct cache_usage *u_r);
+
+/* The first message of (mailbox_id, uidvalidity) with UID >= uid_from
+ * whose body is not cached: its UID in *uid_r and its size in *size_r
+ * (may be NULL).  -ENOENT (not recorded) when every body from uid_from
+ * on is cached. */
+int cache_msg_next_uncached(struct cache_txn *txn, uint32_t mailbox_id,
+                            uint32_t uidvalidity, uint32_t uid_from,
+                            uint32_t *uid_r, uint64_t *size_r);
+
 /* Delete every record and body of (mailbox_id, uidvalidity).  Bodies are
  * mail: call it only when the generation is truly unwanted, and never
  * merely because UIDVALIDITY changed (see cache_rematch).  *count_r (may

@@ -15,6 +15,8 @@
  *   msg.c      msg
  *   body.c     body, body_big, chunk, chunk_open; body streams
  *   rematch.c  no database of its own: bodies across a UIDVALIDITY change
+ *   usage.c    no database of its own: counts and sizes of what a
+ *              mailbox holds and caches
  *   pop.c      pop and pop_uidl (POP3 bodies are body.c's)
  *   pending.c  pending (records and their parts)
  *   once.c     the one-shot helpers of cache.h

@@ -1,19 +1,15 @@
-/* Placeholders for "mailfs status" and "mailfs fetch" (fs/cmd.h), so that
- * mailfs links until they are written. */
+/* The commands of fs/cmd.h: each is a file of its own. */
 #include "fs/cmd.h"
 
-#include <stdio.h>
+#include "fs/fetch.h"
+#include "fs/status.h"
 
 int fs_cmd_status(int argc, char **argv)
 {
-	(void)argc;
-	fprintf(stderr, "mailfs %s: not implemented yet\n", argv[0]);
-	return 2;
+	return fs_status_main(argc, argv);
 }
 
 int fs_cmd_fetch(int argc, char **argv)
 {
-	(void)argc;
-	fprintf(stderr, "mailfs %s: not implemented yet\n", argv[0]);
-	return 2;
+	return fs_fetch_main(argc, argv);
 }

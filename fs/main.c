@@ -514,7 +514,7 @@ static int unmount_account(const char *what)
 	return 1;
 }
 
-static int mount_main(int argc, char *argv[])
+int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cmd = {0};
@@ -529,6 +529,11 @@ static int mount_main(int argc, char *argv[])
 	struct mailfs fs = {0};
 	char start_dir[PATH_MAX], why[1024];
 	int ret = 1, rc;
+
+	if (argc > 1 && strcmp(argv[1], "status") == 0)
+		return fs_cmd_status(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "fetch") == 0)
+		return fs_cmd_fetch(argc - 1, argv + 1);
 
 	imap_pace_init(&fs.pace);
 	/* A dead TLS socket must give EPIPE, not kill the daemon. */
@@ -883,13 +888,4 @@ out_args:
 	free(source);
 	imap_pace_destroy(&fs.pace);
 	return ret;
-}
-
-int main(int argc, char *argv[])
-{
-	if (argc >= 2 && strcmp(argv[1], "status") == 0)
-		return fs_cmd_status(argc - 1, argv + 1);
-	if (argc >= 2 && strcmp(argv[1], "fetch") == 0)
-		return fs_cmd_fetch(argc - 1, argv + 1);
-	return mount_main(argc, argv);
 }

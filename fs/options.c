@@ -40,6 +40,7 @@ static const struct fuse_opt fs_opts[] = {
          * of ours never overrides the user's. */
         FUSE_OPT_KEY("fsname=", KEY_FSNAME),
         OPT("compress=%s", compress_str),
+        OPT("prefetch=%s", prefetch),
         /* fstab noise: accepted and ignored so that an fstab line works. */
         FUSE_OPT_KEY("_netdev", KEY_DISCARD),
         FUSE_OPT_KEY("noauto", KEY_DISCARD),
@@ -152,6 +153,13 @@ int fs_options_parse(struct fuse_args *args, struct fs_options *o)
 			return -EINVAL;
 		}
 	}
+	if (o->prefetch != NULL && strcmp(o->prefetch, "all") == 0) {
+		o->prefetch_all = true;
+	} else if (o->prefetch != NULL && strcmp(o->prefetch, "none") != 0) {
+		fprintf(stderr, "mailfs: prefetch=%s: expected all or none\n",
+		        o->prefetch);
+		return -EINVAL;
+	}
 	o->compress = true;
 	if (o->compress_str != NULL && strcmp(o->compress_str, "no") == 0)
 		o->compress = false;
@@ -245,6 +253,7 @@ void fs_options_free(struct fs_options *o)
 	free(o->connections_str);
 	free(o->timeout_str);
 	free(o->compress_str);
+	free(o->prefetch);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -289,5 +298,7 @@ void fs_options_help(void)
 	       "                           account name or URL)\n"
 	       "    -o compress=yes|no     COMPRESS=DEFLATE when the server "
 	       "offers it (yes)\n"
+	       "    -o prefetch=all        keep every body cached, in the "
+	       "background\n"
 	       "\n");
 }

@@ -52,11 +52,13 @@ struct fs_options {
 	char *poll_str;
 	char *connections_str;
 	char *timeout_str;
+	char *prefetch;       /* owned: "none" or "all" */
 
 	/* Derived by fs_options_parse(). */
 	enum fs_delete_mode delete_mode;
 	long pop_keep_days; /* -1 for forever */
 	bool compress;      /* COMPRESS=DEFLATE when offered (default) */
+	bool prefetch_all;  /* keep every body cached (prefetch=all) */
 };
 
 /* Parse our options out of args (the rest stays for libfuse).  Prints a

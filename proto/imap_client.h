@@ -465,6 +465,24 @@ int imap_search_header(struct imap_client *c, const char *field,
 /* Is the selected mailbox open read-write (SELECT, not EXAMINE)? */
 bool imap_selected_writable(const struct imap_client *c);
 
+/* What GETQUOTAROOT (RFC 9208, and RFC 2087 before it) says of a
+ * mailbox's quota roots.  STORAGE is in units of 1024 octets, as the
+ * server sends it; MESSAGE is a count.  Of several roots, each resource
+ * is taken from the root with the least left.  A resource no root names
+ * has has_* false. */
+struct imap_quota {
+	unsigned nroots; /* QUOTA responses seen */
+	bool has_storage;
+	uint64_t storage_used, storage_limit; /* KiB */
+	bool has_messages;
+	uint64_t messages_used, messages_limit;
+};
+
+/* GETQUOTAROOT mailbox.  -EOPNOTSUPP without the QUOTA capability.  A
+ * QUOTA response that cannot be read is ignored. */
+int imap_getquotaroot(struct imap_client *c, const char *mailbox,
+                      struct imap_quota *q_r, struct proto_err *err);
+
 /* --- helpers --------------------------------------------------------- */
 
 /* Format a sorted array of UIDs as a compact set ("1:5,7,9:12").

@@ -1,6 +1,7 @@
 /* The IMAP client's other commands: LIST, NOOP, the commands that change
  * mailboxes and messages (CREATE, DELETE, RENAME, STORE, EXPUNGE, MOVE,
- * COPY, APPEND), SEARCH and IDLE; and the UID-set and date helpers. */
+ * COPY, APPEND), SEARCH, GETQUOTAROOT and IDLE; and the UID-set and date
+ * helpers. */
 #include "proto/imap_conn_int.h"
 
 #include <errno.h>
@@ -336,6 +337,65 @@ int imap_search_header(struct imap_client *c, const char *field,
 	*uids_r = s.v;
 	*n_r = s.n;
 	return 0;
+}
+
+/* --- QUOTA (RFC 9208) --------------------------------------------------- */
+
+/* Keep (used, limit) of one resource if it has less left than the one
+ * kept so far. */
+static void quota_keep(bool *has, uint64_t *used, uint64_t *limit, uint64_t u,
+                       uint64_t l)
+{
+	uint64_t left = l > u ? l - u : 0;
+	uint64_t kept = *limit > *used ? *limit - *used : 0;
+
+	if (*has && kept <= left)
+		return;
+	*has = true;
+	*used = u;
+	*limit = l;
+}
+
+/* "* QUOTA root (STORAGE 10 512 MESSAGE 3 1000)" */
+static void quota_untagged(void *ctx, const struct imap_response *resp)
+{
+	struct imap_quota *q = ctx;
+	const struct imap_value *l = imap_list_get(&resp->args, 1);
+
+	if (!imap_response_is(resp, "QUOTA") || l == NULL ||
+	    l->type != IMAP_VALUE_LIST)
+		return;
+	q->nroots++;
+	for (size_t i = 0; i + 2 < l->count; i += 3) {
+		const char *res = imap_value_str(&l->list[i], NULL);
+		uint64_t used, limit;
+
+		if (res == NULL || imap_value_u64(&l->list[i + 1], &used) < 0 ||
+		    imap_value_u64(&l->list[i + 2], &limit) < 0)
+			break;
+		if (strcasecmp(res, "STORAGE") == 0)
+			quota_keep(&q->has_storage, &q->storage_used,
+			           &q->storage_limit, used, limit);
+		else if (strcasecmp(res, "MESSAGE") == 0)
+			quota_keep(&q->has_messages, &q->messages_used,
+			           &q->messages_limit, used, limit);
+	}
+}
+
+int imap_getquotaroot(struct imap_client *c, const char *mailbox,
+                      struct imap_quota *q_r, struct proto_err *err)
+{
+	struct imap_handler h = {.untagged = quota_untagged, .ctx = q_r};
+	struct imap_arg args[] = {
+	        {IMAP_ARG_RAW, "GETQUOTAROOT ", 0},
+	        {IMAP_ARG_ASTRING, mailbox, 0},
+	};
+
+	memset(q_r, 0, sizeof(*q_r));
+	if (!imap_has_cap(c, "QUOTA"))
+		return proto_err_set(err, PERR_LOCAL, -EOPNOTSUPP,
+		                     "%s does not offer QUOTA", c->host);
+	return imap_conn_exec(c, &h, args, 2, NULL, err);
 }
 
 /* --- IDLE ---------------------------------------------------------------- */

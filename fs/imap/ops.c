@@ -19,6 +19,7 @@
 #include "fs/dirsnap.h"
 #include "fs/imap/change.h"
 #include "fs/imap/newfile.h"
+#include "fs/imap/status.h"
 #include "fs/inval.h"
 #include "fs/mailfs.h"
 #include "fs/net/sync.h"
@@ -798,11 +799,20 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 {
 	struct mailfs *fs = fs_of(req);
 	struct cache_msg *msg = NULL;
+	struct cache_key key;
 	const char *val = NULL;
+	uint32_t id, gen, uid;
 	int rc;
 
+	/* Backup tools and ls ask every file for security.*, system.* (ACLs)
+	 * and trusted.* attributes: none here, answered without a look at
+	 * the cache.  (Not ENOSYS/EOPNOTSUPP: ENOSYS would stop the kernel
+	 * from asking for any attribute again, user.mail.* included.) */
+	if (strncmp(name, "user.", 5) != 0) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
 	if (fs_ino_is_new(ino)) {
-		struct cache_key key;
 		char *v = NULL;
 
 		/* A file being written: what its bytes and flags say; once
@@ -823,7 +833,27 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			return;
 		}
 	} else {
-		rc = get_msg(fs, ino, NULL, &msg);
+		if (!fs_ino_split(ino, &id, &gen, &uid)) {
+			fuse_reply_err(req, ENODATA);
+			return;
+		}
+		if (uid == 0) {
+			if (fs_status_is_name(name))
+				fs_status_dir_getxattr(req, fs, id, name, size);
+			else
+				fuse_reply_err(req, ENODATA);
+			return;
+		}
+		/* The key alone (no copy of the mailbox, as get_msg makes): a
+		 * backup tool asks each file for every attribute, one request
+		 * each. */
+		rc = msg_key(fs, ino, &key);
+		if (rc == 0 && fs_status_is_name(name)) {
+			fs_status_msg_getxattr(req, fs, key, name, size);
+			return;
+		}
+		if (rc == 0)
+			rc = cache_msg_get_once(fs->cache, key, &msg);
 	}
 	if (rc < 0) {
 		fs_reply_fail(req, FS_ERR_XATTR, rc);
@@ -982,7 +1012,7 @@ const struct fuse_lowlevel_ops fs_ops = {
         .getxattr = op_getxattr,
         .setxattr = op_setxattr,
         .removexattr = op_removexattr,
-        .statfs = fs_op_statfs,
+        .statfs = fs_status_op_statfs,
         .mknod = op_mknod,
         .mkdir = op_mkdir,
         .unlink = op_unlink,

@@ -17,10 +17,13 @@
  *              corrections.
  *   job.c      a job's waiters: detached, answered.
  *   conn.c     a worker's connection: log in, prepare, select a mailbox.
+ *   quota.c    GETQUOTAROOT, as a change job (fs_sync_call), and its answer.
+ *   prefetch.c the walk of -o prefetch=all: body jobs one after the other.
  *
  *   queue.c -> list.c, listing.c, bodies.c, job.c, conn.c
  *   listing.c -> list.c, resync.c, meta.c;  resync.c -> meta.c
  *   bodies.c -> job.c, conn.c
+ *   quota.c, prefetch.c -> the public queue API of queue.c only
  *
  * Threads.  Each worker thread (queue.c: worker_main) owns one IMAP
  * connection and runs one job at a time on it: fs_net_run_listing,
@@ -132,6 +135,15 @@ struct fs_sync {
 	int64_t timeout_ms;
 	struct failed_body failed[FAILED_MAX]; /* a ring */
 	unsigned nfailed;
+	/* quota.c: what GETQUOTAROOT said last; a GETQUOTAROOT queued;
+	 * the server has no QUOTA. */
+	struct fs_quota quota;
+	bool quota_busy, quota_none;
+	/* prefetch.c: the walk of -o prefetch=all, at message prefetch_uid
+	 * of mailbox prefetch_id; prefetch_listed: that mailbox's listing
+	 * was queued once by the walk. */
+	bool prefetch_running, prefetch_listed;
+	uint32_t prefetch_id, prefetch_uid;
 	/* Called when the server is reachable again (may be NULL); set
 	 * once at start. */
 	fs_sync_reconnect_fn on_reconnect;

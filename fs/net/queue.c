@@ -676,7 +676,24 @@ int fs_sync_start(struct mailfs *fs, struct imap_client *first,
 		s->workers[i].started = true;
 	}
 	*sync_r = s;
+	fs_sync_quota_refresh(s);
+	if (fs->opts.prefetch_all)
+		fs_sync_prefetch(s);
 	return 0;
+}
+
+void fs_sync_get_state(struct fs_sync *s, struct fs_sync_state *st)
+{
+	int64_t now = now_ms();
+
+	memset(st, 0, sizeof(*st));
+	pthread_mutex_lock(&s->lock);
+	st->connected = s->live;
+	st->workers = s->active;
+	for (const struct job *j = s->jobs; j != NULL; j = j->next)
+		st->jobs++;
+	st->retry_in = s->down_until > now ? s->down_until - now : 0;
+	pthread_mutex_unlock(&s->lock);
 }
 
 void fs_sync_stop(struct fs_sync **sp)

@@ -161,4 +161,44 @@ void fs_sync_listings_unlisted(struct fs_sync *s);
 int fs_sync_body(struct fs_sync *s, uint32_t id, uint32_t uidvalidity,
                  uint32_t uid, uint64_t until, fs_sync_cb cb, void *ctx);
 
+/* --- status: what `mailfs status`, statfs and the directory attributes
+ * report (fs/imap/usage.h).  Any thread; they never wait for the
+ * network. */
+
+struct fs_sync_state {
+	unsigned connected; /* workers with a live connection now */
+	unsigned workers;   /* workers in the pool (not retired) */
+	unsigned jobs;      /* jobs queued or running */
+	int64_t retry_in;   /* ms until the next attempt while backing off
+	                     * (the server could not be reached), else 0 */
+};
+
+void fs_sync_get_state(struct fs_sync *s, struct fs_sync_state *st);
+
+/* The quota of the account (QUOTA, RFC 9208): GETQUOTAROOT INBOX, asked
+ * at start and refreshed by fs_sync_quota_refresh (the watch calls it
+ * every poll).  Bytes and counts; has_* false for what the server did
+ * not say (or all of it, without the QUOTA capability). */
+struct fs_quota {
+	bool known; /* the server answered at least once */
+	bool has_storage;
+	uint64_t storage_used, storage_limit; /* bytes */
+	bool has_messages;
+	uint64_t messages_used, messages_limit;
+};
+
+void fs_sync_quota(struct fs_sync *s, struct fs_quota *q_r);
+
+/* Queue a GETQUOTAROOT unless one is on its way or the server has no
+ * QUOTA. */
+void fs_sync_quota_refresh(struct fs_sync *s);
+
+/* -o prefetch=all: fetch, one read-ahead batch after the other, every
+ * body of every selectable mailbox that is not cached (listing first the
+ * mailboxes never listed).  Starts the walk unless it runs; it stops by
+ * itself when nothing is left, at the first failure (the server cannot be
+ * reached: the next call starts it again), and at unmount.  One batch at
+ * a time, so a user's request waits at most for one batch. */
+void fs_sync_prefetch(struct fs_sync *s);
+
 #endif

@@ -130,6 +130,9 @@ static void background(struct fs_watch *w)
 	w->next_poll = now_ms() + poll * 1000;
 	if (time(NULL) - fs_tree_loaded(fs->tree) >= poll)
 		fs_sync_mailboxes(fs->sync, NULL, NULL);
+	fs_sync_quota_refresh(fs->sync);
+	if (fs->opts.prefetch_all)
+		fs_sync_prefetch(fs->sync);
 	if (fs_tree_synced_before(fs->tree, time(NULL) - poll + 1, &ids, &n) <
 	    0)
 		return;

@@ -838,6 +838,7 @@ mail_location = maildir:~/Maildir:LAYOUT={layout}
 mail_fsync = never
 mailbox_list_index = yes
 {zlib_conf}
+{quota_conf}
 ssl = required
 ssl_cert = <{pki}/server.pem
 ssl_key = <{pki}/server.key
@@ -873,7 +874,8 @@ namespace inbox {{
 
 protocol imap {{
   mail_max_userip_connections = 100
-{imap_zlib_conf}}}
+{imap_zlib_conf}{imap_plugins}
+}}
 protocol pop3 {{
   mail_max_userip_connections = 100
 }}
@@ -923,6 +925,9 @@ class Dovecot:
                 client that uses it by default (mailfs, imapcli) runs over
                 the compressed path, as against Gmail; False for the plain
                 path (most servers, and whatever proxy rewrites lines).
+    quota       None, or the quota plugin's rule for every user (QUOTA,
+                RFC 9208, in IMAP): e.g. 'storage=100M' or
+                'storage=10M:messages=50' (Dovecot's quota_rule after "*:")
 
     Attributes: dir, host ("localhost"), address ("127.0.0.1"), ipv6 (bool),
     ports {"imap", "imaps", "pop3", "pop3s": int}, ca (path of the CA
@@ -931,7 +936,7 @@ class Dovecot:
     """
 
     def __init__(self, directory=None, users=None, separator='/', ipv6=None, start=True,
-                 compress=True):
+                 compress=True, quota=None):
         if separator not in ('/', '.'):
             raise ValueError('separator must be "/" or "."')
         for p in ('dovecot', 'doveadm', 'openssl'):
@@ -943,6 +948,7 @@ class Dovecot:
         self.users = dict(users or DEFAULT_USERS)
         self.separator = separator
         self.compress = compress
+        self.quota = quota
         self.ipv6 = have_ipv6_loopback() if ipv6 is None else ipv6
         self.host, self.address = 'localhost', '127.0.0.1'
         self.config = os.path.join(self.dir, 'dovecot.conf')
@@ -1031,7 +1037,13 @@ class Dovecot:
                           'service anvil {\n  chroot =\n}\n'
                           'service imap-login {\n  chroot =\n}\n'
                           'service pop3-login {\n  chroot =\n}\n' % (me, me, group))
-        conf = _CONF.format(
+        imap_plugins = quota_conf = ''
+        if self.quota:
+            imap_plugins = '  mail_plugins = $mail_plugins imap_quota'
+            quota_conf = ('mail_plugins = $mail_plugins quota\n'
+                          'plugin {\n  quota = count:User quota\n'
+                          '  quota_rule = *:%s\n  quota_vsizes = yes\n}\n' % self.quota)
+        conf = _CONF.format(imap_plugins=imap_plugins, quota_conf=quota_conf,
             name='mailfs-test-' + os.path.basename(self.dir), dir=self.dir,
             listen='127.0.0.1, ::1' if self.ipv6 else '127.0.0.1',
             users_conf=users_conf, uid=self.mail_uid, gid=self.mail_gid,
