@@ -3,23 +3,28 @@
  * codec.  cache.h is the contract for callers (and holds the schema); this
  * header is included only by the .c files of cache/.
  *
- * Who owns what:
- *   env.c      the environment (open, damage checks, schema check and
- *              upgrade, close), the map and its growth, transactions and
- *              their sticky errors, the LMDB errno map, the database
- *              primitives (db_*)
- *   codec.c    big-endian integers, the record writer and reader, and
- *              every key this module builds (the key builders below)
- *   meta.c     meta: counters, callers' values, mailbox mtimes, POP3 marks
- *   mbox.c     mbox and mbox_name
- *   msg.c      msg
- *   body.c     body, body_big, chunk, chunk_open; body streams
- *   rematch.c  no database of its own: bodies across a UIDVALIDITY change
+ * Who owns what (each file calls only files listed below it, and
+ * codec.c and env.c call nothing else in cache/; no cycle between files):
+ *   once.c     the one-shot helpers of cache.h
  *   usage.c    no database of its own: counts and sizes of what a
  *              mailbox holds and caches
- *   pop.c      pop and pop_uidl (POP3 bodies are body.c's)
+ *   open.c     opening the environment (directory, lock, damage checks,
+ *              schema check and upgrade, stale_clean) and closing it; the
+ *              list of databases
  *   pending.c  pending (records and their parts)
- *   once.c     the one-shot helpers of cache.h
+ *   pop.c      pop and pop_uidl (POP3 bodies are body.c's)
+ *   rematch.c  no database of its own: bodies across a UIDVALIDITY change
+ *   mbox.c     mbox and mbox_name
+ *   msg.c      msg: the public calls (deleting a message deletes its body)
+ *   body.c     body, body_big, chunk, chunk_open; body streams
+ *   msgrec.c   one msg record: its encoding, key check, load and store
+ *   meta.c     meta: counters, callers' values, mailbox mtimes, POP3 marks
+ *   env.c      the LMDB wrapper: transactions and their sticky errors, the
+ *              LMDB errno map, the map and its growth, the database
+ *              primitives (db_*)
+ *   codec.c    big-endian integers, the record writer and reader, every
+ *              key this module builds (the key builders below) and the
+ *              ids a key may hold
  *
  * Rules inside the module:
  * - Values never leave cache/ as pointers into the map: LMDB's pointers
@@ -46,7 +51,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* The named databases (their names: env.c, db_names). */
+/* The named databases (their names: open.c, db_names). */
 enum {
 	DB_META,
 	DB_MBOX,
@@ -121,6 +126,8 @@ struct cache_txn {
 /* ------------------------------------------------------------------ */
 /* Errors and database primitives (env.c) */
 
+/* The one place LMDB codes become errnos. */
+int mdb_errno(int rc);
 /* Record err as txn's failure (if it is the first) and return it. */
 int txn_fail(struct cache_txn *t, int err);
 /* The same for an LMDB code (mapped, a full map noted). */
@@ -253,10 +260,11 @@ int meta_write(struct cache_txn *t, const char *name, uint64_t val);
 int counter_next(struct cache_txn *t, const char *name, uint64_t max,
                  uint64_t *v_r);
 
-/* mbox.c: an id a real mailbox may have (neither the root nor POP3). */
+/* codec.c: an id a real mailbox may have (neither the root nor POP3). */
 bool mbox_id_ok(uint32_t id);
 
-/* msg.c: a message record, decoded in place (spans point into the map). */
+/* msgrec.c: a message record, decoded in place (spans point into the
+ * map). */
 struct msg_view {
 	bool size_verified;
 	uint64_t size, modseq;
@@ -266,6 +274,11 @@ struct msg_view {
 };
 
 bool msg_parse(const MDB_val *v, struct msg_view *mv);
+/* The bytes a decoded record takes as a struct cache_msg, and the record
+ * built in buf (that many bytes): the strings and header follow it. */
+size_t msg_build_size(const struct msg_view *mv);
+struct cache_msg *msg_build(const struct msg_view *mv, struct cache_key key,
+                            void *buf);
 /* A key an IMAP message may have. */
 bool msg_key_ok(struct cache_key k);
 int msg_load(struct cache_txn *t, struct cache_key key,
@@ -303,7 +316,7 @@ int body_transfer(struct cache_txn *t, struct cache_key from,
                   struct cache_key to, bool copy);
 int stream_store(struct cache_txn *t, struct cache_body_stream *s,
                  const uint8_t k[KEY_LEN]);
-/* At open (env.c): delete the pieces of bodies whose writing never
+/* At open (open.c): delete the pieces of bodies whose writing never
  * finished; failures are logged. */
 void stale_clean(struct cache *c);
 

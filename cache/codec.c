@@ -1,8 +1,9 @@
 /* The bytes of the on-disk format that every schema shares: big-endian
  * integers, the record writer and reader, and every key the cache builds
  * (message keys, mailbox name keys, body piece keys, upload part keys and
- * the meta names of other modules' values).  Owns no database.  The
- * layouts are the schema in cache.h. */
+ * the meta names of other modules' values), and which mailbox ids a key
+ * may hold.  Owns no database; calls nothing else in cache/.  The layouts
+ * are the schema in cache.h. */
 #include "cache_int.h"
 
 #include <errno.h>
@@ -51,6 +52,11 @@ struct cache_key msgkey_parse(const uint8_t *p)
 	struct cache_key k = {be32_get(p), be32_get(p + 4), be32_get(p + 8)};
 
 	return k;
+}
+
+bool mbox_id_ok(uint32_t id)
+{
+	return id != CACHE_ROOT_MAILBOX_ID && id != CACHE_POP_MAILBOX_ID;
 }
 
 void wr_bytes(struct wr *w, const void *d, size_t n)

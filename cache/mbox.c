@@ -162,11 +162,6 @@ void cache_mailbox_free(struct cache_mailbox **mb)
 	*mb = NULL;
 }
 
-bool mbox_id_ok(uint32_t id)
-{
-	return id != CACHE_ROOT_MAILBOX_ID && id != CACHE_POP_MAILBOX_ID;
-}
-
 /* Load the record of id into a fresh allocation. */
 static int mbox_load(struct cache_txn *t, uint32_t id,
                      struct cache_mailbox **mb_r)
