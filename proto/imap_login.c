@@ -242,24 +242,6 @@ static int authenticate(struct imap_client *c, const struct imap_config *cfg,
 	return 0;
 }
 
-/* A server that says nothing for a while after connecting may be
- * waiting for a TLS handshake (an implicit-TLS port, 993): the user hears
- * "use imaps://" within a second or two instead of a timeout.  Returns 0
- * once the greeting's first bytes are in, or a negative errno. */
-static int tls_port_hint(struct net_conn *net, const struct imap_config *cfg,
-                         struct proto_err *err)
-{
-	int rc = net_fill_greeting(net, cfg->host, cfg->port, err);
-
-	if (rc != 0)
-		return rc < 0 ? rc : 0;
-	return proto_err_set(
-	        err, PERR_PROTOCOL, -EPROTO,
-	        "%s port %s expects TLS from the first byte, not "
-	        "plain IMAP: use imaps:// (the usual imaps port is 993)",
-	        cfg->host, cfg->port);
-}
-
 /* COMPRESS DEFLATE (RFC 4978), with nothing else in flight (the server
  * compresses from the byte after its OK, so nothing may be read between
  * that OK and the switch).  A refusal leaves the connection as it was. */
@@ -308,7 +290,10 @@ int imap_connect(struct imap_client **client_r, const struct imap_config *cfg,
 			goto fail;
 	}
 	if (cfg->tls != IMAP_TLS_IMPLICIT) {
-		rc = tls_port_hint(c->net, cfg, err);
+		/* Within a second or two, "use imaps://" rather than a
+		 * timeout when the port wants TLS from the first byte. */
+		rc = net_fill_greeting(c->net, cfg->host, cfg->port, "IMAP",
+		                       "imaps", "993", err);
 		if (rc < 0)
 			goto fail;
 	}

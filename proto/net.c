@@ -655,7 +655,8 @@ int net_fill_wait(struct net_conn *c, int timeout_ms, struct proto_err *err)
 }
 
 int net_fill_greeting(struct net_conn *c, const char *host, const char *port,
-                      struct proto_err *err)
+                      const char *proto, const char *scheme,
+                      const char *tls_port, struct proto_err *err)
 {
 	int64_t deadline = now_ms() + c->timeout_ms;
 	int64_t first = now_ms() + TLS_HINT_AFTER_MS;
@@ -670,7 +671,12 @@ int net_fill_greeting(struct net_conn *c, const char *host, const char *port,
 	    net_probe_tls(host, port,
 	                  left < TLS_HINT_PROBE_MS ? (int)left
 	                                           : TLS_HINT_PROBE_MS) == 1)
-		return 0;
+		return proto_err_set(err, PERR_PROTOCOL, -EPROTO,
+		                     "%s port %s expects TLS from the first "
+		                     "byte, not plain %s: use %s:// (the usual "
+		                     "%s port is %s)",
+		                     host, port, proto, scheme, scheme,
+		                     tls_port);
 	return fill_until(c, deadline, false, err);
 }
 

@@ -70,11 +70,13 @@ int net_probe_tls(const char *host, const char *port, int timeout_ms);
  * within the connection's one timeout: after TLS_HINT_AFTER_MS without
  * any, ask net_probe_tls() whether the port wants TLS from the first
  * byte, then wait for the rest of the timeout.  Returns the number of
- * bytes that arrived (> 0), 0 when the port speaks TLS (no plaintext
- * greeting will come: the caller says which URL to use), or a negative
- * errno as net_fill() (-ETIMEDOUT when nothing came at all). */
+ * bytes that arrived (> 0), or a negative errno as net_fill() (-ETIMEDOUT
+ * when nothing came at all), or -EPROTO (PERR_PROTOCOL) when the port
+ * speaks TLS: err then says "... expects TLS from the first byte, not
+ * plain PROTO: use SCHEME:// (the usual SCHEME port is TLS_PORT)". */
 int net_fill_greeting(struct net_conn *c, const char *host, const char *port,
-                      struct proto_err *err);
+                      const char *proto, const char *scheme,
+                      const char *tls_port, struct proto_err *err);
 
 /* Change the timeout used by every following wait. */
 void net_set_timeout(struct net_conn *c, int timeout_ms);

@@ -334,24 +334,6 @@ result:
 	return auth_refused(c, &st, cfg, err);
 }
 
-/* A server that says nothing for a while after connecting may be
- * waiting for a TLS handshake (an implicit-TLS port, 995): the user hears
- * "use pop3s://" within a second or two instead of a timeout.  Returns 0
- * once the greeting's first bytes are in, or a negative errno. */
-static int tls_port_hint(struct net_conn *net, const struct pop3_config *cfg,
-                         struct proto_err *err)
-{
-	int rc = net_fill_greeting(net, cfg->host, cfg->port, err);
-
-	if (rc != 0)
-		return rc < 0 ? rc : 0;
-	return proto_err_set(
-	        err, PERR_PROTOCOL, -EPROTO,
-	        "%s port %s expects TLS from the first byte, not "
-	        "plain POP3: use pop3s:// (the usual pop3s port is 995)",
-	        cfg->host, cfg->port);
-}
-
 int pop3_connect(struct pop3_client **client_r, const struct pop3_config *cfg,
                  struct proto_err *err)
 {
@@ -379,7 +361,10 @@ int pop3_connect(struct pop3_client **client_r, const struct pop3_config *cfg,
 			goto fail;
 	}
 	if (cfg->tls != POP3_TLS_IMPLICIT) {
-		rc = tls_port_hint(c->net, cfg, err);
+		/* Within a second or two, "use pop3s://" rather than a
+		 * timeout when the port wants TLS from the first byte. */
+		rc = net_fill_greeting(c->net, cfg->host, cfg->port, "POP3",
+		                       "pop3s", "995", err);
 		if (rc < 0)
 			goto fail;
 	}
