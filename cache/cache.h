@@ -122,6 +122,11 @@
  * (-EPROTONOSUPPORT, with a log line saying so) a newer one, so an old
  * mailfs never misreads a cache written by a newer one.  Schema 2 added
  * body_big, chunk and chunk_open. */
+/* How long cache_open() waits for another process that holds the cache
+ * (a mailfs still shutting down after its unmount) before it gives up
+ * with -EBUSY. */
+#define CACHE_LOCK_WAIT_MS 5000
+
 #define CACHE_SCHEMA_VERSION 2
 
 /* Bodies longer than this are stored in pieces of this many bytes, each
@@ -164,8 +169,9 @@ struct cache_options {
  * cache_close().
  *
  * One process at a time: the directory is locked (flock) while it is open,
- * and a cache open in another process, or already open in this one, is
- * refused (-EBUSY).  The lock goes with the process, even a killed one.
+ * and a cache open in another process (after waiting CACHE_LOCK_WAIT_MS
+ * for that process to let go), or already open in this one, is refused
+ * (-EBUSY).  The lock goes with the process, even a killed one.
  *
  * A damaged cache is refused and never modified, deleted or repaired: it
  * may hold the only copy of POP3 mail or of unsent uploads.  Damaged means

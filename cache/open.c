@@ -375,15 +375,26 @@ static int check_empty(const char *dir, struct report *r)
 
 /* One mailfs per cache: two would both resume the same uploads and both
  * number POP3 downloads.  The lock lives as long as the descriptor, so a
- * killed mailfs never leaves it behind. */
+ * killed mailfs never leaves it behind.  A mailfs that was just unmounted
+ * still holds it while it shuts down (threads stopped, cache closed): a
+ * mount right after the unmount (a restart) waits up to
+ * CACHE_LOCK_WAIT_MS for it before refusing. */
 static int lock_dir(struct cache *c, struct report *r)
 {
+	struct timespec nap = {0, 100 * 1000000L};
+	int tries = CACHE_LOCK_WAIT_MS / 100;
+
 	c->lock_fd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (c->lock_fd < 0)
 		return report(r, -errno, "cache directory %s: %s", c->dir,
 		              strerror(errno));
-	if (flock(c->lock_fd, LOCK_EX | LOCK_NB) == 0)
-		return 0;
+	for (;;) {
+		if (flock(c->lock_fd, LOCK_EX | LOCK_NB) == 0)
+			return 0;
+		if (errno != EWOULDBLOCK || tries-- <= 0)
+			break;
+		nanosleep(&nap, NULL);
+	}
 	if (errno == EWOULDBLOCK)
 		return report(
 		        r, -EBUSY,

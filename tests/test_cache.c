@@ -2254,6 +2254,47 @@ static void test_open_in_other_process_busy(void **state)
 	open_cache(f);
 }
 
+/* A mailfs that was just unmounted holds its cache while it shuts down;
+ * a mount right after it (a restart) waits for it instead of failing. */
+static void test_open_waits_for_a_closing_process(void **state)
+{
+	struct fixture *f = *state;
+	struct timespec t0, t1;
+	int up[2], status = 0, rc;
+	struct cache *other = NULL;
+	char b = 0;
+	pid_t pid;
+
+	assert_int_equal(pipe(up), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct cache *c = NULL;
+		int rc = cache_open(f->dir, &c);
+
+		b = rc == 0 ? 'y' : 'n';
+		if (write(up[1], &b, 1) != 1)
+			_exit(2);
+		usleep(1500 * 1000); /* shutting down, then gone */
+		cache_close(&c);
+		_exit(rc == 0 ? 0 : 1);
+	}
+	assert_int_equal(read(up[0], &b, 1), 1);
+	assert_int_equal(b, 'y');
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	rc = cache_open(f->dir, &other);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_int_equal(rc, 0);
+	assert_non_null(other);
+	assert_true(t1.tv_sec - t0.tv_sec < CACHE_LOCK_WAIT_MS / 1000);
+	cache_close(&other);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	close(up[0]);
+	close(up[1]);
+}
+
 struct thread_arg {
 	struct cache *cache;
 	struct cache_txn *txn;
@@ -3349,6 +3390,8 @@ int main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_open_in_other_process_busy,
 	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(
+	                test_open_waits_for_a_closing_process, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
