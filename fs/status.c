@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs/config.h"
 #include "proto/strbuf.h"
 
 #define STATUS_ATTR "user.mailfs.status"
@@ -359,15 +360,48 @@ static int report_one(const char *mnt, bool as_json, struct strbuf *out)
 	return 0;
 }
 
+/* The directory an argument of mailfs status names: a directory, or the
+ * mount point of the account of that name in the configuration file.  New
+ * string, or NULL after saying why. */
+static char *status_dir(const char *arg)
+{
+	struct fs_account *acct = NULL;
+	struct stat sb;
+	char *dir;
+	int rc;
+
+	if (stat(arg, &sb) == 0 && S_ISDIR(sb.st_mode))
+		return strdup(arg);
+	rc = fs_config_find(arg, &acct);
+	if (rc == 0 && acct->mountpoint != NULL) {
+		dir = strdup(acct->mountpoint);
+		fs_account_free(&acct);
+		return dir;
+	}
+	if (rc == 0)
+		fprintf(stderr,
+		        "mailfs status: account %s has no mountpoint in the "
+		        "configuration file; give its mount point\n",
+		        arg);
+	else if (rc == -ENOENT)
+		fprintf(stderr,
+		        "mailfs status: %s: neither a directory nor an account "
+		        "of the configuration file\n",
+		        arg);
+	fs_account_free(&acct);
+	return NULL;
+}
+
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: mailfs status [--json] [MOUNTPOINT]\n"
-	           "\n"
-	           "Per mailbox of a mailfs mount (every mount without "
-	           "MOUNTPOINT): messages on\n"
-	           "the server, messages and bytes cached, uploads waiting, "
-	           "the last resync; and\n"
-	           "the connection and the quota.\n");
+	fprintf(f,
+	        "usage: mailfs status [--json] [MOUNTPOINT|NAME]\n"
+	        "\n"
+	        "Per mailbox of a mailfs mount (every mount without "
+	        "MOUNTPOINT; NAME: an account of the configuration file): messages on\n"
+	        "the server, messages and bytes cached, uploads waiting, "
+	        "the last resync; and\n"
+	        "the connection and the quota.\n");
 }
 
 int fs_status_main(int argc, char **argv)
@@ -401,17 +435,12 @@ int fs_status_main(int argc, char **argv)
 		return 2;
 	}
 	if (argc - optind == 1) {
-		struct stat sb;
-		char *mnt;
+		char *dir = status_dir(argv[optind]), *mnt;
 
-		if (stat(argv[optind], &sb) < 0 || !S_ISDIR(sb.st_mode)) {
-			fprintf(stderr,
-			        "mailfs status: %s: not a directory; give the "
-			        "mount point of a mailfs mount\n",
-			        argv[optind]);
+		if (dir == NULL)
 			return 1;
-		}
-		mnt = fs_status_mount_of(argv[optind]);
+		mnt = fs_status_mount_of(dir);
+		free(dir);
 		if (mnt == NULL)
 			return 1;
 		mounts = malloc(sizeof(*mounts));

@@ -79,9 +79,9 @@ def status_json(mnt, timeout=60):
     return json.loads(r.stdout)
 
 
-def sh(argv, timeout=120):
+def sh(argv, timeout=120, env=None):
     """mounttest.run with text output."""
-    return mounttest.run(argv, timeout=timeout, text=True)
+    return mounttest.run(argv, timeout=timeout, text=True, env=env)
 
 
 def settled(mnt):
@@ -231,6 +231,20 @@ class Status(StatusBase):
         self.assertIn(mnt, [x['mountpoint'] for x in json.loads(r.stdout)])
         r = sh([MAILFS, 'status', '--json', os.path.join(mnt, 'Lists')])
         self.assertEqual(json.loads(r.stdout)['mountpoint'], mnt)
+        # An account of the configuration file stands for its mount point.
+        xdg = os.path.join(TMP, 'xdg-status')
+        os.makedirs(os.path.join(xdg, 'mailfs'), exist_ok=True)
+        conf = os.path.join(xdg, 'mailfs', 'config')
+        with open(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as f:
+            f.write('[bobs]\nurl = %s\nmountpoint = %s\n' % (dc.url('imaps', 'bob'), mnt))
+        r = sh([MAILFS, 'status', '--json', 'bobs'],
+               env=dict(os.environ, XDG_CONFIG_HOME=xdg))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)['mountpoint'], mnt)
+        r = sh([MAILFS, 'status', 'nosuchaccount'],
+               env=dict(os.environ, XDG_CONFIG_HOME=xdg))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('neither a directory nor an account', r.stderr)
         cache = m.cache_dir
         m.unmount()
         # What the cache really holds: exactly the messages said cached.

@@ -230,8 +230,9 @@ def wait_for(fn, seconds, interval=0.1, errors=()):
 
 
 def run(argv, timeout=RUN_TIMEOUT, **kw):
-    """subprocess.run of ARGV in the C locale, output captured, no stdin."""
-    env = dict(os.environ, LC_ALL='C')
+    """subprocess.run of ARGV in the C locale, output captured, no stdin;
+    env= replaces the environment (LC_ALL=C still set)."""
+    env = dict(kw.pop('env', None) or os.environ, LC_ALL='C')
     return subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=env,
                           timeout=timeout, **kw)
 
