@@ -51,8 +51,30 @@ static int mark_deleted(struct cache_txn *txn, void *ctx)
 	return rc;
 }
 
+/* The session's client is p->c: read by this thread without the lock,
+ * but set and taken away under it, because fs_pop_stop() wakes it with
+ * pop3_shutdown() from another thread and must never see it freed. */
+static void set_client(struct fs_pop *p, struct pop3_client *c)
+{
+	pthread_mutex_lock(&p->lock);
+	p->c = c;
+	pthread_mutex_unlock(&p->lock);
+}
+
+static struct pop3_client *take_client(struct fs_pop *p)
+{
+	struct pop3_client *c;
+
+	pthread_mutex_lock(&p->lock);
+	c = p->c;
+	p->c = NULL;
+	pthread_mutex_unlock(&p->lock);
+	return c;
+}
+
 static int session(struct fs_pop *p)
 {
+	struct pop3_client *c = NULL;
 	struct mailfs *fs = p->fs;
 	struct retr_ctx r = {.p = p};
 	struct proto_err err = {0};
@@ -70,16 +92,18 @@ static int session(struct fs_pop *p)
 
 	r.d = &d;
 	if (p->first != NULL) {
-		p->c = p->first;
+		c = p->first;
 		p->first = NULL;
 	} else {
-		rc = login_pop3(fs->login, &fs->pop3, &p->c, &err);
+		rc = login_pop3(fs->login, &fs->pop3, &c, &err);
 		if (rc < 0) {
 			if (!login_reported(fs->login, &err))
 				log_warn("POP3 check failed: %s", err.text);
 			return rc;
 		}
 	}
+	set_client(p, c);
+	c = NULL;
 	rc = pop3_uidl_all(p->c, fs_pop_uidl_cb, &d, &err);
 	if (rc == -ENOTSUP) {
 		fs_pop_drop_free(&d);
@@ -160,7 +184,8 @@ static int session(struct fs_pop *p)
 			}
 		}
 	}
-	rc = pop3_quit(&p->c, &err);
+	c = take_client(p);
+	rc = pop3_quit(&c, &err);
 	if (rc < 0) {
 		log_warn("POP3 QUIT failed: %s", err.text);
 	} else if (ndele > 0) {
@@ -176,7 +201,8 @@ fail:
 	log_warn("POP3 check failed: %s",
 	         err.text[0] ? err.text : strerror(-rc));
 	/* No QUIT: the server must commit nothing of a failed session. */
-	pop3_free(&p->c);
+	c = take_client(p);
+	pop3_free(&c);
 out:
 	free(dele);
 	free(dls);

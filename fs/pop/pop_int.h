@@ -56,7 +56,10 @@ struct fs_pop {
 	bool kick;
 	bool ready;
 	struct pop_waiter *waiters; /* run after the next session */
-	struct pop3_client *c;      /* owned; the session's connection */
+	struct pop3_client *c;      /* owned; the session's connection: set
+	                               and taken away under lock (stop wakes
+	                               it from another thread), read by the
+	                               poller thread without it */
 	struct pop3_client *first;  /* owned until the first session */
 	bool warned_no_uidl;
 };
