@@ -10,6 +10,7 @@
 
 #include "cache/cache.h"
 #include "fixtures/cache-v1/content.h"
+#include "fixtures/cache-v2/content.h"
 
 #include <errno.h>
 #include <ftw.h>
@@ -3051,7 +3052,7 @@ static void test_disk_format(void **state)
 /* ------------------------------------------------------------------ */
 /* A cache written by the mailfs of schema 1 (tests/fixtures/cache-v1). */
 
-static void copy_fixture(struct fixture *f)
+static void copy_fixture(struct fixture *f, const char *name)
 {
 	const char *src = getenv("MAILFS_FIXTURES");
 	char path[PATH_MAX + 64];
@@ -3060,7 +3061,7 @@ static void copy_fixture(struct fixture *f)
 	size_t n;
 
 	assert_non_null(src);
-	snprintf(path, sizeof(path), "%s/cache-v1/data.mdb", src);
+	snprintf(path, sizeof(path), "%s/%s/data.mdb", src, name);
 	in = fopen(path, "rb");
 	assert_non_null(in);
 	snprintf(path, sizeof(path), "%s/acct", f->tmp);
@@ -3174,7 +3175,7 @@ static void test_fixture_v1(void **state)
 	uint32_t id = 0;
 	size_t count = 0;
 
-	copy_fixture(f);
+	copy_fixture(f, "cache-v1");
 	assert_int_equal(raw_schema(f), 1);
 	open_cache(f);
 	check_fixture_bodies(f->cache);
@@ -3254,6 +3255,139 @@ static void test_fixture_v1(void **state)
 	}
 }
 
+/* ------------------------------------------------------------------ */
+/* A cache written by the mailfs of schema 2 (tests/fixtures/cache-v2). */
+
+/* Every body of the v2 fixture, byte for byte, read at every piece
+ * boundary and at odd offsets, with its record and size. */
+static void check_fixture2_bodies(struct cache *c)
+{
+	uint8_t *want = malloc(1 << 20);
+
+	assert_non_null(want);
+	for (size_t i = 0; i < sizeof(fix2_bodies) / sizeof(fix2_bodies[0]);
+	     i++) {
+		const struct fix2_body *b = &fix2_bodies[i];
+		struct cache_txn *t = rtxn(c);
+		struct cache_msg *m = NULL;
+		uint32_t id = 0;
+		struct cache_key k;
+
+		assert_int_equal(cache_mailbox_lookup(t, b->mailbox, &id), 0);
+		k = (struct cache_key){id, b->uidvalidity, b->uid};
+		assert_int_equal(cache_body_has(t, k), 1);
+		assert_int_equal(cache_msg_get(t, k, &m), 0);
+		assert_true(m->size_verified);
+		assert_int_equal(m->size, b->len);
+		cache_msg_free(&m);
+		assert_int_equal(cache_txn_commit(&t), 0);
+		fix2_fill(b, want);
+		check_reads(c, k, want, b->len);
+	}
+	for (size_t i = 0; i < sizeof(fix2_pops) / sizeof(fix2_pops[0]); i++) {
+		struct cache_key k = {CACHE_POP_MAILBOX_ID,
+		                      CACHE_POP_UIDVALIDITY, (uint32_t)i + 1};
+		struct cache_txn *t = rtxn(c);
+		struct cache_pop *p = NULL;
+		uint32_t num = 0;
+
+		assert_int_equal(cache_pop_lookup(t, fix2_pops[i].uidl, &num),
+		                 0);
+		assert_int_equal(num, i + 1);
+		assert_int_equal(cache_pop_get(t, num, &p), 0);
+		assert_int_equal(p->size, fix2_pops[i].len);
+		assert_int_equal(p->downloaded, FIX2_POP_WHEN + (int64_t)i);
+		cache_pop_free(&p);
+		assert_int_equal(cache_txn_commit(&t), 0);
+		fix_body(501 + (uint32_t)i, want, fix2_pops[i].len);
+		check_reads(c, k, want, fix2_pops[i].len);
+	}
+	free(want);
+}
+
+static void test_fixture_v2(void **state)
+{
+	struct fixture *f = *state;
+	struct cache_pending *p = NULL;
+	struct cache_msg *m = NULL;
+	struct cache_txn *t;
+	uint8_t want[FIX2_PENDING_LEN + FIX2_PENDING_PART];
+	struct cache_key k3, k4, k20;
+	uint64_t v = 0;
+	uint32_t id = 0;
+	size_t count = 0;
+
+	copy_fixture(f, "cache-v2");
+	assert_int_equal(raw_schema(f), 2);
+	open_cache(f);
+	check_fixture2_bodies(f->cache);
+
+	t = rtxn(f->cache);
+	assert_int_equal(cache_meta_get(t, FIX2_META_NAME, &v), 0);
+	assert_int_equal(v, FIX2_META_VALUE);
+	assert_int_equal(cache_mailbox_lookup(t, "INBOX", &id), 0);
+	assert_int_equal(cache_msg_count(t, id, FIX2_INBOX_UIDV, &count), 0);
+	assert_int_equal(count, 6);
+	k3 = (struct cache_key){id, FIX2_INBOX_UIDV, FIX2_UNCACHED_UID};
+	assert_int_equal(cache_msg_get(t, k3, &m), 0);
+	assert_false(m->size_verified);
+	assert_int_equal(m->size, FIX2_UNCACHED_SIZE);
+	cache_msg_free(&m);
+	assert_int_equal(cache_body_has(t, k3), 0);
+	/* The upload the server never confirmed, with its later write. */
+	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
+	assert_int_equal(p->mailbox_id, id);
+	assert_int_equal(p->state, CACHE_PENDING_CLOSED);
+	assert_string_equal(p->flags, FIX2_PENDING_FLAGS);
+	assert_string_equal(p->name, "draft.eml");
+	assert_int_equal(p->size, sizeof(want));
+	fix_body(900, want, FIX2_PENDING_LEN);
+	fix_body(901, want + FIX2_PENDING_LEN, FIX2_PENDING_PART);
+	assert_memory_equal(p->data, want, sizeof(want));
+	cache_pending_free(&p);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Upgraded in place to this schema, nothing lost: the same after a
+	 * reopen. */
+	assert_int_equal(raw_schema(f), CACHE_SCHEMA_VERSION);
+	check_fixture2_bodies(f->cache);
+
+	/* New bodies next to the old ones; an old body in pieces moves and
+	 * is copied (a rematch with copy) like any. */
+	{
+		const size_t len = 2 * CACHE_BODY_CHUNK + 77;
+		const struct fix2_body *b4 = &fix2_bodies[2];
+		uint8_t *body = malloc(len > b4->len ? len : b4->len);
+		struct cache_rematch_stats st;
+
+		assert_non_null(body);
+		fix2_text(3, body, len);
+		t = wtxn(f->cache);
+		assert_int_equal(cache_body_put(t, k3, body, len), 0);
+		assert_int_equal(cache_txn_commit(&t), 0);
+		check_reads(f->cache, k3, body, len);
+
+		k4 = (struct cache_key){id, FIX2_INBOX_UIDV, 4};
+		k20 = (struct cache_key){id, FIX2_INBOX_UIDV + 1, 20};
+		t = wtxn(f->cache);
+		assert_int_equal(cache_mailbox_set_state(t, id,
+		                                         FIX2_INBOX_UIDV + 1,
+		                                         21, 0, 1, NULL),
+		                 0);
+		put_msg(t, id, FIX2_INBOX_UIDV + 1, 20, "<4@fixture.example>",
+		        b4->len);
+		assert_int_equal(cache_rematch(t, id, FIX2_INBOX_UIDV + 1,
+		                               CACHE_REMATCH_COPY, &st),
+		                 0);
+		assert_int_equal(st.matched, 1);
+		assert_int_equal(cache_txn_commit(&t), 0);
+		fix2_fill(b4, body);
+		check_reads(f->cache, k20, body, b4->len);
+		check_reads(f->cache, k4, body, b4->len);
+		free(body);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -3318,6 +3452,8 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_disk_format, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_fixture_v1, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_fixture_v2, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_truncated_refused, setup,
 	                                        teardown),
