@@ -13,7 +13,10 @@
  *   meta.c     meta: counters, callers' values, mailbox mtimes, POP3 marks
  *   mbox.c     mbox and mbox_name
  *   msg.c      msg
- *   body.c     body, body_big, chunk, chunk_open; body streams
+ *   body.c     body, zbody, body_big, chunk, chunk_open; body streams
+ *   compress.c zdict, and the encoding of the values of zbody and chunk
+ *              (compressed when that saves space; per-thread zstd
+ *              contexts and the last value decoded)
  *   rematch.c  no database of its own: bodies across a UIDVALIDITY change
  *   pop.c      pop and pop_uidl (POP3 bodies are body.c's)
  *   pending.c  pending (records and their parts)
@@ -57,6 +60,8 @@ enum {
 	DB_BIGBODY,
 	DB_CHUNK,
 	DB_CHUNK_OPEN,
+	DB_ZBODY,
+	DB_ZDICT,
 	DB_COUNT,
 };
 
@@ -66,6 +71,8 @@ enum {
 #define META_NEXT_POP     "cache.next_pop"
 #define META_NEXT_PENDING "cache.next_pending"
 #define META_NEXT_BLOB    "cache.next_blob"
+#define META_NEXT_ZDICT   "cache.next_zdict"
+#define META_ZDICT        "cache.zdict"
 /* Names this module builds for other modules (see cache.h). */
 #define META_MTIME        "mtime."
 #define META_POP_DUP      "popdup."
@@ -105,6 +112,11 @@ struct cache {
 	atomic_uint reads_since_trim;
 	atomic_size_t bytes_since_trim;
 	_Atomic uintptr_t seen_lo, seen_hi; /* see note_span() */
+	/* Compression dictionaries loaded (compress.c), and the number of
+	 * small bodies at which one is trained if the cache has none. */
+	pthread_mutex_t zlock;
+	struct zdict_mem *zdicts; /* owned; protected by zlock */
+	atomic_size_t ztrain_at;
 };
 
 struct cache_txn {
@@ -145,6 +157,8 @@ int db_scan(struct cache_txn *t, int db, const void *start, size_t slen,
             size_t plen, scan_fn fn, void *ctx);
 int db_del_prefix(struct cache_txn *t, int db, const void *prefix, size_t plen,
                   size_t *count_r);
+/* The number of entries of db. */
+int db_count(struct cache_txn *t, int db, size_t *count_r);
 
 /* Body reads tell the environment which map pages they touched, so that
  * it can drop them from the resident set now and then. */
@@ -242,6 +256,39 @@ int pop_mark_key(char name[META_KEY_SIZE], enum cache_pop_mark mark,
                  const char *s);
 
 /* ------------------------------------------------------------------ */
+/* Values that may be compressed (compress.c): the bodies of zbody and the
+ * pieces of chunk.  A value is a codec byte, then
+ *   ZV_RAW        the bytes
+ *   ZV_ZSTD       length u32 BE, one zstd frame
+ *   ZV_ZSTD_DICT  length u32 BE, dictionary id u32 BE, one zstd frame
+ *                 made with that dictionary (zdict)
+ * The length is the decoded length: known without decompressing. */
+
+enum { ZV_RAW = 0, ZV_ZSTD = 1, ZV_ZSTD_DICT = 2 };
+
+enum zval_kind {
+	ZV_BODY,  /* a small body: with the cache's dictionary, once trained */
+	ZV_PIECE, /* a piece of a longer body: no dictionary, faster level */
+};
+
+int zdicts_init(struct cache *c);
+void zdicts_free(struct cache *c);
+/* The decoded length of v; -EIO (not recorded) for a damaged header. */
+int zval_len(const MDB_val *v, uint64_t *len_r);
+/* The decoded bytes of v: a pointer into v (raw) or into this thread's
+ * buffer, valid until the next zval_* call on this thread.  A value that
+ * does not decode to exactly its length is damaged: logged (what and a,
+ * b, c name it), -EIO recorded. */
+int zval_decode(struct cache_txn *t, const MDB_val *v, const char *what,
+                uint64_t a, uint64_t b, uint64_t c, const uint8_t **p_r,
+                size_t *len_r);
+/* Put len bytes under k in db as a value of kind, compressed when that
+ * makes it shorter.  For ZV_BODY, the first write that finds no
+ * dictionary and enough small bodies in the cache trains one (logged). */
+int zval_put(struct cache_txn *t, int db, const void *k, size_t klen,
+             const void *data, size_t len, enum zval_kind kind);
+
+/* ------------------------------------------------------------------ */
 /* What the schema files use of each other */
 
 /* meta.c: a meta value (-ENOENT not recorded), and the next value of a
@@ -273,9 +320,12 @@ int msg_store(struct cache_txn *t, const struct cache_msg *m);
 /* body.c.  Bodies are deleted with their messages and mailboxes. */
 
 /* Where a body is.  For !big, v is the value itself (a map pointer, valid
- * until the next write). */
+ * until the next write): in zbody (encoded), or, if old, in body (the
+ * bytes as they are). */
 struct body_loc {
+	uint8_t k[KEY_LEN];
 	bool big;
+	bool old;
 	MDB_val v;
 	uint64_t size;
 	uint32_t chunk;
