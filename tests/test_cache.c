@@ -16,6 +16,7 @@
 #include <ftw.h>
 #include <limits.h>
 #include <lmdb.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -3280,6 +3281,714 @@ static void test_fixture_v1(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* Compressed bodies (cache/compress.c) */
+
+/* LMDB itself on the cache's files, the cache closed meanwhile (and
+ * reopened at raw_end if it was open): to look at and to damage values
+ * the way a bad disk or a bug would. */
+struct raw {
+	struct fixture *f;
+	MDB_env *env;
+	MDB_txn *txn;
+	bool open;
+};
+
+static void raw_begin(struct raw *r, struct fixture *f, bool write)
+{
+	r->f = f;
+	r->open = f->cache != NULL;
+	cache_close(&f->cache);
+	assert_int_equal(mdb_env_create(&r->env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(r->env, 32), 0);
+	assert_int_equal(
+	        mdb_env_open(r->env, f->dir, write ? 0 : MDB_RDONLY, 0600), 0);
+	assert_int_equal(
+	        mdb_txn_begin(r->env, NULL, write ? 0 : MDB_RDONLY, &r->txn),
+	        0);
+}
+
+/* The value under key in db (valid until raw_end), NULL if none. */
+static const uint8_t *raw_val(struct raw *r, const char *db, const void *key,
+                              size_t klen, size_t *len_r)
+{
+	MDB_val k = {klen, (void *)key}, v;
+	MDB_dbi dbi;
+
+	if (mdb_dbi_open(r->txn, db, 0, &dbi) != 0 ||
+	    mdb_get(r->txn, dbi, &k, &v) != 0)
+		return NULL;
+	*len_r = v.mv_size;
+	return v.mv_data;
+}
+
+/* Replace (or, with val NULL, delete) the value under key in db. */
+static void raw_set(struct raw *r, const char *db, const void *key, size_t klen,
+                    const void *val, size_t vlen)
+{
+	MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
+	MDB_dbi dbi;
+
+	assert_int_equal(mdb_dbi_open(r->txn, db, 0, &dbi), 0);
+	if (val != NULL)
+		assert_int_equal(mdb_put(r->txn, dbi, &k, &v, 0), 0);
+	else
+		assert_int_equal(mdb_del(r->txn, dbi, &k, NULL), 0);
+}
+
+static void raw_end(struct raw *r)
+{
+	assert_int_equal(mdb_txn_commit(r->txn), 0);
+	mdb_env_close(r->env);
+	if (r->open)
+		open_cache(r->f);
+}
+
+/* A heap copy of the value under key in db; NULL if none. */
+static uint8_t *raw_get(struct fixture *f, const char *db, const void *key,
+                        size_t klen, size_t *len_r)
+{
+	struct raw r;
+	const uint8_t *v;
+	uint8_t *out = NULL;
+
+	raw_begin(&r, f, false);
+	v = raw_val(&r, db, key, klen, len_r);
+	if (v != NULL) {
+		out = malloc(*len_r ? *len_r : 1);
+		assert_non_null(out);
+		memcpy(out, v, *len_r);
+	}
+	raw_end(&r);
+	return out;
+}
+
+static void raw_put(struct fixture *f, const char *db, const void *key,
+                    size_t klen, const void *val, size_t vlen)
+{
+	struct raw r;
+
+	raw_begin(&r, f, true);
+	raw_set(&r, db, key, klen, val, vlen);
+	raw_end(&r);
+}
+
+static void msg_key_bytes(uint8_t out[12], struct cache_key k)
+{
+	uint32_t v[3] = {k.mailbox_id, k.uidvalidity, k.uid};
+
+	for (int i = 0; i < 3; i++) {
+		out[4 * i] = (uint8_t)(v[i] >> 24);
+		out[4 * i + 1] = (uint8_t)(v[i] >> 16);
+		out[4 * i + 2] = (uint8_t)(v[i] >> 8);
+		out[4 * i + 3] = (uint8_t)v[i];
+	}
+}
+
+static uint32_t be32_of(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+	       (uint32_t)p[2] << 8 | p[3];
+}
+
+struct view_fast {
+	const uint8_t *want;
+	size_t n;
+};
+
+static int view_fast_cmp(void *ctx, const void *data, size_t n)
+{
+	struct view_fast *v = ctx;
+
+	return n == v->n && memcmp(data, v->want, n) == 0 ? 7 : -1;
+}
+
+/* Reads of a small body at every offset of its first and last 64 bytes
+ * and at odd strides between, several lengths, both calls. */
+static void check_every_offset(struct cache *c, struct cache_key k,
+                               const uint8_t *want, size_t len)
+{
+	static const size_t lens[] = {1, 7, 4096, 131072};
+	uint8_t *buf = malloc(131072);
+	struct cache_txn *t = rtxn(c);
+
+	assert_non_null(buf);
+	for (size_t off = 0; off <= len + 1;
+	     off += off < 64 || off + 64 >= len ? 1 : 97) {
+		for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+			size_t n = 99, exp = off >= len            ? 0
+			                     : len - off < lens[i] ? len - off
+			                                           : lens[i];
+			struct view_fast v = {want + (off < len ? off : len),
+			                      exp};
+
+			assert_int_equal(
+			        cache_body_read(t, k, off, buf, lens[i], &n),
+			        0);
+			assert_int_equal(n, exp);
+			if (memcmp(buf, want + (off < len ? off : len), n))
+				fail_msg("bytes differ at %zu + %zu", off, n);
+			assert_int_equal(cache_body_view(t, k, off, lens[i],
+			                                 view_fast_cmp, &v),
+			                 7);
+		}
+	}
+	assert_int_equal(cache_txn_commit(&t), 0);
+	free(buf);
+}
+
+/* Small bodies: compressible text is stored compressed (codec 1 before
+ * the cache has a dictionary), noise and tiny bodies raw (codec 0); the
+ * size is the body's and every read gives its bytes. */
+static void test_body_compressed(void **state)
+{
+	struct fixture *f = *state;
+	const size_t tlen = 5000, nlen = 3000;
+	uint8_t *text = malloc(tlen), *rnd = noise(nlen, 1), *v, kb[12];
+	struct cache_key kt = {1, 1, 1}, kn = {1, 1, 2}, k0 = {1, 1, 3};
+	struct cache *c = open_cache(f);
+	struct cache_txn *t = wtxn(c);
+	uint64_t size = 0;
+	size_t vlen = 0;
+	void *all = NULL;
+	size_t alen = 0;
+
+	assert_non_null(text);
+	fix2_text(1, text, tlen);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	for (uint32_t uid = 1; uid <= 3; uid++)
+		put_msg(t, 1, 1, uid, "<m@x>", 1);
+	assert_int_equal(cache_body_put(t, kt, text, tlen), 0);
+	assert_int_equal(cache_body_put(t, kn, rnd, nlen), 0);
+	assert_int_equal(cache_body_put(t, k0, "", 0), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	msg_key_bytes(kb, kt);
+	v = raw_get(f, "zbody", kb, 12, &vlen);
+	assert_non_null(v);
+	assert_int_equal(v[0], 1);
+	assert_int_equal(be32_of(v + 1), tlen);
+	assert_true(vlen < tlen / 2);
+	free(v);
+	msg_key_bytes(kb, kn);
+	v = raw_get(f, "zbody", kb, 12, &vlen);
+	assert_non_null(v);
+	assert_int_equal(v[0], 0);
+	assert_int_equal(vlen, 1 + nlen);
+	assert_memory_equal(v + 1, rnd, nlen);
+	free(v);
+	msg_key_bytes(kb, k0);
+	v = raw_get(f, "zbody", kb, 12, &vlen);
+	assert_non_null(v);
+	assert_int_equal(vlen, 1);
+	assert_int_equal(v[0], 0);
+	free(v);
+	assert_int_equal(db_entries(f, "body"), 0);
+
+	c = f->cache;
+	assert_int_equal(cache_body_size_once(c, kt, &size), 0);
+	assert_int_equal(size, tlen);
+	assert_int_equal(cache_body_size_once(c, k0, &size), 0);
+	assert_int_equal(size, 0);
+	check_every_offset(c, kt, text, tlen);
+	check_every_offset(c, kn, rnd, nlen);
+	check_every_offset(c, k0, (const uint8_t *)"", 0);
+	t = rtxn(c);
+	assert_int_equal(cache_body_get(t, kt, &all, &alen), 0);
+	assert_int_equal(alen, tlen);
+	assert_memory_equal(all, text, tlen);
+	free(all);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Replaced under the same key: the reads of this thread show the new
+	 * bytes, not the last ones they decompressed. */
+	fix2_text(2, text, tlen);
+	assert_int_equal(cache_body_put_once(c, kt, text, tlen), 0);
+	check_reads(c, kt, text, tlen);
+	/* Moved: the encoded value as it was, read the same. */
+	t = wtxn(c);
+	put_msg(t, 1, 1, 9, "<m@x>", 1);
+	assert_int_equal(cache_body_move(t, kt, (struct cache_key){1, 1, 9}),
+	                 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	check_every_offset(c, (struct cache_key){1, 1, 9}, text, tlen);
+	t = rtxn(c);
+	assert_int_equal(cache_body_has(t, kt), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	free(text);
+	free(rnd);
+}
+
+/* Text bodies of the kind mail is made of: words, lines, a header. */
+static size_t mail_like(uint32_t seed, uint8_t *out, size_t cap)
+{
+	size_t len = 400 + (seed * 7919u) % 3000;
+	int n;
+
+	if (len > cap)
+		len = cap;
+	n = snprintf((char *)out, cap,
+	             "Received: from mx%u.example.net by mail.example.org\r\n"
+	             "From: Person %u <p%u@example.com>\r\n"
+	             "To: alice@example.org\r\nSubject: Report %u\r\n"
+	             "Message-ID: <%u@example.com>\r\n\r\n",
+	             seed % 7, seed % 13, seed % 13, seed, seed);
+	assert_true(n > 0 && (size_t)n < len);
+	fix2_text(seed, out + n, len - (size_t)n);
+	return len;
+}
+
+/* Once the cache holds enough small bodies, a dictionary is trained from
+ * them and stored (zdict, with its checksum); later bodies are
+ * compressed with it (codec 2), earlier ones stay as they were, and every
+ * one reads back exactly, also after a reopen (the dictionary loaded from
+ * the cache, not from memory). */
+static void test_body_dictionary(void **state)
+{
+	struct fixture *f = *state;
+	const uint32_t n = 400;
+	uint8_t *buf = malloc(8192), kb[12], dk[4] = {0, 0, 0, 1};
+	const uint8_t *cv;
+	struct raw r;
+	size_t len, vlen = 0, raw2 = 0, enc2 = 0;
+	struct cache *c = open_cache(f);
+	struct cache_txn *t = wtxn(c);
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	uint64_t val = 0;
+
+	assert_non_null(buf);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	for (uint32_t uid = 1; uid <= n; uid++)
+		put_msg(t, 1, 1, uid, "<m@x>", 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	/* In transactions of 50, as bodies arrive. */
+	for (uint32_t uid = 1; uid <= n;) {
+		t = wtxn(c);
+		for (int i = 0; i < 50 && uid <= n; i++, uid++) {
+			len = mail_like(uid, buf, 8192);
+			assert_int_equal(
+			        cache_body_put(t, (struct cache_key){1, 1, uid},
+			                       buf, len),
+			        0);
+		}
+		assert_int_equal(cache_txn_commit(&t), 0);
+	}
+	t = rtxn(c);
+	assert_int_equal(cache_meta_get(t, "cache.zdict", &val), -EINVAL);
+	assert_int_equal(cache_txn_commit(&t), -EINVAL);
+	raw_begin(&r, f, false);
+	cv = raw_val(&r, "meta", "cache.zdict", 11, &vlen);
+	assert_non_null(cv);
+	assert_int_equal(vlen, 8);
+	assert_memory_equal(cv, U64("\x01"), 8);
+	cv = raw_val(&r, "meta", "cache.next_zdict", 16, &vlen);
+	assert_non_null(cv);
+	assert_memory_equal(cv, U64("\x02"), 8);
+	cv = raw_val(&r, "zdict", dk, 4, &vlen);
+	assert_non_null(cv);
+	assert_true(vlen > 9 + 1024);
+	assert_int_equal(cv[0], 1);
+	assert_int_equal(
+	        EVP_Digest(cv + 9, vlen - 9, md, &mdlen, EVP_sha256(), NULL),
+	        1);
+	assert_memory_equal(cv + 1, md, 8);
+	for (uint32_t uid = 1; uid <= n; uid++) {
+		struct cache_key k = {1, 1, uid};
+
+		len = mail_like(uid, buf, 8192);
+		msg_key_bytes(kb, k);
+		cv = raw_val(&r, "zbody", kb, 12, &vlen);
+		assert_non_null(cv);
+		/* Trained at the first put that found 256 bodies: the
+		 * first 256 were stored without it. */
+		assert_int_equal(cv[0], uid <= 256 ? 1 : 2);
+		assert_int_equal(be32_of(cv + 1), len);
+		if (cv[0] == 2) {
+			assert_int_equal(be32_of(cv + 5), 1);
+			raw2 += len;
+			enc2 += vlen;
+		}
+	}
+	raw_end(&r);
+	assert_int_equal(db_entries(f, "zdict"), 1);
+	/* The dictionary earns its keep: well under half. */
+	assert_true(enc2 * 10 < raw2 * 4);
+	reopen(f);
+	for (uint32_t uid = 1; uid <= n; uid++) {
+		struct cache_key k = {1, 1, uid};
+		void *all = NULL;
+		size_t alen = 0;
+
+		len = mail_like(uid, buf, 8192);
+		if (uid % 25 == 0 || uid == 256) {
+			check_every_offset(f->cache, k, buf, len);
+			continue;
+		}
+		t = rtxn(f->cache);
+		assert_int_equal(cache_body_get(t, k, &all, &alen), 0);
+		assert_int_equal(alen, len);
+		assert_true(memcmp(all, buf, len) == 0);
+		free(all);
+		assert_int_equal(cache_txn_commit(&t), 0);
+	}
+	free(buf);
+}
+
+/* A body in pieces: compressible pieces compressed (codec 1), the
+ * incompressible one raw (codec 0), each read at every piece boundary
+ * and odd offsets, whole, moved and copied. */
+static void test_pieces_compressed(void **state)
+{
+	struct fixture *f = *state;
+	const size_t len = 4 * CHUNK + 12345;
+	uint8_t *body = malloc(len), *rnd = noise(CHUNK, 3), *v;
+	struct cache_key k = {1, 1, 1}, k2 = {1, 2, 1};
+	struct cache *c = open_cache(f);
+	struct cache_body_stream *s = NULL;
+	struct cache_txn *t = wtxn(c);
+	uint8_t ck[12] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0};
+	static const uint8_t codec[5] = {1, 0, 1, 1, 1};
+	size_t vlen = 0;
+
+	assert_non_null(body);
+	fix2_text(5, body, len);
+	memcpy(body + CHUNK, rnd, CHUNK);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	put_msg(t, 1, 1, 1, "<big@x>", 1);
+	assert_int_equal(cache_body_put(t, k, body, len), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	for (uint8_t i = 0; i < 5; i++) {
+		size_t n = i < 4 ? CHUNK : 12345;
+
+		ck[11] = i;
+		v = raw_get(f, "chunk", ck, 12, &vlen);
+		assert_non_null(v);
+		assert_int_equal(v[0], codec[i]);
+		if (v[0] == 0) {
+			assert_int_equal(vlen, 1 + n);
+		} else {
+			assert_int_equal(be32_of(v + 1), n);
+			assert_true(vlen < n / 2);
+		}
+		free(v);
+	}
+	c = f->cache;
+	check_reads(c, k, body, len);
+	for (size_t off = CHUNK - 5; off < CHUNK + 5; off++) {
+		uint8_t buf[16];
+		size_t n = 0;
+
+		assert_int_equal(cache_body_read_once(c, k, off, buf, 13, &n),
+		                 0);
+		assert_int_equal(n, 13);
+		assert_memory_equal(buf, body + off, 13);
+	}
+
+	/* The same through a stream; then a copy (rematch with COPY) and
+	 * reads of both. */
+	t = wtxn(c);
+	assert_int_equal(cache_mailbox_set_state(t, 1, 2, 2, 0, 1, NULL), 0);
+	put_msg(t, 1, 2, 1, "<big@x>", len);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(cache_body_stream_new(c, &s), 0);
+	stream_feed(s, body, len);
+	t = wtxn(c);
+	put_msg(t, 1, 1, 2, "<other@x>", 1);
+	assert_int_equal(
+	        cache_body_stream_finish(t, s, (struct cache_key){1, 1, 2}), 0);
+	assert_int_equal(cache_rematch(t, 1, 2, CACHE_REMATCH_COPY, NULL), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	cache_body_stream_close(&s);
+	check_reads(c, (struct cache_key){1, 1, 2}, body, len);
+	check_reads(c, k2, body, len);
+	check_reads(c, k, body, len);
+	free(body);
+	free(rnd);
+}
+
+/* What the cache logs while fn runs, from stderr. */
+static char *capture_log(void (*fn)(void *), void *ctx)
+{
+	char path[] = "/tmp/mailfs-log-XXXXXX";
+	int fd = mkstemp(path), saved;
+	char *out = calloc(1, 65536);
+
+	assert_true(fd >= 0);
+	assert_non_null(out);
+	fflush(stderr);
+	saved = dup(2);
+	assert_true(saved >= 0);
+	assert_int_equal(dup2(fd, 2), 2);
+	fn(ctx);
+	fflush(stderr);
+	assert_int_equal(dup2(saved, 2), 2);
+	close(saved);
+	assert_true(pread(fd, out, 65535, 0) >= 0);
+	close(fd);
+	unlink(path);
+	return out;
+}
+
+struct damaged_read {
+	struct cache *c;
+	struct cache_key k;
+	size_t len;
+	int rc_read, rc_view, rc_get;
+};
+
+static int view_any(void *ctx, const void *data, size_t n)
+{
+	(void)ctx;
+	(void)data;
+	(void)n;
+	return 0;
+}
+
+static void damaged_read_fn(void *ctx)
+{
+	struct damaged_read *d = ctx;
+	uint8_t *buf = malloc(CHUNK);
+	void *all = NULL;
+	size_t n = 0, alen = 0;
+	struct cache_txn *t;
+
+	assert_non_null(buf);
+	d->rc_read = cache_body_read_once(d->c, d->k, 0, buf, CHUNK, &n);
+	if (d->rc_read == 0)
+		assert_int_equal(n, d->len < CHUNK ? d->len : CHUNK);
+	d->rc_view = cache_body_view_once(d->c, d->k, 1, 100, view_any, NULL);
+	t = rtxn(d->c);
+	d->rc_get = cache_body_get(t, d->k, &all, &alen);
+	if (d->rc_get == 0)
+		assert_int_equal(alen, d->len);
+	free(all);
+	cache_txn_abort(&t);
+	free(buf);
+}
+
+static uint64_t xorshift(uint64_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 7;
+	*x ^= *x << 17;
+	return *x;
+}
+
+static void be_put(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = n - 1; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+/* A damaged compressed value (cut short, garbage, a wrong length, an
+ * unknown codec, a missing or damaged dictionary) reads as -EIO with a
+ * log line naming it, never a crash nor other bytes; the decoder is fed
+ * every kind of truncation and byte flips of real values. */
+static void test_body_damaged(void **state)
+{
+	struct fixture *f = *state;
+	const uint32_t n = 300, fuzz = 200;
+	uint8_t *buf = malloc(8192), *good, *pgood, *p1, *bad, kb[12],
+	        dk[4] = {0, 0, 0, 1},
+	        ck[12] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0};
+	struct cache_key k = {1, 1, n}, kp = {1, 1, n + 1};
+	size_t glen = 0, plen = 0, p1len = 0, dlen = 0, len, tlen;
+	uint8_t *body = malloc(2 * CHUNK), *dict;
+	struct damaged_read d;
+	struct cache_txn *t;
+	struct raw r;
+	char *log;
+	uint64_t x = 42;
+
+	assert_non_null(buf);
+	assert_non_null(body);
+	open_cache(f);
+	t = wtxn(f->cache);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	for (uint32_t uid = 1; uid <= n + 1; uid++)
+		put_msg(t, 1, 1, uid, "<m@x>", 1);
+	for (uint32_t uid = 1; uid <= n; uid++) {
+		len = mail_like(uid, buf, 8192);
+		assert_int_equal(cache_body_put(t,
+		                                (struct cache_key){1, 1, uid},
+		                                buf, len),
+		                 0);
+	}
+	fix2_text(9, body, 2 * CHUNK);
+	assert_int_equal(cache_body_put(t, kp, body, 2 * CHUNK), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	tlen = len = mail_like(n, buf, 8192);
+	msg_key_bytes(kb, k);
+	good = raw_get(f, "zbody", kb, 12, &glen);
+	assert_non_null(good);
+	assert_int_equal(good[0], 2);
+	pgood = raw_get(f, "chunk", ck, 12, &plen);
+	assert_non_null(pgood);
+	assert_int_equal(pgood[0], 1);
+	ck[11] = 1;
+	p1 = raw_get(f, "chunk", ck, 12, &p1len);
+	assert_non_null(p1);
+	ck[11] = 0;
+	dict = raw_get(f, "zdict", dk, 4, &dlen);
+	assert_non_null(dict);
+	bad = malloc(plen + glen + dlen);
+	assert_non_null(bad);
+
+	/* Each kind of damage under a key of its own (UID 1000 + i), with
+	 * its log line. */
+	struct {
+		const char *what;
+		size_t cut;    /* keep this many bytes (0: all) */
+		int flip;      /* xor 0xff from this byte on (-1: none) */
+		uint32_t lenv; /* the length field: 1 longer, 2 shorter, 3
+		                * huge (0: as it is) */
+	} cases[] = {
+	        {"cut short", 20, -1, 0},  {"header only", 9, -1, 0},
+	        {"header cut", 3, -1, 0},  {"garbage", 0, 12, 0},
+	        {"longer", 0, -1, 1},      {"shorter", 0, -1, 2},
+	        {"length huge", 0, -1, 3}, {"unknown codec", 0, 0, 0},
+	};
+	const size_t ncases = sizeof(cases) / sizeof(cases[0]);
+
+	raw_begin(&r, f, true);
+	for (size_t i = 0; i < ncases; i++) {
+		size_t blen = cases[i].cut ? cases[i].cut : glen;
+
+		memcpy(bad, good, glen);
+		if (cases[i].flip >= 0)
+			for (size_t j = (size_t)cases[i].flip; j < glen; j++)
+				bad[j] ^= 0xff;
+		if (cases[i].flip == 0)
+			bad[0] = 7;
+		if (cases[i].lenv)
+			be_put(bad + 1,
+			       cases[i].lenv == 1   ? len + 1
+			       : cases[i].lenv == 2 ? len - 1
+			                            : 0xffffffffu,
+			       4);
+		msg_key_bytes(kb, (struct cache_key){1, 1, 1000 + (uint32_t)i});
+		raw_set(&r, "zbody", kb, 12, bad, blen);
+	}
+	raw_end(&r);
+	for (size_t i = 0; i < ncases; i++) {
+		char name[64];
+
+		d = (struct damaged_read){
+		        f->cache, {1, 1, 1000 + (uint32_t)i}, len, 0, 0, 0};
+		log = capture_log(damaged_read_fn, &d);
+		if (d.rc_read != -EIO || d.rc_view != -EIO || d.rc_get != -EIO)
+			fail_msg("%s: %d %d %d", cases[i].what, d.rc_read,
+			         d.rc_view, d.rc_get);
+		/* "damaged body (...)" or, for a header that does not
+		 * parse, "undecodable body record (...)". */
+		snprintf(name, sizeof(name), "(1 1 %zu)", 1000 + i);
+		if (strstr(log, name) == NULL || strstr(log, " body ") == NULL)
+			fail_msg("%s: no log line naming it: %s", cases[i].what,
+			         log);
+		free(log);
+	}
+	check_every_offset(f->cache, k, buf, len);
+
+	/* A damaged piece. */
+	memcpy(bad, pgood, plen);
+	bad[plen / 2] ^= 0x5a;
+	bad[plen / 2 + 1] ^= 0xa5;
+	bad[plen / 2 + 2] ^= 0x33;
+	raw_put(f, "chunk", ck, 12, bad, plen / 2 + 3);
+	d = (struct damaged_read){f->cache, kp, 2 * CHUNK, 0, 0, 0};
+	log = capture_log(damaged_read_fn, &d);
+	assert_int_equal(d.rc_read, -EIO);
+	assert_int_equal(d.rc_view, -EIO);
+	assert_int_equal(d.rc_get, -EIO);
+	assert_non_null(strstr(log, "damaged body piece (1 0 0)"));
+	free(log);
+	raw_put(f, "chunk", ck, 12, pgood, plen);
+	check_reads(f->cache, kp, body, 2 * CHUNK);
+
+	/* The dictionary damaged, then missing: the bodies that need it
+	 * fail; the others read. */
+	memcpy(bad, dict, dlen);
+	bad[dlen - 1] ^= 1;
+	raw_put(f, "zdict", dk, 4, bad, dlen);
+	d = (struct damaged_read){f->cache, k, len, 0, 0, 0};
+	log = capture_log(damaged_read_fn, &d);
+	assert_int_equal(d.rc_read, -EIO);
+	assert_non_null(strstr(log, "compression dictionary (checksum)"));
+	free(log);
+	raw_put(f, "zdict", dk, 4, NULL, 0);
+	d.c = f->cache; /* reopened */
+	log = capture_log(damaged_read_fn, &d);
+	assert_int_equal(d.rc_read, -EIO);
+	assert_non_null(strstr(log, "compression dictionary (missing)"));
+	free(log);
+	len = mail_like(1, buf, 8192);
+	check_every_offset(f->cache, (struct cache_key){1, 1, 1}, buf, len);
+	raw_put(f, "zdict", dk, 4, dict, dlen);
+
+	/* Truncations and random flips of both values, each under a key of
+	 * its own (a body for the small one; for the piece, a body_big
+	 * record naming blob 100 + j whose first piece is the damaged one):
+	 * -EIO or the right length, never a crash (run under the sanitizers
+	 * too). */
+	raw_begin(&r, f, true);
+	for (uint32_t j = 0; j < 2 * fuzz; j++) {
+		bool piece = j >= fuzz;
+		const uint8_t *g = piece ? pgood : good;
+		size_t gl = piece ? plen : glen, bl = gl;
+		uint64_t rnd = xorshift(&x);
+
+		memcpy(bad, g, gl);
+		if (j % fuzz < fuzz / 2) {
+			bl = 1 + (size_t)(rnd % (gl - 1));
+		} else {
+			for (int m = 0; m < 1 + (int)(j % 4); m++)
+				bad[(xorshift(&x) >> 8) % gl] ^=
+				        (uint8_t)(rnd >> 40 | 1);
+		}
+		msg_key_bytes(kb, (struct cache_key){1, 1, 2000 + j});
+		if (!piece) {
+			raw_set(&r, "zbody", kb, 12, bad, bl);
+		} else {
+			uint8_t rec[21], pk[12];
+
+			rec[0] = 1;
+			be_put(rec + 1, 2 * CHUNK, 8);
+			be_put(rec + 9, CHUNK, 4);
+			be_put(rec + 13, 100 + j, 8);
+			raw_set(&r, "body_big", kb, 12, rec, sizeof(rec));
+			be_put(pk, 100 + j, 8);
+			be_put(pk + 8, 0, 4);
+			raw_set(&r, "chunk", pk, 12, bad, bl);
+			be_put(pk + 8, 1, 4);
+			raw_set(&r, "chunk", pk, 12, p1, p1len);
+		}
+	}
+	raw_end(&r);
+	log = NULL;
+	for (uint32_t j = 0; j < 2 * fuzz; j++) {
+		d = (struct damaged_read){f->cache,
+		                          {1, 1, 2000 + j},
+		                          j >= fuzz ? 2 * CHUNK : tlen,
+		                          0,
+		                          0,
+		                          0};
+		free(capture_log(damaged_read_fn, &d));
+		assert_true(d.rc_read == 0 || d.rc_read == -EIO);
+		assert_true(d.rc_view == 0 || d.rc_view == -EIO);
+		assert_true(d.rc_get == 0 || d.rc_get == -EIO);
+	}
+	check_every_offset(f->cache, k, buf, mail_like(n, buf, 8192));
+	check_reads(f->cache, kp, body, 2 * CHUNK);
+	free(good);
+	free(pgood);
+	free(p1);
+	free(dict);
+	free(bad);
+	free(body);
+	free(buf);
+}
+
+/* ------------------------------------------------------------------ */
 /* A cache written by the mailfs of schema 2 (tests/fixtures/cache-v2). */
 
 /* Every body of the v2 fixture, byte for byte, read at every piece
@@ -3478,6 +4187,14 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_fixture_v1, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_fixture_v2, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_body_compressed, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_body_dictionary, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_pieces_compressed, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_body_damaged, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_truncated_refused, setup,
 	                                        teardown),
