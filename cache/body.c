@@ -99,28 +99,138 @@ static size_t chunk_len(const struct body_loc *b, uint64_t idx)
 	return left < b->chunk ? (size_t)left : b->chunk;
 }
 
-/* The bytes of piece idx of b (a map pointer, valid until the next
- * write, or this thread's decode buffer), and in *v_r the value as it is
- * in the map.  A piece missing, damaged or of the wrong length is a
+/* ------------------------------------------------------------------ */
+/* Pieces decoded by read transactions, shared by the threads of the
+ * cache: the kernel asks for a 256 KiB piece in two 128 KiB reads, often
+ * on two threads, and each would decompress it.  Only read transactions
+ * fill and use it, so it holds committed pieces only; those never change
+ * (a blob id is never given again once committed, and the pieces of a
+ * body are all written before its body_big record), so (blob, index) is
+ * their identity.  A slot is freed by the last of its users. */
+
+struct piece_buf {
+	atomic_uint refs;
+	uint64_t blob, idx;
+	size_t n;
+	uint8_t data[];
+};
+
+static void piece_unref(struct piece_buf *pb)
+{
+	if (pb != NULL && atomic_fetch_sub(&pb->refs, 1) == 1)
+		free(pb);
+}
+
+int piece_cache_init(struct cache *c)
+{
+	memset(c->pieces, 0, sizeof(c->pieces));
+	c->piece_next = 0;
+	return -pthread_mutex_init(&c->piece_lock, NULL);
+}
+
+void piece_cache_free(struct cache *c)
+{
+	for (size_t i = 0; i < PIECE_SLOTS; i++)
+		piece_unref(c->pieces[i]);
+	pthread_mutex_destroy(&c->piece_lock);
+}
+
+/* The piece (blob, idx) if decoded, with a reference for the caller. */
+static struct piece_buf *piece_find(struct cache *c, uint64_t blob,
+                                    uint64_t idx)
+{
+	struct piece_buf *pb = NULL;
+
+	pthread_mutex_lock(&c->piece_lock);
+	for (size_t i = 0; i < PIECE_SLOTS; i++) {
+		if (c->pieces[i] != NULL && c->pieces[i]->blob == blob &&
+		    c->pieces[i]->idx == idx) {
+			pb = c->pieces[i];
+			atomic_fetch_add(&pb->refs, 1);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&c->piece_lock);
+	return pb;
+}
+
+/* Keep pb (its caller's reference stays the caller's). */
+static void piece_keep(struct cache *c, struct piece_buf *pb)
+{
+	struct piece_buf *old;
+
+	atomic_fetch_add(&pb->refs, 1);
+	pthread_mutex_lock(&c->piece_lock);
+	old = c->pieces[c->piece_next];
+	c->pieces[c->piece_next] = pb;
+	c->piece_next = (c->piece_next + 1) % PIECE_SLOTS;
+	pthread_mutex_unlock(&c->piece_lock);
+	piece_unref(old);
+}
+
+/* A reference to what a read used: the map span read (noted and released
+ * by ref_done) and the shared piece, if any. */
+struct body_ref {
+	struct span used;
+	struct piece_buf *pb;
+};
+
+/* The bytes of piece idx of b, and in ref what they came from: the map
+ * (a pointer valid until the next write), this thread's decode buffer
+ * (until the next decode on this thread), or a shared piece (until
+ * ref_done).  A piece missing, damaged or of the wrong length is a
  * damaged cache. */
 static int chunk_get(struct cache_txn *t, const struct body_loc *b,
-                     uint64_t idx, const uint8_t **p_r, MDB_val *v_r)
+                     uint64_t idx, const uint8_t **p_r, struct body_ref *ref)
 {
 	uint8_t k[CHUNK_KEY_LEN];
-	size_t n;
+	struct piece_buf *pb;
+	size_t want = chunk_len(b, idx), n;
+	uint64_t len;
+	MDB_val v;
 	int rc;
 
 	chunk_key(k, b->blob, idx);
-	rc = db_get(t, DB_CHUNK, k, CHUNK_KEY_LEN, v_r);
+	rc = db_get(t, DB_CHUNK, k, CHUNK_KEY_LEN, &v);
 	if (rc == -ENOENT)
 		return corrupt(t, "body piece (missing)", b->blob, idx, 0);
-	if (rc == 0)
-		rc = zval_decode(t, v_r, "body piece", b->blob, idx, 0, p_r,
-		                 &n);
 	if (rc)
 		return rc;
-	if (n != chunk_len(b, idx))
-		return corrupt(t, "body piece", b->blob, idx, n);
+	ref->used.p = v.mv_data;
+	ref->used.n = v.mv_size;
+	if (t->write || v.mv_size == 0 ||
+	    ((const uint8_t *)v.mv_data)[0] == ZV_RAW) {
+		rc = zval_decode(t, &v, "body piece", b->blob, idx, 0, p_r, &n);
+		if (rc == 0 && n != want)
+			rc = corrupt(t, "body piece", b->blob, idx, n);
+		if (rc == 0 && *p_r == (const uint8_t *)v.mv_data + 1)
+			ref->used.n = 0; /* raw: the caller says what it read */
+		return rc;
+	}
+	pb = piece_find(t->cache, b->blob, idx);
+	if (pb != NULL) {
+		ref->used.n = 0;
+	} else {
+		if (zval_len(&v, &len) != 0 || len != want)
+			return corrupt(t, "body piece", b->blob, idx,
+			               v.mv_size);
+		pb = malloc(sizeof(*pb) + want);
+		if (pb == NULL)
+			return txn_fail(t, -ENOMEM);
+		atomic_init(&pb->refs, 1);
+		pb->blob = b->blob;
+		pb->idx = idx;
+		pb->n = want;
+		rc = zval_decode_to(t, &v, "body piece", b->blob, idx, 0,
+		                    pb->data, want);
+		if (rc) {
+			free(pb);
+			return rc;
+		}
+		piece_keep(t->cache, pb);
+	}
+	ref->pb = pb;
+	*p_r = pb->data;
 	return 0;
 }
 
@@ -144,51 +254,53 @@ static void release_pages(const void *p, size_t n)
 }
 
 /* Where the bytes [off, off + n) of body b are, n > 0, the range inside
- * one piece of a body in pieces: *p_r points into the map or into this
- * thread's decode buffer (valid until the next decode on this thread).
- * *used_r is the part of the map read, to note and release once the bytes
- * have been used (span_done). */
+ * one piece of a body in pieces: *p_r points into the map, this thread's
+ * decode buffer or a shared piece (see chunk_get), valid until ref_done
+ * and the next decode on this thread. */
 static int body_span(struct cache_txn *t, const struct body_loc *b,
                      uint64_t off, size_t n, const uint8_t **p_r,
-                     struct span *used_r)
+                     struct body_ref *ref)
 {
 	const uint8_t *p;
 	size_t len;
-	MDB_val v = b->v;
-	int rc;
+	int rc = 0;
 
+	ref->pb = NULL;
+	ref->used.p = b->v.mv_data;
+	ref->used.n = b->v.mv_size;
 	if (b->big) {
 		uint64_t idx = off / b->chunk;
 
-		rc = chunk_get(t, b, idx, &p, &v);
+		rc = chunk_get(t, b, idx, &p, ref);
 		off -= idx * b->chunk;
 	} else if (b->old) {
-		p = v.mv_data;
-		rc = 0;
+		p = b->v.mv_data;
+		ref->used.n = 0;
 	} else {
-		rc = zval_decode(t, &v, "body", be32_get(b->k),
+		rc = zval_decode(t, &b->v, "body", be32_get(b->k),
 		                 be32_get(b->k + 4), be32_get(b->k + 8), &p,
 		                 &len);
+		if (rc == 0 && p == (const uint8_t *)b->v.mv_data + 1)
+			ref->used.n = 0;
 	}
 	if (rc)
 		return rc;
 	*p_r = p + off;
-	if (p >= (const uint8_t *)v.mv_data &&
-	    p < (const uint8_t *)v.mv_data + v.mv_size) {
-		/* Raw: only the bytes used were read. */
-		used_r->p = p + off;
-		used_r->n = n;
-	} else {
-		used_r->p = v.mv_data;
-		used_r->n = v.mv_size;
+	if (ref->used.n == 0 && ref->pb == NULL) {
+		/* Raw in the map: only the bytes used were read. */
+		ref->used.p = p + off;
+		ref->used.n = n;
 	}
 	return 0;
 }
 
-static void span_done(struct cache_txn *t, const struct span *used)
+static void ref_done(struct cache_txn *t, struct body_ref *ref)
 {
-	note_span(t, used->p, used->n);
-	release_pages(used->p, used->n);
+	note_span(t, ref->used.p, ref->used.n);
+	release_pages(ref->used.p, ref->used.n);
+	piece_unref(ref->pb);
+	ref->pb = NULL;
+	ref->used.n = 0;
 }
 
 /* Copy [off, off + len) of body b (inside it) into buf. */
@@ -200,13 +312,13 @@ static int body_copy(struct cache_txn *t, const struct body_loc *b,
 		        b->big ? (off / b->chunk + 1) * b->chunk : b->size;
 		size_t n = end - off < len ? (size_t)(end - off) : len;
 		const uint8_t *p;
-		struct span used;
-		int rc = body_span(t, b, off, n, &p, &used);
+		struct body_ref ref;
+		int rc = body_span(t, b, off, n, &p, &ref);
 
 		if (rc)
 			return rc;
 		memcpy(buf, p, n);
-		span_done(t, &used);
+		ref_done(t, &ref);
 		buf += n;
 		off += n;
 		len -= n;
@@ -479,7 +591,7 @@ int cache_body_view(struct cache_txn *txn, struct cache_key key,
 {
 	const uint8_t *data = NULL;
 	uint8_t *copy = NULL;
-	struct span used = {NULL, 0};
+	struct body_ref ref = {{NULL, 0}, NULL};
 	struct body_loc b;
 	size_t n = 0;
 	int rc = txn_check(txn, false);
@@ -495,7 +607,7 @@ int cache_body_view(struct cache_txn *txn, struct cache_key key,
 		n = b.size - offset < len ? (size_t)(b.size - offset) : len;
 	if (n > 0 && (!b.big || offset % b.chunk + n <= b.chunk)) {
 		/* Inside one value: from the map, or decoded once. */
-		rc = body_span(txn, &b, offset, n, &data, &used);
+		rc = body_span(txn, &b, offset, n, &data, &ref);
 		if (rc)
 			return rc;
 	} else if (n > 0) {
@@ -510,7 +622,7 @@ int cache_body_view(struct cache_txn *txn, struct cache_key key,
 	}
 	rc = fn(ctx, copy ? copy : data ? (const void *)data : "", n);
 	free(copy);
-	span_done(txn, &used);
+	ref_done(txn, &ref);
 	note_read(txn->cache);
 	return rc;
 }

@@ -90,6 +90,9 @@ enum {
  * Their keys sort right after the record's, before the next record's. */
 #define PART_KEY_LEN  12 /* (sequence number u64, part number u32) */
 
+/* Decoded pieces kept for other reads (body.c): 2 MiB at most. */
+#define PIECE_SLOTS 8
+
 struct cache {
 	MDB_env *env; /* owned */
 	MDB_dbi dbi[DB_COUNT];
@@ -117,6 +120,10 @@ struct cache {
 	pthread_mutex_t zlock;
 	struct zdict_mem *zdicts; /* owned; protected by zlock */
 	atomic_size_t ztrain_at;
+	/* Pieces decoded by read transactions (body.c, chunk_get). */
+	pthread_mutex_t piece_lock;
+	struct piece_buf *pieces[PIECE_SLOTS]; /* one reference each */
+	unsigned piece_next;
 };
 
 struct cache_txn {
@@ -282,6 +289,11 @@ int zval_len(const MDB_val *v, uint64_t *len_r);
 int zval_decode(struct cache_txn *t, const MDB_val *v, const char *what,
                 uint64_t a, uint64_t b, uint64_t c, const uint8_t **p_r,
                 size_t *len_r);
+/* zval_decode into dst, which holds exactly the value's length len (the
+ * caller checked it with zval_len). */
+int zval_decode_to(struct cache_txn *t, const MDB_val *v, const char *what,
+                   uint64_t a, uint64_t b, uint64_t c, uint8_t *dst,
+                   size_t len);
 /* Put len bytes under k in db as a value of kind, compressed when that
  * makes it shorter.  For ZV_BODY, the first write that finds no
  * dictionary and enough small bodies in the cache trains one (logged). */
@@ -351,6 +363,9 @@ int body_transfer(struct cache_txn *t, struct cache_key from,
                   struct cache_key to, bool copy);
 int stream_store(struct cache_txn *t, struct cache_body_stream *s,
                  const uint8_t k[KEY_LEN]);
+/* The shared decoded pieces of c, at open and close (env.c). */
+int piece_cache_init(struct cache *c);
+void piece_cache_free(struct cache *c);
 /* At open (env.c): delete the pieces of bodies whose writing never
  * finished; failures are logged. */
 void stale_clean(struct cache *c);

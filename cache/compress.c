@@ -514,6 +514,50 @@ int zval_decode(struct cache_txn *t, const MDB_val *v, const char *what,
 	return rc ? txn_fail(t, rc) : 0;
 }
 
+int zval_decode_to(struct cache_txn *t, const MDB_val *v, const char *what,
+                   uint64_t a, uint64_t b, uint64_t c, uint8_t *dst, size_t len)
+{
+	const uint8_t *p = v->mv_data, *frame;
+	struct zdict_mem *m = NULL;
+	const char *why = "bad header";
+	struct zthread *z;
+	uint64_t vlen;
+	size_t n;
+	int rc;
+
+	if (zval_len(v, &vlen) != 0 || vlen != len)
+		goto bad;
+	if (p[0] == ZV_RAW) {
+		memcpy(dst, p + 1, len);
+		return 0;
+	}
+	if (p[0] == ZV_ZSTD_DICT) {
+		rc = zdict_find(t, be32_get(p + 5), &m);
+		if (rc)
+			return rc;
+	}
+	frame = p + (p[0] == ZV_ZSTD ? ZV_HEAD : ZV_HEAD_DICT);
+	z = zthread_get();
+	if (z != NULL && z->dctx == NULL)
+		z->dctx = ZSTD_createDCtx();
+	if (z == NULL || z->dctx == NULL)
+		return txn_fail(t, -ENOMEM);
+	n = m ? ZSTD_decompress_usingDDict(z->dctx, dst, len, frame,
+	                                   v->mv_size - (size_t)(frame - p),
+	                                   m->dd)
+	      : ZSTD_decompressDCtx(z->dctx, dst, len, frame,
+	                            v->mv_size - (size_t)(frame - p));
+	if (!ZSTD_isError(n) && n == len)
+		return 0;
+	why = ZSTD_isError(n) ? ZSTD_getErrorName(n)
+	                      : "shorter than its length";
+bad:
+	log_err("cache %s: damaged %s (%llu %llu %llu): %s", t->cache->dir,
+	        what, (unsigned long long)a, (unsigned long long)b,
+	        (unsigned long long)c, why);
+	return txn_fail(t, -EIO);
+}
+
 /* ------------------------------------------------------------------ */
 /* Writing */
 

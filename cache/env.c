@@ -658,6 +658,11 @@ static int open_cache(const char *dir, const struct cache_options *opt,
 	rc = active_init(c);
 	if (rc == 0) {
 		rc = zdicts_init(c);
+		if (rc == 0) {
+			rc = piece_cache_init(c);
+			if (rc)
+				zdicts_free(c);
+		}
 		if (rc) {
 			pthread_cond_destroy(&c->active_zero);
 			pthread_mutex_destroy(&c->active_lock);
@@ -795,6 +800,7 @@ void cache_close(struct cache **cache)
 	pthread_cond_destroy(&c->active_zero);
 	pthread_mutex_destroy(&c->active_lock);
 	zdicts_free(c);
+	piece_cache_free(c);
 	free(c->dir);
 	free(c);
 }

@@ -3706,6 +3706,83 @@ static void test_pieces_compressed(void **state)
 	free(rnd);
 }
 
+static uint64_t xorshift(uint64_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 7;
+	*x ^= *x << 17;
+	return *x;
+}
+
+struct piece_reader {
+	struct cache *c;
+	struct cache_key k;
+	const uint8_t *want;
+	size_t len;
+	unsigned seed;
+	int bad;
+};
+
+static void *piece_reader_run(void *arg)
+{
+	struct piece_reader *r = arg;
+	uint8_t *buf = malloc(2 * CHUNK);
+	uint64_t x = 0x1234567u + r->seed;
+
+	if (buf == NULL) {
+		r->bad++;
+		return NULL;
+	}
+	for (int i = 0; i < 300; i++) {
+		size_t off = (size_t)(xorshift(&x) % r->len), n = 0;
+		size_t len = (size_t)(xorshift(&x) % (CHUNK + 7)) + 1;
+		size_t exp = r->len - off < len ? r->len - off : len;
+		struct view_fast v = {r->want + off, exp};
+
+		if (cache_body_read_once(r->c, r->k, off, buf, len, &n) != 0 ||
+		    n != exp || memcmp(buf, r->want + off, n) != 0)
+			r->bad++;
+		if (cache_body_view_once(r->c, r->k, off, len, view_fast_cmp,
+		                         &v) != 7)
+			r->bad++;
+	}
+	free(buf);
+	return NULL;
+}
+
+/* Threads reading the compressed pieces of one body at once, at random
+ * offsets and lengths: the pieces they decode are shared between them
+ * and every read gives the right bytes. */
+static void test_pieces_threads(void **state)
+{
+	struct fixture *f = *state;
+	const size_t len = 6 * CHUNK + 999;
+	uint8_t *body = malloc(len);
+	struct cache_key k = {1, 1, 1};
+	struct cache *c = open_cache(f);
+	struct cache_txn *t = wtxn(c);
+	struct piece_reader r[4];
+	pthread_t th[4];
+
+	assert_non_null(body);
+	fix2_text(77, body, len);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	put_msg(t, 1, 1, 1, "<m@x>", 1);
+	assert_int_equal(cache_body_put(t, k, body, len), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	for (unsigned i = 0; i < 4; i++) {
+		r[i] = (struct piece_reader){c, k, body, len, i, 0};
+		assert_int_equal(
+		        pthread_create(&th[i], NULL, piece_reader_run, &r[i]),
+		        0);
+	}
+	for (unsigned i = 0; i < 4; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(r[i].bad, 0);
+	}
+	free(body);
+}
+
 /* What the cache logs while fn runs, from stderr. */
 static char *capture_log(void (*fn)(void *), void *ctx)
 {
@@ -3764,14 +3841,6 @@ static void damaged_read_fn(void *ctx)
 	free(all);
 	cache_txn_abort(&t);
 	free(buf);
-}
-
-static uint64_t xorshift(uint64_t *x)
-{
-	*x ^= *x << 13;
-	*x ^= *x >> 7;
-	*x ^= *x << 17;
-	return *x;
 }
 
 static void be_put(uint8_t *p, uint64_t v, int n)
@@ -4195,6 +4264,8 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_pieces_compressed, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_body_damaged, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_pieces_threads, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_truncated_refused, setup,
 	                                        teardown),
