@@ -1,6 +1,7 @@
-/* Schema: body, body_big, chunk and chunk_open: the cached bodies of
- * IMAP messages and POP3 downloads, whole or in pieces, their moves, and
- * the bodies that arrive in pieces (struct cache_body_stream). */
+/* Schema: body, zbody, body_big, chunk and chunk_open: the cached bodies
+ * of IMAP messages and POP3 downloads, whole or in pieces, their moves,
+ * and the bodies that arrive in pieces (struct cache_body_stream).  How a
+ * value is compressed is compress.c's. */
 #include "cache_int.h"
 
 #include "proto/log.h"
@@ -17,15 +18,21 @@
  *
  * How a body is stored depends only on its length:
  *
- * - up to CACHE_BODY_CHUNK bytes: one value in "body" under the message
- *   key, the raw bytes (the format of schema 1, which may also hold
- *   longer bodies written before schema 2: they are read the same way);
+ * - up to CACHE_BODY_CHUNK bytes: one value in "zbody" under the message
+ *   key, encoded (compress.c: a codec byte, then the bytes, or their
+ *   length and a zstd frame, made with the cache's dictionary once it has
+ *   one);
  * - longer: in pieces.  "body_big" maps the message key to a record
  *   (version byte, length u64, chunk size u32, blob id u64); the pieces
- *   live in "chunk" under (blob id u64, index u32), each a codec byte
- *   (CHUNK_RAW: the bytes as they are) and chunk-size bytes (fewer in the
+ *   live in "chunk" under (blob id u64, index u32), each encoded the same
+ *   way (no dictionary) and decoding to chunk-size bytes (fewer in the
  *   last one), so a read at offset X looks up piece X / chunk size
- *   directly.  A body is in one of the two databases, never both.
+ *   directly.
+ *
+ * Caches of schema 1 and 2 kept small bodies (and in schema 1 every body)
+ * in "body", the raw bytes; those stay and are read as they are, and
+ * their raw pieces are pieces of codec ZV_RAW.  A body is in one of the
+ * three databases, never more.
  *
  * A body that arrives in pieces (struct cache_body_stream) is written
  * under a new blob id in short write transactions; "chunk_open" lists the
@@ -37,7 +44,6 @@
 
 #define BIGBODY_REC_V1  1
 #define CHUNK_OPEN_V1   1
-#define CHUNK_RAW       0 /* codec byte: the bytes as they are */
 #define BIGBODY_REC_LEN 21
 /* A stream commits what it has whenever it holds this much (a multiple
  * of CACHE_BODY_CHUNK): its memory and that of the write transaction. */
@@ -47,10 +53,22 @@ int body_find(struct cache_txn *t, const uint8_t k[KEY_LEN], struct body_loc *b)
 {
 	const uint8_t *p;
 	MDB_val v;
-	int rc = db_get(t, DB_BODY, k, KEY_LEN, &b->v);
+	int rc = db_get(t, DB_ZBODY, k, KEY_LEN, &b->v);
 
+	memcpy(b->k, k, KEY_LEN);
+	b->big = false;
+	b->old = false;
 	if (rc == 0) {
-		b->big = false;
+		if (zval_len(&b->v, &b->size) != 0)
+			return corrupt(t, "body", be32_get(k), be32_get(k + 4),
+			               be32_get(k + 8));
+		return 0;
+	}
+	if (rc != -ENOENT)
+		return rc;
+	rc = db_get(t, DB_BODY, k, KEY_LEN, &b->v);
+	if (rc == 0) {
+		b->old = true;
 		b->size = b->v.mv_size;
 		return 0;
 	}
@@ -81,13 +99,94 @@ static size_t chunk_len(const struct body_loc *b, uint64_t idx)
 	return left < b->chunk ? (size_t)left : b->chunk;
 }
 
-/* The bytes of piece idx of b (a map pointer, valid until the next
- * write).  A piece missing or of the wrong length is a damaged cache. */
+/* ------------------------------------------------------------------ */
+/* Pieces decoded by read transactions, shared by the threads of the
+ * cache: the kernel asks for a 256 KiB piece in two 128 KiB reads, often
+ * on two threads, and each would decompress it.  Only read transactions
+ * fill and use it, so it holds committed pieces only; those never change
+ * (a blob id is never given again once committed, and the pieces of a
+ * body are all written before its body_big record), so (blob, index) is
+ * their identity.  A slot is freed by the last of its users. */
+
+struct piece_buf {
+	atomic_uint refs;
+	uint64_t blob, idx;
+	size_t n;
+	uint8_t data[];
+};
+
+static void piece_unref(struct piece_buf *pb)
+{
+	if (pb != NULL && atomic_fetch_sub(&pb->refs, 1) == 1)
+		free(pb);
+}
+
+int piece_cache_init(struct cache *c)
+{
+	memset(c->pieces, 0, sizeof(c->pieces));
+	c->piece_next = 0;
+	return -pthread_mutex_init(&c->piece_lock, NULL);
+}
+
+void piece_cache_free(struct cache *c)
+{
+	for (size_t i = 0; i < PIECE_SLOTS; i++)
+		piece_unref(c->pieces[i]);
+	pthread_mutex_destroy(&c->piece_lock);
+}
+
+/* The piece (blob, idx) if decoded, with a reference for the caller. */
+static struct piece_buf *piece_find(struct cache *c, uint64_t blob,
+                                    uint64_t idx)
+{
+	struct piece_buf *pb = NULL;
+
+	pthread_mutex_lock(&c->piece_lock);
+	for (size_t i = 0; i < PIECE_SLOTS; i++) {
+		if (c->pieces[i] != NULL && c->pieces[i]->blob == blob &&
+		    c->pieces[i]->idx == idx) {
+			pb = c->pieces[i];
+			atomic_fetch_add(&pb->refs, 1);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&c->piece_lock);
+	return pb;
+}
+
+/* Keep pb (its caller's reference stays the caller's). */
+static void piece_keep(struct cache *c, struct piece_buf *pb)
+{
+	struct piece_buf *old;
+
+	atomic_fetch_add(&pb->refs, 1);
+	pthread_mutex_lock(&c->piece_lock);
+	old = c->pieces[c->piece_next];
+	c->pieces[c->piece_next] = pb;
+	c->piece_next = (c->piece_next + 1) % PIECE_SLOTS;
+	pthread_mutex_unlock(&c->piece_lock);
+	piece_unref(old);
+}
+
+/* A reference to what a read used: the map span read (noted and released
+ * by ref_done) and the shared piece, if any. */
+struct body_ref {
+	struct span used;
+	struct piece_buf *pb;
+};
+
+/* The bytes of piece idx of b, and in ref what they came from: the map
+ * (a pointer valid until the next write), this thread's decode buffer
+ * (until the next decode on this thread), or a shared piece (until
+ * ref_done).  A piece missing, damaged or of the wrong length is a
+ * damaged cache. */
 static int chunk_get(struct cache_txn *t, const struct body_loc *b,
-                     uint64_t idx, const uint8_t **p_r)
+                     uint64_t idx, const uint8_t **p_r, struct body_ref *ref)
 {
 	uint8_t k[CHUNK_KEY_LEN];
-	const uint8_t *p;
+	struct piece_buf *pb;
+	size_t want = chunk_len(b, idx), n;
+	uint64_t len;
 	MDB_val v;
 	int rc;
 
@@ -97,10 +196,41 @@ static int chunk_get(struct cache_txn *t, const struct body_loc *b,
 		return corrupt(t, "body piece (missing)", b->blob, idx, 0);
 	if (rc)
 		return rc;
-	p = v.mv_data;
-	if (v.mv_size != 1 + chunk_len(b, idx) || p[0] != CHUNK_RAW)
-		return corrupt(t, "body piece", b->blob, idx, v.mv_size);
-	*p_r = p + 1;
+	ref->used.p = v.mv_data;
+	ref->used.n = v.mv_size;
+	if (t->write || v.mv_size == 0 ||
+	    ((const uint8_t *)v.mv_data)[0] == ZV_RAW) {
+		rc = zval_decode(t, &v, "body piece", b->blob, idx, 0, p_r, &n);
+		if (rc == 0 && n != want)
+			rc = corrupt(t, "body piece", b->blob, idx, n);
+		if (rc == 0 && *p_r == (const uint8_t *)v.mv_data + 1)
+			ref->used.n = 0; /* raw: the caller says what it read */
+		return rc;
+	}
+	pb = piece_find(t->cache, b->blob, idx);
+	if (pb != NULL) {
+		ref->used.n = 0;
+	} else {
+		if (zval_len(&v, &len) != 0 || len != want)
+			return corrupt(t, "body piece", b->blob, idx,
+			               v.mv_size);
+		pb = malloc(sizeof(*pb) + want);
+		if (pb == NULL)
+			return txn_fail(t, -ENOMEM);
+		atomic_init(&pb->refs, 1);
+		pb->blob = b->blob;
+		pb->idx = idx;
+		pb->n = want;
+		rc = zval_decode_to(t, &v, "body piece", b->blob, idx, 0,
+		                    pb->data, want);
+		if (rc) {
+			free(pb);
+			return rc;
+		}
+		piece_keep(t->cache, pb);
+	}
+	ref->pb = pb;
+	*p_r = pb->data;
 	return 0;
 }
 
@@ -123,24 +253,72 @@ static void release_pages(const void *p, size_t n)
 	madvise((void *)start, end - start, MADV_DONTNEED);
 }
 
-/* Copy [off, off + len) of the chunked body b (inside it) into buf. */
-static int big_copy(struct cache_txn *t, const struct body_loc *b, uint64_t off,
-                    uint8_t *buf, size_t len)
+/* Where the bytes [off, off + n) of body b are, n > 0, the range inside
+ * one piece of a body in pieces: *p_r points into the map, this thread's
+ * decode buffer or a shared piece (see chunk_get), valid until ref_done
+ * and the next decode on this thread. */
+static int body_span(struct cache_txn *t, const struct body_loc *b,
+                     uint64_t off, size_t n, const uint8_t **p_r,
+                     struct body_ref *ref)
+{
+	const uint8_t *p;
+	size_t len;
+	int rc = 0;
+
+	ref->pb = NULL;
+	ref->used.p = b->v.mv_data;
+	ref->used.n = b->v.mv_size;
+	if (b->big) {
+		uint64_t idx = off / b->chunk;
+
+		rc = chunk_get(t, b, idx, &p, ref);
+		off -= idx * b->chunk;
+	} else if (b->old) {
+		p = b->v.mv_data;
+		ref->used.n = 0;
+	} else {
+		rc = zval_decode(t, &b->v, "body", be32_get(b->k),
+		                 be32_get(b->k + 4), be32_get(b->k + 8), &p,
+		                 &len);
+		if (rc == 0 && p == (const uint8_t *)b->v.mv_data + 1)
+			ref->used.n = 0;
+	}
+	if (rc)
+		return rc;
+	*p_r = p + off;
+	if (ref->used.n == 0 && ref->pb == NULL) {
+		/* Raw in the map: only the bytes used were read. */
+		ref->used.p = p + off;
+		ref->used.n = n;
+	}
+	return 0;
+}
+
+static void ref_done(struct cache_txn *t, struct body_ref *ref)
+{
+	note_span(t, ref->used.p, ref->used.n);
+	release_pages(ref->used.p, ref->used.n);
+	piece_unref(ref->pb);
+	ref->pb = NULL;
+	ref->used.n = 0;
+}
+
+/* Copy [off, off + len) of body b (inside it) into buf. */
+static int body_copy(struct cache_txn *t, const struct body_loc *b,
+                     uint64_t off, uint8_t *buf, size_t len)
 {
 	while (len > 0) {
-		uint64_t idx = off / b->chunk;
-		size_t in = (size_t)(off % b->chunk),
-		       n = chunk_len(b, idx) - in;
+		uint64_t end =
+		        b->big ? (off / b->chunk + 1) * b->chunk : b->size;
+		size_t n = end - off < len ? (size_t)(end - off) : len;
 		const uint8_t *p;
-		int rc = chunk_get(t, b, idx, &p);
+		struct body_ref ref;
+		int rc = body_span(t, b, off, n, &p, &ref);
 
 		if (rc)
 			return rc;
-		if (n > len)
-			n = len;
-		memcpy(buf, p + in, n);
-		note_span(t, p + in, n);
-		release_pages(p + in, n);
+		memcpy(buf, p, n);
+		ref_done(t, &ref);
 		buf += n;
 		off += n;
 		len -= n;
@@ -152,7 +330,7 @@ static int big_copy(struct cache_txn *t, const struct body_loc *b, uint64_t off,
 static int chunks_put(struct cache_txn *t, uint64_t blob, uint64_t first,
                       const uint8_t *data, size_t len)
 {
-	uint8_t k[CHUNK_KEY_LEN], *p;
+	uint8_t k[CHUNK_KEY_LEN];
 
 	/* The whole length up front: if the map fills up at some piece, the
 	 * retry must find room for all of them (see db_reserve). */
@@ -164,11 +342,9 @@ static int chunks_put(struct cache_txn *t, uint64_t blob, uint64_t first,
 		if (idx > UINT32_MAX)
 			return txn_fail(t, -EFBIG);
 		chunk_key(k, blob, idx);
-		rc = db_reserve(t, DB_CHUNK, k, CHUNK_KEY_LEN, 1 + n, 0, &p);
+		rc = zval_put(t, DB_CHUNK, k, CHUNK_KEY_LEN, data, n, ZV_PIECE);
 		if (rc)
 			return rc;
-		p[0] = CHUNK_RAW;
-		memcpy(p + 1, data, n);
 		data += n;
 		len -= n;
 	}
@@ -209,8 +385,10 @@ static int blob_new(struct cache_txn *t, uint64_t *blob_r)
 int body_del(struct cache_txn *t, const uint8_t k[KEY_LEN])
 {
 	struct body_loc b;
-	int rc = db_del(t, DB_BODY, k, KEY_LEN);
+	int rc = db_del(t, DB_ZBODY, k, KEY_LEN);
 
+	if (rc == 0)
+		rc = db_del(t, DB_BODY, k, KEY_LEN);
 	if (rc)
 		return rc;
 	rc = db_get(t, DB_BIGBODY, k, KEY_LEN, &b.v);
@@ -255,8 +433,10 @@ static int blob_collect(struct cache_txn *t, const MDB_val *k, const MDB_val *v,
 int body_del_prefix(struct cache_txn *t, const uint8_t *prefix, size_t plen)
 {
 	struct blob_list l = {NULL, 0, 0};
-	int rc = db_del_prefix(t, DB_BODY, prefix, plen, NULL);
+	int rc = db_del_prefix(t, DB_ZBODY, prefix, plen, NULL);
 
+	if (rc == 0)
+		rc = db_del_prefix(t, DB_BODY, prefix, plen, NULL);
 	if (rc == 0)
 		rc = db_scan(t, DB_BIGBODY, prefix, plen, plen, blob_collect,
 		             &l);
@@ -278,7 +458,7 @@ int body_write(struct cache_txn *t, const uint8_t k[KEY_LEN], const void *data,
 	if (rc)
 		return rc;
 	if (len <= CACHE_BODY_CHUNK)
-		return db_put(t, DB_BODY, k, KEY_LEN, data, len, 0);
+		return zval_put(t, DB_ZBODY, k, KEY_LEN, data, len, ZV_BODY);
 	rc = blob_new(t, &blob);
 	if (rc == 0)
 		rc = chunks_put(t, blob, 0, data, len);
@@ -397,16 +577,7 @@ int cache_body_read(struct cache_txn *txn, struct cache_key key,
 		return rc;
 	if (offset < b.size) {
 		n = b.size - offset < len ? (size_t)(b.size - offset) : len;
-		if (b.big) {
-			rc = big_copy(txn, &b, offset, buf, n);
-		} else {
-			const uint8_t *p =
-			        (const uint8_t *)b.v.mv_data + offset;
-
-			memcpy(buf, p, n);
-			note_span(txn, p, n);
-			release_pages(p, n);
-		}
+		rc = body_copy(txn, &b, offset, buf, n);
 	}
 	note_read(txn->cache);
 	if (rc == 0)
@@ -420,6 +591,7 @@ int cache_body_view(struct cache_txn *txn, struct cache_key key,
 {
 	const uint8_t *data = NULL;
 	uint8_t *copy = NULL;
+	struct body_ref ref = {{NULL, 0}, NULL};
 	struct body_loc b;
 	size_t n = 0;
 	int rc = txn_check(txn, false);
@@ -433,19 +605,16 @@ int cache_body_view(struct cache_txn *txn, struct cache_key key,
 		return rc;
 	if (offset < b.size)
 		n = b.size - offset < len ? (size_t)(b.size - offset) : len;
-	if (n > 0 && !b.big) {
-		data = (const uint8_t *)b.v.mv_data + offset;
-	} else if (n > 0 && offset % b.chunk + n <= b.chunk) {
-		/* Inside one piece: straight from the map too. */
-		rc = chunk_get(txn, &b, offset / b.chunk, &data);
+	if (n > 0 && (!b.big || offset % b.chunk + n <= b.chunk)) {
+		/* Inside one value: from the map, or decoded once. */
+		rc = body_span(txn, &b, offset, n, &data, &ref);
 		if (rc)
 			return rc;
-		data += offset % b.chunk;
 	} else if (n > 0) {
 		copy = malloc(n);
 		if (copy == NULL)
 			return txn_fail(txn, -ENOMEM);
-		rc = big_copy(txn, &b, offset, copy, n);
+		rc = body_copy(txn, &b, offset, copy, n);
 		if (rc) {
 			free(copy);
 			return rc;
@@ -453,8 +622,7 @@ int cache_body_view(struct cache_txn *txn, struct cache_key key,
 	}
 	rc = fn(ctx, copy ? copy : data ? (const void *)data : "", n);
 	free(copy);
-	note_span(txn, data, n);
-	release_pages(data, n);
+	ref_done(txn, &ref);
 	note_read(txn->cache);
 	return rc;
 }
@@ -480,14 +648,10 @@ int cache_body_get(struct cache_txn *txn, struct cache_key key, void **data_r,
 	p = malloc(b.size ? (size_t)b.size : 1);
 	if (p == NULL)
 		return txn_fail(txn, -ENOMEM);
-	if (b.big) {
-		rc = big_copy(txn, &b, 0, p, (size_t)b.size);
-		if (rc) {
-			free(p);
-			return rc;
-		}
-	} else {
-		memcpy(p, b.v.mv_data, b.v.mv_size);
+	rc = body_copy(txn, &b, 0, p, (size_t)b.size);
+	if (rc) {
+		free(p);
+		return rc;
 	}
 	*data_r = p;
 	*len_r = (size_t)b.size;
@@ -507,17 +671,29 @@ int cache_body_delete(struct cache_txn *txn, struct cache_key key)
 	return body_del(txn, k);
 }
 
+/* A heap copy of a value (a map pointer does not survive a put). */
+static int val_dup(struct cache_txn *t, const MDB_val *v, MDB_val *copy)
+{
+	copy->mv_data = malloc(v->mv_size ? v->mv_size : 1);
+	if (copy->mv_data == NULL)
+		return txn_fail(t, -ENOMEM);
+	memcpy(copy->mv_data, v->mv_data, v->mv_size);
+	copy->mv_size = v->mv_size;
+	return 0;
+}
+
 /* Give the body under from to the message to (whose record must exist),
- * as cache_body_put would; keep from's copy if copy.  A body in pieces
- * moves by its body_big record alone; a copy of it is made piece by
- * piece. */
+ * as cache_body_put would; keep from's copy if copy.  Values move as they
+ * are encoded (an old raw body of "body" is encoded on the way); a body
+ * in pieces moves by its body_big record alone, and a copy of it is made
+ * piece by piece. */
 int body_transfer(struct cache_txn *t, struct cache_key from,
                   struct cache_key to, bool copy)
 {
 	uint8_t fk[KEY_LEN], tk[KEY_LEN];
 	struct body_loc b;
+	MDB_val dup = {0, NULL};
 	uint64_t blob;
-	void *buf;
 	int rc;
 
 	msgkey_make(fk, from);
@@ -525,14 +701,12 @@ int body_transfer(struct cache_txn *t, struct cache_key from,
 	rc = body_find(t, fk, &b);
 	if (rc)
 		return rc;
-	if (!b.big) {
-		/* Through the heap: a map pointer does not survive a put. */
-		buf = malloc(b.v.mv_size ? b.v.mv_size : 1);
-		if (buf == NULL)
-			return txn_fail(t, -ENOMEM);
-		memcpy(buf, b.v.mv_data, b.v.mv_size);
-		rc = body_store(t, to, buf, b.v.mv_size);
-		free(buf);
+	if (b.old) {
+		rc = val_dup(t, &b.v, &dup);
+		if (rc)
+			return rc;
+		rc = body_store(t, to, dup.mv_data, dup.mv_size);
+		free(dup.mv_data);
 		if (rc == 0 && !copy)
 			rc = db_del(t, DB_BODY, fk, KEY_LEN);
 		return rc;
@@ -540,6 +714,22 @@ int body_transfer(struct cache_txn *t, struct cache_key from,
 	rc = msg_set_verified(t, to, b.size);
 	if (rc == 0)
 		rc = body_del(t, tk);
+	if (rc == 0 && !b.big) {
+		/* The map pointer did not survive the writes above. */
+		rc = db_get(t, DB_ZBODY, fk, KEY_LEN, &b.v);
+		if (rc == -ENOENT)
+			rc = txn_fail(t, -EIO);
+		if (rc == 0)
+			rc = val_dup(t, &b.v, &dup);
+		if (rc)
+			return rc;
+		rc = db_put(t, DB_ZBODY, tk, KEY_LEN, dup.mv_data, dup.mv_size,
+		            0);
+		free(dup.mv_data);
+		if (rc == 0 && !copy)
+			rc = db_del(t, DB_ZBODY, fk, KEY_LEN);
+		return rc;
+	}
 	if (rc || !copy) {
 		if (rc == 0)
 			rc = bigbody_put(t, tk, b.size, b.chunk, b.blob);
@@ -548,26 +738,23 @@ int body_transfer(struct cache_txn *t, struct cache_key from,
 		return rc;
 	}
 	rc = blob_new(t, &blob);
-	buf = rc == 0 ? malloc(b.chunk) : NULL;
-	if (rc == 0 && buf == NULL)
-		rc = txn_fail(t, -ENOMEM);
 	for (uint64_t i = 0; rc == 0 && i * b.chunk < b.size; i++) {
-		uint8_t k[CHUNK_KEY_LEN], *p;
-		const uint8_t *src;
-		size_t n = chunk_len(&b, i);
+		uint8_t k[CHUNK_KEY_LEN];
+		MDB_val v;
 
-		rc = chunk_get(t, &b, i, &src);
+		chunk_key(k, b.blob, i);
+		rc = db_get(t, DB_CHUNK, k, CHUNK_KEY_LEN, &v);
+		if (rc == -ENOENT)
+			rc = corrupt(t, "body piece (missing)", b.blob, i, 0);
+		if (rc == 0)
+			rc = val_dup(t, &v, &dup);
 		if (rc)
 			break;
-		memcpy(buf, src, n);
 		chunk_key(k, blob, i);
-		rc = db_reserve(t, DB_CHUNK, k, CHUNK_KEY_LEN, 1 + n, 0, &p);
-		if (rc == 0) {
-			p[0] = CHUNK_RAW;
-			memcpy(p + 1, buf, n);
-		}
+		rc = db_put(t, DB_CHUNK, k, CHUNK_KEY_LEN, dup.mv_data,
+		            dup.mv_size, 0);
+		free(dup.mv_data);
 	}
-	free(buf);
 	if (rc == 0)
 		rc = bigbody_put(t, tk, b.size, b.chunk, blob);
 	return rc;

@@ -16,8 +16,10 @@
  *   meta       ASCII name -> u64 BE.  The names this module builds:
  *                "schema"              the schema version
  *                "cache.next_mailbox", "cache.next_pop",
- *                "cache.next_pending", "cache.next_blob"
- *                                      persistent counters: the next id
+ *                "cache.next_pending", "cache.next_blob",
+ *                "cache.next_zdict"    persistent counters: the next id
+ *                "cache.zdict"         the id of the dictionary new
+ *                                      bodies are compressed with
  *                "mtime." + mailbox id in decimal ("mtime.12")
  *                                      a mailbox directory's mtime,
  *                                      "mtime.0" the root's
@@ -37,14 +39,28 @@
  *              two forms never meet; names that fit are their own key, as
  *              in every cache before.
  *   msg        (mailbox id, UIDVALIDITY, UID), 3 x u32 BE -> message record
- *   body       same 12-byte key -> the raw message bytes, exactly, for
- *              a body of up to CACHE_BODY_CHUNK bytes (schema 1 kept
- *              every body here; those stay and read the same)
+ *   zbody      same 12-byte key -> a body of up to CACHE_BODY_CHUNK
+ *              bytes, encoded: a codec byte, then
+ *                0  the message bytes, exactly
+ *                1  length u32 BE, one zstd frame (no content size, no
+ *                   dictionary id, no checksum in it)
+ *                2  length u32 BE, dictionary id u32 BE, one zstd frame
+ *                   made with that dictionary of zdict
+ *              The length is the body's exact length.  A body is written
+ *              compressed (2 once the cache has a dictionary, else 1)
+ *              when that makes it shorter, else as codec 0.
+ *   zdict      dictionary id (u32 BE) -> version byte (1), the first 8
+ *              bytes of the SHA-256 of the dictionary, a zstd dictionary
+ *              trained from the first small bodies of this cache
+ *   body       same 12-byte key -> the raw message bytes, exactly: small
+ *              bodies of schema 1 and 2 (schema 1 kept every body here);
+ *              those stay and read the same, nothing new is written here
  *   body_big   same 12-byte key -> where a longer body's pieces are:
  *              version byte, length u64, chunk size u32, blob id u64
- *   chunk      (blob id u64 BE, piece index u32 BE) -> codec byte (0:
- *              raw) and the bytes of that piece: chunk-size bytes, fewer
- *              in the last piece.  Piece i starts at byte i * chunk size.
+ *   chunk      (blob id u64 BE, piece index u32 BE) -> the bytes of that
+ *              piece, encoded as in zbody (codec 0 or 1; schema 2 wrote
+ *              codec 0 only): chunk-size bytes, fewer in the last piece.
+ *              Piece i starts at byte i * chunk size.
  *   chunk_open blob id (u64 BE) -> version byte, start time (u64 BE): the
  *              bodies being written in pieces (cache_body_stream); what
  *              is left here at cache_open is deleted
@@ -58,9 +74,8 @@
  * All integer keys are big-endian so that byte order is numeric order: a
  * cursor over the prefix (mailbox id, UIDVALIDITY) walks one mailbox
  * generation in UID order.  Every record starts with a version byte
- * (body values are the message's bytes; each piece of a longer body
- * starts with a codec byte instead, so that pieces can be compressed
- * later without another schema).
+ * (body values and pieces start with a codec byte instead; old body
+ * values are the message's bytes).
  *
  * Rules for callers:
  *
@@ -121,13 +136,14 @@
  * cache in place (logged; nothing in it is dropped) and refuses
  * (-EPROTONOSUPPORT, with a log line saying so) a newer one, so an old
  * mailfs never misreads a cache written by a newer one.  Schema 2 added
- * body_big, chunk and chunk_open. */
+ * body_big, chunk and chunk_open; schema 3 zbody and zdict (compressed
+ * bodies). */
+#define CACHE_SCHEMA_VERSION 3
+
 /* How long cache_open() waits for another process that holds the cache
  * (a mailfs still shutting down after its unmount) before it gives up
  * with -EBUSY. */
 #define CACHE_LOCK_WAIT_MS 5000
-
-#define CACHE_SCHEMA_VERSION 2
 
 /* Bodies longer than this are stored in pieces of this many bytes, each
  * found directly by its offset; a body that arrives in pieces is written
@@ -507,13 +523,17 @@ int cache_body_read(struct cache_txn *txn, struct cache_key key,
                     uint64_t offset, void *buf, size_t len, size_t *n_r);
 
 /* Call fn once with a pointer to up to len bytes of the body starting at
- * offset (fewer at its end, none past it), straight from the map: no
- * copy, unless the range spans two pieces of a body stored in pieces
- * (then the bytes are copied into a buffer of that size first).  The
- * pointer is valid only during the call (fn must not keep it nor wait for
- * anything unbounded).  fn's return value is returned.  Afterwards the
- * pages are dropped from the process's resident set (they stay in the
- * page cache).  -ENOENT if the body is not cached. */
+ * offset (fewer at its end, none past it): straight from the map for a
+ * body stored raw, from this thread's decompression buffer for a
+ * compressed one (the last value decompressed on a thread is kept, so
+ * reading a piece in several reads decompresses it once); copied into a
+ * buffer of that size first if the range spans two pieces of a body
+ * stored in pieces.  The pointer is valid only during the call (fn must
+ * not keep it, nor wait for anything unbounded, nor call cache_body_* on
+ * this thread).  fn's return value is returned.  Afterwards the map
+ * pages read are dropped from the process's resident set (they stay in
+ * the page cache).  -ENOENT if the body is not cached; -EIO (logged) if
+ * it is damaged (a value that does not decompress to its length). */
 int cache_body_view(struct cache_txn *txn, struct cache_key key,
                     uint64_t offset, size_t len,
                     int (*fn)(void *ctx, const void *data, size_t n),

@@ -16,7 +16,10 @@
  *   rematch.c  no database of its own: bodies across a UIDVALIDITY change
  *   mbox.c     mbox and mbox_name
  *   msg.c      msg: the public calls (deleting a message deletes its body)
- *   body.c     body, body_big, chunk, chunk_open; body streams
+ *   body.c     body, zbody, body_big, chunk, chunk_open; body streams
+ *   compress.c zdict, and the encoding of the values of zbody and chunk
+ *              (compressed when that saves space; per-thread zstd
+ *              contexts and the last value decoded)
  *   msgrec.c   one msg record: its encoding, key check, load and store
  *   meta.c     meta: counters, callers' values, mailbox mtimes, POP3 marks
  *   env.c      the LMDB wrapper: transactions and their sticky errors, the
@@ -64,6 +67,8 @@ enum {
 	DB_BIGBODY,
 	DB_CHUNK,
 	DB_CHUNK_OPEN,
+	DB_ZBODY,
+	DB_ZDICT,
 	DB_COUNT,
 };
 
@@ -73,6 +78,8 @@ enum {
 #define META_NEXT_POP     "cache.next_pop"
 #define META_NEXT_PENDING "cache.next_pending"
 #define META_NEXT_BLOB    "cache.next_blob"
+#define META_NEXT_ZDICT   "cache.next_zdict"
+#define META_ZDICT        "cache.zdict"
 /* Names this module builds for other modules (see cache.h). */
 #define META_MTIME        "mtime."
 #define META_POP_DUP      "popdup."
@@ -89,6 +96,9 @@ enum {
 /* Parts: the writes added to an upload after its record (see cache.h).
  * Their keys sort right after the record's, before the next record's. */
 #define PART_KEY_LEN  12 /* (sequence number u64, part number u32) */
+
+/* Decoded pieces kept for other reads (body.c): 2 MiB at most. */
+#define PIECE_SLOTS 8
 
 struct cache {
 	MDB_env *env; /* owned */
@@ -112,6 +122,15 @@ struct cache {
 	atomic_uint reads_since_trim;
 	atomic_size_t bytes_since_trim;
 	_Atomic uintptr_t seen_lo, seen_hi; /* see note_span() */
+	/* Compression dictionaries loaded (compress.c), and the number of
+	 * small bodies at which one is trained if the cache has none. */
+	pthread_mutex_t zlock;
+	struct zdict_mem *zdicts; /* owned; protected by zlock */
+	atomic_size_t ztrain_at;
+	/* Pieces decoded by read transactions (body.c, chunk_get). */
+	pthread_mutex_t piece_lock;
+	struct piece_buf *pieces[PIECE_SLOTS]; /* one reference each */
+	unsigned piece_next;
 };
 
 struct cache_txn {
@@ -154,6 +173,8 @@ int db_scan(struct cache_txn *t, int db, const void *start, size_t slen,
             size_t plen, scan_fn fn, void *ctx);
 int db_del_prefix(struct cache_txn *t, int db, const void *prefix, size_t plen,
                   size_t *count_r);
+/* The number of entries of db. */
+int db_count(struct cache_txn *t, int db, size_t *count_r);
 
 /* Body reads tell the environment which map pages they touched, so that
  * it can drop them from the resident set now and then. */
@@ -251,6 +272,44 @@ int pop_mark_key(char name[META_KEY_SIZE], enum cache_pop_mark mark,
                  const char *s);
 
 /* ------------------------------------------------------------------ */
+/* Values that may be compressed (compress.c): the bodies of zbody and the
+ * pieces of chunk.  A value is a codec byte, then
+ *   ZV_RAW        the bytes
+ *   ZV_ZSTD       length u32 BE, one zstd frame
+ *   ZV_ZSTD_DICT  length u32 BE, dictionary id u32 BE, one zstd frame
+ *                 made with that dictionary (zdict)
+ * The length is the decoded length: known without decompressing. */
+
+enum { ZV_RAW = 0, ZV_ZSTD = 1, ZV_ZSTD_DICT = 2 };
+
+enum zval_kind {
+	ZV_BODY,  /* a small body: with the cache's dictionary, once trained */
+	ZV_PIECE, /* a piece of a longer body: no dictionary, faster level */
+};
+
+int zdicts_init(struct cache *c);
+void zdicts_free(struct cache *c);
+/* The decoded length of v; -EIO (not recorded) for a damaged header. */
+int zval_len(const MDB_val *v, uint64_t *len_r);
+/* The decoded bytes of v: a pointer into v (raw) or into this thread's
+ * buffer, valid until the next zval_* call on this thread.  A value that
+ * does not decode to exactly its length is damaged: logged (what and a,
+ * b, c name it), -EIO recorded. */
+int zval_decode(struct cache_txn *t, const MDB_val *v, const char *what,
+                uint64_t a, uint64_t b, uint64_t c, const uint8_t **p_r,
+                size_t *len_r);
+/* zval_decode into dst, which holds exactly the value's length len (the
+ * caller checked it with zval_len). */
+int zval_decode_to(struct cache_txn *t, const MDB_val *v, const char *what,
+                   uint64_t a, uint64_t b, uint64_t c, uint8_t *dst,
+                   size_t len);
+/* Put len bytes under k in db as a value of kind, compressed when that
+ * makes it shorter.  For ZV_BODY, the first write that finds no
+ * dictionary and enough small bodies in the cache trains one (logged). */
+int zval_put(struct cache_txn *t, int db, const void *k, size_t klen,
+             const void *data, size_t len, enum zval_kind kind);
+
+/* ------------------------------------------------------------------ */
 /* What the schema files use of each other */
 
 /* meta.c: a meta value (-ENOENT not recorded), and the next value of a
@@ -288,9 +347,12 @@ int msg_store(struct cache_txn *t, const struct cache_msg *m);
 /* body.c.  Bodies are deleted with their messages and mailboxes. */
 
 /* Where a body is.  For !big, v is the value itself (a map pointer, valid
- * until the next write). */
+ * until the next write): in zbody (encoded), or, if old, in body (the
+ * bytes as they are). */
 struct body_loc {
+	uint8_t k[KEY_LEN];
 	bool big;
+	bool old;
 	MDB_val v;
 	uint64_t size;
 	uint32_t chunk;
@@ -316,6 +378,9 @@ int body_transfer(struct cache_txn *t, struct cache_key from,
                   struct cache_key to, bool copy);
 int stream_store(struct cache_txn *t, struct cache_body_stream *s,
                  const uint8_t k[KEY_LEN]);
+/* The shared decoded pieces of c, at open and close (open.c). */
+int piece_cache_init(struct cache *c);
+void piece_cache_free(struct cache *c);
 /* At open (open.c): delete the pieces of bodies whose writing never
  * finished; failures are logged. */
 void stale_clean(struct cache *c);

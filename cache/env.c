@@ -190,6 +190,17 @@ int db_scan(struct cache_txn *t, int db, const void *start, size_t slen,
 	return ret;
 }
 
+int db_count(struct cache_txn *t, int db, size_t *count_r)
+{
+	MDB_stat st;
+	int rc = mdb_stat(t->txn, t->cache->dbi[db], &st);
+
+	if (rc)
+		return txn_mdb_fail(t, rc);
+	*count_r = st.ms_entries;
+	return 0;
+}
+
 /* Delete every entry whose key starts with prefix; count them. */
 int db_del_prefix(struct cache_txn *t, int db, const void *prefix, size_t plen,
                   size_t *count_r)

@@ -34,6 +34,8 @@ static const char *const db_names[DB_COUNT] = {
         [DB_BIGBODY] = "body_big",
         [DB_CHUNK] = "chunk",
         [DB_CHUNK_OPEN] = "chunk_open",
+        [DB_ZBODY] = "zbody",
+        [DB_ZDICT] = "zdict",
 };
 
 static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -200,10 +202,13 @@ static int cache_init_dbs(struct cache *c, struct report *r)
 	} else if (rc) {
 		rc = report(r, rc, "cache %s: %s", c->dir, strerror(-rc));
 	}
-	/* Upgrades from older schemas, in this transaction.  1 -> 2: bodies
-	 * longer than CACHE_BODY_CHUNK are stored in pieces from now on, in
-	 * databases that did not exist (created above, empty); every body
-	 * of schema 1 stays where it is and is read as it was. */
+	/* Upgrades from older schemas, in this transaction; nothing stored
+	 * is rewritten.  1 -> 2: bodies longer than CACHE_BODY_CHUNK are
+	 * stored in pieces from now on, in databases that did not exist
+	 * (created above, empty).  2 -> 3: small bodies are written to
+	 * zbody, compressed, with the dictionary of zdict (both created
+	 * above, empty).  Every body of schema 1 and 2 stays where it is and
+	 * is read as it was (raw pieces are pieces of codec 0). */
 	from = schema;
 	if (rc == 0 && schema < CACHE_SCHEMA_VERSION) {
 		schema = CACHE_SCHEMA_VERSION;
@@ -217,12 +222,12 @@ static int cache_init_dbs(struct cache *c, struct report *r)
 	if (rc)
 		return report_mdb(r, c->dir, rc);
 	if (from != schema)
-		log_notice(
-		        "cache %s: upgraded in place from schema %llu to %llu "
-		        "(bodies longer than %u KiB are now stored in "
-		        "pieces; every cached message is kept as it is)",
-		        c->dir, (unsigned long long)from,
-		        (unsigned long long)schema, CACHE_BODY_CHUNK / 1024);
+		log_notice("cache %s: upgraded in place from schema %llu to "
+		           "%llu (bodies are now stored compressed, those "
+		           "longer than %u KiB in pieces; every cached "
+		           "message is kept as it is)",
+		           c->dir, (unsigned long long)from,
+		           (unsigned long long)schema, CACHE_BODY_CHUNK / 1024);
 	return 0;
 }
 
@@ -439,6 +444,18 @@ static int open_cache(const char *dir, const struct cache_options *opt,
 	c->pid = getpid();
 	c->map_max = MAP_MAX;
 	rc = active_init(c);
+	if (rc == 0) {
+		rc = zdicts_init(c);
+		if (rc == 0) {
+			rc = piece_cache_init(c);
+			if (rc)
+				zdicts_free(c);
+		}
+		if (rc) {
+			pthread_cond_destroy(&c->active_zero);
+			pthread_mutex_destroy(&c->active_lock);
+		}
+	}
 	if (rc) {
 		free(c->dir);
 		free(c);
@@ -570,6 +587,8 @@ void cache_close(struct cache **cache)
 	pthread_mutex_unlock(&open_lock);
 	pthread_cond_destroy(&c->active_zero);
 	pthread_mutex_destroy(&c->active_lock);
+	zdicts_free(c);
+	piece_cache_free(c);
 	free(c->dir);
 	free(c);
 }

@@ -4,7 +4,7 @@
 MAILFS_PACKAGES=(
 	build-essential meson ninja-build pkg-config
 	libfuse3-dev fuse3 libssl-dev openssl ca-certificates
-	liblmdb-dev lmdb-utils libcmocka-dev zlib1g-dev
+	liblmdb-dev lmdb-utils libcmocka-dev zlib1g-dev libzstd-dev
 	dovecot-imapd dovecot-pop3d
 	rsync attr python3 procps
 	clang libclang-rt-14-dev

@@ -10,11 +10,13 @@
 
 #include "cache/cache.h"
 #include "fixtures/cache-v1/content.h"
+#include "fixtures/cache-v2/content.h"
 
 #include <errno.h>
 #include <ftw.h>
 #include <limits.h>
 #include <lmdb.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -131,6 +133,23 @@ static void *pattern(size_t len, unsigned seed)
 	assert_non_null(p);
 	for (i = 0; i < len; i++)
 		p[i] = (uint8_t)((i * 131 + seed) ^ (i >> 11));
+	return p;
+}
+
+/* Bytes no compressor shortens (xorshift64), for tests that need a body
+ * to take its length on disk. */
+static void *noise(size_t len, unsigned seed)
+{
+	uint8_t *p = malloc(len ? len : 1);
+	uint64_t x = 0x9e3779b97f4a7c15ull ^ seed;
+
+	assert_non_null(p);
+	for (size_t i = 0; i < len; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p[i] = (uint8_t)(x >> 24);
+	}
 	return p;
 }
 
@@ -1852,7 +1871,7 @@ static void test_schema_refusal(void **state)
 	assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
 	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
 	assert_int_equal(v.mv_size, 8);
-	assert_memory_equal(v.mv_data, "\0\0\0\0\0\0\0\x02", 8);
+	assert_memory_equal(v.mv_data, "\0\0\0\0\0\0\0\x03", 8);
 	b[7] = CACHE_SCHEMA_VERSION + 1;
 	v.mv_size = 8;
 	v.mv_data = b;
@@ -1871,7 +1890,7 @@ static void test_map_grow(void **state)
 	struct fixture *f = *state;
 	struct cache_options opt = {.map_size = 1u << 20};
 	const size_t len = 4u << 20;
-	uint8_t *body = pattern(len, 3), *buf = malloc(len);
+	uint8_t *body = noise(len, 3), *buf = malloc(len);
 	struct cache_key k = {1, 1, 1};
 	struct cache_txn *t;
 	size_t before, n = 0;
@@ -1945,7 +1964,7 @@ static void test_map_grow_waits_for_readers(void **state)
 	struct held_reader h = {.lock = PTHREAD_MUTEX_INITIALIZER,
 	                        .cond = PTHREAD_COND_INITIALIZER};
 	const size_t len = 4u << 20;
-	uint8_t *body = pattern(len, 9);
+	uint8_t *body = noise(len, 9);
 	struct cache_key k = {1, 1, 1};
 	struct cache_txn *t;
 	pthread_t th;
@@ -1988,7 +2007,7 @@ static void test_write_failure_unchanged(void **state)
 	struct fixture *f = *state;
 	struct cache *c = open_cache(f);
 	const size_t len = 8u << 20;
-	uint8_t *body = pattern(len, 5);
+	uint8_t *body = noise(len, 5);
 	struct cache_key k = {1, 1, 1};
 	struct rlimit old, lim;
 	struct cache_msg *m = NULL;
@@ -2088,7 +2107,7 @@ static void fill(struct cache *c, unsigned n, size_t len)
 	unsigned uid;
 
 	for (uid = 1; uid <= n; uid++) {
-		uint8_t *body = pattern(len, uid);
+		uint8_t *body = noise(len, uid);
 		char msgid[32];
 
 		snprintf(msgid, sizeof(msgid), "<%u@fill>", uid);
@@ -2496,7 +2515,7 @@ static void test_body_pieces(void **state)
 	}
 	assert_int_equal(cache_txn_commit(&t), 0);
 	/* Up to one chunk: one value; longer: pieces. */
-	assert_int_equal(db_entries(f, "body"), 2);
+	assert_int_equal(db_entries(f, "zbody"), 2);
 	assert_int_equal(db_entries(f, "body_big"), 3);
 	assert_int_equal(db_entries(f, "chunk"), 2 + 4 + 2);
 	assert_int_equal(db_entries(f, "chunk_open"), 0);
@@ -2612,7 +2631,7 @@ static void test_body_stream(void **state)
 	assert_int_equal(cache_body_stream_finish(t, s2, k2), 0);
 	assert_int_equal(cache_txn_commit(&t), 0);
 	cache_body_stream_close(&s2);
-	assert_int_equal(db_entries(f, "body"), 1);
+	assert_int_equal(db_entries(f, "zbody"), 1);
 	check_reads(f->cache, k2, small, 5000);
 
 	/* A message without a record takes no body; the stream's pieces are
@@ -2840,6 +2859,10 @@ struct disk_row {
 	{                                                                      \
 		db, BYTES(k), BYTES(v), n                                      \
 	}
+/* A compressed value: its head only (the frame depends on zstd's
+ * version). */
+#define ANY_LEN            ((size_t)-1)
+#define ROW_ZSTD(db, k, v) ROW_HEAD(db, k, v, ANY_LEN)
 
 /* The value of a meta entry: u64 BE. */
 #define U64(v) "\x00\x00\x00\x00\x00\x00\x00" v
@@ -2852,10 +2875,11 @@ struct disk_row {
 	"\x00\x00\x01\x64\x00\x00\x00\x05\x3c\x6d\x40\x78"                     \
 	"\x3e\x00\x00\x00\x08\x48\x3a\x20\x76\x0d\x0a\x0d"                     \
 	"\x0a"
-#define PIECE (1 + CHUNK)
+/* Codec 1 (zstd, no dictionary), the length of a whole piece. */
+#define ZSTD_PIECE "\x01\x00\x04\x00\x00"
 #define STREAM_PIECE(i)                                                        \
-	ROW_HEAD("chunk", "\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00" i,    \
-	         "\x00", PIECE)
+	ROW_ZSTD("chunk", "\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00" i,    \
+	         ZSTD_PIECE)
 
 /* The mailbox named by disk_long_name (600 bytes) is filed under its
  * first 478 bytes, a NUL and this SHA-256 of the whole name. */
@@ -2876,7 +2900,7 @@ static const struct disk_row disk_rows[] = {
         /* "popdup." + SHA-256("uidl-a"), first 8 bytes, hex */
         ROW("meta", "popdup.12b26475137f0033", U64("\x01")),
         ROW("meta", "popsize.12b26475137f0033", U64("\x09")),
-        ROW("meta", "schema", U64("\x02")),
+        ROW("meta", "schema", U64("\x03")),
         ROW("meta", "user.value", U64("\x07")),
         /* mbox: id u32 -> record; the long-named one by length only */
         ROW("mbox", "\x00\x00\x00\x01",
@@ -2895,11 +2919,6 @@ static const struct disk_row disk_rows[] = {
             MSG_REC_HEAD "\x00\x00\x05" MSG_REC_TAIL),
         ROW("msg", "\x00\x00\x00\x01\x00\x00\x00\x09\x00\x00\x00\x03",
             MSG_REC_HEAD "\x04\x00\x01" MSG_REC_TAIL),
-        /* body: same key -> the bytes; POP3 under (UINT32_MAX, 0, n) */
-        ROW("body", "\x00\x00\x00\x01\x00\x00\x00\x09\x00\x00\x00\x02",
-            "hello"),
-        ROW("body", "\xff\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x01",
-            "pop body"),
         /* pop: number u32 -> record; pop_uidl: UIDL -> number */
         ROW("pop", "\x00\x00\x00\x01",
             "\x01\x00\x00\x00\x00\x00\x00\x00\x00\x08\x00\x00"
@@ -2922,11 +2941,12 @@ static const struct disk_row disk_rows[] = {
         ROW("body_big", "\x00\x00\x00\x01\x00\x00\x00\x09\x00\x00\x00\x03",
             "\x01\x00\x00\x00\x00\x00\x04\x00\x01\x00\x04\x00"
             "\x00\x00\x00\x00\x00\x00\x00\x00\x01"),
-        /* chunk: (blob u64, piece u32) -> codec byte 0 + bytes */
-        ROW_HEAD("chunk", "\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00",
-                 "\x00", PIECE),
-        ROW_HEAD("chunk", "\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x01",
-                 "\x00", 2),
+        /* chunk: (blob u64, piece u32) -> codec byte, then the bytes
+         * (codec 0) or length u32 and a zstd frame (codec 1) */
+        ROW_ZSTD("chunk", "\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00",
+                 ZSTD_PIECE),
+        ROW("chunk", "\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x01",
+            "\x00\x83"),
         STREAM_PIECE("\x00"),
         STREAM_PIECE("\x01"),
         STREAM_PIECE("\x02"),
@@ -2945,11 +2965,17 @@ static const struct disk_row disk_rows[] = {
         STREAM_PIECE("\x0f"),
         /* chunk_open: blob u64 -> version 1, start time u64 */
         ROW_HEAD("chunk_open", "\x00\x00\x00\x00\x00\x00\x00\x02", "\x01", 9),
+        /* zbody: message key -> codec byte 0 and the bytes (too short
+         * to gain from compression); POP3 under (UINT32_MAX, 0, n) */
+        ROW("zbody", "\x00\x00\x00\x01\x00\x00\x00\x09\x00\x00\x00\x02",
+            "\x00hello"),
+        ROW("zbody", "\xff\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x01",
+            "\x00pop body"),
 };
 
 static const char *const disk_dbs[] = {
-        "body", "body_big", "chunk",   "chunk_open", "mbox",     "mbox_name",
-        "meta", "msg",      "pending", "pop",        "pop_uidl",
+        "body", "body_big", "chunk", "chunk_open", "mbox",  "mbox_name", "meta",
+        "msg",  "pending",  "pop",   "pop_uidl",   "zbody", "zdict",
 };
 
 static void disk_long_name(char name[601])
@@ -3097,7 +3123,7 @@ static void test_disk_format(void **state)
 			if (row >= nrows || strcmp(r->db, db) != 0 ||
 			    k.mv_size != r->klen ||
 			    memcmp(k.mv_data, want, r->klen) != 0 ||
-			    v.mv_size != r->vlen ||
+			    (r->vlen != ANY_LEN && v.mv_size != r->vlen) ||
 			    memcmp(v.mv_data, r->v, r->vcmp) != 0)
 				fail_msg(
 				        "%s: entry %zu is not row %zu of the "
@@ -3116,7 +3142,7 @@ static void test_disk_format(void **state)
 /* ------------------------------------------------------------------ */
 /* A cache written by the mailfs of schema 1 (tests/fixtures/cache-v1). */
 
-static void copy_fixture(struct fixture *f)
+static void copy_fixture(struct fixture *f, const char *name)
 {
 	const char *src = getenv("MAILFS_FIXTURES");
 	char path[PATH_MAX + 64];
@@ -3125,7 +3151,7 @@ static void copy_fixture(struct fixture *f)
 	size_t n;
 
 	assert_non_null(src);
-	snprintf(path, sizeof(path), "%s/cache-v1/data.mdb", src);
+	snprintf(path, sizeof(path), "%s/%s/data.mdb", src, name);
 	in = fopen(path, "rb");
 	assert_non_null(in);
 	snprintf(path, sizeof(path), "%s/acct", f->tmp);
@@ -3239,7 +3265,7 @@ static void test_fixture_v1(void **state)
 	uint32_t id = 0;
 	size_t count = 0;
 
-	copy_fixture(f);
+	copy_fixture(f, "cache-v1");
 	assert_int_equal(raw_schema(f), 1);
 	open_cache(f);
 	check_fixture_bodies(f->cache);
@@ -3319,6 +3345,916 @@ static void test_fixture_v1(void **state)
 	}
 }
 
+/* ------------------------------------------------------------------ */
+/* Compressed bodies (cache/compress.c) */
+
+/* LMDB itself on the cache's files, the cache closed meanwhile (and
+ * reopened at raw_end if it was open): to look at and to damage values
+ * the way a bad disk or a bug would. */
+struct raw {
+	struct fixture *f;
+	MDB_env *env;
+	MDB_txn *txn;
+	bool open;
+};
+
+static void raw_begin(struct raw *r, struct fixture *f, bool write)
+{
+	r->f = f;
+	r->open = f->cache != NULL;
+	cache_close(&f->cache);
+	assert_int_equal(mdb_env_create(&r->env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(r->env, 32), 0);
+	assert_int_equal(
+	        mdb_env_open(r->env, f->dir, write ? 0 : MDB_RDONLY, 0600), 0);
+	assert_int_equal(
+	        mdb_txn_begin(r->env, NULL, write ? 0 : MDB_RDONLY, &r->txn),
+	        0);
+}
+
+/* The value under key in db (valid until raw_end), NULL if none. */
+static const uint8_t *raw_val(struct raw *r, const char *db, const void *key,
+                              size_t klen, size_t *len_r)
+{
+	MDB_val k = {klen, (void *)key}, v;
+	MDB_dbi dbi;
+
+	if (mdb_dbi_open(r->txn, db, 0, &dbi) != 0 ||
+	    mdb_get(r->txn, dbi, &k, &v) != 0)
+		return NULL;
+	*len_r = v.mv_size;
+	return v.mv_data;
+}
+
+/* Replace (or, with val NULL, delete) the value under key in db. */
+static void raw_set(struct raw *r, const char *db, const void *key, size_t klen,
+                    const void *val, size_t vlen)
+{
+	MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
+	MDB_dbi dbi;
+
+	assert_int_equal(mdb_dbi_open(r->txn, db, 0, &dbi), 0);
+	if (val != NULL)
+		assert_int_equal(mdb_put(r->txn, dbi, &k, &v, 0), 0);
+	else
+		assert_int_equal(mdb_del(r->txn, dbi, &k, NULL), 0);
+}
+
+static void raw_end(struct raw *r)
+{
+	assert_int_equal(mdb_txn_commit(r->txn), 0);
+	mdb_env_close(r->env);
+	if (r->open)
+		open_cache(r->f);
+}
+
+/* A heap copy of the value under key in db; NULL if none. */
+static uint8_t *raw_get(struct fixture *f, const char *db, const void *key,
+                        size_t klen, size_t *len_r)
+{
+	struct raw r;
+	const uint8_t *v;
+	uint8_t *out = NULL;
+
+	raw_begin(&r, f, false);
+	v = raw_val(&r, db, key, klen, len_r);
+	if (v != NULL) {
+		out = malloc(*len_r ? *len_r : 1);
+		assert_non_null(out);
+		memcpy(out, v, *len_r);
+	}
+	raw_end(&r);
+	return out;
+}
+
+static void raw_put(struct fixture *f, const char *db, const void *key,
+                    size_t klen, const void *val, size_t vlen)
+{
+	struct raw r;
+
+	raw_begin(&r, f, true);
+	raw_set(&r, db, key, klen, val, vlen);
+	raw_end(&r);
+}
+
+static void msg_key_bytes(uint8_t out[12], struct cache_key k)
+{
+	uint32_t v[3] = {k.mailbox_id, k.uidvalidity, k.uid};
+
+	for (int i = 0; i < 3; i++) {
+		out[4 * i] = (uint8_t)(v[i] >> 24);
+		out[4 * i + 1] = (uint8_t)(v[i] >> 16);
+		out[4 * i + 2] = (uint8_t)(v[i] >> 8);
+		out[4 * i + 3] = (uint8_t)v[i];
+	}
+}
+
+static uint32_t be32_of(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+	       (uint32_t)p[2] << 8 | p[3];
+}
+
+struct view_fast {
+	const uint8_t *want;
+	size_t n;
+};
+
+static int view_fast_cmp(void *ctx, const void *data, size_t n)
+{
+	struct view_fast *v = ctx;
+
+	return n == v->n && memcmp(data, v->want, n) == 0 ? 7 : -1;
+}
+
+/* Reads of a small body at every offset of its first and last 64 bytes
+ * and at odd strides between, several lengths, both calls. */
+static void check_every_offset(struct cache *c, struct cache_key k,
+                               const uint8_t *want, size_t len)
+{
+	static const size_t lens[] = {1, 7, 4096, 131072};
+	uint8_t *buf = malloc(131072);
+	struct cache_txn *t = rtxn(c);
+
+	assert_non_null(buf);
+	for (size_t off = 0; off <= len + 1;
+	     off += off < 64 || off + 64 >= len ? 1 : 97) {
+		for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+			size_t n = 99, exp = off >= len            ? 0
+			                     : len - off < lens[i] ? len - off
+			                                           : lens[i];
+			struct view_fast v = {want + (off < len ? off : len),
+			                      exp};
+
+			assert_int_equal(
+			        cache_body_read(t, k, off, buf, lens[i], &n),
+			        0);
+			assert_int_equal(n, exp);
+			if (memcmp(buf, want + (off < len ? off : len), n))
+				fail_msg("bytes differ at %zu + %zu", off, n);
+			assert_int_equal(cache_body_view(t, k, off, lens[i],
+			                                 view_fast_cmp, &v),
+			                 7);
+		}
+	}
+	assert_int_equal(cache_txn_commit(&t), 0);
+	free(buf);
+}
+
+/* Small bodies: compressible text is stored compressed (codec 1 before
+ * the cache has a dictionary), noise and tiny bodies raw (codec 0); the
+ * size is the body's and every read gives its bytes. */
+static void test_body_compressed(void **state)
+{
+	struct fixture *f = *state;
+	const size_t tlen = 5000, nlen = 3000;
+	uint8_t *text = malloc(tlen), *rnd = noise(nlen, 1), *v, kb[12];
+	struct cache_key kt = {1, 1, 1}, kn = {1, 1, 2}, k0 = {1, 1, 3};
+	struct cache *c = open_cache(f);
+	struct cache_txn *t = wtxn(c);
+	uint64_t size = 0;
+	size_t vlen = 0;
+	void *all = NULL;
+	size_t alen = 0;
+
+	assert_non_null(text);
+	fix2_text(1, text, tlen);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	for (uint32_t uid = 1; uid <= 3; uid++)
+		put_msg(t, 1, 1, uid, "<m@x>", 1);
+	assert_int_equal(cache_body_put(t, kt, text, tlen), 0);
+	assert_int_equal(cache_body_put(t, kn, rnd, nlen), 0);
+	assert_int_equal(cache_body_put(t, k0, "", 0), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	msg_key_bytes(kb, kt);
+	v = raw_get(f, "zbody", kb, 12, &vlen);
+	assert_non_null(v);
+	assert_int_equal(v[0], 1);
+	assert_int_equal(be32_of(v + 1), tlen);
+	assert_true(vlen < tlen / 2);
+	free(v);
+	msg_key_bytes(kb, kn);
+	v = raw_get(f, "zbody", kb, 12, &vlen);
+	assert_non_null(v);
+	assert_int_equal(v[0], 0);
+	assert_int_equal(vlen, 1 + nlen);
+	assert_memory_equal(v + 1, rnd, nlen);
+	free(v);
+	msg_key_bytes(kb, k0);
+	v = raw_get(f, "zbody", kb, 12, &vlen);
+	assert_non_null(v);
+	assert_int_equal(vlen, 1);
+	assert_int_equal(v[0], 0);
+	free(v);
+	assert_int_equal(db_entries(f, "body"), 0);
+
+	c = f->cache;
+	assert_int_equal(cache_body_size_once(c, kt, &size), 0);
+	assert_int_equal(size, tlen);
+	assert_int_equal(cache_body_size_once(c, k0, &size), 0);
+	assert_int_equal(size, 0);
+	check_every_offset(c, kt, text, tlen);
+	check_every_offset(c, kn, rnd, nlen);
+	check_every_offset(c, k0, (const uint8_t *)"", 0);
+	t = rtxn(c);
+	assert_int_equal(cache_body_get(t, kt, &all, &alen), 0);
+	assert_int_equal(alen, tlen);
+	assert_memory_equal(all, text, tlen);
+	free(all);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Replaced under the same key: the reads of this thread show the new
+	 * bytes, not the last ones they decompressed. */
+	fix2_text(2, text, tlen);
+	assert_int_equal(cache_body_put_once(c, kt, text, tlen), 0);
+	check_reads(c, kt, text, tlen);
+	/* Moved: the encoded value as it was, read the same. */
+	t = wtxn(c);
+	put_msg(t, 1, 1, 9, "<m@x>", 1);
+	assert_int_equal(cache_body_move(t, kt, (struct cache_key){1, 1, 9}),
+	                 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	check_every_offset(c, (struct cache_key){1, 1, 9}, text, tlen);
+	t = rtxn(c);
+	assert_int_equal(cache_body_has(t, kt), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	free(text);
+	free(rnd);
+}
+
+/* Text bodies of the kind mail is made of: words, lines, a header. */
+static size_t mail_like(uint32_t seed, uint8_t *out, size_t cap)
+{
+	size_t len = 400 + (seed * 7919u) % 3000;
+	int n;
+
+	if (len > cap)
+		len = cap;
+	n = snprintf((char *)out, cap,
+	             "Received: from mx%u.example.net by mail.example.org\r\n"
+	             "From: Person %u <p%u@example.com>\r\n"
+	             "To: alice@example.org\r\nSubject: Report %u\r\n"
+	             "Message-ID: <%u@example.com>\r\n\r\n",
+	             seed % 7, seed % 13, seed % 13, seed, seed);
+	assert_true(n > 0 && (size_t)n < len);
+	fix2_text(seed, out + n, len - (size_t)n);
+	return len;
+}
+
+/* Once the cache holds enough small bodies, a dictionary is trained from
+ * them and stored (zdict, with its checksum); later bodies are
+ * compressed with it (codec 2), earlier ones stay as they were, and every
+ * one reads back exactly, also after a reopen (the dictionary loaded from
+ * the cache, not from memory). */
+static void test_body_dictionary(void **state)
+{
+	struct fixture *f = *state;
+	const uint32_t n = 400;
+	uint8_t *buf = malloc(8192), kb[12], dk[4] = {0, 0, 0, 1};
+	const uint8_t *cv;
+	struct raw r;
+	size_t len, vlen = 0, raw2 = 0, enc2 = 0;
+	struct cache *c = open_cache(f);
+	struct cache_txn *t = wtxn(c);
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	uint64_t val = 0;
+
+	assert_non_null(buf);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	for (uint32_t uid = 1; uid <= n; uid++)
+		put_msg(t, 1, 1, uid, "<m@x>", 1);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	/* In transactions of 50, as bodies arrive. */
+	for (uint32_t uid = 1; uid <= n;) {
+		t = wtxn(c);
+		for (int i = 0; i < 50 && uid <= n; i++, uid++) {
+			len = mail_like(uid, buf, 8192);
+			assert_int_equal(
+			        cache_body_put(t, (struct cache_key){1, 1, uid},
+			                       buf, len),
+			        0);
+		}
+		assert_int_equal(cache_txn_commit(&t), 0);
+	}
+	t = rtxn(c);
+	assert_int_equal(cache_meta_get(t, "cache.zdict", &val), -EINVAL);
+	assert_int_equal(cache_txn_commit(&t), -EINVAL);
+	raw_begin(&r, f, false);
+	cv = raw_val(&r, "meta", "cache.zdict", 11, &vlen);
+	assert_non_null(cv);
+	assert_int_equal(vlen, 8);
+	assert_memory_equal(cv, U64("\x01"), 8);
+	cv = raw_val(&r, "meta", "cache.next_zdict", 16, &vlen);
+	assert_non_null(cv);
+	assert_memory_equal(cv, U64("\x02"), 8);
+	cv = raw_val(&r, "zdict", dk, 4, &vlen);
+	assert_non_null(cv);
+	assert_true(vlen > 9 + 1024);
+	assert_int_equal(cv[0], 1);
+	assert_int_equal(
+	        EVP_Digest(cv + 9, vlen - 9, md, &mdlen, EVP_sha256(), NULL),
+	        1);
+	assert_memory_equal(cv + 1, md, 8);
+	for (uint32_t uid = 1; uid <= n; uid++) {
+		struct cache_key k = {1, 1, uid};
+
+		len = mail_like(uid, buf, 8192);
+		msg_key_bytes(kb, k);
+		cv = raw_val(&r, "zbody", kb, 12, &vlen);
+		assert_non_null(cv);
+		/* Trained at the first put that found 256 bodies: the
+		 * first 256 were stored without it. */
+		assert_int_equal(cv[0], uid <= 256 ? 1 : 2);
+		assert_int_equal(be32_of(cv + 1), len);
+		if (cv[0] == 2) {
+			assert_int_equal(be32_of(cv + 5), 1);
+			raw2 += len;
+			enc2 += vlen;
+		}
+	}
+	raw_end(&r);
+	assert_int_equal(db_entries(f, "zdict"), 1);
+	/* The dictionary earns its keep: well under half. */
+	assert_true(enc2 * 10 < raw2 * 4);
+	reopen(f);
+	for (uint32_t uid = 1; uid <= n; uid++) {
+		struct cache_key k = {1, 1, uid};
+		void *all = NULL;
+		size_t alen = 0;
+
+		len = mail_like(uid, buf, 8192);
+		if (uid % 25 == 0 || uid == 256) {
+			check_every_offset(f->cache, k, buf, len);
+			continue;
+		}
+		t = rtxn(f->cache);
+		assert_int_equal(cache_body_get(t, k, &all, &alen), 0);
+		assert_int_equal(alen, len);
+		assert_true(memcmp(all, buf, len) == 0);
+		free(all);
+		assert_int_equal(cache_txn_commit(&t), 0);
+	}
+	free(buf);
+}
+
+/* A body in pieces: compressible pieces compressed (codec 1), the
+ * incompressible one raw (codec 0), each read at every piece boundary
+ * and odd offsets, whole, moved and copied. */
+static void test_pieces_compressed(void **state)
+{
+	struct fixture *f = *state;
+	const size_t len = 4 * CHUNK + 12345;
+	uint8_t *body = malloc(len), *rnd = noise(CHUNK, 3), *v;
+	struct cache_key k = {1, 1, 1}, k2 = {1, 2, 1};
+	struct cache *c = open_cache(f);
+	struct cache_body_stream *s = NULL;
+	struct cache_txn *t = wtxn(c);
+	uint8_t ck[12] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0};
+	static const uint8_t codec[5] = {1, 0, 1, 1, 1};
+	size_t vlen = 0;
+
+	assert_non_null(body);
+	fix2_text(5, body, len);
+	memcpy(body + CHUNK, rnd, CHUNK);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	put_msg(t, 1, 1, 1, "<big@x>", 1);
+	assert_int_equal(cache_body_put(t, k, body, len), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	for (uint8_t i = 0; i < 5; i++) {
+		size_t n = i < 4 ? CHUNK : 12345;
+
+		ck[11] = i;
+		v = raw_get(f, "chunk", ck, 12, &vlen);
+		assert_non_null(v);
+		assert_int_equal(v[0], codec[i]);
+		if (v[0] == 0) {
+			assert_int_equal(vlen, 1 + n);
+		} else {
+			assert_int_equal(be32_of(v + 1), n);
+			assert_true(vlen < n / 2);
+		}
+		free(v);
+	}
+	c = f->cache;
+	check_reads(c, k, body, len);
+	for (size_t off = CHUNK - 5; off < CHUNK + 5; off++) {
+		uint8_t buf[16];
+		size_t n = 0;
+
+		assert_int_equal(cache_body_read_once(c, k, off, buf, 13, &n),
+		                 0);
+		assert_int_equal(n, 13);
+		assert_memory_equal(buf, body + off, 13);
+	}
+
+	/* The same through a stream; then a copy (rematch with COPY) and
+	 * reads of both. */
+	t = wtxn(c);
+	assert_int_equal(cache_mailbox_set_state(t, 1, 2, 2, 0, 1, NULL), 0);
+	put_msg(t, 1, 2, 1, "<big@x>", len);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	assert_int_equal(cache_body_stream_new(c, &s), 0);
+	stream_feed(s, body, len);
+	t = wtxn(c);
+	put_msg(t, 1, 1, 2, "<other@x>", 1);
+	assert_int_equal(
+	        cache_body_stream_finish(t, s, (struct cache_key){1, 1, 2}), 0);
+	assert_int_equal(cache_rematch(t, 1, 2, CACHE_REMATCH_COPY, NULL), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	cache_body_stream_close(&s);
+	check_reads(c, (struct cache_key){1, 1, 2}, body, len);
+	check_reads(c, k2, body, len);
+	check_reads(c, k, body, len);
+	free(body);
+	free(rnd);
+}
+
+static uint64_t xorshift(uint64_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 7;
+	*x ^= *x << 17;
+	return *x;
+}
+
+struct piece_reader {
+	struct cache *c;
+	struct cache_key k;
+	const uint8_t *want;
+	size_t len;
+	unsigned seed;
+	int bad;
+};
+
+static void *piece_reader_run(void *arg)
+{
+	struct piece_reader *r = arg;
+	uint8_t *buf = malloc(2 * CHUNK);
+	uint64_t x = 0x1234567u + r->seed;
+
+	if (buf == NULL) {
+		r->bad++;
+		return NULL;
+	}
+	for (int i = 0; i < 300; i++) {
+		size_t off = (size_t)(xorshift(&x) % r->len), n = 0;
+		size_t len = (size_t)(xorshift(&x) % (CHUNK + 7)) + 1;
+		size_t exp = r->len - off < len ? r->len - off : len;
+		struct view_fast v = {r->want + off, exp};
+
+		if (cache_body_read_once(r->c, r->k, off, buf, len, &n) != 0 ||
+		    n != exp || memcmp(buf, r->want + off, n) != 0)
+			r->bad++;
+		if (cache_body_view_once(r->c, r->k, off, len, view_fast_cmp,
+		                         &v) != 7)
+			r->bad++;
+	}
+	free(buf);
+	return NULL;
+}
+
+/* Threads reading the compressed pieces of one body at once, at random
+ * offsets and lengths: the pieces they decode are shared between them
+ * and every read gives the right bytes. */
+static void test_pieces_threads(void **state)
+{
+	struct fixture *f = *state;
+	const size_t len = 6 * CHUNK + 999;
+	uint8_t *body = malloc(len);
+	struct cache_key k = {1, 1, 1};
+	struct cache *c = open_cache(f);
+	struct cache_txn *t = wtxn(c);
+	struct piece_reader r[4];
+	pthread_t th[4];
+
+	assert_non_null(body);
+	fix2_text(77, body, len);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	put_msg(t, 1, 1, 1, "<m@x>", 1);
+	assert_int_equal(cache_body_put(t, k, body, len), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	for (unsigned i = 0; i < 4; i++) {
+		r[i] = (struct piece_reader){c, k, body, len, i, 0};
+		assert_int_equal(
+		        pthread_create(&th[i], NULL, piece_reader_run, &r[i]),
+		        0);
+	}
+	for (unsigned i = 0; i < 4; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(r[i].bad, 0);
+	}
+	free(body);
+}
+
+/* What the cache logs while fn runs, from stderr. */
+static char *capture_log(void (*fn)(void *), void *ctx)
+{
+	char path[] = "/tmp/mailfs-log-XXXXXX";
+	int fd = mkstemp(path), saved;
+	char *out = calloc(1, 65536);
+
+	assert_true(fd >= 0);
+	assert_non_null(out);
+	fflush(stderr);
+	saved = dup(2);
+	assert_true(saved >= 0);
+	assert_int_equal(dup2(fd, 2), 2);
+	fn(ctx);
+	fflush(stderr);
+	assert_int_equal(dup2(saved, 2), 2);
+	close(saved);
+	assert_true(pread(fd, out, 65535, 0) >= 0);
+	close(fd);
+	unlink(path);
+	return out;
+}
+
+struct damaged_read {
+	struct cache *c;
+	struct cache_key k;
+	size_t len;
+	int rc_read, rc_view, rc_get;
+};
+
+static int view_any(void *ctx, const void *data, size_t n)
+{
+	(void)ctx;
+	(void)data;
+	(void)n;
+	return 0;
+}
+
+static void damaged_read_fn(void *ctx)
+{
+	struct damaged_read *d = ctx;
+	uint8_t *buf = malloc(CHUNK);
+	void *all = NULL;
+	size_t n = 0, alen = 0;
+	struct cache_txn *t;
+
+	assert_non_null(buf);
+	d->rc_read = cache_body_read_once(d->c, d->k, 0, buf, CHUNK, &n);
+	if (d->rc_read == 0)
+		assert_int_equal(n, d->len < CHUNK ? d->len : CHUNK);
+	d->rc_view = cache_body_view_once(d->c, d->k, 1, 100, view_any, NULL);
+	t = rtxn(d->c);
+	d->rc_get = cache_body_get(t, d->k, &all, &alen);
+	if (d->rc_get == 0)
+		assert_int_equal(alen, d->len);
+	free(all);
+	cache_txn_abort(&t);
+	free(buf);
+}
+
+static void be_put(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = n - 1; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+/* A damaged compressed value (cut short, garbage, a wrong length, an
+ * unknown codec, a missing or damaged dictionary) reads as -EIO with a
+ * log line naming it, never a crash nor other bytes; the decoder is fed
+ * every kind of truncation and byte flips of real values. */
+static void test_body_damaged(void **state)
+{
+	struct fixture *f = *state;
+	const uint32_t n = 300, fuzz = 200;
+	uint8_t *buf = malloc(8192), *good, *pgood, *p1, *bad, kb[12],
+	        dk[4] = {0, 0, 0, 1},
+	        ck[12] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0};
+	struct cache_key k = {1, 1, n}, kp = {1, 1, n + 1};
+	size_t glen = 0, plen = 0, p1len = 0, dlen = 0, len, tlen;
+	uint8_t *body = malloc(2 * CHUNK), *dict;
+	struct damaged_read d;
+	struct cache_txn *t;
+	struct raw r;
+	char *log;
+	uint64_t x = 42;
+
+	assert_non_null(buf);
+	assert_non_null(body);
+	open_cache(f);
+	t = wtxn(f->cache);
+	assert_int_equal(add_mailbox(t, "INBOX"), 1);
+	for (uint32_t uid = 1; uid <= n + 1; uid++)
+		put_msg(t, 1, 1, uid, "<m@x>", 1);
+	for (uint32_t uid = 1; uid <= n; uid++) {
+		len = mail_like(uid, buf, 8192);
+		assert_int_equal(cache_body_put(t,
+		                                (struct cache_key){1, 1, uid},
+		                                buf, len),
+		                 0);
+	}
+	fix2_text(9, body, 2 * CHUNK);
+	assert_int_equal(cache_body_put(t, kp, body, 2 * CHUNK), 0);
+	assert_int_equal(cache_txn_commit(&t), 0);
+	tlen = len = mail_like(n, buf, 8192);
+	msg_key_bytes(kb, k);
+	good = raw_get(f, "zbody", kb, 12, &glen);
+	assert_non_null(good);
+	assert_int_equal(good[0], 2);
+	pgood = raw_get(f, "chunk", ck, 12, &plen);
+	assert_non_null(pgood);
+	assert_int_equal(pgood[0], 1);
+	ck[11] = 1;
+	p1 = raw_get(f, "chunk", ck, 12, &p1len);
+	assert_non_null(p1);
+	ck[11] = 0;
+	dict = raw_get(f, "zdict", dk, 4, &dlen);
+	assert_non_null(dict);
+	bad = malloc(plen + glen + dlen);
+	assert_non_null(bad);
+
+	/* Each kind of damage under a key of its own (UID 1000 + i), with
+	 * its log line. */
+	struct {
+		const char *what;
+		size_t cut;    /* keep this many bytes (0: all) */
+		int flip;      /* xor 0xff from this byte on (-1: none) */
+		uint32_t lenv; /* the length field: 1 longer, 2 shorter, 3
+		                * huge (0: as it is) */
+	} cases[] = {
+	        {"cut short", 20, -1, 0},  {"header only", 9, -1, 0},
+	        {"header cut", 3, -1, 0},  {"garbage", 0, 12, 0},
+	        {"longer", 0, -1, 1},      {"shorter", 0, -1, 2},
+	        {"length huge", 0, -1, 3}, {"unknown codec", 0, 0, 0},
+	};
+	const size_t ncases = sizeof(cases) / sizeof(cases[0]);
+
+	raw_begin(&r, f, true);
+	for (size_t i = 0; i < ncases; i++) {
+		size_t blen = cases[i].cut ? cases[i].cut : glen;
+
+		memcpy(bad, good, glen);
+		if (cases[i].flip >= 0)
+			for (size_t j = (size_t)cases[i].flip; j < glen; j++)
+				bad[j] ^= 0xff;
+		if (cases[i].flip == 0)
+			bad[0] = 7;
+		if (cases[i].lenv)
+			be_put(bad + 1,
+			       cases[i].lenv == 1   ? len + 1
+			       : cases[i].lenv == 2 ? len - 1
+			                            : 0xffffffffu,
+			       4);
+		msg_key_bytes(kb, (struct cache_key){1, 1, 1000 + (uint32_t)i});
+		raw_set(&r, "zbody", kb, 12, bad, blen);
+	}
+	raw_end(&r);
+	for (size_t i = 0; i < ncases; i++) {
+		char name[64];
+
+		d = (struct damaged_read){
+		        f->cache, {1, 1, 1000 + (uint32_t)i}, len, 0, 0, 0};
+		log = capture_log(damaged_read_fn, &d);
+		if (d.rc_read != -EIO || d.rc_view != -EIO || d.rc_get != -EIO)
+			fail_msg("%s: %d %d %d", cases[i].what, d.rc_read,
+			         d.rc_view, d.rc_get);
+		/* "damaged body (...)" or, for a header that does not
+		 * parse, "undecodable body record (...)". */
+		snprintf(name, sizeof(name), "(1 1 %zu)", 1000 + i);
+		if (strstr(log, name) == NULL || strstr(log, " body ") == NULL)
+			fail_msg("%s: no log line naming it: %s", cases[i].what,
+			         log);
+		free(log);
+	}
+	check_every_offset(f->cache, k, buf, len);
+
+	/* A damaged piece. */
+	memcpy(bad, pgood, plen);
+	bad[plen / 2] ^= 0x5a;
+	bad[plen / 2 + 1] ^= 0xa5;
+	bad[plen / 2 + 2] ^= 0x33;
+	raw_put(f, "chunk", ck, 12, bad, plen / 2 + 3);
+	d = (struct damaged_read){f->cache, kp, 2 * CHUNK, 0, 0, 0};
+	log = capture_log(damaged_read_fn, &d);
+	assert_int_equal(d.rc_read, -EIO);
+	assert_int_equal(d.rc_view, -EIO);
+	assert_int_equal(d.rc_get, -EIO);
+	assert_non_null(strstr(log, "damaged body piece (1 0 0)"));
+	free(log);
+	raw_put(f, "chunk", ck, 12, pgood, plen);
+	check_reads(f->cache, kp, body, 2 * CHUNK);
+
+	/* The dictionary damaged, then missing: the bodies that need it
+	 * fail; the others read. */
+	memcpy(bad, dict, dlen);
+	bad[dlen - 1] ^= 1;
+	raw_put(f, "zdict", dk, 4, bad, dlen);
+	d = (struct damaged_read){f->cache, k, len, 0, 0, 0};
+	log = capture_log(damaged_read_fn, &d);
+	assert_int_equal(d.rc_read, -EIO);
+	assert_non_null(strstr(log, "compression dictionary (checksum)"));
+	free(log);
+	raw_put(f, "zdict", dk, 4, NULL, 0);
+	d.c = f->cache; /* reopened */
+	log = capture_log(damaged_read_fn, &d);
+	assert_int_equal(d.rc_read, -EIO);
+	assert_non_null(strstr(log, "compression dictionary (missing)"));
+	free(log);
+	len = mail_like(1, buf, 8192);
+	check_every_offset(f->cache, (struct cache_key){1, 1, 1}, buf, len);
+	raw_put(f, "zdict", dk, 4, dict, dlen);
+
+	/* Truncations and random flips of both values, each under a key of
+	 * its own (a body for the small one; for the piece, a body_big
+	 * record naming blob 100 + j whose first piece is the damaged one):
+	 * -EIO or the right length, never a crash (run under the sanitizers
+	 * too). */
+	raw_begin(&r, f, true);
+	for (uint32_t j = 0; j < 2 * fuzz; j++) {
+		bool piece = j >= fuzz;
+		const uint8_t *g = piece ? pgood : good;
+		size_t gl = piece ? plen : glen, bl = gl;
+		uint64_t rnd = xorshift(&x);
+
+		memcpy(bad, g, gl);
+		if (j % fuzz < fuzz / 2) {
+			bl = 1 + (size_t)(rnd % (gl - 1));
+		} else {
+			for (int m = 0; m < 1 + (int)(j % 4); m++)
+				bad[(xorshift(&x) >> 8) % gl] ^=
+				        (uint8_t)(rnd >> 40 | 1);
+		}
+		msg_key_bytes(kb, (struct cache_key){1, 1, 2000 + j});
+		if (!piece) {
+			raw_set(&r, "zbody", kb, 12, bad, bl);
+		} else {
+			uint8_t rec[21], pk[12];
+
+			rec[0] = 1;
+			be_put(rec + 1, 2 * CHUNK, 8);
+			be_put(rec + 9, CHUNK, 4);
+			be_put(rec + 13, 100 + j, 8);
+			raw_set(&r, "body_big", kb, 12, rec, sizeof(rec));
+			be_put(pk, 100 + j, 8);
+			be_put(pk + 8, 0, 4);
+			raw_set(&r, "chunk", pk, 12, bad, bl);
+			be_put(pk + 8, 1, 4);
+			raw_set(&r, "chunk", pk, 12, p1, p1len);
+		}
+	}
+	raw_end(&r);
+	log = NULL;
+	for (uint32_t j = 0; j < 2 * fuzz; j++) {
+		d = (struct damaged_read){f->cache,
+		                          {1, 1, 2000 + j},
+		                          j >= fuzz ? 2 * CHUNK : tlen,
+		                          0,
+		                          0,
+		                          0};
+		free(capture_log(damaged_read_fn, &d));
+		assert_true(d.rc_read == 0 || d.rc_read == -EIO);
+		assert_true(d.rc_view == 0 || d.rc_view == -EIO);
+		assert_true(d.rc_get == 0 || d.rc_get == -EIO);
+	}
+	check_every_offset(f->cache, k, buf, mail_like(n, buf, 8192));
+	check_reads(f->cache, kp, body, 2 * CHUNK);
+	free(good);
+	free(pgood);
+	free(p1);
+	free(dict);
+	free(bad);
+	free(body);
+	free(buf);
+}
+
+/* ------------------------------------------------------------------ */
+/* A cache written by the mailfs of schema 2 (tests/fixtures/cache-v2). */
+
+/* Every body of the v2 fixture, byte for byte, read at every piece
+ * boundary and at odd offsets, with its record and size. */
+static void check_fixture2_bodies(struct cache *c)
+{
+	uint8_t *want = malloc(1 << 20);
+
+	assert_non_null(want);
+	for (size_t i = 0; i < sizeof(fix2_bodies) / sizeof(fix2_bodies[0]);
+	     i++) {
+		const struct fix2_body *b = &fix2_bodies[i];
+		struct cache_txn *t = rtxn(c);
+		struct cache_msg *m = NULL;
+		uint32_t id = 0;
+		struct cache_key k;
+
+		assert_int_equal(cache_mailbox_lookup(t, b->mailbox, &id), 0);
+		k = (struct cache_key){id, b->uidvalidity, b->uid};
+		assert_int_equal(cache_body_has(t, k), 1);
+		assert_int_equal(cache_msg_get(t, k, &m), 0);
+		assert_true(m->size_verified);
+		assert_int_equal(m->size, b->len);
+		cache_msg_free(&m);
+		assert_int_equal(cache_txn_commit(&t), 0);
+		fix2_fill(b, want);
+		check_reads(c, k, want, b->len);
+	}
+	for (size_t i = 0; i < sizeof(fix2_pops) / sizeof(fix2_pops[0]); i++) {
+		struct cache_key k = {CACHE_POP_MAILBOX_ID,
+		                      CACHE_POP_UIDVALIDITY, (uint32_t)i + 1};
+		struct cache_txn *t = rtxn(c);
+		struct cache_pop *p = NULL;
+		uint32_t num = 0;
+
+		assert_int_equal(cache_pop_lookup(t, fix2_pops[i].uidl, &num),
+		                 0);
+		assert_int_equal(num, i + 1);
+		assert_int_equal(cache_pop_get(t, num, &p), 0);
+		assert_int_equal(p->size, fix2_pops[i].len);
+		assert_int_equal(p->downloaded, FIX2_POP_WHEN + (int64_t)i);
+		cache_pop_free(&p);
+		assert_int_equal(cache_txn_commit(&t), 0);
+		fix_body(501 + (uint32_t)i, want, fix2_pops[i].len);
+		check_reads(c, k, want, fix2_pops[i].len);
+	}
+	free(want);
+}
+
+static void test_fixture_v2(void **state)
+{
+	struct fixture *f = *state;
+	struct cache_pending *p = NULL;
+	struct cache_msg *m = NULL;
+	struct cache_txn *t;
+	uint8_t want[FIX2_PENDING_LEN + FIX2_PENDING_PART];
+	struct cache_key k3, k4, k20;
+	uint64_t v = 0;
+	uint32_t id = 0;
+	size_t count = 0;
+
+	copy_fixture(f, "cache-v2");
+	assert_int_equal(raw_schema(f), 2);
+	open_cache(f);
+	check_fixture2_bodies(f->cache);
+
+	t = rtxn(f->cache);
+	assert_int_equal(cache_meta_get(t, FIX2_META_NAME, &v), 0);
+	assert_int_equal(v, FIX2_META_VALUE);
+	assert_int_equal(cache_mailbox_lookup(t, "INBOX", &id), 0);
+	assert_int_equal(cache_msg_count(t, id, FIX2_INBOX_UIDV, &count), 0);
+	assert_int_equal(count, 6);
+	k3 = (struct cache_key){id, FIX2_INBOX_UIDV, FIX2_UNCACHED_UID};
+	assert_int_equal(cache_msg_get(t, k3, &m), 0);
+	assert_false(m->size_verified);
+	assert_int_equal(m->size, FIX2_UNCACHED_SIZE);
+	cache_msg_free(&m);
+	assert_int_equal(cache_body_has(t, k3), 0);
+	/* The upload the server never confirmed, with its later write. */
+	assert_int_equal(cache_pending_get(t, 1, true, &p), 0);
+	assert_int_equal(p->mailbox_id, id);
+	assert_int_equal(p->state, CACHE_PENDING_CLOSED);
+	assert_string_equal(p->flags, FIX2_PENDING_FLAGS);
+	assert_string_equal(p->name, "draft.eml");
+	assert_int_equal(p->size, sizeof(want));
+	fix_body(900, want, FIX2_PENDING_LEN);
+	fix_body(901, want + FIX2_PENDING_LEN, FIX2_PENDING_PART);
+	assert_memory_equal(p->data, want, sizeof(want));
+	cache_pending_free(&p);
+	assert_int_equal(cache_txn_commit(&t), 0);
+
+	/* Upgraded in place to this schema, nothing lost: the same after a
+	 * reopen. */
+	assert_int_equal(raw_schema(f), CACHE_SCHEMA_VERSION);
+	check_fixture2_bodies(f->cache);
+
+	/* New bodies next to the old ones; an old body in pieces moves and
+	 * is copied (a rematch with copy) like any. */
+	{
+		const size_t len = 2 * CACHE_BODY_CHUNK + 77;
+		const struct fix2_body *b4 = &fix2_bodies[2];
+		uint8_t *body = malloc(len > b4->len ? len : b4->len);
+		struct cache_rematch_stats st;
+
+		assert_non_null(body);
+		fix2_text(3, body, len);
+		t = wtxn(f->cache);
+		assert_int_equal(cache_body_put(t, k3, body, len), 0);
+		assert_int_equal(cache_txn_commit(&t), 0);
+		check_reads(f->cache, k3, body, len);
+
+		k4 = (struct cache_key){id, FIX2_INBOX_UIDV, 4};
+		k20 = (struct cache_key){id, FIX2_INBOX_UIDV + 1, 20};
+		t = wtxn(f->cache);
+		assert_int_equal(cache_mailbox_set_state(t, id,
+		                                         FIX2_INBOX_UIDV + 1,
+		                                         21, 0, 1, NULL),
+		                 0);
+		put_msg(t, id, FIX2_INBOX_UIDV + 1, 20, "<4@fixture.example>",
+		        b4->len);
+		assert_int_equal(cache_rematch(t, id, FIX2_INBOX_UIDV + 1,
+		                               CACHE_REMATCH_COPY, &st),
+		                 0);
+		assert_int_equal(st.matched, 1);
+		assert_int_equal(cache_txn_commit(&t), 0);
+		fix2_fill(b4, body);
+		check_reads(f->cache, k20, body, b4->len);
+		check_reads(f->cache, k4, body, b4->len);
+		free(body);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -3383,6 +4319,18 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_disk_format, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_fixture_v1, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_fixture_v2, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_body_compressed, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_body_dictionary, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_pieces_compressed, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_body_damaged, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_pieces_threads, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_truncated_refused, setup,
 	                                        teardown),

@@ -747,9 +747,25 @@ class BigBody(MountTest):
                             % (grew >> 20, len(want) >> 20))
         cache = m.cache_dir
         m.unmount()
-        # Complete and committed: served whole from the cache alone.
+        # Its pieces are stored compressed (the message is text): the
+        # whole cache takes less than half the message.
+        used = sum(os.stat(os.path.join(d, f)).st_blocks * 512
+                   for d, _, fs in os.walk(cache) for f in fs)
+        self.assertLess(used, len(want) // 2,
+                        'cache of %d bytes for a %d-byte message' % (used, len(want)))
+        # Complete and committed: served whole from the cache alone, at
+        # odd offsets across the boundaries of compressed pieces.
         m2 = self.mount('bigbody-offline', cache=cache, options=('offline',))
-        self.assertEqual(read(os.path.join(m2.mountpoint, rel)), want)
+        path = os.path.join(m2.mountpoint, rel)
+        self.assertEqual(read(path), want)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for off in (CHUNK - 1, 7 * CHUNK + 12345, len(want) - CHUNK - 3):
+                for n in (3, 131072, CHUNK + 5):
+                    self.assertEqual(self.pread_uncached(fd, n, off),
+                                     want[off:off + n], (off, n))
+        finally:
+            os.close(fd)
 
 
     @unittest.skipUnless(shutil.which('mdb_dump') and shutil.which('mdb_load'),
