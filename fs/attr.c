@@ -53,3 +53,8 @@ void fs_attr_file(const struct mailfs *fs, fuse_ino_t ino, mode_t perm,
 	st->st_blksize = 4096;
 	st->st_mtime = st->st_ctime = st->st_atime = (time_t)mtime;
 }
+
+bool fs_attr_xattr_foreign(const char *name)
+{
+	return strncmp(name, "user.", 5) != 0;
+}

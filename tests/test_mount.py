@@ -796,6 +796,40 @@ class Large(MountTest):
         bad = [u for u in uids if read(os.path.join(path, '%d.eml' % u)) != bodies[u]]
         self.assertEqual(bad, [])
 
+    def test_ls_l_sends_no_request_per_file(self):
+        # ls -l asks every file for security.selinux and
+        # system.posix_acl_access.  Answered "not supported", ls stops
+        # asking; the attributes come with READDIRPLUS.  So a listing
+        # costs mailfs a few requests, not two or three per message.
+        n = 400
+        uids = dc.generate('bob', 'Listed', n, seed=11)
+        meta = dc.meta('bob', 'Listed')
+        m = self.mount('listed', user='bob', mode='debug')
+        path = os.path.join(m.mountpoint, 'Listed')
+        for round_ in ('first', 'second'):
+            since = m.log_size()
+            r = run(['ls', '-l', '--time-style=+%s', path])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stderr, b'')
+            got = {int(name[:-4]): (int(size), int(when)) for size, when, name in
+                   re.findall(rb'^-r--r--r-- +\d+ +\S+ +\S+ +(\d+) +(\d+) +(\d+\.eml)$',
+                              r.stdout, re.M)}
+            self.assertEqual(got, {u: meta[u] for u in uids}, round_)
+            ops = re.findall(r'opcode: ([A-Z_]+)', m.log_since(since))
+            per_file = {op: ops.count(op) for op in ('GETXATTR', 'LOOKUP', 'GETATTR')}
+            self.assertTrue(all(c <= 4 for c in per_file.values()),
+                            '%s ls -l of %d messages: %s' % (round_, n, per_file))
+        # The namespace mailfs has still answers; the others say so.
+        one = os.path.join(path, '%d.eml' % uids[0])
+        self.assertEqual(set(os.getxattr(one, 'user.mail.flags').decode().split()),
+                         dc.flags('bob', 'Listed')[uids[0]])
+        for name, err in (('security.selinux', errno.EOPNOTSUPP),
+                          ('system.posix_acl_access', errno.EOPNOTSUPP),
+                          ('trusted.x', errno.EOPNOTSUPP), ('user.other', errno.ENODATA)):
+            with self.assertRaises(OSError) as cm:
+                os.getxattr(one, name)
+            self.assertEqual(cm.exception.errno, err, name)
+
 
 # ------------------------------------------------------ 2, 7. remount, offline
 

@@ -801,6 +801,10 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	const char *val = NULL;
 	int rc;
 
+	if (fs_attr_xattr_foreign(name)) {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
 	rc = get_msg(fs, ino, NULL, &msg);
 	if (rc < 0) {
 		fs_reply_fail(req, FS_ERR_XATTR, rc);
