@@ -1,5 +1,15 @@
 /* A mailbox's listing: what changed since the last one (resync.c) or, the
- * first time and after a UIDVALIDITY change, every message's metadata. */
+ * first time and after a UIDVALIDITY change, every message's metadata.
+ *
+ * A full listing is stored as it arrives, a batch at a time, so that the
+ * memory it takes does not grow with the mailbox: the records of a batch
+ * are committed (and freed) while the rest is still coming, and only the
+ * UIDs are kept to the end.  The mailbox's state (UIDVALIDITY, UIDNEXT,
+ * HIGHESTMODSEQ, the time of the listing), the removal of the messages
+ * the server no longer has and the directory's mtime are stored last, in
+ * one transaction, once the whole answer is in: until then the mount
+ * shows what it showed before (fs->tree keeps the old state), and a
+ * listing cut short leaves the mailbox to be listed in full again. */
 #include "fs/net/net_int.h"
 
 #include <errno.h>
@@ -39,19 +49,83 @@ static int old_uids_read(struct cache_txn *txn, void *ctx)
 	return cache_msg_foreach(txn, o->id, o->uidvalidity, 1, old_uid_cb, o);
 }
 
+/* A batch: at most this many messages, or about this many bytes of
+ * their metadata, before it is stored. */
+#define LISTING_BATCH       8192
+#define LISTING_BATCH_BYTES (4u << 20)
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static int put_batch(struct cache_txn *txn, void *ctx)
+{
+	struct listing *l = ctx;
+	int rc = 0;
+
+	for (size_t i = 0; i < l->n && rc == 0; i++)
+		rc = fs_net_put_meta(txn, l->id, l->info.uidvalidity, &l->v[i]);
+	return rc;
+}
+
+/* Store the batch (unless a batch failed before, or memory ran out: then
+ * the listing fails at its end) and free it. */
+static void flush_batch(struct listing *l)
+{
+	if (l->store_err == 0 && !l->oom && l->n > 0) {
+		int rc = cache_run_write(l->cache, put_batch, l);
+
+		if (rc < 0)
+			l->store_err = rc;
+	}
+	fs_net_listing_clear(l);
+	l->bytes = 0;
+}
+
+/* imap_fetch_meta's callback of a full listing. */
+static void listing_meta_cb(void *ctx, const struct imap_msg_meta *m)
+{
+	struct listing *l = ctx;
+	size_t n = l->n;
+
+	fs_net_meta_cb(l, m);
+	if (l->n == n)
+		return; /* out of memory */
+	if (l->nuids == l->capuids) {
+		size_t ncap = l->capuids ? l->capuids * 2 : 1024;
+		uint32_t *nv = realloc(l->uids, ncap * sizeof(*nv));
+
+		if (nv == NULL) {
+			l->oom = true;
+			return;
+		}
+		l->uids = nv;
+		l->capuids = ncap;
+	}
+	l->uids[l->nuids++] = m->uid;
+	if (m->internaldate > l->newest)
+		l->newest = m->internaldate;
+	l->bytes += sizeof(struct meta) + m->headers_len +
+	            (m->flags != NULL ? strlen(m->flags) : 0);
+	if (l->n >= LISTING_BATCH || l->bytes >= LISTING_BATCH_BYTES)
+		flush_batch(l);
+}
+
 struct stale_ctx {
 	const struct listing *l;
 	uint32_t *uids;
 	size_t n, cap;
 };
 
-static int stale_cb(const struct cache_msg *msg, void *ctx)
+static int stale_cb(uint32_t uid, void *ctx)
 {
 	struct stale_ctx *s = ctx;
-	struct meta key = {.uid = msg->key.uid};
 
-	if (s->l->n > 0 && bsearch(&key, s->l->v, s->l->n, sizeof(key),
-	                           fs_net_cmp_meta) != NULL)
+	if (s->l->nuids > 0 && bsearch(&uid, s->l->uids, s->l->nuids,
+	                               sizeof(uid), cmp_u32) != NULL)
 		return 0;
 	if (s->n == s->cap) {
 		size_t ncap = s->cap ? s->cap * 2 : 64;
@@ -62,10 +136,12 @@ static int stale_cb(const struct cache_msg *msg, void *ctx)
 		s->uids = n;
 		s->cap = ncap;
 	}
-	s->uids[s->n++] = msg->key.uid;
+	s->uids[s->n++] = uid;
 	return 0;
 }
 
+/* The end of a full listing: the last batch, the mailbox's state, the
+ * messages gone, the directory's mtime. */
 static int store_listing(struct cache_txn *txn, void *ctx)
 {
 	struct listing *l = ctx;
@@ -77,15 +153,13 @@ static int store_listing(struct cache_txn *txn, void *ctx)
 	rc = cache_mailbox_set_state(txn, l->id, l->info.uidvalidity,
 	                             l->info.uidnext, l->info.highestmodseq,
 	                             l->now, &l->gen);
-	for (size_t i = 0; i < l->n && rc == 0; i++) {
-		const struct meta *e = &l->v[i];
-		rc = fs_net_put_meta(txn, l->id, l->info.uidvalidity, e);
-	}
+	if (rc == 0)
+		rc = put_batch(txn, l);
 	if (rc < 0)
 		return rc;
 	/* Messages the server no longer has were expunged elsewhere. */
-	rc = cache_msg_foreach(txn, l->id, l->info.uidvalidity, 1, stale_cb,
-	                       &s);
+	rc = cache_msg_foreach_uid(txn, l->id, l->info.uidvalidity, 1, stale_cb,
+	                           &s);
 	for (size_t i = 0; i < s.n && rc == 0; i++)
 		rc = cache_msg_delete(
 		        txn, (struct cache_key){l->id, l->info.uidvalidity,
@@ -94,17 +168,11 @@ static int store_listing(struct cache_txn *txn, void *ctx)
 	free(l->gone);
 	l->gone = s.uids;
 	l->ngone = s.n;
-	if (rc == 0 && l->n > 0) {
-		/* The directory's mtime: its newest message, so that it is
-		 * stable while nothing arrives (rsync -a sees no change). */
-		int64_t newest = 0;
-
-		for (size_t i = 0; i < l->n; i++)
-			if (l->v[i].internaldate > newest)
-				newest = l->v[i].internaldate;
-		rc = cache_mailbox_mtime_set(txn, l->id, newest);
-		l->newest = newest;
-	}
+	if (rc == 0 && l->nuids > 0)
+		/* The directory's mtime: its newest message (l->newest, kept
+		 * as the listing arrived), so that it is stable while
+		 * nothing arrives (rsync -a sees no change). */
+		rc = cache_mailbox_mtime_set(txn, l->id, l->newest);
 	if (rc == 0 && l->old_uidvalidity != 0 &&
 	    l->old_uidvalidity != l->info.uidvalidity)
 		/* Copied, not moved: inodes of the old numbering that are
@@ -132,7 +200,7 @@ int fs_net_run_listing(struct worker *w, struct job *job)
 	struct mailfs *fs = w->s->fs;
 	struct fs_mailbox *mb = NULL;
 	struct count_ctx cc = {.id = id};
-	struct listing l = {.id = id};
+	struct listing l = {.id = id, .cache = fs->cache};
 	struct proto_err err = {0};
 	int rc;
 
@@ -165,7 +233,7 @@ int fs_net_run_listing(struct worker *w, struct job *job)
 	}
 	l.old_uidvalidity = cc.mb->uidvalidity;
 	if (l.info.exists > 0) {
-		rc = imap_fetch_meta(w->c, "1:*", 0, fs_net_meta_cb, &l, &err);
+		rc = imap_fetch_meta(w->c, "1:*", 0, listing_meta_cb, &l, &err);
 		if (rc < 0) {
 			log_warn("cannot list mailbox %s: %s", mb->name,
 			         err.text);
@@ -176,8 +244,18 @@ int fs_net_run_listing(struct worker *w, struct job *job)
 		rc = -ENOMEM;
 		goto out;
 	}
-	if (l.n > 0)
-		qsort(l.v, l.n, sizeof(*l.v), fs_net_cmp_meta);
+	if (l.store_err < 0) {
+		rc = l.store_err;
+		log_err("cannot store the listing of %s: %s", mb->name,
+		        strerror(-rc));
+		goto out;
+	}
+	for (size_t i = 1; i < l.nuids; i++) {
+		if (l.uids[i - 1] >= l.uids[i]) {
+			qsort(l.uids, l.nuids, sizeof(*l.uids), cmp_u32);
+			break;
+		}
+	}
 	if (l.old_uidvalidity != 0 && l.old_uidvalidity != l.info.uidvalidity) {
 		/* Every name of the old numbering leaves the kernel's view. */
 		struct old_uids o = {.id = id,
@@ -221,7 +299,7 @@ int fs_net_run_listing(struct worker *w, struct job *job)
 		           "UIDVALIDITY",
 		           mb->name, l.old_uidvalidity, l.info.uidvalidity,
 		           l.rematch.matched, l.rematch.unmatched);
-	log_debug("listing of %s: %zu messages, %zu gone", mb->name, l.n,
+	log_debug("listing of %s: %zu messages, %zu gone", mb->name, l.nuids,
 	          l.deleted);
 out:
 	cache_mailbox_free(&cc.mb);

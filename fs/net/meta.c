@@ -87,7 +87,7 @@ void fs_net_meta_cb(void *ctx, const struct imap_msg_meta *m)
 		l->oom = true;
 }
 
-void fs_net_listing_free(struct listing *l)
+void fs_net_listing_clear(struct listing *l)
 {
 	for (size_t i = 0; i < l->n; i++) {
 		free(l->v[i].flags);
@@ -96,9 +96,18 @@ void fs_net_listing_free(struct listing *l)
 		free(l->v[i].date);
 		free(l->v[i].message_id);
 	}
+	l->n = 0;
+}
+
+void fs_net_listing_free(struct listing *l)
+{
+	fs_net_listing_clear(l);
 	free(l->v);
 	l->v = NULL;
-	l->n = l->cap = 0;
+	l->cap = 0;
+	free(l->uids);
+	l->uids = NULL;
+	l->nuids = l->capuids = 0;
 	free(l->gone);
 	free(l->old);
 	l->gone = l->old = NULL;

@@ -203,6 +203,13 @@ struct listing {
 	struct meta *v;
 	size_t n, cap;
 	bool oom;
+	/* A full listing (listing.c) is stored batch by batch as it
+	 * arrives: v holds the batch, uids every UID listed so far. */
+	struct cache *cache; /* borrowed; NULL: v holds everything */
+	size_t bytes;        /* about what the batch holds */
+	uint32_t *uids;
+	size_t nuids, capuids;
+	int store_err; /* the first batch that could not be stored */
 	/* store step */
 	uint32_t id;
 	struct imap_select_info info;
@@ -224,6 +231,9 @@ char *fs_net_flags_without_recent(const char *flags);
 /* An imap_fetch_meta callback: append m to the struct listing ctx (oom
  * set when memory runs out). */
 void fs_net_meta_cb(void *ctx, const struct imap_msg_meta *m);
+
+/* Free the entries of l->v (l->n becomes 0, the array stays). */
+void fs_net_listing_clear(struct listing *l);
 
 void fs_net_listing_free(struct listing *l);
 
