@@ -51,8 +51,8 @@ static int old_uids_read(struct cache_txn *txn, void *ctx)
 
 /* A batch: at most this many messages, or about this many bytes of
  * their metadata, before it is stored. */
-#define LISTING_BATCH       8192
-#define LISTING_BATCH_BYTES (4u << 20)
+#define LISTING_BATCH       4096
+#define LISTING_BATCH_BYTES (2u << 20)
 
 static int cmp_u32(const void *a, const void *b)
 {
@@ -71,18 +71,72 @@ static int put_batch(struct cache_txn *txn, void *ctx)
 	return rc;
 }
 
-/* Store the batch (unless a batch failed before, or memory ran out: then
- * the listing fails at its end) and free it. */
+static int put_stored(struct cache_txn *txn, void *ctx)
+{
+	struct listing *l = ctx;
+	int rc = 0;
+
+	for (size_t i = 0; i < l->sn && rc == 0; i++)
+		rc = fs_net_put_meta(txn, l->id, l->info.uidvalidity,
+		                     &l->sv[i]);
+	return rc;
+}
+
+/* The store thread: commits l->sv while the worker reads on.  It touches
+ * sv and store_rc only, and reads sn, id and info, which do not change
+ * while it runs. */
+static void *store_main(void *arg)
+{
+	struct listing *l = arg;
+
+	l->store_rc = cache_run_write(l->cache, put_stored, l);
+	return NULL;
+}
+
+/* Wait for the batch being stored, and free it.  Called by the worker
+ * before each new batch and once the fetch is over. */
+static void store_wait(struct listing *l)
+{
+	if (l->storing) {
+		int64_t t0 = now_ms();
+
+		pthread_join(l->store_thread, NULL);
+		l->storing = false;
+		l->store_ms += now_ms() - t0;
+	}
+	if (l->store_rc < 0 && l->store_err == 0)
+		l->store_err = l->store_rc;
+	fs_net_meta_clear(l->sv, l->sn);
+	l->sn = 0;
+}
+
+/* The batch is full: hand it to the store thread (once the previous one
+ * is stored) and go on with an empty one.  Nothing is stored once a batch
+ * failed or memory ran out: the listing then fails at its end. */
 static void flush_batch(struct listing *l)
 {
-	if (l->store_err == 0 && !l->oom && l->n > 0) {
-		int rc = cache_run_write(l->cache, put_batch, l);
+	struct meta *v = l->v;
+	size_t cap = l->cap;
 
-		if (rc < 0)
-			l->store_err = rc;
+	store_wait(l);
+	if (l->store_err < 0 || l->oom || l->n == 0) {
+		fs_net_listing_clear(l);
+		l->bytes = 0;
+		return;
 	}
-	fs_net_listing_clear(l);
+	l->v = l->sv;
+	l->cap = l->scap;
+	l->sv = v;
+	l->sn = l->n;
+	l->scap = cap;
+	l->n = 0;
 	l->bytes = 0;
+	if (pthread_create(&l->store_thread, NULL, store_main, l) == 0) {
+		l->storing = true;
+	} else {
+		store_main(l); /* no thread: store it here */
+		store_wait(l);
+	}
 }
 
 /* imap_fetch_meta's callback of a full listing. */
@@ -202,6 +256,7 @@ int fs_net_run_listing(struct worker *w, struct job *job)
 	struct count_ctx cc = {.id = id};
 	struct listing l = {.id = id, .cache = fs->cache};
 	struct proto_err err = {0};
+	int64_t t0 = now_ms(), t_fetched = t0;
 	int rc;
 
 	/* The list too, when it is old: mailboxes created, renamed or
@@ -234,12 +289,14 @@ int fs_net_run_listing(struct worker *w, struct job *job)
 	l.old_uidvalidity = cc.mb->uidvalidity;
 	if (l.info.exists > 0) {
 		rc = imap_fetch_meta(w->c, "1:*", 0, listing_meta_cb, &l, &err);
+		store_wait(&l);
 		if (rc < 0) {
 			log_warn("cannot list mailbox %s: %s", mb->name,
 			         err.text);
 			goto out;
 		}
 	}
+	t_fetched = now_ms();
 	if (l.oom) {
 		rc = -ENOMEM;
 		goto out;
@@ -299,8 +356,11 @@ int fs_net_run_listing(struct worker *w, struct job *job)
 		           "UIDVALIDITY",
 		           mb->name, l.old_uidvalidity, l.info.uidvalidity,
 		           l.rematch.matched, l.rematch.unmatched);
-	log_debug("listing of %s: %zu messages, %zu gone", mb->name, l.nuids,
-	          l.deleted);
+	log_debug("listing of %s: %zu messages, %zu gone, %lld ms (%lld ms "
+	          "waiting for batches to be stored, %lld ms after the "
+	          "fetch)",
+	          mb->name, l.nuids, l.deleted, (long long)(now_ms() - t0),
+	          (long long)l.store_ms, (long long)(now_ms() - t_fetched));
 out:
 	cache_mailbox_free(&cc.mb);
 	fs_net_listing_free(&l);

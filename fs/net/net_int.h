@@ -204,12 +204,19 @@ struct listing {
 	size_t n, cap;
 	bool oom;
 	/* A full listing (listing.c) is stored batch by batch as it
-	 * arrives: v holds the batch, uids every UID listed so far. */
+	 * arrives: v holds the batch being filled, sv the one a thread of
+	 * its own stores meanwhile, uids every UID listed so far. */
 	struct cache *cache; /* borrowed; NULL: v holds everything */
 	size_t bytes;        /* about what the batch holds */
 	uint32_t *uids;
 	size_t nuids, capuids;
-	int store_err; /* the first batch that could not be stored */
+	struct meta *sv; /* owned by the store thread while storing */
+	size_t sn, scap;
+	pthread_t store_thread;
+	bool storing;
+	int store_rc;     /* the store thread's result */
+	int store_err;    /* the first batch that could not be stored */
+	int64_t store_ms; /* the fetch waited for batches (for the log) */
 	/* store step */
 	uint32_t id;
 	struct imap_select_info info;
@@ -231,6 +238,9 @@ char *fs_net_flags_without_recent(const char *flags);
 /* An imap_fetch_meta callback: append m to the struct listing ctx (oom
  * set when memory runs out). */
 void fs_net_meta_cb(void *ctx, const struct imap_msg_meta *m);
+
+/* Free the strings of the n entries of v (the array stays). */
+void fs_net_meta_clear(struct meta *v, size_t n);
 
 /* Free the entries of l->v (l->n becomes 0, the array stays). */
 void fs_net_listing_clear(struct listing *l);
