@@ -32,6 +32,7 @@ Writes        writes, creates and mkdir fail at once (EPERM; -o ro: EROFS)
 Environment: as tests/harness/mounttest.py says.  Exit status 77 when
 Dovecot or FUSE is missing."""
 
+import base64
 import concurrent.futures
 import ctypes
 import datetime
@@ -47,6 +48,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -795,6 +797,61 @@ class Large(MountTest):
         self.assertEqual(len(re.findall(rb'^-r--r--r-- ', r.stdout, re.M)), 1000)
         bad = [u for u in uids if read(os.path.join(path, '%d.eml' % u)) != bodies[u]]
         self.assertEqual(bad, [])
+
+    def test_big_listing_whole_and_memory_bounded(self):
+        # More messages than several batches of a listing (stored as they
+        # arrive, fs/net/listing.c): every one is listed with its size,
+        # date and headers, and mailfs's own memory does not grow with
+        # the mailbox (it held every record, and a copy per open
+        # directory: about 45 MB here, over 100 MB at 100,000).
+        n = 50000
+        msgs = [(b'From: =?UTF-8?Q?S=C3=B8ren_?=%d <s%d@example.org>\r\n'
+                 b'Subject: =?UTF-8?B?%s?=\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n'
+                 b'Message-ID: <big-listing-%d@example.org>\r\n\r\n%s\r\n'
+                 % (i, i, base64.b64encode(('Größe %d' % i).encode()), i,
+                    b'x' * (i % 300)),
+                 ('\\Seen',) if i % 3 else ('$Work',), 1500000000 + i * 60)
+                for i in range(n)]
+        uids = dc.append_many('bob', 'Batches', msgs)
+        self.assertEqual(len(uids), n)
+        meta = dc.meta('bob', 'Batches')
+        m = self.mount('batches', user='bob')
+        peak, done = [0], threading.Event()
+
+        def sample():
+            while not done.wait(0.005):
+                try:
+                    with open('/proc/%d/status' % m.pid) as f:
+                        kb = int(re.search(r'^RssAnon:\s+(\d+)', f.read(), re.M).group(1))
+                except (OSError, AttributeError):
+                    return
+                peak[0] = max(peak[0], kb)
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        try:
+            path = os.path.join(m.mountpoint, 'Batches')
+            r = run(['ls', '-l', '--time-style=+%s', path])
+            self.assertEqual(r.returncode, 0, r.stderr)
+        finally:
+            done.set()
+            t.join(5)
+        got = {int(name[:-4]): (int(size), int(when)) for size, when, name in
+               re.findall(rb'^-r--r--r-- +\d+ +\S+ +\S+ +(\d+) +(\d+) +(\d+\.eml)$',
+                          r.stdout, re.M)}
+        self.assertEqual(got, {u: meta[u] for u in uids})
+        # The headers of messages at the ends of batches and of the listing.
+        for i in (0, 1, 4095, 4096, 4097, 8191, 8192, n - 2, n - 1):
+            p = os.path.join(path, '%d.eml' % uids[i])
+            self.assertEqual(os.getxattr(p, 'user.mail.subject').decode(), 'Größe %d' % i)
+            self.assertEqual(os.getxattr(p, 'user.mail.from').decode(),
+                             'Søren %d <s%d@example.org>' % (i, i))
+            self.assertEqual(os.getxattr(p, 'user.mail.message_id').decode(),
+                             '<big-listing-%d@example.org>' % i)
+            self.assertEqual(os.getxattr(p, 'user.mail.flags').decode(),
+                             '\\Seen' if i % 3 else '$Work')
+        self.assertGreater(peak[0], 0)
+        self.assertLess(peak[0], 24 * 1024,
+                        'peak RssAnon %d KB listing %d messages' % (peak[0], n))
 
     def test_ls_l_sends_no_request_per_file(self):
         # ls -l asks every file for security.selinux and
