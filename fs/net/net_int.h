@@ -26,7 +26,10 @@
  * connection and runs one job at a time on it: fs_net_run_listing,
  * fs_net_resync, fs_net_run_body and fs_sync_fn functions run only there
  * (fs_sync_list too, and in main at mount), with that worker's client,
- * without s->lock.  The reaper
+ * without s->lock.  A full listing hands its batches to a store thread of
+ * its own (listing.c), which only writes them to the cache; the worker
+ * joins it before handing it the next batch and when the fetch ends.
+ * The reaper
  * thread (queue.c: reaper_main) only detaches waiters past their deadline
  * and answers them -ETIMEDOUT.  FUSE threads (and the INBOX watch, and
  * main) only queue jobs (the fs_sync_* queue API) and never wait for one.
