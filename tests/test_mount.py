@@ -850,8 +850,9 @@ class Large(MountTest):
             self.assertEqual(os.getxattr(p, 'user.mail.flags').decode(),
                              '\\Seen' if i % 3 else '$Work')
         self.assertGreater(peak[0], 0)
-        self.assertLess(peak[0], 24 * 1024,
-                        'peak RssAnon %d KB listing %d messages' % (peak[0], n))
+        if not mountutil.sanitized():   # its quarantine is not mailfs's
+            self.assertLess(peak[0], 24 * 1024,
+                            'peak RssAnon %d KB listing %d messages' % (peak[0], n))
 
     def test_ls_l_sends_no_request_per_file(self):
         # ls -l asks every file for security.selinux and
