@@ -465,6 +465,14 @@ int cache_msg_foreach(struct cache_txn *txn, uint32_t mailbox_id,
                       int (*cb)(const struct cache_msg *msg, void *ctx),
                       void *ctx);
 
+/* Call cb with the UID of each message of (mailbox_id, uidvalidity) with
+ * UID >= uid_from, in UID order, without decoding the records (cheaper
+ * than cache_msg_foreach when the UIDs are all that is needed).  cb's
+ * return and rules as in cache_msg_foreach. */
+int cache_msg_foreach_uid(struct cache_txn *txn, uint32_t mailbox_id,
+                          uint32_t uidvalidity, uint32_t uid_from,
+                          int (*cb)(uint32_t uid, void *ctx), void *ctx);
+
 /* Number of messages of (mailbox_id, uidvalidity). */
 int cache_msg_count(struct cache_txn *txn, uint32_t mailbox_id,
                     uint32_t uidvalidity, size_t *count_r);

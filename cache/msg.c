@@ -154,6 +154,39 @@ int cache_msg_foreach(struct cache_txn *txn, uint32_t mailbox_id,
 	return rc;
 }
 
+struct uid_iter {
+	int (*cb)(uint32_t uid, void *ctx);
+	void *ctx;
+};
+
+static int uid_iter_one(struct cache_txn *t, const MDB_val *k, const MDB_val *v,
+                        void *ctx)
+{
+	struct uid_iter *it = ctx;
+
+	(void)v;
+	if (k->mv_size != KEY_LEN)
+		return corrupt(t, "message key", k->mv_size, 0, 0);
+	return it->cb(msgkey_parse(k->mv_data).uid, it->ctx);
+}
+
+int cache_msg_foreach_uid(struct cache_txn *txn, uint32_t mailbox_id,
+                          uint32_t uidvalidity, uint32_t uid_from,
+                          int (*cb)(uint32_t uid, void *ctx), void *ctx)
+{
+	struct uid_iter it = {cb, ctx};
+	struct cache_key key = {mailbox_id, uidvalidity, uid_from};
+	uint8_t k[KEY_LEN];
+	int rc = txn_check(txn, false);
+
+	if (rc)
+		return rc;
+	if (cb == NULL)
+		return txn_fail(txn, -EINVAL);
+	msgkey_make(k, key);
+	return db_scan(txn, DB_MSG, k, KEY_LEN, 8, uid_iter_one, &it);
+}
+
 static int count_one(struct cache_txn *t, const MDB_val *k, const MDB_val *v,
                      void *ctx)
 {

@@ -106,3 +106,8 @@ char *fs_attr_flags_normalise(const char *value, size_t size)
 	*o = '\0';
 	return out;
 }
+
+bool fs_attr_xattr_foreign(const char *name)
+{
+	return strncmp(name, "user.", 5) != 0;
+}

@@ -44,4 +44,11 @@ void fs_attr_file(const struct mailfs *fs, fuse_ino_t ino, mode_t perm,
  * one space.  New string; NULL if it is not valid (or out of memory). */
 char *fs_attr_flags_normalise(const char *value, size_t size);
 
+/* Is name an extended attribute outside the "user." namespace, the only
+ * one a mount has?  getxattr of such a name answers EOPNOTSUPP, not
+ * ENODATA: ls -l asks every file for "security.selinux" (and
+ * "system.posix_acl_access"), and on EOPNOTSUPP it stops asking for the
+ * rest of the file system instead of sending one request per file. */
+bool fs_attr_xattr_foreign(const char *name);
+
 #endif

@@ -4,16 +4,35 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* An entry's attributes are kept in a few fields, not in a struct stat
+ * (144 bytes, two thirds of an entry): a mailbox of 100,000 messages
+ * would hold 14 MB of them per open directory.  The fields readdirplus
+ * hands the kernel are rebuilt from ino, mode, nlink, size and mtime, with
+ * the owner and block size of the snapshot's first entry, 512-byte blocks
+ * for the size and all three times equal (what fs/attr.h makes).  An
+ * entry whose attributes do not fit that form keeps its struct stat
+ * apart (full). */
 struct entry {
 	char name[24]; /* "4294967295.eml" fits; longer names: long_name */
 	char *long_name;
-	struct stat st;
+	uint64_t ino;
+	uint64_t size;
+	int64_t mtime;
+	uint32_t mode;
+	uint32_t nlink;
+	uint32_t full; /* 0, or 1 + its index in s->full */
 	double timeout;
 };
 
 struct fs_dirsnap {
 	struct entry *e; /* owned */
 	size_t n, cap;
+	struct stat *full; /* owned: attributes not of the usual form */
+	size_t nfull, capfull;
+	bool have_owner;
+	uid_t uid;
+	gid_t gid;
+	blksize_t blksize;
 };
 
 struct fs_dirsnap *fs_dirsnap_new(void)
@@ -28,7 +47,80 @@ void fs_dirsnap_free(struct fs_dirsnap *s)
 	for (size_t i = 0; i < s->n; i++)
 		free(s->e[i].long_name);
 	free(s->e);
+	free(s->full);
 	free(s);
+}
+
+/* The attributes readdirplus gives of e (fuse_add_direntry_plus copies
+ * these fields and no other). */
+static void entry_stat(const struct fs_dirsnap *s, const struct entry *e,
+                       struct stat *st)
+{
+	if (e->full != 0) {
+		*st = s->full[e->full - 1];
+		return;
+	}
+	memset(st, 0, sizeof(*st));
+	st->st_ino = (ino_t)e->ino;
+	st->st_mode = (mode_t)e->mode;
+	st->st_nlink = (nlink_t)e->nlink;
+	st->st_uid = s->uid;
+	st->st_gid = s->gid;
+	st->st_size = (off_t)e->size;
+	st->st_blocks = (blkcnt_t)((e->size + 511) / 512);
+	st->st_blksize = s->blksize;
+	st->st_mtime = st->st_ctime = st->st_atime = (time_t)e->mtime;
+}
+
+static bool same_attr(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
+	       a->st_mode == b->st_mode && a->st_nlink == b->st_nlink &&
+	       a->st_uid == b->st_uid && a->st_gid == b->st_gid &&
+	       a->st_rdev == b->st_rdev && a->st_size == b->st_size &&
+	       a->st_blksize == b->st_blksize && a->st_blocks == b->st_blocks &&
+	       a->st_atim.tv_sec == b->st_atim.tv_sec &&
+	       a->st_atim.tv_nsec == b->st_atim.tv_nsec &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+	       a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
+	       a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* Keep st in e: in its fields, or apart when they cannot rebuild it. */
+static int entry_set_stat(struct fs_dirsnap *s, struct entry *e,
+                          const struct stat *st)
+{
+	struct stat back;
+
+	if (!s->have_owner) {
+		s->have_owner = true;
+		s->uid = st->st_uid;
+		s->gid = st->st_gid;
+		s->blksize = st->st_blksize;
+	}
+	e->ino = (uint64_t)st->st_ino;
+	e->mode = (uint32_t)st->st_mode;
+	e->nlink = (uint32_t)st->st_nlink;
+	e->size = (uint64_t)st->st_size;
+	e->mtime = (int64_t)st->st_mtime;
+	e->full = 0;
+	entry_stat(s, e, &back);
+	if (st->st_size >= 0 && st->st_nlink <= UINT32_MAX &&
+	    same_attr(st, &back))
+		return 0;
+	if (s->nfull == s->capfull) {
+		size_t ncap = s->capfull ? s->capfull * 2 : 8;
+		struct stat *nv = realloc(s->full, ncap * sizeof(*nv));
+
+		if (nv == NULL)
+			return -ENOMEM;
+		s->full = nv;
+		s->capfull = ncap;
+	}
+	s->full[s->nfull++] = *st;
+	e->full = (uint32_t)s->nfull;
+	return 0;
 }
 
 int fs_dirsnap_add(struct fs_dirsnap *s, const char *name,
@@ -53,7 +145,10 @@ int fs_dirsnap_add(struct fs_dirsnap *s, const char *name,
 	} else if ((e->long_name = strdup(name)) == NULL) {
 		return -ENOMEM;
 	}
-	e->st = *st;
+	if (entry_set_stat(s, e, st) < 0) {
+		free(e->long_name);
+		return -ENOMEM;
+	}
 	e->timeout = timeout;
 	s->n++;
 	return 0;
@@ -68,20 +163,19 @@ size_t fs_dirsnap_fill(const struct fs_dirsnap *s, fuse_req_t req, char *buf,
 	for (size_t i = (size_t)off; i < s->n; i++) {
 		const struct entry *e = &s->e[i];
 		const char *name = e->long_name ? e->long_name : e->name;
+		struct fuse_entry_param ep = {0};
 		size_t n;
 
+		entry_stat(s, e, &ep.attr);
 		if (plus) {
-			struct fuse_entry_param ep = {0};
-
 			/* "." and ".." get no lookup count from the
 			 * kernel; give it the attributes anyway. */
-			ep.attr = e->st;
-			ep.ino = e->st.st_ino;
+			ep.ino = ep.attr.st_ino;
 			ep.attr_timeout = ep.entry_timeout = e->timeout;
 			n = fuse_add_direntry_plus(req, p, rem, name, &ep,
 			                           (off_t)i + 1);
 		} else {
-			n = fuse_add_direntry(req, p, rem, name, &e->st,
+			n = fuse_add_direntry(req, p, rem, name, &ep.attr,
 			                      (off_t)i + 1);
 		}
 		if (n > rem)

@@ -17,7 +17,10 @@ struct fs_dirsnap *fs_dirsnap_new(void);
 void fs_dirsnap_free(struct fs_dirsnap *s);
 
 /* Add an entry (name copied); timeout is what readdirplus tells the
- * kernel to keep its entry and attributes.  0 or -ENOMEM. */
+ * kernel to keep its entry and attributes.  0 or -ENOMEM.  About 80
+ * bytes an entry when its attributes have the usual form (fs/attr.h:
+ * the owner and block size of the first entry, 512-byte blocks, all
+ * three times equal, no nanoseconds), 144 more when not. */
 int fs_dirsnap_add(struct fs_dirsnap *s, const char *name,
                    const struct stat *st, double timeout);
 

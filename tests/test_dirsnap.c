@@ -47,8 +47,22 @@ static void make_entry(size_t i, struct ent *e)
 	e->st.st_ino = 0x100000000000ULL + i;
 	e->st.st_mode = (i < 2 || i % 3 == 0) ? S_IFDIR | 0755 : S_IFREG | 0444;
 	e->st.st_size = (off_t)(i * 1000 + 1);
-	e->st.st_nlink = 1;
+	e->st.st_nlink = i % 3 == 0 ? 2 + i % 5 : 1;
+	e->st.st_uid = 1000;
+	e->st.st_gid = 100;
+	e->st.st_blksize = 4096;
+	e->st.st_blocks = (blkcnt_t)((e->st.st_size + 511) / 512);
 	e->st.st_mtime = 1700000000 + (time_t)i;
+	e->st.st_atime = e->st.st_ctime = e->st.st_mtime;
+	/* Attributes not of the usual form (fs/attr.h) are kept apart:
+	 * each of these differs from it in one field. */
+	switch (i % 11) {
+	case 4: e->st.st_atime += 5; break;
+	case 5: e->st.st_uid = 0; break;
+	case 6: e->st.st_blocks = 0; break;
+	case 8: e->st.st_mtim.tv_nsec = 123456789; break;
+	case 9: e->st.st_blksize = 512; break;
+	}
 	e->timeout = i % 2 ? 3600.0 : 1.0;
 }
 
@@ -115,6 +129,14 @@ static size_t check_plus(const char *buf, size_t len, size_t first,
 		assert_int_equal(o->attr.mode, e->st.st_mode);
 		assert_int_equal(o->attr.size, e->st.st_size);
 		assert_int_equal(o->attr.mtime, e->st.st_mtime);
+		assert_int_equal(o->attr.mtimensec, e->st.st_mtim.tv_nsec);
+		assert_int_equal(o->attr.atime, e->st.st_atime);
+		assert_int_equal(o->attr.ctime, e->st.st_ctime);
+		assert_int_equal(o->attr.nlink, e->st.st_nlink);
+		assert_int_equal(o->attr.uid, e->st.st_uid);
+		assert_int_equal(o->attr.gid, e->st.st_gid);
+		assert_int_equal(o->attr.blocks, e->st.st_blocks);
+		assert_int_equal(o->attr.blksize, e->st.st_blksize);
 		assert_int_equal(o->entry_valid, (uint64_t)e->timeout);
 		assert_int_equal(o->attr_valid, (uint64_t)e->timeout);
 		*last_off_r = d->dirent.off;

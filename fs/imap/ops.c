@@ -806,10 +806,10 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 
 	/* Backup tools and ls ask every file for security.*, system.* (ACLs)
 	 * and trusted.* attributes: none here, answered without a look at
-	 * the cache.  (Not ENOSYS/EOPNOTSUPP: ENOSYS would stop the kernel
-	 * from asking for any attribute again, user.mail.* included.) */
-	if (strncmp(name, "user.", 5) != 0) {
-		fuse_reply_err(req, ENODATA);
+	 * the cache, with EOPNOTSUPP (fs/attr.h says why; never ENOSYS,
+	 * which would stop the kernel asking for user.mail.* too). */
+	if (fs_attr_xattr_foreign(name)) {
+		fuse_reply_err(req, EOPNOTSUPP);
 		return;
 	}
 	if (fs_ino_is_new(ino)) {

@@ -87,18 +87,36 @@ void fs_net_meta_cb(void *ctx, const struct imap_msg_meta *m)
 		l->oom = true;
 }
 
+void fs_net_meta_clear(struct meta *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(v[i].flags);
+		free(v[i].subject);
+		free(v[i].from);
+		free(v[i].date);
+		free(v[i].message_id);
+	}
+}
+
+void fs_net_listing_clear(struct listing *l)
+{
+	fs_net_meta_clear(l->v, l->n);
+	l->n = 0;
+}
+
 void fs_net_listing_free(struct listing *l)
 {
-	for (size_t i = 0; i < l->n; i++) {
-		free(l->v[i].flags);
-		free(l->v[i].subject);
-		free(l->v[i].from);
-		free(l->v[i].date);
-		free(l->v[i].message_id);
-	}
+	fs_net_listing_clear(l);
 	free(l->v);
 	l->v = NULL;
-	l->n = l->cap = 0;
+	l->cap = 0;
+	free(l->uids);
+	l->uids = NULL;
+	l->nuids = l->capuids = 0;
+	fs_net_meta_clear(l->sv, l->sn);
+	free(l->sv);
+	l->sv = NULL;
+	l->sn = l->scap = 0;
 	free(l->gone);
 	free(l->old);
 	l->gone = l->old = NULL;

@@ -29,7 +29,10 @@
  * connection and runs one job at a time on it: fs_net_run_listing,
  * fs_net_resync, fs_net_run_body and fs_sync_fn functions run only there
  * (fs_sync_list too, and in main at mount), with that worker's client,
- * without s->lock.  The reaper
+ * without s->lock.  A full listing hands its batches to a store thread of
+ * its own (listing.c), which only writes them to the cache; the worker
+ * joins it before handing it the next batch and when the fetch ends.
+ * The reaper
  * thread (queue.c: reaper_main) only detaches waiters past their deadline
  * and answers them -ETIMEDOUT.  FUSE threads (and the INBOX watch, and
  * main) only queue jobs (the fs_sync_* queue API) and never wait for one.
@@ -215,6 +218,20 @@ struct listing {
 	struct meta *v;
 	size_t n, cap;
 	bool oom;
+	/* A full listing (listing.c) is stored batch by batch as it
+	 * arrives: v holds the batch being filled, sv the one a thread of
+	 * its own stores meanwhile, uids every UID listed so far. */
+	struct cache *cache; /* borrowed; NULL: v holds everything */
+	size_t bytes;        /* about what the batch holds */
+	uint32_t *uids;
+	size_t nuids, capuids;
+	struct meta *sv; /* owned by the store thread while storing */
+	size_t sn, scap;
+	pthread_t store_thread;
+	bool storing;
+	int store_rc;     /* the store thread's result */
+	int store_err;    /* the first batch that could not be stored */
+	int64_t store_ms; /* the fetch waited for batches (for the log) */
 	/* store step */
 	uint32_t id;
 	struct imap_select_info info;
@@ -223,8 +240,11 @@ struct listing {
 	size_t deleted;
 	struct cache_rematch_stats rematch;
 	int64_t now;
-	int64_t newest; /* the directory's new mtime, 0: unchanged */
-	uint32_t *gone; /* UIDs removed from the listing */
+	int64_t newest;      /* the directory's new mtime, 0: unchanged */
+	int64_t newest_date; /* the newest INTERNALDATE listed */
+	size_t before;       /* messages cached before a full listing of a
+	                        known UIDVALIDITY */
+	uint32_t *gone;      /* UIDs removed from the listing */
 	size_t ngone;
 	uint32_t *old; /* UIDs of the previous UIDVALIDITY */
 	size_t nold;
@@ -236,6 +256,12 @@ char *fs_net_flags_without_recent(const char *flags);
 /* An imap_fetch_meta callback: append m to the struct listing ctx (oom
  * set when memory runs out). */
 void fs_net_meta_cb(void *ctx, const struct imap_msg_meta *m);
+
+/* Free the strings of the n entries of v (the array stays). */
+void fs_net_meta_clear(struct meta *v, size_t n);
+
+/* Free the entries of l->v (l->n becomes 0, the array stays). */
+void fs_net_listing_clear(struct listing *l);
 
 void fs_net_listing_free(struct listing *l);
 

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "fs/inval.h"
@@ -618,6 +619,21 @@ void fs_sync_listings_unlisted(struct fs_sync *s)
 
 	if (fs_tree_synced_before(s->fs->tree, 1, &ids, &n) < 0)
 		return;
+	/* INBOX first: it is what is looked at first after a mount, and an
+	 * ls of it must not wait behind the listings of the other
+	 * mailboxes on the first connection. */
+	for (size_t i = 1; i < n; i++) {
+		struct fs_mailbox *mb = NULL;
+
+		if (fs_tree_get(s->fs->tree, ids[i], &mb) == 0 &&
+		    strcasecmp(mb->name, "INBOX") == 0) {
+			uint32_t inbox = ids[i];
+
+			memmove(ids + 1, ids, i * sizeof(*ids));
+			ids[0] = inbox;
+		}
+		fs_mailbox_free(&mb);
+	}
 	for (size_t i = 0; i < n; i++)
 		fs_sync_listing(s, ids[i], NULL, NULL);
 	free(ids);

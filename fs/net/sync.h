@@ -147,7 +147,8 @@ int fs_sync_open_mailbox(struct mailfs *fs, struct imap_client *c, uint32_t id,
  * the pool has more than one.  True if one will. */
 bool fs_sync_shrink(struct fs_sync *s);
 
-/* Queue a listing of every mailbox never listed (no callbacks). */
+/* Queue a listing of every mailbox never listed (no callbacks), INBOX
+ * first. */
 void fs_sync_listings_unlisted(struct fs_sync *s);
 
 /* Queue a fetch of a message body into the cache; cb runs once it is

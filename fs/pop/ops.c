@@ -314,6 +314,10 @@ static void pop_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	size_t n = 0;
 	int rc;
 
+	if (fs_attr_xattr_foreign(name)) {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
 	for (size_t i = 0; i < sizeof(map) / sizeof(*map); i++)
 		if (strcmp(name, map[i].attr) == 0)
 			field = map[i].field;
