@@ -233,7 +233,7 @@ static int name_put(struct cache_txn *t, const char *name, uint32_t id)
 static int name_del(struct cache_txn *t, const char *name, uint32_t id)
 {
 	struct name_key k;
-	uint32_t other;
+	uint32_t other = 0;
 	int rc = name_lookup(t, name, &other);
 
 	if (rc == -ENOENT || rc == -EEXIST || (rc == 0 && other != id))

@@ -335,7 +335,7 @@ static void sink_abort(struct imap_parser *p)
 
 static int literal_finish(struct imap_parser *p)
 {
-	struct imap_value *v;
+	struct imap_value *v = NULL;
 	int rc;
 
 	if (p->lit_stream) {
