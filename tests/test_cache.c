@@ -11,6 +11,7 @@
 #include "cache/cache.h"
 #include "fixtures/cache-v1/content.h"
 #include "fixtures/cache-v2/content.h"
+#include "tests/tmpdir.h"
 
 #include <errno.h>
 #include <ftw.h>
@@ -33,25 +34,13 @@ struct fixture {
 	struct cache *cache;     /* owned */
 };
 
-static int rm_one(const char *path, const struct stat *st, int flag,
-                  struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static int setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
-	const char *base = getenv("TMPDIR");
 
 	if (f == NULL)
 		return -1;
-	snprintf(f->tmp, sizeof(f->tmp), "%s/mailfs-cache-XXXXXX",
-	         base && *base ? base : "/tmp");
-	if (mkdtemp(f->tmp) == NULL) {
+	if (test_tmpdir(f->tmp, sizeof(f->tmp), "mailfs-cache") != 0) {
 		free(f);
 		return -1;
 	}
@@ -66,7 +55,7 @@ static int teardown(void **state)
 	struct fixture *f = *state;
 
 	cache_close(&f->cache);
-	nftw(f->tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	test_tmpdir_remove(f->tmp);
 	free(f);
 	return 0;
 }

@@ -18,31 +18,20 @@
 
 #include "cache/cache.h"
 #include "fs/imap/dirtime.h"
+#include "tests/tmpdir.h"
 
 struct fixture {
 	char tmp[PATH_MAX - 16], dir[PATH_MAX];
 	struct cache *cache;
 };
 
-static int rm_one(const char *path, const struct stat *st, int flag,
-                  struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static int setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
-	const char *base = getenv("TMPDIR");
 
 	if (f == NULL)
 		return -1;
-	snprintf(f->tmp, sizeof(f->tmp), "%s/mailfs-dirtime-XXXXXX",
-	         base && *base ? base : "/tmp");
-	if (mkdtemp(f->tmp) == NULL) {
+	if (test_tmpdir(f->tmp, sizeof(f->tmp), "mailfs-dirtime") != 0) {
 		free(f);
 		return -1;
 	}
@@ -58,7 +47,7 @@ static int teardown(void **state)
 	struct fixture *f = *state;
 
 	cache_close(&f->cache);
-	nftw(f->tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	test_tmpdir_remove(f->tmp);
 	free(f);
 	return 0;
 }

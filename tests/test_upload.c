@@ -21,6 +21,7 @@
 #include "cache/cache.h"
 #include "fs/imap/upload.h"
 #include "proto/log.h"
+#include "tests/tmpdir.h"
 
 /* The transitions fs/imap/upload.h lists, and no other. */
 static const struct {
@@ -50,25 +51,13 @@ struct fixture {
 	int saved_stderr;
 };
 
-static int rm_one(const char *path, const struct stat *st, int flag,
-                  struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static int setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
-	const char *base = getenv("TMPDIR");
 
 	if (f == NULL)
 		return -1;
-	snprintf(f->tmp, sizeof(f->tmp), "%s/mailfs-upload-XXXXXX",
-	         base && *base ? base : "/tmp");
-	if (mkdtemp(f->tmp) == NULL) {
+	if (test_tmpdir(f->tmp, sizeof(f->tmp), "mailfs-upload") != 0) {
 		free(f);
 		return -1;
 	}
@@ -86,7 +75,7 @@ static int teardown(void **state)
 	struct fixture *f = *state;
 
 	cache_close(&f->cache);
-	nftw(f->tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	test_tmpdir_remove(f->tmp);
 	free(f);
 	return 0;
 }
