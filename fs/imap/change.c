@@ -60,6 +60,29 @@ static void chg_free(struct chg *c)
 	free(c);
 }
 
+/* A change of kind op that req asks for, or NULL after answering ENOMEM
+ * (and freeing nothing of the caller's).  newname, when not NULL, is
+ * copied into ->newname. */
+static struct chg *chg_new(fuse_req_t req, struct mailfs *fs, enum chg_op op,
+                           const char *newname)
+{
+	struct chg *ch = calloc(1, sizeof(*ch));
+
+	if (ch != NULL && newname != NULL &&
+	    (ch->newname = strdup(newname)) == NULL) {
+		free(ch);
+		ch = NULL;
+	}
+	if (ch == NULL) {
+		fuse_reply_err(req, ENOMEM);
+		return NULL;
+	}
+	ch->fs = fs;
+	ch->req = req;
+	ch->op = op;
+	return ch;
+}
+
 static struct mailfs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
@@ -274,14 +297,9 @@ void fs_change_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	if (!can_change(req))
 		return;
-	ch = calloc(1, sizeof(*ch));
-	if (ch == NULL) {
-		fuse_reply_err(req, ENOMEM);
+	ch = chg_new(req, fs, C_DELETE, NULL);
+	if (ch == NULL)
 		return;
-	}
-	ch->fs = fs;
-	ch->req = req;
-	ch->op = C_DELETE;
 	ch->key = key;
 	ch->expunge = fs->opts.delete_mode == FS_DELETE_EXPUNGE;
 	if (!ch->expunge) {
@@ -330,15 +348,9 @@ static void move_message(fuse_req_t req, uint32_t id, const char *name,
 	fs_mailbox_free(&dst);
 	if (!can_change(req))
 		return;
-	ch = calloc(1, sizeof(*ch));
-	if (ch == NULL || (ch->newname = strdup(newname)) == NULL) {
-		free(ch);
-		fuse_reply_err(req, ENOMEM);
+	ch = chg_new(req, fs, C_MOVE, newname);
+	if (ch == NULL)
 		return;
-	}
-	ch->fs = fs;
-	ch->req = req;
-	ch->op = C_MOVE;
 	ch->key = key;
 	ch->dst_id = newid;
 	ch->newparent = newparent;
@@ -406,15 +418,11 @@ static void set_flags(fuse_req_t req, struct cache_key key, const char *value,
 		free(flags);
 		return;
 	}
-	ch = calloc(1, sizeof(*ch));
+	ch = chg_new(req, fs, C_FLAGS, NULL);
 	if (ch == NULL) {
 		free(flags);
-		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	ch->fs = fs;
-	ch->req = req;
-	ch->op = C_FLAGS;
 	ch->key = key;
 	ch->flags = flags;
 	queue(ch, flags_fn, flags_done);
@@ -745,15 +753,9 @@ void fs_change_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	if (!can_change(req))
 		return;
-	ch = calloc(1, sizeof(*ch));
-	if (ch == NULL || (ch->newname = strdup(name)) == NULL) {
-		free(ch);
-		fuse_reply_err(req, ENOMEM);
+	ch = chg_new(req, fs, C_MKDIR, name);
+	if (ch == NULL)
 		return;
-	}
-	ch->fs = fs;
-	ch->req = req;
-	ch->op = C_MKDIR;
 	ch->parent_id = pid;
 	rc = server_name(fs, pid, name, NULL, &ch->name);
 	if (rc < 0) {
@@ -837,13 +839,8 @@ void fs_change_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	} else if (mb->nsubdirs > 0 || hn.any) {
 		fuse_reply_err(req, ENOTEMPTY);
 	} else if (can_change(req)) {
-		ch = calloc(1, sizeof(*ch));
-		if (ch == NULL) {
-			fuse_reply_err(req, ENOMEM);
-		} else {
-			ch->fs = fs;
-			ch->req = req;
-			ch->op = C_RMDIR;
+		ch = chg_new(req, fs, C_RMDIR, NULL);
+		if (ch != NULL) {
 			ch->id = mb->id;
 			queue(ch, rmdir_fn, plain_done);
 		}
